@@ -1,0 +1,659 @@
+//! The deployment record: status, per-target progress and a summary that always agrees with it.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Timestamp;
+use crate::environment::Environment;
+use crate::names::{DeploymentId, EnvironmentName, Revision, ServiceName, TargetId, Version};
+use crate::spec::{DeploymentSpec, ValidationErrors};
+use crate::state::DesiredState;
+
+/// The status of a deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeploymentStatus {
+    /// Accepted, waiting for its turn.
+    Queued,
+    /// A controller is rolling it out.
+    InProgress,
+    /// Every selected target runs the new version, verified (or already did).
+    Succeeded,
+    /// Finished with failed or unreachable targets within the tolerance.
+    Degraded,
+    /// Finished with more failures than tolerated; not rolled back.
+    Failed,
+    /// Returning changed targets to their previous version.
+    RollingBack,
+    /// Returned to the previous version.
+    RolledBack,
+    /// Stopped on request.
+    Cancelled,
+    /// Replaced by a newer deployment.
+    Superseded,
+}
+
+impl DeploymentStatus {
+    /// Every status, in lifecycle order.
+    pub const ALL: [Self; 9] = [
+        Self::Queued,
+        Self::InProgress,
+        Self::Succeeded,
+        Self::Degraded,
+        Self::Failed,
+        Self::RollingBack,
+        Self::RolledBack,
+        Self::Cancelled,
+        Self::Superseded,
+    ];
+
+    /// The wire name.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::InProgress => "in_progress",
+            Self::Succeeded => "succeeded",
+            Self::Degraded => "degraded",
+            Self::Failed => "failed",
+            Self::RollingBack => "rolling_back",
+            Self::RolledBack => "rolled_back",
+            Self::Cancelled => "cancelled",
+            Self::Superseded => "superseded",
+        }
+    }
+
+    /// Whether nothing will change this status again.
+    #[must_use]
+    pub const fn is_terminal(self) -> bool {
+        !matches!(self, Self::Queued | Self::InProgress | Self::RollingBack)
+    }
+
+    /// Whether a controller is changing targets under this status.
+    #[must_use]
+    pub const fn is_running(self) -> bool {
+        matches!(self, Self::InProgress | Self::RollingBack)
+    }
+
+    /// Whether the lifecycle allows going from `self` to `next`.
+    #[must_use]
+    pub const fn can_become(self, next: Self) -> bool {
+        match self {
+            Self::Queued => matches!(next, Self::InProgress | Self::Cancelled | Self::Superseded),
+            Self::InProgress => matches!(
+                next,
+                Self::Succeeded | Self::Degraded | Self::Failed | Self::RollingBack | Self::Cancelled | Self::Superseded
+            ),
+            Self::RollingBack => matches!(next, Self::RolledBack | Self::Failed),
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for DeploymentStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for DeploymentStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s).ok_or_else(|| format!("unknown deployment status {s:?}"))
+    }
+}
+
+/// The status of one target within a deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetStatus {
+    /// Not started.
+    Pending,
+    /// Being applied.
+    InProgress,
+    /// Applied, health being verified.
+    Verifying,
+    /// Runs the new version, verified.
+    Succeeded,
+    /// Could not be brought to the new version.
+    Failed,
+    /// Could not be reached within `on_unreachable.wait`.
+    Unreachable,
+    /// Already ran the new version and was healthy: nothing to do.
+    Skipped,
+    /// Returned to its previous version.
+    RolledBack,
+    /// Never attempted, because the deployment stopped first.
+    Cancelled,
+}
+
+impl TargetStatus {
+    /// The wire name.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::InProgress => "in_progress",
+            Self::Verifying => "verifying",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Unreachable => "unreachable",
+            Self::Skipped => "skipped",
+            Self::RolledBack => "rolled_back",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether the target is done within this rollout (rollback may still move it to `rolled_back`).
+    #[must_use]
+    pub const fn is_settled(self) -> bool {
+        !matches!(self, Self::Pending | Self::InProgress | Self::Verifying)
+    }
+}
+
+impl fmt::Display for TargetStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One target's progress within a deployment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetProgress {
+    /// The target.
+    pub id: TargetId,
+    /// The version it ran before (as observed when the rollout reached it), if any.
+    pub from_version: Option<Version>,
+    /// The version this deployment brings it to.
+    pub to_version: Version,
+    /// Its status.
+    pub status: TargetStatus,
+    /// Executor calls made for it (retries included).
+    pub attempts: u32,
+    /// The last error, for people.
+    pub error: Option<String>,
+    /// When this entry last changed.
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: Timestamp,
+    /// What to restore on rollback, captured before the first change (`None` if nothing ran before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<DesiredState>,
+}
+
+/// Counts of targets per status; always equal to the per-target states of its deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Summary {
+    /// All selected targets.
+    pub total: u64,
+    /// Not started.
+    pub pending: u64,
+    /// Being applied or verified.
+    pub in_progress: u64,
+    /// Verified on the new version.
+    pub succeeded: u64,
+    /// Already at the new version.
+    pub skipped: u64,
+    /// Failed.
+    pub failed: u64,
+    /// Unreachable.
+    pub unreachable: u64,
+    /// Rolled back.
+    pub rolled_back: u64,
+    /// Never attempted.
+    pub cancelled: u64,
+}
+
+impl Summary {
+    /// The counts of `targets`.
+    #[must_use]
+    pub fn of(targets: &[TargetProgress]) -> Self {
+        let mut s = Self::default();
+        for t in targets {
+            s.total += 1;
+            *s.slot(t.status) += 1;
+        }
+        s
+    }
+
+    fn slot(&mut self, status: TargetStatus) -> &mut u64 {
+        match status {
+            TargetStatus::Pending => &mut self.pending,
+            TargetStatus::InProgress | TargetStatus::Verifying => &mut self.in_progress,
+            TargetStatus::Succeeded => &mut self.succeeded,
+            TargetStatus::Skipped => &mut self.skipped,
+            TargetStatus::Failed => &mut self.failed,
+            TargetStatus::Unreachable => &mut self.unreachable,
+            TargetStatus::RolledBack => &mut self.rolled_back,
+            TargetStatus::Cancelled => &mut self.cancelled,
+        }
+    }
+
+    fn moved(&mut self, from: TargetStatus, to: TargetStatus) {
+        let old = self.slot(from);
+        *old = old.saturating_sub(1);
+        *self.slot(to) += 1;
+    }
+}
+
+/// A change of a deployment's status, with the reason shown to people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusChange {
+    /// The new status.
+    pub status: DeploymentStatus,
+    /// Why, in a sentence.
+    pub reason: Option<String>,
+}
+
+/// One atomic change to a deployment: status, targets, events and environment observations are written together or
+/// not at all.
+#[derive(Debug, Clone, Default)]
+pub struct ProgressUpdate {
+    /// When the change was made.
+    pub now: Option<Timestamp>,
+    /// A new deployment status.
+    pub status: Option<StatusChange>,
+    /// New target entries, by position in [`Deployment::targets`].
+    pub targets: Vec<(usize, TargetProgress)>,
+    /// Events to append.
+    pub events: Vec<crate::event::NewEvent>,
+    /// What the environment should now show for targets.
+    pub observations: Vec<TargetObservation>,
+    /// Whether this change counts as progress for the progress deadline.
+    pub progressed: bool,
+}
+
+/// An update of the environment's view of one target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetObservation {
+    /// The target.
+    pub target: TargetId,
+    /// A new desired state, when a deployment reached the target.
+    pub desired: Option<DesiredState>,
+    /// A new actual state.
+    pub actual: Option<crate::state::ActualState>,
+}
+
+/// Why an update could not be applied to a deployment record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpdateError {
+    /// The deployment is terminal; nothing changes it.
+    #[error("deployment is already {0}")]
+    AlreadyFinished(DeploymentStatus),
+    /// The lifecycle does not allow this change.
+    #[error("a deployment cannot go from {from} to {to}")]
+    IllegalTransition {
+        /// The current status.
+        from: DeploymentStatus,
+        /// The refused status.
+        to: DeploymentStatus,
+    },
+    /// A target position that does not exist, or an entry for another target.
+    #[error("target entry {index} does not match this deployment")]
+    UnknownTarget {
+        /// The position given.
+        index: usize,
+    },
+}
+
+/// A deployment as stored and served.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "Wire")]
+pub struct Deployment {
+    id: DeploymentId,
+    environment: EnvironmentName,
+    service: ServiceName,
+    version: Version,
+    status: DeploymentStatus,
+    status_reason: Option<String>,
+    spec: DeploymentSpec,
+    created_by: String,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: Timestamp,
+    #[serde(with = "time::serde::rfc3339::option")]
+    started_at: Option<Timestamp>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    finished_at: Option<Timestamp>,
+    #[serde(with = "time::serde::rfc3339")]
+    updated_at: Timestamp,
+    #[serde(with = "time::serde::rfc3339::option")]
+    progress_at: Option<Timestamp>,
+    targets: Vec<TargetProgress>,
+    summary: Summary,
+    rollback_of: Option<DeploymentId>,
+    superseded_by: Option<DeploymentId>,
+    cancel_requested: bool,
+    revision: Revision,
+}
+
+/// The serialized shape; the summary is recomputed on the way in so a stored record cannot disagree with itself.
+#[derive(Deserialize)]
+struct Wire {
+    id: DeploymentId,
+    environment: EnvironmentName,
+    service: ServiceName,
+    version: Version,
+    status: DeploymentStatus,
+    status_reason: Option<String>,
+    spec: DeploymentSpec,
+    created_by: String,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: Timestamp,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    started_at: Option<Timestamp>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    finished_at: Option<Timestamp>,
+    #[serde(with = "time::serde::rfc3339")]
+    updated_at: Timestamp,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    progress_at: Option<Timestamp>,
+    targets: Vec<TargetProgress>,
+    #[serde(default)]
+    rollback_of: Option<DeploymentId>,
+    #[serde(default)]
+    superseded_by: Option<DeploymentId>,
+    #[serde(default)]
+    cancel_requested: bool,
+    revision: Revision,
+}
+
+impl From<Wire> for Deployment {
+    fn from(w: Wire) -> Self {
+        Self {
+            summary: Summary::of(&w.targets),
+            id: w.id,
+            environment: w.environment,
+            service: w.service,
+            version: w.version,
+            status: w.status,
+            status_reason: w.status_reason,
+            spec: w.spec,
+            created_by: w.created_by,
+            created_at: w.created_at,
+            started_at: w.started_at,
+            finished_at: w.finished_at,
+            updated_at: w.updated_at,
+            progress_at: w.progress_at,
+            targets: w.targets,
+            rollback_of: w.rollback_of,
+            superseded_by: w.superseded_by,
+            cancel_requested: w.cancel_requested,
+            revision: w.revision,
+        }
+    }
+}
+
+/// How the targets of a new deployment are chosen.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TargetPlan {
+    /// The spec's selector, every target to the spec's version.
+    FromSpec,
+    /// Explicit targets and versions (a rollback returns each target to its own previous version).
+    Explicit(Vec<(TargetId, Version)>),
+}
+
+/// What a store needs to create a queued deployment inside its acceptance transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeploymentDraft {
+    /// The new id.
+    pub id: DeploymentId,
+    /// The validated spec.
+    pub spec: DeploymentSpec,
+    /// Who submitted it.
+    pub created_by: String,
+    /// How targets are chosen.
+    pub plan: TargetPlan,
+    /// The deployment this one rolls back.
+    pub rollback_of: Option<DeploymentId>,
+}
+
+impl Deployment {
+    /// A queued deployment for `draft` against the environment as it is now, at the environment's next revision.
+    ///
+    /// # Errors
+    /// A validation error on `targets` when the selection is empty or names unknown targets.
+    pub fn plan(draft: DeploymentDraft, environment: &Environment, now: Timestamp) -> Result<Self, ValidationErrors> {
+        let targets: Vec<TargetProgress> = match &draft.plan {
+            TargetPlan::FromSpec => environment
+                .select(draft.spec.targets())?
+                .into_iter()
+                .map(|t| pending(t.id.clone(), t.actual.as_ref().and_then(|a| a.version.clone()), draft.spec.version().clone(), now))
+                .collect(),
+            TargetPlan::Explicit(list) => {
+                let mut errs = ValidationErrors::default();
+                let mut out = Vec::with_capacity(list.len());
+                for (i, (id, version)) in list.iter().enumerate() {
+                    match environment.target(id) {
+                        Some(t) => out.push(pending(id.clone(), t.actual.as_ref().and_then(|a| a.version.clone()), version.clone(), now)),
+                        None => errs.push(format!("targets[{i}]"), format!("environment has no target {id}")),
+                    }
+                }
+                if out.is_empty() && errs.is_empty() {
+                    errs.push("targets", "nothing to deploy");
+                }
+                if !errs.is_empty() {
+                    return Err(errs);
+                }
+                out
+            }
+        };
+        Ok(Self {
+            id: draft.id,
+            environment: draft.spec.environment().clone(),
+            service: draft.spec.service().clone(),
+            version: draft.spec.version().clone(),
+            status: DeploymentStatus::Queued,
+            status_reason: None,
+            created_by: draft.created_by,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            updated_at: now,
+            progress_at: None,
+            summary: Summary::of(&targets),
+            targets,
+            rollback_of: draft.rollback_of,
+            superseded_by: None,
+            cancel_requested: false,
+            revision: environment.revision.next(),
+            spec: draft.spec,
+        })
+    }
+
+    /// The id.
+    #[must_use]
+    pub fn id(&self) -> DeploymentId {
+        self.id
+    }
+    /// The environment.
+    #[must_use]
+    pub fn environment(&self) -> &EnvironmentName {
+        &self.environment
+    }
+    /// The service.
+    #[must_use]
+    pub fn service(&self) -> &ServiceName {
+        &self.service
+    }
+    /// The version.
+    #[must_use]
+    pub fn version(&self) -> &Version {
+        &self.version
+    }
+    /// The status.
+    #[must_use]
+    pub fn status(&self) -> DeploymentStatus {
+        self.status
+    }
+    /// Why it has its status, in a sentence.
+    #[must_use]
+    pub fn status_reason(&self) -> Option<&str> {
+        self.status_reason.as_deref()
+    }
+    /// The spec as accepted (secrets as references).
+    #[must_use]
+    pub fn spec(&self) -> &DeploymentSpec {
+        &self.spec
+    }
+    /// Who submitted it.
+    #[must_use]
+    pub fn created_by(&self) -> &str {
+        &self.created_by
+    }
+    /// When it was accepted.
+    #[must_use]
+    pub fn created_at(&self) -> Timestamp {
+        self.created_at
+    }
+    /// When a controller started it.
+    #[must_use]
+    pub fn started_at(&self) -> Option<Timestamp> {
+        self.started_at
+    }
+    /// When it reached a terminal status.
+    #[must_use]
+    pub fn finished_at(&self) -> Option<Timestamp> {
+        self.finished_at
+    }
+    /// When anything last changed.
+    #[must_use]
+    pub fn updated_at(&self) -> Timestamp {
+        self.updated_at
+    }
+    /// When a target last made progress (the progress deadline counts from here, or from `started_at`).
+    #[must_use]
+    pub fn progress_at(&self) -> Option<Timestamp> {
+        self.progress_at.or(self.started_at)
+    }
+    /// Per-target progress, in rollout order.
+    #[must_use]
+    pub fn targets(&self) -> &[TargetProgress] {
+        &self.targets
+    }
+    /// Counts per target status.
+    #[must_use]
+    pub fn summary(&self) -> &Summary {
+        &self.summary
+    }
+    /// The deployment this one rolls back.
+    #[must_use]
+    pub fn rollback_of(&self) -> Option<DeploymentId> {
+        self.rollback_of
+    }
+    /// The deployment that replaced this one.
+    #[must_use]
+    pub fn superseded_by(&self) -> Option<DeploymentId> {
+        self.superseded_by
+    }
+    /// Whether someone asked to cancel it.
+    #[must_use]
+    pub fn cancel_requested(&self) -> bool {
+        self.cancel_requested
+    }
+    /// The environment revision its acceptance produced.
+    #[must_use]
+    pub fn revision(&self) -> Revision {
+        self.revision
+    }
+
+    /// Records a cancel request (the holder honours it at its next step).
+    pub fn request_cancel(&mut self, now: Timestamp) {
+        self.cancel_requested = true;
+        self.updated_at = now;
+    }
+
+    /// Records that `by` replaces this deployment (the holder stops at its next batch boundary).
+    pub fn mark_superseded_by(&mut self, by: DeploymentId, now: Timestamp) {
+        self.superseded_by = Some(by);
+        self.updated_at = now;
+    }
+
+    /// The update that stops this deployment with `status` (`cancelled` or `superseded`) when nobody drives it: every
+    /// unsettled target becomes `cancelled`, with one event each and one for the deployment. Stores use it to finish
+    /// queued deployments inside the transaction that cancels or supersedes them.
+    #[must_use]
+    pub fn stop_update(&self, status: DeploymentStatus, reason: impl Into<String>, now: Timestamp) -> ProgressUpdate {
+        let reason = reason.into();
+        let mut update = ProgressUpdate {
+            now: Some(now),
+            status: Some(StatusChange { status, reason: Some(reason.clone()) }),
+            ..ProgressUpdate::default()
+        };
+        for (i, t) in self.targets.iter().enumerate() {
+            if !t.status.is_settled() {
+                let mut entry = t.clone();
+                entry.status = TargetStatus::Cancelled;
+                entry.updated_at = now;
+                update.events.push(crate::event::NewEvent::target(
+                    now,
+                    t.id.clone(),
+                    TargetStatus::Cancelled,
+                    format!("{}: not attempted", t.id),
+                ));
+                update.targets.push((i, entry));
+            }
+        }
+        update.events.push(crate::event::NewEvent::deployment(now, status, reason));
+        update
+    }
+
+    /// Applies one update, keeping the summary equal to the targets and refusing changes after a terminal status.
+    ///
+    /// # Errors
+    /// [`UpdateError`] when the deployment is terminal, the transition is illegal, or a target entry does not fit; the
+    /// record is then unchanged.
+    pub fn apply(&mut self, update: &ProgressUpdate) -> Result<(), UpdateError> {
+        if self.status.is_terminal() {
+            return Err(UpdateError::AlreadyFinished(self.status));
+        }
+        if let Some(change) = &update.status {
+            if change.status != self.status && !self.status.can_become(change.status) {
+                return Err(UpdateError::IllegalTransition { from: self.status, to: change.status });
+            }
+        }
+        for (index, entry) in &update.targets {
+            match self.targets.get(*index) {
+                Some(t) if t.id == entry.id => {}
+                _ => return Err(UpdateError::UnknownTarget { index: *index }),
+            }
+        }
+        let now = update.now.unwrap_or(self.updated_at);
+        for (index, entry) in &update.targets {
+            if let Some(slot) = self.targets.get_mut(*index) {
+                self.summary.moved(slot.status, entry.status);
+                *slot = entry.clone();
+            }
+        }
+        if let Some(change) = &update.status {
+            if change.status == DeploymentStatus::InProgress && self.started_at.is_none() {
+                self.started_at = Some(now);
+            }
+            if change.status.is_terminal() {
+                self.finished_at = Some(now);
+            }
+            self.status = change.status;
+            if change.reason.is_some() {
+                self.status_reason.clone_from(&change.reason);
+            }
+        }
+        if update.progressed {
+            self.progress_at = Some(now);
+        }
+        self.updated_at = now;
+        Ok(())
+    }
+}
+
+fn pending(id: TargetId, from: Option<Version>, to: Version, now: Timestamp) -> TargetProgress {
+    TargetProgress {
+        id,
+        from_version: from,
+        to_version: to,
+        status: TargetStatus::Pending,
+        attempts: 0,
+        error: None,
+        updated_at: now,
+        previous: None,
+    }
+}

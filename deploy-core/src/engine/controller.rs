@@ -1,0 +1,151 @@
+//! The controller loop and event watching.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use futures::Stream;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::Shared;
+use super::runner;
+use crate::error::Error;
+use crate::event::Event;
+use crate::names::DeploymentId;
+
+/// Tells a controller to stop: the [`ShutdownTrigger`] side fires it, every clone of the signal sees it.
+#[derive(Debug, Clone)]
+pub struct ShutdownSignal {
+    rx: watch::Receiver<bool>,
+}
+
+/// Fires a [`ShutdownSignal`].
+#[derive(Debug)]
+pub struct ShutdownTrigger {
+    tx: watch::Sender<bool>,
+}
+
+impl ShutdownTrigger {
+    /// Fires the signal.
+    pub fn fire(&self) {
+        self.tx.send_replace(true);
+    }
+}
+
+impl ShutdownSignal {
+    /// A signal and its trigger.
+    #[must_use]
+    pub fn new() -> (ShutdownTrigger, Self) {
+        let (tx, rx) = watch::channel(false);
+        (ShutdownTrigger { tx }, Self { rx })
+    }
+
+    /// A signal that never fires.
+    #[must_use]
+    pub fn never() -> Self {
+        let (tx, rx) = watch::channel(false);
+        // Keep the sender alive for the life of the program so `fired` pends forever instead of returning.
+        std::mem::forget(tx);
+        Self { rx }
+    }
+
+    /// Whether it has fired.
+    #[must_use]
+    pub fn is_fired(&self) -> bool {
+        *self.rx.borrow()
+    }
+
+    /// Completes when the signal fires (or its trigger is dropped).
+    pub async fn fired(&mut self) {
+        while !*self.rx.borrow_and_update() {
+            if self.rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+pub(super) async fn run(shared: Arc<Shared>, mut shutdown: ShutdownSignal) {
+    let mut running: JoinSet<()> = JoinSet::new();
+    let mut changed = shared.changed.subscribe();
+    tracing::info!(owner = %shared.config.owner, "controller started");
+    loop {
+        if shutdown.is_fired() {
+            break;
+        }
+        while running.len() < shared.config.max_concurrent_deployments.max(1) {
+            let now = shared.clock.now();
+            match shared.store.claim(&shared.config.owner, now, shared.config.lease).await {
+                Ok(Some(claim)) => {
+                    let task_shared = Arc::clone(&shared);
+                    let signal = shutdown.clone();
+                    running.spawn(async move { runner::drive(task_shared, claim, signal).await });
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "claim failed; retrying after the poll interval");
+                    break;
+                }
+            }
+        }
+        let poll = shared.clock.sleep(shared.config.poll_interval);
+        tokio::select! {
+            () = shutdown.fired() => break,
+            Some(_) = running.join_next(), if !running.is_empty() => {}
+            Ok(()) = changed.changed() => {}
+            () = poll => {}
+        }
+    }
+    // Drivers see the same signal, stop at their next await, and release their leases.
+    while running.join_next().await.is_some() {}
+    tracing::info!(owner = %shared.config.owner, "controller stopped");
+}
+
+struct WatchState {
+    shared: Arc<Shared>,
+    id: DeploymentId,
+    after: u64,
+    buffer: VecDeque<Event>,
+    done: bool,
+    changed: watch::Receiver<u64>,
+}
+
+pub(super) fn watch(
+    shared: Arc<Shared>,
+    id: DeploymentId,
+    after: u64,
+) -> impl Stream<Item = Result<Event, Error>> + Send + 'static {
+    let changed = shared.changed.subscribe();
+    let state = WatchState { shared, id, after, buffer: VecDeque::new(), done: false, changed };
+    futures::stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some(event) = st.buffer.pop_front() {
+                st.after = event.seq;
+                if event.event_type.is_terminal() {
+                    st.done = true;
+                    st.buffer.clear();
+                }
+                return Some((Ok(event), st));
+            }
+            if st.done {
+                return None;
+            }
+            // Mark the current version seen before reading, so a write after the read wakes us.
+            st.changed.borrow_and_update();
+            match st.shared.store.events(st.id, st.after, 500).await {
+                Ok(events) if !events.is_empty() => st.buffer.extend(events),
+                Ok(_) => {
+                    let poll = st.shared.clock.sleep(st.shared.config.watch_poll_interval);
+                    tokio::select! {
+                        _ = st.changed.changed() => {}
+                        () = poll => {}
+                    }
+                }
+                Err(e) => {
+                    st.done = true;
+                    return Some((Err(Error::Store(e)), st));
+                }
+            }
+        }
+    })
+}

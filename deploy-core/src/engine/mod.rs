@@ -1,0 +1,452 @@
+//! The orchestrator: the embedding API (submit, get, list, watch, cancel, rollback) and the controller that drives
+//! deployments to a terminal status.
+
+mod controller;
+mod retry;
+mod rollout;
+mod runner;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use tokio::sync::watch;
+
+use crate::auth::{Action, Principal};
+use crate::clock::{Clock, SystemClock};
+use crate::deployment::{Deployment, DeploymentDraft, TargetPlan, TargetStatus};
+use crate::environment::{Environment, EnvironmentSpec};
+use crate::error::Error;
+use crate::event::Event;
+use crate::executor::{Executor, ExecutorRouter};
+use crate::names::{DeploymentId, EnvironmentName, IdempotencyKey, Revision, TargetId, Version};
+use crate::secrets::{EnvSecretResolver, SecretResolver};
+use crate::spec::{DeploymentRequest, TargetSelector, ValidationErrors};
+use crate::store::{
+    Acceptance, DeploymentFilter, EnvironmentWrite, IdempotencyRecord, Page, PageRequest, Store, StoreError,
+};
+
+pub use controller::{ShutdownSignal, ShutdownTrigger};
+
+/// Tuning of an orchestrator. The defaults suit a production service; tests shorten them.
+#[derive(Debug, Clone)]
+pub struct OrchestratorConfig {
+    /// This replica's name in leases (default: `orchestrator-<uuid>`).
+    pub owner: String,
+    /// How long a claim lasts without renewal. A crashed replica's work is picked up after this.
+    pub lease: Duration,
+    /// How often an idle controller looks for work (it also wakes on local submissions).
+    pub poll_interval: Duration,
+    /// Deployments one controller drives at once (each in its own environment).
+    pub max_concurrent_deployments: usize,
+    /// Targets of one batch driven at once.
+    pub max_parallel_targets: usize,
+    /// Retries of a retryable executor error before the target fails.
+    pub max_retries: u32,
+    /// First backoff between retries; doubles each time, with jitter.
+    pub retry_base: Duration,
+    /// Longest backoff between retries.
+    pub retry_cap: Duration,
+    /// How long idempotency keys are remembered.
+    pub idempotency_retention: Duration,
+    /// How often a watcher polls the store for events written by other replicas.
+    pub watch_poll_interval: Duration,
+}
+
+impl Default for OrchestratorConfig {
+    fn default() -> Self {
+        Self {
+            owner: format!("orchestrator-{}", uuid::Uuid::now_v7()),
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(1),
+            max_concurrent_deployments: 16,
+            max_parallel_targets: 1024,
+            max_retries: 5,
+            retry_base: Duration::from_millis(200),
+            retry_cap: Duration::from_secs(30),
+            idempotency_retention: Duration::from_secs(24 * 3600),
+            watch_poll_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// A submission: the request, and the caller's idempotency key and expected environment revision.
+#[derive(Debug, Clone, Default)]
+pub struct Submission {
+    /// The request as submitted.
+    pub request: DeploymentRequest,
+    /// Same key + same request → the same deployment, however often it is sent.
+    pub idempotency_key: Option<IdempotencyKey>,
+    /// Refuse unless the environment is at this revision (`If-Match`).
+    pub expected_revision: Option<Revision>,
+}
+
+/// What a submission produced.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct Submitted {
+    /// The deployment, durable and queued (or, for a replay, as it is now).
+    pub deployment: Deployment,
+    /// Whether this answers an earlier request with the same key.
+    pub replayed: bool,
+}
+
+pub(crate) struct Shared {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) executor: Arc<dyn Executor>,
+    pub(crate) secrets: Arc<dyn SecretResolver>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) config: OrchestratorConfig,
+    pub(crate) known_executors: Option<Vec<String>>,
+    /// Bumped after every local write, so the controller and watchers wake without waiting for a poll.
+    pub(crate) changed: watch::Sender<u64>,
+}
+
+impl Shared {
+    pub(crate) fn poke(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// The embedding API of the engine. Cheap to clone; every clone shares one store, executor and clock.
+///
+/// ```
+/// # async fn demo(store: std::sync::Arc<dyn deploy_core::Store>, executor: std::sync::Arc<dyn deploy_core::Executor>)
+/// # -> Result<(), deploy_core::Error> {
+/// use deploy_core::{DeploymentRequest, Orchestrator, Principal, Submission};
+/// let orchestrator = Orchestrator::builder(store, executor).build();
+/// let submitted = orchestrator
+///     .submit(&Principal::system("svc:release-bot"), Submission {
+///         request: DeploymentRequest {
+///             environment: "prod".into(),
+///             service: "checkout".into(),
+///             version: "2.0.1".into(),
+///             ..Default::default()
+///         },
+///         ..Default::default()
+///     })
+///     .await?;
+/// orchestrator.run_until_idle().await?;
+/// let done = orchestrator.get(&Principal::system("svc:release-bot"), submitted.deployment.id()).await?;
+/// println!("{} is {}", done.id(), done.status());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Orchestrator {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Orchestrator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Orchestrator").field("owner", &self.shared.config.owner).finish_non_exhaustive()
+    }
+}
+
+/// Builds an [`Orchestrator`].
+#[must_use]
+pub struct OrchestratorBuilder {
+    store: Arc<dyn Store>,
+    executor: Arc<dyn Executor>,
+    secrets: Arc<dyn SecretResolver>,
+    clock: Arc<dyn Clock>,
+    config: OrchestratorConfig,
+    known_executors: Option<Vec<String>>,
+}
+
+impl OrchestratorBuilder {
+    /// Resolves secret references (default: `env://` from the process environment).
+    pub fn secrets(mut self, secrets: Arc<dyn SecretResolver>) -> Self {
+        self.secrets = secrets;
+        self
+    }
+    /// The clock (default: [`SystemClock`]).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+    /// Tuning.
+    pub fn config(mut self, config: OrchestratorConfig) -> Self {
+        self.config = config;
+        self
+    }
+    /// Routes targets through `router`, and refuses environments naming executors it does not know.
+    pub fn router(mut self, router: ExecutorRouter) -> Self {
+        self.known_executors = Some(router.kinds());
+        self.executor = Arc::new(router);
+        self
+    }
+    /// The orchestrator.
+    pub fn build(self) -> Orchestrator {
+        let (changed, _) = watch::channel(0);
+        Orchestrator {
+            shared: Arc::new(Shared {
+                store: self.store,
+                executor: self.executor,
+                secrets: self.secrets,
+                clock: self.clock,
+                config: self.config,
+                known_executors: self.known_executors,
+                changed,
+            }),
+        }
+    }
+}
+
+impl Orchestrator {
+    /// Starts building an orchestrator over `store` and `executor` (often an [`ExecutorRouter`]).
+    pub fn builder(store: Arc<dyn Store>, executor: Arc<dyn Executor>) -> OrchestratorBuilder {
+        OrchestratorBuilder {
+            store,
+            executor,
+            secrets: Arc::new(EnvSecretResolver),
+            clock: Arc::new(SystemClock),
+            config: OrchestratorConfig::default(),
+            known_executors: None,
+        }
+    }
+
+    /// The store.
+    #[must_use]
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.shared.store
+    }
+
+    /// The clock.
+    #[must_use]
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.shared.clock
+    }
+
+    /// Creates or replaces an environment (admin).
+    ///
+    /// # Errors
+    /// [`Error::Forbidden`], [`Error::Invalid`] (duplicate ids, unknown executors), or the store's
+    /// `PreconditionFailed`.
+    pub async fn put_environment(
+        &self,
+        principal: &Principal,
+        name: &EnvironmentName,
+        spec: EnvironmentSpec,
+        expected: Option<Revision>,
+    ) -> Result<EnvironmentWrite, Error> {
+        principal.authorize(Action::ManageEnvironments, name)?;
+        spec.validate(self.shared.known_executors.as_deref())?;
+        let write = self.shared.store.put_environment(name, spec, expected, self.shared.clock.now()).await?;
+        Ok(write)
+    }
+
+    /// An environment (viewer).
+    ///
+    /// # Errors
+    /// [`Error::Forbidden`] or the store's `NotFound`.
+    pub async fn environment(&self, principal: &Principal, name: &EnvironmentName) -> Result<Environment, Error> {
+        principal.authorize(Action::Read, name)?;
+        Ok(self.shared.store.get_environment(name).await?)
+    }
+
+    /// Validates, authorizes and durably accepts a deployment. Returns as soon as it is queued; the controller does
+    /// the rest.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] (with [`ValidationErrors::has_hardcoded_secret`] for inline secrets), [`Error::Forbidden`],
+    /// and the store's `NotFound`, `EnvironmentBusy`, `IdempotencyKeyReuse`, `IdempotencyKeyInFlight`,
+    /// `PreconditionFailed`, `PreconditionRequired` or `Invalid` (selector matches nothing).
+    pub async fn submit(&self, principal: &Principal, submission: Submission) -> Result<Submitted, Error> {
+        let environment = EnvironmentName::new(submission.request.environment.as_str()).map_err(|e| {
+            let mut errs = ValidationErrors::default();
+            errs.push("environment", e.rule());
+            Error::Invalid(errs)
+        })?;
+        principal.authorize(Action::Deploy, &environment)?;
+        let spec = submission.request.validate()?;
+        let now = self.shared.clock.now();
+        let idempotency = submission.idempotency_key.map(|key| IdempotencyRecord {
+            scope: principal.id().to_owned(),
+            key,
+            fingerprint: spec.fingerprint(),
+            expires_at: crate::clock::add(now, self.shared.config.idempotency_retention),
+        });
+        let accepted = self
+            .shared
+            .store
+            .accept(Acceptance {
+                draft: DeploymentDraft {
+                    id: DeploymentId::new(),
+                    spec,
+                    created_by: principal.id().to_owned(),
+                    plan: TargetPlan::FromSpec,
+                    rollback_of: None,
+                },
+                idempotency,
+                expected_revision: submission.expected_revision,
+                now,
+            })
+            .await?;
+        if !accepted.replayed {
+            tracing::info!(deployment_id = %accepted.deployment.id(), environment = %environment, "deployment accepted");
+            self.shared.poke();
+        }
+        Ok(Submitted { deployment: accepted.deployment, replayed: accepted.replayed })
+    }
+
+    /// A deployment (viewer).
+    ///
+    /// # Errors
+    /// The store's `NotFound`, or [`Error::Forbidden`] when the principal may not read its environment.
+    pub async fn get(&self, principal: &Principal, id: DeploymentId) -> Result<Deployment, Error> {
+        let d = self.shared.store.get_deployment(id).await?;
+        principal.authorize(Action::Read, d.environment())?;
+        Ok(d)
+    }
+
+    /// Deployments, newest first. Only environments the principal may read are listed.
+    ///
+    /// # Errors
+    /// [`Error::Forbidden`] when the filter names an environment the principal may not read.
+    pub async fn list(
+        &self,
+        principal: &Principal,
+        filter: &DeploymentFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Deployment>, Error> {
+        if let Some(env) = &filter.environment {
+            principal.authorize(Action::Read, env)?;
+        }
+        let mut out = self.shared.store.list_deployments(filter, page).await?;
+        out.items.retain(|d| principal.authorize(Action::Read, d.environment()).is_ok());
+        Ok(out)
+    }
+
+    /// Events of a deployment after `after`, at most `limit`.
+    ///
+    /// # Errors
+    /// As [`Orchestrator::get`].
+    pub async fn events(
+        &self,
+        principal: &Principal,
+        id: DeploymentId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>, Error> {
+        self.get(principal, id).await?;
+        Ok(self.shared.store.events(id, after, limit).await?)
+    }
+
+    /// A live stream of a deployment's events after `after`, ending after the terminal event. It resumes anywhere: a
+    /// watcher that reconnects passes the last `seq` it saw and misses nothing.
+    ///
+    /// # Errors
+    /// As [`Orchestrator::get`], before the stream starts; store errors while streaming end the stream with that error.
+    pub async fn watch(
+        &self,
+        principal: &Principal,
+        id: DeploymentId,
+        after: u64,
+    ) -> Result<impl Stream<Item = Result<Event, Error>> + Send + 'static, Error> {
+        self.get(principal, id).await?;
+        Ok(controller::watch(Arc::clone(&self.shared), id, after))
+    }
+
+    /// Asks for a deployment to stop. Idempotent while it is not terminal.
+    ///
+    /// # Errors
+    /// The store's `NotFound` or `AlreadyFinished`; [`Error::Forbidden`].
+    pub async fn cancel(&self, principal: &Principal, id: DeploymentId) -> Result<Deployment, Error> {
+        let d = self.shared.store.get_deployment(id).await?;
+        principal.authorize(Action::Cancel, d.environment())?;
+        let d = self.shared.store.request_cancel(id, self.shared.clock.now()).await?;
+        self.shared.poke();
+        Ok(d)
+    }
+
+    /// Submits a new deployment that returns every target `id` changed to its `from_version`.
+    ///
+    /// # Errors
+    /// [`Error::NotRollbackable`] when `id` is not terminal or changed nothing; else as [`Orchestrator::submit`].
+    pub async fn rollback(
+        &self,
+        principal: &Principal,
+        id: DeploymentId,
+        idempotency_key: Option<IdempotencyKey>,
+    ) -> Result<Submitted, Error> {
+        let original = self.shared.store.get_deployment(id).await?;
+        principal.authorize(Action::Rollback, original.environment())?;
+        if !original.status().is_terminal() {
+            return Err(Error::NotRollbackable(id, format!("it is still {}; cancel it first", original.status())));
+        }
+        let changed: Vec<(TargetId, Version)> = original
+            .targets()
+            .iter()
+            .filter(|t| {
+                matches!(
+                    t.status,
+                    TargetStatus::Succeeded | TargetStatus::Failed | TargetStatus::Unreachable | TargetStatus::InProgress | TargetStatus::Verifying
+                )
+            })
+            .filter_map(|t| t.from_version.clone().filter(|from| from != &t.to_version).map(|from| (t.id.clone(), from)))
+            .collect();
+        let Some((_, first_version)) = changed.first() else {
+            return Err(Error::NotRollbackable(id, "no target it changed has a previous version to return to".into()));
+        };
+        let spec = original
+            .spec()
+            .with_version(first_version.clone())
+            .with_targets(TargetSelector::Ids(changed.iter().map(|(t, _)| t.clone()).collect()));
+        let now = self.shared.clock.now();
+        let idempotency = idempotency_key.map(|key| IdempotencyRecord {
+            scope: principal.id().to_owned(),
+            key,
+            fingerprint: crate::names::Fingerprint::of(format!("rollback:{id}").as_bytes()),
+            expires_at: crate::clock::add(now, self.shared.config.idempotency_retention),
+        });
+        let accepted = self
+            .shared
+            .store
+            .accept(Acceptance {
+                draft: DeploymentDraft {
+                    id: DeploymentId::new(),
+                    spec,
+                    created_by: principal.id().to_owned(),
+                    plan: TargetPlan::Explicit(changed),
+                    rollback_of: Some(id),
+                },
+                idempotency,
+                expected_revision: None,
+                now,
+            })
+            .await?;
+        self.shared.poke();
+        Ok(Submitted { deployment: accepted.deployment, replayed: accepted.replayed })
+    }
+
+    /// Claims and drives deployments one after another until none is runnable, then returns. For tests, examples and
+    /// one-shot tools; services run [`Orchestrator::run`].
+    ///
+    /// # Errors
+    /// A store error while claiming.
+    pub async fn run_until_idle(&self) -> Result<usize, Error> {
+        let mut driven = 0;
+        loop {
+            let now = self.shared.clock.now();
+            let claim = self.shared.store.claim(&self.shared.config.owner, now, self.shared.config.lease).await?;
+            let Some(claim) = claim else { return Ok(driven) };
+            runner::drive(Arc::clone(&self.shared), claim, ShutdownSignal::never()).await;
+            driven += 1;
+        }
+    }
+
+    /// The controller loop: claims runnable deployments, drives up to `max_concurrent_deployments` at once, renews
+    /// their leases, and returns when `shutdown` fires, releasing its leases so another replica (or the next start)
+    /// resumes the work at once.
+    pub async fn run(&self, shutdown: ShutdownSignal) {
+        controller::run(Arc::clone(&self.shared), shutdown).await;
+    }
+
+    /// Forgets expired idempotency keys; returns how many.
+    ///
+    /// # Errors
+    /// A store error.
+    pub async fn purge_idempotency_keys(&self) -> Result<u64, StoreError> {
+        self.shared.store.purge_idempotency_keys(self.shared.clock.now()).await
+    }
+}

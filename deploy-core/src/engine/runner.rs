@@ -1,0 +1,806 @@
+//! Driving one claimed deployment: batches, verification, failure policy, rollback, cancel and supersede.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
+use tracing::Instrument;
+
+use super::controller::ShutdownSignal;
+use super::retry::{CallError, RetryPolicy};
+use super::rollout::{self, Batch};
+use super::Shared;
+use crate::clock::{add, elapsed_between};
+use crate::deployment::{
+    Deployment, DeploymentStatus, ProgressUpdate, StatusChange, TargetObservation, TargetProgress, TargetStatus,
+};
+use crate::environment::Environment;
+use crate::event::NewEvent;
+use crate::executor::{ApplyContext, ExecutorError, Target};
+use crate::names::TargetId;
+use crate::secrets::{ResolvedSecrets, SecretError};
+use crate::spec::{ConfigValue, ExecutionMode, OnFailure, RolloutStrategy, UnreachableAction};
+use crate::state::{ActualState, DesiredState, Health, Observation};
+use crate::store::{Claim, Control, Lease, StoreError};
+
+/// Why driving stopped before a terminal status.
+#[derive(Debug)]
+enum Abort {
+    /// Another controller holds the deployment now, or it was finished elsewhere.
+    LostLease,
+    /// This controller is shutting down.
+    Shutdown,
+    /// The store failed; the lease will lapse and the work resumes.
+    Store(StoreError),
+}
+
+impl From<StoreError> for Abort {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::StaleToken { .. } | StoreError::AlreadyFinished { .. } => Self::LostLease,
+            other => Self::Store(other),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The holder's view of its deployment: a mirror of the stored record kept in step with every write.
+struct Recorder<'a> {
+    shared: &'a Shared,
+    lease: Mutex<Lease>,
+    local: Mutex<Deployment>,
+    control: Mutex<Control>,
+}
+
+impl<'a> Recorder<'a> {
+    fn new(shared: &'a Shared, lease: Lease, deployment: Deployment) -> Self {
+        let control =
+            Control { cancel_requested: deployment.cancel_requested(), superseded_by: deployment.superseded_by() };
+        Self { shared, lease: Mutex::new(lease), local: Mutex::new(deployment), control: Mutex::new(control) }
+    }
+
+    fn merge(&self, c: Control) {
+        let mut mine = lock(&self.control);
+        mine.cancel_requested |= c.cancel_requested;
+        if c.superseded_by.is_some() {
+            mine.superseded_by = c.superseded_by;
+        }
+    }
+
+    async fn write(&self, update: ProgressUpdate) -> Result<(), Abort> {
+        if let Err(e) = lock(&self.local).apply(&update) {
+            tracing::error!(error = %e, "refusing an update the record does not allow");
+            return Err(Abort::Store(StoreError::Update(e)));
+        }
+        let lease = lock(&self.lease).clone();
+        let control = self.shared.store.record(&lease, update).await?;
+        self.merge(control);
+        self.shared.poke();
+        Ok(())
+    }
+
+    fn now(&self) -> crate::clock::Timestamp {
+        self.shared.clock.now()
+    }
+
+    fn target(&self, index: usize) -> Option<TargetProgress> {
+        lock(&self.local).targets().get(index).cloned()
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&Deployment) -> R) -> R {
+        f(&lock(&self.local))
+    }
+
+    /// A target's new entry, its event and what the environment should show, in one write.
+    async fn set_target(
+        &self,
+        index: usize,
+        entry: TargetProgress,
+        message: String,
+        observation: Option<TargetObservation>,
+    ) -> Result<(), Abort> {
+        let now = self.now();
+        let progressed = entry.status.is_settled();
+        let event = NewEvent::target(now, entry.id.clone(), entry.status, message);
+        self.write(ProgressUpdate {
+            now: Some(now),
+            status: None,
+            targets: vec![(index, entry)],
+            events: vec![event],
+            observations: observation.into_iter().collect(),
+            progressed,
+        })
+        .await
+    }
+
+    async fn set_status(&self, status: DeploymentStatus, reason: String) -> Result<(), Abort> {
+        let now = self.now();
+        self.write(ProgressUpdate {
+            now: Some(now),
+            status: Some(StatusChange { status, reason: Some(reason.clone()) }),
+            events: vec![NewEvent::deployment(now, status, reason)],
+            progressed: status == DeploymentStatus::InProgress,
+            ..ProgressUpdate::default()
+        })
+        .await
+    }
+
+    /// Why the deployment must stop now, if it must.
+    fn stop_reason(&self) -> Option<(DeploymentStatus, String)> {
+        let c = *lock(&self.control);
+        if let Some(by) = c.superseded_by {
+            Some((DeploymentStatus::Superseded, format!("superseded by deployment {by}")))
+        } else if c.cancel_requested {
+            Some((DeploymentStatus::Cancelled, "cancelled on request".to_owned()))
+        } else {
+            None
+        }
+    }
+}
+
+/// Drives a claimed deployment until it is terminal, its lease is lost, or `shutdown` fires.
+pub(super) async fn drive(shared: Arc<Shared>, claim: Claim, mut shutdown: ShutdownSignal) {
+    let id = claim.deployment.id();
+    let span = tracing::info_span!("deployment", deployment_id = %id, environment = %claim.deployment.environment());
+    async move {
+        let rec = Recorder::new(&shared, claim.lease, claim.deployment);
+        let outcome = tokio::select! {
+            r = run(&rec) => r,
+            abort = renew(&rec) => Err(abort),
+            () = shutdown.fired() => Err(Abort::Shutdown),
+        };
+        let lease = lock(&rec.lease).clone();
+        match outcome {
+            Ok(()) => {
+                let _ = shared.store.release(&lease).await;
+            }
+            Err(Abort::Shutdown) => {
+                tracing::info!("shutting down; releasing the lease so the deployment resumes elsewhere");
+                if let Err(e) = shared.store.release(&lease).await {
+                    tracing::warn!(error = %e, "could not release the lease; it will lapse");
+                }
+            }
+            Err(Abort::LostLease) => tracing::warn!("lost the lease; another controller drives this deployment"),
+            Err(Abort::Store(e)) => {
+                tracing::warn!(error = %e, "store failed; the deployment resumes when the lease lapses");
+            }
+        }
+        shared.poke();
+    }
+    .instrument(span)
+    .await;
+}
+
+async fn renew(rec: &Recorder<'_>) -> Abort {
+    let shared = rec.shared;
+    loop {
+        shared.clock.sleep(shared.config.lease / 3).await;
+        let lease = lock(&rec.lease).clone();
+        match shared.store.renew(&lease, shared.clock.now(), shared.config.lease).await {
+            Ok((renewed, control)) => {
+                *lock(&rec.lease) = renewed;
+                rec.merge(control);
+            }
+            Err(e @ (StoreError::StaleToken { .. } | StoreError::AlreadyFinished { .. } | StoreError::NotFound { .. })) => {
+                tracing::warn!(error = %e, "lease renewal refused");
+                return Abort::LostLease;
+            }
+            Err(e) => tracing::warn!(error = %e, "lease renewal failed; trying again"),
+        }
+    }
+}
+
+/// Everything a target task needs, borrowed from the runner.
+struct Plan<'a> {
+    rec: &'a Recorder<'a>,
+    environment: Environment,
+    index_of: HashMap<TargetId, usize>,
+}
+
+async fn run(rec: &Recorder<'_>) -> Result<(), Abort> {
+    let (status, env_name) = rec.with(|d| (d.status(), d.environment().clone()));
+    if status.is_terminal() {
+        return Ok(());
+    }
+    let environment = rec.shared.store.get_environment(&env_name).await?;
+    let index_of = environment.targets.iter().enumerate().map(|(i, t)| (t.id.clone(), i)).collect();
+    let plan = Plan { rec, environment, index_of };
+    match status {
+        DeploymentStatus::Queued => {
+            if let Some((stop, reason)) = rec.stop_reason() {
+                return stop_now(rec, stop, reason).await;
+            }
+            let (total, strategy) = rec.with(|d| (d.targets().len(), describe(d.spec().strategy())));
+            rec.set_status(
+                DeploymentStatus::InProgress,
+                format!("started by {}: {total} target(s), {strategy}", rec.shared.config.owner),
+            )
+            .await?;
+        }
+        DeploymentStatus::RollingBack => return rollback(&plan, None).await,
+        _ => tracing::info!("resuming from stored progress"),
+    }
+    roll_out(&plan).await
+}
+
+fn describe(strategy: &RolloutStrategy) -> String {
+    match strategy {
+        RolloutStrategy::AllAtOnce => "all at once".to_owned(),
+        RolloutStrategy::Rolling { batch_size, .. } => format!("rolling {batch_size} at a time"),
+        RolloutStrategy::Canary { steps } => {
+            let p: Vec<String> = steps.iter().map(|s| format!("{}%", s.percent)).collect();
+            format!("canary {}", p.join(" → "))
+        }
+    }
+}
+
+async fn roll_out(plan: &Plan<'_>) -> Result<(), Abort> {
+    let rec = plan.rec;
+    let spec = rec.with(|d| d.spec().clone());
+    let total = rec.with(|d| d.targets().len());
+    let batches = rollout::batches(spec.strategy(), total);
+    let is_canary = matches!(spec.strategy(), RolloutStrategy::Canary { .. });
+    let pause = match spec.strategy() {
+        RolloutStrategy::Rolling { pause, .. } => pause.as_std(),
+        _ => Duration::ZERO,
+    };
+    let max_failed = spec.failure().max_failed.of_rounding_down(total) as u64;
+    let unreachable_then = spec.on_unreachable().then;
+
+    for (n, batch) in batches.iter().enumerate() {
+        if let Some((stop, reason)) = rec.stop_reason() {
+            return stop_now(rec, stop, reason).await;
+        }
+        let todo: Vec<usize> = batch
+            .targets
+            .clone()
+            .filter(|&i| rec.target(i).is_some_and(|t| !t.status.is_settled()))
+            .collect();
+        let deadline_hit = if todo.is_empty() {
+            false
+        } else {
+            run_bounded(plan, todo, |i| roll_target(plan, i).boxed()).await?
+        };
+
+        let s = rec.with(|d| *d.summary());
+        let counted = s.failed + if unreachable_then == UnreachableAction::Fail { s.unreachable } else { 0 };
+        let unreachable_rollback = unreachable_then == UnreachableAction::Rollback && s.unreachable > 0;
+        let mut failure = if deadline_hit {
+            Some(format!("no target made progress for {} (progress deadline)", spec.progress_deadline()))
+        } else if unreachable_rollback {
+            Some(format!("{} target(s) unreachable and on_unreachable is rollback", s.unreachable))
+        } else if counted > max_failed {
+            Some(format!("{counted} of {total} targets failed (max_failed {})", spec.failure().max_failed))
+        } else if is_canary && counted > 0 {
+            Some(format!("canary step {} of {} failed on {counted} target(s)", n + 1, batches.len()))
+        } else {
+            None
+        };
+        if failure.is_none() {
+            if let Some(watch_for) = batch.watch_for {
+                failure = watch_canary(plan, batch, watch_for).await?;
+            }
+        }
+        if let Some(reason) = failure {
+            let wants_rollback = is_canary || unreachable_rollback || spec.failure().on_failure == OnFailure::Rollback;
+            return fail(plan, reason, wants_rollback).await;
+        }
+        if !pause.is_zero() && n + 1 < batches.len() {
+            pause_between_batches(rec, pause).await;
+        }
+    }
+
+    let s = rec.with(|d| *d.summary());
+    let (status, reason) = if s.failed == 0 && s.unreachable == 0 {
+        (DeploymentStatus::Succeeded, format!("{} of {} target(s) verified, {} already up to date", s.succeeded, s.total, s.skipped))
+    } else {
+        (
+            DeploymentStatus::Degraded,
+            format!(
+                "{} of {} target(s) failed, {} unreachable (max_failed {})",
+                s.failed,
+                s.total,
+                s.unreachable,
+                spec.failure().max_failed
+            ),
+        )
+    };
+    rec.set_status(status, reason).await
+}
+
+/// Sleeps between batches in slices, so a cancel or supersede request is not kept waiting for a long pause.
+async fn pause_between_batches(rec: &Recorder<'_>, pause: Duration) {
+    let slice = (rec.shared.config.lease / 3).max(Duration::from_millis(10));
+    let mut left = pause;
+    while !left.is_zero() && rec.stop_reason().is_none() {
+        let step = left.min(slice);
+        rec.shared.clock.sleep(step).await;
+        left = left.saturating_sub(step);
+    }
+}
+
+/// Runs `task` for each index with at most `max_parallel_targets` at once, enforcing the progress deadline.
+/// Returns whether the deadline was hit (the unfinished targets are then marked failed).
+async fn run_bounded<'p, F>(plan: &'p Plan<'p>, indices: Vec<usize>, task: F) -> Result<bool, Abort>
+where
+    F: Fn(usize) -> BoxFuture<'p, Result<(), Abort>>,
+{
+    let rec = plan.rec;
+    let deadline = rec.with(|d| d.spec().progress_deadline().as_std());
+    let limit = rec.shared.config.max_parallel_targets.max(1);
+    let mut queue = indices.iter().copied();
+    let mut running = FuturesUnordered::new();
+    for i in queue.by_ref().take(limit) {
+        running.push(task(i));
+    }
+    loop {
+        if running.is_empty() {
+            return Ok(false);
+        }
+        let now = rec.now();
+        let last = rec.with(Deployment::progress_at).unwrap_or(now);
+        let remaining = deadline.saturating_sub(elapsed_between(last, now));
+        if remaining.is_zero() {
+            drop(running);
+            mark_interrupted(rec, &indices, TargetStatus::Failed, "progress deadline exceeded while this target was in flight")
+                .await?;
+            return Ok(true);
+        }
+        tokio::select! {
+            next = running.next() => {
+                if let Some(result) = next {
+                    result?;
+                    if let Some(i) = queue.next() {
+                        running.push(task(i));
+                    }
+                }
+            }
+            () = rec.shared.clock.sleep(remaining) => {}
+        }
+    }
+}
+
+/// Marks every unsettled target among `indices` with `status` in one write.
+async fn mark_interrupted(rec: &Recorder<'_>, indices: &[usize], status: TargetStatus, why: &str) -> Result<(), Abort> {
+    let now = rec.now();
+    let mut update = ProgressUpdate { now: Some(now), ..ProgressUpdate::default() };
+    for &i in indices {
+        if let Some(mut t) = rec.target(i) {
+            if !t.status.is_settled() {
+                let message = if t.status == TargetStatus::Pending {
+                    format!("{}: not attempted", t.id)
+                } else {
+                    format!("{}: {why}", t.id)
+                };
+                if t.status != TargetStatus::Pending {
+                    t.error = Some(why.to_owned());
+                }
+                t.status = status;
+                t.updated_at = now;
+                update.events.push(NewEvent::target(now, t.id.clone(), status, message));
+                update.targets.push((i, t));
+            }
+        }
+    }
+    if update.targets.is_empty() { Ok(()) } else { rec.write(update).await }
+}
+
+async fn stop_now(rec: &Recorder<'_>, status: DeploymentStatus, reason: String) -> Result<(), Abort> {
+    let all: Vec<usize> = (0..rec.with(|d| d.targets().len())).collect();
+    mark_interrupted(rec, &all, TargetStatus::Cancelled, "interrupted before it finished; its state is unknown").await?;
+    rec.set_status(status, reason).await
+}
+
+async fn fail(plan: &Plan<'_>, reason: String, wants_rollback: bool) -> Result<(), Abort> {
+    let rec = plan.rec;
+    let all: Vec<usize> = (0..rec.with(|d| d.targets().len())).collect();
+    mark_interrupted(rec, &all, TargetStatus::Cancelled, "stopped when the deployment failed").await?;
+    if wants_rollback {
+        rollback(plan, Some(reason)).await
+    } else {
+        rec.set_status(DeploymentStatus::Failed, reason).await
+    }
+}
+
+fn retry_policy<'a>(rec: &'a Recorder<'_>, unreachable_wait: Duration) -> RetryPolicy<'a> {
+    let c = &rec.shared.config;
+    RetryPolicy {
+        clock: rec.shared.clock.as_ref(),
+        max_retries: c.max_retries,
+        base: c.retry_base,
+        cap: c.retry_cap,
+        unreachable_wait,
+    }
+}
+
+fn target_of(plan: &Plan<'_>, id: &TargetId) -> Option<(Target, Option<DesiredState>)> {
+    let t = plan.index_of.get(id).and_then(|&i| plan.environment.targets.get(i))?;
+    Some((Target::of(&plan.environment.name, t), t.desired.clone()))
+}
+
+async fn resolve_secrets(rec: &Recorder<'_>, desired: &DesiredState) -> Result<ResolvedSecrets, ExecutorError> {
+    let mut out = ResolvedSecrets::new();
+    let refs = desired.secrets.iter().map(|(k, r)| (k, r)).chain(desired.config.iter().filter_map(|(k, v)| match v {
+        ConfigValue::Secret(r) => Some((k, r)),
+        ConfigValue::Literal(_) => None,
+    }));
+    for (name, reference) in refs {
+        match rec.shared.secrets.resolve(reference).await {
+            Ok(v) => {
+                out.insert(name.clone(), v);
+            }
+            Err(e @ SecretError::Unavailable { .. }) => {
+                return Err(ExecutorError::retryable(format!("secret {name}: {e}")));
+            }
+            Err(e) => return Err(ExecutorError::permanent(format!("secret {name} could not be resolved: {e}"))),
+        }
+    }
+    Ok(out)
+}
+
+enum Verified {
+    Healthy,
+    Unhealthy(String),
+    Unreachable(String),
+}
+
+/// Polls `verify` until health holds for `healthy_for`, giving up at `timeout`.
+async fn verify_health(rec: &Recorder<'_>, target: &Target, desired: &DesiredState) -> Verified {
+    let policy = rec.with(|d| *d.spec().verify());
+    let clock = rec.shared.clock.as_ref();
+    let started = clock.now();
+    let give_up = add(started, policy.timeout.as_std());
+    let mut healthy_since = None;
+    let mut last_problem = "never reported healthy".to_owned();
+    let mut unreachable_streak;
+    loop {
+        let now = clock.now();
+        let remaining = elapsed_between(now, give_up);
+        let probe = tokio::select! {
+            r = rec.shared.executor.verify(target, desired) => r,
+            () = clock.sleep(remaining.max(Duration::from_millis(1))) => Err(ExecutorError::retryable("health probe timed out")),
+        };
+        let now = clock.now();
+        match probe {
+            Ok(Health::Healthy) => {
+                unreachable_streak = false;
+                let since = *healthy_since.get_or_insert(now);
+                if elapsed_between(since, now) >= policy.healthy_for.as_std() {
+                    return Verified::Healthy;
+                }
+            }
+            Ok(h) => {
+                healthy_since = None;
+                unreachable_streak = false;
+                last_problem = format!("health was {h:?}").to_lowercase();
+            }
+            Err(e) => {
+                healthy_since = None;
+                unreachable_streak = e.class() == crate::executor::ErrorClass::Unreachable;
+                last_problem = e.message().to_owned();
+            }
+        }
+        if now >= give_up {
+            let why = format!(
+                "not healthy for {} within {}: {last_problem}",
+                policy.healthy_for, policy.timeout
+            );
+            return if unreachable_streak { Verified::Unreachable(why) } else { Verified::Unhealthy(why) };
+        }
+        let wait = policy.interval.as_std().min(elapsed_between(now, give_up)).max(Duration::from_millis(1));
+        clock.sleep(wait).await;
+    }
+}
+
+fn fail_entry(mut t: TargetProgress, status: TargetStatus, error: String, now: crate::clock::Timestamp) -> TargetProgress {
+    t.status = status;
+    t.error = Some(error);
+    t.updated_at = now;
+    t
+}
+
+/// Brings one target to the deployment's version: observe, skip if already there, apply (or run the steps), verify.
+async fn roll_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
+    let rec = plan.rec;
+    let Some(mut entry) = rec.target(index) else { return Ok(()) };
+    let (spec, deployment_id) = rec.with(|d| (d.spec().clone(), d.id()));
+    let Some((target, env_desired)) = target_of(plan, &entry.id) else {
+        let now = rec.now();
+        let msg = format!("{}: no longer in the environment", entry.id);
+        return rec.set_target(index, fail_entry(entry, TargetStatus::Failed, msg.clone(), now), msg, None).await;
+    };
+    let desired = DesiredState::from_spec(&spec, &entry.to_version);
+    let policy = retry_policy(rec, spec.on_unreachable().wait.as_std());
+    let resumed = entry.status != TargetStatus::Pending;
+    let id = entry.id.clone();
+
+    // Observe first: the difference between desired and actual is what gets executed.
+    let mut calls = 0;
+    let observed = policy.run(&mut calls, || rec.shared.executor.observe(&target)).await;
+    let observation = match observed {
+        Ok(o) => o,
+        Err(CallError::Failed(e)) => {
+            let now = rec.now();
+            let msg = format!("{id}: could not observe: {e}");
+            return rec.set_target(index, fail_entry(entry, TargetStatus::Failed, e, now), msg, None).await;
+        }
+        Err(CallError::Unreachable(e)) => {
+            let now = rec.now();
+            let msg = format!("{id}: {e}");
+            return rec.set_target(index, fail_entry(entry, TargetStatus::Unreachable, e, now), msg, None).await;
+        }
+    };
+    let declarative = matches!(spec.mode(), ExecutionMode::Declarative);
+    if declarative
+        && !resumed
+        && observation.version.as_ref() == Some(&entry.to_version)
+        && observation.health == Health::Healthy
+    {
+        let now = rec.now();
+        entry.status = TargetStatus::Skipped;
+        entry.from_version = observation.version.clone();
+        entry.updated_at = now;
+        let obs = TargetObservation {
+            target: id.clone(),
+            desired: Some(desired),
+            actual: Some(ActualState::observed(observation, now)),
+        };
+        return rec.set_target(index, entry, format!("{id}: already runs {}, healthy; nothing to do", obs.target), Some(obs)).await;
+    }
+    if !resumed {
+        entry.from_version = observation.version.clone();
+        entry.previous = match env_desired {
+            Some(d) if Some(&d.version) == observation.version.as_ref() => Some(d),
+            _ => observation.version.clone().map(|v| DesiredState::bare(spec.service().clone(), v)),
+        };
+    }
+    let now = rec.now();
+    entry.status = TargetStatus::InProgress;
+    entry.error = None;
+    entry.updated_at = now;
+    let from = entry.from_version.as_ref().map_or_else(|| "nothing".to_owned(), ToString::to_string);
+    rec.set_target(
+        index,
+        entry.clone(),
+        format!("{id}: {} {} (was {from})", if resumed { "re-applying" } else { "applying" }, entry.to_version),
+        Some(TargetObservation { target: id.clone(), desired: Some(desired.clone()), actual: None }),
+    )
+    .await?;
+
+    // Apply (or run the steps), with secrets resolved for this call only.
+    let applied = execute(rec, &policy, &target, &desired, &spec, deployment_id, &mut entry, index).await?;
+    if let Err(e) = applied {
+        let now = rec.now();
+        let (status, error) = match e {
+            CallError::Failed(e) => (TargetStatus::Failed, e),
+            CallError::Unreachable(e) => (TargetStatus::Unreachable, e),
+        };
+        let msg = format!("{id}: {error}");
+        return rec.set_target(index, fail_entry(entry, status, error, now), msg, None).await;
+    }
+
+    let now = rec.now();
+    entry.status = TargetStatus::Verifying;
+    entry.updated_at = now;
+    rec.set_target(index, entry.clone(), format!("{id}: verifying health of {}", entry.to_version), None).await?;
+
+    let verdict = verify_health(rec, &target, &desired).await;
+    let now = rec.now();
+    match verdict {
+        Verified::Healthy => {
+            entry.status = TargetStatus::Succeeded;
+            entry.error = None;
+            entry.updated_at = now;
+            let actual = ActualState::observed(
+                Observation { version: Some(entry.to_version.clone()), health: Health::Healthy },
+                now,
+            );
+            let msg = format!("{id}: runs {}, healthy", entry.to_version);
+            rec.set_target(index, entry, msg, Some(TargetObservation { target: id, desired: None, actual: Some(actual) }))
+                .await
+        }
+        Verified::Unhealthy(why) => {
+            let msg = format!("{id}: {why}");
+            let actual = ActualState::observed(
+                Observation { version: Some(entry.to_version.clone()), health: Health::Unhealthy },
+                now,
+            );
+            rec.set_target(
+                index,
+                fail_entry(entry, TargetStatus::Failed, why, now),
+                msg,
+                Some(TargetObservation { target: id, desired: None, actual: Some(actual) }),
+            )
+            .await
+        }
+        Verified::Unreachable(why) => {
+            let msg = format!("{id}: {why}");
+            rec.set_target(index, fail_entry(entry, TargetStatus::Unreachable, why, now), msg, None).await
+        }
+    }
+}
+
+/// Applies the desired state, or runs each imperative step in order, recording each step's output as an event.
+#[allow(clippy::too_many_arguments)]
+async fn execute(
+    rec: &Recorder<'_>,
+    policy: &RetryPolicy<'_>,
+    target: &Target,
+    desired: &DesiredState,
+    spec: &crate::spec::DeploymentSpec,
+    deployment: crate::names::DeploymentId,
+    entry: &mut TargetProgress,
+    index: usize,
+) -> Result<Result<(), CallError>, Abort> {
+    let mut attempts = entry.attempts;
+    let result = match spec.mode() {
+        ExecutionMode::Declarative => {
+            policy
+                .run(&mut attempts, || async {
+                    let secrets = resolve_secrets(rec, desired).await?;
+                    rec.shared.executor.apply(target, ApplyContext { deployment, desired, secrets: &secrets }).await
+                })
+                .await
+        }
+        ExecutionMode::Imperative { steps } => {
+            let mut outcome = Ok(());
+            for (n, step) in steps.iter().enumerate() {
+                let out = policy
+                    .run(&mut attempts, || async {
+                        let secrets = resolve_secrets(rec, desired).await?;
+                        rec.shared.executor.run_step(target, step, ApplyContext { deployment, desired, secrets: &secrets }).await
+                    })
+                    .await;
+                match out {
+                    Ok(output) => {
+                        entry.attempts = attempts;
+                        entry.updated_at = rec.now();
+                        let text: String = output.output.chars().take(4096).collect();
+                        let message = format!("{}: step {} ({}) done: {}", target.id, n + 1, step.action, text.trim());
+                        rec.set_target(index, entry.clone(), message, None).await?;
+                    }
+                    Err(e) => {
+                        outcome = Err(match e {
+                            CallError::Failed(m) => CallError::Failed(format!("step {} ({}): {m}", n + 1, step.action)),
+                            CallError::Unreachable(m) => {
+                                CallError::Unreachable(format!("step {} ({}): {m}", n + 1, step.action))
+                            }
+                        });
+                        break;
+                    }
+                }
+            }
+            outcome
+        }
+    };
+    entry.attempts = attempts;
+    Ok(result)
+}
+
+/// Watches a canary step's targets for `watch_for`; a target that turns unhealthy fails the step.
+async fn watch_canary(plan: &Plan<'_>, batch: &Batch, watch_for: Duration) -> Result<Option<String>, Abort> {
+    let rec = plan.rec;
+    let (spec, interval) = rec.with(|d| (d.spec().clone(), d.spec().verify().interval.as_std()));
+    let clock = rec.shared.clock.as_ref();
+    let until = add(clock.now(), watch_for);
+    loop {
+        if rec.stop_reason().is_some() {
+            return Ok(None);
+        }
+        for i in batch.targets.clone() {
+            let Some(entry) = rec.target(i) else { continue };
+            if entry.status != TargetStatus::Succeeded {
+                continue;
+            }
+            let Some((target, _)) = target_of(plan, &entry.id) else { continue };
+            let desired = DesiredState::from_spec(&spec, &entry.to_version);
+            let healthy = matches!(rec.shared.executor.verify(&target, &desired).await, Ok(Health::Healthy));
+            if !healthy {
+                let now = rec.now();
+                let why = format!("became unhealthy while the canary step was watched for {}s", watch_for.as_secs());
+                let msg = format!("{}: {why}", entry.id);
+                rec.set_target(i, fail_entry(entry, TargetStatus::Failed, why, now), msg, None).await?;
+                return Ok(Some("a canary target became unhealthy during its observation window".to_owned()));
+            }
+        }
+        let now = clock.now();
+        if now >= until {
+            return Ok(None);
+        }
+        clock.sleep(interval.min(elapsed_between(now, until)).max(Duration::from_millis(1))).await;
+    }
+}
+
+/// Returns every target this deployment changed to what it ran before, then ends `rolled_back` (or `failed` when some
+/// target could not be restored).
+async fn rollback(plan: &Plan<'_>, reason: Option<String>) -> Result<(), Abort> {
+    let rec = plan.rec;
+    if let Some(reason) = reason {
+        rec.set_status(DeploymentStatus::RollingBack, format!("{reason}; rolling back")).await?;
+    }
+    let candidates: Vec<usize> = rec.with(|d| {
+        d.targets()
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| {
+                matches!(
+                    t.status,
+                    TargetStatus::Succeeded
+                        | TargetStatus::Failed
+                        | TargetStatus::Unreachable
+                        | TargetStatus::InProgress
+                        | TargetStatus::Verifying
+                ) && t.from_version.as_ref().is_some_and(|f| f != &t.to_version)
+            })
+            .map(|(i, _)| i)
+            .collect()
+    });
+    let deadline_hit = run_bounded(plan, candidates.clone(), |i| restore_target(plan, i).boxed()).await?;
+    let s = rec.with(|d| *d.summary());
+    let not_restored = candidates
+        .iter()
+        .filter(|&&i| rec.target(i).is_some_and(|t| t.status != TargetStatus::RolledBack))
+        .count();
+    let base = rec.with(|d| d.status_reason().unwrap_or_default().trim_end_matches("; rolling back").to_owned());
+    if not_restored == 0 && !deadline_hit {
+        rec.set_status(DeploymentStatus::RolledBack, format!("{base}; {} target(s) rolled back", s.rolled_back)).await
+    } else {
+        rec.set_status(
+            DeploymentStatus::Failed,
+            format!("{base}; rollback incomplete: {not_restored} target(s) could not be restored"),
+        )
+        .await
+    }
+}
+
+async fn restore_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
+    let rec = plan.rec;
+    let Some(mut entry) = rec.target(index) else { return Ok(()) };
+    let (service, deployment, unreachable_wait) =
+        rec.with(|d| (d.service().clone(), d.id(), d.spec().on_unreachable().wait.as_std()));
+    let Some(from) = entry.from_version.clone() else { return Ok(()) };
+    let Some((target, _)) = target_of(plan, &entry.id) else { return Ok(()) };
+    let desired = entry.previous.clone().unwrap_or_else(|| DesiredState::bare(service, from.clone()));
+    let policy = retry_policy(rec, unreachable_wait);
+    let id = entry.id.clone();
+    let mut attempts = entry.attempts;
+    let applied = policy
+        .run(&mut attempts, || async {
+            let secrets = resolve_secrets(rec, &desired).await?;
+            rec.shared.executor.apply(&target, ApplyContext { deployment, desired: &desired, secrets: &secrets }).await
+        })
+        .await;
+    entry.attempts = attempts;
+    let verdict = match applied {
+        Ok(()) => verify_health(rec, &target, &desired).await,
+        Err(CallError::Failed(e)) => Verified::Unhealthy(e),
+        Err(CallError::Unreachable(e)) => Verified::Unreachable(e),
+    };
+    let now = rec.now();
+    entry.updated_at = now;
+    match verdict {
+        Verified::Healthy => {
+            entry.status = TargetStatus::RolledBack;
+            let actual = ActualState::observed(Observation { version: Some(from.clone()), health: Health::Healthy }, now);
+            rec.set_target(
+                index,
+                entry,
+                format!("{id}: rolled back to {from}, healthy"),
+                Some(TargetObservation { target: id, desired: Some(desired), actual: Some(actual) }),
+            )
+            .await
+        }
+        Verified::Unhealthy(why) | Verified::Unreachable(why) => {
+            let error = format!("rollback to {from} failed: {why}");
+            entry.status = TargetStatus::Failed;
+            entry.error = Some(error.clone());
+            rec.set_target(index, entry, format!("{id}: {error}"), None).await
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Events: every change to a deployment, numbered per deployment.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Timestamp;
+use crate::deployment::{DeploymentStatus, TargetStatus};
+use crate::names::{DeploymentId, TargetId};
+
+/// The type of an event, as webhooks and SSE name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum EventType {
+    /// Accepted and waiting.
+    #[serde(rename = "deployment.queued")]
+    Queued,
+    /// A controller started it.
+    #[serde(rename = "deployment.started")]
+    Started,
+    /// Every target verified.
+    #[serde(rename = "deployment.succeeded")]
+    Succeeded,
+    /// Finished with failures within the tolerance.
+    #[serde(rename = "deployment.degraded")]
+    Degraded,
+    /// Finished with too many failures, not rolled back.
+    #[serde(rename = "deployment.failed")]
+    Failed,
+    /// Rolling changed targets back.
+    #[serde(rename = "deployment.rolling_back")]
+    RollingBack,
+    /// Rolled back.
+    #[serde(rename = "deployment.rolled_back")]
+    RolledBack,
+    /// Cancelled on request.
+    #[serde(rename = "deployment.cancelled")]
+    Cancelled,
+    /// Replaced by a newer deployment.
+    #[serde(rename = "deployment.superseded")]
+    Superseded,
+    /// A target changed state.
+    #[serde(rename = "target.updated")]
+    TargetUpdated,
+}
+
+impl EventType {
+    /// The wire name, `deployment.succeeded`.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "deployment.queued",
+            Self::Started => "deployment.started",
+            Self::Succeeded => "deployment.succeeded",
+            Self::Degraded => "deployment.degraded",
+            Self::Failed => "deployment.failed",
+            Self::RollingBack => "deployment.rolling_back",
+            Self::RolledBack => "deployment.rolled_back",
+            Self::Cancelled => "deployment.cancelled",
+            Self::Superseded => "deployment.superseded",
+            Self::TargetUpdated => "target.updated",
+        }
+    }
+
+    /// The event a deployment status change emits.
+    #[must_use]
+    pub const fn for_status(status: DeploymentStatus) -> Self {
+        match status {
+            DeploymentStatus::Queued => Self::Queued,
+            DeploymentStatus::InProgress => Self::Started,
+            DeploymentStatus::Succeeded => Self::Succeeded,
+            DeploymentStatus::Degraded => Self::Degraded,
+            DeploymentStatus::Failed => Self::Failed,
+            DeploymentStatus::RollingBack => Self::RollingBack,
+            DeploymentStatus::RolledBack => Self::RolledBack,
+            DeploymentStatus::Cancelled => Self::Cancelled,
+            DeploymentStatus::Superseded => Self::Superseded,
+        }
+    }
+
+    /// Whether this event ends its deployment's stream.
+    #[must_use]
+    pub const fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded | Self::Degraded | Self::Failed | Self::RolledBack | Self::Cancelled | Self::Superseded
+        )
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An event before the store numbers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    /// When it happened.
+    pub at: Timestamp,
+    /// What happened.
+    pub event_type: EventType,
+    /// The target, for `target.updated`.
+    pub target_id: Option<TargetId>,
+    /// The deployment's or the target's new status, as its wire name.
+    pub status: String,
+    /// A sentence for people.
+    pub message: String,
+}
+
+impl NewEvent {
+    /// A deployment status change.
+    #[must_use]
+    pub fn deployment(at: Timestamp, status: DeploymentStatus, message: impl Into<String>) -> Self {
+        Self {
+            at,
+            event_type: EventType::for_status(status),
+            target_id: None,
+            status: status.as_str().to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// A target status change.
+    #[must_use]
+    pub fn target(at: Timestamp, target: TargetId, status: TargetStatus, message: impl Into<String>) -> Self {
+        Self {
+            at,
+            event_type: EventType::TargetUpdated,
+            target_id: Some(target),
+            status: status.as_str().to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// Numbers the event.
+    #[must_use]
+    pub fn numbered(self, deployment_id: DeploymentId, seq: u64) -> Event {
+        Event {
+            seq,
+            at: self.at,
+            event_type: self.event_type,
+            deployment_id,
+            target_id: self.target_id,
+            status: self.status,
+            message: self.message,
+        }
+    }
+}
+
+/// An event as stored and served: `seq` starts at 1 and has no gaps within a deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Position in the deployment's history, from 1.
+    pub seq: u64,
+    /// When it happened.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: Timestamp,
+    /// What happened.
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    /// The deployment.
+    pub deployment_id: DeploymentId,
+    /// The target, for `target.updated`.
+    pub target_id: Option<TargetId>,
+    /// The new status of the deployment or target.
+    pub status: String,
+    /// A sentence for people.
+    pub message: String,
+}

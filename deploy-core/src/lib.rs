@@ -1,0 +1,80 @@
+//! # deploy-core
+//!
+//! The domain and the engine of API-based deployment: a caller says *what* should run where, the
+//! [`Orchestrator`] durably accepts it, and a controller reconciles the desired state with the actual state through
+//! pluggable [`Executor`]s under a rollout strategy, verifying health and recording every step as an [`Event`] in a
+//! [`Store`].
+//!
+//! - Domain types: [`DeploymentRequest`] → [`DeploymentSpec`] (validated, secrets as references),
+//!   [`Environment`], [`Deployment`] with per-target [`TargetProgress`] and a [`Summary`], [`Event`]s.
+//! - Traits: [`Executor`], [`Store`], [`SecretResolver`], [`Clock`].
+//! - The engine: [`Orchestrator`] (submit, get, list, watch, cancel, rollback, the controller loop) and
+//!   [`ExecutorRouter`] (the gateway pattern).
+//!
+//! `deploy-testkit` has an in-memory [`Store`], a fault-injecting executor and conformance suites; `examples/embedded`
+//! shows a whole service.
+//!
+//! ```
+//! use deploy_core::{DeploymentRequest, RolloutStrategy, CountOrPercent};
+//! let request: DeploymentRequest = serde_json::from_str(r#"{
+//!     "environment": "prod", "service": "checkout", "version": "2.0.1",
+//!     "strategy": {"type": "rolling", "batch_size": "25%"},
+//!     "secrets": {"DB_PASSWORD": {"ref": "vault://kv/checkout/db#password"}}
+//! }"#).unwrap();
+//! let spec = request.validate().unwrap();
+//! assert_eq!(spec.strategy(), &RolloutStrategy::Rolling {
+//!     batch_size: CountOrPercent::Percent(25),
+//!     pause: deploy_core::HumanDuration::ZERO,
+//! });
+//!
+//! let inline: DeploymentRequest = serde_json::from_str(r#"{
+//!     "environment": "prod", "service": "checkout", "version": "2.0.1",
+//!     "config": {"DB_PASSWORD": "hunter2"}
+//! }"#).unwrap();
+//! assert!(inline.validate().unwrap_err().has_hardcoded_secret());
+//! ```
+
+mod auth;
+mod clock;
+mod deployment;
+mod duration;
+mod engine;
+mod environment;
+mod error;
+mod event;
+mod executor;
+mod names;
+mod secrets;
+pub mod spec;
+mod state;
+mod store;
+
+pub use auth::{Action, EnvironmentPattern, Forbidden, PatternError, Principal, Role};
+pub use clock::{Clock, SystemClock, Timestamp, add as add_duration, elapsed_between};
+pub use deployment::{
+    Deployment, DeploymentDraft, DeploymentStatus, ProgressUpdate, StatusChange, Summary, TargetObservation, TargetPlan,
+    TargetProgress, TargetStatus, UpdateError,
+};
+pub use duration::{DurationParseError, HumanDuration};
+pub use engine::{
+    Orchestrator, OrchestratorBuilder, OrchestratorConfig, ShutdownSignal, Submission, Submitted,
+};
+pub use engine::ShutdownTrigger;
+pub use environment::{
+    ConcurrencyPolicy, Environment, EnvironmentSpec, EnvironmentTarget, MAX_TARGETS, TargetDefinition,
+};
+pub use error::Error;
+pub use event::{Event, EventType, NewEvent};
+pub use executor::{ApplyContext, ErrorClass, Executor, ExecutorError, ExecutorRouter, StepOutput, Target};
+pub use names::{DeploymentId, EnvironmentName, Fingerprint, IdempotencyKey, NameError, Revision, ServiceName, TargetId, Version};
+pub use secrets::{EnvSecretResolver, ResolvedSecrets, SecretError, SecretRef, SecretRefError, SecretResolver, SecretValue};
+pub use spec::{
+    Artifact, CanaryStep, ConfigValue, CountOrPercent, DeploymentRequest, DeploymentSpec, ExecutionMode, FailurePolicy,
+    FieldError, ImperativeStep, OnFailure, RolloutStrategy, TargetSelector, UnreachableAction, UnreachablePolicy,
+    ValidationErrors, VerifyPolicy,
+};
+pub use state::{ActualState, DesiredState, Health, Observation};
+pub use store::{
+    Accepted, Acceptance, Claim, Control, DeliveryOutcome, DeliveryStatus, DeploymentFilter, EnvironmentWrite,
+    IdempotencyRecord, Lease, Page, PageRequest, Store, StoreError, WebhookDelivery, WebhookSubscription,
+};

@@ -1,0 +1,292 @@
+//! Identifiers and names: newtypes whose constructors refuse what the API does not accept.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use uuid::Uuid;
+
+/// Why a name or identifier was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} {value:?} is invalid: {rule}")]
+pub struct NameError {
+    what: &'static str,
+    value: String,
+    rule: &'static str,
+}
+
+impl NameError {
+    /// The rule the value broke, for field-level messages.
+    #[must_use]
+    pub fn rule(&self) -> &'static str {
+        self.rule
+    }
+}
+
+macro_rules! string_name {
+    ($(#[$doc:meta])* $name:ident, $what:literal, $rule:literal, $check:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Validates and wraps `value`.
+            ///
+            /// # Errors
+            /// [`NameError`] when the value breaks the rule in the type's documentation.
+            pub fn new(value: impl Into<String>) -> Result<Self, NameError> {
+                let value = value.into();
+                let check: fn(&str) -> bool = $check;
+                if check(&value) {
+                    Ok(Self(value))
+                } else {
+                    Err(NameError { what: $what, value, rule: $rule })
+                }
+            }
+
+            /// The name as a string slice.
+            #[must_use]
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = NameError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::new(s)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(deserializer)?;
+                Self::new(s).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+fn is_dns_label(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    (1..=63).contains(&bytes.len())
+        && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn is_token(s: &str, max: usize) -> bool {
+    let bytes = s.as_bytes();
+    (1..=max).contains(&bytes.len())
+        && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'+' | b'/'))
+}
+
+string_name!(
+    /// An environment name (`prod`, `staging-eu`): 1 to 63 characters of lowercase letters, digits, `-`, `_` and `.`,
+    /// starting with a letter or digit.
+    EnvironmentName,
+    "environment name",
+    "use 1 to 63 lowercase letters, digits, '-', '_' or '.', starting with a letter or digit",
+    is_dns_label
+);
+
+string_name!(
+    /// A service name (`checkout`): same rule as [`EnvironmentName`].
+    ServiceName,
+    "service name",
+    "use 1 to 63 lowercase letters, digits, '-', '_' or '.', starting with a letter or digit",
+    is_dns_label
+);
+
+string_name!(
+    /// A version (`2.0.1`, `2024-05-01+build.7`): 1 to 128 characters of letters, digits and `-_.:+/`, starting with a
+    /// letter or digit.
+    Version,
+    "version",
+    "use 1 to 128 letters, digits, '-', '_', '.', ':', '+' or '/', starting with a letter or digit",
+    |s| is_token(s, 128)
+);
+
+string_name!(
+    /// A target id within an environment (`web-1`, `host:10.0.0.7`): same rule as [`Version`].
+    TargetId,
+    "target id",
+    "use 1 to 128 letters, digits, '-', '_', '.', ':', '+' or '/', starting with a letter or digit",
+    |s| is_token(s, 128)
+);
+
+string_name!(
+    /// A caller's idempotency key: 1 to 255 visible ASCII characters.
+    IdempotencyKey,
+    "idempotency key",
+    "use 1 to 255 visible ASCII characters",
+    |s| (1..=255).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic())
+);
+
+/// The id of a deployment: a UUIDv7, so ids sort by creation time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DeploymentId(Uuid);
+
+impl DeploymentId {
+    /// A new, time-ordered id.
+    #[must_use]
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+
+    /// Wraps an existing UUID (as read back from a store).
+    #[must_use]
+    pub const fn from_uuid(id: Uuid) -> Self {
+        Self(id)
+    }
+
+    /// The UUID.
+    #[must_use]
+    pub const fn as_uuid(&self) -> &Uuid {
+        &self.0
+    }
+}
+
+impl Default for DeploymentId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for DeploymentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for DeploymentId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(Self)
+    }
+}
+
+/// An environment's revision: bumped by every change to the environment and by every accepted deployment, so a caller
+/// can say "only if nothing changed since revision 12" (`If-Match`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[serde(transparent)]
+pub struct Revision(u64);
+
+impl Revision {
+    /// The revision before anything happened.
+    pub const ZERO: Self = Self(0);
+
+    /// Wraps a raw revision number.
+    #[must_use]
+    pub const fn new(value: u64) -> Self {
+        Self(value)
+    }
+
+    /// The raw number.
+    #[must_use]
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+
+    /// The revision after this one.
+    #[must_use]
+    pub const fn next(self) -> Self {
+        Self(self.0.saturating_add(1))
+    }
+}
+
+impl fmt::Display for Revision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A fingerprint of a request: the SHA-256 of its canonical JSON. The same idempotency key with another fingerprint is
+/// a different request and is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Fingerprint(String);
+
+impl Fingerprint {
+    /// The fingerprint of `canonical` bytes.
+    #[must_use]
+    pub fn of(canonical: &[u8]) -> Self {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(canonical);
+        let mut hex = String::with_capacity(64);
+        for byte in digest {
+            hex.push(char::from(HEX[usize::from(byte >> 4)]));
+            hex.push(char::from(HEX[usize::from(byte & 0x0f)]));
+        }
+        Self(hex)
+    }
+
+    /// Wraps a fingerprint read back from a store.
+    #[must_use]
+    pub fn from_stored(hex: String) -> Self {
+        Self(hex)
+    }
+
+    /// The hexadecimal digest.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_their_rules() {
+        for ok in ["prod", "staging-eu", "a", "x1.y_z"] {
+            assert!(EnvironmentName::new(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Prod", "-prod", "pr od", "prod!", &"a".repeat(64)] {
+            assert!(EnvironmentName::new(bad).is_err(), "{bad}");
+        }
+        assert!(Version::new("2.0.1+build/7").is_ok());
+        assert!(Version::new("2.0 1").is_err());
+        assert!(IdempotencyKey::new("abc-123").is_ok());
+        assert!(IdempotencyKey::new("with space").is_err());
+        assert!(IdempotencyKey::new("k".repeat(256)).is_err());
+    }
+
+    #[test]
+    fn deserialization_validates() {
+        assert!(serde_json::from_str::<ServiceName>("\"checkout\"").is_ok());
+        assert!(serde_json::from_str::<ServiceName>("\"Check Out\"").is_err());
+    }
+
+    #[test]
+    fn fingerprint_is_sha256_hex() {
+        assert_eq!(
+            Fingerprint::of(b"abc").as_str(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn deployment_ids_sort_by_creation() {
+        let a = DeploymentId::new();
+        let b = DeploymentId::new();
+        assert!(a < b);
+    }
+}

@@ -1,0 +1,185 @@
+//! Secrets are references, never values: `{"ref": "vault://kv/checkout/db#password"}` in a spec, resolved by a
+//! [`SecretResolver`] only when a target is applied, and never stored, logged or serialized.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+/// A reference to a secret in a secret store: `scheme://location`, e.g. `env://DB_PASSWORD` or
+/// `vault://kv/checkout/db#password`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SecretRef {
+    #[serde(rename = "ref")]
+    reference: String,
+}
+
+/// Why a secret reference was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("secret reference {0:?} is invalid: expected \"scheme://location\", e.g. \"env://DB_PASSWORD\"")]
+pub struct SecretRefError(String);
+
+impl SecretRef {
+    /// Parses `scheme://location`.
+    ///
+    /// # Errors
+    /// [`SecretRefError`] when there is no scheme, no location, or the scheme is not lowercase ASCII.
+    pub fn parse(reference: impl Into<String>) -> Result<Self, SecretRefError> {
+        let reference = reference.into();
+        let valid = match reference.split_once("://") {
+            Some((scheme, location)) => {
+                !scheme.is_empty()
+                    && scheme.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !location.is_empty()
+                    && reference.len() <= 1024
+                    && !reference.chars().any(char::is_control)
+            }
+            None => false,
+        };
+        if valid { Ok(Self { reference }) } else { Err(SecretRefError(reference)) }
+    }
+
+    /// The scheme (`env`, `vault`, ...).
+    #[must_use]
+    pub fn scheme(&self) -> &str {
+        self.reference.split_once("://").map_or("", |(s, _)| s)
+    }
+
+    /// What follows `scheme://`.
+    #[must_use]
+    pub fn location(&self) -> &str {
+        self.reference.split_once("://").map_or("", |(_, l)| l)
+    }
+
+    /// The whole reference.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.reference
+    }
+}
+
+impl fmt::Display for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.reference)
+    }
+}
+
+/// A resolved secret value. It has no `Serialize`, and its `Debug` and `Display` print `***`, so it cannot leak into a
+/// store, an event or a log line by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretValue(String);
+
+impl SecretValue {
+    /// Wraps a resolved value.
+    #[must_use]
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value, for the executor that hands it to the target. Do not log it.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretValue(***)")
+    }
+}
+
+impl fmt::Display for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Secrets resolved for one apply, by the name the spec gave them.
+pub type ResolvedSecrets = BTreeMap<String, SecretValue>;
+
+/// Why a secret could not be resolved.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SecretError {
+    /// No resolver handles this scheme.
+    #[error("no secret resolver for scheme {scheme:?}")]
+    UnsupportedScheme {
+        /// The scheme of the reference.
+        scheme: String,
+    },
+    /// The store answered that the secret does not exist.
+    #[error("secret {reference:?} not found")]
+    NotFound {
+        /// The reference that was looked up.
+        reference: String,
+    },
+    /// The secret store could not be reached; trying again later may work.
+    #[error("secret store unavailable for {reference:?}: {reason}")]
+    Unavailable {
+        /// The reference that was looked up.
+        reference: String,
+        /// What went wrong, without the value.
+        reason: String,
+    },
+}
+
+/// Resolves secret references at the moment a target is applied.
+///
+/// Contract: `resolve` returns the current value or a typed error; it never caches values beyond its own policy and
+/// never writes them anywhere. The engine calls it once per target apply, so rotations take effect on the next apply.
+#[async_trait]
+pub trait SecretResolver: Send + Sync {
+    /// Resolves one reference.
+    async fn resolve(&self, reference: &SecretRef) -> Result<SecretValue, SecretError>;
+}
+
+/// Resolves `env://NAME` from the process environment; refuses every other scheme.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EnvSecretResolver;
+
+#[async_trait]
+impl SecretResolver for EnvSecretResolver {
+    async fn resolve(&self, reference: &SecretRef) -> Result<SecretValue, SecretError> {
+        if reference.scheme() != "env" {
+            return Err(SecretError::UnsupportedScheme { scheme: reference.scheme().to_owned() });
+        }
+        std::env::var(reference.location())
+            .map(SecretValue::new)
+            .map_err(|_| SecretError::NotFound { reference: reference.as_str().to_owned() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_need_a_scheme_and_a_location() {
+        assert!(SecretRef::parse("env://DB_PASSWORD").is_ok());
+        assert!(SecretRef::parse("vault://kv/checkout/db#password").is_ok());
+        for bad in ["", "hunter2", "env://", "://x", "ENV://X", "env:/X"] {
+            assert!(SecretRef::parse(bad).is_err(), "{bad}");
+        }
+        let r = SecretRef::parse("vault://kv/a#b").unwrap();
+        assert_eq!((r.scheme(), r.location()), ("vault", "kv/a#b"));
+    }
+
+    #[test]
+    fn values_never_print() {
+        let v = SecretValue::new("hunter2");
+        assert_eq!(format!("{v:?} {v}"), "SecretValue(***) ***");
+    }
+
+    #[tokio::test]
+    async fn env_resolver_reads_only_env_scheme() {
+        let r = EnvSecretResolver;
+        let path = SecretRef::parse("env://PATH").unwrap();
+        assert!(r.resolve(&path).await.is_ok());
+        let missing = SecretRef::parse("env://DEPLOY_CORE_SURELY_UNSET_VARIABLE").unwrap();
+        assert!(matches!(r.resolve(&missing).await, Err(SecretError::NotFound { .. })));
+        let vault = SecretRef::parse("vault://x").unwrap();
+        assert!(matches!(r.resolve(&vault).await, Err(SecretError::UnsupportedScheme { .. })));
+    }
+}

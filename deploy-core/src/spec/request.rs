@@ -1,0 +1,165 @@
+//! The deployment request as a caller writes it, before validation.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A deployment request exactly as submitted (the `POST /v1/deployments` body). Every field but `environment`,
+/// `service` and `version` may be omitted. Turn it into a [`DeploymentSpec`](super::DeploymentSpec) with
+/// [`DeploymentRequest::validate`], which reports every problem at once.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentRequest {
+    /// The environment to deploy to.
+    pub environment: String,
+    /// The service being deployed.
+    pub service: String,
+    /// The version to run.
+    pub version: String,
+    /// Where the build lives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<ArtifactRequest>,
+    /// Plain configuration, handed to the target as is.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config: BTreeMap<String, Value>,
+    /// Secrets, each a reference `{"ref": "scheme://location"}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, Value>,
+    /// Which targets: `{"all": true}`, `{"ids": [...]}` or `{"labels": {...}}`. Default: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub targets: Option<TargetsRequest>,
+    /// The rollout strategy. Default: rolling, 25% at a time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<StrategyRequest>,
+    /// Health verification after apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifyRequest>,
+    /// What counts as failure and what happens then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<FailureRequest>,
+    /// What happens when targets cannot be reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_unreachable: Option<UnreachableRequest>,
+    /// Fail the deployment when no target made progress for this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_deadline: Option<String>,
+    /// `declarative` (default) or `imperative`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// The steps of an imperative request, run in order on each target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<Vec<StepRequest>>,
+    /// Free-form labels (`ticket`, `commit`, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `artifact` of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactRequest {
+    /// Where to fetch it.
+    pub uri: String,
+    /// `sha256:<64 hex digits>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+}
+
+/// `targets` of a request: exactly one of the fields.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetsRequest {
+    /// Every target of the environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all: Option<bool>,
+    /// These targets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ids: Option<Vec<String>>,
+    /// Targets whose labels include all of these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// `strategy` of a request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StrategyRequest {
+    /// Every target at once.
+    AllAtOnce,
+    /// Batch after batch.
+    Rolling {
+        /// A count (`2`, `"2"`) or a percentage (`"25%"`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        batch_size: Option<Value>,
+        /// Wait between batches.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pause: Option<String>,
+    },
+    /// Growing steps, each verified before the next.
+    Canary {
+        /// The steps.
+        steps: Vec<CanaryStepRequest>,
+    },
+}
+
+/// One step of a canary request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryStepRequest {
+    /// Share of the selected targets running the new version after this step.
+    pub percent: i64,
+    /// How long the step's targets must stay healthy before the next step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_for: Option<String>,
+}
+
+/// `verify` of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    /// Give up on a target that is not healthy for `healthy_for` within this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Time between health probes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// How long health must hold without interruption.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_for: Option<String>,
+}
+
+/// `failure` of a request.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailureRequest {
+    /// Failed targets tolerated: a count (`1`, `"1"`) or a percentage (`"10%"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_failed: Option<Value>,
+    /// `fail` or `rollback`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<String>,
+}
+
+/// `on_unreachable` of a request.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnreachableRequest {
+    /// How long to keep trying an unreachable target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<String>,
+    /// `continue`, `fail` or `rollback`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub then: Option<String>,
+}
+
+/// One imperative step.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepRequest {
+    /// The action (`stop`, `fetch`, `start`, ...), interpreted by the executor.
+    pub action: String,
+    /// Arguments for the action.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub args: BTreeMap<String, String>,
+}

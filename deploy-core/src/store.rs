@@ -1,0 +1,417 @@
+//! The [`Store`] trait: everything the engine knows lives behind it, so any replica can pick up any deployment.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::auth::EnvironmentPattern;
+use crate::clock::Timestamp;
+use crate::deployment::{Deployment, DeploymentDraft, DeploymentStatus, ProgressUpdate, UpdateError};
+use crate::environment::{Environment, EnvironmentSpec};
+use crate::event::{Event, EventType};
+use crate::names::{DeploymentId, EnvironmentName, Fingerprint, IdempotencyKey, Revision, ServiceName};
+use crate::spec::ValidationErrors;
+
+/// A store's error. Conformance suites match on these variants.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The named thing does not exist.
+    #[error("{what} {id} not found")]
+    NotFound {
+        /// `environment`, `deployment`, `webhook`, ...
+        what: &'static str,
+        /// Its id or name.
+        id: String,
+    },
+    /// The environment's policy is `reject` and another deployment is queued or active.
+    #[error("environment {environment} is busy with deployment {active}")]
+    EnvironmentBusy {
+        /// The environment.
+        environment: EnvironmentName,
+        /// The deployment in the way.
+        active: DeploymentId,
+    },
+    /// The idempotency key was used before with a different request.
+    #[error("idempotency key {key} was used with a different request")]
+    IdempotencyKeyReuse {
+        /// The key.
+        key: IdempotencyKey,
+    },
+    /// The first request with this key is still being accepted.
+    #[error("a request with idempotency key {key} is still being processed")]
+    IdempotencyKeyInFlight {
+        /// The key.
+        key: IdempotencyKey,
+    },
+    /// The caller's expected revision is stale.
+    #[error("environment revision is {current}, the request expected {expected}")]
+    PreconditionFailed {
+        /// What the caller expected.
+        expected: Revision,
+        /// What it is.
+        current: Revision,
+    },
+    /// The environment requires an expected revision and none was given.
+    #[error("environment {environment} requires an expected revision (If-Match)")]
+    PreconditionRequired {
+        /// The environment.
+        environment: EnvironmentName,
+    },
+    /// The request does not fit the environment (unknown targets, empty selection).
+    #[error("invalid request")]
+    Invalid(#[source] ValidationErrors),
+    /// The fencing token is stale: another controller claimed the deployment since.
+    #[error("lease on deployment {deployment} is stale (token {token})")]
+    StaleToken {
+        /// The deployment.
+        deployment: DeploymentId,
+        /// The refused token.
+        token: u64,
+    },
+    /// The deployment is terminal and cannot change.
+    #[error("deployment {deployment} is already {status}")]
+    AlreadyFinished {
+        /// The deployment.
+        deployment: DeploymentId,
+        /// Its terminal status.
+        status: DeploymentStatus,
+    },
+    /// The update does not fit the record (illegal transition, unknown target).
+    #[error("update refused")]
+    Update(#[source] UpdateError),
+    /// The backend could not be reached or failed; the operation may be retried.
+    #[error("store unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Stored data could not be read back.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// A page request: at most `limit` items after `cursor`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageRequest {
+    /// At most this many items (clamped to 1..=500).
+    pub limit: usize,
+    /// Where the previous page ended.
+    pub cursor: Option<String>,
+}
+
+impl Default for PageRequest {
+    fn default() -> Self {
+        Self { limit: 50, cursor: None }
+    }
+}
+
+impl PageRequest {
+    /// The limit clamped to `1..=500`.
+    #[must_use]
+    pub fn clamped_limit(&self) -> usize {
+        self.limit.clamp(1, 500)
+    }
+}
+
+/// A page of results, newest first, and the cursor of the next page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Page<T> {
+    /// The items.
+    pub items: Vec<T>,
+    /// Pass this as `cursor` for the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Filters of a deployment listing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeploymentFilter {
+    /// Only this environment.
+    pub environment: Option<EnvironmentName>,
+    /// Only this service.
+    pub service: Option<ServiceName>,
+    /// Only this status.
+    pub status: Option<DeploymentStatus>,
+}
+
+impl DeploymentFilter {
+    /// Whether `d` passes.
+    #[must_use]
+    pub fn matches(&self, d: &Deployment) -> bool {
+        self.environment.as_ref().is_none_or(|e| e == d.environment())
+            && self.service.as_ref().is_none_or(|s| s == d.service())
+            && self.status.is_none_or(|s| s == d.status())
+    }
+}
+
+/// An idempotency key as stored with the deployment it created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    /// Keys are scoped per principal: two callers may use the same key.
+    pub scope: String,
+    /// The key.
+    pub key: IdempotencyKey,
+    /// The request's fingerprint.
+    pub fingerprint: Fingerprint,
+    /// After this the key is forgotten and may be used again.
+    pub expires_at: Timestamp,
+}
+
+/// Everything a store needs to accept a deployment atomically.
+#[derive(Debug, Clone)]
+pub struct Acceptance {
+    /// The deployment to create.
+    pub draft: DeploymentDraft,
+    /// The idempotency key, if the caller gave one.
+    pub idempotency: Option<IdempotencyRecord>,
+    /// The revision the caller expects the environment to be at.
+    pub expected_revision: Option<Revision>,
+    /// The time of acceptance.
+    pub now: Timestamp,
+}
+
+/// The result of an acceptance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Accepted {
+    /// The deployment (the original one, for a replay).
+    pub deployment: Deployment,
+    /// Whether this was a replay of an earlier request with the same key.
+    pub replayed: bool,
+}
+
+/// The result of creating or replacing an environment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnvironmentWrite {
+    /// The environment as stored.
+    pub environment: Environment,
+    /// Whether it was created (rather than replaced).
+    pub created: bool,
+}
+
+/// The right to drive one deployment until `expires_at`, proven by a fencing token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The deployment.
+    pub deployment: DeploymentId,
+    /// Who holds it.
+    pub owner: String,
+    /// Strictly increasing per deployment: every claim gets a larger token, and writes with a smaller one fail.
+    pub token: u64,
+    /// When it lapses unless renewed.
+    pub expires_at: Timestamp,
+}
+
+/// A claimed deployment and its lease.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    /// The deployment as stored at claim time.
+    pub deployment: Deployment,
+    /// The lease.
+    pub lease: Lease,
+}
+
+/// Requests for the holder of a deployment, returned by every write so it learns of them at its next step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[must_use]
+pub struct Control {
+    /// Someone asked to cancel.
+    pub cancel_requested: bool,
+    /// A newer deployment replaces this one.
+    pub superseded_by: Option<DeploymentId>,
+}
+
+/// A webhook subscription.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookSubscription {
+    /// Its id.
+    pub id: Uuid,
+    /// Where deliveries go.
+    pub url: String,
+    /// Event type patterns (`deployment.*`, `target.updated`, `*`).
+    pub events: Vec<String>,
+    /// Environment patterns; empty means all.
+    pub environments: Vec<EnvironmentPattern>,
+    /// Whether deliveries are made.
+    pub active: bool,
+    /// Why it was disabled.
+    pub disabled_reason: Option<String>,
+    /// When it was created.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: Timestamp,
+    /// The signing secret (`whsec_...`); never serialized.
+    #[serde(skip)]
+    pub secret: String,
+}
+
+impl WebhookSubscription {
+    /// Whether an event of `event_type` in `environment` is delivered to this subscription.
+    #[must_use]
+    pub fn matches(&self, event_type: EventType, environment: &EnvironmentName) -> bool {
+        let name = event_type.as_str();
+        self.active
+            && self.events.iter().any(|p| {
+                p == "*" || p == name || p.strip_suffix('*').is_some_and(|prefix| name.starts_with(prefix))
+            })
+            && (self.environments.is_empty() || self.environments.iter().any(|p| p.matches(environment)))
+    }
+}
+
+/// The state of one webhook delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    /// Not delivered yet; will be tried at `next_attempt_at`.
+    Pending,
+    /// A 2xx answer was received.
+    Delivered,
+    /// Gave up after the retry schedule.
+    Failed,
+}
+
+/// One delivery in the outbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookDelivery {
+    /// The delivery id, sent as `webhook-id` on every attempt.
+    pub id: String,
+    /// The subscription.
+    pub subscription_id: Uuid,
+    /// The event type.
+    pub event_type: EventType,
+    /// The deployment it reports.
+    pub deployment_id: DeploymentId,
+    /// The event's sequence number.
+    pub seq: u64,
+    /// The body to send.
+    pub payload: serde_json::Value,
+    /// Its state.
+    pub status: DeliveryStatus,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last HTTP status received.
+    pub last_status_code: Option<u16>,
+    /// When to try next.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub next_attempt_at: Option<Timestamp>,
+    /// When it was delivered.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub delivered_at: Option<Timestamp>,
+}
+
+/// The result of one delivery attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    /// Delivered.
+    Delivered {
+        /// The 2xx status.
+        status_code: u16,
+    },
+    /// Failed; try again at `next_attempt_at`.
+    Retry {
+        /// The status, if an answer came.
+        status_code: Option<u16>,
+        /// When.
+        next_attempt_at: Timestamp,
+    },
+    /// Failed for good (schedule exhausted).
+    GiveUp {
+        /// The status, if an answer came.
+        status_code: Option<u16>,
+    },
+    /// The receiver answered 410: disable the subscription.
+    Gone,
+}
+
+/// Durable state of the engine.
+///
+/// # Contract
+/// Every method is atomic: it happens entirely or not at all, and what it returns is durable when it returns.
+/// - **Acceptance** ([`Store::accept`]) checks, in one transaction: the idempotency key (same key + same fingerprint →
+///   the original deployment with `replayed`; another fingerprint → [`StoreError::IdempotencyKeyReuse`]; expired keys
+///   are forgotten), `require_if_match` ([`StoreError::PreconditionRequired`]) and the expected revision
+///   ([`StoreError::PreconditionFailed`]), plans the targets ([`Deployment::plan`]), applies the environment's
+///   concurrency policy ([`StoreError::EnvironmentBusy`] for `reject`; for `supersede`, older queued deployments become
+///   `superseded` and the active one gets `superseded_by`), bumps the environment's revision, and appends the
+///   `deployment.queued` event and its webhook deliveries.
+/// - **One active deployment per environment**: only the oldest non-terminal deployment of an environment is ever
+///   claimable, so at most one runs per environment however many controllers claim.
+/// - **Claims** ([`Store::claim`]) hand out that deployment when it is queued or its lease has lapsed, with a fencing
+///   token larger than every earlier one. [`Store::record`], [`Store::renew`] and [`Store::release`] with a token that is
+///   no longer current fail with [`StoreError::StaleToken`].
+/// - **Records** apply a [`ProgressUpdate`] (status, targets, events, environment observations) together with the
+///   webhook deliveries its events match; a terminal deployment refuses every change ([`StoreError::AlreadyFinished`]).
+/// - **Events** are numbered from 1 per deployment without gaps.
+/// - **Cancel** of a queued deployment that nobody holds cancels it at once; otherwise it is recorded for the holder,
+///   returned in [`Control`] by its next write.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Creates or replaces an environment (bumping its revision), if `expected` matches the current revision.
+    async fn put_environment(
+        &self,
+        name: &EnvironmentName,
+        spec: EnvironmentSpec,
+        expected: Option<Revision>,
+        now: Timestamp,
+    ) -> Result<EnvironmentWrite, StoreError>;
+
+    /// An environment, with its active and queued deployments.
+    async fn get_environment(&self, name: &EnvironmentName) -> Result<Environment, StoreError>;
+
+    /// Environments by name.
+    async fn list_environments(&self, page: &PageRequest) -> Result<Page<Environment>, StoreError>;
+
+    /// Accepts a deployment atomically (see the trait's contract).
+    async fn accept(&self, acceptance: Acceptance) -> Result<Accepted, StoreError>;
+
+    /// A deployment.
+    async fn get_deployment(&self, id: DeploymentId) -> Result<Deployment, StoreError>;
+
+    /// Deployments, newest first.
+    async fn list_deployments(
+        &self,
+        filter: &DeploymentFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Deployment>, StoreError>;
+
+    /// Events of a deployment with `seq > after`, oldest first, at most `limit`.
+    async fn events(&self, id: DeploymentId, after: u64, limit: usize) -> Result<Vec<Event>, StoreError>;
+
+    /// Asks for a deployment to be cancelled.
+    async fn request_cancel(&self, id: DeploymentId, now: Timestamp) -> Result<Deployment, StoreError>;
+
+    /// Claims the next runnable deployment, if any, for `lease` from `now`.
+    async fn claim(&self, owner: &str, now: Timestamp, lease: Duration) -> Result<Option<Claim>, StoreError>;
+
+    /// Extends a lease.
+    async fn renew(&self, lease: &Lease, now: Timestamp, duration: Duration) -> Result<(Lease, Control), StoreError>;
+
+    /// Gives a lease up so another controller can claim at once (graceful shutdown).
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError>;
+
+    /// Applies an update under a lease.
+    async fn record(&self, lease: &Lease, update: ProgressUpdate) -> Result<Control, StoreError>;
+
+    /// Forgets idempotency keys that expired before `now`; returns how many.
+    async fn purge_idempotency_keys(&self, now: Timestamp) -> Result<u64, StoreError>;
+
+    /// Adds a webhook subscription.
+    async fn create_webhook(&self, subscription: WebhookSubscription) -> Result<WebhookSubscription, StoreError>;
+
+    /// Every webhook subscription.
+    async fn list_webhooks(&self) -> Result<Vec<WebhookSubscription>, StoreError>;
+
+    /// Removes a webhook subscription and its pending deliveries.
+    async fn delete_webhook(&self, id: Uuid) -> Result<(), StoreError>;
+
+    /// Claims up to `limit` pending deliveries due at `now`, hiding them from other dispatchers for `lease`.
+    async fn claim_deliveries(
+        &self,
+        now: Timestamp,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<(WebhookDelivery, WebhookSubscription)>, StoreError>;
+
+    /// Records the outcome of one attempt.
+    async fn complete_delivery(&self, id: &str, outcome: DeliveryOutcome, now: Timestamp) -> Result<(), StoreError>;
+
+    /// Deliveries of a subscription, newest first.
+    async fn list_deliveries(&self, subscription: Uuid, page: &PageRequest) -> Result<Page<WebhookDelivery>, StoreError>;
+}

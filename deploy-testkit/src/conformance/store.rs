@@ -1,0 +1,410 @@
+//! The [`Store`] contract, checked. Every function uses its own uniquely named environment, so all of them can run
+//! against one store, concurrently.
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)] // A suite reports violations by panicking.
+
+use std::time::Duration;
+
+use deploy_core::{
+    Acceptance, ConcurrencyPolicy, DeliveryOutcome, DeliveryStatus, DeploymentDraft, DeploymentFilter, DeploymentId,
+    DeploymentRequest, DeploymentStatus, EnvironmentName, EventType, Fingerprint, IdempotencyKey, IdempotencyRecord,
+    PageRequest, Principal, ProgressUpdate, Revision, StatusChange, Store, StoreError, TargetPlan, TargetStatus,
+    Timestamp, WebhookSubscription, add_duration,
+};
+use uuid::Uuid;
+
+use crate::fixtures::environment;
+
+fn unique_env(prefix: &str) -> EnvironmentName {
+    EnvironmentName::new(format!("{prefix}-{}", Uuid::now_v7().simple())).expect("valid name")
+}
+
+fn t0() -> Timestamp {
+    time::OffsetDateTime::now_utc()
+}
+
+fn acceptance(env: &EnvironmentName, version: &str, key: Option<(&str, &str)>, now: Timestamp) -> Acceptance {
+    let spec = DeploymentRequest {
+        environment: env.to_string(),
+        service: "svc".into(),
+        version: version.into(),
+        ..DeploymentRequest::default()
+    }
+    .validate()
+    .expect("valid request");
+    let idempotency = key.map(|(scope, key)| IdempotencyRecord {
+        scope: scope.into(),
+        key: IdempotencyKey::new(key).expect("valid key"),
+        fingerprint: spec.fingerprint(),
+        expires_at: add_duration(now, Duration::from_secs(3600)),
+    });
+    Acceptance {
+        draft: DeploymentDraft {
+            id: DeploymentId::new(),
+            spec,
+            created_by: Principal::system("conformance").id().to_owned(),
+            plan: TargetPlan::FromSpec,
+            rollback_of: None,
+        },
+        idempotency,
+        expected_revision: None,
+        now,
+    }
+}
+
+async fn env_with(store: &dyn Store, prefix: &str, policy: ConcurrencyPolicy) -> EnvironmentName {
+    let name = unique_env(prefix);
+    store
+        .put_environment(&name, environment(&["a-1", "a-2", "a-3"], "scripted", policy), None, t0())
+        .await
+        .expect("create environment");
+    name
+}
+
+/// Runs every check of this suite.
+pub async fn run_all(store: &dyn Store) {
+    environments_have_revisions(store).await;
+    idempotent_acceptance(store).await;
+    preconditions_and_planning(store).await;
+    concurrency_policies(store).await;
+    claims_are_fenced(store).await;
+    records_are_atomic_and_terminal_is_final(store).await;
+    cancel_requests(store).await;
+    listings_page_with_cursors(store).await;
+    webhook_outbox_follows_changes(store).await;
+    idempotency_keys_expire(store).await;
+}
+
+/// Creating bumps to revision 1, replacing bumps again, a stale expected revision is refused.
+pub async fn environments_have_revisions(store: &dyn Store) {
+    let name = unique_env("envrev");
+    let spec = environment(&["x-1"], "scripted", ConcurrencyPolicy::Queue);
+    let created = store.put_environment(&name, spec.clone(), None, t0()).await.expect("create");
+    assert!(created.created);
+    assert_eq!(created.environment.revision, Revision::new(1));
+    let replaced = store.put_environment(&name, spec.clone(), Some(Revision::new(1)), t0()).await.expect("replace");
+    assert!(!replaced.created);
+    assert_eq!(replaced.environment.revision, Revision::new(2));
+    let stale = store.put_environment(&name, spec, Some(Revision::new(1)), t0()).await;
+    assert!(matches!(stale, Err(StoreError::PreconditionFailed { .. })), "stale revision: {stale:?}");
+    let missing = store.get_environment(&unique_env("missing")).await;
+    assert!(matches!(missing, Err(StoreError::NotFound { .. })), "unknown environment: {missing:?}");
+}
+
+/// Same key + same request → one deployment; same key + other request → reuse error; another scope → independent.
+pub async fn idempotent_acceptance(store: &dyn Store) {
+    let env = env_with(store, "idem", ConcurrencyPolicy::Queue).await;
+    let now = t0();
+    let first = store.accept(acceptance(&env, "2.0", Some(("ci", "k-1")), now)).await.expect("first");
+    assert!(!first.replayed);
+    let again = store.accept(acceptance(&env, "2.0", Some(("ci", "k-1")), now)).await.expect("replay");
+    assert!(again.replayed, "same key and request is a replay");
+    assert_eq!(again.deployment.id(), first.deployment.id());
+    let other = store.accept(acceptance(&env, "3.0", Some(("ci", "k-1")), now)).await;
+    assert!(matches!(other, Err(StoreError::IdempotencyKeyReuse { .. })), "other request, same key: {other:?}");
+    let scoped = store.accept(acceptance(&env, "2.0", Some(("someone-else", "k-1")), now)).await.expect("other scope");
+    assert!(!scoped.replayed && scoped.deployment.id() != first.deployment.id(), "keys are scoped per principal");
+    let page = store
+        .list_deployments(&DeploymentFilter { environment: Some(env), ..DeploymentFilter::default() }, &PageRequest::default())
+        .await
+        .expect("list");
+    assert_eq!(page.items.len(), 2, "exactly two deployments were created");
+}
+
+/// `require_if_match`, stale revisions, unknown environments and empty selections are refused; acceptance bumps the
+/// revision and writes the queued event as seq 1.
+pub async fn preconditions_and_planning(store: &dyn Store) {
+    let now = t0();
+    let missing = store.accept(acceptance(&unique_env("nope"), "1", None, now)).await;
+    assert!(matches!(missing, Err(StoreError::NotFound { .. })), "unknown environment: {missing:?}");
+
+    let name = unique_env("ifmatch");
+    let mut spec = environment(&["b-1"], "scripted", ConcurrencyPolicy::Queue);
+    spec.require_if_match = true;
+    let rev = store.put_environment(&name, spec, None, now).await.expect("create").environment.revision;
+    let required = store.accept(acceptance(&name, "1", None, now)).await;
+    assert!(matches!(required, Err(StoreError::PreconditionRequired { .. })), "{required:?}");
+    let mut stale = acceptance(&name, "1", None, now);
+    stale.expected_revision = Some(Revision::new(rev.get() + 7));
+    assert!(matches!(store.accept(stale).await, Err(StoreError::PreconditionFailed { .. })));
+    let mut good = acceptance(&name, "1", None, now);
+    good.expected_revision = Some(rev);
+    let accepted = store.accept(good).await.expect("matching revision");
+    assert_eq!(accepted.deployment.revision(), rev.next(), "the deployment carries the revision it produced");
+    assert_eq!(store.get_environment(&name).await.expect("env").revision, rev.next(), "acceptance bumps the revision");
+    let events = store.events(accepted.deployment.id(), 0, 10).await.expect("events");
+    assert_eq!(events.len(), 1);
+    assert_eq!((events[0].seq, events[0].event_type), (1, EventType::Queued));
+
+    let mut none = acceptance(&name, "1", None, now);
+    none.expected_revision = Some(rev.next());
+    none.draft.spec = none.draft.spec.with_targets(deploy_core::TargetSelector::Ids(vec![
+        deploy_core::TargetId::new("ghost").expect("id"),
+    ]));
+    assert!(matches!(store.accept(none).await, Err(StoreError::Invalid(_))), "unknown target ids are refused");
+}
+
+/// `reject` refuses while busy, `supersede` replaces queued work, `queue` runs in acceptance order.
+pub async fn concurrency_policies(store: &dyn Store) {
+    let now = t0();
+    let env = env_with(store, "reject", ConcurrencyPolicy::Reject).await;
+    let first = store.accept(acceptance(&env, "1", None, now)).await.expect("first");
+    let busy = store.accept(acceptance(&env, "2", None, now)).await;
+    match busy {
+        Err(StoreError::EnvironmentBusy { active, .. }) => assert_eq!(active, first.deployment.id()),
+        other => panic!("reject policy must refuse a second deployment, got {other:?}"),
+    }
+
+    let env = env_with(store, "supersede", ConcurrencyPolicy::Supersede).await;
+    let old = store.accept(acceptance(&env, "1", None, now)).await.expect("old");
+    let new = store.accept(acceptance(&env, "2", None, now)).await.expect("new");
+    let old_now = store.get_deployment(old.deployment.id()).await.expect("old");
+    assert_eq!(old_now.status(), DeploymentStatus::Superseded, "a queued deployment is superseded at once");
+    assert_eq!(old_now.superseded_by(), Some(new.deployment.id()));
+    assert!(old_now.targets().iter().all(|t| t.status == TargetStatus::Cancelled));
+    let env_view = store.get_environment(&env).await.expect("env");
+    assert_eq!(env_view.queued, vec![new.deployment.id()]);
+
+    let env = env_with(store, "queue", ConcurrencyPolicy::Queue).await;
+    let a = store.accept(acceptance(&env, "1", None, now)).await.expect("a");
+    let b = store.accept(acceptance(&env, "2", None, now)).await.expect("b");
+    assert_eq!(store.get_environment(&env).await.expect("env").queued, vec![a.deployment.id(), b.deployment.id()]);
+}
+
+/// Claims hand out the head of an environment's queue once per lease; tokens grow; stale tokens never write.
+pub async fn claims_are_fenced(store: &dyn Store) {
+    let now = t0();
+    let env = env_with(store, "fence", ConcurrencyPolicy::Queue).await;
+    let a = store.accept(acceptance(&env, "1", None, now)).await.expect("a").deployment.id();
+    let b = store.accept(acceptance(&env, "2", None, now)).await.expect("b").deployment.id();
+    let lease = Duration::from_secs(30);
+    let mut mine = None;
+    // Other suites' environments may have runnable work too; claim until ours appears.
+    for _ in 0..64 {
+        match store.claim("replica-1", now, lease).await.expect("claim") {
+            Some(c) if c.deployment.id() == a => {
+                mine = Some(c);
+                break;
+            }
+            Some(c) => assert_ne!(c.deployment.id(), b, "only the head of an environment's queue is claimable"),
+            None => break,
+        }
+    }
+    let first = mine.expect("the head of the queue was claimable");
+    for _ in 0..64 {
+        match store.claim("replica-2", now, lease).await.expect("claim") {
+            Some(c) => assert!(c.deployment.id() != a && c.deployment.id() != b, "a live lease is exclusive"),
+            None => break,
+        }
+    }
+    let later = add_duration(now, Duration::from_secs(31));
+    let mut second = None;
+    for _ in 0..64 {
+        match store.claim("replica-2", later, lease).await.expect("claim") {
+            Some(c) if c.deployment.id() == a => {
+                second = Some(c);
+                break;
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    let second = second.expect("an expired lease is claimable again");
+    assert!(second.lease.token > first.lease.token, "tokens grow with every claim");
+    let start = ProgressUpdate {
+        now: Some(later),
+        status: Some(StatusChange { status: DeploymentStatus::InProgress, reason: None }),
+        ..ProgressUpdate::default()
+    };
+    let stale = store.record(&first.lease, start.clone()).await;
+    assert!(matches!(stale, Err(StoreError::StaleToken { .. })), "stale token write: {stale:?}");
+    assert!(matches!(store.renew(&first.lease, later, lease).await, Err(StoreError::StaleToken { .. })));
+    assert!(matches!(store.release(&first.lease).await, Err(StoreError::StaleToken { .. })));
+    assert_eq!(store.get_deployment(a).await.expect("a").status(), DeploymentStatus::Queued, "nothing was written");
+    let _ = store.record(&second.lease, start).await.expect("current token writes");
+    let (renewed, _) = store.renew(&second.lease, later, lease).await.expect("renew");
+    assert!(renewed.expires_at > later);
+    store.release(&renewed).await.expect("release");
+}
+
+/// Events are numbered from 1 without gaps, the summary follows the targets, and a terminal status is final.
+pub async fn records_are_atomic_and_terminal_is_final(store: &dyn Store) {
+    let now = t0();
+    let env = env_with(store, "record", ConcurrencyPolicy::Queue).await;
+    let id = store.accept(acceptance(&env, "2", None, now)).await.expect("accept").deployment.id();
+    let claim = claim_of(store, id, now).await;
+    let d = claim.deployment;
+    let mut entry = d.targets()[0].clone();
+    entry.status = TargetStatus::Succeeded;
+    let update = ProgressUpdate {
+        now: Some(now),
+        status: Some(StatusChange { status: DeploymentStatus::InProgress, reason: None }),
+        targets: vec![(0, entry.clone())],
+        events: vec![
+            deploy_core::NewEvent::deployment(now, DeploymentStatus::InProgress, "started"),
+            deploy_core::NewEvent::target(now, entry.id.clone(), TargetStatus::Succeeded, "ok"),
+        ],
+        observations: vec![deploy_core::TargetObservation {
+            target: entry.id.clone(),
+            desired: None,
+            actual: Some(deploy_core::ActualState {
+                version: Some(entry.to_version.clone()),
+                health: deploy_core::Health::Healthy,
+                observed_at: now,
+            }),
+        }],
+        progressed: true,
+    };
+    let _ = store.record(&claim.lease, update).await.expect("record");
+    let stored = store.get_deployment(id).await.expect("get");
+    assert_eq!(stored.summary().succeeded, 1);
+    assert_eq!(*stored.summary(), deploy_core::Summary::of(stored.targets()), "summary equals targets");
+    let env_view = store.get_environment(&env).await.expect("env");
+    assert_eq!(env_view.active_deployment, Some(id), "a running deployment is the environment's active one");
+    let observed = env_view.targets.iter().find(|t| t.id == entry.id).and_then(|t| t.actual.clone());
+    assert_eq!(observed.and_then(|a| a.version), Some(entry.to_version.clone()), "observations reach the environment");
+    let seqs: Vec<u64> = store.events(id, 0, 100).await.expect("events").iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    assert_eq!(store.events(id, 2, 100).await.expect("after").len(), 1, "events after a sequence number");
+
+    let finish = ProgressUpdate {
+        now: Some(now),
+        status: Some(StatusChange { status: DeploymentStatus::Failed, reason: Some("test".into()) }),
+        ..ProgressUpdate::default()
+    };
+    let _ = store.record(&claim.lease, finish).await.expect("finish");
+    let again = ProgressUpdate {
+        now: Some(now),
+        status: Some(StatusChange { status: DeploymentStatus::Succeeded, reason: None }),
+        ..ProgressUpdate::default()
+    };
+    let refused = store.record(&claim.lease, again).await;
+    assert!(
+        matches!(refused, Err(StoreError::AlreadyFinished { .. } | StoreError::StaleToken { .. })),
+        "a terminal deployment never changes: {refused:?}"
+    );
+    assert_eq!(store.get_deployment(id).await.expect("get").status(), DeploymentStatus::Failed);
+    assert_eq!(store.get_environment(&env).await.expect("env").active_deployment, None);
+}
+
+async fn claim_of(store: &dyn Store, id: DeploymentId, now: Timestamp) -> deploy_core::Claim {
+    for _ in 0..256 {
+        match store.claim("conformance", now, Duration::from_secs(30)).await.expect("claim") {
+            Some(c) if c.deployment.id() == id => return c,
+            Some(_) => {}
+            None => break,
+        }
+    }
+    panic!("deployment {id} was never claimable")
+}
+
+/// A queued deployment nobody holds is cancelled at once; a held one gets the request through `Control`.
+pub async fn cancel_requests(store: &dyn Store) {
+    let now = t0();
+    let env = env_with(store, "cancel", ConcurrencyPolicy::Queue).await;
+    let a = store.accept(acceptance(&env, "1", None, now)).await.expect("a").deployment.id();
+    let b = store.accept(acceptance(&env, "2", None, now)).await.expect("b").deployment.id();
+    let cancelled = store.request_cancel(b, now).await.expect("cancel b");
+    assert_eq!(cancelled.status(), DeploymentStatus::Cancelled, "unheld queued work is cancelled at once");
+    assert!(cancelled.targets().iter().all(|t| t.status == TargetStatus::Cancelled));
+    let last = store.events(b, 0, 100).await.expect("events").pop().expect("an event");
+    assert_eq!(last.event_type, EventType::Cancelled);
+    assert!(matches!(store.request_cancel(b, now).await, Err(StoreError::AlreadyFinished { .. })));
+
+    let claim = claim_of(store, a, now).await;
+    let held = store.request_cancel(a, now).await.expect("cancel a");
+    assert_eq!(held.status(), DeploymentStatus::Queued, "a held deployment is stopped by its holder");
+    assert!(held.cancel_requested());
+    let (_, control) = store.renew(&claim.lease, now, Duration::from_secs(30)).await.expect("renew");
+    assert!(control.cancel_requested, "the holder learns of the request");
+}
+
+/// Listings are newest first and cursors visit every item exactly once.
+pub async fn listings_page_with_cursors(store: &dyn Store) {
+    let now = t0();
+    let env = env_with(store, "list", ConcurrencyPolicy::Queue).await;
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        ids.push(store.accept(acceptance(&env, &format!("{i}"), None, now)).await.expect("accept").deployment.id());
+    }
+    let filter = DeploymentFilter { environment: Some(env.clone()), ..DeploymentFilter::default() };
+    let mut seen = Vec::new();
+    let mut page = PageRequest { limit: 3, cursor: None };
+    loop {
+        let p = store.list_deployments(&filter, &page).await.expect("page");
+        assert!(p.items.len() <= 3);
+        seen.extend(p.items.iter().map(|d| d.id()));
+        match p.next_cursor {
+            Some(c) => page.cursor = Some(c),
+            None => break,
+        }
+    }
+    ids.reverse();
+    assert_eq!(seen, ids, "newest first, each exactly once");
+    let queued = DeploymentFilter { status: Some(DeploymentStatus::Succeeded), ..filter };
+    assert!(store.list_deployments(&queued, &PageRequest::default()).await.expect("list").items.is_empty());
+    let bad = store.list_deployments(&DeploymentFilter::default(), &PageRequest { limit: 5, cursor: Some("§".into()) }).await;
+    assert!(matches!(bad, Err(StoreError::Invalid(_))), "a cursor the store never made: {bad:?}");
+}
+
+/// A change and the webhook deliveries it matches are written together; deliveries are claimed exclusively, and 410
+/// disables the subscription.
+pub async fn webhook_outbox_follows_changes(store: &dyn Store) {
+    let now = t0();
+    let env = env_with(store, "hook", ConcurrencyPolicy::Queue).await;
+    let sub = store
+        .create_webhook(WebhookSubscription {
+            id: Uuid::now_v7(),
+            url: "http://127.0.0.1:9/hook".into(),
+            events: vec!["deployment.*".into()],
+            environments: vec![deploy_core::EnvironmentPattern::new(env.as_str()).expect("pattern")],
+            active: true,
+            disabled_reason: None,
+            created_at: now,
+            secret: "whsec_test".into(),
+        })
+        .await
+        .expect("subscribe");
+    let id = store.accept(acceptance(&env, "1", None, now)).await.expect("accept").deployment.id();
+    let page = store.list_deliveries(sub.id, &PageRequest::default()).await.expect("deliveries");
+    assert_eq!(page.items.len(), 1, "the queued event has its delivery");
+    let delivery = &page.items[0];
+    assert_eq!((delivery.event_type, delivery.deployment_id, delivery.status), (EventType::Queued, id, DeliveryStatus::Pending));
+    assert_eq!(delivery.payload["type"], "deployment.queued");
+    assert_eq!(delivery.payload["data"]["id"], id.to_string());
+
+    let later = add_duration(now, Duration::from_secs(1));
+    let claimed = store.claim_deliveries(later, 1000, Duration::from_secs(30)).await.expect("claim");
+    let ours: Vec<_> = claimed.iter().filter(|(d, _)| d.subscription_id == sub.id).collect();
+    assert_eq!(ours.len(), 1);
+    assert_eq!(ours[0].1.secret, "whsec_test", "the dispatcher gets the signing secret");
+    let again = store.claim_deliveries(later, 1000, Duration::from_secs(30)).await.expect("claim again");
+    assert!(again.iter().all(|(d, _)| d.subscription_id != sub.id), "a claimed delivery is hidden from others");
+    store
+        .complete_delivery(&delivery.id, DeliveryOutcome::Retry { status_code: Some(500), next_attempt_at: later }, later)
+        .await
+        .expect("retry");
+    let retry = store.claim_deliveries(later, 1000, Duration::from_secs(30)).await.expect("claim retry");
+    let retried: Vec<_> = retry.iter().filter(|(d, _)| d.subscription_id == sub.id).collect();
+    assert_eq!(retried.len(), 1);
+    assert_eq!(retried[0].0.id, delivery.id, "the same delivery id on every attempt");
+    store.complete_delivery(&delivery.id, DeliveryOutcome::Gone, later).await.expect("gone");
+    let subs = store.list_webhooks().await.expect("list");
+    let s = subs.iter().find(|s| s.id == sub.id).expect("still listed");
+    assert!(!s.active && s.disabled_reason.is_some(), "410 disables the subscription");
+    store.delete_webhook(sub.id).await.expect("delete");
+    assert!(matches!(store.delete_webhook(sub.id).await, Err(StoreError::NotFound { .. })));
+}
+
+/// Keys are forgotten after their retention: the same key then creates a new deployment.
+pub async fn idempotency_keys_expire(store: &dyn Store) {
+    let now = t0();
+    let env = env_with(store, "expire", ConcurrencyPolicy::Queue).await;
+    let first = store.accept(acceptance(&env, "1", Some(("ci", "old-key")), now)).await.expect("first");
+    let later = add_duration(now, Duration::from_secs(7200));
+    let purged = store.purge_idempotency_keys(later).await.expect("purge");
+    assert!(purged >= 1, "the expired key was purged");
+    let again = store.accept(acceptance(&env, "1", Some(("ci", "old-key")), later)).await.expect("after expiry");
+    assert!(!again.replayed);
+    assert_ne!(again.deployment.id(), first.deployment.id());
+    let _ = Fingerprint::of(b"");
+}

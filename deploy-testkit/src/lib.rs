@@ -1,0 +1,38 @@
+//! # deploy-testkit
+//!
+//! Test doubles and contract checks for the deploy-* crates, for other teams as much as for us:
+//!
+//! - [`MemoryStore`]: a complete, correct [`Store`](deploy_core::Store) in memory.
+//! - [`ScriptedExecutor`]: per target and version it can fail permanently, fail N times, turn unhealthy, be
+//!   unreachable, be slow, hang, or crash after its side effect; it records every call.
+//! - [`TestClock`]: time that moves with tokio's paused timers.
+//! - [`mocks`]: `mockall` mocks of the core traits.
+//! - [`strategies`]: `proptest` strategies for requests, fleets and fault scripts.
+//! - [`fixtures`]: builders and a ready-wired [`Harness`].
+//! - [`conformance`]: suites any `Store` or `Executor` implementation can run.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! use deploy_core::ConcurrencyPolicy;
+//! use deploy_testkit::{Harness, fixtures::request};
+//! let h = Harness::new("prod", &[("web-1", Some("1.0")), ("web-2", Some("1.0"))], ConcurrencyPolicy::Queue).await;
+//! let d = h.submit(request("prod", "web", "2.0")).await.unwrap();
+//! h.settle().await;
+//! assert_eq!(h.get(d.id()).await.status(), deploy_core::DeploymentStatus::Succeeded);
+//! assert_eq!(h.executor.version_of("web-2").as_deref(), Some("2.0"));
+//! # }
+//! ```
+
+mod clock;
+pub mod conformance;
+pub mod fixtures;
+mod memory;
+pub mod mocks;
+mod scripted;
+pub mod strategies;
+
+pub use clock::TestClock;
+pub use fixtures::Harness;
+pub use memory::MemoryStore;
+pub use scripted::{Call, Fault, ScriptedExecutor};

@@ -1,0 +1,555 @@
+//! [`MemoryStore`]: a complete, correct [`Store`] in memory, the reference the SQL stores are compared with.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deploy_core::{
+    Accepted, Acceptance, Claim, ConcurrencyPolicy, Control, DeliveryOutcome, DeliveryStatus, Deployment,
+    DeploymentFilter, DeploymentId, DeploymentStatus, Environment, EnvironmentName, EnvironmentSpec, EnvironmentWrite,
+    Event, Fingerprint, IdempotencyKey, Lease, Page, PageRequest, ProgressUpdate, Revision, Store, StoreError,
+    Timestamp, UpdateError, ValidationErrors, WebhookDelivery, WebhookSubscription, add_duration,
+};
+use uuid::Uuid;
+
+/// A complete [`Store`] in memory. Every method holds one lock for its whole duration, so each is atomic, and the
+/// contract's guarantees hold exactly as they must in a database. Nothing survives the process; that is the only
+/// difference from the SQL stores.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    environments: BTreeMap<EnvironmentName, EnvState>,
+    deployments: HashMap<DeploymentId, DeploymentState>,
+    by_time: BTreeSet<DeploymentId>,
+    idempotency: HashMap<(String, IdempotencyKey), KeyState>,
+    webhooks: BTreeMap<Uuid, WebhookSubscription>,
+    deliveries: BTreeMap<String, DeliveryState>,
+}
+
+#[derive(Debug)]
+struct EnvState {
+    environment: Environment,
+    index: HashMap<deploy_core::TargetId, usize>,
+    /// Non-terminal deployments in acceptance order; the head is the only runnable one.
+    pending: VecDeque<DeploymentId>,
+}
+
+#[derive(Debug)]
+struct DeploymentState {
+    deployment: Deployment,
+    events: Vec<Event>,
+    lease: Option<Lease>,
+    token: u64,
+}
+
+#[derive(Debug)]
+struct KeyState {
+    fingerprint: Fingerprint,
+    deployment: DeploymentId,
+    expires_at: Timestamp,
+}
+
+#[derive(Debug)]
+struct DeliveryState {
+    delivery: WebhookDelivery,
+    hidden_until: Option<Timestamp>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Every lease currently held, for tests that check no deployment has two holders.
+    #[must_use]
+    pub fn leases(&self) -> Vec<Lease> {
+        self.lock().deployments.values().filter_map(|d| d.lease.clone()).collect()
+    }
+
+    /// The number of deployments, of events and of webhook deliveries held.
+    #[must_use]
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        let inner = self.lock();
+        let events = inner.deployments.values().map(|d| d.events.len()).sum();
+        (inner.deployments.len(), events, inner.deliveries.len())
+    }
+}
+
+fn not_found(what: &'static str, id: impl ToString) -> StoreError {
+    StoreError::NotFound { what, id: id.to_string() }
+}
+
+fn lease_live(lease: Option<&Lease>, now: Timestamp) -> bool {
+    lease.is_some_and(|l| l.expires_at > now)
+}
+
+fn bad_cursor() -> StoreError {
+    let mut errs = ValidationErrors::default();
+    errs.push("cursor", "not a cursor this store handed out");
+    StoreError::Invalid(errs)
+}
+
+impl Inner {
+    fn view(&self, env: &EnvState) -> Environment {
+        let mut e = env.environment.clone();
+        e.active_deployment = None;
+        e.queued.clear();
+        for id in &env.pending {
+            let running = self.deployments.get(id).is_some_and(|d| d.deployment.status().is_running());
+            if running && e.active_deployment.is_none() {
+                e.active_deployment = Some(*id);
+            } else {
+                e.queued.push(*id);
+            }
+        }
+        e
+    }
+
+    /// Applies an update to a deployment and everything that goes with it: events, environment observations,
+    /// webhook deliveries, and leaving the environment's queue when terminal.
+    fn apply(&mut self, id: DeploymentId, update: ProgressUpdate) -> Result<Control, StoreError> {
+        let state = self.deployments.get_mut(&id).ok_or_else(|| not_found("deployment", id))?;
+        state.deployment.apply(&update).map_err(|e| match e {
+            UpdateError::AlreadyFinished(status) => StoreError::AlreadyFinished { deployment: id, status },
+            other => StoreError::Update(other),
+        })?;
+        let mut numbered = Vec::with_capacity(update.events.len());
+        for event in update.events {
+            let seq = state.events.len() as u64 + 1;
+            let e = event.numbered(id, seq);
+            numbered.push(e.clone());
+            state.events.push(e);
+        }
+        let control = Control {
+            cancel_requested: state.deployment.cancel_requested(),
+            superseded_by: state.deployment.superseded_by(),
+        };
+        let terminal = state.deployment.status().is_terminal();
+        if terminal {
+            state.lease = None;
+        }
+        let env_name = state.deployment.environment().clone();
+        if let Some(env) = self.environments.get_mut(&env_name) {
+            for o in update.observations {
+                if let Some(t) = env.index.get(&o.target).and_then(|&i| env.environment.targets.get_mut(i)) {
+                    if let Some(d) = o.desired {
+                        t.desired = Some(d);
+                    }
+                    if let Some(a) = o.actual {
+                        t.actual = Some(a);
+                    }
+                }
+            }
+            if terminal {
+                env.pending.retain(|d| *d != id);
+            }
+        }
+        self.enqueue_deliveries(id, &numbered);
+        Ok(control)
+    }
+
+    fn enqueue_deliveries(&mut self, id: DeploymentId, events: &[Event]) {
+        if self.webhooks.is_empty() || events.is_empty() {
+            return;
+        }
+        let Some(state) = self.deployments.get(&id) else { return };
+        let env = state.deployment.environment();
+        let mut snapshot = None;
+        for event in events {
+            for sub in self.webhooks.values().filter(|s| s.matches(event.event_type, env)) {
+                let data = snapshot.get_or_insert_with(|| serde_json::to_value(&state.deployment).unwrap_or_default());
+                let timestamp = event.at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+                let delivery = WebhookDelivery {
+                    id: format!("msg_{}", Uuid::now_v7().simple()),
+                    subscription_id: sub.id,
+                    event_type: event.event_type,
+                    deployment_id: id,
+                    seq: event.seq,
+                    payload: serde_json::json!({"type": event.event_type.as_str(), "timestamp": timestamp, "data": data}),
+                    status: DeliveryStatus::Pending,
+                    attempts: 0,
+                    last_status_code: None,
+                    next_attempt_at: Some(event.at),
+                    delivered_at: None,
+                };
+                self.deliveries.insert(delivery.id.clone(), DeliveryState { delivery, hidden_until: None });
+            }
+        }
+    }
+
+    fn check_token(&self, lease: &Lease) -> Result<(), StoreError> {
+        let state = self.deployments.get(&lease.deployment).ok_or_else(|| not_found("deployment", lease.deployment))?;
+        if state.token != lease.token {
+            return Err(StoreError::StaleToken { deployment: lease.deployment, token: lease.token });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn put_environment(
+        &self,
+        name: &EnvironmentName,
+        spec: EnvironmentSpec,
+        expected: Option<Revision>,
+        _now: Timestamp,
+    ) -> Result<EnvironmentWrite, StoreError> {
+        let mut inner = self.lock();
+        let created = match inner.environments.get_mut(name) {
+            Some(env) => {
+                if let Some(expected) = expected.filter(|e| *e != env.environment.revision) {
+                    return Err(StoreError::PreconditionFailed { expected, current: env.environment.revision });
+                }
+                env.environment.replace(spec);
+                env.index = env.environment.targets.iter().enumerate().map(|(i, t)| (t.id.clone(), i)).collect();
+                false
+            }
+            None => {
+                if let Some(expected) = expected.filter(|e| *e != Revision::ZERO) {
+                    return Err(StoreError::PreconditionFailed { expected, current: Revision::ZERO });
+                }
+                let environment = Environment::create(name.clone(), spec);
+                let index = environment.targets.iter().enumerate().map(|(i, t)| (t.id.clone(), i)).collect();
+                inner.environments.insert(name.clone(), EnvState { environment, index, pending: VecDeque::new() });
+                true
+            }
+        };
+        let env = inner.environments.get(name).ok_or_else(|| not_found("environment", name))?;
+        Ok(EnvironmentWrite { environment: inner.view(env), created })
+    }
+
+    async fn get_environment(&self, name: &EnvironmentName) -> Result<Environment, StoreError> {
+        let inner = self.lock();
+        let env = inner.environments.get(name).ok_or_else(|| not_found("environment", name))?;
+        Ok(inner.view(env))
+    }
+
+    async fn list_environments(&self, page: &PageRequest) -> Result<Page<Environment>, StoreError> {
+        let inner = self.lock();
+        let limit = page.clamped_limit();
+        let after = page.cursor.as_deref().map(EnvironmentName::new).transpose().map_err(|_| bad_cursor())?;
+        let mut items: Vec<Environment> = inner
+            .environments
+            .iter()
+            .filter(|(n, _)| after.as_ref().is_none_or(|a| *n > a))
+            .take(limit + 1)
+            .map(|(_, e)| inner.view(e))
+            .collect();
+        let next_cursor = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(|e| e.name.to_string())
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+
+    async fn accept(&self, acceptance: Acceptance) -> Result<Accepted, StoreError> {
+        let mut inner = self.lock();
+        let Acceptance { draft, idempotency, expected_revision, now } = acceptance;
+        let env_name = draft.spec.environment().clone();
+        if !inner.environments.contains_key(&env_name) {
+            return Err(not_found("environment", &env_name));
+        }
+        if let Some(rec) = &idempotency {
+            let slot = (rec.scope.clone(), rec.key.clone());
+            if let Some(existing) = inner.idempotency.get(&slot).filter(|k| k.expires_at > now) {
+                if existing.fingerprint != rec.fingerprint {
+                    return Err(StoreError::IdempotencyKeyReuse { key: rec.key.clone() });
+                }
+                let d = inner.deployments.get(&existing.deployment).ok_or_else(|| not_found("deployment", existing.deployment))?;
+                return Ok(Accepted { deployment: d.deployment.clone(), replayed: true });
+            }
+        }
+        let env = inner.environments.get(&env_name).ok_or_else(|| not_found("environment", &env_name))?;
+        let current = env.environment.revision;
+        match expected_revision {
+            None if env.environment.require_if_match => {
+                return Err(StoreError::PreconditionRequired { environment: env_name });
+            }
+            Some(expected) if expected != current => return Err(StoreError::PreconditionFailed { expected, current }),
+            _ => {}
+        }
+        let deployment = Deployment::plan(draft, &env.environment, now).map_err(StoreError::Invalid)?;
+        let id = deployment.id();
+        let older: Vec<DeploymentId> = env.pending.iter().copied().collect();
+        match env.environment.concurrency {
+            ConcurrencyPolicy::Reject => {
+                if let Some(active) = older.first() {
+                    return Err(StoreError::EnvironmentBusy { environment: env_name, active: *active });
+                }
+            }
+            ConcurrencyPolicy::Queue => {}
+            ConcurrencyPolicy::Supersede => {
+                for old in older {
+                    let Some(state) = inner.deployments.get_mut(&old) else { continue };
+                    let unheld = state.deployment.status() == DeploymentStatus::Queued
+                        && !lease_live(state.lease.as_ref(), now);
+                    state.deployment.mark_superseded_by(id, now);
+                    if unheld {
+                        let update = state.deployment.stop_update(
+                            DeploymentStatus::Superseded,
+                            format!("superseded by deployment {id} before it started"),
+                            now,
+                        );
+                        let _ = inner.apply(old, update)?;
+                    }
+                }
+            }
+        }
+        let env = inner.environments.get_mut(&env_name).ok_or_else(|| not_found("environment", &env_name))?;
+        env.environment.revision = env.environment.revision.next();
+        env.pending.push_back(id);
+        let queued = deploy_core::NewEvent::deployment(
+            now,
+            DeploymentStatus::Queued,
+            format!("accepted: {} {} to {} target(s)", deployment.service(), deployment.version(), deployment.targets().len()),
+        );
+        inner.by_time.insert(id);
+        inner.deployments.insert(id, DeploymentState { deployment, events: Vec::new(), lease: None, token: 0 });
+        if let Some(rec) = idempotency {
+            inner.idempotency.insert(
+                (rec.scope, rec.key),
+                KeyState { fingerprint: rec.fingerprint, deployment: id, expires_at: rec.expires_at },
+            );
+        }
+        // Record the queued event through the same path as every other change, so its webhooks go out too.
+        let state = inner.deployments.get_mut(&id).ok_or_else(|| not_found("deployment", id))?;
+        let seq = state.events.len() as u64 + 1;
+        let event = queued.numbered(id, seq);
+        state.events.push(event.clone());
+        let deployment = state.deployment.clone();
+        inner.enqueue_deliveries(id, &[event]);
+        Ok(Accepted { deployment, replayed: false })
+    }
+
+    async fn get_deployment(&self, id: DeploymentId) -> Result<Deployment, StoreError> {
+        let inner = self.lock();
+        inner.deployments.get(&id).map(|d| d.deployment.clone()).ok_or_else(|| not_found("deployment", id))
+    }
+
+    async fn list_deployments(
+        &self,
+        filter: &DeploymentFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Deployment>, StoreError> {
+        let inner = self.lock();
+        let limit = page.clamped_limit();
+        let before = page.cursor.as_deref().map(str::parse::<DeploymentId>).transpose().map_err(|_| bad_cursor())?;
+        let mut items = Vec::with_capacity(limit + 1);
+        for id in inner.by_time.iter().rev() {
+            if before.is_some_and(|b| *id >= b) {
+                continue;
+            }
+            if let Some(d) = inner.deployments.get(id).filter(|d| filter.matches(&d.deployment)) {
+                items.push(d.deployment.clone());
+                if items.len() > limit {
+                    break;
+                }
+            }
+        }
+        let next_cursor = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(|d| d.id().to_string())
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+
+    async fn events(&self, id: DeploymentId, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let inner = self.lock();
+        let d = inner.deployments.get(&id).ok_or_else(|| not_found("deployment", id))?;
+        let start = usize::try_from(after).unwrap_or(usize::MAX).min(d.events.len());
+        Ok(d.events.iter().skip(start).take(limit).cloned().collect())
+    }
+
+    async fn request_cancel(&self, id: DeploymentId, now: Timestamp) -> Result<Deployment, StoreError> {
+        let mut inner = self.lock();
+        let state = inner.deployments.get_mut(&id).ok_or_else(|| not_found("deployment", id))?;
+        let status = state.deployment.status();
+        if status.is_terminal() {
+            return Err(StoreError::AlreadyFinished { deployment: id, status });
+        }
+        state.deployment.request_cancel(now);
+        if status == DeploymentStatus::Queued && !lease_live(state.lease.as_ref(), now) {
+            let update = state.deployment.stop_update(DeploymentStatus::Cancelled, "cancelled before it started", now);
+            let _ = inner.apply(id, update)?;
+        }
+        inner.deployments.get(&id).map(|d| d.deployment.clone()).ok_or_else(|| not_found("deployment", id))
+    }
+
+    async fn claim(&self, owner: &str, now: Timestamp, lease: Duration) -> Result<Option<Claim>, StoreError> {
+        let mut inner = self.lock();
+        let mut best: Option<DeploymentId> = None;
+        for env in inner.environments.values() {
+            let Some(head) = env.pending.front() else { continue };
+            let Some(state) = inner.deployments.get(head) else { continue };
+            if !state.deployment.status().is_terminal()
+                && !lease_live(state.lease.as_ref(), now)
+                && best.is_none_or(|b| *head < b)
+            {
+                best = Some(*head);
+            }
+        }
+        let Some(id) = best else { return Ok(None) };
+        let state = inner.deployments.get_mut(&id).ok_or_else(|| not_found("deployment", id))?;
+        state.token += 1;
+        let granted = Lease { deployment: id, owner: owner.to_owned(), token: state.token, expires_at: add_duration(now, lease) };
+        state.lease = Some(granted.clone());
+        Ok(Some(Claim { deployment: state.deployment.clone(), lease: granted }))
+    }
+
+    async fn renew(&self, lease: &Lease, now: Timestamp, duration: Duration) -> Result<(Lease, Control), StoreError> {
+        let mut inner = self.lock();
+        inner.check_token(lease)?;
+        let state = inner.deployments.get_mut(&lease.deployment).ok_or_else(|| not_found("deployment", lease.deployment))?;
+        let status = state.deployment.status();
+        if status.is_terminal() {
+            return Err(StoreError::AlreadyFinished { deployment: lease.deployment, status });
+        }
+        let renewed = Lease { expires_at: add_duration(now, duration), ..lease.clone() };
+        state.lease = Some(renewed.clone());
+        let control =
+            Control { cancel_requested: state.deployment.cancel_requested(), superseded_by: state.deployment.superseded_by() };
+        Ok((renewed, control))
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        inner.check_token(lease)?;
+        if let Some(state) = inner.deployments.get_mut(&lease.deployment) {
+            state.lease = None;
+        }
+        Ok(())
+    }
+
+    async fn record(&self, lease: &Lease, update: ProgressUpdate) -> Result<Control, StoreError> {
+        let mut inner = self.lock();
+        inner.check_token(lease)?;
+        inner.apply(lease.deployment, update)
+    }
+
+    async fn purge_idempotency_keys(&self, now: Timestamp) -> Result<u64, StoreError> {
+        let mut inner = self.lock();
+        let before = inner.idempotency.len();
+        inner.idempotency.retain(|_, k| k.expires_at > now);
+        Ok((before - inner.idempotency.len()) as u64)
+    }
+
+    async fn create_webhook(&self, subscription: WebhookSubscription) -> Result<WebhookSubscription, StoreError> {
+        let mut inner = self.lock();
+        inner.webhooks.insert(subscription.id, subscription.clone());
+        Ok(subscription)
+    }
+
+    async fn list_webhooks(&self) -> Result<Vec<WebhookSubscription>, StoreError> {
+        Ok(self.lock().webhooks.values().cloned().collect())
+    }
+
+    async fn delete_webhook(&self, id: Uuid) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        inner.webhooks.remove(&id).ok_or_else(|| not_found("webhook", id))?;
+        inner.deliveries.retain(|_, d| d.delivery.subscription_id != id);
+        Ok(())
+    }
+
+    async fn claim_deliveries(
+        &self,
+        now: Timestamp,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<(WebhookDelivery, WebhookSubscription)>, StoreError> {
+        let mut inner = self.lock();
+        let Inner { deliveries, webhooks, .. } = &mut *inner;
+        let mut out = Vec::new();
+        for d in deliveries.values_mut() {
+            if out.len() >= limit {
+                break;
+            }
+            let due = d.delivery.status == DeliveryStatus::Pending
+                && d.delivery.next_attempt_at.is_none_or(|t| t <= now)
+                && d.hidden_until.is_none_or(|t| t <= now);
+            let Some(sub) = webhooks.get(&d.delivery.subscription_id).filter(|s| s.active) else { continue };
+            if due {
+                d.hidden_until = Some(add_duration(now, lease));
+                out.push((d.delivery.clone(), sub.clone()));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn complete_delivery(&self, id: &str, outcome: DeliveryOutcome, now: Timestamp) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let state = inner.deliveries.get_mut(id).ok_or_else(|| not_found("delivery", id))?;
+        let d = &mut state.delivery;
+        d.attempts += 1;
+        state.hidden_until = None;
+        let mut disable = None;
+        match outcome {
+            DeliveryOutcome::Delivered { status_code } => {
+                d.status = DeliveryStatus::Delivered;
+                d.last_status_code = Some(status_code);
+                d.delivered_at = Some(now);
+                d.next_attempt_at = None;
+            }
+            DeliveryOutcome::Retry { status_code, next_attempt_at } => {
+                d.last_status_code = status_code;
+                d.next_attempt_at = Some(next_attempt_at);
+            }
+            DeliveryOutcome::GiveUp { status_code } => {
+                d.status = DeliveryStatus::Failed;
+                d.last_status_code = status_code;
+                d.next_attempt_at = None;
+            }
+            DeliveryOutcome::Gone => {
+                d.status = DeliveryStatus::Failed;
+                d.last_status_code = Some(410);
+                d.next_attempt_at = None;
+                disable = Some(d.subscription_id);
+            }
+        }
+        if let Some(sub) = disable.and_then(|id| inner.webhooks.get_mut(&id)) {
+            sub.active = false;
+            sub.disabled_reason = Some("the receiver answered 410 Gone".to_owned());
+        }
+        Ok(())
+    }
+
+    async fn list_deliveries(&self, subscription: Uuid, page: &PageRequest) -> Result<Page<WebhookDelivery>, StoreError> {
+        let inner = self.lock();
+        if !inner.webhooks.contains_key(&subscription) {
+            return Err(not_found("webhook", subscription));
+        }
+        let limit = page.clamped_limit();
+        let mut items: Vec<WebhookDelivery> = inner
+            .deliveries
+            .iter()
+            .rev()
+            .filter(|(id, d)| {
+                d.delivery.subscription_id == subscription && page.cursor.as_deref().is_none_or(|c| id.as_str() < c)
+            })
+            .take(limit + 1)
+            .map(|(_, d)| d.delivery.clone())
+            .collect();
+        let next_cursor = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(|d| d.id.clone())
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+}

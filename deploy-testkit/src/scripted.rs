@@ -1,0 +1,344 @@
+//! [`ScriptedExecutor`]: a fault-injecting executor that records every call.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deploy_core::{
+    ApplyContext, Clock, DesiredState, Executor, ExecutorError, Health, ImperativeStep, Observation, StepOutput, Target,
+    TargetId, Version,
+};
+
+/// A fault for a target (and optionally only for one version).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Apply fails with a permanent error.
+    FailPermanently,
+    /// The first `n` applies fail with a retryable error, then it works.
+    FailTimes(u32),
+    /// Apply works, but the version never becomes healthy.
+    Unhealthy,
+    /// Apply works and the version is healthy for this long, then turns unhealthy (a canary that degrades).
+    UnhealthyAfter(Duration),
+    /// Every call answers "unreachable" (a network partition).
+    Unreachable,
+    /// The first `n` calls answer "unreachable", then it is reachable again (a partition that heals).
+    UnreachableTimes(u32),
+    /// Apply takes this long.
+    Slow(Duration),
+    /// Apply never returns.
+    Hang,
+    /// The first apply makes its change and then fails retryably, as a process that dies after its side effect.
+    CrashAfterApply,
+    /// This imperative step action fails permanently.
+    FailStep(String),
+}
+
+/// One recorded call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    /// `observe`, `apply`, `verify` or `step:<action>`.
+    pub op: String,
+    /// The target.
+    pub target: TargetId,
+    /// The version involved (`None` for observe).
+    pub version: Option<Version>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    actual: HashMap<TargetId, (Option<Version>, Health)>,
+    healthy_since: HashMap<TargetId, deploy_core::Timestamp>,
+    requested: HashMap<TargetId, Version>,
+    faults: Vec<(TargetId, Option<Version>, Fault)>,
+    applies: HashMap<(TargetId, Version), u32>,
+    unreachable_calls: HashMap<TargetId, u32>,
+    calls: Vec<Call>,
+    changing: HashSet<TargetId>,
+    concurrent: usize,
+    max_concurrent: usize,
+}
+
+/// A fault-injecting [`Executor`] over registered targets.
+///
+/// It keeps each target's running version, applies the faults scripted for it, and records every call so tests can
+/// assert what happened. It panics, naming itself, when misused: a call for a target that was never registered, or two
+/// changes to one target at once (which the engine promises never to make).
+///
+/// ```
+/// use std::time::Duration;
+/// use deploy_testkit::{Fault, ScriptedExecutor, TestClock};
+/// let executor = ScriptedExecutor::new("fleet", std::sync::Arc::new(TestClock::new()))
+///     .with_target("web-1", Some("1.0"))
+///     .with_target("web-2", Some("1.0"))
+///     .with_fault("web-2", Some("2.0"), Fault::FailTimes(2));
+/// assert_eq!(executor.version_of("web-1").as_deref(), Some("1.0"));
+/// ```
+pub struct ScriptedExecutor {
+    name: String,
+    clock: Arc<dyn Clock>,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for ScriptedExecutor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScriptedExecutor").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+fn tid(id: &str) -> TargetId {
+    TargetId::new(id).unwrap_or_else(|e| misuse("ScriptedExecutor", &format!("bad target id: {e}")))
+}
+
+fn ver(v: &str) -> Version {
+    Version::new(v).unwrap_or_else(|e| misuse("ScriptedExecutor", &format!("bad version: {e}")))
+}
+
+#[allow(clippy::panic)] // Misuse of a test double is a bug in the test; failing loudly is the point.
+fn misuse(name: &str, what: &str) -> ! {
+    panic!("{name}: {what}")
+}
+
+impl ScriptedExecutor {
+    /// An executor named `name` (the name appears in its panics) with no targets.
+    #[must_use]
+    pub fn new(name: impl Into<String>, clock: Arc<dyn Clock>) -> Self {
+        Self { name: name.into(), clock, state: Mutex::new(State::default()) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers a target running `version` (or nothing), healthy.
+    #[must_use]
+    pub fn with_target(self, id: &str, version: Option<&str>) -> Self {
+        self.add_target(id, version);
+        self
+    }
+
+    /// Registers a target running `version` (or nothing), healthy.
+    pub fn add_target(&self, id: &str, version: Option<&str>) {
+        let health = if version.is_some() { Health::Healthy } else { Health::Unknown };
+        self.lock().actual.insert(tid(id), (version.map(ver), health));
+    }
+
+    /// Scripts a fault for `target`, for every version or only `version`.
+    #[must_use]
+    pub fn with_fault(self, target: &str, version: Option<&str>, fault: Fault) -> Self {
+        self.add_fault(target, version, fault);
+        self
+    }
+
+    /// Scripts a fault for `target`, for every version or only `version`.
+    pub fn add_fault(&self, target: &str, version: Option<&str>, fault: Fault) {
+        self.lock().faults.push((tid(target), version.map(ver), fault));
+    }
+
+    /// Removes every fault of `target` (the partition heals, the bug is fixed).
+    pub fn clear_faults(&self, target: &str) {
+        let t = tid(target);
+        self.lock().faults.retain(|(id, _, _)| *id != t);
+    }
+
+    /// The version `target` runs now.
+    #[must_use]
+    pub fn version_of(&self, target: &str) -> Option<String> {
+        self.lock().actual.get(&tid(target)).and_then(|(v, _)| v.as_ref().map(ToString::to_string))
+    }
+
+    /// Every call so far, in order.
+    #[must_use]
+    pub fn calls(&self) -> Vec<Call> {
+        self.lock().calls.clone()
+    }
+
+    /// How many times `op` was called on `target`.
+    #[must_use]
+    pub fn count(&self, op: &str, target: &str) -> usize {
+        let t = tid(target);
+        self.lock().calls.iter().filter(|c| c.op == op && c.target == t).count()
+    }
+
+    /// The most targets that were being changed at the same moment.
+    #[must_use]
+    pub fn max_concurrent_changes(&self) -> usize {
+        self.lock().max_concurrent
+    }
+
+    fn fault_for(&self, state: &State, target: &TargetId, version: Option<&Version>) -> Vec<Fault> {
+        state
+            .faults
+            .iter()
+            .filter(|(t, v, _)| t == target && (v.is_none() || v.as_ref() == version))
+            .map(|(_, _, f)| f.clone())
+            .collect()
+    }
+
+    fn record(&self, op: &str, target: &Target, version: Option<&Version>) -> State2 {
+        let mut st = self.lock();
+        if !st.actual.contains_key(&target.id) {
+            misuse(&self.name, &format!("{op} called for unregistered target {}", target.id));
+        }
+        st.calls.push(Call { op: op.to_owned(), target: target.id.clone(), version: version.cloned() });
+        let requested = st.requested.get(&target.id).cloned();
+        let faults = self.fault_for(&st, &target.id, version.or(requested.as_ref()));
+        let mut unreachable = faults.contains(&Fault::Unreachable);
+        if let Some(n) = faults.iter().find_map(|f| if let Fault::UnreachableTimes(n) = f { Some(*n) } else { None }) {
+            let seen = st.unreachable_calls.entry(target.id.clone()).or_insert(0);
+            *seen += 1;
+            unreachable |= *seen <= n;
+        }
+        State2 { faults, unreachable }
+    }
+
+    fn begin_change(&self, target: &TargetId) {
+        let mut st = self.lock();
+        if !st.changing.insert(target.clone()) {
+            misuse(&self.name, &format!("two changes to target {target} at once"));
+        }
+        st.concurrent += 1;
+        st.max_concurrent = st.max_concurrent.max(st.concurrent);
+    }
+
+    fn end_change(&self, target: &TargetId) {
+        let mut st = self.lock();
+        st.changing.remove(target);
+        st.concurrent = st.concurrent.saturating_sub(1);
+    }
+
+    fn set_running(&self, target: &TargetId, version: &Version, faults: &[Fault]) {
+        let health = if faults.contains(&Fault::Unhealthy) { Health::Unhealthy } else { Health::Healthy };
+        let now = self.clock.now();
+        let mut st = self.lock();
+        st.actual.insert(target.clone(), (Some(version.clone()), health));
+        st.healthy_since.insert(target.clone(), now);
+    }
+
+    async fn change(&self, target: &Target, version: &Version, st: &State2) -> Result<(), ExecutorError> {
+        for f in &st.faults {
+            match f {
+                Fault::Slow(d) => self.clock.sleep(*d).await,
+                Fault::Hang => futures::future::pending::<()>().await,
+                _ => {}
+            }
+        }
+        if st.faults.contains(&Fault::FailPermanently) {
+            return Err(ExecutorError::permanent(format!("{}: {version} refused by {}", target.id, self.name)));
+        }
+        let attempt = {
+            let mut s = self.lock();
+            let n = s.applies.entry((target.id.clone(), version.clone())).or_insert(0);
+            *n += 1;
+            *n
+        };
+        if let Some(n) = st.faults.iter().find_map(|f| if let Fault::FailTimes(n) = f { Some(*n) } else { None }) {
+            if attempt <= n {
+                return Err(ExecutorError::retryable(format!("{}: transient failure {attempt} of {n}", target.id)));
+            }
+        }
+        self.set_running(&target.id, version, &st.faults);
+        if st.faults.contains(&Fault::CrashAfterApply) && attempt == 1 {
+            return Err(ExecutorError::retryable(format!("{}: connection lost after the change was made", target.id)));
+        }
+        Ok(())
+    }
+}
+
+struct State2 {
+    faults: Vec<Fault>,
+    unreachable: bool,
+}
+
+#[async_trait]
+impl Executor for ScriptedExecutor {
+    async fn observe(&self, target: &Target) -> Result<Observation, ExecutorError> {
+        let st = self.record("observe", target, None);
+        if st.unreachable {
+            return Err(ExecutorError::unreachable(format!("{}: no route to host", target.id)));
+        }
+        let (version, health) = self.lock().actual.get(&target.id).cloned().unwrap_or((None, Health::Unknown));
+        Ok(Observation { version, health })
+    }
+
+    async fn apply(&self, target: &Target, ctx: ApplyContext<'_>) -> Result<(), ExecutorError> {
+        let version = &ctx.desired.version;
+        let st = self.record("apply", target, Some(version));
+        self.lock().requested.insert(target.id.clone(), version.clone());
+        if st.unreachable {
+            return Err(ExecutorError::unreachable(format!("{}: no route to host", target.id)));
+        }
+        self.begin_change(&target.id);
+        let guard = ChangeGuard { executor: self, target: &target.id };
+        let result = self.change(target, version, &st).await;
+        drop(guard);
+        result
+    }
+
+    async fn verify(&self, target: &Target, desired: &DesiredState) -> Result<Health, ExecutorError> {
+        let st = self.record("verify", target, Some(&desired.version));
+        if st.unreachable {
+            return Err(ExecutorError::unreachable(format!("{}: no route to host", target.id)));
+        }
+        let now = self.clock.now();
+        let s = self.lock();
+        let (version, mut health) = s.actual.get(&target.id).cloned().unwrap_or((None, Health::Unknown));
+        if version.as_ref() != Some(&desired.version) {
+            return Ok(Health::Unhealthy);
+        }
+        for f in &st.faults {
+            if let Fault::UnhealthyAfter(d) = f {
+                let since = s.healthy_since.get(&target.id).copied().unwrap_or(now);
+                if deploy_core::elapsed_between(since, now) >= *d {
+                    health = Health::Unhealthy;
+                }
+            }
+        }
+        Ok(health)
+    }
+
+    async fn run_step(
+        &self,
+        target: &Target,
+        step: &ImperativeStep,
+        ctx: ApplyContext<'_>,
+    ) -> Result<StepOutput, ExecutorError> {
+        let version = &ctx.desired.version;
+        let st = self.record(&format!("step:{}", step.action), target, Some(version));
+        self.lock().requested.insert(target.id.clone(), version.clone());
+        if st.unreachable {
+            return Err(ExecutorError::unreachable(format!("{}: no route to host", target.id)));
+        }
+        if st.faults.iter().any(|f| matches!(f, Fault::FailStep(a) if *a == step.action)) {
+            return Err(ExecutorError::permanent(format!("step {} exited with status 1", step.action)));
+        }
+        self.begin_change(&target.id);
+        let guard = ChangeGuard { executor: self, target: &target.id };
+        let result = match step.action.as_str() {
+            "stop" => {
+                if let Some(entry) = self.lock().actual.get_mut(&target.id) {
+                    entry.1 = Health::Unknown;
+                }
+                Ok(StepOutput { output: "stopped".to_owned() })
+            }
+            "fetch" => Ok(StepOutput { output: format!("fetched {version}") }),
+            "start" => self.change(target, version, &st).await.map(|()| StepOutput { output: format!("started {version}") }),
+            other => Err(ExecutorError::permanent(format!("unknown step action {other:?}"))),
+        };
+        drop(guard);
+        result
+    }
+}
+
+/// Ends a change even when the apply future is dropped half-way (a cancelled or timed-out call).
+struct ChangeGuard<'a> {
+    executor: &'a ScriptedExecutor,
+    target: &'a TargetId,
+}
+
+impl Drop for ChangeGuard<'_> {
+    fn drop(&mut self) {
+        self.executor.end_change(self.target);
+    }
+}
