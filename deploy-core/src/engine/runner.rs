@@ -125,7 +125,8 @@ impl<'a> Recorder<'a> {
             now: Some(now),
             status: Some(StatusChange { status, reason: Some(reason.clone()) }),
             events: vec![NewEvent::deployment(now, status, reason)],
-            progressed: status == DeploymentStatus::InProgress,
+            // Starting and starting to roll back both restart the progress clock: each phase gets the whole deadline.
+            progressed: matches!(status, DeploymentStatus::InProgress | DeploymentStatus::RollingBack),
             ..ProgressUpdate::default()
         })
         .await
