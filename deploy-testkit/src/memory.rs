@@ -124,11 +124,14 @@ impl Inner {
             UpdateError::AlreadyFinished(status) => StoreError::AlreadyFinished { deployment: id, status },
             other => StoreError::Update(other),
         })?;
-        let mut numbered = Vec::with_capacity(update.events.len());
+        let keep = !self.webhooks.is_empty();
+        let mut numbered = Vec::new();
         for event in update.events {
             let seq = state.events.len() as u64 + 1;
             let e = event.numbered(id, seq);
-            numbered.push(e.clone());
+            if keep {
+                numbered.push(e.clone());
+            }
             state.events.push(e);
         }
         let control = Control {
@@ -139,20 +142,22 @@ impl Inner {
         if terminal {
             state.lease = None;
         }
-        let env_name = state.deployment.environment().clone();
-        if let Some(env) = self.environments.get_mut(&env_name) {
-            for o in update.observations {
-                if let Some(t) = env.index.get(&o.target).and_then(|&i| env.environment.targets.get_mut(i)) {
-                    if let Some(d) = o.desired {
-                        t.desired = Some(d);
-                    }
-                    if let Some(a) = o.actual {
-                        t.actual = Some(a);
+        if terminal || !update.observations.is_empty() {
+            let env_name = state.deployment.environment().clone();
+            if let Some(env) = self.environments.get_mut(&env_name) {
+                for o in update.observations {
+                    if let Some(t) = env.index.get(&o.target).and_then(|&i| env.environment.targets.get_mut(i)) {
+                        if let Some(d) = o.desired {
+                            t.desired = Some(d);
+                        }
+                        if let Some(a) = o.actual {
+                            t.actual = Some(a);
+                        }
                     }
                 }
-            }
-            if terminal {
-                env.pending.retain(|d| *d != id);
+                if terminal {
+                    env.pending.retain(|d| *d != id);
+                }
             }
         }
         self.enqueue_deliveries(id, &numbered);

@@ -9,7 +9,8 @@ mod runner;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use tokio::sync::watch;
 
 use crate::auth::{Action, Principal};
@@ -104,7 +105,10 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn poke(&self) {
-        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+        // Nobody listening (a one-shot `run_until_idle`): skip the wake-up machinery on the hot path.
+        if self.changed.receiver_count() > 0 {
+            self.changed.send_modify(|n| *n = n.wrapping_add(1));
+        }
     }
 }
 
@@ -342,9 +346,9 @@ impl Orchestrator {
         principal: &Principal,
         id: DeploymentId,
         after: u64,
-    ) -> Result<impl Stream<Item = Result<Event, Error>> + Send + 'static, Error> {
+    ) -> Result<BoxStream<'static, Result<Event, Error>>, Error> {
         self.get(principal, id).await?;
-        Ok(controller::watch(Arc::clone(&self.shared), id, after))
+        Ok(controller::watch(Arc::clone(&self.shared), id, after).boxed())
     }
 
     /// Asks for a deployment to stop. Idempotent while it is not terminal.

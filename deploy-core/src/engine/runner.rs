@@ -202,6 +202,9 @@ struct Plan<'a> {
     rec: &'a Recorder<'a>,
     environment: Environment,
     index_of: HashMap<TargetId, usize>,
+    /// The spec never changes while a deployment runs; one shared copy saves a clone per target.
+    spec: Arc<crate::spec::DeploymentSpec>,
+    deployment_id: crate::names::DeploymentId,
 }
 
 async fn run(rec: &Recorder<'_>) -> Result<(), Abort> {
@@ -211,7 +214,8 @@ async fn run(rec: &Recorder<'_>) -> Result<(), Abort> {
     }
     let environment = rec.shared.store.get_environment(&env_name).await?;
     let index_of = environment.targets.iter().enumerate().map(|(i, t)| (t.id.clone(), i)).collect();
-    let plan = Plan { rec, environment, index_of };
+    let (spec, deployment_id) = rec.with(|d| (Arc::new(d.spec().clone()), d.id()));
+    let plan = Plan { rec, environment, index_of, spec, deployment_id };
     match status {
         DeploymentStatus::Queued => {
             if let Some((stop, reason)) = rec.stop_reason() {
@@ -261,7 +265,7 @@ async fn roll_out(plan: &Plan<'_>) -> Result<(), Abort> {
         let todo: Vec<usize> = batch
             .targets
             .clone()
-            .filter(|&i| rec.target(i).is_some_and(|t| !t.status.is_settled()))
+            .filter(|&i| rec.with(|d| d.targets().get(i).is_some_and(|t| !t.status.is_settled())))
             .collect();
         let deadline_hit = if todo.is_empty() {
             false
@@ -353,16 +357,19 @@ where
                 .await?;
             return Ok(true);
         }
-        tokio::select! {
-            next = running.next() => {
-                if let Some(result) = next {
-                    result?;
-                    if let Some(i) = queue.next() {
-                        running.push(task(i));
-                    }
-                }
+        // Most target futures finish without waiting on anything (fast executors); take those without arming a timer.
+        let next = match running.next().now_or_never() {
+            Some(next) => Some(next),
+            None => tokio::select! {
+                next = running.next() => Some(next),
+                () = rec.shared.clock.sleep(remaining) => None,
+            },
+        };
+        if let Some(Some(result)) = next {
+            result?;
+            if let Some(i) = queue.next() {
+                running.push(task(i));
             }
-            () = rec.shared.clock.sleep(remaining) => {}
         }
     }
 }
@@ -463,9 +470,15 @@ async fn verify_health(rec: &Recorder<'_>, target: &Target, desired: &DesiredSta
     loop {
         let now = clock.now();
         let remaining = elapsed_between(now, give_up);
-        let probe = tokio::select! {
-            r = rec.shared.executor.verify(target, desired) => r,
-            () = clock.sleep(remaining.max(Duration::from_millis(1))) => Err(ExecutorError::retryable("health probe timed out")),
+        let mut call = rec.shared.executor.verify(target, desired);
+        let probe = match (&mut call).now_or_never() {
+            Some(r) => r,
+            None => tokio::select! {
+                r = call => r,
+                () = clock.sleep(remaining.max(Duration::from_millis(1))) => {
+                    Err(ExecutorError::retryable("health probe timed out"))
+                }
+            },
         };
         let now = clock.now();
         match probe {
@@ -510,13 +523,13 @@ fn fail_entry(mut t: TargetProgress, status: TargetStatus, error: String, now: c
 async fn roll_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
     let rec = plan.rec;
     let Some(mut entry) = rec.target(index) else { return Ok(()) };
-    let (spec, deployment_id) = rec.with(|d| (d.spec().clone(), d.id()));
+    let (spec, deployment_id) = (plan.spec.as_ref(), plan.deployment_id);
     let Some((target, env_desired)) = target_of(plan, &entry.id) else {
         let now = rec.now();
         let msg = format!("{}: no longer in the environment", entry.id);
         return rec.set_target(index, fail_entry(entry, TargetStatus::Failed, msg.clone(), now), msg, None).await;
     };
-    let desired = DesiredState::from_spec(&spec, &entry.to_version);
+    let desired = DesiredState::from_spec(spec, &entry.to_version);
     let policy = retry_policy(rec, spec.on_unreachable().wait.as_std());
     let resumed = entry.status != TargetStatus::Pending;
     let id = entry.id.clone();
@@ -575,7 +588,7 @@ async fn roll_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
     .await?;
 
     // Apply (or run the steps), with secrets resolved for this call only.
-    let applied = execute(rec, &policy, &target, &desired, &spec, deployment_id, &mut entry, index).await?;
+    let applied = execute(rec, &policy, &target, &desired, spec, deployment_id, &mut entry, index).await?;
     if let Err(e) = applied {
         let now = rec.now();
         let (status, error) = match e {

@@ -1,0 +1,93 @@
+//! Shared pieces of the benchmarks: a no-op executor and an environment of `n` targets.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use deploy_core::spec::{StrategyRequest, VerifyRequest};
+use deploy_core::{
+    ApplyContext, ConcurrencyPolicy, DeploymentRequest, DesiredState, EnvironmentName, EnvironmentSpec, Executor,
+    ExecutorError, ExecutorRouter, Health, Observation, Orchestrator, OrchestratorConfig, Principal, Submission, Target,
+    TargetDefinition, TargetId,
+};
+use deploy_testkit::MemoryStore;
+
+/// An executor that does nothing and says so: nothing runs, every apply works, every probe is healthy.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoopExecutor;
+
+#[async_trait]
+impl Executor for NoopExecutor {
+    async fn observe(&self, _: &Target) -> Result<Observation, ExecutorError> {
+        Ok(Observation { version: None, health: Health::Unknown })
+    }
+    async fn apply(&self, _: &Target, _: ApplyContext<'_>) -> Result<(), ExecutorError> {
+        Ok(())
+    }
+    async fn verify(&self, _: &Target, _: &DesiredState) -> Result<Health, ExecutorError> {
+        Ok(Health::Healthy)
+    }
+}
+
+/// The environment of the benchmarks: `n` targets named `t-0 .. t-(n-1)`, all driven by the no-op executor.
+///
+/// # Panics
+/// Never for the ids it makes.
+#[must_use]
+pub fn fleet(n: usize) -> EnvironmentSpec {
+    EnvironmentSpec {
+        concurrency: ConcurrencyPolicy::Queue,
+        require_if_match: false,
+        targets: (0..n)
+            .filter_map(|i| TargetId::new(format!("t-{i}")).ok())
+            .map(|id| TargetDefinition {
+                id,
+                labels: Default::default(),
+                executor: "noop".into(),
+                config: serde_json::Value::Null,
+            })
+            .collect(),
+    }
+}
+
+/// The deployment the benchmark runs: rolling, 25% at a time, a single healthy probe per target.
+#[must_use]
+pub fn rolling_request() -> DeploymentRequest {
+    DeploymentRequest {
+        environment: "bench".into(),
+        service: "svc".into(),
+        version: "2.0".into(),
+        strategy: Some(StrategyRequest::Rolling { batch_size: Some("25%".into()), pause: None }),
+        verify: Some(VerifyRequest { timeout: Some("10s".into()), interval: Some("1ms".into()), healthy_for: Some("0s".into()) }),
+        ..DeploymentRequest::default()
+    }
+}
+
+/// A store holding the environment and one queued rolling deployment over it, and an orchestrator ready to drive it.
+///
+/// # Errors
+/// Any error from the orchestrator, as text.
+pub async fn prepared(n: usize) -> Result<(Arc<MemoryStore>, Orchestrator), String> {
+    let store = Arc::new(MemoryStore::new());
+    let executor = Arc::new(NoopExecutor);
+    let orchestrator = Orchestrator::builder(store.clone(), executor.clone())
+        .router(ExecutorRouter::new().with("noop", executor))
+        .config(OrchestratorConfig { owner: "bench".into(), ..OrchestratorConfig::default() })
+        .build();
+    let admin = Principal::system("bench");
+    let env = EnvironmentName::new("bench").map_err(|e| e.to_string())?;
+    orchestrator.put_environment(&admin, &env, fleet(n), None).await.map_err(|e| e.to_string())?;
+    orchestrator
+        .submit(&admin, Submission { request: rolling_request(), ..Submission::default() })
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((store, orchestrator))
+}
+
+/// Resident memory of this process in bytes (Linux), for coarse per-target figures.
+#[must_use]
+pub fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

@@ -1,0 +1,92 @@
+//! Property tests of the engine's invariants: for random specs, fleets and fault scripts, every deployment reaches a
+//! terminal status, the summary equals the target states, an environment never has two active deployments, and a
+//! terminal status never changes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use deploy_core::{ConcurrencyPolicy, DeploymentStatus, EventType, Submission, Summary};
+use deploy_testkit::{Harness, strategies};
+use proptest::prelude::*;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, .. ProptestConfig::default() })]
+
+    #[test]
+    fn every_deployment_ends_consistent_and_final(
+        fleet in strategies::fleet(1..=12),
+        requests in prop::collection::vec(strategies::request("prop"), 1..=3),
+        faults in strategies::fault_script(12),
+        policy in prop_oneof![Just(ConcurrencyPolicy::Queue), Just(ConcurrencyPolicy::Supersede)],
+    ) {
+        runtime().block_on(async {
+            let targets: Vec<(&str, Option<&str>)> = fleet.iter().map(|(id, v)| (id.as_str(), v.as_deref())).collect();
+            let h = Harness::new("prop", &targets, policy).await;
+            for (i, fault) in &faults {
+                if let Some((id, _)) = fleet.get(*i) {
+                    h.executor.add_fault(id, None, fault.clone());
+                }
+            }
+            let run = async {
+                let (trigger, task) = {
+                    let (t, s) = deploy_core::ShutdownSignal::new();
+                    let o = h.orchestrator.clone();
+                    (t, tokio::spawn(async move { o.run(s).await }))
+                };
+                let mut ids = Vec::new();
+                for r in &requests {
+                    let d = h.orchestrator.submit(&h.admin, Submission { request: r.clone(), ..Submission::default() }).await;
+                    ids.push(d.expect("valid requests are accepted").deployment.id());
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                loop {
+                    let mut all_done = true;
+                    for id in &ids {
+                        all_done &= h.get(*id).await.status().is_terminal();
+                    }
+                    if all_done { break; }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                trigger.fire();
+                task.await.unwrap();
+                ids
+            };
+            let ids = tokio::time::timeout(Duration::from_secs(6 * 3600), run).await
+                .expect("every accepted deployment reached a terminal status");
+
+            let mut spans = Vec::new();
+            for id in &ids {
+                let d = h.get(*id).await;
+                prop_assert!(d.status().is_terminal());
+                prop_assert_eq!(*d.summary(), Summary::of(d.targets()), "summary equals the targets");
+                prop_assert!(d.targets().iter().all(|t| t.status.is_settled()), "nothing left in flight");
+                let events = h.events(*id).await;
+                let terminal: Vec<_> = events.iter().filter(|e| e.event_type.is_terminal()).collect();
+                prop_assert_eq!(terminal.len(), 1, "exactly one terminal event");
+                prop_assert_eq!(events.last().map(|e| e.event_type), terminal.first().map(|e| e.event_type), "and it is last");
+                prop_assert_eq!(EventType::for_status(d.status()), terminal[0].event_type);
+                if d.status() == DeploymentStatus::Succeeded {
+                    prop_assert_eq!(d.summary().failed + d.summary().unreachable, 0);
+                }
+                if let (Some(s), Some(f)) = (d.started_at(), d.finished_at()) {
+                    spans.push((s, f));
+                }
+            }
+            // Never two active deployments in one environment: their running spans do not overlap.
+            spans.sort();
+            for w in spans.windows(2) {
+                prop_assert!(w[1].0 >= w[0].1, "two deployments ran at once: {:?}", w);
+            }
+            // A terminal status never changes: driving again changes nothing.
+            let before: Vec<_> = futures::future::join_all(ids.iter().map(|id| h.get(*id))).await;
+            h.settle().await;
+            let after: Vec<_> = futures::future::join_all(ids.iter().map(|id| h.get(*id))).await;
+            prop_assert_eq!(before, after);
+            Ok(())
+        })?;
+    }
+}
