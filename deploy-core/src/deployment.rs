@@ -604,6 +604,64 @@ impl Deployment {
     /// [`UpdateError`] when the deployment is terminal, the transition is illegal, or a target entry does not fit; the
     /// record is then unchanged.
     pub fn apply(&mut self, update: &ProgressUpdate) -> Result<(), UpdateError> {
+        self.check(update)?;
+        for (index, entry) in &update.targets {
+            if let Some(slot) = self.targets.get_mut(*index) {
+                self.summary.moved(slot.status, entry.status);
+                *slot = entry.clone();
+            }
+        }
+        self.finish_apply(update.now, update.status.as_ref(), update.progressed);
+        Ok(())
+    }
+
+    /// [`Deployment::apply`] for a store that owns the update: target entries are moved in rather than cloned, and the
+    /// events and observations are handed back for the store to write in the same transaction.
+    ///
+    /// # Errors
+    /// As [`Deployment::apply`].
+    pub fn apply_owned(
+        &mut self,
+        update: ProgressUpdate,
+    ) -> Result<(Vec<crate::event::NewEvent>, Vec<TargetObservation>), UpdateError> {
+        self.check(&update)?;
+        let ProgressUpdate { now, status, targets, events, observations, progressed } = update;
+        for (index, entry) in targets {
+            if let Some(slot) = self.targets.get_mut(index) {
+                self.summary.moved(slot.status, entry.status);
+                *slot = entry;
+            }
+        }
+        self.finish_apply(now, status.as_ref(), progressed);
+        Ok((events, observations))
+    }
+
+    /// Applies one target entry (what a holder does to its own copy as it goes).
+    ///
+    /// # Errors
+    /// [`UpdateError`] when the deployment is terminal or the entry does not fit.
+    pub fn apply_target(
+        &mut self,
+        index: usize,
+        entry: &TargetProgress,
+        now: Timestamp,
+        progressed: bool,
+    ) -> Result<(), UpdateError> {
+        if self.status.is_terminal() {
+            return Err(UpdateError::AlreadyFinished(self.status));
+        }
+        match self.targets.get_mut(index) {
+            Some(slot) if slot.id == entry.id => {
+                self.summary.moved(slot.status, entry.status);
+                slot.clone_from(entry);
+            }
+            _ => return Err(UpdateError::UnknownTarget { index }),
+        }
+        self.finish_apply(Some(now), None, progressed);
+        Ok(())
+    }
+
+    fn check(&self, update: &ProgressUpdate) -> Result<(), UpdateError> {
         if self.status.is_terminal() {
             return Err(UpdateError::AlreadyFinished(self.status));
         }
@@ -618,14 +676,12 @@ impl Deployment {
                 _ => return Err(UpdateError::UnknownTarget { index: *index }),
             }
         }
-        let now = update.now.unwrap_or(self.updated_at);
-        for (index, entry) in &update.targets {
-            if let Some(slot) = self.targets.get_mut(*index) {
-                self.summary.moved(slot.status, entry.status);
-                *slot = entry.clone();
-            }
-        }
-        if let Some(change) = &update.status {
+        Ok(())
+    }
+
+    fn finish_apply(&mut self, now: Option<Timestamp>, status: Option<&StatusChange>, progressed: bool) {
+        let now = now.unwrap_or(self.updated_at);
+        if let Some(change) = status {
             if change.status == DeploymentStatus::InProgress && self.started_at.is_none() {
                 self.started_at = Some(now);
             }
@@ -637,11 +693,10 @@ impl Deployment {
                 self.status_reason.clone_from(&change.reason);
             }
         }
-        if update.progressed {
+        if progressed {
             self.progress_at = Some(now);
         }
         self.updated_at = now;
-        Ok(())
     }
 }
 

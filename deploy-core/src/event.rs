@@ -1,5 +1,6 @@
 //! Events: every change to a deployment, numbered per deployment.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -104,7 +105,7 @@ pub struct NewEvent {
     /// The target, for `target.updated`.
     pub target_id: Option<TargetId>,
     /// The deployment's or the target's new status, as its wire name.
-    pub status: String,
+    pub status: Cow<'static, str>,
     /// A sentence for people.
     pub message: String,
 }
@@ -117,7 +118,7 @@ impl NewEvent {
             at,
             event_type: EventType::for_status(status),
             target_id: None,
-            status: status.as_str().to_owned(),
+            status: Cow::Borrowed(status.as_str()),
             message: message.into(),
         }
     }
@@ -129,7 +130,7 @@ impl NewEvent {
             at,
             event_type: EventType::TargetUpdated,
             target_id: Some(target),
-            status: status.as_str().to_owned(),
+            status: Cow::Borrowed(status.as_str()),
             message: message.into(),
         }
     }
@@ -165,7 +166,7 @@ pub struct Event {
     /// The target, for `target.updated`.
     pub target_id: Option<TargetId>,
     /// The new status of the deployment or target.
-    pub status: String,
+    pub status: Cow<'static, str>,
     /// A sentence for people.
     pub message: String,
 }

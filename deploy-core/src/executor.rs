@@ -131,6 +131,13 @@ pub trait Executor: Send + Sync {
     /// One health probe of `desired` on `target`.
     async fn verify(&self, target: &Target, desired: &DesiredState) -> Result<Health, ExecutorError>;
 
+    /// For routers: the executor that serves `target`, so the engine can call it directly for each of its calls.
+    /// Everything else keeps the default, `None`, and is called itself.
+    fn route(&self, target: &Target) -> Option<&dyn Executor> {
+        let _ = target;
+        None
+    }
+
     /// Runs one imperative step on `target`.
     async fn run_step(
         &self,
@@ -153,6 +160,9 @@ impl<T: Executor + ?Sized> Executor for Arc<T> {
     }
     async fn verify(&self, target: &Target, desired: &DesiredState) -> Result<Health, ExecutorError> {
         (**self).verify(target, desired).await
+    }
+    fn route(&self, target: &Target) -> Option<&dyn Executor> {
+        (**self).route(target)
     }
     async fn run_step(
         &self,
@@ -211,7 +221,7 @@ impl ExecutorRouter {
         self.routes.keys().cloned().collect()
     }
 
-    fn route(&self, target: &Target) -> Result<&Arc<dyn Executor>, ExecutorError> {
+    fn lookup(&self, target: &Target) -> Result<&Arc<dyn Executor>, ExecutorError> {
         self.routes.get(&target.executor).ok_or_else(|| {
             ExecutorError::permanent(format!("no executor named {:?} for target {}", target.executor, target.id))
         })
@@ -221,13 +231,16 @@ impl ExecutorRouter {
 #[async_trait]
 impl Executor for ExecutorRouter {
     async fn observe(&self, target: &Target) -> Result<Observation, ExecutorError> {
-        self.route(target)?.observe(target).await
+        self.lookup(target)?.observe(target).await
     }
     async fn apply(&self, target: &Target, ctx: ApplyContext<'_>) -> Result<(), ExecutorError> {
-        self.route(target)?.apply(target, ctx).await
+        self.lookup(target)?.apply(target, ctx).await
     }
     async fn verify(&self, target: &Target, desired: &DesiredState) -> Result<Health, ExecutorError> {
-        self.route(target)?.verify(target, desired).await
+        self.lookup(target)?.verify(target, desired).await
+    }
+    fn route(&self, target: &Target) -> Option<&dyn Executor> {
+        self.routes.get(&target.executor).map(|e| e.as_ref() as &dyn Executor)
     }
     async fn run_step(
         &self,
@@ -235,6 +248,6 @@ impl Executor for ExecutorRouter {
         step: &ImperativeStep,
         ctx: ApplyContext<'_>,
     ) -> Result<StepOutput, ExecutorError> {
-        self.route(target)?.run_step(target, step, ctx).await
+        self.lookup(target)?.run_step(target, step, ctx).await
     }
 }

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize};
 use uuid::Uuid;
@@ -26,9 +27,16 @@ impl NameError {
 macro_rules! string_name {
     ($(#[$doc:meta])* $name:ident, $what:literal, $rule:literal, $check:expr) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-        #[serde(transparent)]
-        pub struct $name(String);
+        ///
+        /// Cloning is cheap (a shared `Arc<str>`): ids and versions are copied into every record and event.
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(Arc<str>);
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
+            }
+        }
 
         impl $name {
             /// Validates and wraps `value`.
@@ -39,7 +47,7 @@ macro_rules! string_name {
                 let value = value.into();
                 let check: fn(&str) -> bool = $check;
                 if check(&value) {
-                    Ok(Self(value))
+                    Ok(Self(Arc::from(value)))
                 } else {
                     Err(NameError { what: $what, value, rule: $rule })
                 }

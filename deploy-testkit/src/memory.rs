@@ -120,13 +120,13 @@ impl Inner {
     /// webhook deliveries, and leaving the environment's queue when terminal.
     fn apply(&mut self, id: DeploymentId, update: ProgressUpdate) -> Result<Control, StoreError> {
         let state = self.deployments.get_mut(&id).ok_or_else(|| not_found("deployment", id))?;
-        state.deployment.apply(&update).map_err(|e| match e {
+        let (events, observations) = state.deployment.apply_owned(update).map_err(|e| match e {
             UpdateError::AlreadyFinished(status) => StoreError::AlreadyFinished { deployment: id, status },
             other => StoreError::Update(other),
         })?;
         let keep = !self.webhooks.is_empty();
         let mut numbered = Vec::new();
-        for event in update.events {
+        for event in events {
             let seq = state.events.len() as u64 + 1;
             let e = event.numbered(id, seq);
             if keep {
@@ -142,10 +142,10 @@ impl Inner {
         if terminal {
             state.lease = None;
         }
-        if terminal || !update.observations.is_empty() {
+        if terminal || !observations.is_empty() {
             let env_name = state.deployment.environment().clone();
             if let Some(env) = self.environments.get_mut(&env_name) {
-                for o in update.observations {
+                for o in observations {
                     if let Some(t) = env.index.get(&o.target).and_then(|&i| env.environment.targets.get_mut(i)) {
                         if let Some(d) = o.desired {
                             t.desired = Some(d);

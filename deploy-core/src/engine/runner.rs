@@ -19,7 +19,7 @@ use crate::deployment::{
 };
 use crate::environment::Environment;
 use crate::event::NewEvent;
-use crate::executor::{ApplyContext, ExecutorError, Target};
+use crate::executor::{ApplyContext, Executor, ExecutorError, Target};
 use crate::names::TargetId;
 use crate::secrets::{ResolvedSecrets, SecretError};
 use crate::spec::{ConfigValue, ExecutionMode, OnFailure, RolloutStrategy, UnreachableAction};
@@ -51,18 +51,31 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// The holder's view of its deployment: a mirror of the stored record kept in step with every write.
+///
+/// Writes come in two kinds. An *intent* (a target is about to change, with what it ran before) is written before the
+/// side effect, so a successor that resumes after a crash knows what to restore. A *result* (verifying, succeeded,
+/// failed, a step's output) is buffered and written with the next write or at the next [`Recorder::flush`]: losing it
+/// in a crash only means the successor re-applies (idempotently) and re-verifies that target. Grouping results turns
+/// thousands of small writes of a large batch into a few transactions.
 struct Recorder<'a> {
     shared: &'a Shared,
     lease: Mutex<Lease>,
     local: Mutex<Deployment>,
     control: Mutex<Control>,
+    buffered: Mutex<Option<ProgressUpdate>>,
 }
 
 impl<'a> Recorder<'a> {
     fn new(shared: &'a Shared, lease: Lease, deployment: Deployment) -> Self {
         let control =
             Control { cancel_requested: deployment.cancel_requested(), superseded_by: deployment.superseded_by() };
-        Self { shared, lease: Mutex::new(lease), local: Mutex::new(deployment), control: Mutex::new(control) }
+        Self {
+            shared,
+            lease: Mutex::new(lease),
+            local: Mutex::new(deployment),
+            control: Mutex::new(control),
+            buffered: Mutex::new(None),
+        }
     }
 
     fn merge(&self, c: Control) {
@@ -73,11 +86,37 @@ impl<'a> Recorder<'a> {
         }
     }
 
-    async fn write(&self, update: ProgressUpdate) -> Result<(), Abort> {
-        if let Err(e) = lock(&self.local).apply(&update) {
+    /// Applies `update` to the mirror, refusing what the record does not allow.
+    fn mirror(&self, update: &ProgressUpdate) -> Result<(), Abort> {
+        lock(&self.local).apply(update).map_err(|e| {
             tracing::error!(error = %e, "refusing an update the record does not allow");
-            return Err(Abort::Store(StoreError::Update(e)));
+            Abort::Store(StoreError::Update(e))
+        })
+    }
+
+    /// Writes `update` now, together with every buffered result before it.
+    async fn write(&self, update: ProgressUpdate) -> Result<(), Abort> {
+        self.mirror(&update)?;
+        let combined = match lock(&self.buffered).take() {
+            Some(mut earlier) => {
+                merge(&mut earlier, update);
+                earlier
+            }
+            None => update,
+        };
+        self.send(combined).await
+    }
+
+    /// Writes the buffered results, if any.
+    async fn flush(&self) -> Result<(), Abort> {
+        let pending = lock(&self.buffered).take();
+        match pending {
+            Some(update) => self.send(update).await,
+            None => Ok(()),
         }
+    }
+
+    async fn send(&self, update: ProgressUpdate) -> Result<(), Abort> {
         let lease = lock(&self.lease).clone();
         let control = self.shared.store.record(&lease, update).await?;
         self.merge(control);
@@ -97,7 +136,8 @@ impl<'a> Recorder<'a> {
         f(&lock(&self.local))
     }
 
-    /// A target's new entry, its event and what the environment should show, in one write.
+    /// A target's new entry, its event and what the environment should show, in one update: written at once when
+    /// the target is about to change (`in_progress`), buffered otherwise.
     async fn set_target(
         &self,
         index: usize,
@@ -105,18 +145,30 @@ impl<'a> Recorder<'a> {
         message: String,
         observation: Option<TargetObservation>,
     ) -> Result<(), Abort> {
-        let now = self.now();
+        // Every caller stamps the entry; the event carries the same time.
+        let now = entry.updated_at;
         let progressed = entry.status.is_settled();
+        let intent = entry.status == TargetStatus::InProgress;
+        lock(&self.local).apply_target(index, &entry, now, progressed).map_err(|e| {
+            tracing::error!(error = %e, "refusing an update the record does not allow");
+            Abort::Store(StoreError::Update(e))
+        })?;
         let event = NewEvent::target(now, entry.id.clone(), entry.status, message);
-        self.write(ProgressUpdate {
-            now: Some(now),
-            status: None,
-            targets: vec![(index, entry)],
-            events: vec![event],
-            observations: observation.into_iter().collect(),
-            progressed,
-        })
-        .await
+        let push = |u: &mut ProgressUpdate| {
+            u.now = Some(now);
+            u.targets.push((index, entry));
+            u.events.push(event);
+            u.observations.extend(observation);
+            u.progressed |= progressed;
+        };
+        if intent {
+            let mut update = lock(&self.buffered).take().unwrap_or_default();
+            push(&mut update);
+            self.send(update).await
+        } else {
+            push(lock(&self.buffered).get_or_insert_with(ProgressUpdate::default));
+            Ok(())
+        }
     }
 
     async fn set_status(&self, status: DeploymentStatus, reason: String) -> Result<(), Abort> {
@@ -143,6 +195,20 @@ impl<'a> Recorder<'a> {
             None
         }
     }
+}
+
+/// Appends `later` to `earlier`, so both are written in one transaction, in order.
+fn merge(earlier: &mut ProgressUpdate, later: ProgressUpdate) {
+    if later.now.is_some() {
+        earlier.now = later.now;
+    }
+    if later.status.is_some() {
+        earlier.status = later.status;
+    }
+    earlier.targets.extend(later.targets);
+    earlier.events.extend(later.events);
+    earlier.observations.extend(later.observations);
+    earlier.progressed |= later.progressed;
 }
 
 /// Drives a claimed deployment until it is terminal, its lease is lost, or `shutdown` fires.
@@ -201,7 +267,8 @@ async fn renew(rec: &Recorder<'_>) -> Abort {
 struct Plan<'a> {
     rec: &'a Recorder<'a>,
     environment: Environment,
-    index_of: HashMap<TargetId, usize>,
+    /// For each target of the deployment, its position in the environment.
+    env_index: Vec<Option<usize>>,
     /// The spec never changes while a deployment runs; one shared copy saves a clone per target.
     spec: Arc<crate::spec::DeploymentSpec>,
     deployment_id: crate::names::DeploymentId,
@@ -213,9 +280,9 @@ async fn run(rec: &Recorder<'_>) -> Result<(), Abort> {
         return Ok(());
     }
     let environment = rec.shared.store.get_environment(&env_name).await?;
-    let index_of = environment.targets.iter().enumerate().map(|(i, t)| (t.id.clone(), i)).collect();
+    let env_index = rec.with(|d| align(d, &environment));
     let (spec, deployment_id) = rec.with(|d| (Arc::new(d.spec().clone()), d.id()));
-    let plan = Plan { rec, environment, index_of, spec, deployment_id };
+    let plan = Plan { rec, environment, env_index, spec, deployment_id };
     match status {
         DeploymentStatus::Queued => {
             if let Some((stop, reason)) = rec.stop_reason() {
@@ -345,6 +412,15 @@ where
         running.push(task(i));
     }
     loop {
+        // Take every target that finished without waiting (fast executors) before looking at clocks or timers.
+        while let Some(Some(result)) = running.next().now_or_never() {
+            result?;
+            if let Some(i) = queue.next() {
+                running.push(task(i));
+            }
+        }
+        // About to wait (or done): make what finished so far visible and durable first.
+        rec.flush().await?;
         if running.is_empty() {
             return Ok(false);
         }
@@ -357,19 +433,16 @@ where
                 .await?;
             return Ok(true);
         }
-        // Most target futures finish without waiting on anything (fast executors); take those without arming a timer.
-        let next = match running.next().now_or_never() {
-            Some(next) => Some(next),
-            None => tokio::select! {
-                next = running.next() => Some(next),
-                () = rec.shared.clock.sleep(remaining) => None,
-            },
-        };
-        if let Some(Some(result)) = next {
-            result?;
-            if let Some(i) = queue.next() {
-                running.push(task(i));
+        tokio::select! {
+            next = running.next() => {
+                if let Some(result) = next {
+                    result?;
+                    if let Some(i) = queue.next() {
+                        running.push(task(i));
+                    }
+                }
             }
+            () = rec.shared.clock.sleep(remaining) => {}
         }
     }
 }
@@ -427,8 +500,34 @@ fn retry_policy<'a>(rec: &'a Recorder<'_>, unreachable_wait: Duration) -> RetryP
     }
 }
 
-fn target_of(plan: &Plan<'_>, id: &TargetId) -> Option<(Target, Option<DesiredState>)> {
-    let t = plan.index_of.get(id).and_then(|&i| plan.environment.targets.get(i))?;
+/// Finds each deployment target in the environment. Targets are usually in environment order, so a forward scan finds
+/// them without hashing; a map handles the rest (explicit id lists, targets removed since acceptance).
+fn align(d: &Deployment, env: &Environment) -> Vec<Option<usize>> {
+    let mut out = Vec::with_capacity(d.targets().len());
+    let mut next = 0;
+    let mut map: Option<HashMap<&TargetId, usize>> = None;
+    for t in d.targets() {
+        if env.targets.get(next).is_some_and(|e| e.id == t.id) {
+            out.push(Some(next));
+            next += 1;
+            continue;
+        }
+        let m = map.get_or_insert_with(|| env.targets.iter().enumerate().map(|(i, e)| (&e.id, i)).collect());
+        let found = m.get(&t.id).copied();
+        if let Some(i) = found {
+            next = i + 1;
+        }
+        out.push(found);
+    }
+    out
+}
+
+fn executor_for<'a>(rec: &'a Recorder<'_>, target: &Target) -> &'a dyn Executor {
+    rec.shared.executor.route(target).unwrap_or(rec.shared.executor.as_ref())
+}
+
+fn target_of(plan: &Plan<'_>, index: usize) -> Option<(Target, Option<DesiredState>)> {
+    let t = plan.env_index.get(index).copied().flatten().and_then(|i| plan.environment.targets.get(i))?;
     Some((Target::of(&plan.environment.name, t), t.desired.clone()))
 }
 
@@ -458,19 +557,23 @@ enum Verified {
     Unreachable(String),
 }
 
-/// Polls `verify` until health holds for `healthy_for`, giving up at `timeout`.
-async fn verify_health(rec: &Recorder<'_>, target: &Target, desired: &DesiredState) -> Verified {
-    let policy = rec.with(|d| *d.spec().verify());
+/// Polls `verify` until health holds for `healthy_for`, giving up at `timeout`. Returns the verdict and the time it
+/// was reached.
+async fn verify_health(
+    rec: &Recorder<'_>,
+    policy: crate::spec::VerifyPolicy,
+    target: &Target,
+    desired: &DesiredState,
+) -> (Verified, crate::clock::Timestamp) {
     let clock = rec.shared.clock.as_ref();
-    let started = clock.now();
-    let give_up = add(started, policy.timeout.as_std());
+    let mut now = clock.now();
+    let give_up = add(now, policy.timeout.as_std());
     let mut healthy_since = None;
     let mut last_problem = "never reported healthy".to_owned();
     let mut unreachable_streak;
     loop {
-        let now = clock.now();
         let remaining = elapsed_between(now, give_up);
-        let mut call = rec.shared.executor.verify(target, desired);
+        let mut call = executor_for(rec, target).verify(target, desired);
         let probe = match (&mut call).now_or_never() {
             Some(r) => r,
             None => tokio::select! {
@@ -480,13 +583,13 @@ async fn verify_health(rec: &Recorder<'_>, target: &Target, desired: &DesiredSta
                 }
             },
         };
-        let now = clock.now();
+        now = clock.now();
         match probe {
             Ok(Health::Healthy) => {
                 unreachable_streak = false;
                 let since = *healthy_since.get_or_insert(now);
                 if elapsed_between(since, now) >= policy.healthy_for.as_std() {
-                    return Verified::Healthy;
+                    return (Verified::Healthy, now);
                 }
             }
             Ok(h) => {
@@ -501,14 +604,13 @@ async fn verify_health(rec: &Recorder<'_>, target: &Target, desired: &DesiredSta
             }
         }
         if now >= give_up {
-            let why = format!(
-                "not healthy for {} within {}: {last_problem}",
-                policy.healthy_for, policy.timeout
-            );
-            return if unreachable_streak { Verified::Unreachable(why) } else { Verified::Unhealthy(why) };
+            let why = format!("not healthy for {} within {}: {last_problem}", policy.healthy_for, policy.timeout);
+            let verdict = if unreachable_streak { Verified::Unreachable(why) } else { Verified::Unhealthy(why) };
+            return (verdict, now);
         }
         let wait = policy.interval.as_std().min(elapsed_between(now, give_up)).max(Duration::from_millis(1));
         clock.sleep(wait).await;
+        now = clock.now();
     }
 }
 
@@ -524,7 +626,7 @@ async fn roll_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
     let rec = plan.rec;
     let Some(mut entry) = rec.target(index) else { return Ok(()) };
     let (spec, deployment_id) = (plan.spec.as_ref(), plan.deployment_id);
-    let Some((target, env_desired)) = target_of(plan, &entry.id) else {
+    let Some((target, env_desired)) = target_of(plan, index) else {
         let now = rec.now();
         let msg = format!("{}: no longer in the environment", entry.id);
         return rec.set_target(index, fail_entry(entry, TargetStatus::Failed, msg.clone(), now), msg, None).await;
@@ -536,7 +638,8 @@ async fn roll_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
 
     // Observe first: the difference between desired and actual is what gets executed.
     let mut calls = 0;
-    let observed = policy.run(&mut calls, || rec.shared.executor.observe(&target)).await;
+    let executor = executor_for(rec, &target);
+    let observed = policy.run(&mut calls, || executor.observe(&target)).await;
     let observation = match observed {
         Ok(o) => o,
         Err(CallError::Failed(e)) => {
@@ -565,7 +668,8 @@ async fn roll_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
             desired: Some(desired),
             actual: Some(ActualState::observed(observation, now)),
         };
-        return rec.set_target(index, entry, format!("{id}: already runs {}, healthy; nothing to do", obs.target), Some(obs)).await;
+        let msg = [id.as_str(), ": already runs ", entry.to_version.as_str(), ", healthy; nothing to do"].concat();
+        return rec.set_target(index, entry, msg, Some(obs)).await;
     }
     if !resumed {
         entry.from_version = observation.version.clone();
@@ -582,7 +686,8 @@ async fn roll_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
     rec.set_target(
         index,
         entry.clone(),
-        format!("{id}: {} {} (was {from})", if resumed { "re-applying" } else { "applying" }, entry.to_version),
+        [id.as_str(), if resumed { ": re-applying " } else { ": applying " }, entry.to_version.as_str(), " (was ", &from, ")"]
+            .concat(),
         Some(TargetObservation { target: id.clone(), desired: Some(desired.clone()), actual: None }),
     )
     .await?;
@@ -602,10 +707,10 @@ async fn roll_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
     let now = rec.now();
     entry.status = TargetStatus::Verifying;
     entry.updated_at = now;
-    rec.set_target(index, entry.clone(), format!("{id}: verifying health of {}", entry.to_version), None).await?;
+    let msg = [id.as_str(), ": verifying health of ", entry.to_version.as_str()].concat();
+    rec.set_target(index, entry.clone(), msg, None).await?;
 
-    let verdict = verify_health(rec, &target, &desired).await;
-    let now = rec.now();
+    let (verdict, now) = verify_health(rec, *spec.verify(), &target, &desired).await;
     match verdict {
         Verified::Healthy => {
             entry.status = TargetStatus::Succeeded;
@@ -615,7 +720,7 @@ async fn roll_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
                 Observation { version: Some(entry.to_version.clone()), health: Health::Healthy },
                 now,
             );
-            let msg = format!("{id}: runs {}, healthy", entry.to_version);
+            let msg = [id.as_str(), ": runs ", entry.to_version.as_str(), ", healthy"].concat();
             rec.set_target(index, entry, msg, Some(TargetObservation { target: id, desired: None, actual: Some(actual) }))
                 .await
         }
@@ -658,7 +763,7 @@ async fn execute(
             policy
                 .run(&mut attempts, || async {
                     let secrets = resolve_secrets(rec, desired).await?;
-                    rec.shared.executor.apply(target, ApplyContext { deployment, desired, secrets: &secrets }).await
+                    executor_for(rec, target).apply(target, ApplyContext { deployment, desired, secrets: &secrets }).await
                 })
                 .await
         }
@@ -668,7 +773,9 @@ async fn execute(
                 let out = policy
                     .run(&mut attempts, || async {
                         let secrets = resolve_secrets(rec, desired).await?;
-                        rec.shared.executor.run_step(target, step, ApplyContext { deployment, desired, secrets: &secrets }).await
+                        executor_for(rec, target)
+                            .run_step(target, step, ApplyContext { deployment, desired, secrets: &secrets })
+                            .await
                     })
                     .await;
                 match out {
@@ -712,9 +819,9 @@ async fn watch_canary(plan: &Plan<'_>, batch: &Batch, watch_for: Duration) -> Re
             if entry.status != TargetStatus::Succeeded {
                 continue;
             }
-            let Some((target, _)) = target_of(plan, &entry.id) else { continue };
+            let Some((target, _)) = target_of(plan, i) else { continue };
             let desired = DesiredState::from_spec(&spec, &entry.to_version);
-            let healthy = matches!(rec.shared.executor.verify(&target, &desired).await, Ok(Health::Healthy));
+            let healthy = matches!(executor_for(rec, &target).verify(&target, &desired).await, Ok(Health::Healthy));
             if !healthy {
                 let now = rec.now();
                 let why = format!("became unhealthy while the canary step was watched for {}s", watch_for.as_secs());
@@ -779,7 +886,7 @@ async fn restore_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
     let (service, deployment, unreachable_wait) =
         rec.with(|d| (d.service().clone(), d.id(), d.spec().on_unreachable().wait.as_std()));
     let Some(from) = entry.from_version.clone() else { return Ok(()) };
-    let Some((target, _)) = target_of(plan, &entry.id) else { return Ok(()) };
+    let Some((target, _)) = target_of(plan, index) else { return Ok(()) };
     let desired = entry.previous.clone().unwrap_or_else(|| DesiredState::bare(service, from.clone()));
     let policy = retry_policy(rec, unreachable_wait);
     let id = entry.id.clone();
@@ -787,16 +894,16 @@ async fn restore_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
     let applied = policy
         .run(&mut attempts, || async {
             let secrets = resolve_secrets(rec, &desired).await?;
-            rec.shared.executor.apply(&target, ApplyContext { deployment, desired: &desired, secrets: &secrets }).await
+            executor_for(rec, &target).apply(&target, ApplyContext { deployment, desired: &desired, secrets: &secrets }).await
         })
         .await;
     entry.attempts = attempts;
-    let verdict = match applied {
-        Ok(()) => verify_health(rec, &target, &desired).await,
-        Err(CallError::Failed(e)) => Verified::Unhealthy(e),
-        Err(CallError::Unreachable(e)) => Verified::Unreachable(e),
+    let verify = rec.with(|d| *d.spec().verify());
+    let (verdict, now) = match applied {
+        Ok(()) => verify_health(rec, verify, &target, &desired).await,
+        Err(CallError::Failed(e)) => (Verified::Unhealthy(e), rec.now()),
+        Err(CallError::Unreachable(e)) => (Verified::Unreachable(e), rec.now()),
     };
-    let now = rec.now();
     entry.updated_at = now;
     match verdict {
         Verified::Healthy => {
