@@ -1,6 +1,7 @@
 //! The deployment record: status, per-target progress and a summary that always agrees with it.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -178,7 +179,7 @@ pub struct TargetProgress {
     pub updated_at: Timestamp,
     /// What to restore on rollback, captured before the first change (`None` if nothing ran before).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub previous: Option<DesiredState>,
+    pub previous: Option<Arc<DesiredState>>,
 }
 
 /// Counts of targets per status; always equal to the per-target states of its deployment.
@@ -269,7 +270,7 @@ pub struct TargetObservation {
     /// The target.
     pub target: TargetId,
     /// A new desired state, when a deployment reached the target.
-    pub desired: Option<DesiredState>,
+    pub desired: Option<Arc<DesiredState>>,
     /// A new actual state.
     pub actual: Option<crate::state::ActualState>,
 }

@@ -1,6 +1,7 @@
 //! Environments: named sets of targets with a concurrency policy and a revision.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -100,8 +101,9 @@ pub struct EnvironmentTarget {
     /// Executor-specific configuration.
     #[serde(default, skip_serializing_if = "Value::is_null")]
     pub config: Value,
-    /// What the last deployment that reached it asked for; `None` before any.
-    pub desired: Option<DesiredState>,
+    /// What the last deployment that reached it asked for; `None` before any. Shared by every target the deployment
+    /// reached.
+    pub desired: Option<Arc<DesiredState>>,
     /// What was last observed or applied; `None` before the first observation.
     pub actual: Option<ActualState>,
 }

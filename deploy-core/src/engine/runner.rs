@@ -272,6 +272,18 @@ struct Plan<'a> {
     /// The spec never changes while a deployment runs; one shared copy saves a clone per target.
     spec: Arc<crate::spec::DeploymentSpec>,
     deployment_id: crate::names::DeploymentId,
+    /// The desired state at the spec's own version, shared by every target that goes there.
+    desired: Arc<DesiredState>,
+}
+
+impl Plan<'_> {
+    fn desired(&self, version: &crate::names::Version) -> Arc<DesiredState> {
+        if &self.desired.version == version {
+            Arc::clone(&self.desired)
+        } else {
+            Arc::new(DesiredState::from_spec(&self.spec, version))
+        }
+    }
 }
 
 async fn run(rec: &Recorder<'_>) -> Result<(), Abort> {
@@ -282,7 +294,8 @@ async fn run(rec: &Recorder<'_>) -> Result<(), Abort> {
     let environment = rec.shared.store.get_environment(&env_name).await?;
     let env_index = rec.with(|d| align(d, &environment));
     let (spec, deployment_id) = rec.with(|d| (Arc::new(d.spec().clone()), d.id()));
-    let plan = Plan { rec, environment, env_index, spec, deployment_id };
+    let desired = Arc::new(DesiredState::from_spec(&spec, spec.version()));
+    let plan = Plan { rec, environment, env_index, spec, deployment_id, desired };
     match status {
         DeploymentStatus::Queued => {
             if let Some((stop, reason)) = rec.stop_reason() {
@@ -526,7 +539,7 @@ fn executor_for<'a>(rec: &'a Recorder<'_>, target: &Target) -> &'a dyn Executor 
     rec.shared.executor.route(target).unwrap_or(rec.shared.executor.as_ref())
 }
 
-fn target_of(plan: &Plan<'_>, index: usize) -> Option<(Target, Option<DesiredState>)> {
+fn target_of(plan: &Plan<'_>, index: usize) -> Option<(Target, Option<Arc<DesiredState>>)> {
     let t = plan.env_index.get(index).copied().flatten().and_then(|i| plan.environment.targets.get(i))?;
     Some((Target::of(&plan.environment.name, t), t.desired.clone()))
 }
@@ -631,7 +644,7 @@ async fn roll_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
         let msg = format!("{}: no longer in the environment", entry.id);
         return rec.set_target(index, fail_entry(entry, TargetStatus::Failed, msg.clone(), now), msg, None).await;
     };
-    let desired = DesiredState::from_spec(spec, &entry.to_version);
+    let desired = plan.desired(&entry.to_version);
     let policy = retry_policy(rec, spec.on_unreachable().wait.as_std());
     let resumed = entry.status != TargetStatus::Pending;
     let id = entry.id.clone();
@@ -675,7 +688,7 @@ async fn roll_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
         entry.from_version = observation.version.clone();
         entry.previous = match env_desired {
             Some(d) if Some(&d.version) == observation.version.as_ref() => Some(d),
-            _ => observation.version.clone().map(|v| DesiredState::bare(spec.service().clone(), v)),
+            _ => observation.version.clone().map(|v| Arc::new(DesiredState::bare(spec.service().clone(), v))),
         };
     }
     let now = rec.now();
@@ -887,7 +900,7 @@ async fn restore_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
         rec.with(|d| (d.service().clone(), d.id(), d.spec().on_unreachable().wait.as_std()));
     let Some(from) = entry.from_version.clone() else { return Ok(()) };
     let Some((target, _)) = target_of(plan, index) else { return Ok(()) };
-    let desired = entry.previous.clone().unwrap_or_else(|| DesiredState::bare(service, from.clone()));
+    let desired = entry.previous.clone().unwrap_or_else(|| Arc::new(DesiredState::bare(service, from.clone())));
     let policy = retry_policy(rec, unreachable_wait);
     let id = entry.id.clone();
     let mut attempts = entry.attempts;
