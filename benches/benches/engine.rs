@@ -3,13 +3,16 @@
 //!
 //! `cargo bench -p deploy-benches --bench engine`
 
+// A benchmark whose set-up fails must stop loudly; there is no caller to return an error to.
+#![allow(clippy::panic)]
+
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use deploy_benches::{NoopExecutor, prepared, resident_bytes};
 use deploy_core::{
-    ApplyContext, DeploymentId, DesiredState, EnvironmentName, Executor, ResolvedSecrets, ServiceName, Target, TargetId,
-    Version,
+    ApplyContext, DeploymentId, DesiredState, EnvironmentName, Executor, ResolvedSecrets, ServiceName, Target,
+    TargetId, Version,
 };
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -6,8 +6,8 @@ use async_trait::async_trait;
 use deploy_core::spec::{StrategyRequest, VerifyRequest};
 use deploy_core::{
     ApplyContext, ConcurrencyPolicy, DeploymentRequest, DesiredState, EnvironmentName, EnvironmentSpec, Executor,
-    ExecutorError, ExecutorRouter, Health, Observation, Orchestrator, OrchestratorConfig, Principal, Submission, Target,
-    TargetDefinition, TargetId,
+    ExecutorError, ExecutorRouter, Health, Observation, Orchestrator, OrchestratorConfig, Principal, Submission,
+    Target, TargetDefinition, TargetId,
 };
 use deploy_testkit::MemoryStore;
 
@@ -57,7 +57,11 @@ pub fn rolling_request() -> DeploymentRequest {
         service: "svc".into(),
         version: "2.0".into(),
         strategy: Some(StrategyRequest::Rolling { batch_size: Some("25%".into()), pause: None }),
-        verify: Some(VerifyRequest { timeout: Some("10s".into()), interval: Some("1ms".into()), healthy_for: Some("0s".into()) }),
+        verify: Some(VerifyRequest {
+            timeout: Some("10s".into()),
+            interval: Some("1ms".into()),
+            healthy_for: Some("0s".into()),
+        }),
         ..DeploymentRequest::default()
     }
 }
@@ -76,7 +80,7 @@ pub async fn prepared(n: usize) -> Result<(Arc<MemoryStore>, Orchestrator), Stri
     let admin = Principal::system("bench");
     let env = EnvironmentName::new("bench").map_err(|e| e.to_string())?;
     orchestrator.put_environment(&admin, &env, fleet(n), None).await.map_err(|e| e.to_string())?;
-    orchestrator
+    let _queued = orchestrator
         .submit(&admin, Submission { request: rolling_request(), ..Submission::default() })
         .await
         .map_err(|e| e.to_string())?;

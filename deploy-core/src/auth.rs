@@ -224,7 +224,14 @@ mod tests {
     #[test]
     fn role_by_action_by_scope() {
         let scoped = |role| Principal::new("p", role, vec![EnvironmentPattern::new("staging-*").unwrap()]);
-        let actions = [Action::Read, Action::Deploy, Action::Cancel, Action::Rollback, Action::ManageEnvironments, Action::Administer];
+        let actions = [
+            Action::Read,
+            Action::Deploy,
+            Action::Cancel,
+            Action::Rollback,
+            Action::ManageEnvironments,
+            Action::Administer,
+        ];
         for role in [Role::Viewer, Role::Deployer, Role::Admin] {
             for action in actions {
                 let expected = match role {

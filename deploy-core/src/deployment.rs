@@ -84,7 +84,12 @@ impl DeploymentStatus {
             Self::Queued => matches!(next, Self::InProgress | Self::Cancelled | Self::Superseded),
             Self::InProgress => matches!(
                 next,
-                Self::Succeeded | Self::Degraded | Self::Failed | Self::RollingBack | Self::Cancelled | Self::Superseded
+                Self::Succeeded
+                    | Self::Degraded
+                    | Self::Failed
+                    | Self::RollingBack
+                    | Self::Cancelled
+                    | Self::Superseded
             ),
             Self::RollingBack => matches!(next, Self::RolledBack | Self::Failed),
             _ => false,
@@ -419,14 +424,26 @@ impl Deployment {
             TargetPlan::FromSpec => environment
                 .select(draft.spec.targets())?
                 .into_iter()
-                .map(|t| pending(t.id.clone(), t.actual.as_ref().and_then(|a| a.version.clone()), draft.spec.version().clone(), now))
+                .map(|t| {
+                    pending(
+                        t.id.clone(),
+                        t.actual.as_ref().and_then(|a| a.version.clone()),
+                        draft.spec.version().clone(),
+                        now,
+                    )
+                })
                 .collect(),
             TargetPlan::Explicit(list) => {
                 let mut errs = ValidationErrors::default();
                 let mut out = Vec::with_capacity(list.len());
                 for (i, (id, version)) in list.iter().enumerate() {
                     match environment.target(id) {
-                        Some(t) => out.push(pending(id.clone(), t.actual.as_ref().and_then(|a| a.version.clone()), version.clone(), now)),
+                        Some(t) => out.push(pending(
+                            id.clone(),
+                            t.actual.as_ref().and_then(|a| a.version.clone()),
+                            version.clone(),
+                            now,
+                        )),
                         None => errs.push(format!("targets[{i}]"), format!("environment has no target {id}")),
                     }
                 }
@@ -666,10 +683,11 @@ impl Deployment {
         if self.status.is_terminal() {
             return Err(UpdateError::AlreadyFinished(self.status));
         }
-        if let Some(change) = &update.status {
-            if change.status != self.status && !self.status.can_become(change.status) {
-                return Err(UpdateError::IllegalTransition { from: self.status, to: change.status });
-            }
+        if let Some(change) = &update.status
+            && change.status != self.status
+            && !self.status.can_become(change.status)
+        {
+            return Err(UpdateError::IllegalTransition { from: self.status, to: change.status });
         }
         for (index, entry) in &update.targets {
             match self.targets.get(*index) {

@@ -115,7 +115,7 @@ impl fmt::Display for HumanDuration {
             return f.write_str("0s");
         }
         for (factor, unit) in units {
-            if ms % factor == 0 {
+            if ms.is_multiple_of(factor) {
                 return write!(f, "{}{unit}", ms / factor);
             }
         }

@@ -76,13 +76,13 @@ impl EnvironmentSpec {
                 && t.executor.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
             if !name_ok {
                 errs.push(format!("targets[{i}].executor"), "use 1 to 64 lowercase letters, digits, '-' or '_'");
-            } else if let Some(known) = known_executors {
-                if !known.iter().any(|k| k == &t.executor) {
-                    errs.push(
-                        format!("targets[{i}].executor"),
-                        format!("no executor named {:?}; this orchestrator has {known:?}", t.executor),
-                    );
-                }
+            } else if let Some(known) = known_executors
+                && !known.iter().any(|k| k == &t.executor)
+            {
+                errs.push(
+                    format!("targets[{i}].executor"),
+                    format!("no executor named {:?}; this orchestrator has {known:?}", t.executor),
+                );
             }
         }
         if errs.is_empty() { Ok(()) } else { Err(errs) }
@@ -167,21 +167,17 @@ impl Environment {
         let mut errs = ValidationErrors::default();
         let picked: Vec<&EnvironmentTarget> = match selector {
             TargetSelector::All => self.targets.iter().collect(),
-            TargetSelector::Labels(labels) => self
-                .targets
-                .iter()
-                .filter(|t| labels.iter().all(|(k, v)| t.labels.get(k) == Some(v)))
-                .collect(),
+            TargetSelector::Labels(labels) => {
+                self.targets.iter().filter(|t| labels.iter().all(|(k, v)| t.labels.get(k) == Some(v))).collect()
+            }
             TargetSelector::Ids(ids) => {
                 let index: BTreeMap<&TargetId, &EnvironmentTarget> = self.targets.iter().map(|t| (&t.id, t)).collect();
                 let mut out = Vec::with_capacity(ids.len());
                 for (i, id) in ids.iter().enumerate() {
                     match index.get(id) {
                         Some(t) => out.push(*t),
-                        None => errs.push(
-                            format!("targets.ids[{i}]"),
-                            format!("environment {} has no target {id}", self.name),
-                        ),
+                        None => errs
+                            .push(format!("targets.ids[{i}]"), format!("environment {} has no target {id}", self.name)),
                     }
                 }
                 out

@@ -146,7 +146,10 @@ pub trait Executor: Send + Sync {
         ctx: ApplyContext<'_>,
     ) -> Result<StepOutput, ExecutorError> {
         let _ = (target, ctx);
-        Err(ExecutorError::permanent(format!("this executor does not support imperative steps (asked for {:?})", step.action)))
+        Err(ExecutorError::permanent(format!(
+            "this executor does not support imperative steps (asked for {:?})",
+            step.action
+        )))
     }
 }
 

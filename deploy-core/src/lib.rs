@@ -52,22 +52,24 @@ mod store;
 pub use auth::{Action, EnvironmentPattern, Forbidden, PatternError, Principal, Role};
 pub use clock::{Clock, SystemClock, Timestamp, add as add_duration, elapsed_between};
 pub use deployment::{
-    Deployment, DeploymentDraft, DeploymentStatus, ProgressUpdate, StatusChange, Summary, TargetObservation, TargetPlan,
-    TargetProgress, TargetStatus, UpdateError,
+    Deployment, DeploymentDraft, DeploymentStatus, ProgressUpdate, StatusChange, Summary, TargetObservation,
+    TargetPlan, TargetProgress, TargetStatus, UpdateError,
 };
 pub use duration::{DurationParseError, HumanDuration};
-pub use engine::{
-    Orchestrator, OrchestratorBuilder, OrchestratorConfig, ShutdownSignal, Submission, Submitted,
-};
 pub use engine::ShutdownTrigger;
+pub use engine::{Orchestrator, OrchestratorBuilder, OrchestratorConfig, ShutdownSignal, Submission, Submitted};
 pub use environment::{
     ConcurrencyPolicy, Environment, EnvironmentSpec, EnvironmentTarget, MAX_TARGETS, TargetDefinition,
 };
 pub use error::Error;
 pub use event::{Event, EventType, NewEvent};
 pub use executor::{ApplyContext, ErrorClass, Executor, ExecutorError, ExecutorRouter, StepOutput, Target};
-pub use names::{DeploymentId, EnvironmentName, Fingerprint, IdempotencyKey, NameError, Revision, ServiceName, TargetId, Version};
-pub use secrets::{EnvSecretResolver, ResolvedSecrets, SecretError, SecretRef, SecretRefError, SecretResolver, SecretValue};
+pub use names::{
+    DeploymentId, EnvironmentName, Fingerprint, IdempotencyKey, NameError, Revision, ServiceName, TargetId, Version,
+};
+pub use secrets::{
+    EnvSecretResolver, ResolvedSecrets, SecretError, SecretRef, SecretRefError, SecretResolver, SecretValue,
+};
 pub use spec::{
     Artifact, CanaryStep, ConfigValue, CountOrPercent, DeploymentRequest, DeploymentSpec, ExecutionMode, FailurePolicy,
     FieldError, ImperativeStep, OnFailure, RolloutStrategy, TargetSelector, UnreachableAction, UnreachablePolicy,
@@ -75,6 +77,6 @@ pub use spec::{
 };
 pub use state::{ActualState, DesiredState, Health, Observation};
 pub use store::{
-    Accepted, Acceptance, Claim, Control, DeliveryOutcome, DeliveryStatus, DeploymentFilter, EnvironmentWrite,
+    Acceptance, Accepted, Claim, Control, DeliveryOutcome, DeliveryStatus, DeploymentFilter, EnvironmentWrite,
     IdempotencyRecord, Lease, Page, PageRequest, Store, StoreError, WebhookDelivery, WebhookSubscription,
 };

@@ -248,9 +248,10 @@ impl WebhookSubscription {
     pub fn matches(&self, event_type: EventType, environment: &EnvironmentName) -> bool {
         let name = event_type.as_str();
         self.active
-            && self.events.iter().any(|p| {
-                p == "*" || p == name || p.strip_suffix('*').is_some_and(|prefix| name.starts_with(prefix))
-            })
+            && self
+                .events
+                .iter()
+                .any(|p| p == "*" || p == name || p.strip_suffix('*').is_some_and(|prefix| name.starts_with(prefix)))
             && (self.environments.is_empty() || self.environments.iter().any(|p| p.matches(environment)))
     }
 }
@@ -413,5 +414,9 @@ pub trait Store: Send + Sync {
     async fn complete_delivery(&self, id: &str, outcome: DeliveryOutcome, now: Timestamp) -> Result<(), StoreError>;
 
     /// Deliveries of a subscription, newest first.
-    async fn list_deliveries(&self, subscription: Uuid, page: &PageRequest) -> Result<Page<WebhookDelivery>, StoreError>;
+    async fn list_deliveries(
+        &self,
+        subscription: Uuid,
+        page: &PageRequest,
+    ) -> Result<Page<WebhookDelivery>, StoreError>;
 }

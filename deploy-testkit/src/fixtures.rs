@@ -36,9 +36,12 @@ pub fn environment(ids: &[&str], executor: &str, concurrency: ConcurrencyPolicy)
             .iter()
             .map(|id| TargetDefinition {
                 id: fixture(TargetId::new(*id)),
-                labels: [("zone".to_owned(), if id.ends_with(['1', '3', '5', '7', '9']) { "a" } else { "b" }.to_owned())]
-                    .into_iter()
-                    .collect(),
+                labels: [(
+                    "zone".to_owned(),
+                    if id.ends_with(['1', '3', '5', '7', '9']) { "a" } else { "b" }.to_owned(),
+                )]
+                .into_iter()
+                .collect(),
                 executor: executor.to_owned(),
                 config: serde_json::Value::Null,
             })
@@ -113,7 +116,11 @@ impl Harness {
         let admin = Principal::system("test:admin");
         let environment = env_name(name);
         let ids: Vec<&str> = targets.iter().map(|(id, _)| *id).collect();
-        fixture(orchestrator.put_environment(&admin, &environment, self::environment(&ids, "scripted", concurrency), None).await);
+        fixture(
+            orchestrator
+                .put_environment(&admin, &environment, self::environment(&ids, "scripted", concurrency), None)
+                .await,
+        );
         Self { store, executor, clock, orchestrator, admin, environment }
     }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deploy_core::{
-    Accepted, Acceptance, Claim, ConcurrencyPolicy, Control, DeliveryOutcome, DeliveryStatus, Deployment,
+    Acceptance, Accepted, Claim, ConcurrencyPolicy, Control, DeliveryOutcome, DeliveryStatus, Deployment,
     DeploymentFilter, DeploymentId, DeploymentStatus, Environment, EnvironmentName, EnvironmentSpec, EnvironmentWrite,
     Event, Fingerprint, IdempotencyKey, Lease, Page, PageRequest, ProgressUpdate, Revision, Store, StoreError,
     Timestamp, UpdateError, ValidationErrors, WebhookDelivery, WebhookSubscription, add_duration,
@@ -274,7 +274,10 @@ impl Store for MemoryStore {
                 if existing.fingerprint != rec.fingerprint {
                     return Err(StoreError::IdempotencyKeyReuse { key: rec.key.clone() });
                 }
-                let d = inner.deployments.get(&existing.deployment).ok_or_else(|| not_found("deployment", existing.deployment))?;
+                let d = inner
+                    .deployments
+                    .get(&existing.deployment)
+                    .ok_or_else(|| not_found("deployment", existing.deployment))?;
                 return Ok(Accepted { deployment: d.deployment.clone(), replayed: true });
             }
         }
@@ -300,8 +303,8 @@ impl Store for MemoryStore {
             ConcurrencyPolicy::Supersede => {
                 for old in older {
                     let Some(state) = inner.deployments.get_mut(&old) else { continue };
-                    let unheld = state.deployment.status() == DeploymentStatus::Queued
-                        && !lease_live(state.lease.as_ref(), now);
+                    let unheld =
+                        state.deployment.status() == DeploymentStatus::Queued && !lease_live(state.lease.as_ref(), now);
                     state.deployment.mark_superseded_by(id, now);
                     if unheld {
                         let update = state.deployment.stop_update(
@@ -320,7 +323,12 @@ impl Store for MemoryStore {
         let queued = deploy_core::NewEvent::deployment(
             now,
             DeploymentStatus::Queued,
-            format!("accepted: {} {} to {} target(s)", deployment.service(), deployment.version(), deployment.targets().len()),
+            format!(
+                "accepted: {} {} to {} target(s)",
+                deployment.service(),
+                deployment.version(),
+                deployment.targets().len()
+            ),
         );
         inner.by_time.insert(id);
         inner.deployments.insert(id, DeploymentState { deployment, events: Vec::new(), lease: None, token: 0 });
@@ -412,7 +420,8 @@ impl Store for MemoryStore {
         let Some(id) = best else { return Ok(None) };
         let state = inner.deployments.get_mut(&id).ok_or_else(|| not_found("deployment", id))?;
         state.token += 1;
-        let granted = Lease { deployment: id, owner: owner.to_owned(), token: state.token, expires_at: add_duration(now, lease) };
+        let granted =
+            Lease { deployment: id, owner: owner.to_owned(), token: state.token, expires_at: add_duration(now, lease) };
         state.lease = Some(granted.clone());
         Ok(Some(Claim { deployment: state.deployment.clone(), lease: granted }))
     }
@@ -420,15 +429,18 @@ impl Store for MemoryStore {
     async fn renew(&self, lease: &Lease, now: Timestamp, duration: Duration) -> Result<(Lease, Control), StoreError> {
         let mut inner = self.lock();
         inner.check_token(lease)?;
-        let state = inner.deployments.get_mut(&lease.deployment).ok_or_else(|| not_found("deployment", lease.deployment))?;
+        let state =
+            inner.deployments.get_mut(&lease.deployment).ok_or_else(|| not_found("deployment", lease.deployment))?;
         let status = state.deployment.status();
         if status.is_terminal() {
             return Err(StoreError::AlreadyFinished { deployment: lease.deployment, status });
         }
         let renewed = Lease { expires_at: add_duration(now, duration), ..lease.clone() };
         state.lease = Some(renewed.clone());
-        let control =
-            Control { cancel_requested: state.deployment.cancel_requested(), superseded_by: state.deployment.superseded_by() };
+        let control = Control {
+            cancel_requested: state.deployment.cancel_requested(),
+            superseded_by: state.deployment.superseded_by(),
+        };
         Ok((renewed, control))
     }
 
@@ -533,7 +545,11 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn list_deliveries(&self, subscription: Uuid, page: &PageRequest) -> Result<Page<WebhookDelivery>, StoreError> {
+    async fn list_deliveries(
+        &self,
+        subscription: Uuid,
+        page: &PageRequest,
+    ) -> Result<Page<WebhookDelivery>, StoreError> {
         let inner = self.lock();
         if !inner.webhooks.contains_key(&subscription) {
             return Err(not_found("webhook", subscription));

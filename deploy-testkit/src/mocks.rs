@@ -1,4 +1,5 @@
-//! `mockall` mocks of the core traits, for tests that want to script exact calls.
+//! `mockall` mocks of the core traits ([`MockExecutor`], [`MockSecretResolver`], [`MockClock`], [`MockStore`]), for tests
+//! that want to script exact calls.
 
 use std::time::Duration;
 
@@ -19,7 +20,12 @@ pub trait ExecutorCalls {
     /// See [`Executor::verify`].
     fn verify(&self, target: &Target, desired: &DesiredState) -> Result<Health, ExecutorError>;
     /// See [`Executor::run_step`].
-    fn run_step(&self, target: &Target, step: &ImperativeStep, desired: &DesiredState) -> Result<StepOutput, ExecutorError>;
+    fn run_step(
+        &self,
+        target: &Target,
+        step: &ImperativeStep,
+        desired: &DesiredState,
+    ) -> Result<StepOutput, ExecutorError>;
 }
 
 /// A mock [`Executor`]: script it through [`ExecutorCalls`]' expectations (`expect_apply()`, ...).
@@ -65,5 +71,93 @@ mockall::mock! {
     impl Clock for Clock {
         fn now(&self) -> Timestamp;
         async fn sleep(&self, duration: Duration);
+    }
+}
+
+mockall::mock! {
+    /// A mock [`Store`](deploy_core::Store), for tests of code that must react to one particular store answer (a
+    /// stale token, an outage) without building the state that leads to it.
+    pub Store {}
+
+    #[async_trait]
+    impl deploy_core::Store for Store {
+        async fn put_environment(
+            &self,
+            name: &deploy_core::EnvironmentName,
+            spec: deploy_core::EnvironmentSpec,
+            expected: Option<deploy_core::Revision>,
+            now: Timestamp,
+        ) -> Result<deploy_core::EnvironmentWrite, deploy_core::StoreError>;
+        async fn get_environment(
+            &self,
+            name: &deploy_core::EnvironmentName,
+        ) -> Result<deploy_core::Environment, deploy_core::StoreError>;
+        async fn list_environments(
+            &self,
+            page: &deploy_core::PageRequest,
+        ) -> Result<deploy_core::Page<deploy_core::Environment>, deploy_core::StoreError>;
+        async fn accept(&self, acceptance: deploy_core::Acceptance) -> Result<deploy_core::Accepted, deploy_core::StoreError>;
+        async fn get_deployment(
+            &self,
+            id: deploy_core::DeploymentId,
+        ) -> Result<deploy_core::Deployment, deploy_core::StoreError>;
+        async fn list_deployments(
+            &self,
+            filter: &deploy_core::DeploymentFilter,
+            page: &deploy_core::PageRequest,
+        ) -> Result<deploy_core::Page<deploy_core::Deployment>, deploy_core::StoreError>;
+        async fn events(
+            &self,
+            id: deploy_core::DeploymentId,
+            after: u64,
+            limit: usize,
+        ) -> Result<Vec<deploy_core::Event>, deploy_core::StoreError>;
+        async fn request_cancel(
+            &self,
+            id: deploy_core::DeploymentId,
+            now: Timestamp,
+        ) -> Result<deploy_core::Deployment, deploy_core::StoreError>;
+        async fn claim(
+            &self,
+            owner: &str,
+            now: Timestamp,
+            lease: Duration,
+        ) -> Result<Option<deploy_core::Claim>, deploy_core::StoreError>;
+        async fn renew(
+            &self,
+            lease: &deploy_core::Lease,
+            now: Timestamp,
+            duration: Duration,
+        ) -> Result<(deploy_core::Lease, deploy_core::Control), deploy_core::StoreError>;
+        async fn release(&self, lease: &deploy_core::Lease) -> Result<(), deploy_core::StoreError>;
+        async fn record(
+            &self,
+            lease: &deploy_core::Lease,
+            update: deploy_core::ProgressUpdate,
+        ) -> Result<deploy_core::Control, deploy_core::StoreError>;
+        async fn purge_idempotency_keys(&self, now: Timestamp) -> Result<u64, deploy_core::StoreError>;
+        async fn create_webhook(
+            &self,
+            subscription: deploy_core::WebhookSubscription,
+        ) -> Result<deploy_core::WebhookSubscription, deploy_core::StoreError>;
+        async fn list_webhooks(&self) -> Result<Vec<deploy_core::WebhookSubscription>, deploy_core::StoreError>;
+        async fn delete_webhook(&self, id: uuid::Uuid) -> Result<(), deploy_core::StoreError>;
+        async fn claim_deliveries(
+            &self,
+            now: Timestamp,
+            limit: usize,
+            lease: Duration,
+        ) -> Result<Vec<(deploy_core::WebhookDelivery, deploy_core::WebhookSubscription)>, deploy_core::StoreError>;
+        async fn complete_delivery(
+            &self,
+            id: &str,
+            outcome: deploy_core::DeliveryOutcome,
+            now: Timestamp,
+        ) -> Result<(), deploy_core::StoreError>;
+        async fn list_deliveries(
+            &self,
+            subscription: uuid::Uuid,
+            page: &deploy_core::PageRequest,
+        ) -> Result<deploy_core::Page<deploy_core::WebhookDelivery>, deploy_core::StoreError>;
     }
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deploy_core::{
-    ApplyContext, Clock, DesiredState, Executor, ExecutorError, Health, ImperativeStep, Observation, StepOutput, Target,
-    TargetId, Version,
+    ApplyContext, Clock, DesiredState, Executor, ExecutorError, Health, ImperativeStep, Observation, StepOutput,
+    Target, TargetId, Version,
 };
 
 /// A fault for a target (and optionally only for one version).
@@ -233,10 +233,10 @@ impl ScriptedExecutor {
             *n += 1;
             *n
         };
-        if let Some(n) = st.faults.iter().find_map(|f| if let Fault::FailTimes(n) = f { Some(*n) } else { None }) {
-            if attempt <= n {
-                return Err(ExecutorError::retryable(format!("{}: transient failure {attempt} of {n}", target.id)));
-            }
+        if let Some(n) = st.faults.iter().find_map(|f| if let Fault::FailTimes(n) = f { Some(*n) } else { None })
+            && attempt <= n
+        {
+            return Err(ExecutorError::retryable(format!("{}: transient failure {attempt} of {n}", target.id)));
         }
         self.set_running(&target.id, version, &st.faults);
         if st.faults.contains(&Fault::CrashAfterApply) && attempt == 1 {
@@ -323,7 +323,9 @@ impl Executor for ScriptedExecutor {
                 Ok(StepOutput { output: "stopped".to_owned() })
             }
             "fetch" => Ok(StepOutput { output: format!("fetched {version}") }),
-            "start" => self.change(target, version, &st).await.map(|()| StepOutput { output: format!("started {version}") }),
+            "start" => {
+                self.change(target, version, &st).await.map(|()| StepOutput { output: format!("started {version}") })
+            }
             other => Err(ExecutorError::permanent(format!("unknown step action {other:?}"))),
         };
         drop(guard);

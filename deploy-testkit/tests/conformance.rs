@@ -18,7 +18,8 @@ async fn memory_store_suite_functions_run_concurrently_on_one_store() {
     let store = MemoryStore::new();
     let s = &store;
     let all = futures::future::join_all([
-        Box::pin(conformance::store::idempotent_acceptance(s)) as std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
+        Box::pin(conformance::store::idempotent_acceptance(s))
+            as std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
         Box::pin(conformance::store::concurrency_policies(s)),
         Box::pin(conformance::store::listings_page_with_cursors(s)),
         Box::pin(conformance::store::cancel_requests(s)),

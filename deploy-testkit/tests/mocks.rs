@@ -69,3 +69,94 @@ async fn health_is_polled_until_it_holds_for_healthy_for() {
     })
     .await;
 }
+
+mod store_answers {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use deploy_core::{
+        Claim, Deployment, DeploymentDraft, DeploymentId, Environment, Lease, Orchestrator, ShutdownSignal, StoreError,
+        TargetPlan,
+    };
+    use deploy_testkit::TestClock;
+    use deploy_testkit::fixtures::{env_name, environment, fast_config, request};
+    use deploy_testkit::mocks::{MockExecutor, MockStore};
+
+    use super::common::within;
+
+    fn claimed(env: &Environment) -> Claim {
+        let spec = request("prod", "svc", "2.0").validate().unwrap();
+        let draft = DeploymentDraft {
+            id: DeploymentId::new(),
+            spec,
+            created_by: "t".into(),
+            plan: TargetPlan::FromSpec,
+            rollback_of: None,
+        };
+        let now = time::OffsetDateTime::now_utc();
+        let deployment = Deployment::plan(draft, env, now).unwrap();
+        let lease = Lease { deployment: deployment.id(), owner: "c".into(), token: 7, expires_at: now };
+        Claim { deployment, lease }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_controller_that_loses_its_lease_stops_before_touching_any_target() {
+        within(async {
+            let env = Environment::create(env_name("prod"), environment(&["a", "b"], "scripted", Default::default()));
+            let claim = claimed(&env);
+            let mut store = MockStore::new();
+            let handed = AtomicUsize::new(0);
+            store
+                .expect_claim()
+                .returning(move |_, _, _| Ok((handed.fetch_add(1, Ordering::SeqCst) == 0).then(|| claim.clone())));
+            store.expect_get_environment().returning(move |_| Ok(env.clone()));
+            store
+                .expect_record()
+                .times(1)
+                .returning(|lease, _| Err(StoreError::StaleToken { deployment: lease.deployment, token: lease.token }));
+            store.expect_release().never();
+            let mut executor = MockExecutor::new();
+            executor.expect_observe().never();
+            executor.expect_apply().never();
+            let executor = Arc::new(executor);
+            let o = Orchestrator::builder(Arc::new(store), executor.clone())
+                .clock(Arc::new(TestClock::new()))
+                .config(fast_config("c"))
+                .build();
+            assert_eq!(o.run_until_idle().await.unwrap(), 1);
+        })
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_store_outage_does_not_stop_the_controller_loop() {
+        within(async {
+            let mut store = MockStore::new();
+            let calls = Arc::new(AtomicUsize::new(0));
+            let seen = calls.clone();
+            store.expect_claim().returning(move |_, _, _| {
+                if seen.fetch_add(1, Ordering::SeqCst) < 3 {
+                    Err(StoreError::Unavailable("connection refused".into()))
+                } else {
+                    Ok(None)
+                }
+            });
+            store.expect_purge_idempotency_keys().returning(|_| Ok(0));
+            let o = Orchestrator::builder(Arc::new(store), Arc::new(MockExecutor::new()))
+                .clock(Arc::new(TestClock::new()))
+                .config(fast_config("c"))
+                .build();
+            let (stop, signal) = ShutdownSignal::new();
+            let task = tokio::spawn({
+                let o = o.clone();
+                async move { o.run(signal).await }
+            });
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            stop.fire();
+            task.await.unwrap();
+            assert!(calls.load(Ordering::SeqCst) >= 5, "kept polling through the outage and after it");
+        })
+        .await;
+    }
+}

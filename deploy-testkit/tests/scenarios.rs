@@ -53,7 +53,11 @@ async fn rolling_update_replaces_every_target_two_at_a_time_and_verifies_each() 
         assert_eq!(events.first().map(|e| e.event_type), Some(EventType::Queued));
         assert_eq!(events.last().map(|e| e.event_type), Some(EventType::Succeeded));
         let env = h.orchestrator.environment(&h.admin, &h.environment).await.unwrap();
-        assert!(env.targets.iter().all(|t| t.actual.as_ref().and_then(|a| a.version.as_ref()).map(|v| v.as_str()) == Some("2.0")));
+        assert!(
+            env.targets
+                .iter()
+                .all(|t| t.actual.as_ref().and_then(|a| a.version.as_ref()).map(|v| v.as_str()) == Some("2.0"))
+        );
         assert!(env.targets.iter().all(|t| t.desired.as_ref().map(|d| d.version.as_str()) == Some("2.0")));
         assert_eq!(env.active_deployment, None);
     })
@@ -66,11 +70,14 @@ async fn duplicate_submissions_sent_concurrently_create_one_deployment() {
         let h = Harness::new("prod", &FOUR, ConcurrencyPolicy::Queue).await;
         let key = IdempotencyKey::new("release-2.0-build-77").unwrap();
         let submit = || {
-            h.orchestrator.submit(&h.admin, Submission {
-                request: request("prod", "web", "2.0"),
-                idempotency_key: Some(key.clone()),
-                expected_revision: None,
-            })
+            h.orchestrator.submit(
+                &h.admin,
+                Submission {
+                    request: request("prod", "web", "2.0"),
+                    idempotency_key: Some(key.clone()),
+                    expected_revision: None,
+                },
+            )
         };
         let results = futures::future::join_all((0..25).map(|_| submit())).await;
         let ids: std::collections::BTreeSet<_> = results.iter().map(|r| r.as_ref().unwrap().deployment.id()).collect();
@@ -78,17 +85,24 @@ async fn duplicate_submissions_sent_concurrently_create_one_deployment() {
         assert_eq!(results.iter().filter(|r| !r.as_ref().unwrap().replayed).count(), 1, "exactly one original");
         let other = h
             .orchestrator
-            .submit(&h.admin, Submission {
-                request: request("prod", "web", "3.0"),
-                idempotency_key: Some(key.clone()),
-                expected_revision: None,
-            })
+            .submit(
+                &h.admin,
+                Submission {
+                    request: request("prod", "web", "3.0"),
+                    idempotency_key: Some(key.clone()),
+                    expected_revision: None,
+                },
+            )
             .await;
         assert!(matches!(other, Err(Error::Store(StoreError::IdempotencyKeyReuse { .. }))), "{other:?}");
         h.settle().await;
         let replay = submit().await.unwrap();
         assert!(replay.replayed);
-        assert_eq!(replay.deployment.status(), DeploymentStatus::Succeeded, "a replay shows the deployment as it is now");
+        assert_eq!(
+            replay.deployment.status(),
+            DeploymentStatus::Succeeded,
+            "a replay shows the deployment as it is now"
+        );
         for t in ["web-1", "web-2", "web-3", "web-4"] {
             assert_eq!(h.executor.count("apply", t), 1, "{t} deployed once");
         }
@@ -168,21 +182,27 @@ async fn stale_or_missing_expected_revision_is_refused() {
         let env = h.orchestrator.environment(&h.admin, &h.environment).await.unwrap();
         let ok = h
             .orchestrator
-            .submit(&h.admin, Submission {
-                request: request("prod", "web", "2.0"),
-                expected_revision: Some(env.revision),
-                idempotency_key: None,
-            })
+            .submit(
+                &h.admin,
+                Submission {
+                    request: request("prod", "web", "2.0"),
+                    expected_revision: Some(env.revision),
+                    idempotency_key: None,
+                },
+            )
             .await
             .unwrap();
         assert_eq!(ok.deployment.revision(), env.revision.next());
         let stale = h
             .orchestrator
-            .submit(&h.admin, Submission {
-                request: request("prod", "web", "3.0"),
-                expected_revision: Some(env.revision),
-                idempotency_key: None,
-            })
+            .submit(
+                &h.admin,
+                Submission {
+                    request: request("prod", "web", "3.0"),
+                    expected_revision: Some(env.revision),
+                    idempotency_key: None,
+                },
+            )
             .await;
         match stale {
             Err(Error::Store(StoreError::PreconditionFailed { expected, current })) => {
@@ -213,7 +233,11 @@ async fn partial_success_within_tolerance_is_degraded_with_every_target_visible(
         let h = Harness::new("prod", &FOUR, ConcurrencyPolicy::Queue).await;
         h.executor.add_fault("web-3", Some("2.0"), Fault::FailPermanently);
         let d = h
-            .submit(DeploymentRequest { failure: failure("1", "rollback"), strategy: rolling(2), ..request("prod", "web", "2.0") })
+            .submit(DeploymentRequest {
+                failure: failure("1", "rollback"),
+                strategy: rolling(2),
+                ..request("prod", "web", "2.0")
+            })
             .await
             .unwrap();
         h.settle().await;
@@ -260,7 +284,11 @@ async fn failure_with_policy_fail_stops_without_rolling_back() {
         let h = Harness::new("prod", &FOUR, ConcurrencyPolicy::Queue).await;
         h.executor.add_fault("web-2", Some("2.0"), Fault::FailPermanently);
         let d = h
-            .submit(DeploymentRequest { strategy: rolling(2), failure: failure("0", "fail"), ..request("prod", "web", "2.0") })
+            .submit(DeploymentRequest {
+                strategy: rolling(2),
+                failure: failure("0", "fail"),
+                ..request("prod", "web", "2.0")
+            })
             .await
             .unwrap();
         h.settle().await;
@@ -319,7 +347,10 @@ async fn unreachable_target_with_continue_finishes_degraded() {
         assert_eq!(d.summary().succeeded, 3);
         let started = d.started_at().unwrap();
         let t = d.targets().iter().find(|t| t.id.as_str() == "web-2").unwrap();
-        assert!(deploy_core::elapsed_between(started, t.updated_at) >= Duration::from_secs(30), "waited on_unreachable.wait");
+        assert!(
+            deploy_core::elapsed_between(started, t.updated_at) >= Duration::from_secs(30),
+            "waited on_unreachable.wait"
+        );
         assert!(h.executor.count("apply", "web-2") > 1, "kept trying during the wait");
     })
     .await;
@@ -354,7 +385,11 @@ async fn unreachable_target_with_rollback_rolls_back_at_once() {
     within(async {
         let (h, d) = unreachable_case("rollback").await;
         assert_eq!(d.status(), DeploymentStatus::RolledBack, "{:?}", d.status_reason());
-        assert!(d.status_reason().unwrap().contains("unreachable and on_unreachable is rollback"), "{:?}", d.status_reason());
+        assert!(
+            d.status_reason().unwrap().contains("unreachable and on_unreachable is rollback"),
+            "{:?}",
+            d.status_reason()
+        );
         assert_eq!(h.executor.version_of("web-1").as_deref(), Some("1.0"), "web-1 was rolled back");
         assert_eq!(h.executor.count("apply", "web-3"), 0, "no later batch ran");
 
@@ -403,7 +438,11 @@ async fn flaky_targets_are_retried_with_backoff_until_they_succeed() {
         h.executor.add_fault("web-1", Some("2.0"), Fault::FailTimes(3));
         h.executor.add_fault("web-2", Some("2.0"), Fault::FailTimes(50));
         let d = h
-            .submit(DeploymentRequest { failure: failure("1", "fail"), strategy: rolling(4), ..request("prod", "web", "2.0") })
+            .submit(DeploymentRequest {
+                failure: failure("1", "fail"),
+                strategy: rolling(4),
+                ..request("prod", "web", "2.0")
+            })
             .await
             .unwrap();
         h.settle().await;
@@ -574,7 +613,8 @@ async fn a_canary_step_that_degrades_rolls_back_before_the_next_step() {
                 deploy_core::spec::CanaryStepRequest { percent: 100, verify_for: None },
             ],
         });
-        let d = h.submit(DeploymentRequest { strategy: canary.clone(), ..request("prod", "web", "2.0") }).await.unwrap();
+        let d =
+            h.submit(DeploymentRequest { strategy: canary.clone(), ..request("prod", "web", "2.0") }).await.unwrap();
         h.settle().await;
         let d = h.get(d.id()).await;
         assert_eq!(d.status(), DeploymentStatus::RolledBack, "{:?}", d.status_reason());
@@ -696,8 +736,12 @@ async fn watch_streams_events_live_resumes_after_any_seq_and_ends_after_the_term
 #[tokio::test(start_paused = true)]
 async fn a_manual_rollback_returns_each_changed_target_to_its_previous_version() {
     within(async {
-        let h = Harness::new("prod", &[("web-1", Some("1.0")), ("web-2", Some("1.1")), ("web-3", Some("2.0"))], ConcurrencyPolicy::Queue)
-            .await;
+        let h = Harness::new(
+            "prod",
+            &[("web-1", Some("1.0")), ("web-2", Some("1.1")), ("web-3", Some("2.0"))],
+            ConcurrencyPolicy::Queue,
+        )
+        .await;
         let d = h.submit(request("prod", "web", "2.0")).await.unwrap();
         h.settle().await;
         let rb = h.orchestrator.rollback(&h.admin, d.id(), None).await.unwrap();
@@ -772,18 +816,53 @@ async fn submissions_are_validated_with_every_problem_and_inline_secrets_refused
         bad.targets = Some(TargetsRequest { ids: Some(vec![]), ..TargetsRequest::default() });
         match h.submit(bad).await {
             Err(Error::Invalid(errs)) => {
-                assert!(errs.has_field("service") && errs.has_field("targets.ids") && errs.has_field("config.DB_PASSWORD"));
+                assert!(
+                    errs.has_field("service") && errs.has_field("targets.ids") && errs.has_field("config.DB_PASSWORD")
+                );
                 assert!(errs.has_hardcoded_secret());
             }
             other => panic!("expected validation errors, got {other:?}"),
         }
         let mut ghost = request("prod", "web", "2.0");
-        ghost.targets = Some(TargetsRequest { labels: Some([("zone".into(), "mars".into())].into()), ..TargetsRequest::default() });
-        assert!(matches!(h.submit(ghost).await, Err(Error::Store(StoreError::Invalid(_)))), "a selector matching nothing");
+        ghost.targets =
+            Some(TargetsRequest { labels: Some([("zone".into(), "mars".into())].into()), ..TargetsRequest::default() });
+        assert!(
+            matches!(h.submit(ghost).await, Err(Error::Store(StoreError::Invalid(_)))),
+            "a selector matching nothing"
+        );
         let unknown_env = h.submit(request("nowhere", "web", "2.0")).await;
         assert!(matches!(unknown_env, Err(Error::Store(StoreError::NotFound { .. }))));
-        let all = deploy_core::Store::list_deployments(&*h.store, &Default::default(), &Default::default()).await.unwrap();
+        let all =
+            deploy_core::Store::list_deployments(&*h.store, &Default::default(), &Default::default()).await.unwrap();
         assert!(all.items.is_empty(), "nothing invalid was stored");
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelling_a_deployment_whose_controller_died_takes_effect_when_its_lease_lapses() {
+    within(async {
+        let h = Harness::new("prod", &FOUR, ConcurrencyPolicy::Queue).await;
+        for t in ["web-1", "web-2", "web-3", "web-4"] {
+            h.executor.add_fault(t, Some("2.0"), Fault::Slow(Duration::from_secs(3)));
+        }
+        let (_trigger, crashed) = spawn_controller(&h.orchestrator);
+        let d = h.submit(DeploymentRequest { strategy: rolling(1), ..request("prod", "web", "2.0") }).await.unwrap();
+        wait_for(&h, d.id(), |d| d.summary().succeeded >= 1).await;
+        crashed.abort();
+        let _ = crashed.await;
+        let requested = h.orchestrator.cancel(&h.admin, d.id()).await.unwrap();
+        assert_eq!(requested.status(), DeploymentStatus::InProgress, "nobody is there to honour it yet");
+        assert!(requested.cancel_requested());
+        h.clock.advance(Duration::from_secs(11));
+        assert_eq!(h.replica("controller-2").run_until_idle().await.unwrap(), 1);
+        let d = h.get(d.id()).await;
+        assert_eq!(d.status(), DeploymentStatus::Cancelled);
+        assert_consistent(&d);
+        assert_eq!(h.executor.count("apply", "web-4"), 0, "the successor did not start new work");
+        let next = h.submit(request("prod", "web", "3.0")).await.unwrap();
+        h.settle().await;
+        assert_eq!(h.get(next.id()).await.status(), DeploymentStatus::Succeeded, "the environment is free again");
     })
     .await;
 }

@@ -63,7 +63,8 @@ async fn resolved_secrets_reach_the_executor_and_nothing_else() {
             .unwrap();
         let mut req = request("prod", "checkout", "2.0");
         req.secrets.insert("DB_PASSWORD".into(), serde_json::json!({"ref": "vault://kv/checkout/db#password"}));
-        let d = orchestrator.submit(&admin, Submission { request: req, ..Submission::default() }).await.unwrap().deployment;
+        let d =
+            orchestrator.submit(&admin, Submission { request: req, ..Submission::default() }).await.unwrap().deployment;
         orchestrator.run_until_idle().await.unwrap();
         let d = orchestrator.get(&admin, d.id()).await.unwrap();
         assert_eq!(d.status(), DeploymentStatus::Succeeded);

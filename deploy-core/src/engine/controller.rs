@@ -69,9 +69,19 @@ pub(super) async fn run(shared: Arc<Shared>, mut shutdown: ShutdownSignal) {
     let mut running: JoinSet<()> = JoinSet::new();
     let mut changed = shared.changed.subscribe();
     tracing::info!(owner = %shared.config.owner, "controller started");
+    let mut next_purge = shared.clock.now();
     loop {
         if shutdown.is_fired() {
             break;
+        }
+        let now = shared.clock.now();
+        if now >= next_purge {
+            match shared.store.purge_idempotency_keys(now).await {
+                Ok(n) if n > 0 => tracing::info!(purged = n, "forgot expired idempotency keys"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "could not purge idempotency keys; trying again later"),
+            }
+            next_purge = crate::clock::add(now, shared.config.purge_interval);
         }
         while running.len() < shared.config.max_concurrent_deployments.max(1) {
             let now = shared.clock.now();

@@ -52,6 +52,8 @@ pub struct OrchestratorConfig {
     pub idempotency_retention: Duration,
     /// How often a watcher polls the store for events written by other replicas.
     pub watch_poll_interval: Duration,
+    /// How often the controller forgets expired idempotency keys.
+    pub purge_interval: Duration,
 }
 
 impl Default for OrchestratorConfig {
@@ -67,6 +69,7 @@ impl Default for OrchestratorConfig {
             retry_cap: Duration::from_secs(30),
             idempotency_retention: Duration::from_secs(24 * 3600),
             watch_poll_interval: Duration::from_millis(500),
+            purge_interval: Duration::from_secs(600),
         }
     }
 }
@@ -384,10 +387,16 @@ impl Orchestrator {
             .filter(|t| {
                 matches!(
                     t.status,
-                    TargetStatus::Succeeded | TargetStatus::Failed | TargetStatus::Unreachable | TargetStatus::InProgress | TargetStatus::Verifying
+                    TargetStatus::Succeeded
+                        | TargetStatus::Failed
+                        | TargetStatus::Unreachable
+                        | TargetStatus::InProgress
+                        | TargetStatus::Verifying
                 )
             })
-            .filter_map(|t| t.from_version.clone().filter(|from| from != &t.to_version).map(|from| (t.id.clone(), from)))
+            .filter_map(|t| {
+                t.from_version.clone().filter(|from| from != &t.to_version).map(|from| (t.id.clone(), from))
+            })
             .collect();
         let Some((_, first_version)) = changed.first() else {
             return Err(Error::NotRollbackable(id, "no target it changed has a previous version to return to".into()));

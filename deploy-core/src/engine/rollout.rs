@@ -68,7 +68,10 @@ mod tests {
 
     fn canary(percents: &[u8]) -> RolloutStrategy {
         RolloutStrategy::Canary {
-            steps: percents.iter().map(|&p| CanaryStep { percent: p, verify_for: HumanDuration::from_secs(1) }).collect(),
+            steps: percents
+                .iter()
+                .map(|&p| CanaryStep { percent: p, verify_for: HumanDuration::from_secs(1) })
+                .collect(),
         }
     }
 

@@ -4,15 +4,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use futures::FutureExt;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
-use futures::FutureExt;
 use tracing::Instrument;
 
+use super::Shared;
 use super::controller::ShutdownSignal;
 use super::retry::{CallError, RetryPolicy};
 use super::rollout::{self, Batch};
-use super::Shared;
 use crate::clock::{add, elapsed_between};
 use crate::deployment::{
     Deployment, DeploymentStatus, ProgressUpdate, StatusChange, TargetObservation, TargetProgress, TargetStatus,
@@ -254,7 +254,9 @@ async fn renew(rec: &Recorder<'_>) -> Abort {
                 *lock(&rec.lease) = renewed;
                 rec.merge(control);
             }
-            Err(e @ (StoreError::StaleToken { .. } | StoreError::AlreadyFinished { .. } | StoreError::NotFound { .. })) => {
+            Err(
+                e @ (StoreError::StaleToken { .. } | StoreError::AlreadyFinished { .. } | StoreError::NotFound { .. }),
+            ) => {
                 tracing::warn!(error = %e, "lease renewal refused");
                 return Abort::LostLease;
             }
@@ -347,11 +349,8 @@ async fn roll_out(plan: &Plan<'_>) -> Result<(), Abort> {
             .clone()
             .filter(|&i| rec.with(|d| d.targets().get(i).is_some_and(|t| !t.status.is_settled())))
             .collect();
-        let deadline_hit = if todo.is_empty() {
-            false
-        } else {
-            run_bounded(plan, todo, |i| roll_target(plan, i).boxed()).await?
-        };
+        let deadline_hit =
+            if todo.is_empty() { false } else { run_bounded(plan, todo, |i| roll_target(plan, i).boxed()).await? };
 
         let s = rec.with(|d| *d.summary());
         let counted = s.failed + if unreachable_then == UnreachableAction::Fail { s.unreachable } else { 0 };
@@ -367,10 +366,10 @@ async fn roll_out(plan: &Plan<'_>) -> Result<(), Abort> {
         } else {
             None
         };
-        if failure.is_none() {
-            if let Some(watch_for) = batch.watch_for {
-                failure = watch_canary(plan, batch, watch_for).await?;
-            }
+        if failure.is_none()
+            && let Some(watch_for) = batch.watch_for
+        {
+            failure = watch_canary(plan, batch, watch_for).await?;
         }
         if let Some(reason) = failure {
             let wants_rollback = is_canary || unreachable_rollback || spec.failure().on_failure == OnFailure::Rollback;
@@ -383,7 +382,10 @@ async fn roll_out(plan: &Plan<'_>) -> Result<(), Abort> {
 
     let s = rec.with(|d| *d.summary());
     let (status, reason) = if s.failed == 0 && s.unreachable == 0 {
-        (DeploymentStatus::Succeeded, format!("{} of {} target(s) verified, {} already up to date", s.succeeded, s.total, s.skipped))
+        (
+            DeploymentStatus::Succeeded,
+            format!("{} of {} target(s) verified, {} already up to date", s.succeeded, s.total, s.skipped),
+        )
     } else {
         (
             DeploymentStatus::Degraded,
@@ -442,8 +444,13 @@ where
         let remaining = deadline.saturating_sub(elapsed_between(last, now));
         if remaining.is_zero() {
             drop(running);
-            mark_interrupted(rec, &indices, TargetStatus::Failed, "progress deadline exceeded while this target was in flight")
-                .await?;
+            mark_interrupted(
+                rec,
+                &indices,
+                TargetStatus::Failed,
+                "progress deadline exceeded while this target was in flight",
+            )
+            .await?;
             return Ok(true);
         }
         tokio::select! {
@@ -465,21 +472,21 @@ async fn mark_interrupted(rec: &Recorder<'_>, indices: &[usize], status: TargetS
     let now = rec.now();
     let mut update = ProgressUpdate { now: Some(now), ..ProgressUpdate::default() };
     for &i in indices {
-        if let Some(mut t) = rec.target(i) {
-            if !t.status.is_settled() {
-                let message = if t.status == TargetStatus::Pending {
-                    format!("{}: not attempted", t.id)
-                } else {
-                    format!("{}: {why}", t.id)
-                };
-                if t.status != TargetStatus::Pending {
-                    t.error = Some(why.to_owned());
-                }
-                t.status = status;
-                t.updated_at = now;
-                update.events.push(NewEvent::target(now, t.id.clone(), status, message));
-                update.targets.push((i, t));
+        if let Some(mut t) = rec.target(i)
+            && !t.status.is_settled()
+        {
+            let message = if t.status == TargetStatus::Pending {
+                format!("{}: not attempted", t.id)
+            } else {
+                format!("{}: {why}", t.id)
+            };
+            if t.status != TargetStatus::Pending {
+                t.error = Some(why.to_owned());
             }
+            t.status = status;
+            t.updated_at = now;
+            update.events.push(NewEvent::target(now, t.id.clone(), status, message));
+            update.targets.push((i, t));
         }
     }
     if update.targets.is_empty() { Ok(()) } else { rec.write(update).await }
@@ -487,7 +494,8 @@ async fn mark_interrupted(rec: &Recorder<'_>, indices: &[usize], status: TargetS
 
 async fn stop_now(rec: &Recorder<'_>, status: DeploymentStatus, reason: String) -> Result<(), Abort> {
     let all: Vec<usize> = (0..rec.with(|d| d.targets().len())).collect();
-    mark_interrupted(rec, &all, TargetStatus::Cancelled, "interrupted before it finished; its state is unknown").await?;
+    mark_interrupted(rec, &all, TargetStatus::Cancelled, "interrupted before it finished; its state is unknown")
+        .await?;
     rec.set_status(status, reason).await
 }
 
@@ -546,7 +554,7 @@ fn target_of(plan: &Plan<'_>, index: usize) -> Option<(Target, Option<Arc<Desire
 
 async fn resolve_secrets(rec: &Recorder<'_>, desired: &DesiredState) -> Result<ResolvedSecrets, ExecutorError> {
     let mut out = ResolvedSecrets::new();
-    let refs = desired.secrets.iter().map(|(k, r)| (k, r)).chain(desired.config.iter().filter_map(|(k, v)| match v {
+    let refs = desired.secrets.iter().chain(desired.config.iter().filter_map(|(k, v)| match v {
         ConfigValue::Secret(r) => Some((k, r)),
         ConfigValue::Literal(_) => None,
     }));
@@ -627,7 +635,12 @@ async fn verify_health(
     }
 }
 
-fn fail_entry(mut t: TargetProgress, status: TargetStatus, error: String, now: crate::clock::Timestamp) -> TargetProgress {
+fn fail_entry(
+    mut t: TargetProgress,
+    status: TargetStatus,
+    error: String,
+    now: crate::clock::Timestamp,
+) -> TargetProgress {
     t.status = status;
     t.error = Some(error);
     t.updated_at = now;
@@ -699,8 +712,15 @@ async fn roll_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
     rec.set_target(
         index,
         entry.clone(),
-        [id.as_str(), if resumed { ": re-applying " } else { ": applying " }, entry.to_version.as_str(), " (was ", &from, ")"]
-            .concat(),
+        [
+            id.as_str(),
+            if resumed { ": re-applying " } else { ": applying " },
+            entry.to_version.as_str(),
+            " (was ",
+            &from,
+            ")",
+        ]
+        .concat(),
         Some(TargetObservation { target: id.clone(), desired: Some(desired.clone()), actual: None }),
     )
     .await?;
@@ -734,8 +754,13 @@ async fn roll_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
                 now,
             );
             let msg = [id.as_str(), ": runs ", entry.to_version.as_str(), ", healthy"].concat();
-            rec.set_target(index, entry, msg, Some(TargetObservation { target: id, desired: None, actual: Some(actual) }))
-                .await
+            rec.set_target(
+                index,
+                entry,
+                msg,
+                Some(TargetObservation { target: id, desired: None, actual: Some(actual) }),
+            )
+            .await
         }
         Verified::Unhealthy(why) => {
             let msg = format!("{id}: {why}");
@@ -776,7 +801,9 @@ async fn execute(
             policy
                 .run(&mut attempts, || async {
                     let secrets = resolve_secrets(rec, desired).await?;
-                    executor_for(rec, target).apply(target, ApplyContext { deployment, desired, secrets: &secrets }).await
+                    executor_for(rec, target)
+                        .apply(target, ApplyContext { deployment, desired, secrets: &secrets })
+                        .await
                 })
                 .await
         }
@@ -877,10 +904,8 @@ async fn rollback(plan: &Plan<'_>, reason: Option<String>) -> Result<(), Abort> 
     });
     let deadline_hit = run_bounded(plan, candidates.clone(), |i| restore_target(plan, i).boxed()).await?;
     let s = rec.with(|d| *d.summary());
-    let not_restored = candidates
-        .iter()
-        .filter(|&&i| rec.target(i).is_some_and(|t| t.status != TargetStatus::RolledBack))
-        .count();
+    let not_restored =
+        candidates.iter().filter(|&&i| rec.target(i).is_some_and(|t| t.status != TargetStatus::RolledBack)).count();
     let base = rec.with(|d| d.status_reason().unwrap_or_default().trim_end_matches("; rolling back").to_owned());
     if not_restored == 0 && !deadline_hit {
         rec.set_status(DeploymentStatus::RolledBack, format!("{base}; {} target(s) rolled back", s.rolled_back)).await
@@ -907,7 +932,9 @@ async fn restore_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
     let applied = policy
         .run(&mut attempts, || async {
             let secrets = resolve_secrets(rec, &desired).await?;
-            executor_for(rec, &target).apply(&target, ApplyContext { deployment, desired: &desired, secrets: &secrets }).await
+            executor_for(rec, &target)
+                .apply(&target, ApplyContext { deployment, desired: &desired, secrets: &secrets })
+                .await
         })
         .await;
     entry.attempts = attempts;
@@ -921,7 +948,8 @@ async fn restore_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
     match verdict {
         Verified::Healthy => {
             entry.status = TargetStatus::RolledBack;
-            let actual = ActualState::observed(Observation { version: Some(from.clone()), health: Health::Healthy }, now);
+            let actual =
+                ActualState::observed(Observation { version: Some(from.clone()), health: Health::Healthy }, now);
             rec.set_target(
                 index,
                 entry,

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use request::{
-    ArtifactRequest, CanaryStepRequest, DeploymentRequest, FailureRequest, StepRequest, StrategyRequest, TargetsRequest,
-    UnreachableRequest, VerifyRequest,
+    ArtifactRequest, CanaryStepRequest, DeploymentRequest, FailureRequest, StepRequest, StrategyRequest,
+    TargetsRequest, UnreachableRequest, VerifyRequest,
 };
 
 use crate::duration::HumanDuration;

@@ -35,17 +35,18 @@ pub(super) fn validate(req: &DeploymentRequest) -> Result<DeploymentSpec, Valida
     let verify = verify(&mut errs, req.verify.as_ref());
     let failure = failure(&mut errs, req.failure.as_ref());
     let on_unreachable = unreachable(&mut errs, req.on_unreachable.as_ref());
-    let progress_deadline = duration(&mut errs, "progress_deadline", req.progress_deadline.as_deref(), defaults::PROGRESS_DEADLINE);
+    let progress_deadline =
+        duration(&mut errs, "progress_deadline", req.progress_deadline.as_deref(), defaults::PROGRESS_DEADLINE);
     let mode = mode(&mut errs, req.mode.as_deref(), req.steps.as_deref());
     labels(&mut errs, "labels", &req.labels);
 
     if progress_deadline.is_zero() {
         errs.push("progress_deadline", "must be longer than zero");
     }
-    if let Some(v) = &verify {
-        if progress_deadline <= v.timeout {
-            errs.push("progress_deadline", format!("must be longer than verify.timeout ({})", v.timeout));
-        }
+    if let Some(v) = &verify
+        && progress_deadline <= v.timeout
+    {
+        errs.push("progress_deadline", format!("must be longer than verify.timeout ({})", v.timeout));
     }
 
     match (environment, service, version, targets, strategy, verify, failure, on_unreachable, mode) {
@@ -410,7 +411,10 @@ fn mode(errs: &mut ValidationErrors, mode: Option<&str>, steps: Option<&[StepReq
                 }
             }
             ok.then(|| ExecutionMode::Imperative {
-                steps: steps.iter().map(|s| ImperativeStep { action: s.action.clone(), args: s.args.clone() }).collect(),
+                steps: steps
+                    .iter()
+                    .map(|s| ImperativeStep { action: s.action.clone(), args: s.args.clone() })
+                    .collect(),
             })
         }
         (other, _) => {
@@ -455,7 +459,10 @@ pub(super) fn to_request(spec: &DeploymentSpec) -> DeploymentRequest {
         RolloutStrategy::Canary { steps } => StrategyRequest::Canary {
             steps: steps
                 .iter()
-                .map(|s| CanaryStepRequest { percent: i64::from(s.percent), verify_for: Some(s.verify_for.to_string()) })
+                .map(|s| CanaryStepRequest {
+                    percent: i64::from(s.percent),
+                    verify_for: Some(s.verify_for.to_string()),
+                })
                 .collect(),
         },
     };
@@ -611,9 +618,10 @@ mod tests {
         check(base(json!({"type": "rolling", "batch_size": "101%"})), &["strategy.batch_size"]);
         check(base(json!({"type": "rolling", "batch_size": 0})), &["strategy.batch_size"]);
         check(base(json!({"type": "canary", "steps": [{"percent": 10}, {"percent": 100}]})), &[]);
-        check(base(json!({"type": "canary", "steps": [{"percent": 50}, {"percent": 10}, {"percent": 100}]})), &[
-            "strategy.steps[1].percent",
-        ]);
+        check(
+            base(json!({"type": "canary", "steps": [{"percent": 50}, {"percent": 10}, {"percent": 100}]})),
+            &["strategy.steps[1].percent"],
+        );
         check(base(json!({"type": "canary", "steps": [{"percent": 10}]})), &["strategy.steps"]);
         check(base(json!({"type": "canary", "steps": []})), &["strategy.steps"]);
     }

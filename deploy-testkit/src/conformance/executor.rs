@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use deploy_core::{ApplyContext, DeploymentId, DesiredState, Executor, Health, ResolvedSecrets, ServiceName, Target, Version};
+use deploy_core::{
+    ApplyContext, DeploymentId, DesiredState, Executor, Health, ResolvedSecrets, ServiceName, Target, Version,
+};
 
 fn desired(version: &Version) -> DesiredState {
     DesiredState::bare(ServiceName::new("conformance").expect("name"), version.clone())

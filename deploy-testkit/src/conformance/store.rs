@@ -104,7 +104,10 @@ pub async fn idempotent_acceptance(store: &dyn Store) {
     let scoped = store.accept(acceptance(&env, "2.0", Some(("someone-else", "k-1")), now)).await.expect("other scope");
     assert!(!scoped.replayed && scoped.deployment.id() != first.deployment.id(), "keys are scoped per principal");
     let page = store
-        .list_deployments(&DeploymentFilter { environment: Some(env), ..DeploymentFilter::default() }, &PageRequest::default())
+        .list_deployments(
+            &DeploymentFilter { environment: Some(env), ..DeploymentFilter::default() },
+            &PageRequest::default(),
+        )
         .await
         .expect("list");
     assert_eq!(page.items.len(), 2, "exactly two deployments were created");
@@ -137,9 +140,10 @@ pub async fn preconditions_and_planning(store: &dyn Store) {
 
     let mut none = acceptance(&name, "1", None, now);
     none.expected_revision = Some(rev.next());
-    none.draft.spec = none.draft.spec.with_targets(deploy_core::TargetSelector::Ids(vec![
-        deploy_core::TargetId::new("ghost").expect("id"),
-    ]));
+    none.draft.spec = none
+        .draft
+        .spec
+        .with_targets(deploy_core::TargetSelector::Ids(vec![deploy_core::TargetId::new("ghost").expect("id")]));
     assert!(matches!(store.accept(none).await, Err(StoreError::Invalid(_))), "unknown target ids are refused");
 }
 
@@ -342,7 +346,8 @@ pub async fn listings_page_with_cursors(store: &dyn Store) {
     assert_eq!(seen, ids, "newest first, each exactly once");
     let queued = DeploymentFilter { status: Some(DeploymentStatus::Succeeded), ..filter };
     assert!(store.list_deployments(&queued, &PageRequest::default()).await.expect("list").items.is_empty());
-    let bad = store.list_deployments(&DeploymentFilter::default(), &PageRequest { limit: 5, cursor: Some("§".into()) }).await;
+    let bad =
+        store.list_deployments(&DeploymentFilter::default(), &PageRequest { limit: 5, cursor: Some("§".into()) }).await;
     assert!(matches!(bad, Err(StoreError::Invalid(_))), "a cursor the store never made: {bad:?}");
 }
 
@@ -368,7 +373,10 @@ pub async fn webhook_outbox_follows_changes(store: &dyn Store) {
     let page = store.list_deliveries(sub.id, &PageRequest::default()).await.expect("deliveries");
     assert_eq!(page.items.len(), 1, "the queued event has its delivery");
     let delivery = &page.items[0];
-    assert_eq!((delivery.event_type, delivery.deployment_id, delivery.status), (EventType::Queued, id, DeliveryStatus::Pending));
+    assert_eq!(
+        (delivery.event_type, delivery.deployment_id, delivery.status),
+        (EventType::Queued, id, DeliveryStatus::Pending)
+    );
     assert_eq!(delivery.payload["type"], "deployment.queued");
     assert_eq!(delivery.payload["data"]["id"], id.to_string());
 
@@ -380,7 +388,11 @@ pub async fn webhook_outbox_follows_changes(store: &dyn Store) {
     let again = store.claim_deliveries(later, 1000, Duration::from_secs(30)).await.expect("claim again");
     assert!(again.iter().all(|(d, _)| d.subscription_id != sub.id), "a claimed delivery is hidden from others");
     store
-        .complete_delivery(&delivery.id, DeliveryOutcome::Retry { status_code: Some(500), next_attempt_at: later }, later)
+        .complete_delivery(
+            &delivery.id,
+            DeliveryOutcome::Retry { status_code: Some(500), next_attempt_at: later },
+            later,
+        )
         .await
         .expect("retry");
     let retry = store.claim_deliveries(later, 1000, Duration::from_secs(30)).await.expect("claim retry");

@@ -52,6 +52,10 @@ pub(crate) fn assert_consistent(d: &Deployment) {
     assert_eq!(d.summary().total as usize, d.targets().len());
     if d.status().is_terminal() {
         assert!(d.finished_at().is_some(), "a terminal deployment has finished_at");
-        assert!(d.targets().iter().all(|t| t.status.is_settled()), "no target is left in flight: {:?}", target_states(d));
+        assert!(
+            d.targets().iter().all(|t| t.status.is_settled()),
+            "no target is left in flight: {:?}",
+            target_states(d)
+        );
     }
 }

@@ -79,7 +79,13 @@ async fn deploy(
     let mut events = orchestrator.watch(who, id, 0).await?;
     while let Some(event) = events.next().await {
         let event = event?;
-        println!("{:>7.2}s  #{:<3} {:<24} {}", started.elapsed().as_secs_f64(), event.seq, event.event_type, event.message);
+        println!(
+            "{:>7.2}s  #{:<3} {:<24} {}",
+            started.elapsed().as_secs_f64(),
+            event.seq,
+            event.event_type,
+            event.message
+        );
     }
     Ok(orchestrator.get(who, id).await?)
 }
@@ -123,20 +129,28 @@ async fn main() -> anyhow::Result<()> {
     });
     let started = Instant::now();
     let mut results = Vec::new();
-    let d = deploy(&orchestrator, &me, started, "rolling update to 2.0, two hosts at a time", request("2.0", "0")).await?;
+    let d =
+        deploy(&orchestrator, &me, started, "rolling update to 2.0, two hosts at a time", request("2.0", "0")).await?;
     results.push((d, DeploymentStatus::Succeeded));
     let title = "2.1 is unhealthy on host-3; one failure is tolerated";
     let d = deploy(&orchestrator, &me, started, title, request("2.1", "1")).await?;
     results.push((d, DeploymentStatus::Degraded));
     println!("\n   (an operator fixes host-3's configuration, so 2.1 is healthy there again)");
-    fleet.broken.lock().map_err(|_| anyhow::anyhow!("fleet state poisoned"))?.remove(&("host-3".to_owned(), "2.1".to_owned()));
+    fleet
+        .broken
+        .lock()
+        .map_err(|_| anyhow::anyhow!("fleet state poisoned"))?
+        .remove(&("host-3".to_owned(), "2.1".to_owned()));
     let title = "3.0 fails on two hosts: beyond max_failed, rolled back";
     let d = deploy(&orchestrator, &me, started, title, request("3.0", "1")).await.context("3.0")?;
     results.push((d, DeploymentStatus::RolledBack));
     stop.fire();
     controller.await?;
 
-    println!("\n{:<38} {:<8} {:<12} {:>9} {:>7} {:>12}", "deployment", "version", "status", "succeeded", "failed", "rolled back");
+    println!(
+        "\n{:<38} {:<8} {:<12} {:>9} {:>7} {:>12}",
+        "deployment", "version", "status", "succeeded", "failed", "rolled back"
+    );
     let mut surprises = 0;
     for (d, expected) in &results {
         let s = d.summary();
