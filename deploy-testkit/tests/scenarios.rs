@@ -866,3 +866,28 @@ async fn cancelling_a_deployment_whose_controller_died_takes_effect_when_its_lea
     })
     .await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_target_under_verification_is_visible_as_verifying_while_it_is() {
+    within(async {
+        let h = Harness::new("prod", &FOUR, ConcurrencyPolicy::Queue).await;
+        let (trigger, task) = spawn_controller(&h.orchestrator);
+        let mut req = DeploymentRequest { strategy: rolling(4), ..request("prod", "web", "2.0") };
+        req.verify = Some(deploy_core::spec::VerifyRequest {
+            timeout: Some("1m".into()),
+            interval: Some("1s".into()),
+            healthy_for: Some("20s".into()),
+        });
+        let d = h.submit(req).await.unwrap();
+        let seen = wait_for(&h, d.id(), |d| d.targets().iter().any(|t| t.status == TargetStatus::Verifying)).await;
+        assert_eq!(seen.status(), DeploymentStatus::InProgress);
+        assert_eq!(seen.summary().in_progress, 4, "verifying targets count as in progress");
+        let started = seen.started_at().unwrap();
+        assert!(deploy_core::elapsed_between(started, deploy_core::Clock::now(h.clock.as_ref())) < Duration::from_secs(5), "shown at once");
+        let done = wait_terminal(&h, d.id()).await;
+        trigger.fire();
+        task.await.unwrap();
+        assert_eq!(done.status(), DeploymentStatus::Succeeded);
+    })
+    .await;
+}

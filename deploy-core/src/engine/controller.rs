@@ -16,7 +16,8 @@ use crate::names::DeploymentId;
 /// Tells a controller to stop: the [`ShutdownTrigger`] side fires it, every clone of the signal sees it.
 #[derive(Debug, Clone)]
 pub struct ShutdownSignal {
-    rx: watch::Receiver<bool>,
+    /// `None` for a signal that never fires.
+    rx: Option<watch::Receiver<bool>>,
 }
 
 /// Fires a [`ShutdownSignal`].
@@ -37,28 +38,28 @@ impl ShutdownSignal {
     #[must_use]
     pub fn new() -> (ShutdownTrigger, Self) {
         let (tx, rx) = watch::channel(false);
-        (ShutdownTrigger { tx }, Self { rx })
+        (ShutdownTrigger { tx }, Self { rx: Some(rx) })
     }
 
     /// A signal that never fires.
     #[must_use]
     pub fn never() -> Self {
-        let (tx, rx) = watch::channel(false);
-        // Keep the sender alive for the life of the program so `fired` pends forever instead of returning.
-        std::mem::forget(tx);
-        Self { rx }
+        Self { rx: None }
     }
 
     /// Whether it has fired.
     #[must_use]
     pub fn is_fired(&self) -> bool {
-        *self.rx.borrow()
+        self.rx.as_ref().is_some_and(|rx| *rx.borrow())
     }
 
-    /// Completes when the signal fires (or its trigger is dropped).
+    /// Completes when the signal fires (or its trigger is dropped, which counts as firing).
     pub async fn fired(&mut self) {
-        while !*self.rx.borrow_and_update() {
-            if self.rx.changed().await.is_err() {
+        let Some(rx) = self.rx.as_mut() else {
+            return std::future::pending().await;
+        };
+        while !*rx.borrow_and_update() {
+            if rx.changed().await.is_err() {
                 return;
             }
         }

@@ -63,6 +63,8 @@ struct Recorder<'a> {
     local: Mutex<Deployment>,
     control: Mutex<Control>,
     buffered: Mutex<Option<ProgressUpdate>>,
+    /// Signalled when a result is buffered while the runner waits, so it is written promptly.
+    result_waiting: tokio::sync::Notify,
 }
 
 impl<'a> Recorder<'a> {
@@ -75,6 +77,7 @@ impl<'a> Recorder<'a> {
             local: Mutex::new(deployment),
             control: Mutex::new(control),
             buffered: Mutex::new(None),
+            result_waiting: tokio::sync::Notify::new(),
         }
     }
 
@@ -166,7 +169,15 @@ impl<'a> Recorder<'a> {
             push(&mut update);
             self.send(update).await
         } else {
-            push(lock(&self.buffered).get_or_insert_with(ProgressUpdate::default));
+            let first = {
+                let mut slot = lock(&self.buffered);
+                let first = slot.is_none();
+                push(slot.get_or_insert_with(ProgressUpdate::default));
+                first
+            };
+            if first {
+                self.result_waiting.notify_one();
+            }
             Ok(())
         }
     }
@@ -462,6 +473,8 @@ where
                     }
                 }
             }
+            // A target moved on (e.g. to verifying) without finishing: write it now, not when some target finishes.
+            () = rec.result_waiting.notified() => {}
             () = rec.shared.clock.sleep(remaining) => {}
         }
     }
