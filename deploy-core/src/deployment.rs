@@ -187,6 +187,23 @@ pub struct TargetProgress {
     pub previous: Option<Arc<DesiredState>>,
 }
 
+impl TargetProgress {
+    /// The version to return to if this deployment may have changed the target: set when the rollout reached the target
+    /// (succeeded, failed, unreachable, or interrupted mid-change) and it ran another version before.
+    #[must_use]
+    pub fn restorable_version(&self) -> Option<&Version> {
+        let touched = matches!(
+            self.status,
+            TargetStatus::Succeeded
+                | TargetStatus::Failed
+                | TargetStatus::Unreachable
+                | TargetStatus::InProgress
+                | TargetStatus::Verifying
+        );
+        self.from_version.as_ref().filter(|from| touched && *from != &self.to_version)
+    }
+}
+
 /// Counts of targets per status; always equal to the per-target states of its deployment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Summary {
@@ -729,5 +746,155 @@ fn pending(id: TargetId, from: Option<Version>, to: Version, now: Timestamp) -> 
         error: None,
         updated_at: now,
         previous: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::environment::{EnvironmentSpec, TargetDefinition};
+    use crate::event::NewEvent;
+    use crate::spec::DeploymentRequest;
+
+    fn deployment(ids: &[&str]) -> Deployment {
+        let env = Environment::create(
+            EnvironmentName::new("e").unwrap(),
+            EnvironmentSpec {
+                targets: ids
+                    .iter()
+                    .map(|id| TargetDefinition {
+                        id: TargetId::new(*id).unwrap(),
+                        labels: Default::default(),
+                        executor: "x".into(),
+                        config: serde_json::Value::Null,
+                    })
+                    .collect(),
+                ..EnvironmentSpec::default()
+            },
+        );
+        let spec = DeploymentRequest {
+            environment: "e".into(),
+            service: "s".into(),
+            version: "2".into(),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
+        let draft = DeploymentDraft {
+            id: DeploymentId::new(),
+            spec,
+            created_by: "t".into(),
+            plan: TargetPlan::FromSpec,
+            rollback_of: None,
+        };
+        Deployment::plan(draft, &env, time::OffsetDateTime::UNIX_EPOCH).unwrap()
+    }
+
+    fn status(s: DeploymentStatus) -> ProgressUpdate {
+        ProgressUpdate { status: Some(StatusChange { status: s, reason: None }), ..ProgressUpdate::default() }
+    }
+
+    fn target(d: &Deployment, i: usize, s: TargetStatus) -> ProgressUpdate {
+        let mut entry = d.targets()[i].clone();
+        entry.status = s;
+        ProgressUpdate { targets: vec![(i, entry)], ..ProgressUpdate::default() }
+    }
+
+    #[test]
+    fn the_lifecycle_allows_only_its_transitions() {
+        use DeploymentStatus::*;
+        for from in DeploymentStatus::ALL {
+            for to in DeploymentStatus::ALL {
+                let allowed = from.can_become(to);
+                if from.is_terminal() {
+                    assert!(!allowed, "{from} is terminal");
+                }
+                if allowed && to == Queued {
+                    panic!("nothing goes back to queued");
+                }
+            }
+        }
+        assert!(
+            Queued.can_become(InProgress) && InProgress.can_become(RollingBack) && RollingBack.can_become(RolledBack)
+        );
+        assert!(!Queued.can_become(Succeeded), "nothing succeeds without running");
+        assert!(!RollingBack.can_become(Succeeded));
+    }
+
+    #[test]
+    fn updates_keep_the_summary_equal_to_the_targets() {
+        let mut d = deployment(&["a", "b", "c"]);
+        d.apply(&status(DeploymentStatus::InProgress)).unwrap();
+        assert!(d.started_at().is_some());
+        for (i, s) in [
+            (0, TargetStatus::InProgress),
+            (0, TargetStatus::Verifying),
+            (0, TargetStatus::Succeeded),
+            (1, TargetStatus::Failed),
+        ] {
+            let u = target(&d, i, s);
+            d.apply(&u).unwrap();
+            assert_eq!(*d.summary(), Summary::of(d.targets()));
+        }
+        assert_eq!((d.summary().succeeded, d.summary().failed, d.summary().pending), (1, 1, 1));
+        let stop = d.stop_update(DeploymentStatus::Cancelled, "stop", time::OffsetDateTime::UNIX_EPOCH);
+        assert_eq!(stop.targets.len(), 1, "only the unsettled target is cancelled");
+        assert_eq!(stop.events.last().map(|e| e.event_type), Some(crate::event::EventType::Cancelled));
+        let (events, _) = d.apply_owned(stop).unwrap();
+        assert_eq!(events.len(), 2);
+        assert_eq!(d.summary().cancelled, 1);
+        assert!(d.finished_at().is_some());
+    }
+
+    #[test]
+    fn a_terminal_record_and_bad_entries_are_refused_without_change() {
+        let mut d = deployment(&["a", "b"]);
+        let before = d.clone();
+        assert_eq!(
+            d.apply(&status(DeploymentStatus::Succeeded)),
+            Err(UpdateError::IllegalTransition { from: DeploymentStatus::Queued, to: DeploymentStatus::Succeeded })
+        );
+        let mut wrong = target(&d, 0, TargetStatus::Succeeded);
+        wrong.targets[0].0 = 1;
+        assert_eq!(d.apply(&wrong), Err(UpdateError::UnknownTarget { index: 1 }));
+        let mut missing = target(&d, 0, TargetStatus::Succeeded);
+        missing.targets[0].0 = 9;
+        missing.events.push(NewEvent::deployment(time::OffsetDateTime::UNIX_EPOCH, DeploymentStatus::Queued, "x"));
+        assert!(d.apply(&missing).is_err());
+        assert_eq!(d, before, "a refused update changes nothing");
+        d.apply(&status(DeploymentStatus::InProgress)).unwrap();
+        d.apply(&status(DeploymentStatus::Failed)).unwrap();
+        let again = status(DeploymentStatus::Succeeded);
+        assert_eq!(d.apply(&again), Err(UpdateError::AlreadyFinished(DeploymentStatus::Failed)));
+        let entry = d.targets()[0].clone();
+        assert!(d.apply_target(0, &entry, time::OffsetDateTime::UNIX_EPOCH, true).is_err());
+    }
+
+    #[test]
+    fn records_round_trip_and_recompute_their_summary() {
+        let mut d = deployment(&["a", "b"]);
+        let u = target(&d, 0, TargetStatus::Skipped);
+        d.apply(&u).unwrap();
+        let mut json = serde_json::to_value(&d).unwrap();
+        json["summary"]["skipped"] = serde_json::json!(99);
+        let back: Deployment = serde_json::from_value(json).unwrap();
+        assert_eq!(back.summary().skipped, 1, "a stored summary cannot disagree with its targets");
+        assert_eq!(back, d);
+    }
+
+    #[test]
+    fn restorable_versions() {
+        let mut d = deployment(&["a"]);
+        let mut t = d.targets()[0].clone();
+        assert_eq!(t.restorable_version(), None, "pending: nothing changed");
+        t.from_version = Some(Version::new("1").unwrap());
+        t.status = TargetStatus::Succeeded;
+        assert_eq!(t.restorable_version().map(Version::as_str), Some("1"));
+        t.status = TargetStatus::Skipped;
+        assert_eq!(t.restorable_version(), None, "skipped: nothing changed");
+        t.status = TargetStatus::Failed;
+        t.from_version = Some(t.to_version.clone());
+        assert_eq!(t.restorable_version(), None, "already at the version");
+        d.targets.clear();
     }
 }

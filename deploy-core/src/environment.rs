@@ -200,3 +200,74 @@ fn new_target(t: TargetDefinition, previous: Option<EnvironmentTarget>) -> Envir
     let (desired, actual) = previous.map_or((None, None), |p| (p.desired, p.actual));
     EnvironmentTarget { id: t.id, labels: t.labels, executor: t.executor, config: t.config, desired, actual }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::names::{ServiceName, Version};
+
+    fn def(id: &str, zone: &str) -> TargetDefinition {
+        TargetDefinition {
+            id: TargetId::new(id).unwrap(),
+            labels: [("zone".to_owned(), zone.to_owned())].into(),
+            executor: "sim".into(),
+            config: Value::Null,
+        }
+    }
+
+    fn env() -> Environment {
+        Environment::create(
+            EnvironmentName::new("prod").unwrap(),
+            EnvironmentSpec {
+                targets: vec![def("a", "x"), def("b", "y"), def("c", "x")],
+                ..EnvironmentSpec::default()
+            },
+        )
+    }
+
+    fn ids(picked: &[&EnvironmentTarget]) -> Vec<String> {
+        picked.iter().map(|t| t.id.to_string()).collect()
+    }
+
+    #[test]
+    fn selectors_pick_targets_in_order() {
+        let e = env();
+        assert_eq!(ids(&e.select(&TargetSelector::All).unwrap()), ["a", "b", "c"]);
+        let zone_x = TargetSelector::Labels([("zone".to_owned(), "x".to_owned())].into());
+        assert_eq!(ids(&e.select(&zone_x).unwrap()), ["a", "c"]);
+        let listed = TargetSelector::Ids(vec![TargetId::new("c").unwrap(), TargetId::new("a").unwrap()]);
+        assert_eq!(ids(&e.select(&listed).unwrap()), ["c", "a"], "an id list keeps the caller's order");
+        let unknown = TargetSelector::Ids(vec![TargetId::new("zz").unwrap()]);
+        assert!(e.select(&unknown).unwrap_err().has_field("targets.ids[0]"));
+        let none = TargetSelector::Labels([("zone".to_owned(), "mars".to_owned())].into());
+        assert!(e.select(&none).unwrap_err().has_field("targets"));
+    }
+
+    #[test]
+    fn replacing_keeps_what_surviving_targets_run_and_bumps_the_revision() {
+        let mut e = env();
+        e.targets[0].desired =
+            Some(Arc::new(DesiredState::bare(ServiceName::new("s").unwrap(), Version::new("1").unwrap())));
+        e.replace(EnvironmentSpec { targets: vec![def("a", "z"), def("d", "x")], ..EnvironmentSpec::default() });
+        assert_eq!(e.revision, Revision::new(2));
+        assert_eq!(e.targets.len(), 2);
+        assert!(e.targets[0].desired.is_some(), "a survived with its state");
+        assert_eq!(e.targets[0].labels.get("zone").map(String::as_str), Some("z"), "with its new definition");
+        assert!(e.targets[1].desired.is_none());
+    }
+
+    #[test]
+    fn definitions_are_validated() {
+        let spec = EnvironmentSpec { targets: vec![def("a", "x"), def("a", "y")], ..EnvironmentSpec::default() };
+        assert!(spec.validate(None).unwrap_err().has_field("targets[1].id"));
+        let mut bad = def("b", "x");
+        bad.executor = "Not Valid".into();
+        let spec = EnvironmentSpec { targets: vec![bad], ..EnvironmentSpec::default() };
+        assert!(spec.validate(None).unwrap_err().has_field("targets[0].executor"));
+        let spec = EnvironmentSpec { targets: vec![def("c", "x")], ..EnvironmentSpec::default() };
+        assert!(spec.validate(Some(&["sim".to_owned()])).is_ok());
+        assert!(spec.validate(Some(&["process".to_owned()])).is_err());
+        let parsed: Result<EnvironmentSpec, _> = serde_json::from_str(r#"{"targets": [], "concurency": "queue"}"#);
+        assert!(parsed.is_err(), "unknown fields are refused");
+    }
+}

@@ -744,7 +744,10 @@ async fn a_manual_rollback_returns_each_changed_target_to_its_previous_version()
         .await;
         let d = h.submit(request("prod", "web", "2.0")).await.unwrap();
         h.settle().await;
-        let rb = h.orchestrator.rollback(&h.admin, d.id(), None).await.unwrap();
+        let key = IdempotencyKey::new("undo-2.0").unwrap();
+        let rb = h.orchestrator.rollback(&h.admin, d.id(), Some(key.clone())).await.unwrap();
+        let again = h.orchestrator.rollback(&h.admin, d.id(), Some(key)).await.unwrap();
+        assert!(again.replayed && again.deployment.id() == rb.deployment.id(), "one rollback per key");
         assert_eq!(rb.deployment.rollback_of(), Some(d.id()));
         assert_eq!(rb.deployment.targets().len(), 2, "web-3 was not changed, so it is not rolled back");
         h.settle().await;
@@ -883,7 +886,10 @@ async fn a_target_under_verification_is_visible_as_verifying_while_it_is() {
         assert_eq!(seen.status(), DeploymentStatus::InProgress);
         assert_eq!(seen.summary().in_progress, 4, "verifying targets count as in progress");
         let started = seen.started_at().unwrap();
-        assert!(deploy_core::elapsed_between(started, deploy_core::Clock::now(h.clock.as_ref())) < Duration::from_secs(5), "shown at once");
+        assert!(
+            deploy_core::elapsed_between(started, deploy_core::Clock::now(h.clock.as_ref())) < Duration::from_secs(5),
+            "shown at once"
+        );
         let done = wait_terminal(&h, d.id()).await;
         trigger.fire();
         task.await.unwrap();

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use crate::auth::{Action, Principal};
 use crate::clock::{Clock, SystemClock};
-use crate::deployment::{Deployment, DeploymentDraft, TargetPlan, TargetStatus};
+use crate::deployment::{Deployment, DeploymentDraft, TargetPlan};
 use crate::environment::{Environment, EnvironmentSpec};
 use crate::error::Error;
 use crate::event::Event;
@@ -266,29 +266,16 @@ impl Orchestrator {
         })?;
         principal.authorize(Action::Deploy, &environment)?;
         let spec = submission.request.validate()?;
-        let now = self.shared.clock.now();
-        let idempotency = submission.idempotency_key.map(|key| IdempotencyRecord {
-            scope: principal.id().to_owned(),
-            key,
-            fingerprint: spec.fingerprint(),
-            expires_at: crate::clock::add(now, self.shared.config.idempotency_retention),
-        });
-        let accepted = self
-            .shared
-            .store
-            .accept(Acceptance {
-                draft: DeploymentDraft {
-                    id: DeploymentId::new(),
-                    spec,
-                    created_by: principal.id().to_owned(),
-                    plan: TargetPlan::FromSpec,
-                    rollback_of: None,
-                },
-                idempotency,
-                expected_revision: submission.expected_revision,
-                now,
-            })
-            .await?;
+        let fingerprint = spec.fingerprint();
+        let draft = DeploymentDraft {
+            id: DeploymentId::new(),
+            spec,
+            created_by: principal.id().to_owned(),
+            plan: TargetPlan::FromSpec,
+            rollback_of: None,
+        };
+        let key = submission.idempotency_key.map(|key| (key, fingerprint));
+        let accepted = self.accept(principal, draft, key, submission.expected_revision).await?;
         if !accepted.replayed {
             tracing::info!(deployment_id = %accepted.deployment.id(), environment = %environment, "deployment accepted");
             self.shared.poke();
@@ -384,19 +371,7 @@ impl Orchestrator {
         let changed: Vec<(TargetId, Version)> = original
             .targets()
             .iter()
-            .filter(|t| {
-                matches!(
-                    t.status,
-                    TargetStatus::Succeeded
-                        | TargetStatus::Failed
-                        | TargetStatus::Unreachable
-                        | TargetStatus::InProgress
-                        | TargetStatus::Verifying
-                )
-            })
-            .filter_map(|t| {
-                t.from_version.clone().filter(|from| from != &t.to_version).map(|from| (t.id.clone(), from))
-            })
+            .filter_map(|t| t.restorable_version().map(|from| (t.id.clone(), from.clone())))
             .collect();
         let Some((_, first_version)) = changed.first() else {
             return Err(Error::NotRollbackable(id, "no target it changed has a previous version to return to".into()));
@@ -405,31 +380,35 @@ impl Orchestrator {
             .spec()
             .with_version(first_version.clone())
             .with_targets(TargetSelector::Ids(changed.iter().map(|(t, _)| t.clone()).collect()));
-        let now = self.shared.clock.now();
-        let idempotency = idempotency_key.map(|key| IdempotencyRecord {
-            scope: principal.id().to_owned(),
-            key,
-            fingerprint: crate::names::Fingerprint::of(format!("rollback:{id}").as_bytes()),
-            expires_at: crate::clock::add(now, self.shared.config.idempotency_retention),
-        });
-        let accepted = self
-            .shared
-            .store
-            .accept(Acceptance {
-                draft: DeploymentDraft {
-                    id: DeploymentId::new(),
-                    spec,
-                    created_by: principal.id().to_owned(),
-                    plan: TargetPlan::Explicit(changed),
-                    rollback_of: Some(id),
-                },
-                idempotency,
-                expected_revision: None,
-                now,
-            })
-            .await?;
+        let draft = DeploymentDraft {
+            id: DeploymentId::new(),
+            spec,
+            created_by: principal.id().to_owned(),
+            plan: TargetPlan::Explicit(changed),
+            rollback_of: Some(id),
+        };
+        // Rolling back the same deployment twice with one key is one rollback.
+        let key = idempotency_key.map(|key| (key, crate::names::Fingerprint::of(format!("rollback:{id}").as_bytes())));
+        let accepted = self.accept(principal, draft, key, None).await?;
         self.shared.poke();
         Ok(Submitted { deployment: accepted.deployment, replayed: accepted.replayed })
+    }
+
+    async fn accept(
+        &self,
+        principal: &Principal,
+        draft: DeploymentDraft,
+        key: Option<(IdempotencyKey, crate::names::Fingerprint)>,
+        expected_revision: Option<Revision>,
+    ) -> Result<crate::store::Accepted, Error> {
+        let now = self.shared.clock.now();
+        let idempotency = key.map(|(key, fingerprint)| IdempotencyRecord {
+            scope: principal.id().to_owned(),
+            key,
+            fingerprint,
+            expires_at: crate::clock::add(now, self.shared.config.idempotency_retention),
+        });
+        Ok(self.shared.store.accept(Acceptance { draft, idempotency, expected_revision, now }).await?)
     }
 
     /// Claims and drives deployments one after another until none is runnable, then returns. For tests, examples and

@@ -899,21 +899,7 @@ async fn rollback(plan: &Plan<'_>, reason: Option<String>) -> Result<(), Abort> 
         rec.set_status(DeploymentStatus::RollingBack, format!("{reason}; rolling back")).await?;
     }
     let candidates: Vec<usize> = rec.with(|d| {
-        d.targets()
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| {
-                matches!(
-                    t.status,
-                    TargetStatus::Succeeded
-                        | TargetStatus::Failed
-                        | TargetStatus::Unreachable
-                        | TargetStatus::InProgress
-                        | TargetStatus::Verifying
-                ) && t.from_version.as_ref().is_some_and(|f| f != &t.to_version)
-            })
-            .map(|(i, _)| i)
-            .collect()
+        d.targets().iter().enumerate().filter(|(_, t)| t.restorable_version().is_some()).map(|(i, _)| i).collect()
     });
     let deadline_hit = run_bounded(plan, candidates.clone(), |i| restore_target(plan, i).boxed()).await?;
     let s = rec.with(|d| *d.summary());
