@@ -897,3 +897,46 @@ async fn a_target_under_verification_is_visible_as_verifying_while_it_is() {
     })
     .await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn watching_a_finished_deployment_from_its_last_event_ends_at_once() {
+    use futures::StreamExt;
+    within(async {
+        let h = Harness::new("prod", &FOUR, ConcurrencyPolicy::Queue).await;
+        let d = h.submit(request("prod", "web", "2.0")).await.unwrap();
+        h.settle().await;
+        let last = h.events(d.id()).await.last().unwrap().seq;
+        let rest: Vec<_> = h.orchestrator.watch(&h.admin, d.id(), last).await.unwrap().collect().await;
+        assert!(rest.is_empty());
+        let one: Vec<_> = h.orchestrator.watch(&h.admin, d.id(), last - 1).await.unwrap().collect().await;
+        assert_eq!(one.len(), 1);
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_long_controller_outage_does_not_count_against_the_progress_deadline() {
+    within(async {
+        let h = Harness::new("prod", &FOUR, ConcurrencyPolicy::Queue).await;
+        for t in ["web-1", "web-2", "web-3", "web-4"] {
+            h.executor.add_fault(t, Some("2.0"), Fault::Slow(Duration::from_secs(3)));
+        }
+        let (_trigger, crashed) = spawn_controller(&h.orchestrator);
+        let d = h
+            .submit(DeploymentRequest {
+                strategy: rolling(1),
+                progress_deadline: Some("2m".into()),
+                ..request("prod", "web", "2.0")
+            })
+            .await
+            .unwrap();
+        wait_for(&h, d.id(), |d| d.summary().succeeded >= 1).await;
+        crashed.abort();
+        let _ = crashed.await;
+        h.clock.advance(Duration::from_secs(3600)); // Every replica was down for an hour.
+        assert_eq!(h.replica("controller-2").run_until_idle().await.unwrap(), 1);
+        let d = h.get(d.id()).await;
+        assert_eq!(d.status(), DeploymentStatus::Succeeded, "{:?}", d.status_reason());
+    })
+    .await;
+}

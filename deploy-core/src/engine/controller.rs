@@ -146,6 +146,17 @@ pub(super) fn watch(
             match st.shared.store.events(st.id, st.after, 500).await {
                 Ok(events) if !events.is_empty() => st.buffer.extend(events),
                 Ok(_) => {
+                    // A watcher that resumes after the terminal event has nothing more to wait for.
+                    if st.after > 0 {
+                        match st.shared.store.events(st.id, st.after - 1, 1).await {
+                            Ok(last) if last.first().is_some_and(|e| e.event_type.is_terminal()) => return None,
+                            Ok(_) => {}
+                            Err(e) => {
+                                st.done = true;
+                                return Some((Err(Error::Store(e)), st));
+                            }
+                        }
+                    }
                     let poll = st.shared.clock.sleep(st.shared.config.watch_poll_interval);
                     tokio::select! {
                         _ = st.changed.changed() => {}

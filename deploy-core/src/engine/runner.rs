@@ -322,7 +322,13 @@ async fn run(rec: &Recorder<'_>) -> Result<(), Abort> {
             .await?;
         }
         DeploymentStatus::RollingBack => return rollback(&plan, None).await,
-        _ => tracing::info!("resuming from stored progress"),
+        _ => {
+            // The progress deadline measures progress under a live controller: time the deployment spent orphaned
+            // (its controller crashed, the lease had to lapse) does not count against it.
+            tracing::info!("resuming from stored progress");
+            let now = rec.now();
+            rec.write(ProgressUpdate { now: Some(now), progressed: true, ..ProgressUpdate::default() }).await?;
+        }
     }
     roll_out(&plan).await
 }
