@@ -29,8 +29,15 @@ macro_rules! string_name {
         $(#[$doc])*
         ///
         /// Cloning is cheap (a shared `Arc<str>`): ids and versions are copied into every record and event.
-        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        #[derive(Debug, Clone, Eq, PartialOrd, Ord, Hash)]
         pub struct $name(Arc<str>);
+
+        impl PartialEq for $name {
+            fn eq(&self, other: &Self) -> bool {
+                // Clones share their allocation: most comparisons end at the pointer.
+                Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+            }
+        }
 
         impl Serialize for $name {
             fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {

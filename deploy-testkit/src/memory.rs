@@ -1,6 +1,7 @@
 //! [`MemoryStore`]: a complete, correct [`Store`] in memory, the reference the SQL stores are compared with.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -21,10 +22,33 @@ pub struct MemoryStore {
     inner: Mutex<Inner>,
 }
 
+/// FNV-1a: the maps below are keyed by ids this process made or validated, so a fast non-keyed hash is safe here.
+#[derive(Debug, Clone, Copy)]
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv>>;
+
 #[derive(Debug, Default)]
 struct Inner {
     environments: BTreeMap<EnvironmentName, EnvState>,
-    deployments: HashMap<DeploymentId, DeploymentState>,
+    deployments: FastMap<DeploymentId, DeploymentState>,
     by_time: BTreeSet<DeploymentId>,
     idempotency: HashMap<(String, IdempotencyKey), KeyState>,
     webhooks: BTreeMap<Uuid, WebhookSubscription>,
@@ -34,7 +58,7 @@ struct Inner {
 #[derive(Debug)]
 struct EnvState {
     environment: Environment,
-    index: HashMap<deploy_core::TargetId, usize>,
+    index: FastMap<deploy_core::TargetId, usize>,
     /// Non-terminal deployments in acceptance order; the head is the only runnable one.
     pending: VecDeque<DeploymentId>,
 }

@@ -139,10 +139,10 @@ impl<'a> Recorder<'a> {
         f(&lock(&self.local))
     }
 
-    /// A target's new entry, its event and what the environment should show, in one update: written at once when
-    /// the target is about to change (`in_progress`), buffered otherwise.
-    async fn set_target(
+    /// Mirrors a target's new entry, then appends it with its event and observation to `update`.
+    fn push_target(
         &self,
+        update: &mut ProgressUpdate,
         index: usize,
         entry: TargetProgress,
         message: String,
@@ -151,35 +151,53 @@ impl<'a> Recorder<'a> {
         // Every caller stamps the entry; the event carries the same time.
         let now = entry.updated_at;
         let progressed = entry.status.is_settled();
-        let intent = entry.status == TargetStatus::InProgress;
         lock(&self.local).apply_target(index, &entry, now, progressed).map_err(|e| {
             tracing::error!(error = %e, "refusing an update the record does not allow");
             Abort::Store(StoreError::Update(e))
         })?;
-        let event = NewEvent::target(now, entry.id.clone(), entry.status, message);
-        let push = |u: &mut ProgressUpdate| {
-            u.now = Some(now);
-            u.targets.push((index, entry));
-            u.events.push(event);
-            u.observations.extend(observation);
-            u.progressed |= progressed;
+        update.events.push(NewEvent::target(now, entry.id.clone(), entry.status, message));
+        update.targets.push((index, entry));
+        update.observations.extend(observation);
+        update.now = Some(now);
+        update.progressed |= progressed;
+        Ok(())
+    }
+
+    /// Records that a target is about to change, with what it ran before: written (with every buffered result)
+    /// before the caller touches the target.
+    async fn intent(
+        &self,
+        index: usize,
+        entry: TargetProgress,
+        message: String,
+        observation: Option<TargetObservation>,
+    ) -> Result<(), Abort> {
+        let mut update = lock(&self.buffered).take().unwrap_or_default();
+        self.push_target(&mut update, index, entry, message, observation)?;
+        // Boxed so that the large store future is not inlined into every target's task.
+        Box::pin(self.send(update)).await
+    }
+
+    /// Records a target's result (verifying, succeeded, failed, a step's output): buffered, written with the next
+    /// write or when the runner next waits.
+    fn result(
+        &self,
+        index: usize,
+        entry: TargetProgress,
+        message: String,
+        observation: Option<TargetObservation>,
+    ) -> Result<(), Abort> {
+        let first = {
+            let mut slot = lock(&self.buffered);
+            let first = slot.is_none();
+            let update = slot.get_or_insert_with(ProgressUpdate::default);
+            self.push_target(update, index, entry, message, observation)?;
+            first
         };
-        if intent {
-            let mut update = lock(&self.buffered).take().unwrap_or_default();
-            push(&mut update);
-            self.send(update).await
-        } else {
-            let first = {
-                let mut slot = lock(&self.buffered);
-                let first = slot.is_none();
-                push(slot.get_or_insert_with(ProgressUpdate::default));
-                first
-            };
-            if first {
-                self.result_waiting.notify_one();
-            }
-            Ok(())
+        if first {
+            self.result_waiting.notify_one();
         }
+        Ok(())
     }
 
     async fn set_status(&self, status: DeploymentStatus, reason: String) -> Result<(), Abort> {
@@ -674,7 +692,7 @@ async fn roll_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
     let Some((target, env_desired)) = target_of(plan, index) else {
         let now = rec.now();
         let msg = format!("{}: no longer in the environment", entry.id);
-        return rec.set_target(index, fail_entry(entry, TargetStatus::Failed, msg.clone(), now), msg, None).await;
+        return rec.result(index, fail_entry(entry, TargetStatus::Failed, msg.clone(), now), msg, None);
     };
     let desired = plan.desired(&entry.to_version);
     let policy = retry_policy(rec, spec.on_unreachable().wait.as_std());
@@ -690,12 +708,12 @@ async fn roll_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
         Err(CallError::Failed(e)) => {
             let now = rec.now();
             let msg = format!("{id}: could not observe: {e}");
-            return rec.set_target(index, fail_entry(entry, TargetStatus::Failed, e, now), msg, None).await;
+            return rec.result(index, fail_entry(entry, TargetStatus::Failed, e, now), msg, None);
         }
         Err(CallError::Unreachable(e)) => {
             let now = rec.now();
             let msg = format!("{id}: {e}");
-            return rec.set_target(index, fail_entry(entry, TargetStatus::Unreachable, e, now), msg, None).await;
+            return rec.result(index, fail_entry(entry, TargetStatus::Unreachable, e, now), msg, None);
         }
     };
     let declarative = matches!(spec.mode(), ExecutionMode::Declarative);
@@ -714,7 +732,7 @@ async fn roll_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
             actual: Some(ActualState::observed(observation, now)),
         };
         let msg = [id.as_str(), ": already runs ", entry.to_version.as_str(), ", healthy; nothing to do"].concat();
-        return rec.set_target(index, entry, msg, Some(obs)).await;
+        return rec.result(index, entry, msg, Some(obs));
     }
     if !resumed {
         entry.from_version = observation.version.clone();
@@ -727,8 +745,9 @@ async fn roll_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
     entry.status = TargetStatus::InProgress;
     entry.error = None;
     entry.updated_at = now;
-    let from = entry.from_version.as_ref().map_or_else(|| "nothing".to_owned(), ToString::to_string);
-    rec.set_target(
+    let from = entry.from_version.clone();
+    let from = from.as_ref().map_or("nothing", |v| v.as_str());
+    rec.intent(
         index,
         entry.clone(),
         [
@@ -736,7 +755,7 @@ async fn roll_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
             if resumed { ": re-applying " } else { ": applying " },
             entry.to_version.as_str(),
             " (was ",
-            &from,
+            from,
             ")",
         ]
         .concat(),
@@ -753,14 +772,14 @@ async fn roll_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
             CallError::Unreachable(e) => (TargetStatus::Unreachable, e),
         };
         let msg = format!("{id}: {error}");
-        return rec.set_target(index, fail_entry(entry, status, error, now), msg, None).await;
+        return rec.result(index, fail_entry(entry, status, error, now), msg, None);
     }
 
     let now = rec.now();
     entry.status = TargetStatus::Verifying;
     entry.updated_at = now;
     let msg = [id.as_str(), ": verifying health of ", entry.to_version.as_str()].concat();
-    rec.set_target(index, entry.clone(), msg, None).await?;
+    rec.result(index, entry.clone(), msg, None)?;
 
     let (verdict, now) = verify_health(rec, *spec.verify(), &target, &desired).await;
     match verdict {
@@ -773,13 +792,7 @@ async fn roll_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
                 now,
             );
             let msg = [id.as_str(), ": runs ", entry.to_version.as_str(), ", healthy"].concat();
-            rec.set_target(
-                index,
-                entry,
-                msg,
-                Some(TargetObservation { target: id, desired: None, actual: Some(actual) }),
-            )
-            .await
+            rec.result(index, entry, msg, Some(TargetObservation { target: id, desired: None, actual: Some(actual) }))
         }
         Verified::Unhealthy(why) => {
             let msg = format!("{id}: {why}");
@@ -787,17 +800,16 @@ async fn roll_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
                 Observation { version: Some(entry.to_version.clone()), health: Health::Unhealthy },
                 now,
             );
-            rec.set_target(
+            rec.result(
                 index,
                 fail_entry(entry, TargetStatus::Failed, why, now),
                 msg,
                 Some(TargetObservation { target: id, desired: None, actual: Some(actual) }),
             )
-            .await
         }
         Verified::Unreachable(why) => {
             let msg = format!("{id}: {why}");
-            rec.set_target(index, fail_entry(entry, TargetStatus::Unreachable, why, now), msg, None).await
+            rec.result(index, fail_entry(entry, TargetStatus::Unreachable, why, now), msg, None)
         }
     }
 }
@@ -843,7 +855,7 @@ async fn execute(
                         entry.updated_at = rec.now();
                         let text: String = output.output.chars().take(4096).collect();
                         let message = format!("{}: step {} ({}) done: {}", target.id, n + 1, step.action, text.trim());
-                        rec.set_target(index, entry.clone(), message, None).await?;
+                        rec.result(index, entry.clone(), message, None)?;
                     }
                     Err(e) => {
                         outcome = Err(match e {
@@ -885,7 +897,7 @@ async fn watch_canary(plan: &Plan<'_>, batch: &Batch, watch_for: Duration) -> Re
                 let now = rec.now();
                 let why = format!("became unhealthy while the canary step was watched for {}s", watch_for.as_secs());
                 let msg = format!("{}: {why}", entry.id);
-                rec.set_target(i, fail_entry(entry, TargetStatus::Failed, why, now), msg, None).await?;
+                rec.result(i, fail_entry(entry, TargetStatus::Failed, why, now), msg, None)?;
                 return Ok(Some("a canary target became unhealthy during its observation window".to_owned()));
             }
         }
@@ -955,19 +967,18 @@ async fn restore_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
             entry.status = TargetStatus::RolledBack;
             let actual =
                 ActualState::observed(Observation { version: Some(from.clone()), health: Health::Healthy }, now);
-            rec.set_target(
+            rec.result(
                 index,
                 entry,
                 format!("{id}: rolled back to {from}, healthy"),
                 Some(TargetObservation { target: id, desired: Some(desired), actual: Some(actual) }),
             )
-            .await
         }
         Verified::Unhealthy(why) | Verified::Unreachable(why) => {
             let error = format!("rollback to {from} failed: {why}");
             entry.status = TargetStatus::Failed;
             entry.error = Some(error.clone());
-            rec.set_target(index, entry, format!("{id}: {error}"), None).await
+            rec.result(index, entry, format!("{id}: {error}"), None)
         }
     }
 }
