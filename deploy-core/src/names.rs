@@ -29,8 +29,15 @@ macro_rules! string_name {
         $(#[$doc])*
         ///
         /// Cloning is cheap (a shared `Arc<str>`): ids and versions are copied into every record and event.
-        #[derive(Debug, Clone, Eq, PartialOrd, Ord, Hash)]
+        #[derive(Debug, Clone, Eq, PartialOrd, Ord)]
         pub struct $name(Arc<str>);
+
+        impl std::hash::Hash for $name {
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                // Equal values have equal text, whether or not they share an allocation.
+                self.0.hash(state);
+            }
+        }
 
         impl PartialEq for $name {
             fn eq(&self, other: &Self) -> bool {
