@@ -90,3 +90,65 @@ proptest! {
         })?;
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+
+    /// Invariant 6 through crashes: a controller dies at a random moment (no release, no last write), another resumes
+    /// after the lease lapses, and every deployment still ends terminal and consistent.
+    #[test]
+    fn deployments_survive_a_controller_crash_at_any_moment(
+        fleet in strategies::fleet(1..=10),
+        request in strategies::request("prop"),
+        faults in strategies::fault_script(10),
+        crash_after_ms in 0u64..20_000,
+    ) {
+        runtime().block_on(async {
+            let targets: Vec<(&str, Option<&str>)> = fleet.iter().map(|(id, v)| (id.as_str(), v.as_deref())).collect();
+            let h = Harness::new("prop", &targets, ConcurrencyPolicy::Queue).await;
+            for (i, fault) in &faults {
+                if let Some((id, _)) = fleet.get(*i) {
+                    h.executor.add_fault(id, None, fault.clone());
+                }
+            }
+            let run = async {
+                let (_t, s) = deploy_core::ShutdownSignal::new();
+                let o = h.orchestrator.clone();
+                let first = tokio::spawn(async move { o.run(s).await });
+                let d = h.orchestrator.submit(&h.admin, Submission { request: request.clone(), ..Submission::default() })
+                    .await
+                    .expect("accepted");
+                tokio::time::sleep(Duration::from_millis(crash_after_ms)).await;
+                first.abort();
+                let _ = first.await;
+                h.clock.advance(Duration::from_secs(11));
+                let (t2, s2) = deploy_core::ShutdownSignal::new();
+                let o2 = h.replica("controller-2");
+                let second = tokio::spawn(async move { o2.run(s2).await });
+                loop {
+                    if h.get(d.deployment.id()).await.status().is_terminal() { break; }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                t2.fire();
+                second.await.unwrap();
+                d.deployment.id()
+            };
+            let id = tokio::time::timeout(Duration::from_secs(6 * 3600), run).await
+                .expect("the deployment reached a terminal status after the crash");
+            let d = h.get(id).await;
+            prop_assert_eq!(*d.summary(), Summary::of(d.targets()));
+            prop_assert!(d.targets().iter().all(|t| t.status.is_settled()));
+            let events = h.events(id).await;
+            let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+            prop_assert_eq!(seqs, (1..=events.len() as u64).collect::<Vec<_>>(), "no gaps, no duplicates");
+            prop_assert_eq!(events.iter().filter(|e| e.event_type.is_terminal()).count(), 1);
+            if d.status() == DeploymentStatus::Succeeded {
+                for t in d.targets() {
+                    let runs = h.executor.version_of(t.id.as_str());
+                    prop_assert_eq!(runs.as_deref(), Some(t.to_version.as_str()), "succeeded means it runs");
+                }
+            }
+            Ok(())
+        })?;
+    }
+}
