@@ -20,6 +20,7 @@ use uuid::Uuid;
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
+    records: std::sync::atomic::AtomicU64,
 }
 
 /// FNV-1a: the maps below are keyed by ids this process made or validated, so a fast non-keyed hash is safe here.
@@ -99,6 +100,12 @@ impl MemoryStore {
     #[must_use]
     pub fn leases(&self) -> Vec<Lease> {
         self.lock().deployments.values().filter_map(|d| d.lease.clone()).collect()
+    }
+
+    /// How many times [`Store::record`] was called (successfully or not): how many transactions the engine asked for.
+    #[must_use]
+    pub fn record_calls(&self) -> u64 {
+        self.records.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The number of deployments, of events and of webhook deliveries held.
@@ -478,6 +485,7 @@ impl Store for MemoryStore {
     }
 
     async fn record(&self, lease: &Lease, update: ProgressUpdate) -> Result<Control, StoreError> {
+        self.records.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut inner = self.lock();
         inner.check_token(lease)?;
         inner.apply(lease.deployment, update)

@@ -52,11 +52,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The holder's view of its deployment: a mirror of the stored record kept in step with every write.
 ///
-/// Writes come in two kinds. An *intent* (a target is about to change, with what it ran before) is written before the
-/// side effect, so a successor that resumes after a crash knows what to restore. A *result* (verifying, succeeded,
-/// failed, a step's output) is buffered and written with the next write or at the next [`Recorder::flush`]: losing it
-/// in a crash only means the successor re-applies (idempotently) and re-verifies that target. Grouping results turns
-/// thousands of small writes of a large batch into a few transactions.
+/// Target changes are buffered and written together (group commit), which turns the thousands of small writes of a
+/// large batch into a few transactions. One rule orders them: a batch's *intents* (each target about to change, with
+/// what it ran before) are flushed before any of its targets is touched, so a successor that resumes after a crash knows
+/// what to restore. *Results* (verifying, succeeded, failed, a step's output) go out with the next write or when the
+/// runner next waits; losing them in a crash only means the successor re-applies (idempotently) and re-verifies.
 struct Recorder<'a> {
     shared: &'a Shared,
     lease: Mutex<Lease>,
@@ -163,23 +163,8 @@ impl<'a> Recorder<'a> {
         Ok(())
     }
 
-    /// Records that a target is about to change, with what it ran before: written (with every buffered result)
-    /// before the caller touches the target.
-    async fn intent(
-        &self,
-        index: usize,
-        entry: TargetProgress,
-        message: String,
-        observation: Option<TargetObservation>,
-    ) -> Result<(), Abort> {
-        let mut update = lock(&self.buffered).take().unwrap_or_default();
-        self.push_target(&mut update, index, entry, message, observation)?;
-        // Boxed so that the large store future is not inlined into every target's task.
-        Box::pin(self.send(update)).await
-    }
-
-    /// Records a target's result (verifying, succeeded, failed, a step's output): buffered, written with the next
-    /// write or when the runner next waits.
+    /// Records a target's change: buffered, written with the next write, when the runner next waits, or at the
+    /// barrier between a batch's two phases (intents must be durable before any target of the batch is touched).
     fn result(
         &self,
         index: usize,
@@ -384,8 +369,7 @@ async fn roll_out(plan: &Plan<'_>) -> Result<(), Abort> {
             .clone()
             .filter(|&i| rec.with(|d| d.targets().get(i).is_some_and(|t| !t.status.is_settled())))
             .collect();
-        let deadline_hit =
-            if todo.is_empty() { false } else { run_bounded(plan, todo, |i| roll_target(plan, i).boxed()).await? };
+        let deadline_hit = if todo.is_empty() { false } else { roll_batch(plan, todo).await? };
 
         let s = rec.with(|d| *d.summary());
         let counted = s.failed + if unreachable_then == UnreachableAction::Fail { s.unreachable } else { 0 };
@@ -434,6 +418,24 @@ async fn roll_out(plan: &Plan<'_>) -> Result<(), Abort> {
         )
     };
     rec.set_status(status, reason).await
+}
+
+/// Observes every target of a batch and stages what must change; writes all intents in one transaction; then
+/// changes and verifies them. Returns whether the progress deadline was hit.
+async fn roll_batch(plan: &Plan<'_>, todo: Vec<usize>) -> Result<bool, Abort> {
+    if run_bounded(plan, todo.clone(), |i| prepare_target(plan, i).boxed()).await? {
+        return Ok(true);
+    }
+    // The barrier of the write-ahead rule: nothing is touched before its intent is durable.
+    plan.rec.flush().await?;
+    let changing: Vec<usize> = todo
+        .into_iter()
+        .filter(|&i| plan.rec.with(|d| d.targets().get(i).is_some_and(|t| t.status == TargetStatus::InProgress)))
+        .collect();
+    if changing.is_empty() {
+        return Ok(false);
+    }
+    run_bounded(plan, changing, |i| change_target(plan, i).boxed()).await
 }
 
 /// Sleeps between batches in slices, so a cancel or supersede request is not kept waiting for a long pause.
@@ -684,11 +686,12 @@ fn fail_entry(
     t
 }
 
-/// Brings one target to the deployment's version: observe, skip if already there, apply (or run the steps), verify.
-async fn roll_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
+/// Phase one for a target: observe it; record a skip (already there) or a failure, or stage the intent to change it
+/// (with what it runs now). Staged intents are written together before phase two touches any target.
+async fn prepare_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
     let rec = plan.rec;
     let Some(mut entry) = rec.target(index) else { return Ok(()) };
-    let (spec, deployment_id) = (plan.spec.as_ref(), plan.deployment_id);
+    let spec = plan.spec.as_ref();
     let Some((target, env_desired)) = target_of(plan, index) else {
         let now = rec.now();
         let msg = format!("{}: no longer in the environment", entry.id);
@@ -747,7 +750,7 @@ async fn roll_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
     entry.updated_at = now;
     let from = entry.from_version.clone();
     let from = from.as_ref().map_or("nothing", |v| v.as_str());
-    rec.intent(
+    rec.result(
         index,
         entry.clone(),
         [
@@ -759,9 +762,22 @@ async fn roll_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
             ")",
         ]
         .concat(),
-        Some(TargetObservation { target: id.clone(), desired: Some(desired.clone()), actual: None }),
+        Some(TargetObservation { target: id, desired: Some(desired), actual: None }),
     )
-    .await?;
+}
+
+/// Phase two for a target whose intent is durable: apply (or run the steps), verify, record the result.
+async fn change_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
+    let rec = plan.rec;
+    let Some(mut entry) = rec.target(index) else { return Ok(()) };
+    if entry.status != TargetStatus::InProgress {
+        return Ok(());
+    }
+    let (spec, deployment_id) = (plan.spec.as_ref(), plan.deployment_id);
+    let Some((target, _)) = target_of(plan, index) else { return Ok(()) };
+    let desired = plan.desired(&entry.to_version);
+    let policy = retry_policy(rec, spec.on_unreachable().wait.as_std());
+    let id = entry.id.clone();
 
     // Apply (or run the steps), with secrets resolved for this call only.
     let applied = execute(rec, &policy, &target, &desired, spec, deployment_id, &mut entry, index).await?;
