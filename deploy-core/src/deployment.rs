@@ -592,6 +592,39 @@ impl Deployment {
         self.revision
     }
 
+    /// The record without its targets, for stores that keep targets in rows of their own. Pair with
+    /// [`Deployment::with_targets`] to read it back.
+    #[must_use]
+    pub fn header(&self) -> Self {
+        Self { targets: Vec::new(), summary: Summary::default(), ..self.clone() }
+    }
+
+    /// The record with `targets` (in rollout order), its summary recomputed from them.
+    #[must_use]
+    pub fn with_targets(mut self, targets: Vec<TargetProgress>) -> Self {
+        self.summary = Summary::of(&targets);
+        self.targets = targets;
+        self
+    }
+
+    /// Applies the status part of an update to a header (see [`Deployment::header`]): lifecycle checks, timestamps,
+    /// progress. The caller writes the update's target entries itself, checking each against its stored row.
+    ///
+    /// # Errors
+    /// [`UpdateError::AlreadyFinished`] or [`UpdateError::IllegalTransition`]; the header is then unchanged.
+    pub fn apply_to_header(&mut self, update: &ProgressUpdate) -> Result<(), UpdateError> {
+        if self.status.is_terminal() {
+            return Err(UpdateError::AlreadyFinished(self.status));
+        }
+        if let Some(change) = &update.status {
+            if change.status != self.status && !self.status.can_become(change.status) {
+                return Err(UpdateError::IllegalTransition { from: self.status, to: change.status });
+            }
+        }
+        self.finish_apply(update.now, update.status.as_ref(), update.progressed);
+        Ok(())
+    }
+
     /// Records a cancel request (the holder honours it at its next step).
     pub fn request_cancel(&mut self, now: Timestamp) {
         self.cancel_requested = true;

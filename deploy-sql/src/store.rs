@@ -1,0 +1,1118 @@
+//! [`SqlStore`]: the [`Store`] contract over SQLite or PostgreSQL.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deploy_core::{
+    Accepted, Acceptance, ActualState, Claim, ConcurrencyPolicy, Control, DeliveryOutcome, DeliveryStatus, Deployment,
+    DeploymentFilter, DeploymentId, DeploymentStatus, DesiredState, Environment, EnvironmentName, EnvironmentSpec,
+    EnvironmentTarget, EnvironmentWrite, Event, Lease, NewEvent, Page, PageRequest, ProgressUpdate, Revision, Store,
+    StoreError, TargetDefinition, TargetProgress, Timestamp, UpdateError, ValidationErrors, WebhookDelivery,
+    WebhookSubscription,
+};
+use serde::de::DeserializeOwned;
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyConnection, AssertSqlSafe};
+use sqlx::{AnyPool, Row};
+use uuid::Uuid;
+
+use crate::error::OpenError;
+use crate::schema;
+
+/// Which database a [`SqlStore`] talks to; decides the few statements that differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite in WAL mode: one writer at a time (`BEGIN IMMEDIATE`), readers never blocked.
+    Sqlite,
+    /// PostgreSQL: row locks (`FOR UPDATE`), claims that skip each other (`SKIP LOCKED`).
+    Postgres,
+}
+
+impl Backend {
+    pub(crate) fn begin(self) -> &'static str {
+        match self {
+            // Take the write lock at once, so two writers never deadlock upgrading a read lock.
+            Self::Sqlite => "BEGIN IMMEDIATE",
+            Self::Postgres => "BEGIN",
+        }
+    }
+
+    fn for_update(self) -> &'static str {
+        match self {
+            Self::Sqlite => "",
+            Self::Postgres => " FOR UPDATE",
+        }
+    }
+}
+
+/// A durable [`Store`] on SQLite (the embedded default) or PostgreSQL (several orchestrator replicas on one
+/// database). One implementation over sqlx's `Any` driver; [`Backend`] picks the dialect.
+///
+/// Targets, events, idempotency keys and webhook deliveries are rows of their own, so a write touches only what it
+/// changes and a deployment of 100,000 targets is not rewritten on every update.
+#[derive(Debug, Clone)]
+pub struct SqlStore {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// The SQLite flavour of [`SqlStore`].
+pub type SqliteStore = SqlStore;
+/// The PostgreSQL flavour of [`SqlStore`].
+pub type PostgresStore = SqlStore;
+
+/// The database file `deployd` keeps in a data directory.
+pub const DATABASE_FILE: &str = "deploy.sqlite";
+
+impl SqlStore {
+    /// Opens (creating if needed) an SQLite database at `path`, or `path/deploy.sqlite` when `path` is a directory, in
+    /// WAL mode with a busy timeout, and applies migrations.
+    ///
+    /// # Errors
+    /// [`OpenError::NotADatabase`] for a file that is not SQLite, [`OpenError::SchemaTooNew`] for a database written by
+    /// a newer binary, [`OpenError::DataDir`] or [`OpenError::Database`] otherwise.
+    pub async fn sqlite(path: impl AsRef<Path>) -> Result<Self, OpenError> {
+        sqlx::any::install_default_drivers();
+        let path = path.as_ref();
+        let file = if path.is_dir() { path.join(DATABASE_FILE) } else { path.to_path_buf() };
+        if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|source| OpenError::DataDir { path: parent.display().to_string(), source })?;
+        }
+        let shown = file.display().to_string();
+        let url = format!("sqlite://{shown}?mode=rwc");
+        let pool = AnyPoolOptions::new()
+            .max_connections(4)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::query("PRAGMA busy_timeout = 10000").execute(&mut *conn).await?;
+                    sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await?;
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await
+            .map_err(|e| not_a_database(&shown, e))?;
+        // WAL is a property of the file: set once, kept by every later connection.
+        sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await.map_err(|e| not_a_database(&shown, e))?;
+        sqlx::query("PRAGMA synchronous = FULL").execute(&pool).await.map_err(OpenError::Database)?;
+        schema::migrate(&pool, Backend::Sqlite).await.map_err(|e| match e {
+            OpenError::Database(inner) => not_a_database(&shown, inner),
+            other => other,
+        })?;
+        Ok(Self { pool, backend: Backend::Sqlite })
+    }
+
+    /// Connects to PostgreSQL at `url` and applies migrations (under an advisory lock, so replicas may start together).
+    ///
+    /// # Errors
+    /// [`OpenError::SchemaTooNew`] or [`OpenError::Database`].
+    pub async fn postgres(url: &str) -> Result<Self, OpenError> {
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await
+            .map_err(OpenError::Database)?;
+        schema::migrate(&pool, Backend::Postgres).await?;
+        Ok(Self { pool, backend: Backend::Postgres })
+    }
+
+    /// Which database this is.
+    #[must_use]
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The connection pool, for health checks and benchmarks.
+    #[must_use]
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Closes every connection.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        self.pool.begin_with(self.backend.begin()).await.map_err(unavailable)
+    }
+}
+
+fn not_a_database(path: &str, e: sqlx::Error) -> OpenError {
+    let says_so = e.as_database_error().is_some_and(|d| {
+        let m = d.message();
+        m.contains("not a database") || m.contains("file is encrypted")
+    });
+    if says_so { OpenError::NotADatabase { path: path.to_owned(), source: e } } else { OpenError::Database(e) }
+}
+
+fn unavailable(e: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(Box::new(e))
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+fn not_found(what: &'static str, id: impl ToString) -> StoreError {
+    StoreError::NotFound { what, id: id.to_string() }
+}
+
+fn ms(t: Timestamp) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+fn from_ms(ms: i64) -> Timestamp {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| corrupt("encoding", e))
+}
+
+fn from_json<T: DeserializeOwned>(what: &str, s: &str) -> Result<T, StoreError> {
+    serde_json::from_str(s).map_err(|e| corrupt(what, e))
+}
+
+fn get<'r, T>(row: &'r sqlx::any::AnyRow, column: &str) -> Result<T, StoreError>
+where
+    T: sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
+{
+    row.try_get(column).map_err(|e| corrupt(column, e))
+}
+
+fn bad_cursor() -> StoreError {
+    let mut errs = ValidationErrors::default();
+    errs.push("cursor", "not a cursor this store handed out");
+    StoreError::Invalid(errs)
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error().is_some_and(|d| d.kind() == sqlx::error::ErrorKind::UniqueViolation)
+}
+
+/// A deployment header as stored, with its lease.
+struct HeaderRow {
+    header: Deployment,
+    lease_owner: Option<String>,
+    lease_token: i64,
+    lease_expires: Option<i64>,
+}
+
+impl HeaderRow {
+    fn lease_live(&self, now: Timestamp) -> bool {
+        self.lease_owner.is_some() && self.lease_expires.is_some_and(|e| e > ms(now))
+    }
+}
+
+async fn load_header(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    id: DeploymentId,
+    lock: bool,
+) -> Result<Option<HeaderRow>, StoreError> {
+    let sql = format!(
+        "SELECT header, lease_owner, lease_token, lease_expires FROM deploy_deployments WHERE id = $1{}",
+        if lock { backend.for_update() } else { "" }
+    );
+    let row = sqlx::query(AssertSqlSafe(sql)).bind(id.to_string()).fetch_optional(&mut *conn).await.map_err(unavailable)?;
+    let Some(row) = row else { return Ok(None) };
+    let header: String = get(&row, "header")?;
+    Ok(Some(HeaderRow {
+        header: from_json("deployment", &header)?,
+        lease_owner: get(&row, "lease_owner")?,
+        lease_token: get(&row, "lease_token")?,
+        lease_expires: get(&row, "lease_expires")?,
+    }))
+}
+
+async fn load_targets(conn: &mut AnyConnection, id: DeploymentId) -> Result<Vec<TargetProgress>, StoreError> {
+    let rows = sqlx::query("SELECT doc FROM deploy_deployment_targets WHERE deployment_id = $1 ORDER BY idx")
+        .bind(id.to_string())
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    rows.iter().map(|r| get::<String>(r, "doc").and_then(|d| from_json("target", &d))).collect()
+}
+
+async fn load_deployment(conn: &mut AnyConnection, id: DeploymentId) -> Result<Option<Deployment>, StoreError> {
+    let row = sqlx::query("SELECT header FROM deploy_deployments WHERE id = $1")
+        .bind(id.to_string())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    let Some(row) = row else { return Ok(None) };
+    let header: Deployment = from_json("deployment", &get::<String>(&row, "header")?)?;
+    let targets = load_targets(conn, id).await?;
+    Ok(Some(header.with_targets(targets)))
+}
+
+async fn load_environment(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    name: &EnvironmentName,
+    lock: bool,
+) -> Result<Option<Environment>, StoreError> {
+    let sql = format!(
+        "SELECT revision, concurrency, require_if_match FROM deploy_environments WHERE name = $1{}",
+        if lock { backend.for_update() } else { "" }
+    );
+    let row = sqlx::query(AssertSqlSafe(sql)).bind(name.as_str()).fetch_optional(&mut *conn).await.map_err(unavailable)?;
+    let Some(row) = row else { return Ok(None) };
+    let revision: i64 = get(&row, "revision")?;
+    let concurrency: String = get(&row, "concurrency")?;
+    let require: i64 = get(&row, "require_if_match")?;
+    let rows = sqlx::query(
+        "SELECT definition, desired, actual FROM deploy_environment_targets WHERE environment = $1 ORDER BY idx",
+    )
+    .bind(name.as_str())
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(unavailable)?;
+    let mut targets = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let def: TargetDefinition = from_json("environment target", &get::<String>(r, "definition")?)?;
+        let desired: Option<String> = get(r, "desired")?;
+        let actual: Option<String> = get(r, "actual")?;
+        targets.push(EnvironmentTarget {
+            id: def.id,
+            labels: def.labels,
+            executor: def.executor,
+            config: def.config,
+            desired: desired.map(|d| from_json::<DesiredState>("desired state", &d)).transpose()?.map(Into::into),
+            actual: actual.map(|a| from_json::<ActualState>("actual state", &a)).transpose()?,
+        });
+    }
+    let open = sqlx::query(
+        "SELECT id, status FROM deploy_deployments WHERE environment = $1 AND terminal = 0 ORDER BY revision",
+    )
+    .bind(name.as_str())
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(unavailable)?;
+    let mut active = None;
+    let mut queued = Vec::new();
+    for r in &open {
+        let id: DeploymentId = get::<String>(r, "id")?.parse().map_err(|e| corrupt("deployment id", e))?;
+        let status: DeploymentStatus = get::<String>(r, "status")?.parse().map_err(|e| corrupt("status", e))?;
+        if status.is_running() && active.is_none() {
+            active = Some(id);
+        } else {
+            queued.push(id);
+        }
+    }
+    Ok(Some(Environment {
+        name: name.clone(),
+        revision: Revision::new(u64::try_from(revision).unwrap_or(0)),
+        concurrency: from_json("concurrency", &format!("\"{concurrency}\""))?,
+        require_if_match: require != 0,
+        active_deployment: active,
+        queued,
+        targets,
+    }))
+}
+
+fn policy_name(p: ConcurrencyPolicy) -> &'static str {
+    match p {
+        ConcurrencyPolicy::Queue => "queue",
+        ConcurrencyPolicy::Reject => "reject",
+        ConcurrencyPolicy::Supersede => "supersede",
+    }
+}
+
+async fn write_environment_targets(conn: &mut AnyConnection, env: &Environment) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM deploy_environment_targets WHERE environment = $1")
+        .bind(env.name.as_str())
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    for (i, t) in env.targets.iter().enumerate() {
+        let def = TargetDefinition {
+            id: t.id.clone(),
+            labels: t.labels.clone(),
+            executor: t.executor.clone(),
+            config: t.config.clone(),
+        };
+        sqlx::query(
+            "INSERT INTO deploy_environment_targets (environment, id, idx, definition, desired, actual) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(env.name.as_str())
+        .bind(t.id.as_str())
+        .bind(i64::try_from(i).unwrap_or(i64::MAX))
+        .bind(to_json(&def)?)
+        .bind(t.desired.as_deref().map(to_json).transpose()?)
+        .bind(t.actual.as_ref().map(to_json).transpose()?)
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+async fn next_seq(conn: &mut AnyConnection, id: DeploymentId) -> Result<u64, StoreError> {
+    let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS s FROM deploy_events WHERE deployment_id = $1")
+        .bind(id.to_string())
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    let s: i64 = get(&row, "s")?;
+    Ok(u64::try_from(s).unwrap_or(0) + 1)
+}
+
+/// Appends events and, in the same transaction, the webhook deliveries they match.
+async fn append_events(
+    conn: &mut AnyConnection,
+    id: DeploymentId,
+    environment: &EnvironmentName,
+    events: Vec<NewEvent>,
+) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut seq = next_seq(conn, id).await?;
+    let mut numbered = Vec::with_capacity(events.len());
+    for e in events {
+        let event = e.numbered(id, seq);
+        sqlx::query("INSERT INTO deploy_events (deployment_id, seq, doc) VALUES ($1, $2, $3)")
+            .bind(id.to_string())
+            .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+            .bind(to_json(&event)?)
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+        numbered.push(event);
+        seq += 1;
+    }
+    let subscriptions = load_webhooks(conn).await?;
+    let matching: Vec<(&Event, &WebhookSubscription)> = numbered
+        .iter()
+        .flat_map(|e| subscriptions.iter().filter(|s| s.matches(e.event_type, environment)).map(move |s| (e, s)))
+        .collect();
+    if matching.is_empty() {
+        return Ok(());
+    }
+    let snapshot = match load_deployment(conn, id).await? {
+        Some(d) => serde_json::to_value(&d).map_err(|e| corrupt("deployment", e))?,
+        None => return Err(not_found("deployment", id)),
+    };
+    for (event, sub) in matching {
+        let timestamp = event.at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+        let delivery = WebhookDelivery {
+            id: format!("msg_{}", Uuid::now_v7().simple()),
+            subscription_id: sub.id,
+            event_type: event.event_type,
+            deployment_id: id,
+            seq: event.seq,
+            payload: serde_json::json!({"type": event.event_type.as_str(), "timestamp": timestamp, "data": snapshot}),
+            status: DeliveryStatus::Pending,
+            attempts: 0,
+            last_status_code: None,
+            next_attempt_at: Some(event.at),
+            delivered_at: None,
+        };
+        sqlx::query(
+            "INSERT INTO deploy_deliveries (id, subscription_id, doc, pending, due, hidden_until) \
+             VALUES ($1, $2, $3, 1, $4, NULL)",
+        )
+        .bind(&delivery.id)
+        .bind(sub.id.to_string())
+        .bind(to_json(&delivery)?)
+        .bind(ms(event.at))
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+async fn load_webhooks(conn: &mut AnyConnection) -> Result<Vec<WebhookSubscription>, StoreError> {
+    let rows =
+        sqlx::query("SELECT doc, secret FROM deploy_webhooks ORDER BY id").fetch_all(&mut *conn).await.map_err(unavailable)?;
+    rows.iter()
+        .map(|r| {
+            let mut s: WebhookSubscription = from_json("webhook", &get::<String>(r, "doc")?)?;
+            s.secret = get(r, "secret")?;
+            Ok(s)
+        })
+        .collect()
+}
+
+/// Applies an update to a stored deployment: header checks, target rows, events, observations, outbox.
+async fn apply_update(
+    conn: &mut AnyConnection,
+    id: DeploymentId,
+    mut header: Deployment,
+    update: ProgressUpdate,
+) -> Result<Control, StoreError> {
+    header.apply_to_header(&update).map_err(|e| match e {
+        UpdateError::AlreadyFinished(status) => StoreError::AlreadyFinished { deployment: id, status },
+        other => StoreError::Update(other),
+    })?;
+    let ProgressUpdate { targets, events, observations, .. } = update;
+    for (index, entry) in &targets {
+        let done = sqlx::query(
+            "UPDATE deploy_deployment_targets SET doc = $1 WHERE deployment_id = $2 AND idx = $3 AND target_id = $4",
+        )
+        .bind(to_json(entry)?)
+        .bind(id.to_string())
+        .bind(i64::try_from(*index).unwrap_or(i64::MAX))
+        .bind(entry.id.as_str())
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+        if done.rows_affected() != 1 {
+            return Err(StoreError::Update(UpdateError::UnknownTarget { index: *index }));
+        }
+    }
+    let terminal = header.status().is_terminal();
+    let environment = header.environment().clone();
+    let lease_clause = if terminal { ", lease_owner = NULL, lease_expires = NULL" } else { "" };
+    // The only dynamic part is a constant clause chosen above.
+    sqlx::query(AssertSqlSafe(format!(
+        "UPDATE deploy_deployments SET header = $1, status = $2, terminal = $3{lease_clause} WHERE id = $4"
+    )))
+    .bind(to_json(&header)?)
+    .bind(header.status().as_str())
+    .bind(i64::from(terminal))
+    .bind(id.to_string())
+    .execute(&mut *conn)
+    .await
+    .map_err(unavailable)?;
+    for o in observations {
+        sqlx::query(
+            "UPDATE deploy_environment_targets SET desired = COALESCE($1, desired), actual = COALESCE($2, actual) \
+             WHERE environment = $3 AND id = $4",
+        )
+        .bind(o.desired.as_deref().map(to_json).transpose()?)
+        .bind(o.actual.as_ref().map(to_json).transpose()?)
+        .bind(environment.as_str())
+        .bind(o.target.as_str())
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    }
+    append_events(conn, id, &environment, events).await?;
+    Ok(Control { cancel_requested: header.cancel_requested(), superseded_by: header.superseded_by() })
+}
+
+/// Stops a deployment nobody holds (`cancelled` or `superseded`), inside the caller's transaction.
+async fn stop_unheld(
+    conn: &mut AnyConnection,
+    id: DeploymentId,
+    header: Deployment,
+    status: DeploymentStatus,
+    reason: String,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    let full = header.clone().with_targets(load_targets(conn, id).await?);
+    let update = full.stop_update(status, reason, now);
+    let _ = apply_update(conn, id, header, update).await?;
+    Ok(())
+}
+
+async fn save_header(conn: &mut AnyConnection, header: &Deployment) -> Result<(), StoreError> {
+    sqlx::query("UPDATE deploy_deployments SET header = $1 WHERE id = $2")
+        .bind(to_json(header)?)
+        .bind(header.id().to_string())
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    Ok(())
+}
+
+impl SqlStore {
+    async fn accept_once(&self, acceptance: Acceptance) -> Result<Accepted, StoreError> {
+        let mut tx = self.begin().await?;
+        let Acceptance { draft, idempotency, expected_revision, now } = acceptance;
+        let env_name = draft.spec.environment().clone();
+        // Locking the environment row serializes acceptances per environment across replicas.
+        let env = load_environment(&mut tx, self.backend, &env_name, true)
+            .await?
+            .ok_or_else(|| not_found("environment", &env_name))?;
+        if let Some(rec) = &idempotency {
+            let row = sqlx::query(
+                "SELECT fingerprint, deployment_id FROM deploy_idempotency_keys WHERE scope = $1 AND key = $2 AND expires > $3",
+            )
+            .bind(&rec.scope)
+            .bind(rec.key.as_str())
+            .bind(ms(now))
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            if let Some(row) = row {
+                let fingerprint: String = get(&row, "fingerprint")?;
+                if fingerprint != rec.fingerprint.as_str() {
+                    return Err(StoreError::IdempotencyKeyReuse { key: rec.key.clone() });
+                }
+                let id: DeploymentId =
+                    get::<String>(&row, "deployment_id")?.parse().map_err(|e| corrupt("deployment id", e))?;
+                let deployment = load_deployment(&mut tx, id).await?.ok_or_else(|| not_found("deployment", id))?;
+                tx.commit().await.map_err(unavailable)?;
+                return Ok(Accepted { deployment, replayed: true });
+            }
+        }
+        match expected_revision {
+            None if env.require_if_match => return Err(StoreError::PreconditionRequired { environment: env_name }),
+            Some(expected) if expected != env.revision => {
+                return Err(StoreError::PreconditionFailed { expected, current: env.revision });
+            }
+            _ => {}
+        }
+        let deployment = Deployment::plan(draft, &env, now).map_err(StoreError::Invalid)?;
+        let id = deployment.id();
+        let older: Vec<DeploymentId> = env.active_deployment.iter().chain(env.queued.iter()).copied().collect();
+        match env.concurrency {
+            ConcurrencyPolicy::Reject => {
+                if let Some(active) = older.first() {
+                    return Err(StoreError::EnvironmentBusy { environment: env_name, active: *active });
+                }
+            }
+            ConcurrencyPolicy::Queue => {}
+            ConcurrencyPolicy::Supersede => {
+                for old in older {
+                    let Some(row) = load_header(&mut tx, self.backend, old, true).await? else { continue };
+                    let unheld = row.header.status() == DeploymentStatus::Queued && !row.lease_live(now);
+                    let mut header = row.header;
+                    header.mark_superseded_by(id, now);
+                    save_header(&mut tx, &header).await?;
+                    if unheld {
+                        let reason = format!("superseded by deployment {id} before it started");
+                        stop_unheld(&mut tx, old, header, DeploymentStatus::Superseded, reason, now).await?;
+                    }
+                }
+            }
+        }
+        let revision = deployment.revision();
+        sqlx::query("UPDATE deploy_environments SET revision = $1 WHERE name = $2")
+            .bind(i64::try_from(revision.get()).unwrap_or(i64::MAX))
+            .bind(env_name.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        sqlx::query(
+            "INSERT INTO deploy_deployments (id, environment, revision, service, status, terminal, header, lease_owner, \
+             lease_token, lease_expires) VALUES ($1, $2, $3, $4, $5, 0, $6, NULL, 0, NULL)",
+        )
+        .bind(id.to_string())
+        .bind(env_name.as_str())
+        .bind(i64::try_from(revision.get()).unwrap_or(i64::MAX))
+        .bind(deployment.service().as_str())
+        .bind(deployment.status().as_str())
+        .bind(to_json(&deployment.header())?)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        for (i, t) in deployment.targets().iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO deploy_deployment_targets (deployment_id, idx, target_id, doc) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(id.to_string())
+            .bind(i64::try_from(i).unwrap_or(i64::MAX))
+            .bind(t.id.as_str())
+            .bind(to_json(t)?)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        }
+        if let Some(rec) = idempotency {
+            // An expired key of the same name is replaced.
+            sqlx::query("DELETE FROM deploy_idempotency_keys WHERE scope = $1 AND key = $2")
+                .bind(&rec.scope)
+                .bind(rec.key.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            sqlx::query(
+                "INSERT INTO deploy_idempotency_keys (scope, key, fingerprint, deployment_id, expires) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(&rec.scope)
+            .bind(rec.key.as_str())
+            .bind(rec.fingerprint.as_str())
+            .bind(id.to_string())
+            .bind(ms(rec.expires_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| if is_unique_violation(&e) { StoreError::IdempotencyKeyInFlight { key: rec.key.clone() } } else { unavailable(e) })?;
+        }
+        let queued = NewEvent::deployment(
+            now,
+            DeploymentStatus::Queued,
+            format!(
+                "accepted: {} {} to {} target(s)",
+                deployment.service(),
+                deployment.version(),
+                deployment.targets().len()
+            ),
+        );
+        append_events(&mut tx, id, &env_name, vec![queued]).await?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(Accepted { deployment, replayed: false })
+    }
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn put_environment(
+        &self,
+        name: &EnvironmentName,
+        spec: EnvironmentSpec,
+        expected: Option<Revision>,
+        _now: Timestamp,
+    ) -> Result<EnvironmentWrite, StoreError> {
+        let mut tx = self.begin().await?;
+        let existing = load_environment(&mut tx, self.backend, name, true).await?;
+        let current = existing.as_ref().map_or(Revision::ZERO, |e| e.revision);
+        if let Some(expected) = expected.filter(|e| *e != current) {
+            return Err(StoreError::PreconditionFailed { expected, current });
+        }
+        let created = existing.is_none();
+        let env = match existing {
+            Some(mut env) => {
+                env.replace(spec);
+                env
+            }
+            None => Environment::create(name.clone(), spec),
+        };
+        let revision = i64::try_from(env.revision.get()).unwrap_or(i64::MAX);
+        let sql = if created {
+            "INSERT INTO deploy_environments (revision, concurrency, require_if_match, name) VALUES ($1, $2, $3, $4)"
+        } else {
+            "UPDATE deploy_environments SET revision = $1, concurrency = $2, require_if_match = $3 WHERE name = $4"
+        };
+        sqlx::query(sql)
+            .bind(revision)
+            .bind(policy_name(env.concurrency))
+            .bind(i64::from(env.require_if_match))
+            .bind(name.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| if is_unique_violation(&e) { StoreError::PreconditionFailed { expected: Revision::ZERO, current: Revision::new(1) } } else { unavailable(e) })?;
+        write_environment_targets(&mut tx, &env).await?;
+        let environment = load_environment(&mut tx, self.backend, name, false).await?.ok_or_else(|| not_found("environment", name))?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(EnvironmentWrite { environment, created })
+    }
+
+    async fn get_environment(&self, name: &EnvironmentName) -> Result<Environment, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
+        load_environment(&mut conn, self.backend, name, false).await?.ok_or_else(|| not_found("environment", name))
+    }
+
+    async fn list_environments(&self, page: &PageRequest) -> Result<Page<Environment>, StoreError> {
+        let limit = page.clamped_limit();
+        let after = page.cursor.as_deref().map(EnvironmentName::new).transpose().map_err(|_| bad_cursor())?;
+        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
+        let rows = sqlx::query("SELECT name FROM deploy_environments WHERE name > $1 ORDER BY name LIMIT $2")
+            .bind(after.as_ref().map_or("", EnvironmentName::as_str))
+            .bind(i64::try_from(limit + 1).unwrap_or(i64::MAX))
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+        let mut items = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let name = EnvironmentName::new(get::<String>(r, "name")?).map_err(|e| corrupt("environment name", e))?;
+            if let Some(env) = load_environment(&mut conn, self.backend, &name, false).await? {
+                items.push(env);
+            }
+        }
+        let next_cursor = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(|e| e.name.to_string())
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+
+    async fn accept(&self, acceptance: Acceptance) -> Result<Accepted, StoreError> {
+        // Two replicas that race on one new key: the loser's insert fails on the key's primary key, and a second
+        // attempt finds the winner's deployment (a replay) or a different request (a reuse).
+        let mut last = None;
+        for _ in 0..3 {
+            match self.accept_once(acceptance.clone()).await {
+                Err(StoreError::IdempotencyKeyInFlight { key }) => last = Some(key),
+                other => return other,
+            }
+        }
+        match last {
+            Some(key) => Err(StoreError::IdempotencyKeyInFlight { key }),
+            None => Err(StoreError::Corrupt("acceptance retried without a cause".into())),
+        }
+    }
+
+    async fn get_deployment(&self, id: DeploymentId) -> Result<Deployment, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
+        load_deployment(&mut conn, id).await?.ok_or_else(|| not_found("deployment", id))
+    }
+
+    async fn list_deployments(
+        &self,
+        filter: &DeploymentFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Deployment>, StoreError> {
+        let limit = page.clamped_limit();
+        let before = page.cursor.as_deref().map(DeploymentId::from_str).transpose().map_err(|_| bad_cursor())?;
+        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
+        let rows = sqlx::query(
+            "SELECT id FROM deploy_deployments WHERE ($1 = '' OR id < $1) AND ($2 = '' OR environment = $2) \
+             AND ($3 = '' OR service = $3) AND ($4 = '' OR status = $4) ORDER BY id DESC LIMIT $5",
+        )
+        .bind(before.map(|b| b.to_string()).unwrap_or_default())
+        .bind(filter.environment.as_ref().map(|e| e.to_string()).unwrap_or_default())
+        .bind(filter.service.as_ref().map(|s| s.to_string()).unwrap_or_default())
+        .bind(filter.status.map(|s| s.as_str().to_owned()).unwrap_or_default())
+        .bind(i64::try_from(limit + 1).unwrap_or(i64::MAX))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+        let mut items = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let id: DeploymentId = get::<String>(r, "id")?.parse().map_err(|e| corrupt("deployment id", e))?;
+            if let Some(d) = load_deployment(&mut conn, id).await? {
+                items.push(d);
+            }
+        }
+        let next_cursor = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(|d| d.id().to_string())
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+
+    async fn events(&self, id: DeploymentId, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
+        let exists = sqlx::query("SELECT 1 AS one FROM deploy_deployments WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+        if exists.is_none() {
+            return Err(not_found("deployment", id));
+        }
+        let rows = sqlx::query(
+            "SELECT doc FROM deploy_events WHERE deployment_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(id.to_string())
+        .bind(i64::try_from(after).unwrap_or(i64::MAX))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(|r| from_json("event", &get::<String>(r, "doc")?)).collect()
+    }
+
+    async fn request_cancel(&self, id: DeploymentId, now: Timestamp) -> Result<Deployment, StoreError> {
+        let mut tx = self.begin().await?;
+        let row = load_header(&mut tx, self.backend, id, true).await?.ok_or_else(|| not_found("deployment", id))?;
+        let status = row.header.status();
+        if status.is_terminal() {
+            return Err(StoreError::AlreadyFinished { deployment: id, status });
+        }
+        let unheld = status == DeploymentStatus::Queued && !row.lease_live(now);
+        let mut header = row.header;
+        header.request_cancel(now);
+        save_header(&mut tx, &header).await?;
+        if unheld {
+            stop_unheld(&mut tx, id, header, DeploymentStatus::Cancelled, "cancelled before it started".into(), now)
+                .await?;
+        }
+        let d = load_deployment(&mut tx, id).await?.ok_or_else(|| not_found("deployment", id))?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(d)
+    }
+
+    async fn claim(&self, owner: &str, now: Timestamp, lease: Duration) -> Result<Option<Claim>, StoreError> {
+        let mut tx = self.begin().await?;
+        // The head of each environment's queue, if nobody holds it. On PostgreSQL, rows another replica is claiming
+        // are skipped rather than waited for.
+        let lock = match self.backend {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+        };
+        let sql = format!(
+            "SELECT d.id FROM deploy_deployments d WHERE d.terminal = 0 \
+             AND (d.lease_expires IS NULL OR d.lease_expires <= $1) \
+             AND d.revision = (SELECT MIN(o.revision) FROM deploy_deployments o \
+                               WHERE o.environment = d.environment AND o.terminal = 0) \
+             ORDER BY d.id LIMIT 1{lock}"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql)).bind(ms(now)).fetch_optional(&mut *tx).await.map_err(unavailable)?;
+        let Some(row) = row else {
+            tx.commit().await.map_err(unavailable)?;
+            return Ok(None);
+        };
+        let id: DeploymentId = get::<String>(&row, "id")?.parse().map_err(|e| corrupt("deployment id", e))?;
+        let expires = deploy_core::add_duration(now, lease);
+        let updated = sqlx::query(
+            "UPDATE deploy_deployments SET lease_owner = $1, lease_token = lease_token + 1, lease_expires = $2 \
+             WHERE id = $3 AND terminal = 0 AND (lease_expires IS NULL OR lease_expires <= $4) RETURNING lease_token",
+        )
+        .bind(owner)
+        .bind(ms(expires))
+        .bind(id.to_string())
+        .bind(ms(now))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        let Some(updated) = updated else {
+            tx.commit().await.map_err(unavailable)?;
+            return Ok(None);
+        };
+        let token: i64 = get(&updated, "lease_token")?;
+        let deployment = load_deployment(&mut tx, id).await?.ok_or_else(|| not_found("deployment", id))?;
+        tx.commit().await.map_err(unavailable)?;
+        let lease = Lease {
+            deployment: id,
+            owner: owner.to_owned(),
+            token: u64::try_from(token).unwrap_or(0),
+            expires_at: from_ms(ms(expires)),
+        };
+        Ok(Some(Claim { deployment, lease }))
+    }
+
+    async fn renew(&self, lease: &Lease, now: Timestamp, duration: Duration) -> Result<(Lease, Control), StoreError> {
+        let mut tx = self.begin().await?;
+        let row = load_header(&mut tx, self.backend, lease.deployment, true)
+            .await?
+            .ok_or_else(|| not_found("deployment", lease.deployment))?;
+        check_token(&row, lease)?;
+        let status = row.header.status();
+        if status.is_terminal() {
+            return Err(StoreError::AlreadyFinished { deployment: lease.deployment, status });
+        }
+        let expires = deploy_core::add_duration(now, duration);
+        sqlx::query("UPDATE deploy_deployments SET lease_expires = $1, lease_owner = $2 WHERE id = $3")
+            .bind(ms(expires))
+            .bind(&lease.owner)
+            .bind(lease.deployment.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        let control =
+            Control { cancel_requested: row.header.cancel_requested(), superseded_by: row.header.superseded_by() };
+        Ok((Lease { expires_at: from_ms(ms(expires)), ..lease.clone() }, control))
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        let row = load_header(&mut tx, self.backend, lease.deployment, true)
+            .await?
+            .ok_or_else(|| not_found("deployment", lease.deployment))?;
+        check_token(&row, lease)?;
+        sqlx::query("UPDATE deploy_deployments SET lease_owner = NULL, lease_expires = NULL WHERE id = $1")
+            .bind(lease.deployment.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)
+    }
+
+    async fn record(&self, lease: &Lease, update: ProgressUpdate) -> Result<Control, StoreError> {
+        let mut tx = self.begin().await?;
+        let row = load_header(&mut tx, self.backend, lease.deployment, true)
+            .await?
+            .ok_or_else(|| not_found("deployment", lease.deployment))?;
+        check_token(&row, lease)?;
+        let control = apply_update(&mut tx, lease.deployment, row.header, update).await?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(control)
+    }
+
+    async fn purge_idempotency_keys(&self, now: Timestamp) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM deploy_idempotency_keys WHERE expires <= $1")
+            .bind(ms(now))
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn create_webhook(&self, subscription: WebhookSubscription) -> Result<WebhookSubscription, StoreError> {
+        sqlx::query("INSERT INTO deploy_webhooks (id, doc, secret) VALUES ($1, $2, $3)")
+            .bind(subscription.id.to_string())
+            .bind(to_json(&subscription)?)
+            .bind(&subscription.secret)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(subscription)
+    }
+
+    async fn list_webhooks(&self) -> Result<Vec<WebhookSubscription>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
+        load_webhooks(&mut conn).await
+    }
+
+    async fn delete_webhook(&self, id: Uuid) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        let done = sqlx::query("DELETE FROM deploy_webhooks WHERE id = $1")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        if done.rows_affected() == 0 {
+            return Err(not_found("webhook", id));
+        }
+        sqlx::query("DELETE FROM deploy_deliveries WHERE subscription_id = $1")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)
+    }
+
+    async fn claim_deliveries(
+        &self,
+        now: Timestamp,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<(WebhookDelivery, WebhookSubscription)>, StoreError> {
+        let mut tx = self.begin().await?;
+        let lock = match self.backend {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR UPDATE OF d SKIP LOCKED",
+        };
+        let sql = format!(
+            "SELECT d.id, d.doc, w.doc AS sub, w.secret FROM deploy_deliveries d \
+             JOIN deploy_webhooks w ON w.id = d.subscription_id \
+             WHERE d.pending = 1 AND (d.due IS NULL OR d.due <= $1) AND (d.hidden_until IS NULL OR d.hidden_until <= $1) \
+             ORDER BY d.id LIMIT $2{lock}"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(ms(now))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        let hidden = ms(deploy_core::add_duration(now, lease));
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let mut sub: WebhookSubscription = from_json("webhook", &get::<String>(r, "sub")?)?;
+            if !sub.active {
+                continue;
+            }
+            sub.secret = get(r, "secret")?;
+            let delivery: WebhookDelivery = from_json("delivery", &get::<String>(r, "doc")?)?;
+            sqlx::query("UPDATE deploy_deliveries SET hidden_until = $1 WHERE id = $2")
+                .bind(hidden)
+                .bind(&delivery.id)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            out.push((delivery, sub));
+        }
+        tx.commit().await.map_err(unavailable)?;
+        Ok(out)
+    }
+
+    async fn complete_delivery(&self, id: &str, outcome: DeliveryOutcome, now: Timestamp) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        let sql = format!("SELECT doc FROM deploy_deliveries WHERE id = $1{}", self.backend.for_update());
+        let row = sqlx::query(AssertSqlSafe(sql)).bind(id).fetch_optional(&mut *tx).await.map_err(unavailable)?;
+        let row = row.ok_or_else(|| not_found("delivery", id))?;
+        let mut d: WebhookDelivery = from_json("delivery", &get::<String>(&row, "doc")?)?;
+        d.attempts += 1;
+        let mut disable = false;
+        match outcome {
+            DeliveryOutcome::Delivered { status_code } => {
+                d.status = DeliveryStatus::Delivered;
+                d.last_status_code = Some(status_code);
+                d.delivered_at = Some(now);
+                d.next_attempt_at = None;
+            }
+            DeliveryOutcome::Retry { status_code, next_attempt_at } => {
+                d.last_status_code = status_code;
+                d.next_attempt_at = Some(next_attempt_at);
+            }
+            DeliveryOutcome::GiveUp { status_code } => {
+                d.status = DeliveryStatus::Failed;
+                d.last_status_code = status_code;
+                d.next_attempt_at = None;
+            }
+            DeliveryOutcome::Gone => {
+                d.status = DeliveryStatus::Failed;
+                d.last_status_code = Some(410);
+                d.next_attempt_at = None;
+                disable = true;
+            }
+        }
+        sqlx::query("UPDATE deploy_deliveries SET doc = $1, pending = $2, due = $3, hidden_until = NULL WHERE id = $4")
+            .bind(to_json(&d)?)
+            .bind(i64::from(d.status == DeliveryStatus::Pending))
+            .bind(d.next_attempt_at.map(ms))
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        if disable {
+            let sql = format!("SELECT doc FROM deploy_webhooks WHERE id = $1{}", self.backend.for_update());
+            let row = sqlx::query(AssertSqlSafe(sql))
+                .bind(d.subscription_id.to_string())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            if let Some(row) = row {
+                let mut sub: WebhookSubscription = from_json("webhook", &get::<String>(&row, "doc")?)?;
+                sub.active = false;
+                sub.disabled_reason = Some("the receiver answered 410 Gone".to_owned());
+                sqlx::query("UPDATE deploy_webhooks SET doc = $1 WHERE id = $2")
+                    .bind(to_json(&sub)?)
+                    .bind(sub.id.to_string())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+            }
+        }
+        tx.commit().await.map_err(unavailable)
+    }
+
+    async fn list_deliveries(&self, subscription: Uuid, page: &PageRequest) -> Result<Page<WebhookDelivery>, StoreError> {
+        let limit = page.clamped_limit();
+        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
+        let exists = sqlx::query("SELECT 1 AS one FROM deploy_webhooks WHERE id = $1")
+            .bind(subscription.to_string())
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+        if exists.is_none() {
+            return Err(not_found("webhook", subscription));
+        }
+        let rows = sqlx::query(
+            "SELECT doc FROM deploy_deliveries WHERE subscription_id = $1 AND ($2 = '' OR id < $2) \
+             ORDER BY id DESC LIMIT $3",
+        )
+        .bind(subscription.to_string())
+        .bind(page.cursor.clone().unwrap_or_default())
+        .bind(i64::try_from(limit + 1).unwrap_or(i64::MAX))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+        let mut items: Vec<WebhookDelivery> =
+            rows.iter().map(|r| from_json("delivery", &get::<String>(r, "doc")?)).collect::<Result<_, _>>()?;
+        let next_cursor = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(|d| d.id.clone())
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+}
+
+fn check_token(row: &HeaderRow, lease: &Lease) -> Result<(), StoreError> {
+    if u64::try_from(row.lease_token).ok() != Some(lease.token) {
+        return Err(StoreError::StaleToken { deployment: lease.deployment, token: lease.token });
+    }
+    Ok(())
+}

@@ -1,0 +1,41 @@
+//! Opening fresh stores for tests: SQLite in a new temporary directory, PostgreSQL in a new database of
+//! `DEPLOY_TEST_PG_URL` (skipped, with a message, when the variable is not set).
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+
+use deploy_sql::SqlStore;
+
+/// A new, empty directory under the system temporary directory.
+pub(crate) fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("deploy-sql-{tag}-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A fresh SQLite store in its own directory.
+pub(crate) async fn sqlite(tag: &str) -> (SqlStore, PathBuf) {
+    let dir = temp_dir(tag);
+    (SqlStore::sqlite(&dir).await.unwrap(), dir)
+}
+
+/// The URL of a fresh PostgreSQL database, or `None` (after saying so) when `DEPLOY_TEST_PG_URL` is not set.
+pub(crate) async fn postgres_url(test: &str) -> Option<String> {
+    let Ok(base) = std::env::var("DEPLOY_TEST_PG_URL") else {
+        eprintln!("skipped {test}: DEPLOY_TEST_PG_URL is not set");
+        return None;
+    };
+    sqlx::any::install_default_drivers();
+    let admin = sqlx::any::AnyPoolOptions::new().max_connections(1).connect(&base).await.unwrap();
+    let name = format!("deploy_test_{}", uuid::Uuid::now_v7().simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.unwrap();
+    admin.close().await;
+    let (prefix, _) = base.rsplit_once('/').expect("a URL ending in /database");
+    Some(format!("{prefix}/{name}"))
+}
+
+/// A fresh PostgreSQL store, or `None` when PostgreSQL tests are not configured.
+pub(crate) async fn postgres(test: &str) -> Option<SqlStore> {
+    let url = postgres_url(test).await?;
+    Some(SqlStore::postgres(&url).await.unwrap())
+}

@@ -1,0 +1,80 @@
+//! Both stores pass the testkit's store conformance suite, and opening refuses what it must.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use deploy_sql::{OpenError, SCHEMA_VERSION, SqlStore};
+use deploy_testkit::conformance;
+
+async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(300), f).await.expect("finished in time")
+}
+
+#[tokio::test]
+async fn sqlite_store_passes_the_store_suite() {
+    within(async {
+        let (store, _dir) = common::sqlite("conformance").await;
+        conformance::store::run_all(&store).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_store_passes_the_store_suite() {
+    within(async {
+        let Some(store) = common::postgres("postgres_store_passes_the_store_suite").await else { return };
+        conformance::store::run_all(&store).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sqlite_state_survives_reopening() {
+    within(async {
+        use deploy_core::Store;
+        let (store, dir) = common::sqlite("reopen").await;
+        let name = deploy_testkit::fixtures::env_name("prod");
+        let spec = deploy_testkit::fixtures::environment(&["a"], "scripted", Default::default());
+        store.put_environment(&name, spec, None, time::OffsetDateTime::now_utc()).await.unwrap();
+        store.close().await;
+        let again = SqlStore::sqlite(&dir).await.unwrap();
+        assert_eq!(again.get_environment(&name).await.unwrap().revision.get(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_file_that_is_not_a_database_is_refused() {
+    within(async {
+        let dir = common::temp_dir("garbage");
+        let file = dir.join("deploy.sqlite");
+        std::fs::write(&file, vec![0x42u8; 8192]).unwrap();
+        match SqlStore::sqlite(&file).await {
+            Err(e @ OpenError::NotADatabase { .. }) => assert!(e.to_string().contains("is not an SQLite database")),
+            other => panic!("expected NotADatabase, got {other:?}"),
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_database_from_a_newer_binary_is_refused() {
+    within(async {
+        let (store, dir) = common::sqlite("newer").await;
+        sqlx::query("INSERT INTO deploy_schema (version) VALUES ($1)")
+            .bind(SCHEMA_VERSION + 1)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        store.close().await;
+        match SqlStore::sqlite(&dir).await {
+            Err(OpenError::SchemaTooNew { found, supported }) => {
+                assert_eq!((found, supported), (SCHEMA_VERSION + 1, SCHEMA_VERSION));
+            }
+            other => panic!("expected SchemaTooNew, got {other:?}"),
+        }
+    })
+    .await;
+}
