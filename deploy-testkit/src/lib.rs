@@ -35,4 +35,4 @@ pub mod strategies;
 pub use clock::TestClock;
 pub use fixtures::Harness;
 pub use memory::MemoryStore;
-pub use scripted::{Call, Fault, ScriptedExecutor};
+pub use scripted::{Call, Fault, ScriptedExecutor, misuses};

@@ -100,6 +100,20 @@ fn misuse(name: &str, what: &str) -> ! {
     panic!("{name}: {what}")
 }
 
+/// Every misuse any scripted executor saw, so a test can find panics that happened inside a spawned task.
+static MISUSES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// The misuses (unregistered targets, concurrent changes to one target) reported so far in this process.
+#[must_use]
+pub fn misuses() -> Vec<String> {
+    MISUSES.lock().unwrap_or_else(PoisonError::into_inner).clone()
+}
+
+fn report(name: &str, what: &str) -> ! {
+    MISUSES.lock().unwrap_or_else(PoisonError::into_inner).push(format!("{name}: {what}"));
+    misuse(name, what)
+}
+
 impl ScriptedExecutor {
     /// An executor named `name` (the name appears in its panics) with no targets.
     #[must_use]
@@ -179,7 +193,7 @@ impl ScriptedExecutor {
     fn record(&self, op: &str, target: &Target, version: Option<&Version>) -> State2 {
         let mut st = self.lock();
         if !st.actual.contains_key(&target.id) {
-            misuse(&self.name, &format!("{op} called for unregistered target {}", target.id));
+            report(&self.name, &format!("{op} called for unregistered target {}", target.id));
         }
         st.calls.push(Call { op: op.to_owned(), target: target.id.clone(), version: version.cloned() });
         let requested = st.requested.get(&target.id).cloned();
@@ -196,7 +210,7 @@ impl ScriptedExecutor {
     fn begin_change(&self, target: &TargetId) {
         let mut st = self.lock();
         if !st.changing.insert(target.clone()) {
-            misuse(&self.name, &format!("two changes to target {target} at once"));
+            report(&self.name, &format!("two changes to target {target} at once"));
         }
         st.concurrent += 1;
         st.max_concurrent = st.max_concurrent.max(st.concurrent);
