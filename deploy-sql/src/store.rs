@@ -197,6 +197,122 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
     e.as_database_error().is_some_and(|d| d.kind() == sqlx::error::ErrorKind::UniqueViolation)
 }
 
+/// Rows per multi-row statement: far below both databases' limits on bound parameters.
+const CHUNK: usize = 500;
+
+/// `(CAST($1 AS BIGINT), $2, $3), (...)`: `rows` tuples of `casts.len()` parameters numbered from `first`; a column
+/// whose cast is not empty is cast, so PostgreSQL knows its type inside `VALUES`.
+fn tuples(rows: usize, casts: &[&str], first: usize) -> String {
+    let mut out = String::with_capacity(rows * casts.len() * 8);
+    let mut n = first;
+    for r in 0..rows {
+        out.push_str(if r == 0 { "(" } else { ", (" });
+        for (c, cast) in casts.iter().enumerate() {
+            if c > 0 {
+                out.push_str(", ");
+            }
+            if cast.is_empty() {
+                out.push_str(&format!("${n}"));
+            } else {
+                out.push_str(&format!("CAST(${n} AS {cast})"));
+            }
+            n += 1;
+        }
+        out.push(')');
+    }
+    out
+}
+
+fn int(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+async fn insert_targets(conn: &mut AnyConnection, id: DeploymentId, targets: &[TargetProgress]) -> Result<(), StoreError> {
+    for (c, chunk) in targets.chunks(CHUNK).enumerate() {
+        let sql = format!(
+            "INSERT INTO deploy_deployment_targets (deployment_id, idx, target_id, doc) VALUES {}",
+            tuples(chunk.len(), &["", "BIGINT", "", ""], 1)
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for (i, t) in chunk.iter().enumerate() {
+            q = q.bind(id.to_string()).bind(int(c * CHUNK + i)).bind(t.id.as_str()).bind(to_json(t)?);
+        }
+        q.execute(&mut *conn).await.map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+/// Rewrites target rows, checking each entry names the target stored at its position.
+async fn update_targets(
+    conn: &mut AnyConnection,
+    id: DeploymentId,
+    entries: &[(usize, TargetProgress)],
+) -> Result<(), StoreError> {
+    // One update may carry a target twice (verifying, then succeeded): the last entry wins.
+    let mut last: std::collections::BTreeMap<usize, &TargetProgress> = std::collections::BTreeMap::new();
+    for (index, entry) in entries {
+        if let Some(previous) = last.get(index) {
+            if previous.id != entry.id {
+                return Err(StoreError::Update(UpdateError::UnknownTarget { index: *index }));
+            }
+        }
+        last.insert(*index, entry);
+    }
+    let rows: Vec<(usize, &TargetProgress)> = last.into_iter().collect();
+    for chunk in rows.chunks(CHUNK) {
+        let sql = format!(
+            "UPDATE deploy_deployment_targets SET doc = v.column3 FROM (VALUES {}) AS v \
+             WHERE deploy_deployment_targets.deployment_id = $1 AND deploy_deployment_targets.idx = v.column1 \
+             AND deploy_deployment_targets.target_id = v.column2",
+            tuples(chunk.len(), &["BIGINT", "", ""], 2)
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(id.to_string());
+        for (index, entry) in chunk {
+            q = q.bind(int(*index)).bind(entry.id.as_str()).bind(to_json(*entry)?);
+        }
+        let done = q.execute(&mut *conn).await.map_err(unavailable)?;
+        if usize::try_from(done.rows_affected()).ok() != Some(chunk.len()) {
+            let index = chunk.first().map_or(0, |(i, _)| *i);
+            return Err(StoreError::Update(UpdateError::UnknownTarget { index }));
+        }
+    }
+    Ok(())
+}
+
+/// Applies environment observations: for each target the last desired and the last actual state given.
+async fn observe_targets(
+    conn: &mut AnyConnection,
+    environment: &EnvironmentName,
+    observations: Vec<deploy_core::TargetObservation>,
+) -> Result<(), StoreError> {
+    let mut merged: std::collections::BTreeMap<String, (Option<String>, Option<String>)> =
+        std::collections::BTreeMap::new();
+    for o in observations {
+        let slot = merged.entry(o.target.to_string()).or_default();
+        if let Some(d) = o.desired.as_deref() {
+            slot.0 = Some(to_json(d)?);
+        }
+        if let Some(a) = &o.actual {
+            slot.1 = Some(to_json(a)?);
+        }
+    }
+    let rows: Vec<_> = merged.into_iter().collect();
+    for chunk in rows.chunks(CHUNK) {
+        let sql = format!(
+            "UPDATE deploy_environment_targets SET desired = COALESCE(v.column2, desired), \
+             actual = COALESCE(v.column3, actual) FROM (VALUES {}) AS v \
+             WHERE deploy_environment_targets.environment = $1 AND deploy_environment_targets.id = v.column1",
+            tuples(chunk.len(), &["", "TEXT", "TEXT"], 2)
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(environment.as_str());
+        for (target, (desired, actual)) in chunk {
+            q = q.bind(target.as_str()).bind(desired.clone()).bind(actual.clone());
+        }
+        q.execute(&mut *conn).await.map_err(unavailable)?;
+    }
+    Ok(())
+}
+
 /// A deployment header as stored, with its lease.
 struct HeaderRow {
     header: Deployment,
@@ -268,6 +384,24 @@ async fn load_environment(
     let revision: i64 = get(&row, "revision")?;
     let concurrency: String = get(&row, "concurrency")?;
     let require: i64 = get(&row, "require_if_match")?;
+    let targets = load_env_targets(conn, name).await?;
+    let (active_deployment, queued) = load_open(conn, name).await?;
+    Ok(Some(Environment {
+        name: name.clone(),
+        revision: Revision::new(u64::try_from(revision).unwrap_or(0)),
+        concurrency: parse_policy(&concurrency)?,
+        require_if_match: require != 0,
+        active_deployment,
+        queued,
+        targets,
+    }))
+}
+
+fn parse_policy(s: &str) -> Result<ConcurrencyPolicy, StoreError> {
+    from_json("concurrency", &format!("\"{s}\""))
+}
+
+async fn load_env_targets(conn: &mut AnyConnection, name: &EnvironmentName) -> Result<Vec<EnvironmentTarget>, StoreError> {
     let rows = sqlx::query(
         "SELECT definition, desired, actual FROM deploy_environment_targets WHERE environment = $1 ORDER BY idx",
     )
@@ -289,6 +423,14 @@ async fn load_environment(
             actual: actual.map(|a| from_json::<ActualState>("actual state", &a)).transpose()?,
         });
     }
+    Ok(targets)
+}
+
+/// The environment's active deployment and its queue, in acceptance order.
+async fn load_open(
+    conn: &mut AnyConnection,
+    name: &EnvironmentName,
+) -> Result<(Option<DeploymentId>, Vec<DeploymentId>), StoreError> {
     let open = sqlx::query(
         "SELECT id, status FROM deploy_deployments WHERE environment = $1 AND terminal = 0 ORDER BY revision",
     )
@@ -307,15 +449,7 @@ async fn load_environment(
             queued.push(id);
         }
     }
-    Ok(Some(Environment {
-        name: name.clone(),
-        revision: Revision::new(u64::try_from(revision).unwrap_or(0)),
-        concurrency: from_json("concurrency", &format!("\"{concurrency}\""))?,
-        require_if_match: require != 0,
-        active_deployment: active,
-        queued,
-        targets,
-    }))
+    Ok((active, queued))
 }
 
 fn policy_name(p: ConcurrencyPolicy) -> &'static str {
@@ -366,29 +500,33 @@ async fn next_seq(conn: &mut AnyConnection, id: DeploymentId) -> Result<u64, Sto
     Ok(u64::try_from(s).unwrap_or(0) + 1)
 }
 
-/// Appends events and, in the same transaction, the webhook deliveries they match.
+/// Appends events (numbered from `first_seq`, or after the last stored one) and, in the same transaction, the webhook
+/// deliveries they match.
 async fn append_events(
     conn: &mut AnyConnection,
     id: DeploymentId,
     environment: &EnvironmentName,
     events: Vec<NewEvent>,
+    first_seq: Option<u64>,
 ) -> Result<(), StoreError> {
     if events.is_empty() {
         return Ok(());
     }
-    let mut seq = next_seq(conn, id).await?;
-    let mut numbered = Vec::with_capacity(events.len());
-    for e in events {
-        let event = e.numbered(id, seq);
-        sqlx::query("INSERT INTO deploy_events (deployment_id, seq, doc) VALUES ($1, $2, $3)")
-            .bind(id.to_string())
-            .bind(i64::try_from(seq).unwrap_or(i64::MAX))
-            .bind(to_json(&event)?)
-            .execute(&mut *conn)
-            .await
-            .map_err(unavailable)?;
-        numbered.push(event);
-        seq += 1;
+    let first = match first_seq {
+        Some(s) => s,
+        None => next_seq(conn, id).await?,
+    };
+    let numbered: Vec<Event> = events.into_iter().zip(first..).map(|(e, seq)| e.numbered(id, seq)).collect();
+    for chunk in numbered.chunks(CHUNK) {
+        let sql = format!(
+            "INSERT INTO deploy_events (deployment_id, seq, doc) VALUES {}",
+            tuples(chunk.len(), &["", "BIGINT", ""], 1)
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for event in chunk {
+            q = q.bind(id.to_string()).bind(i64::try_from(event.seq).unwrap_or(i64::MAX)).bind(to_json(event)?);
+        }
+        q.execute(&mut *conn).await.map_err(unavailable)?;
     }
     let subscriptions = load_webhooks(conn).await?;
     let matching: Vec<(&Event, &WebhookSubscription)> = numbered
@@ -456,21 +594,7 @@ async fn apply_update(
         other => StoreError::Update(other),
     })?;
     let ProgressUpdate { targets, events, observations, .. } = update;
-    for (index, entry) in &targets {
-        let done = sqlx::query(
-            "UPDATE deploy_deployment_targets SET doc = $1 WHERE deployment_id = $2 AND idx = $3 AND target_id = $4",
-        )
-        .bind(to_json(entry)?)
-        .bind(id.to_string())
-        .bind(i64::try_from(*index).unwrap_or(i64::MAX))
-        .bind(entry.id.as_str())
-        .execute(&mut *conn)
-        .await
-        .map_err(unavailable)?;
-        if done.rows_affected() != 1 {
-            return Err(StoreError::Update(UpdateError::UnknownTarget { index: *index }));
-        }
-    }
+    update_targets(conn, id, &targets).await?;
     let terminal = header.status().is_terminal();
     let environment = header.environment().clone();
     let lease_clause = if terminal { ", lease_owner = NULL, lease_expires = NULL" } else { "" };
@@ -485,20 +609,8 @@ async fn apply_update(
     .execute(&mut *conn)
     .await
     .map_err(unavailable)?;
-    for o in observations {
-        sqlx::query(
-            "UPDATE deploy_environment_targets SET desired = COALESCE($1, desired), actual = COALESCE($2, actual) \
-             WHERE environment = $3 AND id = $4",
-        )
-        .bind(o.desired.as_deref().map(to_json).transpose()?)
-        .bind(o.actual.as_ref().map(to_json).transpose()?)
-        .bind(environment.as_str())
-        .bind(o.target.as_str())
-        .execute(&mut *conn)
-        .await
-        .map_err(unavailable)?;
-    }
-    append_events(conn, id, &environment, events).await?;
+    observe_targets(conn, &environment, observations).await?;
+    append_events(conn, id, &environment, events, None).await?;
     Ok(Control { cancel_requested: header.cancel_requested(), superseded_by: header.superseded_by() })
 }
 
@@ -532,10 +644,20 @@ impl SqlStore {
         let mut tx = self.begin().await?;
         let Acceptance { draft, idempotency, expected_revision, now } = acceptance;
         let env_name = draft.spec.environment().clone();
-        // Locking the environment row serializes acceptances per environment across replicas.
-        let env = load_environment(&mut tx, self.backend, &env_name, true)
-            .await?
-            .ok_or_else(|| not_found("environment", &env_name))?;
+        // Bumping the revision first takes the environment's row lock, which serializes acceptances per environment
+        // across replicas; every early return below drops the transaction, which undoes the bump.
+        let bumped = sqlx::query(
+            "UPDATE deploy_environments SET revision = revision + 1 WHERE name = $1 \
+             RETURNING revision, concurrency, require_if_match",
+        )
+        .bind(env_name.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| not_found("environment", &env_name))?;
+        let current = Revision::new(u64::try_from(get::<i64>(&bumped, "revision")? - 1).unwrap_or(0));
+        let concurrency = parse_policy(&get::<String>(&bumped, "concurrency")?)?;
+        let require_if_match = get::<i64>(&bumped, "require_if_match")? != 0;
         if let Some(rec) = &idempotency {
             let row = sqlx::query(
                 "SELECT fingerprint, deployment_id FROM deploy_idempotency_keys WHERE scope = $1 AND key = $2 AND expires > $3",
@@ -554,17 +676,30 @@ impl SqlStore {
                 let id: DeploymentId =
                     get::<String>(&row, "deployment_id")?.parse().map_err(|e| corrupt("deployment id", e))?;
                 let deployment = load_deployment(&mut tx, id).await?.ok_or_else(|| not_found("deployment", id))?;
-                tx.commit().await.map_err(unavailable)?;
+                // Dropping the transaction undoes the revision bump: a replay changes nothing.
                 return Ok(Accepted { deployment, replayed: true });
             }
         }
         match expected_revision {
-            None if env.require_if_match => return Err(StoreError::PreconditionRequired { environment: env_name }),
-            Some(expected) if expected != env.revision => {
-                return Err(StoreError::PreconditionFailed { expected, current: env.revision });
+            None if require_if_match => return Err(StoreError::PreconditionRequired { environment: env_name }),
+            Some(expected) if expected != current => {
+                return Err(StoreError::PreconditionFailed { expected, current });
             }
             _ => {}
         }
+        let (active_deployment, queued) = match concurrency {
+            ConcurrencyPolicy::Queue => (None, Vec::new()),
+            ConcurrencyPolicy::Reject | ConcurrencyPolicy::Supersede => load_open(&mut tx, &env_name).await?,
+        };
+        let env = Environment {
+            name: env_name.clone(),
+            revision: current,
+            concurrency,
+            require_if_match,
+            active_deployment,
+            queued,
+            targets: load_env_targets(&mut tx, &env_name).await?,
+        };
         let deployment = Deployment::plan(draft, &env, now).map_err(StoreError::Invalid)?;
         let id = deployment.id();
         let older: Vec<DeploymentId> = env.active_deployment.iter().chain(env.queued.iter()).copied().collect();
@@ -590,12 +725,6 @@ impl SqlStore {
             }
         }
         let revision = deployment.revision();
-        sqlx::query("UPDATE deploy_environments SET revision = $1 WHERE name = $2")
-            .bind(i64::try_from(revision.get()).unwrap_or(i64::MAX))
-            .bind(env_name.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
         sqlx::query(
             "INSERT INTO deploy_deployments (id, environment, revision, service, status, terminal, header, lease_owner, \
              lease_token, lease_expires) VALUES ($1, $2, $3, $4, $5, 0, $6, NULL, 0, NULL)",
@@ -609,18 +738,7 @@ impl SqlStore {
         .execute(&mut *tx)
         .await
         .map_err(unavailable)?;
-        for (i, t) in deployment.targets().iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO deploy_deployment_targets (deployment_id, idx, target_id, doc) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(id.to_string())
-            .bind(i64::try_from(i).unwrap_or(i64::MAX))
-            .bind(t.id.as_str())
-            .bind(to_json(t)?)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        }
+        insert_targets(&mut tx, id, deployment.targets()).await?;
         if let Some(rec) = idempotency {
             // An expired key of the same name is replaced.
             sqlx::query("DELETE FROM deploy_idempotency_keys WHERE scope = $1 AND key = $2")
@@ -652,7 +770,7 @@ impl SqlStore {
                 deployment.targets().len()
             ),
         );
-        append_events(&mut tx, id, &env_name, vec![queued]).await?;
+        append_events(&mut tx, id, &env_name, vec![queued], Some(1)).await?;
         tx.commit().await.map_err(unavailable)?;
         Ok(Accepted { deployment, replayed: false })
     }
