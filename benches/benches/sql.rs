@@ -58,8 +58,13 @@ async fn stores() -> Vec<(&'static str, SqlStore)> {
 
 fn acceptance(env: &str, version: &str) -> Acceptance {
     let spec = ok(
-        DeploymentRequest { environment: env.into(), service: "svc".into(), version: version.into(), ..Default::default() }
-            .validate(),
+        DeploymentRequest {
+            environment: env.into(),
+            service: "svc".into(),
+            version: version.into(),
+            ..Default::default()
+        }
+        .validate(),
         "spec",
     );
     Acceptance {
@@ -109,7 +114,8 @@ fn sql(c: &mut Criterion) {
                     let accepted = ok(rt.block_on(store.accept(acceptance("small", &format!("v{i}")))), "accept");
                     total += start.elapsed();
                     // Keep the queue short, as in life: cancel it outside the timed part.
-                    let _ = rt.block_on(store.request_cancel(accepted.deployment.id(), time::OffsetDateTime::now_utc()));
+                    let _ =
+                        rt.block_on(store.request_cancel(accepted.deployment.id(), time::OffsetDateTime::now_utc()));
                 }
                 total
             });
@@ -117,7 +123,8 @@ fn sql(c: &mut Criterion) {
 
         // Progress: one transaction carrying 100 target entries and their events.
         let accepted = ok(rt.block_on(store.accept(acceptance("bench", "2"))), "accept");
-        let claim = ok(rt.block_on(store.claim("bench", time::OffsetDateTime::now_utc(), Duration::from_secs(3600))), "claim");
+        let claim =
+            ok(rt.block_on(store.claim("bench", time::OffsetDateTime::now_utc(), Duration::from_secs(3600))), "claim");
         let claim = match claim {
             Some(c) if c.deployment.id() == accepted.deployment.id() => c,
             other => panic!("expected to claim the bench deployment, got {other:?}"),

@@ -616,10 +616,11 @@ impl Deployment {
         if self.status.is_terminal() {
             return Err(UpdateError::AlreadyFinished(self.status));
         }
-        if let Some(change) = &update.status {
-            if change.status != self.status && !self.status.can_become(change.status) {
-                return Err(UpdateError::IllegalTransition { from: self.status, to: change.status });
-            }
+        if let Some(change) = &update.status
+            && change.status != self.status
+            && !self.status.can_become(change.status)
+        {
+            return Err(UpdateError::IllegalTransition { from: self.status, to: change.status });
         }
         self.finish_apply(update.now, update.status.as_ref(), update.progressed);
         Ok(())

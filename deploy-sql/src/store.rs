@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deploy_core::{
-    Accepted, Acceptance, ActualState, Claim, ConcurrencyPolicy, Control, DeliveryOutcome, DeliveryStatus, Deployment,
+    Acceptance, Accepted, ActualState, Claim, ConcurrencyPolicy, Control, DeliveryOutcome, DeliveryStatus, Deployment,
     DeploymentFilter, DeploymentId, DeploymentStatus, DesiredState, Environment, EnvironmentName, EnvironmentSpec,
     EnvironmentTarget, EnvironmentWrite, Event, Lease, NewEvent, Page, PageRequest, ProgressUpdate, Revision, Store,
     StoreError, TargetDefinition, TargetProgress, Timestamp, UpdateError, ValidationErrors, WebhookDelivery,
@@ -227,19 +227,86 @@ fn int(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-async fn insert_targets(conn: &mut AnyConnection, id: DeploymentId, targets: &[TargetProgress]) -> Result<(), StoreError> {
-    for (c, chunk) in targets.chunks(CHUNK).enumerate() {
+async fn insert_targets_from(
+    conn: &mut AnyConnection,
+    id: DeploymentId,
+    targets: &[TargetProgress],
+    start: usize,
+) -> Result<(), StoreError> {
+    let rest = targets.get(start..).unwrap_or_default();
+    for (c, chunk) in rest.chunks(CHUNK).enumerate() {
         let sql = format!(
             "INSERT INTO deploy_deployment_targets (deployment_id, idx, target_id, doc) VALUES {}",
             tuples(chunk.len(), &["", "BIGINT", "", ""], 1)
         );
         let mut q = sqlx::query(AssertSqlSafe(sql));
         for (i, t) in chunk.iter().enumerate() {
-            q = q.bind(id.to_string()).bind(int(c * CHUNK + i)).bind(t.id.as_str()).bind(to_json(t)?);
+            q = q.bind(id.to_string()).bind(int(start + c * CHUNK + i)).bind(t.id.as_str()).bind(to_json(t)?);
         }
         q.execute(&mut *conn).await.map_err(unavailable)?;
     }
     Ok(())
+}
+
+/// Writes a new deployment: its row, its first targets and its `deployment.queued` event, in one statement on
+/// PostgreSQL (data-modifying CTEs) and three on SQLite; targets beyond the first chunk follow in chunks.
+async fn insert_new_deployment(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    deployment: &Deployment,
+    queued: &Event,
+) -> Result<(), StoreError> {
+    let id = deployment.id();
+    let head = &deployment.targets()[..deployment.targets().len().min(CHUNK)];
+    let deployment_row = "INSERT INTO deploy_deployments (id, environment, revision, service, status, terminal, \
+                          header, lease_owner, lease_token, lease_expires) \
+                          VALUES ($1, $2, CAST($3 AS BIGINT), $4, $5, 0, $6, NULL, 0, NULL)";
+    let event_row = "INSERT INTO deploy_events (deployment_id, seq, doc) VALUES ($1, 1, $7)";
+    let targets_rows = format!(
+        "INSERT INTO deploy_deployment_targets (deployment_id, idx, target_id, doc) VALUES {}",
+        target_tuples(head.len(), 8)
+    );
+    let bind_all =
+        |sql: String| -> Result<sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments>, StoreError> {
+            let mut q = sqlx::query(AssertSqlSafe(sql))
+                .bind(id.to_string())
+                .bind(deployment.environment().to_string())
+                .bind(int(usize::try_from(deployment.revision().get()).unwrap_or(usize::MAX)))
+                .bind(deployment.service().to_string())
+                .bind(deployment.status().as_str())
+                .bind(to_json(&deployment.header())?)
+                .bind(to_json(queued)?);
+            for (i, t) in head.iter().enumerate() {
+                q = q.bind(int(i)).bind(t.id.to_string()).bind(to_json(t)?);
+            }
+            Ok(q)
+        };
+    match backend {
+        Backend::Postgres => {
+            let sql = format!("WITH d AS ({deployment_row}), e AS ({event_row}) {targets_rows}");
+            bind_all(sql)?.execute(&mut *conn).await.map_err(unavailable)?;
+        }
+        Backend::Sqlite => {
+            // SQLite has no data-modifying CTEs; every statement gets the same parameters and uses its own.
+            for sql in [deployment_row.to_owned(), event_row.to_owned(), targets_rows] {
+                bind_all(sql)?.execute(&mut *conn).await.map_err(unavailable)?;
+            }
+        }
+    }
+    if deployment.targets().len() > CHUNK {
+        insert_targets_from(conn, id, deployment.targets(), CHUNK).await?;
+    }
+    Ok(())
+}
+
+/// `($1, CAST($n AS BIGINT), $n+1, $n+2), ...`: target rows of a new deployment whose id is parameter 1.
+fn target_tuples(rows: usize, first: usize) -> String {
+    let mut out = String::new();
+    for r in 0..rows {
+        let n = first + r * 3;
+        out.push_str(&format!("{}($1, CAST(${n} AS BIGINT), ${}, ${})", if r == 0 { "" } else { ", " }, n + 1, n + 2));
+    }
+    out
 }
 
 /// Rewrites target rows, checking each entry names the target stored at its position.
@@ -251,10 +318,10 @@ async fn update_targets(
     // One update may carry a target twice (verifying, then succeeded): the last entry wins.
     let mut last: std::collections::BTreeMap<usize, &TargetProgress> = std::collections::BTreeMap::new();
     for (index, entry) in entries {
-        if let Some(previous) = last.get(index) {
-            if previous.id != entry.id {
-                return Err(StoreError::Update(UpdateError::UnknownTarget { index: *index }));
-            }
+        if let Some(previous) = last.get(index)
+            && previous.id != entry.id
+        {
+            return Err(StoreError::Update(UpdateError::UnknownTarget { index: *index }));
         }
         last.insert(*index, entry);
     }
@@ -337,7 +404,8 @@ async fn load_header(
         "SELECT header, lease_owner, lease_token, lease_expires FROM deploy_deployments WHERE id = $1{}",
         if lock { backend.for_update() } else { "" }
     );
-    let row = sqlx::query(AssertSqlSafe(sql)).bind(id.to_string()).fetch_optional(&mut *conn).await.map_err(unavailable)?;
+    let row =
+        sqlx::query(AssertSqlSafe(sql)).bind(id.to_string()).fetch_optional(&mut *conn).await.map_err(unavailable)?;
     let Some(row) = row else { return Ok(None) };
     let header: String = get(&row, "header")?;
     Ok(Some(HeaderRow {
@@ -379,7 +447,8 @@ async fn load_environment(
         "SELECT revision, concurrency, require_if_match FROM deploy_environments WHERE name = $1{}",
         if lock { backend.for_update() } else { "" }
     );
-    let row = sqlx::query(AssertSqlSafe(sql)).bind(name.as_str()).fetch_optional(&mut *conn).await.map_err(unavailable)?;
+    let row =
+        sqlx::query(AssertSqlSafe(sql)).bind(name.as_str()).fetch_optional(&mut *conn).await.map_err(unavailable)?;
     let Some(row) = row else { return Ok(None) };
     let revision: i64 = get(&row, "revision")?;
     let concurrency: String = get(&row, "concurrency")?;
@@ -401,7 +470,10 @@ fn parse_policy(s: &str) -> Result<ConcurrencyPolicy, StoreError> {
     from_json("concurrency", &format!("\"{s}\""))
 }
 
-async fn load_env_targets(conn: &mut AnyConnection, name: &EnvironmentName) -> Result<Vec<EnvironmentTarget>, StoreError> {
+async fn load_env_targets(
+    conn: &mut AnyConnection,
+    name: &EnvironmentName,
+) -> Result<Vec<EnvironmentTarget>, StoreError> {
     let rows = sqlx::query(
         "SELECT definition, desired, actual FROM deploy_environment_targets WHERE environment = $1 ORDER BY idx",
     )
@@ -528,6 +600,16 @@ async fn append_events(
         }
         q.execute(&mut *conn).await.map_err(unavailable)?;
     }
+    enqueue_deliveries(conn, id, environment, &numbered).await
+}
+
+/// Writes the webhook deliveries that `events` match (the caller's transaction makes them atomic with the events).
+async fn enqueue_deliveries(
+    conn: &mut AnyConnection,
+    id: DeploymentId,
+    environment: &EnvironmentName,
+    numbered: &[Event],
+) -> Result<(), StoreError> {
     let subscriptions = load_webhooks(conn).await?;
     let matching: Vec<(&Event, &WebhookSubscription)> = numbered
         .iter()
@@ -571,8 +653,10 @@ async fn append_events(
 }
 
 async fn load_webhooks(conn: &mut AnyConnection) -> Result<Vec<WebhookSubscription>, StoreError> {
-    let rows =
-        sqlx::query("SELECT doc, secret FROM deploy_webhooks ORDER BY id").fetch_all(&mut *conn).await.map_err(unavailable)?;
+    let rows = sqlx::query("SELECT doc, secret FROM deploy_webhooks ORDER BY id")
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(unavailable)?;
     rows.iter()
         .map(|r| {
             let mut s: WebhookSubscription = from_json("webhook", &get::<String>(r, "doc")?)?;
@@ -648,7 +732,7 @@ impl SqlStore {
         // across replicas; every early return below drops the transaction, which undoes the bump.
         let bumped = sqlx::query(
             "UPDATE deploy_environments SET revision = revision + 1 WHERE name = $1 \
-             RETURNING revision, concurrency, require_if_match",
+             RETURNING revision, concurrency, require_if_match, (SELECT COUNT(*) FROM deploy_webhooks) AS hooks",
         )
         .bind(env_name.as_str())
         .fetch_optional(&mut *tx)
@@ -658,6 +742,7 @@ impl SqlStore {
         let current = Revision::new(u64::try_from(get::<i64>(&bumped, "revision")? - 1).unwrap_or(0));
         let concurrency = parse_policy(&get::<String>(&bumped, "concurrency")?)?;
         let require_if_match = get::<i64>(&bumped, "require_if_match")? != 0;
+        let has_webhooks = get::<i64>(&bumped, "hooks")? > 0;
         if let Some(rec) = &idempotency {
             let row = sqlx::query(
                 "SELECT fingerprint, deployment_id FROM deploy_idempotency_keys WHERE scope = $1 AND key = $2 AND expires > $3",
@@ -724,21 +809,18 @@ impl SqlStore {
                 }
             }
         }
-        let revision = deployment.revision();
-        sqlx::query(
-            "INSERT INTO deploy_deployments (id, environment, revision, service, status, terminal, header, lease_owner, \
-             lease_token, lease_expires) VALUES ($1, $2, $3, $4, $5, 0, $6, NULL, 0, NULL)",
+        let queued = NewEvent::deployment(
+            now,
+            DeploymentStatus::Queued,
+            format!(
+                "accepted: {} {} to {} target(s)",
+                deployment.service(),
+                deployment.version(),
+                deployment.targets().len()
+            ),
         )
-        .bind(id.to_string())
-        .bind(env_name.as_str())
-        .bind(i64::try_from(revision.get()).unwrap_or(i64::MAX))
-        .bind(deployment.service().as_str())
-        .bind(deployment.status().as_str())
-        .bind(to_json(&deployment.header())?)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        insert_targets(&mut tx, id, deployment.targets()).await?;
+        .numbered(id, 1);
+        insert_new_deployment(&mut tx, self.backend, &deployment, &queued).await?;
         if let Some(rec) = idempotency {
             // An expired key of the same name is replaced.
             sqlx::query("DELETE FROM deploy_idempotency_keys WHERE scope = $1 AND key = $2")
@@ -758,19 +840,17 @@ impl SqlStore {
             .bind(ms(rec.expires_at))
             .execute(&mut *tx)
             .await
-            .map_err(|e| if is_unique_violation(&e) { StoreError::IdempotencyKeyInFlight { key: rec.key.clone() } } else { unavailable(e) })?;
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::IdempotencyKeyInFlight { key: rec.key.clone() }
+                } else {
+                    unavailable(e)
+                }
+            })?;
         }
-        let queued = NewEvent::deployment(
-            now,
-            DeploymentStatus::Queued,
-            format!(
-                "accepted: {} {} to {} target(s)",
-                deployment.service(),
-                deployment.version(),
-                deployment.targets().len()
-            ),
-        );
-        append_events(&mut tx, id, &env_name, vec![queued], Some(1)).await?;
+        if has_webhooks {
+            enqueue_deliveries(&mut tx, id, &env_name, &[queued]).await?;
+        }
         tx.commit().await.map_err(unavailable)?;
         Ok(Accepted { deployment, replayed: false })
     }
@@ -812,9 +892,17 @@ impl Store for SqlStore {
             .bind(name.as_str())
             .execute(&mut *tx)
             .await
-            .map_err(|e| if is_unique_violation(&e) { StoreError::PreconditionFailed { expected: Revision::ZERO, current: Revision::new(1) } } else { unavailable(e) })?;
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::PreconditionFailed { expected: Revision::ZERO, current: Revision::new(1) }
+                } else {
+                    unavailable(e)
+                }
+            })?;
         write_environment_targets(&mut tx, &env).await?;
-        let environment = load_environment(&mut tx, self.backend, name, false).await?.ok_or_else(|| not_found("environment", name))?;
+        let environment = load_environment(&mut tx, self.backend, name, false)
+            .await?
+            .ok_or_else(|| not_found("environment", name))?;
         tx.commit().await.map_err(unavailable)?;
         Ok(EnvironmentWrite { environment, created })
     }
@@ -917,15 +1005,14 @@ impl Store for SqlStore {
         if exists.is_none() {
             return Err(not_found("deployment", id));
         }
-        let rows = sqlx::query(
-            "SELECT doc FROM deploy_events WHERE deployment_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-        )
-        .bind(id.to_string())
-        .bind(i64::try_from(after).unwrap_or(i64::MAX))
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(unavailable)?;
+        let rows =
+            sqlx::query("SELECT doc FROM deploy_events WHERE deployment_id = $1 AND seq > $2 ORDER BY seq LIMIT $3")
+                .bind(id.to_string())
+                .bind(i64::try_from(after).unwrap_or(i64::MAX))
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(unavailable)?;
         rows.iter().map(|r| from_json("event", &get::<String>(r, "doc")?)).collect()
     }
 
@@ -1195,7 +1282,11 @@ impl Store for SqlStore {
         tx.commit().await.map_err(unavailable)
     }
 
-    async fn list_deliveries(&self, subscription: Uuid, page: &PageRequest) -> Result<Page<WebhookDelivery>, StoreError> {
+    async fn list_deliveries(
+        &self,
+        subscription: Uuid,
+        page: &PageRequest,
+    ) -> Result<Page<WebhookDelivery>, StoreError> {
         let limit = page.clamped_limit();
         let mut conn = self.pool.acquire().await.map_err(unavailable)?;
         let exists = sqlx::query("SELECT 1 AS one FROM deploy_webhooks WHERE id = $1")

@@ -57,7 +57,9 @@ async fn prepare(dir: &Path) -> (SqlStore, Orchestrator) {
     let admin = Principal::system("t");
     let env = env_name("crash");
     if store.get_environment(&env).await.is_err() {
-        o.put_environment(&admin, &env, environment(&TARGETS, "scripted", ConcurrencyPolicy::Queue), None).await.unwrap();
+        o.put_environment(&admin, &env, environment(&TARGETS, "scripted", ConcurrencyPolicy::Queue), None)
+            .await
+            .unwrap();
     }
     (store, o)
 }
@@ -76,7 +78,8 @@ async fn crash_child() {
     }
     let dir = common::temp_dir("crash-child");
     let (store, o) = prepare(&dir).await;
-    let id = o.submit(&Principal::system("t"), Submission { request: slow_rolling("1"), ..Submission::default() }).await;
+    let id =
+        o.submit(&Principal::system("t"), Submission { request: slow_rolling("1"), ..Submission::default() }).await;
     let id = id.unwrap().deployment.id();
     tokio::time::timeout(Duration::from_secs(60), o.run_until_idle()).await.expect("in time").unwrap();
     assert_eq!(store.get_deployment(id).await.unwrap().status(), deploy_core::DeploymentStatus::Succeeded);

@@ -56,7 +56,10 @@ async fn scenario(store: SqlStore) {
 
     let key = IdempotencyKey::new("k-2.0").unwrap();
     let first = o
-        .submit(&admin, Submission { request: quick("2.0"), idempotency_key: Some(key.clone()), expected_revision: None })
+        .submit(
+            &admin,
+            Submission { request: quick("2.0"), idempotency_key: Some(key.clone()), expected_revision: None },
+        )
         .await
         .unwrap();
     let again = o

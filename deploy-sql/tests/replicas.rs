@@ -204,8 +204,11 @@ async fn identical_submissions(store_a: SqlStore, store_b: SqlStore) {
     let submit = |o: Orchestrator| {
         let (admin, key) = (admin.clone(), key.clone());
         async move {
-            o.submit(&admin, Submission { request: quick("idem", "7"), idempotency_key: Some(key), expected_revision: None })
-                .await
+            o.submit(
+                &admin,
+                Submission { request: quick("idem", "7"), idempotency_key: Some(key), expected_revision: None },
+            )
+            .await
         }
     };
     let calls: Vec<_> = (0..16).map(|i| tokio::spawn(submit(if i % 2 == 0 { a.clone() } else { b.clone() }))).collect();
