@@ -613,15 +613,7 @@ impl Deployment {
     /// # Errors
     /// [`UpdateError::AlreadyFinished`] or [`UpdateError::IllegalTransition`]; the header is then unchanged.
     pub fn apply_to_header(&mut self, update: &ProgressUpdate) -> Result<(), UpdateError> {
-        if self.status.is_terminal() {
-            return Err(UpdateError::AlreadyFinished(self.status));
-        }
-        if let Some(change) = &update.status
-            && change.status != self.status
-            && !self.status.can_become(change.status)
-        {
-            return Err(UpdateError::IllegalTransition { from: self.status, to: change.status });
-        }
+        self.check_status(update)?;
         self.finish_apply(update.now, update.status.as_ref(), update.progressed);
         Ok(())
     }
@@ -731,6 +723,18 @@ impl Deployment {
     }
 
     fn check(&self, update: &ProgressUpdate) -> Result<(), UpdateError> {
+        self.check_status(update)?;
+        for (index, entry) in &update.targets {
+            match self.targets.get(*index) {
+                Some(t) if t.id == entry.id => {}
+                _ => return Err(UpdateError::UnknownTarget { index: *index }),
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses any change to a terminal record and any status change the lifecycle does not allow.
+    fn check_status(&self, update: &ProgressUpdate) -> Result<(), UpdateError> {
         if self.status.is_terminal() {
             return Err(UpdateError::AlreadyFinished(self.status));
         }
@@ -739,12 +743,6 @@ impl Deployment {
             && !self.status.can_become(change.status)
         {
             return Err(UpdateError::IllegalTransition { from: self.status, to: change.status });
-        }
-        for (index, entry) in &update.targets {
-            match self.targets.get(*index) {
-                Some(t) if t.id == entry.id => {}
-                _ => return Err(UpdateError::UnknownTarget { index: *index }),
-            }
         }
         Ok(())
     }

@@ -297,6 +297,68 @@ pub struct WebhookDelivery {
     pub delivered_at: Option<Timestamp>,
 }
 
+impl WebhookDelivery {
+    /// A pending delivery of `event` to `subscription`, due at once, with the Standard Webhooks body
+    /// `{"type", "timestamp", "data": <the deployment>}`. Its id (`msg_...`) is the `webhook-id` of every attempt.
+    #[must_use]
+    pub fn pending(subscription: Uuid, event: &Event, deployment: &serde_json::Value) -> Self {
+        let timestamp = event.at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+        Self {
+            id: format!("msg_{}", Uuid::now_v7().simple()),
+            subscription_id: subscription,
+            event_type: event.event_type,
+            deployment_id: event.deployment_id,
+            seq: event.seq,
+            payload: serde_json::json!({"type": event.event_type.as_str(), "timestamp": timestamp, "data": deployment}),
+            status: DeliveryStatus::Pending,
+            attempts: 0,
+            last_status_code: None,
+            next_attempt_at: Some(event.at),
+            delivered_at: None,
+        }
+    }
+
+    /// Records one attempt's outcome. Returns whether the subscription must be disabled (the receiver said 410).
+    #[must_use]
+    pub fn record_attempt(&mut self, outcome: DeliveryOutcome, now: Timestamp) -> bool {
+        self.attempts += 1;
+        match outcome {
+            DeliveryOutcome::Delivered { status_code } => {
+                self.status = DeliveryStatus::Delivered;
+                self.last_status_code = Some(status_code);
+                self.delivered_at = Some(now);
+                self.next_attempt_at = None;
+                false
+            }
+            DeliveryOutcome::Retry { status_code, next_attempt_at } => {
+                self.last_status_code = status_code;
+                self.next_attempt_at = Some(next_attempt_at);
+                false
+            }
+            DeliveryOutcome::GiveUp { status_code } => {
+                self.status = DeliveryStatus::Failed;
+                self.last_status_code = status_code;
+                self.next_attempt_at = None;
+                false
+            }
+            DeliveryOutcome::Gone => {
+                self.status = DeliveryStatus::Failed;
+                self.last_status_code = Some(410);
+                self.next_attempt_at = None;
+                true
+            }
+        }
+    }
+}
+
+impl WebhookSubscription {
+    /// Disables the subscription because its receiver answered 410 Gone.
+    pub fn disable_gone(&mut self) {
+        self.active = false;
+        self.disabled_reason = Some("the receiver answered 410 Gone".to_owned());
+    }
+}
+
 /// The result of one delivery attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeliveryOutcome {

@@ -623,20 +623,7 @@ async fn enqueue_deliveries(
         None => return Err(not_found("deployment", id)),
     };
     for (event, sub) in matching {
-        let timestamp = event.at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
-        let delivery = WebhookDelivery {
-            id: format!("msg_{}", Uuid::now_v7().simple()),
-            subscription_id: sub.id,
-            event_type: event.event_type,
-            deployment_id: id,
-            seq: event.seq,
-            payload: serde_json::json!({"type": event.event_type.as_str(), "timestamp": timestamp, "data": snapshot}),
-            status: DeliveryStatus::Pending,
-            attempts: 0,
-            last_status_code: None,
-            next_attempt_at: Some(event.at),
-            delivered_at: None,
-        };
+        let delivery = WebhookDelivery::pending(sub.id, event, &snapshot);
         sqlx::query(
             "INSERT INTO deploy_deliveries (id, subscription_id, doc, pending, due, hidden_until) \
              VALUES ($1, $2, $3, 1, $4, NULL)",
@@ -1227,31 +1214,7 @@ impl Store for SqlStore {
         let row = sqlx::query(AssertSqlSafe(sql)).bind(id).fetch_optional(&mut *tx).await.map_err(unavailable)?;
         let row = row.ok_or_else(|| not_found("delivery", id))?;
         let mut d: WebhookDelivery = from_json("delivery", &get::<String>(&row, "doc")?)?;
-        d.attempts += 1;
-        let mut disable = false;
-        match outcome {
-            DeliveryOutcome::Delivered { status_code } => {
-                d.status = DeliveryStatus::Delivered;
-                d.last_status_code = Some(status_code);
-                d.delivered_at = Some(now);
-                d.next_attempt_at = None;
-            }
-            DeliveryOutcome::Retry { status_code, next_attempt_at } => {
-                d.last_status_code = status_code;
-                d.next_attempt_at = Some(next_attempt_at);
-            }
-            DeliveryOutcome::GiveUp { status_code } => {
-                d.status = DeliveryStatus::Failed;
-                d.last_status_code = status_code;
-                d.next_attempt_at = None;
-            }
-            DeliveryOutcome::Gone => {
-                d.status = DeliveryStatus::Failed;
-                d.last_status_code = Some(410);
-                d.next_attempt_at = None;
-                disable = true;
-            }
-        }
+        let disable = d.record_attempt(outcome, now);
         sqlx::query("UPDATE deploy_deliveries SET doc = $1, pending = $2, due = $3, hidden_until = NULL WHERE id = $4")
             .bind(to_json(&d)?)
             .bind(i64::from(d.status == DeliveryStatus::Pending))
@@ -1269,8 +1232,7 @@ impl Store for SqlStore {
                 .map_err(unavailable)?;
             if let Some(row) = row {
                 let mut sub: WebhookSubscription = from_json("webhook", &get::<String>(&row, "doc")?)?;
-                sub.active = false;
-                sub.disabled_reason = Some("the receiver answered 410 Gone".to_owned());
+                sub.disable_gone();
                 sqlx::query("UPDATE deploy_webhooks SET doc = $1 WHERE id = $2")
                     .bind(to_json(&sub)?)
                     .bind(sub.id.to_string())

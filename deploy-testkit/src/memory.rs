@@ -205,20 +205,7 @@ impl Inner {
         for event in events {
             for sub in self.webhooks.values().filter(|s| s.matches(event.event_type, env)) {
                 let data = snapshot.get_or_insert_with(|| serde_json::to_value(&state.deployment).unwrap_or_default());
-                let timestamp = event.at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
-                let delivery = WebhookDelivery {
-                    id: format!("msg_{}", Uuid::now_v7().simple()),
-                    subscription_id: sub.id,
-                    event_type: event.event_type,
-                    deployment_id: id,
-                    seq: event.seq,
-                    payload: serde_json::json!({"type": event.event_type.as_str(), "timestamp": timestamp, "data": data}),
-                    status: DeliveryStatus::Pending,
-                    attempts: 0,
-                    last_status_code: None,
-                    next_attempt_at: Some(event.at),
-                    delivered_at: None,
-                };
+                let delivery = WebhookDelivery::pending(sub.id, event, data);
                 self.deliveries.insert(delivery.id.clone(), DeliveryState { delivery, hidden_until: None });
             }
         }
@@ -543,36 +530,10 @@ impl Store for MemoryStore {
     async fn complete_delivery(&self, id: &str, outcome: DeliveryOutcome, now: Timestamp) -> Result<(), StoreError> {
         let mut inner = self.lock();
         let state = inner.deliveries.get_mut(id).ok_or_else(|| not_found("delivery", id))?;
-        let d = &mut state.delivery;
-        d.attempts += 1;
         state.hidden_until = None;
-        let mut disable = None;
-        match outcome {
-            DeliveryOutcome::Delivered { status_code } => {
-                d.status = DeliveryStatus::Delivered;
-                d.last_status_code = Some(status_code);
-                d.delivered_at = Some(now);
-                d.next_attempt_at = None;
-            }
-            DeliveryOutcome::Retry { status_code, next_attempt_at } => {
-                d.last_status_code = status_code;
-                d.next_attempt_at = Some(next_attempt_at);
-            }
-            DeliveryOutcome::GiveUp { status_code } => {
-                d.status = DeliveryStatus::Failed;
-                d.last_status_code = status_code;
-                d.next_attempt_at = None;
-            }
-            DeliveryOutcome::Gone => {
-                d.status = DeliveryStatus::Failed;
-                d.last_status_code = Some(410);
-                d.next_attempt_at = None;
-                disable = Some(d.subscription_id);
-            }
-        }
+        let disable = state.delivery.record_attempt(outcome, now).then_some(state.delivery.subscription_id);
         if let Some(sub) = disable.and_then(|id| inner.webhooks.get_mut(&id)) {
-            sub.active = false;
-            sub.disabled_reason = Some("the receiver answered 410 Gone".to_owned());
+            sub.disable_gone();
         }
         Ok(())
     }
