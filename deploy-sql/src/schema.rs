@@ -6,11 +6,17 @@ use crate::error::OpenError;
 use crate::store::Backend;
 
 /// The migrations of each backend, in order; version `n` is entry `n - 1`.
-const SQLITE: &[&str] = &[include_str!("../migrations/sqlite/0001_init.sql")];
-const POSTGRES: &[&str] = &[include_str!("../migrations/postgres/0001_init.sql")];
+const SQLITE: &[&str] = &[
+    include_str!("../migrations/sqlite/0001_init.sql"),
+    include_str!("../migrations/sqlite/0002_accept_in_one_statement.sql"),
+];
+const POSTGRES: &[&str] = &[
+    include_str!("../migrations/postgres/0001_init.sql"),
+    include_str!("../migrations/postgres/0002_accept_in_one_statement.sql"),
+];
 
 /// The newest schema version this binary knows.
-pub const LATEST: i64 = 1;
+pub const LATEST: i64 = 2;
 
 /// Brings the schema to [`LATEST`], refusing a database that is newer. Runs in one transaction per migration; on
 /// PostgreSQL an advisory lock keeps replicas that start together from migrating twice.
@@ -37,9 +43,7 @@ pub(crate) async fn migrate(pool: &AnyPool, backend: Backend) -> Result<i64, Ope
         return Err(OpenError::SchemaTooNew { found, supported: LATEST });
     }
     for (i, migration) in migrations.iter().enumerate().skip(usize::try_from(found).unwrap_or(0)) {
-        let code: String =
-            migration.lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n");
-        for statement in code.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        for statement in statements(migration) {
             // Statements come from the migration files compiled into this binary.
             sqlx::query(AssertSqlSafe(statement)).execute(&mut *tx).await.map_err(OpenError::Database)?;
         }
@@ -53,4 +57,51 @@ pub(crate) async fn migrate(pool: &AnyPool, backend: Backend) -> Result<i64, Ope
     }
     tx.commit().await.map_err(OpenError::Database)?;
     Ok(LATEST)
+}
+
+/// The statements of a migration file: comment lines dropped, split at semicolons that end a line, except inside a
+/// `CREATE TRIGGER ... END;` body, whose inner statements belong to the trigger.
+fn statements(migration: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut in_trigger = false;
+    for line in migration.lines().filter(|l| !l.trim_start().starts_with("--")) {
+        let trimmed = line.trim();
+        if current.trim().is_empty() && trimmed.to_ascii_uppercase().starts_with("CREATE TRIGGER") {
+            in_trigger = true;
+        }
+        current.push_str(line);
+        current.push('\n');
+        let ends = if in_trigger { trimmed.eq_ignore_ascii_case("END;") } else { trimmed.ends_with(';') };
+        if ends {
+            let statement = current.trim().trim_end_matches(';').trim().to_owned();
+            if !statement.is_empty() {
+                out.push(statement);
+            }
+            current.clear();
+            in_trigger = false;
+        }
+    }
+    if !current.trim().is_empty() {
+        out.push(current.trim().to_owned());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_split_into_statements_keeping_trigger_bodies_whole() {
+        let sqlite: Vec<Vec<String>> = SQLITE.iter().map(|m| statements(m)).collect();
+        assert_eq!(sqlite[0].len(), 12, "eight tables and four indexes in version 1");
+        assert!(sqlite[0].iter().all(|s| !s.contains(';') && !s.starts_with("--")));
+        assert_eq!(sqlite[1].len(), 2, "a view and a trigger");
+        assert!(sqlite[1][1].starts_with("CREATE TRIGGER") && sqlite[1][1].ends_with("END"), "{}", sqlite[1][1]);
+        assert_eq!(sqlite[1][1].matches(';').count(), 3, "the trigger keeps its three inserts");
+        assert_eq!(statements(POSTGRES[1]).len(), 0);
+        assert_eq!(SQLITE.len(), POSTGRES.len());
+        assert_eq!(i64::try_from(SQLITE.len()).ok(), Some(LATEST));
+    }
 }

@@ -39,6 +39,23 @@ impl Backend {
         }
     }
 
+    /// An expression giving the environment's (parameter 1) targets as a JSON array of
+    /// `{"definition", "desired", "actual"}`, each a string as stored, in order.
+    fn env_targets_json(self) -> &'static str {
+        match self {
+            Self::Sqlite => {
+                "(SELECT json_group_array(json_object('definition', definition, 'desired', desired, 'actual', actual)) \
+                 FROM (SELECT definition, desired, actual FROM deploy_environment_targets WHERE environment = $1 \
+                 ORDER BY idx))"
+            }
+            Self::Postgres => {
+                "(SELECT COALESCE(json_agg(json_build_object('definition', definition, 'desired', desired, \
+                 'actual', actual) ORDER BY idx), '[]'::json)::text FROM deploy_environment_targets \
+                 WHERE environment = $1)"
+            }
+        }
+    }
+
     fn for_update(self) -> &'static str {
         match self {
             Self::Sqlite => "",
@@ -287,10 +304,28 @@ async fn insert_new_deployment(
             bind_all(sql)?.execute(&mut *conn).await.map_err(unavailable)?;
         }
         Backend::Sqlite => {
-            // SQLite has no data-modifying CTEs; every statement gets the same parameters and uses its own.
-            for sql in [deployment_row.to_owned(), event_row.to_owned(), targets_rows] {
-                bind_all(sql)?.execute(&mut *conn).await.map_err(unavailable)?;
-            }
+            // SQLite has no data-modifying CTEs: the trigger on this view (migration 2) does the three inserts.
+            let targets: Vec<serde_json::Value> = deployment
+                .targets()
+                .iter()
+                .map(|t| serde_json::to_value(t).map_err(|e| corrupt("encoding", e)))
+                .collect::<Result<_, _>>()?;
+            sqlx::query(
+                "INSERT INTO deploy_new_deployments (id, environment, revision, service, status, header, event, targets) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(id.to_string())
+            .bind(deployment.environment().to_string())
+            .bind(int(usize::try_from(deployment.revision().get()).unwrap_or(usize::MAX)))
+            .bind(deployment.service().to_string())
+            .bind(deployment.status().as_str())
+            .bind(to_json(&deployment.header())?)
+            .bind(to_json(queued)?)
+            .bind(to_json(&targets)?)
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+            return Ok(());
         }
     }
     if deployment.targets().len() > CHUNK {
@@ -470,6 +505,28 @@ fn parse_policy(s: &str) -> Result<ConcurrencyPolicy, StoreError> {
     from_json("concurrency", &format!("\"{s}\""))
 }
 
+/// One environment target as stored: its definition and its desired and actual state, each JSON text.
+#[derive(serde::Deserialize)]
+struct StoredTarget {
+    definition: String,
+    desired: Option<String>,
+    actual: Option<String>,
+}
+
+impl StoredTarget {
+    fn decode(self) -> Result<EnvironmentTarget, StoreError> {
+        let def: TargetDefinition = from_json("environment target", &self.definition)?;
+        Ok(EnvironmentTarget {
+            id: def.id,
+            labels: def.labels,
+            executor: def.executor,
+            config: def.config,
+            desired: self.desired.map(|d| from_json::<DesiredState>("desired state", &d)).transpose()?.map(Into::into),
+            actual: self.actual.map(|a| from_json::<ActualState>("actual state", &a)).transpose()?,
+        })
+    }
+}
+
 async fn load_env_targets(
     conn: &mut AnyConnection,
     name: &EnvironmentName,
@@ -481,21 +538,12 @@ async fn load_env_targets(
     .fetch_all(&mut *conn)
     .await
     .map_err(unavailable)?;
-    let mut targets = Vec::with_capacity(rows.len());
-    for r in &rows {
-        let def: TargetDefinition = from_json("environment target", &get::<String>(r, "definition")?)?;
-        let desired: Option<String> = get(r, "desired")?;
-        let actual: Option<String> = get(r, "actual")?;
-        targets.push(EnvironmentTarget {
-            id: def.id,
-            labels: def.labels,
-            executor: def.executor,
-            config: def.config,
-            desired: desired.map(|d| from_json::<DesiredState>("desired state", &d)).transpose()?.map(Into::into),
-            actual: actual.map(|a| from_json::<ActualState>("actual state", &a)).transpose()?,
-        });
-    }
-    Ok(targets)
+    rows.iter()
+        .map(|r| {
+            Ok(StoredTarget { definition: get(r, "definition")?, desired: get(r, "desired")?, actual: get(r, "actual")? })
+        })
+        .map(|t: Result<StoredTarget, StoreError>| t.and_then(StoredTarget::decode))
+        .collect()
 }
 
 /// The environment's active deployment and its queue, in acceptance order.
@@ -717,10 +765,13 @@ impl SqlStore {
         let env_name = draft.spec.environment().clone();
         // Bumping the revision first takes the environment's row lock, which serializes acceptances per environment
         // across replicas; every early return below drops the transaction, which undoes the bump.
-        let bumped = sqlx::query(
+        let sql = format!(
             "UPDATE deploy_environments SET revision = revision + 1 WHERE name = $1 \
-             RETURNING revision, concurrency, require_if_match, (SELECT COUNT(*) FROM deploy_webhooks) AS hooks",
-        )
+             RETURNING revision, concurrency, require_if_match, (SELECT COUNT(*) FROM deploy_webhooks) AS hooks, \
+             {} AS targets",
+            self.backend.env_targets_json()
+        );
+        let bumped = sqlx::query(AssertSqlSafe(sql))
         .bind(env_name.as_str())
         .fetch_optional(&mut *tx)
         .await
@@ -730,6 +781,7 @@ impl SqlStore {
         let concurrency = parse_policy(&get::<String>(&bumped, "concurrency")?)?;
         let require_if_match = get::<i64>(&bumped, "require_if_match")? != 0;
         let has_webhooks = get::<i64>(&bumped, "hooks")? > 0;
+        let stored: Vec<StoredTarget> = from_json("environment targets", &get::<String>(&bumped, "targets")?)?;
         if let Some(rec) = &idempotency {
             let row = sqlx::query(
                 "SELECT fingerprint, deployment_id FROM deploy_idempotency_keys WHERE scope = $1 AND key = $2 AND expires > $3",
@@ -770,7 +822,7 @@ impl SqlStore {
             require_if_match,
             active_deployment,
             queued,
-            targets: load_env_targets(&mut tx, &env_name).await?,
+            targets: stored.into_iter().map(StoredTarget::decode).collect::<Result<_, _>>()?,
         };
         let deployment = Deployment::plan(draft, &env, now).map_err(StoreError::Invalid)?;
         let id = deployment.id();

@@ -1,0 +1,2 @@
+-- Version 2 (PostgreSQL): nothing to change. New deployments are written with data-modifying CTEs, which SQLite
+-- needs a view and a trigger for. The version is kept in step with SQLite's.
