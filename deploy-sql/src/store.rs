@@ -540,7 +540,11 @@ async fn load_env_targets(
     .map_err(unavailable)?;
     rows.iter()
         .map(|r| {
-            Ok(StoredTarget { definition: get(r, "definition")?, desired: get(r, "desired")?, actual: get(r, "actual")? })
+            Ok(StoredTarget {
+                definition: get(r, "definition")?,
+                desired: get(r, "desired")?,
+                actual: get(r, "actual")?,
+            })
         })
         .map(|t: Result<StoredTarget, StoreError>| t.and_then(StoredTarget::decode))
         .collect()
@@ -758,7 +762,138 @@ async fn save_header(conn: &mut AnyConnection, header: &Deployment) -> Result<()
     Ok(())
 }
 
+/// What the optimistic acceptance decided.
+enum Optimistic {
+    /// Done: accepted or replayed.
+    Done(Accepted),
+    /// This case needs the locking path (another policy, webhooks, a very large deployment).
+    Locking,
+    /// Another writer changed the environment, or used the key, between the read and the write: try again.
+    Raced,
+}
+
 impl SqlStore {
+    /// PostgreSQL's fast acceptance for the common case (policy `queue`, no webhook subscriptions): one read, then
+    /// one autocommitted statement that bumps the environment's revision *only if it is still the one read* and, in
+    /// the same statement, inserts the deployment, its targets, its queued event and its idempotency key. A concurrent
+    /// change makes the statement insert nothing, and the acceptance is tried again.
+    async fn accept_optimistic(&self, acceptance: &Acceptance) -> Result<Optimistic, StoreError> {
+        let Acceptance { draft, idempotency, expected_revision, now } = acceptance;
+        let env_name = draft.spec.environment().clone();
+        let (scope, key) =
+            idempotency.as_ref().map_or((String::new(), String::new()), |r| (r.scope.clone(), r.key.to_string()));
+        let sql = format!(
+            "SELECT e.revision, e.concurrency, e.require_if_match, (SELECT COUNT(*) FROM deploy_webhooks) AS hooks, \
+             {} AS targets, \
+             (SELECT k.fingerprint FROM deploy_idempotency_keys k WHERE k.scope = $2 AND k.key = $3 AND k.expires > $4) \
+             AS key_fingerprint, \
+             (SELECT k.deployment_id FROM deploy_idempotency_keys k WHERE k.scope = $2 AND k.key = $3 AND k.expires > $4) \
+             AS key_deployment \
+             FROM deploy_environments e WHERE e.name = $1",
+            self.backend.env_targets_json()
+        );
+        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(env_name.as_str())
+            .bind(&scope)
+            .bind(&key)
+            .bind(ms(*now))
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(|| not_found("environment", &env_name))?;
+        if let (Some(rec), Some(fingerprint)) = (idempotency, get::<Option<String>>(&row, "key_fingerprint")?) {
+            if fingerprint != rec.fingerprint.as_str() {
+                return Err(StoreError::IdempotencyKeyReuse { key: rec.key.clone() });
+            }
+            let id: Option<String> = get(&row, "key_deployment")?;
+            let id: DeploymentId = id.unwrap_or_default().parse().map_err(|e| corrupt("deployment id", e))?;
+            let deployment = load_deployment(&mut conn, id).await?.ok_or_else(|| not_found("deployment", id))?;
+            return Ok(Optimistic::Done(Accepted { deployment, replayed: true }));
+        }
+        let current = Revision::new(u64::try_from(get::<i64>(&row, "revision")?).unwrap_or(0));
+        match expected_revision {
+            None if get::<i64>(&row, "require_if_match")? != 0 => {
+                return Err(StoreError::PreconditionRequired { environment: env_name });
+            }
+            Some(expected) if *expected != current => {
+                return Err(StoreError::PreconditionFailed { expected: *expected, current });
+            }
+            _ => {}
+        }
+        let concurrency = parse_policy(&get::<String>(&row, "concurrency")?)?;
+        if concurrency != ConcurrencyPolicy::Queue || get::<i64>(&row, "hooks")? > 0 {
+            return Ok(Optimistic::Locking);
+        }
+        let stored: Vec<StoredTarget> = from_json("environment targets", &get::<String>(&row, "targets")?)?;
+        let env = Environment {
+            name: env_name.clone(),
+            revision: current,
+            concurrency,
+            require_if_match: false,
+            active_deployment: None,
+            queued: Vec::new(),
+            targets: stored.into_iter().map(StoredTarget::decode).collect::<Result<_, _>>()?,
+        };
+        let deployment = Deployment::plan(draft.clone(), &env, *now).map_err(StoreError::Invalid)?;
+        if deployment.targets().len() > CHUNK {
+            return Ok(Optimistic::Locking);
+        }
+        let id = deployment.id();
+        let queued = NewEvent::deployment(
+            *now,
+            DeploymentStatus::Queued,
+            format!(
+                "accepted: {} {} to {} target(s)",
+                deployment.service(),
+                deployment.version(),
+                deployment.targets().len()
+            ),
+        )
+        .numbered(id, 1);
+        let sql = format!(
+            "WITH bump AS (UPDATE deploy_environments SET revision = revision + 1 \
+                           WHERE name = $2 AND revision = CAST($8 AS BIGINT) RETURNING revision), \
+             d AS (INSERT INTO deploy_deployments (id, environment, revision, service, status, terminal, header, \
+                   lease_owner, lease_token, lease_expires) \
+                   SELECT $1, $2, CAST($3 AS BIGINT), $4, $5, 0, $6, NULL, 0, NULL FROM bump), \
+             e AS (INSERT INTO deploy_events (deployment_id, seq, doc) SELECT $1, 1, $7 FROM bump), \
+             k AS (INSERT INTO deploy_idempotency_keys (scope, key, fingerprint, deployment_id, expires) \
+                   SELECT $9, $10, $11, $1, CAST($12 AS BIGINT) FROM bump WHERE $9 <> ''), \
+             t AS (INSERT INTO deploy_deployment_targets (deployment_id, idx, target_id, doc) \
+                   SELECT v.column1, v.column2, v.column3, v.column4 FROM (VALUES {}) AS v, bump) \
+             SELECT COUNT(*) AS n FROM bump",
+            target_tuples(deployment.targets().len(), 13)
+        );
+        let (fingerprint, expires) =
+            idempotency.as_ref().map_or((String::new(), 0), |r| (r.fingerprint.as_str().to_owned(), ms(r.expires_at)));
+        let mut q = sqlx::query(AssertSqlSafe(sql))
+            .bind(id.to_string())
+            .bind(env_name.to_string())
+            .bind(int(usize::try_from(deployment.revision().get()).unwrap_or(usize::MAX)))
+            .bind(deployment.service().to_string())
+            .bind(deployment.status().as_str())
+            .bind(to_json(&deployment.header())?)
+            .bind(to_json(&queued)?)
+            .bind(int(usize::try_from(current.get()).unwrap_or(usize::MAX)))
+            .bind(scope)
+            .bind(key)
+            .bind(fingerprint)
+            .bind(expires);
+        for (i, t) in deployment.targets().iter().enumerate() {
+            q = q.bind(int(i)).bind(t.id.to_string()).bind(to_json(t)?);
+        }
+        match q.fetch_one(&mut *conn).await {
+            Ok(row) if get::<i64>(&row, "n")? == 1 => Ok(Optimistic::Done(Accepted { deployment, replayed: false })),
+            // The environment changed since it was read: the statement changed nothing.
+            Ok(_) => Ok(Optimistic::Raced),
+            // A concurrent first use of the key (the next read finds it), or an expired key of the same name (the
+            // locking path replaces it).
+            Err(e) if is_unique_violation(&e) => Ok(Optimistic::Raced),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
     async fn accept_once(&self, acceptance: Acceptance) -> Result<Accepted, StoreError> {
         let mut tx = self.begin().await?;
         let Acceptance { draft, idempotency, expected_revision, now } = acceptance;
@@ -772,11 +907,11 @@ impl SqlStore {
             self.backend.env_targets_json()
         );
         let bumped = sqlx::query(AssertSqlSafe(sql))
-        .bind(env_name.as_str())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(unavailable)?
-        .ok_or_else(|| not_found("environment", &env_name))?;
+            .bind(env_name.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(|| not_found("environment", &env_name))?;
         let current = Revision::new(u64::try_from(get::<i64>(&bumped, "revision")? - 1).unwrap_or(0));
         let concurrency = parse_policy(&get::<String>(&bumped, "concurrency")?)?;
         let require_if_match = get::<i64>(&bumped, "require_if_match")? != 0;
@@ -980,6 +1115,15 @@ impl Store for SqlStore {
     async fn accept(&self, acceptance: Acceptance) -> Result<Accepted, StoreError> {
         // Two replicas that race on one new key: the loser's insert fails on the key's primary key, and a second
         // attempt finds the winner's deployment (a replay) or a different request (a reuse).
+        if self.backend == Backend::Postgres {
+            for _ in 0..3 {
+                match self.accept_optimistic(&acceptance).await? {
+                    Optimistic::Done(accepted) => return Ok(accepted),
+                    Optimistic::Locking => break,
+                    Optimistic::Raced => {}
+                }
+            }
+        }
         let mut last = None;
         for _ in 0..3 {
             match self.accept_once(acceptance.clone()).await {
