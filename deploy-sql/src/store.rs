@@ -765,7 +765,7 @@ async fn save_header(conn: &mut AnyConnection, header: &Deployment) -> Result<()
 /// What the optimistic acceptance decided.
 enum Optimistic {
     /// Done: accepted or replayed.
-    Done(Accepted),
+    Done(Box<Accepted>),
     /// This case needs the locking path (another policy, webhooks, a very large deployment).
     Locking,
     /// Another writer changed the environment, or used the key, between the read and the write: try again.
@@ -809,7 +809,7 @@ impl SqlStore {
             let id: Option<String> = get(&row, "key_deployment")?;
             let id: DeploymentId = id.unwrap_or_default().parse().map_err(|e| corrupt("deployment id", e))?;
             let deployment = load_deployment(&mut conn, id).await?.ok_or_else(|| not_found("deployment", id))?;
-            return Ok(Optimistic::Done(Accepted { deployment, replayed: true }));
+            return Ok(Optimistic::Done(Box::new(Accepted { deployment, replayed: true })));
         }
         let current = Revision::new(u64::try_from(get::<i64>(&row, "revision")?).unwrap_or(0));
         match expected_revision {
@@ -884,7 +884,9 @@ impl SqlStore {
             q = q.bind(int(i)).bind(t.id.to_string()).bind(to_json(t)?);
         }
         match q.fetch_one(&mut *conn).await {
-            Ok(row) if get::<i64>(&row, "n")? == 1 => Ok(Optimistic::Done(Accepted { deployment, replayed: false })),
+            Ok(row) if get::<i64>(&row, "n")? == 1 => {
+                Ok(Optimistic::Done(Box::new(Accepted { deployment, replayed: false })))
+            }
             // The environment changed since it was read: the statement changed nothing.
             Ok(_) => Ok(Optimistic::Raced),
             // A concurrent first use of the key (the next read finds it), or an expired key of the same name (the
@@ -1118,7 +1120,7 @@ impl Store for SqlStore {
         if self.backend == Backend::Postgres {
             for _ in 0..3 {
                 match self.accept_optimistic(&acceptance).await? {
-                    Optimistic::Done(accepted) => return Ok(accepted),
+                    Optimistic::Done(accepted) => return Ok(*accepted),
                     Optimistic::Locking => break,
                     Optimistic::Raced => {}
                 }
