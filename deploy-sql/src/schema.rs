@@ -9,14 +9,16 @@ use crate::store::Backend;
 const SQLITE: &[&str] = &[
     include_str!("../migrations/sqlite/0001_init.sql"),
     include_str!("../migrations/sqlite/0002_accept_in_one_statement.sql"),
+    include_str!("../migrations/sqlite/0003_optimistic_accept.sql"),
 ];
 const POSTGRES: &[&str] = &[
     include_str!("../migrations/postgres/0001_init.sql"),
     include_str!("../migrations/postgres/0002_accept_in_one_statement.sql"),
+    include_str!("../migrations/postgres/0003_optimistic_accept.sql"),
 ];
 
 /// The newest schema version this binary knows.
-pub const LATEST: i64 = 2;
+pub const LATEST: i64 = 3;
 
 /// Brings the schema to [`LATEST`], refusing a database that is newer. Runs in one transaction per migration; on
 /// PostgreSQL an advisory lock keeps replicas that start together from migrating twice.
@@ -100,7 +102,10 @@ mod tests {
         assert_eq!(sqlite[1].len(), 2, "a view and a trigger");
         assert!(sqlite[1][1].starts_with("CREATE TRIGGER") && sqlite[1][1].ends_with("END"), "{}", sqlite[1][1]);
         assert_eq!(sqlite[1][1].matches(';').count(), 3, "the trigger keeps its three inserts");
+        assert_eq!(sqlite[2].len(), 2, "a view and a trigger");
+        assert_eq!(sqlite[2][1].matches(';').count(), 6, "bump, guard and four inserts");
         assert_eq!(statements(POSTGRES[1]).len(), 0);
+        assert_eq!(statements(POSTGRES[2]).len(), 0);
         assert_eq!(SQLITE.len(), POSTGRES.len());
         assert_eq!(i64::try_from(SQLITE.len()).ok(), Some(LATEST));
     }

@@ -773,10 +773,11 @@ enum Optimistic {
 }
 
 impl SqlStore {
-    /// PostgreSQL's fast acceptance for the common case (policy `queue`, no webhook subscriptions): one read, then
-    /// one autocommitted statement that bumps the environment's revision *only if it is still the one read* and, in
-    /// the same statement, inserts the deployment, its targets, its queued event and its idempotency key. A concurrent
-    /// change makes the statement insert nothing, and the acceptance is tried again.
+    /// The fast acceptance for the common case (policy `queue`, no webhook subscriptions): one read, then one
+    /// autocommitted statement that bumps the environment's revision *only if it is still the one read* and, in the
+    /// same statement, inserts the deployment, its targets, its queued event and its idempotency key (data-modifying
+    /// CTEs on PostgreSQL, a view with a trigger on SQLite). A concurrent change makes the statement change nothing,
+    /// and the acceptance is tried again.
     async fn accept_optimistic(&self, acceptance: &Acceptance) -> Result<Optimistic, StoreError> {
         let Acceptance { draft, idempotency, expected_revision, now } = acceptance;
         let env_name = draft.spec.environment().clone();
@@ -851,44 +852,83 @@ impl SqlStore {
             ),
         )
         .numbered(id, 1);
-        let sql = format!(
-            "WITH bump AS (UPDATE deploy_environments SET revision = revision + 1 \
-                           WHERE name = $2 AND revision = CAST($8 AS BIGINT) RETURNING revision), \
-             d AS (INSERT INTO deploy_deployments (id, environment, revision, service, status, terminal, header, \
-                   lease_owner, lease_token, lease_expires) \
-                   SELECT $1, $2, CAST($3 AS BIGINT), $4, $5, 0, $6, NULL, 0, NULL FROM bump), \
-             e AS (INSERT INTO deploy_events (deployment_id, seq, doc) SELECT $1, 1, $7 FROM bump), \
-             k AS (INSERT INTO deploy_idempotency_keys (scope, key, fingerprint, deployment_id, expires) \
-                   SELECT $9, $10, $11, $1, CAST($12 AS BIGINT) FROM bump WHERE $9 <> ''), \
-             t AS (INSERT INTO deploy_deployment_targets (deployment_id, idx, target_id, doc) \
-                   SELECT v.column1, v.column2, v.column3, v.column4 FROM (VALUES {}) AS v, bump) \
-             SELECT COUNT(*) AS n FROM bump",
-            target_tuples(deployment.targets().len(), 13)
-        );
         let (fingerprint, expires) =
             idempotency.as_ref().map_or((String::new(), 0), |r| (r.fingerprint.as_str().to_owned(), ms(r.expires_at)));
-        let mut q = sqlx::query(AssertSqlSafe(sql))
-            .bind(id.to_string())
-            .bind(env_name.to_string())
-            .bind(int(usize::try_from(deployment.revision().get()).unwrap_or(usize::MAX)))
-            .bind(deployment.service().to_string())
-            .bind(deployment.status().as_str())
-            .bind(to_json(&deployment.header())?)
-            .bind(to_json(&queued)?)
-            .bind(int(usize::try_from(current.get()).unwrap_or(usize::MAX)))
-            .bind(scope)
-            .bind(key)
-            .bind(fingerprint)
-            .bind(expires);
-        for (i, t) in deployment.targets().iter().enumerate() {
-            q = q.bind(int(i)).bind(t.id.to_string()).bind(to_json(t)?);
-        }
-        match q.fetch_one(&mut *conn).await {
-            Ok(row) if get::<i64>(&row, "n")? == 1 => {
-                Ok(Optimistic::Done(Box::new(Accepted { deployment, replayed: false })))
+        let result = match self.backend {
+            Backend::Postgres => {
+                let sql = format!(
+                    "WITH bump AS (UPDATE deploy_environments SET revision = revision + 1 \
+                                   WHERE name = $2 AND revision = CAST($8 AS BIGINT) RETURNING revision), \
+                     d AS (INSERT INTO deploy_deployments (id, environment, revision, service, status, terminal, header, \
+                           lease_owner, lease_token, lease_expires) \
+                           SELECT $1, $2, CAST($3 AS BIGINT), $4, $5, 0, $6, NULL, 0, NULL FROM bump), \
+                     e AS (INSERT INTO deploy_events (deployment_id, seq, doc) SELECT $1, 1, $7 FROM bump), \
+                     k AS (INSERT INTO deploy_idempotency_keys (scope, key, fingerprint, deployment_id, expires) \
+                           SELECT $9, $10, $11, $1, CAST($12 AS BIGINT) FROM bump WHERE $9 <> ''), \
+                     t AS (INSERT INTO deploy_deployment_targets (deployment_id, idx, target_id, doc) \
+                           SELECT v.column1, v.column2, v.column3, v.column4 FROM (VALUES {}) AS v, bump) \
+                     SELECT COUNT(*) AS n FROM bump",
+                    target_tuples(deployment.targets().len(), 13)
+                );
+                let mut q = sqlx::query(AssertSqlSafe(sql))
+                    .bind(id.to_string())
+                    .bind(env_name.to_string())
+                    .bind(int(usize::try_from(deployment.revision().get()).unwrap_or(usize::MAX)))
+                    .bind(deployment.service().to_string())
+                    .bind(deployment.status().as_str())
+                    .bind(to_json(&deployment.header())?)
+                    .bind(to_json(&queued)?)
+                    .bind(int(usize::try_from(current.get()).unwrap_or(usize::MAX)))
+                    .bind(scope)
+                    .bind(key)
+                    .bind(fingerprint)
+                    .bind(expires);
+                for (i, t) in deployment.targets().iter().enumerate() {
+                    q = q.bind(int(i)).bind(t.id.to_string()).bind(to_json(t)?);
+                }
+                q.fetch_one(&mut *conn).await.map(|row| get::<i64>(&row, "n").map(|n| n == 1))
             }
-            // The environment changed since it was read: the statement changed nothing.
-            Ok(_) => Ok(Optimistic::Raced),
+            Backend::Sqlite => {
+                let targets: Vec<serde_json::Value> = deployment
+                    .targets()
+                    .iter()
+                    .map(|t| serde_json::to_value(t).map_err(|e| corrupt("encoding", e)))
+                    .collect::<Result<_, _>>()?;
+                sqlx::query(
+                    "INSERT INTO deploy_accept (id, environment, read_revision, revision, service, status, header, \
+                     event, targets, key_scope, key_name, key_fingerprint, key_expires) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                )
+                .bind(id.to_string())
+                .bind(env_name.to_string())
+                .bind(int(usize::try_from(current.get()).unwrap_or(usize::MAX)))
+                .bind(int(usize::try_from(deployment.revision().get()).unwrap_or(usize::MAX)))
+                .bind(deployment.service().to_string())
+                .bind(deployment.status().as_str())
+                .bind(to_json(&deployment.header())?)
+                .bind(to_json(&queued)?)
+                .bind(to_json(&targets)?)
+                .bind(scope)
+                .bind(key)
+                .bind(fingerprint)
+                .bind(expires)
+                .execute(&mut *conn)
+                .await
+                .map(|_| Ok(true))
+            }
+        };
+        match result {
+            Ok(done) => {
+                if done? {
+                    Ok(Optimistic::Done(Box::new(Accepted { deployment, replayed: false })))
+                } else {
+                    // The environment changed since it was read: the statement changed nothing.
+                    Ok(Optimistic::Raced)
+                }
+            }
+            Err(e) if e.as_database_error().is_some_and(|d| d.message().contains("deploy: environment changed")) => {
+                Ok(Optimistic::Raced)
+            }
             // A concurrent first use of the key (the next read finds it), or an expired key of the same name (the
             // locking path replaces it).
             Err(e) if is_unique_violation(&e) => Ok(Optimistic::Raced),
@@ -1117,7 +1157,7 @@ impl Store for SqlStore {
     async fn accept(&self, acceptance: Acceptance) -> Result<Accepted, StoreError> {
         // Two replicas that race on one new key: the loser's insert fails on the key's primary key, and a second
         // attempt finds the winner's deployment (a replay) or a different request (a reuse).
-        if self.backend == Backend::Postgres {
+        {
             for _ in 0..3 {
                 match self.accept_optimistic(&acceptance).await? {
                     Optimistic::Done(accepted) => return Ok(*accepted),

@@ -1,0 +1,2 @@
+-- Version 3 (PostgreSQL): nothing to change. The optimistic acceptance is one statement with data-modifying CTEs,
+-- which SQLite needs a view and a trigger for. The version is kept in step with SQLite's.
