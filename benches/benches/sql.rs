@@ -87,7 +87,7 @@ fn sql(c: &mut Criterion) {
     let doc = "x".repeat(200);
     for (db, store) in &stores {
         let mut group = c.benchmark_group(format!("sql/{db}"));
-        group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(4));
+        group.sample_size(20).warm_up_time(Duration::from_secs(2)).measurement_time(Duration::from_secs(8));
         let env = deploy_testkit::fixtures::env_name("bench");
         let targets: Vec<String> = (0..100).map(|i| format!("t-{i}")).collect();
         let refs: Vec<&str> = targets.iter().map(String::as_str).collect();

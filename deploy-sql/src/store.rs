@@ -73,6 +73,9 @@ impl Backend {
 pub struct SqlStore {
     pool: AnyPool,
     backend: Backend,
+    /// What this process last read of each environment (and whether webhook subscriptions existed then). Only the
+    /// optimistic acceptance uses it, and only as a guess: its write succeeds only if the revision is unchanged.
+    snapshots: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<EnvironmentName, (Environment, bool)>>>,
 }
 
 /// The SQLite flavour of [`SqlStore`].
@@ -119,7 +122,7 @@ impl SqlStore {
             OpenError::Database(inner) => not_a_database(&shown, inner),
             other => other,
         })?;
-        Ok(Self { pool, backend: Backend::Sqlite })
+        Ok(Self { pool, backend: Backend::Sqlite, snapshots: Default::default() })
     }
 
     /// Connects to PostgreSQL at `url` and applies migrations (under an advisory lock, so replicas may start together).
@@ -135,7 +138,7 @@ impl SqlStore {
             .await
             .map_err(OpenError::Database)?;
         schema::migrate(&pool, Backend::Postgres).await?;
-        Ok(Self { pool, backend: Backend::Postgres })
+        Ok(Self { pool, backend: Backend::Postgres, snapshots: Default::default() })
     }
 
     /// Which database this is.
@@ -153,6 +156,10 @@ impl SqlStore {
     /// Closes every connection.
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+
+    fn snapshots(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<EnvironmentName, (Environment, bool)>> {
+        self.snapshots.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
@@ -778,64 +785,73 @@ impl SqlStore {
     /// same statement, inserts the deployment, its targets, its queued event and its idempotency key (data-modifying
     /// CTEs on PostgreSQL, a view with a trigger on SQLite). A concurrent change makes the statement change nothing,
     /// and the acceptance is tried again.
-    async fn accept_optimistic(&self, acceptance: &Acceptance) -> Result<Optimistic, StoreError> {
+    async fn accept_optimistic(&self, acceptance: &Acceptance, use_snapshot: bool) -> Result<Optimistic, StoreError> {
         let Acceptance { draft, idempotency, expected_revision, now } = acceptance;
         let env_name = draft.spec.environment().clone();
         let (scope, key) =
             idempotency.as_ref().map_or((String::new(), String::new()), |r| (r.scope.clone(), r.key.to_string()));
-        let sql = format!(
-            "SELECT e.revision, e.concurrency, e.require_if_match, (SELECT COUNT(*) FROM deploy_webhooks) AS hooks, \
-             {} AS targets, \
-             (SELECT k.fingerprint FROM deploy_idempotency_keys k WHERE k.scope = $2 AND k.key = $3 AND k.expires > $4) \
-             AS key_fingerprint, \
-             (SELECT k.deployment_id FROM deploy_idempotency_keys k WHERE k.scope = $2 AND k.key = $3 AND k.expires > $4) \
-             AS key_deployment \
-             FROM deploy_environments e WHERE e.name = $1",
-            self.backend.env_targets_json()
-        );
         let mut conn = self.pool.acquire().await.map_err(unavailable)?;
-        let row = sqlx::query(AssertSqlSafe(sql))
-            .bind(env_name.as_str())
-            .bind(&scope)
-            .bind(&key)
-            .bind(ms(*now))
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(unavailable)?
-            .ok_or_else(|| not_found("environment", &env_name))?;
-        if let (Some(rec), Some(fingerprint)) = (idempotency, get::<Option<String>>(&row, "key_fingerprint")?) {
-            if fingerprint != rec.fingerprint.as_str() {
-                return Err(StoreError::IdempotencyKeyReuse { key: rec.key.clone() });
+        // A snapshot is only a guess at the revision; a caller's expected revision is checked against a fresh read.
+        let cached =
+            if use_snapshot && expected_revision.is_none() { self.snapshots().get(&env_name).cloned() } else { None };
+        let (env, has_webhooks) = match cached {
+            Some(snapshot) => snapshot,
+            None => {
+                let sql = format!(
+                    "SELECT e.revision, e.concurrency, e.require_if_match, \
+                     (SELECT COUNT(*) FROM deploy_webhooks) AS hooks, {} AS targets, \
+                     (SELECT k.fingerprint FROM deploy_idempotency_keys k \
+                      WHERE k.scope = $2 AND k.key = $3 AND k.expires > $4) AS key_fingerprint, \
+                     (SELECT k.deployment_id FROM deploy_idempotency_keys k \
+                      WHERE k.scope = $2 AND k.key = $3 AND k.expires > $4) AS key_deployment \
+                     FROM deploy_environments e WHERE e.name = $1",
+                    self.backend.env_targets_json()
+                );
+                let row = sqlx::query(AssertSqlSafe(sql))
+                    .bind(env_name.as_str())
+                    .bind(&scope)
+                    .bind(&key)
+                    .bind(ms(*now))
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(unavailable)?
+                    .ok_or_else(|| not_found("environment", &env_name))?;
+                if let (Some(rec), Some(fingerprint)) = (idempotency, get::<Option<String>>(&row, "key_fingerprint")?) {
+                    if fingerprint != rec.fingerprint.as_str() {
+                        return Err(StoreError::IdempotencyKeyReuse { key: rec.key.clone() });
+                    }
+                    let id: Option<String> = get(&row, "key_deployment")?;
+                    let id: DeploymentId = id.unwrap_or_default().parse().map_err(|e| corrupt("deployment id", e))?;
+                    let deployment =
+                        load_deployment(&mut conn, id).await?.ok_or_else(|| not_found("deployment", id))?;
+                    return Ok(Optimistic::Done(Box::new(Accepted { deployment, replayed: true })));
+                }
+                let stored: Vec<StoredTarget> = from_json("environment targets", &get::<String>(&row, "targets")?)?;
+                let env = Environment {
+                    name: env_name.clone(),
+                    revision: Revision::new(u64::try_from(get::<i64>(&row, "revision")?).unwrap_or(0)),
+                    concurrency: parse_policy(&get::<String>(&row, "concurrency")?)?,
+                    require_if_match: get::<i64>(&row, "require_if_match")? != 0,
+                    active_deployment: None,
+                    queued: Vec::new(),
+                    targets: stored.into_iter().map(StoredTarget::decode).collect::<Result<_, _>>()?,
+                };
+                let has_webhooks = get::<i64>(&row, "hooks")? > 0;
+                self.snapshots().insert(env_name.clone(), (env.clone(), has_webhooks));
+                (env, has_webhooks)
             }
-            let id: Option<String> = get(&row, "key_deployment")?;
-            let id: DeploymentId = id.unwrap_or_default().parse().map_err(|e| corrupt("deployment id", e))?;
-            let deployment = load_deployment(&mut conn, id).await?.ok_or_else(|| not_found("deployment", id))?;
-            return Ok(Optimistic::Done(Box::new(Accepted { deployment, replayed: true })));
-        }
-        let current = Revision::new(u64::try_from(get::<i64>(&row, "revision")?).unwrap_or(0));
+        };
+        let current = env.revision;
         match expected_revision {
-            None if get::<i64>(&row, "require_if_match")? != 0 => {
-                return Err(StoreError::PreconditionRequired { environment: env_name });
-            }
+            None if env.require_if_match => return Err(StoreError::PreconditionRequired { environment: env_name }),
             Some(expected) if *expected != current => {
                 return Err(StoreError::PreconditionFailed { expected: *expected, current });
             }
             _ => {}
         }
-        let concurrency = parse_policy(&get::<String>(&row, "concurrency")?)?;
-        if concurrency != ConcurrencyPolicy::Queue || get::<i64>(&row, "hooks")? > 0 {
+        if env.concurrency != ConcurrencyPolicy::Queue || has_webhooks {
             return Ok(Optimistic::Locking);
         }
-        let stored: Vec<StoredTarget> = from_json("environment targets", &get::<String>(&row, "targets")?)?;
-        let env = Environment {
-            name: env_name.clone(),
-            revision: current,
-            concurrency,
-            require_if_match: false,
-            active_deployment: None,
-            queued: Vec::new(),
-            targets: stored.into_iter().map(StoredTarget::decode).collect::<Result<_, _>>()?,
-        };
         let deployment = Deployment::plan(draft.clone(), &env, *now).map_err(StoreError::Invalid)?;
         if deployment.targets().len() > CHUNK {
             return Ok(Optimistic::Locking);
@@ -858,7 +874,8 @@ impl SqlStore {
             Backend::Postgres => {
                 let sql = format!(
                     "WITH bump AS (UPDATE deploy_environments SET revision = revision + 1 \
-                                   WHERE name = $2 AND revision = CAST($8 AS BIGINT) RETURNING revision), \
+                                   WHERE name = $2 AND revision = CAST($8 AS BIGINT) \
+                                   AND NOT EXISTS (SELECT 1 FROM deploy_webhooks) RETURNING revision), \
                      d AS (INSERT INTO deploy_deployments (id, environment, revision, service, status, terminal, header, \
                            lease_owner, lease_token, lease_expires) \
                            SELECT $1, $2, CAST($3 AS BIGINT), $4, $5, 0, $6, NULL, 0, NULL FROM bump), \
@@ -917,7 +934,7 @@ impl SqlStore {
                 .map(|_| Ok(true))
             }
         };
-        match result {
+        let outcome = match result {
             Ok(done) => {
                 if done? {
                     Ok(Optimistic::Done(Box::new(Accepted { deployment, replayed: false })))
@@ -929,11 +946,23 @@ impl SqlStore {
             Err(e) if e.as_database_error().is_some_and(|d| d.message().contains("deploy: environment changed")) => {
                 Ok(Optimistic::Raced)
             }
-            // A concurrent first use of the key (the next read finds it), or an expired key of the same name (the
-            // locking path replaces it).
+            // A concurrent or earlier use of the key (the next read finds it), or an expired key of the same name
+            // (the locking path replaces it).
             Err(e) if is_unique_violation(&e) => Ok(Optimistic::Raced),
             Err(e) => Err(unavailable(e)),
+        };
+        let mut snapshots = self.snapshots();
+        match &outcome {
+            Ok(Optimistic::Done(accepted)) => {
+                if let Some((env, _)) = snapshots.get_mut(&env_name) {
+                    env.revision = accepted.deployment.revision();
+                }
+            }
+            _ => {
+                snapshots.remove(&env_name);
+            }
         }
+        outcome
     }
 
     async fn accept_once(&self, acceptance: Acceptance) -> Result<Accepted, StoreError> {
@@ -1081,6 +1110,7 @@ impl Store for SqlStore {
         expected: Option<Revision>,
         _now: Timestamp,
     ) -> Result<EnvironmentWrite, StoreError> {
+        self.snapshots().remove(name);
         let mut tx = self.begin().await?;
         let existing = load_environment(&mut tx, self.backend, name, true).await?;
         let current = existing.as_ref().map_or(Revision::ZERO, |e| e.revision);
@@ -1158,14 +1188,16 @@ impl Store for SqlStore {
         // Two replicas that race on one new key: the loser's insert fails on the key's primary key, and a second
         // attempt finds the winner's deployment (a replay) or a different request (a reuse).
         {
-            for _ in 0..3 {
-                match self.accept_optimistic(&acceptance).await? {
+            for attempt in 0..3 {
+                match self.accept_optimistic(&acceptance, attempt == 0).await? {
                     Optimistic::Done(accepted) => return Ok(*accepted),
                     Optimistic::Locking => break,
                     Optimistic::Raced => {}
                 }
             }
         }
+        // The locking path may change what the snapshot knows (webhooks, the revision): read afresh next time.
+        self.snapshots().remove(acceptance.draft.spec.environment());
         let mut last = None;
         for _ in 0..3 {
             match self.accept_once(acceptance.clone()).await {
