@@ -246,3 +246,48 @@ async fn identical_submissions_through_two_handles_create_one_deployment_on_sqli
     let dir = common::temp_dir("idem");
     identical_submissions(SqlStore::sqlite(&dir).await.unwrap(), SqlStore::sqlite(&dir).await.unwrap()).await;
 }
+
+/// A replica's acceptance must plan against the environment as it is, even if another replica just changed it.
+async fn acceptance_sees_changes_made_elsewhere(a: SqlStore, b: SqlStore) {
+    let admin = Principal::system("ops");
+    let clock: Arc<dyn deploy_core::Clock> = Arc::new(deploy_core::SystemClock);
+    let executor = Arc::new(ScriptedExecutor::new("stale", clock));
+    let ra = replica(a, &executor, "a");
+    let rb = replica(b, &executor, "b");
+    let env = env_name("moving");
+    ra.put_environment(&admin, &env, environment(&["m-1"], "scripted", ConcurrencyPolicy::Queue), None).await.unwrap();
+    let first = ra.submit(&admin, Submission { request: quick("moving", "1"), ..Default::default() }).await.unwrap();
+    assert_eq!(first.deployment.targets().len(), 1);
+    rb.put_environment(&admin, &env, environment(&["m-1", "m-2"], "scripted", ConcurrencyPolicy::Queue), None)
+        .await
+        .unwrap();
+    let second = ra.submit(&admin, Submission { request: quick("moving", "2"), ..Default::default() }).await.unwrap();
+    assert_eq!(second.deployment.targets().len(), 2, "planned against the environment another replica changed");
+    assert!(second.deployment.revision() > first.deployment.revision().next(), "the change took a revision too");
+    let third = ra.submit(&admin, Submission { request: quick("moving", "3"), ..Default::default() }).await.unwrap();
+    assert_eq!(third.deployment.revision(), second.deployment.revision().next());
+    let revision = rb.environment(&admin, &env).await.unwrap().revision;
+    assert_eq!(revision, third.deployment.revision(), "every acceptance bumped the stored revision once");
+}
+
+#[tokio::test]
+async fn acceptance_sees_changes_made_by_another_replica_on_postgres() {
+    let Some(url) = common::postgres_url("acceptance_sees_changes_made_by_another_replica_on_postgres").await else {
+        return;
+    };
+    acceptance_sees_changes_made_elsewhere(
+        SqlStore::postgres(&url).await.unwrap(),
+        SqlStore::postgres(&url).await.unwrap(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn acceptance_sees_changes_made_through_another_handle_on_sqlite() {
+    let dir = common::temp_dir("moving");
+    acceptance_sees_changes_made_elsewhere(
+        SqlStore::sqlite(&dir).await.unwrap(),
+        SqlStore::sqlite(&dir).await.unwrap(),
+    )
+    .await;
+}
