@@ -1175,25 +1175,18 @@ impl Store for SqlStore {
                 items.push(env);
             }
         }
-        let next_cursor = if items.len() > limit {
-            items.truncate(limit);
-            items.last().map(|e| e.name.to_string())
-        } else {
-            None
-        };
-        Ok(Page { items, next_cursor })
+        Ok(Page::from_overfetch(items, limit, |e| e.name.to_string()))
     }
 
     async fn accept(&self, acceptance: Acceptance) -> Result<Accepted, StoreError> {
-        // Two replicas that race on one new key: the loser's insert fails on the key's primary key, and a second
-        // attempt finds the winner's deployment (a replay) or a different request (a reuse).
-        {
-            for attempt in 0..3 {
-                match self.accept_optimistic(&acceptance, attempt == 0).await? {
-                    Optimistic::Done(accepted) => return Ok(*accepted),
-                    Optimistic::Locking => break,
-                    Optimistic::Raced => {}
-                }
+        // The optimistic path first: its first try trusts this process's snapshot of the environment, later tries
+        // read afresh. Two replicas that race on one new key: the loser's statement fails on the key's primary key,
+        // and its next try finds the winner's deployment (a replay) or a different request (a reuse).
+        for attempt in 0..3 {
+            match self.accept_optimistic(&acceptance, attempt == 0).await? {
+                Optimistic::Done(accepted) => return Ok(*accepted),
+                Optimistic::Locking => break,
+                Optimistic::Raced => {}
             }
         }
         // The locking path may change what the snapshot knows (webhooks, the revision): read afresh next time.
@@ -1243,13 +1236,7 @@ impl Store for SqlStore {
                 items.push(d);
             }
         }
-        let next_cursor = if items.len() > limit {
-            items.truncate(limit);
-            items.last().map(|d| d.id().to_string())
-        } else {
-            None
-        };
-        Ok(Page { items, next_cursor })
+        Ok(Page::from_overfetch(items, limit, |d| d.id().to_string()))
     }
 
     async fn events(&self, id: DeploymentId, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
@@ -1539,15 +1526,9 @@ impl Store for SqlStore {
         .fetch_all(&mut *conn)
         .await
         .map_err(unavailable)?;
-        let mut items: Vec<WebhookDelivery> =
+        let items: Vec<WebhookDelivery> =
             rows.iter().map(|r| from_json("delivery", &get::<String>(r, "doc")?)).collect::<Result<_, _>>()?;
-        let next_cursor = if items.len() > limit {
-            items.truncate(limit);
-            items.last().map(|d| d.id.clone())
-        } else {
-            None
-        };
-        Ok(Page { items, next_cursor })
+        Ok(Page::from_overfetch(items, limit, |d| d.id.clone()))
     }
 }
 

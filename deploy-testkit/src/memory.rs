@@ -263,20 +263,14 @@ impl Store for MemoryStore {
         let inner = self.lock();
         let limit = page.clamped_limit();
         let after = page.cursor.as_deref().map(EnvironmentName::new).transpose().map_err(|_| bad_cursor())?;
-        let mut items: Vec<Environment> = inner
+        let items: Vec<Environment> = inner
             .environments
             .iter()
             .filter(|(n, _)| after.as_ref().is_none_or(|a| *n > a))
             .take(limit + 1)
             .map(|(_, e)| inner.view(e))
             .collect();
-        let next_cursor = if items.len() > limit {
-            items.truncate(limit);
-            items.last().map(|e| e.name.to_string())
-        } else {
-            None
-        };
-        Ok(Page { items, next_cursor })
+        Ok(Page::from_overfetch(items, limit, |e| e.name.to_string()))
     }
 
     async fn accept(&self, acceptance: Acceptance) -> Result<Accepted, StoreError> {
@@ -391,13 +385,7 @@ impl Store for MemoryStore {
                 }
             }
         }
-        let next_cursor = if items.len() > limit {
-            items.truncate(limit);
-            items.last().map(|d| d.id().to_string())
-        } else {
-            None
-        };
-        Ok(Page { items, next_cursor })
+        Ok(Page::from_overfetch(items, limit, |d| d.id().to_string()))
     }
 
     async fn events(&self, id: DeploymentId, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
@@ -548,7 +536,7 @@ impl Store for MemoryStore {
             return Err(not_found("webhook", subscription));
         }
         let limit = page.clamped_limit();
-        let mut items: Vec<WebhookDelivery> = inner
+        let items: Vec<WebhookDelivery> = inner
             .deliveries
             .iter()
             .rev()
@@ -558,12 +546,6 @@ impl Store for MemoryStore {
             .take(limit + 1)
             .map(|(_, d)| d.delivery.clone())
             .collect();
-        let next_cursor = if items.len() > limit {
-            items.truncate(limit);
-            items.last().map(|d| d.id.clone())
-        } else {
-            None
-        };
-        Ok(Page { items, next_cursor })
+        Ok(Page::from_overfetch(items, limit, |d| d.id.clone()))
     }
 }
