@@ -618,16 +618,44 @@ impl Deployment {
         Ok(())
     }
 
-    /// Records a cancel request (the holder honours it at its next step).
-    pub fn request_cancel(&mut self, now: Timestamp) {
+    /// Records a cancel request. A deployment that has not started and that nobody holds (`held` is false) stops at
+    /// once: the update that stops it is returned, for the store to write in the same transaction. Otherwise the
+    /// holder honours the request at its next step.
+    #[must_use]
+    pub fn request_cancel(&mut self, now: Timestamp, held: bool) -> Option<ProgressUpdate> {
         self.cancel_requested = true;
         self.updated_at = now;
+        self.stops_at_once(held)
+            .then(|| self.stop_update(DeploymentStatus::Cancelled, "cancelled before it started", now))
     }
 
-    /// Records that `by` replaces this deployment (the holder stops at its next batch boundary).
-    pub fn mark_superseded_by(&mut self, by: DeploymentId, now: Timestamp) {
+    /// Records that `by` replaces this deployment. As with [`Deployment::request_cancel`], one that has not started and
+    /// that nobody holds stops at once (the returned update); otherwise its holder stops at the next batch boundary.
+    #[must_use]
+    pub fn mark_superseded_by(&mut self, by: DeploymentId, now: Timestamp, held: bool) -> Option<ProgressUpdate> {
         self.superseded_by = Some(by);
         self.updated_at = now;
+        self.stops_at_once(held).then(|| {
+            self.stop_update(
+                DeploymentStatus::Superseded,
+                format!("superseded by deployment {by} before it started"),
+                now,
+            )
+        })
+    }
+
+    fn stops_at_once(&self, held: bool) -> bool {
+        self.status == DeploymentStatus::Queued && !held
+    }
+
+    /// The `deployment.queued` event of a deployment just accepted.
+    #[must_use]
+    pub fn queued_event(&self, now: Timestamp) -> crate::event::NewEvent {
+        crate::event::NewEvent::deployment(
+            now,
+            DeploymentStatus::Queued,
+            format!("accepted: {} {} to {} target(s)", self.service, self.version, self.targets.len()),
+        )
     }
 
     /// The update that stops this deployment with `status` (`cancelled` or `superseded`) when nobody drives it: every

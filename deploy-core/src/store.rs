@@ -336,7 +336,7 @@ impl WebhookDelivery {
     /// Records one attempt's outcome. Returns whether the subscription must be disabled (the receiver said 410).
     #[must_use]
     pub fn record_attempt(&mut self, outcome: DeliveryOutcome, now: Timestamp) -> bool {
-        self.attempts += 1;
+        self.attempts = self.attempts.saturating_add(1);
         match outcome {
             DeliveryOutcome::Delivered { status_code } => {
                 self.status = DeliveryStatus::Delivered;

@@ -436,15 +436,15 @@ impl HeaderRow {
     }
 }
 
+/// A deployment's header and lease; with `lock`, the row stays locked until the transaction ends (PostgreSQL).
 async fn load_header(
     conn: &mut AnyConnection,
-    backend: Backend,
+    lock: Option<Backend>,
     id: DeploymentId,
-    lock: bool,
 ) -> Result<Option<HeaderRow>, StoreError> {
     let sql = format!(
         "SELECT header, lease_owner, lease_token, lease_expires FROM deploy_deployments WHERE id = $1{}",
-        if lock { backend.for_update() } else { "" }
+        lock.map_or("", Backend::for_update)
     );
     let row =
         sqlx::query(AssertSqlSafe(sql)).bind(id.to_string()).fetch_optional(&mut *conn).await.map_err(unavailable)?;
@@ -468,26 +468,20 @@ async fn load_targets(conn: &mut AnyConnection, id: DeploymentId) -> Result<Vec<
 }
 
 async fn load_deployment(conn: &mut AnyConnection, id: DeploymentId) -> Result<Option<Deployment>, StoreError> {
-    let row = sqlx::query("SELECT header FROM deploy_deployments WHERE id = $1")
-        .bind(id.to_string())
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(unavailable)?;
-    let Some(row) = row else { return Ok(None) };
-    let header: Deployment = from_json("deployment", &get::<String>(&row, "header")?)?;
+    let Some(row) = load_header(conn, None, id).await? else { return Ok(None) };
     let targets = load_targets(conn, id).await?;
-    Ok(Some(header.with_targets(targets)))
+    Ok(Some(row.header.with_targets(targets)))
 }
 
+/// An environment with its targets and open deployments; with `lock`, its row stays locked (PostgreSQL).
 async fn load_environment(
     conn: &mut AnyConnection,
-    backend: Backend,
+    lock: Option<Backend>,
     name: &EnvironmentName,
-    lock: bool,
 ) -> Result<Option<Environment>, StoreError> {
     let sql = format!(
         "SELECT revision, concurrency, require_if_match FROM deploy_environments WHERE name = $1{}",
-        if lock { backend.for_update() } else { "" }
+        lock.map_or("", Backend::for_update)
     );
     let row =
         sqlx::query(AssertSqlSafe(sql)).bind(name.as_str()).fetch_optional(&mut *conn).await.map_err(unavailable)?;
@@ -744,19 +738,24 @@ async fn apply_update(
     Ok(Control { cancel_requested: header.cancel_requested(), superseded_by: header.superseded_by() })
 }
 
-/// Stops a deployment nobody holds (`cancelled` or `superseded`), inside the caller's transaction.
-async fn stop_unheld(
+/// Records a cancel or supersede request on a stored deployment, inside the caller's transaction: `request` is
+/// [`Deployment::request_cancel`] or [`Deployment::mark_superseded_by`], applied to the whole record; when it says the
+/// deployment stops at once, that update is written too, else only the flag.
+async fn request_stop(
     conn: &mut AnyConnection,
-    id: DeploymentId,
-    header: Deployment,
-    status: DeploymentStatus,
-    reason: String,
+    row: HeaderRow,
     now: Timestamp,
+    request: impl FnOnce(&mut Deployment, bool) -> Option<ProgressUpdate>,
 ) -> Result<(), StoreError> {
-    let full = header.clone().with_targets(load_targets(conn, id).await?);
-    let update = full.stop_update(status, reason, now);
-    let _ = apply_update(conn, id, header, update).await?;
-    Ok(())
+    let held = row.lease_live(now);
+    let id = row.header.id();
+    let mut full = row.header.with_targets(load_targets(conn, id).await?);
+    let stop = request(&mut full, held);
+    let header = full.header();
+    match stop {
+        Some(update) => apply_update(conn, id, header, update).await.map(|_| ()),
+        None => save_header(conn, &header).await,
+    }
 }
 
 async fn save_header(conn: &mut AnyConnection, header: &Deployment) -> Result<(), StoreError> {
@@ -857,17 +856,7 @@ impl SqlStore {
             return Ok(Optimistic::Locking);
         }
         let id = deployment.id();
-        let queued = NewEvent::deployment(
-            *now,
-            DeploymentStatus::Queued,
-            format!(
-                "accepted: {} {} to {} target(s)",
-                deployment.service(),
-                deployment.version(),
-                deployment.targets().len()
-            ),
-        )
-        .numbered(id, 1);
+        let queued = deployment.queued_event(*now).numbered(id, 1);
         let (fingerprint, expires) =
             idempotency.as_ref().map_or((String::new(), 0), |r| (r.fingerprint.as_str().to_owned(), ms(r.expires_at)));
         let result = match self.backend {
@@ -983,7 +972,7 @@ impl SqlStore {
             .await
             .map_err(unavailable)?
             .ok_or_else(|| not_found("environment", &env_name))?;
-        let current = Revision::new(u64::try_from(get::<i64>(&bumped, "revision")? - 1).unwrap_or(0));
+        let current = Revision::new(u64::try_from(get::<i64>(&bumped, "revision")?.saturating_sub(1)).unwrap_or(0));
         let concurrency = parse_policy(&get::<String>(&bumped, "concurrency")?)?;
         let require_if_match = get::<i64>(&bumped, "require_if_match")? != 0;
         let has_webhooks = get::<i64>(&bumped, "hooks")? > 0;
@@ -1042,29 +1031,12 @@ impl SqlStore {
             ConcurrencyPolicy::Queue => {}
             ConcurrencyPolicy::Supersede => {
                 for old in older {
-                    let Some(row) = load_header(&mut tx, self.backend, old, true).await? else { continue };
-                    let unheld = row.header.status() == DeploymentStatus::Queued && !row.lease_live(now);
-                    let mut header = row.header;
-                    header.mark_superseded_by(id, now);
-                    save_header(&mut tx, &header).await?;
-                    if unheld {
-                        let reason = format!("superseded by deployment {id} before it started");
-                        stop_unheld(&mut tx, old, header, DeploymentStatus::Superseded, reason, now).await?;
-                    }
+                    let Some(row) = load_header(&mut tx, Some(self.backend), old).await? else { continue };
+                    request_stop(&mut tx, row, now, |d, held| d.mark_superseded_by(id, now, held)).await?;
                 }
             }
         }
-        let queued = NewEvent::deployment(
-            now,
-            DeploymentStatus::Queued,
-            format!(
-                "accepted: {} {} to {} target(s)",
-                deployment.service(),
-                deployment.version(),
-                deployment.targets().len()
-            ),
-        )
-        .numbered(id, 1);
+        let queued = deployment.queued_event(now).numbered(id, 1);
         insert_new_deployment(&mut tx, self.backend, &deployment, &queued).await?;
         if let Some(rec) = idempotency {
             // An expired key of the same name is replaced.
@@ -1112,7 +1084,7 @@ impl Store for SqlStore {
     ) -> Result<EnvironmentWrite, StoreError> {
         self.snapshots().remove(name);
         let mut tx = self.begin().await?;
-        let existing = load_environment(&mut tx, self.backend, name, true).await?;
+        let existing = load_environment(&mut tx, Some(self.backend), name).await?;
         let current = existing.as_ref().map_or(Revision::ZERO, |e| e.revision);
         if let Some(expected) = expected.filter(|e| *e != current) {
             return Err(StoreError::PreconditionFailed { expected, current });
@@ -1146,16 +1118,14 @@ impl Store for SqlStore {
                 }
             })?;
         write_environment_targets(&mut tx, &env).await?;
-        let environment = load_environment(&mut tx, self.backend, name, false)
-            .await?
-            .ok_or_else(|| not_found("environment", name))?;
+        let environment = load_environment(&mut tx, None, name).await?.ok_or_else(|| not_found("environment", name))?;
         tx.commit().await.map_err(unavailable)?;
         Ok(EnvironmentWrite { environment, created })
     }
 
     async fn get_environment(&self, name: &EnvironmentName) -> Result<Environment, StoreError> {
         let mut conn = self.pool.acquire().await.map_err(unavailable)?;
-        load_environment(&mut conn, self.backend, name, false).await?.ok_or_else(|| not_found("environment", name))
+        load_environment(&mut conn, None, name).await?.ok_or_else(|| not_found("environment", name))
     }
 
     async fn list_environments(&self, page: &PageRequest) -> Result<Page<Environment>, StoreError> {
@@ -1171,7 +1141,7 @@ impl Store for SqlStore {
         let mut items = Vec::with_capacity(rows.len());
         for r in &rows {
             let name = EnvironmentName::new(get::<String>(r, "name")?).map_err(|e| corrupt("environment name", e))?;
-            if let Some(env) = load_environment(&mut conn, self.backend, &name, false).await? {
+            if let Some(env) = load_environment(&mut conn, None, &name).await? {
                 items.push(env);
             }
         }
@@ -1262,19 +1232,12 @@ impl Store for SqlStore {
 
     async fn request_cancel(&self, id: DeploymentId, now: Timestamp) -> Result<Deployment, StoreError> {
         let mut tx = self.begin().await?;
-        let row = load_header(&mut tx, self.backend, id, true).await?.ok_or_else(|| not_found("deployment", id))?;
+        let row = load_header(&mut tx, Some(self.backend), id).await?.ok_or_else(|| not_found("deployment", id))?;
         let status = row.header.status();
         if status.is_terminal() {
             return Err(StoreError::AlreadyFinished { deployment: id, status });
         }
-        let unheld = status == DeploymentStatus::Queued && !row.lease_live(now);
-        let mut header = row.header;
-        header.request_cancel(now);
-        save_header(&mut tx, &header).await?;
-        if unheld {
-            stop_unheld(&mut tx, id, header, DeploymentStatus::Cancelled, "cancelled before it started".into(), now)
-                .await?;
-        }
+        request_stop(&mut tx, row, now, |d, held| d.request_cancel(now, held)).await?;
         let d = load_deployment(&mut tx, id).await?.ok_or_else(|| not_found("deployment", id))?;
         tx.commit().await.map_err(unavailable)?;
         Ok(d)
@@ -1331,7 +1294,7 @@ impl Store for SqlStore {
 
     async fn renew(&self, lease: &Lease, now: Timestamp, duration: Duration) -> Result<(Lease, Control), StoreError> {
         let mut tx = self.begin().await?;
-        let row = load_header(&mut tx, self.backend, lease.deployment, true)
+        let row = load_header(&mut tx, Some(self.backend), lease.deployment)
             .await?
             .ok_or_else(|| not_found("deployment", lease.deployment))?;
         check_token(&row, lease)?;
@@ -1355,7 +1318,7 @@ impl Store for SqlStore {
 
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        let row = load_header(&mut tx, self.backend, lease.deployment, true)
+        let row = load_header(&mut tx, Some(self.backend), lease.deployment)
             .await?
             .ok_or_else(|| not_found("deployment", lease.deployment))?;
         check_token(&row, lease)?;
@@ -1369,7 +1332,7 @@ impl Store for SqlStore {
 
     async fn record(&self, lease: &Lease, update: ProgressUpdate) -> Result<Control, StoreError> {
         let mut tx = self.begin().await?;
-        let row = load_header(&mut tx, self.backend, lease.deployment, true)
+        let row = load_header(&mut tx, Some(self.backend), lease.deployment)
             .await?
             .ok_or_else(|| not_found("deployment", lease.deployment))?;
         check_token(&row, lease)?;

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use deploy_core::spec::StrategyRequest;
 use deploy_core::{
-    ConcurrencyPolicy, DeploymentId, DeploymentRequest, ExecutorRouter, Orchestrator, OrchestratorConfig, Principal,
-    ShutdownSignal, Store, Submission, Summary,
+    ConcurrencyPolicy, DeploymentId, DeploymentRequest, Orchestrator, Principal, ShutdownSignal, Store, Submission,
+    Summary,
 };
 use deploy_sql::SqlStore;
 use deploy_testkit::fixtures::{env_name, environment, request};
@@ -29,15 +29,7 @@ fn controller(store: &SqlStore, owner: &str) -> Orchestrator {
         executor.add_target(t, Some("0"));
         executor.add_fault(t, None, Fault::Slow(Duration::from_millis(150)));
     }
-    Orchestrator::builder(Arc::new(store.clone()), executor.clone())
-        .router(ExecutorRouter::new().with("scripted", executor))
-        .config(OrchestratorConfig {
-            owner: owner.into(),
-            lease: Duration::from_secs(1),
-            poll_interval: Duration::from_millis(50),
-            ..OrchestratorConfig::default()
-        })
-        .build()
+    common::orchestrator(store, &executor, owner, Duration::from_secs(1))
 }
 
 fn slow_rolling(version: &str) -> DeploymentRequest {

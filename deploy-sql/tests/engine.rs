@@ -8,27 +8,11 @@ use std::time::Duration;
 
 use deploy_core::spec::{FailureRequest, StrategyRequest};
 use deploy_core::{
-    ConcurrencyPolicy, DeploymentRequest, DeploymentStatus, ExecutorRouter, IdempotencyKey, Orchestrator,
-    OrchestratorConfig, Principal, Store, Submission, Summary,
+    ConcurrencyPolicy, DeploymentRequest, DeploymentStatus, IdempotencyKey, Principal, Store, Submission, Summary,
 };
 use deploy_sql::SqlStore;
 use deploy_testkit::fixtures::{env_name, environment, request};
 use deploy_testkit::{Fault, ScriptedExecutor};
-
-fn orchestrator(store: &SqlStore, executor: &Arc<ScriptedExecutor>, owner: &str) -> Orchestrator {
-    Orchestrator::builder(Arc::new(store.clone()), executor.clone())
-        .router(ExecutorRouter::new().with("scripted", executor.clone()))
-        .config(OrchestratorConfig {
-            owner: owner.into(),
-            lease: Duration::from_secs(2),
-            poll_interval: Duration::from_millis(50),
-            retry_base: Duration::from_millis(10),
-            retry_cap: Duration::from_millis(50),
-            watch_poll_interval: Duration::from_millis(50),
-            ..OrchestratorConfig::default()
-        })
-        .build()
-}
 
 fn quick(version: &str) -> DeploymentRequest {
     let mut r = request("prod", "web", version);
@@ -48,7 +32,7 @@ async fn scenario(store: SqlStore) {
     for id in ids {
         executor.add_target(id, Some("1.0"));
     }
-    let o = orchestrator(&store, &executor, "c-1");
+    let o = common::orchestrator(&store, &executor, "c-1", Duration::from_secs(2));
     let admin = Principal::system("t");
     o.put_environment(&admin, &env_name("prod"), environment(&ids, "scripted", ConcurrencyPolicy::Queue), None)
         .await

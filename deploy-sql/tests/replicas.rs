@@ -10,25 +10,15 @@ use std::time::Duration;
 
 use deploy_core::spec::StrategyRequest;
 use deploy_core::{
-    ConcurrencyPolicy, DeploymentRequest, DeploymentStatus, ExecutorRouter, IdempotencyKey, Orchestrator,
-    OrchestratorConfig, Principal, ProgressUpdate, ShutdownSignal, StatusChange, Store, StoreError, Submission,
-    Summary,
+    ConcurrencyPolicy, DeploymentRequest, DeploymentStatus, IdempotencyKey, Orchestrator, Principal, ProgressUpdate,
+    ShutdownSignal, StatusChange, Store, StoreError, Submission, Summary,
 };
 use deploy_sql::SqlStore;
 use deploy_testkit::fixtures::{env_name, environment, request};
 use deploy_testkit::{Fault, ScriptedExecutor};
 
 fn replica(store: SqlStore, executor: &Arc<ScriptedExecutor>, owner: &str) -> Orchestrator {
-    Orchestrator::builder(Arc::new(store), executor.clone())
-        .router(ExecutorRouter::new().with("scripted", executor.clone()))
-        .config(OrchestratorConfig {
-            owner: owner.into(),
-            lease: Duration::from_secs(2),
-            poll_interval: Duration::from_millis(50),
-            watch_poll_interval: Duration::from_millis(50),
-            ..OrchestratorConfig::default()
-        })
-        .build()
+    common::orchestrator(&store, executor, owner, Duration::from_secs(2))
 }
 
 fn quick(env: &str, version: &str) -> DeploymentRequest {

@@ -8,9 +8,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deploy_core::{
     Acceptance, Accepted, Claim, ConcurrencyPolicy, Control, DeliveryOutcome, DeliveryStatus, Deployment,
-    DeploymentFilter, DeploymentId, DeploymentStatus, Environment, EnvironmentName, EnvironmentSpec, EnvironmentWrite,
-    Event, Fingerprint, IdempotencyKey, Lease, Page, PageRequest, ProgressUpdate, Revision, Store, StoreError,
-    Timestamp, UpdateError, ValidationErrors, WebhookDelivery, WebhookSubscription, add_duration,
+    DeploymentFilter, DeploymentId, Environment, EnvironmentName, EnvironmentSpec, EnvironmentWrite, Event,
+    Fingerprint, IdempotencyKey, Lease, Page, PageRequest, ProgressUpdate, Revision, Store, StoreError, Timestamp,
+    UpdateError, ValidationErrors, WebhookDelivery, WebhookSubscription, add_duration,
 };
 use uuid::Uuid;
 
@@ -315,15 +315,8 @@ impl Store for MemoryStore {
             ConcurrencyPolicy::Supersede => {
                 for old in older {
                     let Some(state) = inner.deployments.get_mut(&old) else { continue };
-                    let unheld =
-                        state.deployment.status() == DeploymentStatus::Queued && !lease_live(state.lease.as_ref(), now);
-                    state.deployment.mark_superseded_by(id, now);
-                    if unheld {
-                        let update = state.deployment.stop_update(
-                            DeploymentStatus::Superseded,
-                            format!("superseded by deployment {id} before it started"),
-                            now,
-                        );
+                    let held = lease_live(state.lease.as_ref(), now);
+                    if let Some(update) = state.deployment.mark_superseded_by(id, now, held) {
                         let _ = inner.apply(old, update)?;
                     }
                 }
@@ -332,16 +325,7 @@ impl Store for MemoryStore {
         let env = inner.environments.get_mut(&env_name).ok_or_else(|| not_found("environment", &env_name))?;
         env.environment.revision = env.environment.revision.next();
         env.pending.push_back(id);
-        let queued = deploy_core::NewEvent::deployment(
-            now,
-            DeploymentStatus::Queued,
-            format!(
-                "accepted: {} {} to {} target(s)",
-                deployment.service(),
-                deployment.version(),
-                deployment.targets().len()
-            ),
-        );
+        let queued = deployment.queued_event(now);
         inner.by_time.insert(id);
         inner.deployments.insert(id, DeploymentState { deployment, events: Vec::new(), lease: None, token: 0 });
         if let Some(rec) = idempotency {
@@ -402,9 +386,8 @@ impl Store for MemoryStore {
         if status.is_terminal() {
             return Err(StoreError::AlreadyFinished { deployment: id, status });
         }
-        state.deployment.request_cancel(now);
-        if status == DeploymentStatus::Queued && !lease_live(state.lease.as_ref(), now) {
-            let update = state.deployment.stop_update(DeploymentStatus::Cancelled, "cancelled before it started", now);
+        let held = lease_live(state.lease.as_ref(), now);
+        if let Some(update) = state.deployment.request_cancel(now, held) {
             let _ = inner.apply(id, update)?;
         }
         inner.deployments.get(&id).map(|d| d.deployment.clone()).ok_or_else(|| not_found("deployment", id))

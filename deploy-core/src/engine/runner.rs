@@ -349,7 +349,7 @@ fn describe(strategy: &RolloutStrategy) -> String {
 
 async fn roll_out(plan: &Plan<'_>) -> Result<(), Abort> {
     let rec = plan.rec;
-    let spec = rec.with(|d| d.spec().clone());
+    let spec = plan.spec.as_ref();
     let total = rec.with(|d| d.targets().len());
     let batches = rollout::batches(spec.strategy(), total);
     let is_canary = matches!(spec.strategy(), RolloutStrategy::Canary { .. });
@@ -456,7 +456,7 @@ where
     F: Fn(usize) -> BoxFuture<'p, Result<(), Abort>>,
 {
     let rec = plan.rec;
-    let deadline = rec.with(|d| d.spec().progress_deadline().as_std());
+    let deadline = plan.spec.progress_deadline().as_std();
     let limit = rec.shared.config.max_parallel_targets.max(1);
     let mut queue = indices.iter().copied();
     let mut running = FuturesUnordered::new();
@@ -894,7 +894,7 @@ async fn execute(
 /// Watches a canary step's targets for `watch_for`; a target that turns unhealthy fails the step.
 async fn watch_canary(plan: &Plan<'_>, batch: &Batch, watch_for: Duration) -> Result<Option<String>, Abort> {
     let rec = plan.rec;
-    let (spec, interval) = rec.with(|d| (d.spec().clone(), d.spec().verify().interval.as_std()));
+    let interval = plan.spec.verify().interval.as_std();
     let clock = rec.shared.clock.as_ref();
     let until = add(clock.now(), watch_for);
     loop {
@@ -907,7 +907,7 @@ async fn watch_canary(plan: &Plan<'_>, batch: &Batch, watch_for: Duration) -> Re
                 continue;
             }
             let Some((target, _)) = target_of(plan, i) else { continue };
-            let desired = DesiredState::from_spec(&spec, &entry.to_version);
+            let desired = plan.desired(&entry.to_version);
             let healthy = matches!(executor_for(rec, &target).verify(&target, &desired).await, Ok(Health::Healthy));
             if !healthy {
                 let now = rec.now();
@@ -955,7 +955,7 @@ async fn restore_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
     let rec = plan.rec;
     let Some(mut entry) = rec.target(index) else { return Ok(()) };
     let (service, deployment, unreachable_wait) =
-        rec.with(|d| (d.service().clone(), d.id(), d.spec().on_unreachable().wait.as_std()));
+        (plan.spec.service().clone(), plan.deployment_id, plan.spec.on_unreachable().wait.as_std());
     let Some(from) = entry.from_version.clone() else { return Ok(()) };
     let Some((target, _)) = target_of(plan, index) else { return Ok(()) };
     let desired = entry.previous.clone().unwrap_or_else(|| Arc::new(DesiredState::bare(service, from.clone())));
@@ -971,7 +971,7 @@ async fn restore_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
         })
         .await;
     entry.attempts = attempts;
-    let verify = rec.with(|d| *d.spec().verify());
+    let verify = *plan.spec.verify();
     let (verdict, now) = match applied {
         Ok(()) => verify_health(rec, verify, &target, &desired).await,
         Err(CallError::Failed(e)) => (Verified::Unhealthy(e), rec.now()),

@@ -39,3 +39,26 @@ pub(crate) async fn postgres(test: &str) -> Option<SqlStore> {
     let url = postgres_url(test).await?;
     Some(SqlStore::postgres(&url).await.unwrap())
 }
+
+/// An orchestrator over `store` whose targets (executor kind `scripted`) all go to `executor`, tuned for tests in real
+/// time: leases of `lease`, polls every 50 ms, retries within 50 ms.
+pub(crate) fn orchestrator(
+    store: &SqlStore,
+    executor: &std::sync::Arc<deploy_testkit::ScriptedExecutor>,
+    owner: &str,
+    lease: std::time::Duration,
+) -> deploy_core::Orchestrator {
+    use std::time::Duration;
+    deploy_core::Orchestrator::builder(std::sync::Arc::new(store.clone()), executor.clone())
+        .router(deploy_core::ExecutorRouter::new().with("scripted", executor.clone()))
+        .config(deploy_core::OrchestratorConfig {
+            owner: owner.into(),
+            lease,
+            poll_interval: Duration::from_millis(50),
+            retry_base: Duration::from_millis(10),
+            retry_cap: Duration::from_millis(50),
+            watch_poll_interval: Duration::from_millis(50),
+            ..deploy_core::OrchestratorConfig::default()
+        })
+        .build()
+}
