@@ -591,26 +591,30 @@ async fn write_environment_targets(conn: &mut AnyConnection, env: &Environment) 
         .execute(&mut *conn)
         .await
         .map_err(unavailable)?;
-    for (i, t) in env.targets.iter().enumerate() {
-        let def = TargetDefinition {
-            id: t.id.clone(),
-            labels: t.labels.clone(),
-            executor: t.executor.clone(),
-            config: t.config.clone(),
-        };
-        sqlx::query(
-            "INSERT INTO deploy_environment_targets (environment, id, idx, definition, desired, actual) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(env.name.as_str())
-        .bind(t.id.as_str())
-        .bind(i64::try_from(i).unwrap_or(i64::MAX))
-        .bind(to_json(&def)?)
-        .bind(t.desired.as_deref().map(to_json).transpose()?)
-        .bind(t.actual.as_ref().map(to_json).transpose()?)
-        .execute(&mut *conn)
-        .await
-        .map_err(unavailable)?;
+    // Multi-row inserts: replacing an environment of thousands of targets is a few statements, not one per target.
+    let rows: Vec<(usize, &EnvironmentTarget)> = env.targets.iter().enumerate().collect();
+    for chunk in rows.chunks(CHUNK) {
+        let sql = format!(
+            "INSERT INTO deploy_environment_targets (environment, id, idx, definition, desired, actual) VALUES {}",
+            tuples(chunk.len(), &["", "", "BIGINT", "", "TEXT", "TEXT"], 1)
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for (i, t) in chunk {
+            let def = TargetDefinition {
+                id: t.id.clone(),
+                labels: t.labels.clone(),
+                executor: t.executor.clone(),
+                config: t.config.clone(),
+            };
+            q = q
+                .bind(env.name.as_str())
+                .bind(t.id.as_str())
+                .bind(int(*i))
+                .bind(to_json(&def)?)
+                .bind(t.desired.as_deref().map(to_json).transpose()?)
+                .bind(t.actual.as_ref().map(to_json).transpose()?);
+        }
+        q.execute(&mut *conn).await.map_err(unavailable)?;
     }
     Ok(())
 }
