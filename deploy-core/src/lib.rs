@@ -34,6 +34,7 @@
 //! assert!(inline.validate().unwrap_err().has_hardcoded_secret());
 //! ```
 
+mod access;
 mod auth;
 mod clock;
 mod deployment;
@@ -49,6 +50,7 @@ pub mod spec;
 mod state;
 mod store;
 
+pub use access::{ApiKeyRecord, AuditEntry, AuditFilter};
 pub use auth::{Action, EnvironmentPattern, Forbidden, PatternError, Principal, Role};
 pub use clock::{Clock, SystemClock, Timestamp, add as add_duration, elapsed_between};
 pub use deployment::{
@@ -57,7 +59,7 @@ pub use deployment::{
 };
 pub use duration::{DurationParseError, HumanDuration};
 pub use engine::ShutdownTrigger;
-pub use engine::{Orchestrator, OrchestratorBuilder, OrchestratorConfig, ShutdownSignal, Submission, Submitted};
+pub use engine::{EngineObserver, Orchestrator, OrchestratorBuilder, OrchestratorConfig, ShutdownSignal, Submission, Submitted};
 pub use environment::{
     ConcurrencyPolicy, Environment, EnvironmentSpec, EnvironmentTarget, MAX_TARGETS, TargetDefinition,
 };

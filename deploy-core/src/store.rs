@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::access::{ApiKeyRecord, AuditEntry, AuditFilter};
 use crate::auth::EnvironmentPattern;
 use crate::clock::Timestamp;
 use crate::deployment::{Deployment, DeploymentDraft, DeploymentStatus, ProgressUpdate, UpdateError};
@@ -496,4 +497,22 @@ pub trait Store: Send + Sync {
         subscription: Uuid,
         page: &PageRequest,
     ) -> Result<Page<WebhookDelivery>, StoreError>;
+
+    /// Stores an API key record (its digest, never the key).
+    async fn create_api_key(&self, record: ApiKeyRecord) -> Result<(), StoreError>;
+
+    /// The key whose SHA-256 digest (lowercase hex) is `key_hash`, if any.
+    async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+
+    /// Every API key, oldest first.
+    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError>;
+
+    /// Revokes an API key: it authenticates nobody from now on.
+    async fn delete_api_key(&self, id: Uuid) -> Result<(), StoreError>;
+
+    /// Appends an entry to the audit log.
+    async fn append_audit(&self, entry: AuditEntry) -> Result<(), StoreError>;
+
+    /// Audit entries, newest first; the cursor is the last entry's id.
+    async fn list_audit(&self, filter: &AuditFilter, page: &PageRequest) -> Result<Page<AuditEntry>, StoreError>;
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deploy_core::{
-    Acceptance, Accepted, Claim, ConcurrencyPolicy, Control, DeliveryOutcome, DeliveryStatus, Deployment,
+    Acceptance, Accepted, ApiKeyRecord, AuditEntry, AuditFilter, Claim, ConcurrencyPolicy, Control, DeliveryOutcome, DeliveryStatus, Deployment,
     DeploymentFilter, DeploymentId, Environment, EnvironmentName, EnvironmentSpec, EnvironmentWrite, Event,
     Fingerprint, IdempotencyKey, Lease, Page, PageRequest, ProgressUpdate, Revision, Store, StoreError, Timestamp,
     UpdateError, ValidationErrors, WebhookDelivery, WebhookSubscription, add_duration,
@@ -54,6 +54,8 @@ struct Inner {
     idempotency: HashMap<(String, IdempotencyKey), KeyState>,
     webhooks: BTreeMap<Uuid, WebhookSubscription>,
     deliveries: BTreeMap<String, DeliveryState>,
+    api_keys: BTreeMap<Uuid, ApiKeyRecord>,
+    audit: BTreeMap<Uuid, AuditEntry>,
 }
 
 #[derive(Debug)]
@@ -531,4 +533,48 @@ impl Store for MemoryStore {
             .collect();
         Ok(Page::from_overfetch(items, limit, |d| d.id.clone()))
     }
+
+    async fn create_api_key(&self, record: ApiKeyRecord) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if inner.api_keys.values().any(|k| k.key_hash == record.key_hash) {
+            let mut errs = ValidationErrors::default();
+            errs.push("key", "this key is already registered");
+            return Err(StoreError::Invalid(errs));
+        }
+        inner.api_keys.insert(record.id, record);
+        Ok(())
+    }
+
+    async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        Ok(self.lock().api_keys.values().find(|k| k.key_hash == key_hash).cloned())
+    }
+
+    async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        Ok(self.lock().api_keys.values().cloned().collect())
+    }
+
+    async fn delete_api_key(&self, id: Uuid) -> Result<(), StoreError> {
+        self.lock().api_keys.remove(&id).map(drop).ok_or_else(|| not_found("api key", id))
+    }
+
+    async fn append_audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
+        self.lock().audit.insert(entry.id, entry);
+        Ok(())
+    }
+
+    async fn list_audit(&self, filter: &AuditFilter, page: &PageRequest) -> Result<Page<AuditEntry>, StoreError> {
+        let cursor = page.cursor.as_deref().map(|c| Uuid::parse_str(c).map_err(|_| bad_cursor())).transpose()?;
+        let limit = page.clamped_limit();
+        let inner = self.lock();
+        let items: Vec<AuditEntry> = inner
+            .audit
+            .values()
+            .rev()
+            .filter(|e| cursor.is_none_or(|c| e.id < c) && filter.matches(e))
+            .take(limit + 1)
+            .cloned()
+            .collect();
+        Ok(Page::from_overfetch(items, limit, |e| e.id.to_string()))
+    }
+
 }

@@ -159,5 +159,18 @@ mockall::mock! {
             subscription: uuid::Uuid,
             page: &deploy_core::PageRequest,
         ) -> Result<deploy_core::Page<deploy_core::WebhookDelivery>, deploy_core::StoreError>;
+        async fn create_api_key(&self, record: deploy_core::ApiKeyRecord) -> Result<(), deploy_core::StoreError>;
+        async fn api_key_by_hash(
+            &self,
+            key_hash: &str,
+        ) -> Result<Option<deploy_core::ApiKeyRecord>, deploy_core::StoreError>;
+        async fn list_api_keys(&self) -> Result<Vec<deploy_core::ApiKeyRecord>, deploy_core::StoreError>;
+        async fn delete_api_key(&self, id: uuid::Uuid) -> Result<(), deploy_core::StoreError>;
+        async fn append_audit(&self, entry: deploy_core::AuditEntry) -> Result<(), deploy_core::StoreError>;
+        async fn list_audit(
+            &self,
+            filter: &deploy_core::AuditFilter,
+            page: &deploy_core::PageRequest,
+        ) -> Result<deploy_core::Page<deploy_core::AuditEntry>, deploy_core::StoreError>;
     }
 }

@@ -20,8 +20,8 @@ pub struct ShutdownSignal {
     rx: Option<watch::Receiver<bool>>,
 }
 
-/// Fires a [`ShutdownSignal`].
-#[derive(Debug)]
+/// Fires a [`ShutdownSignal`]. Clones fire the same signal.
+#[derive(Debug, Clone)]
 pub struct ShutdownTrigger {
     tx: watch::Sender<bool>,
 }

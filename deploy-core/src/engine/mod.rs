@@ -74,6 +74,13 @@ impl Default for OrchestratorConfig {
     }
 }
 
+/// Sees every change the engine wrote, after the store accepted it: for metrics and logs. Called on the controller's
+/// task, so it must be quick and must not block.
+pub trait EngineObserver: Send + Sync {
+    /// `update` to `deployment` is durable.
+    fn recorded(&self, deployment: DeploymentId, update: &crate::deployment::ProgressUpdate);
+}
+
 /// A submission: the request, and the caller's idempotency key and expected environment revision.
 #[derive(Debug, Clone, Default)]
 pub struct Submission {
@@ -102,6 +109,7 @@ pub(crate) struct Shared {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) config: OrchestratorConfig,
     pub(crate) known_executors: Option<Vec<String>>,
+    pub(crate) observer: Option<Arc<dyn EngineObserver>>,
     /// Bumped after every local write, so the controller and watchers wake without waiting for a poll.
     pub(crate) changed: watch::Sender<u64>,
 }
@@ -158,6 +166,7 @@ pub struct OrchestratorBuilder {
     clock: Arc<dyn Clock>,
     config: OrchestratorConfig,
     known_executors: Option<Vec<String>>,
+    observer: Option<Arc<dyn EngineObserver>>,
 }
 
 impl OrchestratorBuilder {
@@ -182,6 +191,13 @@ impl OrchestratorBuilder {
         self.executor = Arc::new(router);
         self
     }
+
+    /// Tells `observer` of every change the engine writes (metrics, logs).
+    pub fn observer(mut self, observer: Arc<dyn EngineObserver>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
     /// The orchestrator.
     pub fn build(self) -> Orchestrator {
         let (changed, _) = watch::channel(0);
@@ -193,6 +209,7 @@ impl OrchestratorBuilder {
                 clock: self.clock,
                 config: self.config,
                 known_executors: self.known_executors,
+                observer: self.observer,
                 changed,
             }),
         }
@@ -209,6 +226,7 @@ impl Orchestrator {
             clock: Arc::new(SystemClock),
             config: OrchestratorConfig::default(),
             known_executors: None,
+            observer: None,
         }
     }
 

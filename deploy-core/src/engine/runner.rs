@@ -121,7 +121,11 @@ impl<'a> Recorder<'a> {
 
     async fn send(&self, update: ProgressUpdate) -> Result<(), Abort> {
         let lease = lock(&self.lease).clone();
+        let observed = self.shared.observer.as_ref().map(|o| (Arc::clone(o), update.clone()));
         let control = self.shared.store.record(&lease, update).await?;
+        if let Some((observer, update)) = observed {
+            observer.recorded(lease.deployment, &update);
+        }
         self.merge(control);
         self.shared.poke();
         Ok(())

@@ -72,6 +72,8 @@ pub async fn run_all(store: &dyn Store) {
     listings_page_with_cursors(store).await;
     webhook_outbox_follows_changes(store).await;
     idempotency_keys_expire(store).await;
+    api_keys_by_digest(store).await;
+    audit_log_pages_newest_first(store).await;
 }
 
 /// Creating bumps to revision 1, replacing bumps again, a stale expected revision is refused.
@@ -419,4 +421,72 @@ pub async fn idempotency_keys_expire(store: &dyn Store) {
     assert!(!again.replayed);
     assert_ne!(again.deployment.id(), first.deployment.id());
     let _ = Fingerprint::of(b"");
+}
+
+/// Keys are found by digest only, listed, and gone once deleted; a digest is registered once.
+pub async fn api_keys_by_digest(store: &dyn Store) {
+    let digest = format!("{:064x}", Uuid::now_v7().as_u128());
+    let record = deploy_core::ApiKeyRecord {
+        id: Uuid::now_v7(),
+        name: "ci-bot".into(),
+        role: deploy_core::Role::Deployer,
+        environments: vec![deploy_core::EnvironmentPattern::new("staging-*").expect("pattern")],
+        key_hash: digest.clone(),
+        created_by: "key:admin".into(),
+        created_at: t0().replace_nanosecond(0).expect("whole second"),
+    };
+    store.create_api_key(record.clone()).await.expect("create key");
+    let found = store.api_key_by_hash(&digest).await.expect("lookup").expect("found by digest");
+    assert_eq!(found, record, "the stored record, digest included, comes back unchanged");
+    assert_eq!(store.api_key_by_hash(&digest.replace('0', "1")).await.expect("lookup"), None, "other digest");
+    let twice = store.create_api_key(deploy_core::ApiKeyRecord { id: Uuid::now_v7(), ..record.clone() }).await;
+    assert!(matches!(twice, Err(StoreError::Invalid(_))), "one digest, one key: {twice:?}");
+    assert!(store.list_api_keys().await.expect("list").iter().any(|k| k.id == record.id));
+    store.delete_api_key(record.id).await.expect("delete");
+    assert_eq!(store.api_key_by_hash(&digest).await.expect("lookup"), None, "a deleted key authenticates nobody");
+    assert!(!store.list_api_keys().await.expect("list").iter().any(|k| k.id == record.id));
+    let again = store.delete_api_key(record.id).await;
+    assert!(matches!(again, Err(StoreError::NotFound { .. })), "deleting twice: {again:?}");
+}
+
+/// The audit log lists newest first, filters by actor and environment, and pages with cursors.
+pub async fn audit_log_pages_newest_first(store: &dyn Store) {
+    let actor = format!("key:auditor-{}", Uuid::now_v7().simple());
+    let env = unique_env("audit");
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let entry = deploy_core::AuditEntry {
+            id: Uuid::now_v7(),
+            at: t0().replace_nanosecond(0).expect("whole second"),
+            actor: actor.clone(),
+            action: "deployment.submit".into(),
+            resource: format!("deployments/{i}"),
+            environment: (i % 2 == 0).then(|| env.to_string()),
+            request_id: format!("req-{i}"),
+            outcome: if i == 3 { "forbidden".into() } else { "success".into() },
+        };
+        ids.push(entry.id);
+        store.append_audit(entry).await.expect("append");
+    }
+    let filter = deploy_core::AuditFilter { actor: Some(actor.clone()), environment: None };
+    let first = store.list_audit(&filter, &PageRequest { limit: 3, cursor: None }).await.expect("page 1");
+    let got: Vec<Uuid> = first.items.iter().map(|e| e.id).collect();
+    assert_eq!(got, vec![ids[4], ids[3], ids[2]], "newest first");
+    assert_eq!(first.items[1].outcome, "forbidden");
+    let second = store.list_audit(&filter, &PageRequest { limit: 3, cursor: first.next_cursor }).await.expect("page 2");
+    let got: Vec<Uuid> = second.items.iter().map(|e| e.id).collect();
+    assert_eq!(got, vec![ids[1], ids[0]]);
+    assert_eq!(second.next_cursor, None, "last page");
+    let by_env = deploy_core::AuditFilter { actor: None, environment: Some(env.to_string()) };
+    let got: Vec<Uuid> = store
+        .list_audit(&by_env, &PageRequest { limit: 50, cursor: None })
+        .await
+        .expect("by environment")
+        .items
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(got, vec![ids[4], ids[2], ids[0]], "only that environment's entries");
+    let bad = store.list_audit(&filter, &PageRequest { limit: 3, cursor: Some("nonsense".into()) }).await;
+    assert!(matches!(bad, Err(StoreError::Invalid(_))), "a cursor the store never handed out: {bad:?}");
 }

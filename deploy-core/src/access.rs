@@ -1,0 +1,78 @@
+//! Who may call the API and what they did: API key records and the audit log, as the [`Store`](crate::Store) keeps
+//! them. Keys themselves are never stored, only their SHA-256 digest.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::auth::{EnvironmentPattern, Principal, Role};
+use crate::clock::Timestamp;
+
+/// An API key as stored: its digest, never the key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeyRecord {
+    /// Its id (UUIDv7).
+    pub id: Uuid,
+    /// A name for people (`ci-bot`); the principal is shown as `key:<name>`.
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// Where it may do it.
+    pub environments: Vec<EnvironmentPattern>,
+    /// Lowercase hex SHA-256 of the key; never serialized.
+    #[serde(skip)]
+    pub key_hash: String,
+    /// Who created it.
+    pub created_by: String,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: Timestamp,
+}
+
+impl ApiKeyRecord {
+    /// The principal this key authenticates as.
+    #[must_use]
+    pub fn principal(&self) -> Principal {
+        Principal::new(format!("key:{}", self.name), self.role, self.environments.clone())
+    }
+}
+
+/// One mutating call, as the audit log keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Its id (UUIDv7: ordered by time).
+    #[serde(skip)]
+    pub id: Uuid,
+    /// When the call was answered.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: Timestamp,
+    /// Who made it (`key:ci-bot`, `jwt:svc-a`, `anonymous`).
+    pub actor: String,
+    /// What it asked for (`deployment.submit`, `environment.put`, ...).
+    pub action: String,
+    /// What it acted on (`deployments/0190...`, `environments/prod`).
+    pub resource: String,
+    /// The environment concerned, when there is one.
+    pub environment: Option<String>,
+    /// The request's `X-Request-Id`.
+    pub request_id: String,
+    /// How it ended: `success`, or the problem slug (`forbidden`, `validation`, ...).
+    pub outcome: String,
+}
+
+/// Which audit entries to list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Only this actor's.
+    pub actor: Option<String>,
+    /// Only this environment's.
+    pub environment: Option<String>,
+}
+
+impl AuditFilter {
+    /// Whether `entry` passes.
+    #[must_use]
+    pub fn matches(&self, entry: &AuditEntry) -> bool {
+        self.actor.as_ref().is_none_or(|a| a == &entry.actor)
+            && self.environment.as_ref().is_none_or(|e| entry.environment.as_ref() == Some(e))
+    }
+}

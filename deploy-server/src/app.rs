@@ -1,0 +1,267 @@
+//! The application state, the router and the middleware every request passes through.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use deploy_core::{AuditEntry, Orchestrator, Principal, Store};
+use tracing::Instrument as _;
+
+use crate::auth::Authenticator;
+use crate::metrics::Metrics;
+use crate::problem::{Problem, ProblemKind, ProblemMarker};
+use crate::routes;
+
+/// Request bodies larger than this get 413.
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+/// Tuning of the HTTP API.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Refuse submissions without `Idempotency-Key` (400 `idempotency-key-required`).
+    pub require_idempotency_key: bool,
+    /// Requests per second each principal may make on average.
+    pub rate_limit_per_second: f64,
+    /// Requests a principal may make in a burst.
+    pub rate_limit_burst: f64,
+    /// Longest time to produce a response's head (streams then run on).
+    pub request_timeout: Duration,
+    /// Keep-alive comment interval on event streams.
+    pub sse_keep_alive: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            require_idempotency_key: false,
+            rate_limit_per_second: 100.0,
+            rate_limit_burst: 200.0,
+            request_timeout: Duration::from_secs(30),
+            sse_keep_alive: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Everything a handler needs. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) orchestrator: Orchestrator,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) auth: Authenticator,
+    pub(crate) config: ApiConfig,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) in_flight: Mutex<HashSet<(String, String)>>,
+    pub(crate) buckets: Mutex<HashMap<String, Bucket>>,
+    pub(crate) shutdown: deploy_core::ShutdownSignal,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").field("config", &self.inner.config).finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl AppState {
+    /// State over an orchestrator (built with [`Metrics`] as its observer, to count target outcomes), an authenticator
+    /// and a configuration. `shutdown` ends event streams when the server stops.
+    #[must_use]
+    pub fn new(
+        orchestrator: Orchestrator,
+        auth: Authenticator,
+        config: ApiConfig,
+        metrics: Arc<Metrics>,
+        shutdown: deploy_core::ShutdownSignal,
+    ) -> Self {
+        let store = Arc::clone(orchestrator.store());
+        Self {
+            inner: Arc::new(Inner {
+                orchestrator,
+                store,
+                auth,
+                config,
+                metrics,
+                in_flight: Mutex::new(HashSet::new()),
+                buckets: Mutex::new(HashMap::new()),
+                shutdown,
+            }),
+        }
+    }
+
+    /// Takes one token from `principal`'s bucket, or says how long to wait.
+    pub(crate) fn rate_limit(&self, principal: &Principal) -> Result<(), Duration> {
+        let rate = self.inner.config.rate_limit_per_second;
+        let burst = self.inner.config.rate_limit_burst;
+        let now = Instant::now();
+        let mut buckets = lock(&self.inner.buckets);
+        let bucket = buckets.entry(principal.id().to_owned()).or_insert(Bucket { tokens: burst, at: now });
+        bucket.tokens = (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * rate).min(burst);
+        bucket.at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64(((1.0 - bucket.tokens) / rate).max(0.001)))
+        }
+    }
+
+    /// Marks an idempotency key as being accepted; `None` when it already is.
+    pub(crate) fn begin_key(&self, scope: &str, key: &str) -> Option<InFlightKey> {
+        let entry = (scope.to_owned(), key.to_owned());
+        lock(&self.inner.in_flight).insert(entry.clone()).then(|| InFlightKey { state: self.clone(), entry })
+    }
+}
+
+/// An idempotency key being accepted; released when dropped.
+pub(crate) struct InFlightKey {
+    state: AppState,
+    entry: (String, String),
+}
+
+impl Drop for InFlightKey {
+    fn drop(&mut self) {
+        lock(&self.state.inner.in_flight).remove(&self.entry);
+    }
+}
+
+/// What the audit log should say about a request, filled in by the extractors and the handler.
+#[derive(Debug, Default)]
+pub(crate) struct AuditSlot {
+    pub(crate) actor: Option<String>,
+    pub(crate) action: Option<&'static str>,
+    pub(crate) resource: Option<String>,
+    pub(crate) environment: Option<String>,
+}
+
+/// The shared slot in a request's extensions.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Audit(pub(crate) Arc<Mutex<AuditSlot>>);
+
+impl Audit {
+    pub(crate) fn set(&self, action: &'static str, resource: impl Into<String>, environment: Option<String>) {
+        let mut slot = lock(&self.0);
+        slot.action = Some(action);
+        slot.resource = Some(resource.into());
+        slot.environment = environment;
+    }
+    pub(crate) fn actor(&self, actor: &str) {
+        lock(&self.0).actor = Some(actor.to_owned());
+    }
+}
+
+/// The request id of a request, echoed or made.
+#[derive(Debug, Clone)]
+pub(crate) struct RequestId(pub(crate) String);
+
+/// The whole HTTP API over `state`.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/v1/environments", get(routes::list_environments))
+        .route("/v1/environments/{env}", put(routes::put_environment).get(routes::get_environment))
+        .route("/v1/deployments", post(routes::submit).get(routes::list_deployments))
+        .route("/v1/deployments/{id}", get(routes::get_deployment))
+        .route("/v1/deployments/{id}/events", get(routes::events))
+        .route("/v1/deployments/{id}/cancel", post(routes::cancel))
+        .route("/v1/deployments/{id}/rollback", post(routes::rollback))
+        .route("/v1/api-keys", post(routes::create_key).get(routes::list_keys))
+        .route("/v1/api-keys/{id}", axum::routing::delete(routes::delete_key))
+        .route("/v1/audit", get(routes::audit))
+        .route("/healthz", get(routes::healthz))
+        .route("/readyz", get(routes::readyz))
+        .route("/metrics", get(routes::metrics))
+        .route("/openapi.json", get(routes::openapi))
+        .route("/problems/{slug}", get(routes::problem))
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(state.clone(), audit_and_time))
+        .with_state(state.clone());
+    api.layer(middleware::from_fn_with_state(state, observe))
+}
+
+/// Outermost: request id, tracing span, metrics, and the request timeout.
+async fn observe(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 200 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
+    request.extensions_mut().insert(RequestId(request_id.clone()));
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let span = tracing::info_span!("request", %method, path = %request.uri().path(), request_id = %request_id);
+    let timeout = state.inner.config.request_timeout;
+    let mut response = match tokio::time::timeout(timeout, next.run(request).instrument(span.clone())).await {
+        Ok(response) => response,
+        Err(_) => {
+            span.in_scope(|| tracing::warn!(?timeout, "request timed out"));
+            Problem::new(ProblemKind::Internal, "the request took too long; it may be retried")
+                .with_status(axum::http::StatusCode::SERVICE_UNAVAILABLE)
+                .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+                .into_response()
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    let status = response.status().as_u16();
+    state.inner.metrics.request(method.as_str(), &route, status, started.elapsed());
+    span.in_scope(|| tracing::debug!(status, elapsed_ms = started.elapsed().as_millis() as u64, "answered"));
+    response
+}
+
+/// Inner: writes every mutating call to the audit log once it is answered.
+async fn audit_and_time(State(state): State<AppState>, mut request: Request<Body>, next: Next) -> Response {
+    let mutating = !matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    let audit = Audit::default();
+    request.extensions_mut().insert(audit.clone());
+    let request_id = request.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
+    let fallback_action = format!("{} {}", request.method(), request.uri().path());
+    let response = next.run(request).await;
+    if mutating {
+        let slot = std::mem::take(&mut *lock(&audit.0));
+        let outcome = match response.extensions().get::<ProblemMarker>() {
+            Some(ProblemMarker(kind)) => kind.slug().to_owned(),
+            None if response.status().is_success() => "success".to_owned(),
+            None => format!("http-{}", response.status().as_u16()),
+        };
+        let entry = AuditEntry {
+            id: uuid::Uuid::now_v7(),
+            at: state.inner.orchestrator.clock().now(),
+            actor: slot.actor.unwrap_or_else(|| "anonymous".to_owned()),
+            action: slot.action.map_or(fallback_action, str::to_owned),
+            resource: slot.resource.unwrap_or_default(),
+            environment: slot.environment,
+            request_id,
+            outcome,
+        };
+        if let Err(e) = state.inner.store.append_audit(entry).await {
+            tracing::error!(error = %e, "could not write the audit log");
+        }
+    }
+    response
+}

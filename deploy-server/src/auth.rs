@@ -1,0 +1,234 @@
+//! Authentication: API keys (`dk_...`, stored as SHA-256, compared in constant time) and JWT bearer tokens (HS256 or
+//! EdDSA). Authorization itself is [`Principal::authorize`](deploy_core::Principal::authorize).
+
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, HeaderValue, header};
+use base64::Engine as _;
+use deploy_core::{ApiKeyRecord, EnvironmentPattern, Principal, Role, Store};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::problem::{Problem, ProblemKind};
+
+/// The prefix of every API key.
+pub const KEY_PREFIX: &str = "dk_";
+
+/// How JWT bearer tokens are verified.
+#[derive(Clone)]
+pub struct JwtConfig {
+    key: DecodingKey,
+    algorithm: Algorithm,
+    issuer: Option<String>,
+    audience: Option<String>,
+}
+
+impl std::fmt::Debug for JwtConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtConfig")
+            .field("algorithm", &self.algorithm)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A JWT configuration that could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid JWT configuration: {0}")]
+pub struct JwtConfigError(String);
+
+impl JwtConfig {
+    /// HS256 with a shared secret.
+    ///
+    /// # Errors
+    /// A secret shorter than 32 bytes.
+    pub fn hs256(secret: &[u8]) -> Result<Self, JwtConfigError> {
+        if secret.len() < 32 {
+            return Err(JwtConfigError("the HS256 secret must be at least 32 bytes".into()));
+        }
+        Ok(Self { key: DecodingKey::from_secret(secret), algorithm: Algorithm::HS256, issuer: None, audience: None })
+    }
+
+    /// EdDSA (Ed25519) with a PEM public key.
+    ///
+    /// # Errors
+    /// A PEM that is not an Ed25519 public key.
+    pub fn eddsa_pem(pem: &[u8]) -> Result<Self, JwtConfigError> {
+        let key = DecodingKey::from_ed_pem(pem).map_err(|e| JwtConfigError(format!("EdDSA public key: {e}")))?;
+        Ok(Self { key, algorithm: Algorithm::EdDSA, issuer: None, audience: None })
+    }
+
+    /// Requires `iss` to be `issuer`.
+    #[must_use]
+    pub fn issuer(mut self, issuer: Option<String>) -> Self {
+        self.issuer = issuer;
+        self
+    }
+
+    /// Requires `aud` to contain `audience`.
+    #[must_use]
+    pub fn audience(mut self, audience: Option<String>) -> Self {
+        self.audience = audience;
+        self
+    }
+
+    fn validation(&self) -> Validation {
+        let mut v = Validation::new(self.algorithm);
+        v.algorithms = vec![self.algorithm];
+        v.validate_exp = true;
+        v.validate_nbf = true;
+        v.leeway = 30;
+        v.set_required_spec_claims(&["exp", "sub"]);
+        match &self.issuer {
+            Some(iss) => v.set_issuer(&[iss]),
+            None => v.iss = None,
+        }
+        match &self.audience {
+            Some(aud) => v.set_audience(&[aud]),
+            None => v.validate_aud = false,
+        }
+        v
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Claims {
+    sub: String,
+    role: Role,
+    #[serde(default)]
+    environments: Vec<EnvironmentPattern>,
+}
+
+/// Turns `Authorization` headers into principals.
+#[derive(Clone)]
+pub struct Authenticator {
+    store: Arc<dyn Store>,
+    jwt: Option<JwtConfig>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator").field("jwt", &self.jwt).finish_non_exhaustive()
+    }
+}
+
+fn unauthenticated(detail: &str, invalid: bool) -> Problem {
+    let challenge = if invalid {
+        HeaderValue::from_static("Bearer realm=\"deploy\", error=\"invalid_token\"")
+    } else {
+        HeaderValue::from_static("Bearer realm=\"deploy\"")
+    };
+    Problem::new(ProblemKind::Unauthenticated, detail).with_header(header::WWW_AUTHENTICATE, challenge)
+}
+
+impl Authenticator {
+    /// API keys from `store`; JWTs only when `jwt` is given.
+    #[must_use]
+    pub fn new(store: Arc<dyn Store>, jwt: Option<JwtConfig>) -> Self {
+        Self { store, jwt }
+    }
+
+    /// The principal the request's `Authorization` header proves.
+    ///
+    /// # Errors
+    /// 401 problems (with `WWW-Authenticate`) for missing, malformed, unknown, revoked or expired credentials; 503 when
+    /// the store cannot be asked.
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, Problem> {
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
+            return Err(unauthenticated("send Authorization: Bearer <API key or JWT>", false));
+        };
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| unauthenticated("the Authorization header must be `Bearer <token>`", true))?;
+        if token.starts_with(KEY_PREFIX) {
+            self.api_key(token).await
+        } else {
+            self.jwt(token)
+        }
+    }
+
+    async fn api_key(&self, token: &str) -> Result<Principal, Problem> {
+        if !is_well_formed_key(token) {
+            return Err(unauthenticated("not a valid API key", true));
+        }
+        let digest = key_digest(token);
+        let record = self.store.api_key_by_hash(&digest).await.map_err(Problem::from)?;
+        match record {
+            // The lookup is by digest; compare the digests again in constant time so no timing depends on how much of
+            // the digest matched.
+            Some(record) if bool::from(record.key_hash.as_bytes().ct_eq(digest.as_bytes())) => {
+                Ok(record.principal())
+            }
+            _ => Err(unauthenticated("unknown or revoked API key", true)),
+        }
+    }
+
+    fn jwt(&self, token: &str) -> Result<Principal, Problem> {
+        let Some(jwt) = &self.jwt else {
+            return Err(unauthenticated("this server accepts API keys only", true));
+        };
+        let data = jsonwebtoken::decode::<Claims>(token, &jwt.key, &jwt.validation()).map_err(|e| {
+            tracing::debug!(error = %e, "JWT refused");
+            unauthenticated("the token is invalid or expired", true)
+        })?;
+        let claims = data.claims;
+        Ok(Principal::new(format!("jwt:{}", claims.sub), claims.role, claims.environments))
+    }
+}
+
+/// Whether `key` looks like an API key: `dk_` and 43 URL-safe base64 characters.
+#[must_use]
+pub fn is_well_formed_key(key: &str) -> bool {
+    key.strip_prefix(KEY_PREFIX)
+        .is_some_and(|rest| rest.len() == 43 && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+}
+
+/// The lowercase hex SHA-256 of a key: all the store ever sees.
+#[must_use]
+pub fn key_digest(key: &str) -> String {
+    let digest = Sha256::digest(key.as_bytes());
+    let mut out = String::with_capacity(64);
+    for b in digest {
+        out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+        out.push(char::from(b"0123456789abcdef"[usize::from(b & 0xf)]));
+    }
+    out
+}
+
+/// A new API key: `dk_` and 256 random bits in URL-safe base64.
+///
+/// # Errors
+/// The operating system's random source failed.
+pub fn generate_key() -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)?;
+    Ok(format!("{KEY_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)))
+}
+
+/// A record for a new key.
+#[must_use]
+pub(crate) fn key_record(
+    key: &str,
+    name: String,
+    role: Role,
+    environments: Vec<EnvironmentPattern>,
+    created_by: String,
+    now: deploy_core::Timestamp,
+) -> ApiKeyRecord {
+    ApiKeyRecord {
+        id: uuid::Uuid::now_v7(),
+        name,
+        role,
+        environments,
+        key_hash: key_digest(key),
+        created_by,
+        created_at: now,
+    }
+}

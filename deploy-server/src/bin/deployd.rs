@@ -1,0 +1,154 @@
+//! `deployd`: the Deployment API server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use deploy_core::HumanDuration;
+use deploy_server::Settings;
+
+/// The Deployment API server.
+#[derive(Debug, Parser)]
+#[command(name = "deployd", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the API and run the controller.
+    Serve(ServeArgs),
+}
+
+/// Every setting is optional here: a flag beats a `DEPLOYD_*` variable, which beats the `--config` file, which beats
+/// the default.
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// A TOML file with any of the settings below (snake_case keys).
+    #[arg(long, env = "DEPLOYD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "DEPLOYD_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Data directory for the embedded SQLite store and the sim executor [default: ./deployd-data].
+    #[arg(long, env = "DEPLOYD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// PostgreSQL instead of the embedded store (postgres://...).
+    #[arg(long, env = "DEPLOYD_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Enable the `sim` executor (for demos and tests).
+    #[arg(long, env = "DEPLOYD_DEV")]
+    dev: Option<bool>,
+    /// Require an Idempotency-Key on submissions.
+    #[arg(long, env = "DEPLOYD_REQUIRE_IDEMPOTENCY_KEY")]
+    require_idempotency_key: Option<bool>,
+    /// Requests per second per principal [default: 100].
+    #[arg(long, env = "DEPLOYD_RATE_LIMIT")]
+    rate_limit: Option<f64>,
+    /// Request burst per principal [default: 200].
+    #[arg(long, env = "DEPLOYD_RATE_LIMIT_BURST")]
+    rate_limit_burst: Option<f64>,
+    /// Longest time to answer a request [default: 30s].
+    #[arg(long, env = "DEPLOYD_REQUEST_TIMEOUT")]
+    request_timeout: Option<HumanDuration>,
+    /// How long a claim on a deployment lasts without renewal [default: 15s].
+    #[arg(long, env = "DEPLOYD_LEASE")]
+    lease: Option<HumanDuration>,
+    /// How often an idle controller looks for work [default: 500ms].
+    #[arg(long, env = "DEPLOYD_POLL_INTERVAL")]
+    poll_interval: Option<HumanDuration>,
+    /// Deployments this replica drives at once [default: 16].
+    #[arg(long, env = "DEPLOYD_MAX_CONCURRENT_DEPLOYMENTS")]
+    max_concurrent_deployments: Option<usize>,
+    /// HS256 secret for JWT bearer tokens.
+    #[arg(long, env = "DEPLOYD_JWT_HS256_SECRET", hide_env_values = true)]
+    jwt_hs256_secret: Option<String>,
+    /// PEM file with the Ed25519 public key for JWT bearer tokens.
+    #[arg(long, env = "DEPLOYD_JWT_EDDSA_PUBLIC_KEY")]
+    jwt_eddsa_public_key: Option<PathBuf>,
+    /// Required `iss` claim.
+    #[arg(long, env = "DEPLOYD_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+    /// Required `aud` claim.
+    #[arg(long, env = "DEPLOYD_JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
+    /// The admin key created on first start (instead of a random one, printed once).
+    #[arg(long, env = "DEPLOYD_BOOTSTRAP_ADMIN_KEY", hide_env_values = true)]
+    bootstrap_admin_key: Option<String>,
+}
+
+impl ServeArgs {
+    fn settings(self) -> anyhow::Result<Settings> {
+        let mut s = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str::<Settings>(&text).with_context(|| format!("parsing {}", path.display()))?
+            }
+            None => Settings::default(),
+        };
+        macro_rules! take {
+            ($($field:ident),*) => { $( if let Some(v) = self.$field { s.$field = v; } )* };
+        }
+        macro_rules! take_opt {
+            ($($field:ident),*) => { $( if self.$field.is_some() { s.$field = self.$field; } )* };
+        }
+        take!(listen, data_dir, dev, require_idempotency_key, rate_limit, rate_limit_burst, request_timeout, lease);
+        take!(poll_interval, max_concurrent_deployments);
+        take_opt!(database_url, jwt_hs256_secret, jwt_eddsa_public_key, jwt_issuer, jwt_audience, bootstrap_admin_key);
+        Ok(s)
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let settings = args.settings()?;
+    let store = settings.database_url.as_ref().map_or_else(
+        || format!("SQLite in {}", settings.data_dir.display()),
+        |_| "PostgreSQL".to_owned(),
+    );
+    let running = deploy_server::start(settings).await.context("deployd could not start")?;
+    if let Some(key) = &running.bootstrap_key {
+        println!("deployd: created the bootstrap admin API key (shown only now): {key}");
+    }
+    println!("deployd: listening on http://{} ({store})", running.addr);
+    let trigger = running.trigger();
+    tokio::spawn(async move {
+        deploy_server::terminated().await;
+        eprintln!("deployd: shutting down: no new work is claimed; in-flight work is left resumable");
+        trigger.fire();
+    });
+    running.wait().await;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DEPLOYD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("deployd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("deployd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

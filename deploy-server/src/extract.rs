@@ -1,0 +1,165 @@
+//! Extractors: the authenticated caller, JSON bodies with problem-detail rejections, and header and query parsing.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Query, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use deploy_core::{IdempotencyKey, PageRequest, Principal, Revision};
+use serde::de::DeserializeOwned;
+
+use crate::app::{AppState, Audit};
+use crate::problem::{Problem, ProblemKind};
+
+/// The authenticated, rate-limited caller of a request.
+#[derive(Debug, Clone)]
+pub(crate) struct Caller {
+    pub(crate) principal: Principal,
+    pub(crate) audit: Audit,
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
+        let audit = parts.extensions.get::<Audit>().cloned().unwrap_or_default();
+        let principal = state.inner.auth.authenticate(&parts.headers).await?;
+        audit.actor(principal.id());
+        if let Err(wait) = state.rate_limit(&principal) {
+            let secs = wait.as_secs_f64().ceil().max(1.0);
+            return Err(Problem::new(
+                ProblemKind::RateLimited,
+                format!("{} made too many requests; retry in {secs} s", principal.id()),
+            )
+            .with_header(header::RETRY_AFTER, HeaderValue::from_str(&format!("{secs}")).unwrap_or(HeaderValue::from_static("1"))));
+        }
+        Ok(Self { principal, audit })
+    }
+}
+
+/// A JSON body: 415 unless `application/json`, 413 over the limit, 400 with the offending field otherwise.
+#[derive(Debug)]
+pub(crate) struct ApiJson<T>(pub(crate) T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = Problem;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Problem> {
+        let is_json = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|v| v.trim().to_ascii_lowercase())
+            .is_some_and(|v| v == "application/json" || (v.starts_with("application/") && v.ends_with("+json")));
+        if !is_json {
+            return Err(Problem::new(ProblemKind::UnsupportedMediaType, "send the body as Content-Type: application/json"));
+        }
+        let bytes = Bytes::from_request(request, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                Problem::new(ProblemKind::PayloadTooLarge, "the body is over the 1 MiB limit")
+            } else {
+                Problem::invalid_field("body", format!("the body could not be read: {e}"))
+            }
+        })?;
+        parse_json(&bytes).map(Self)
+    }
+}
+
+/// Parses a JSON body; a problem names the path of the offending field when serde knows it.
+pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde::Deserialize::deserialize(&mut de).and_then(|v: T| de.end().map(|()| v));
+    value.map_err(|e| {
+        let message = e.to_string();
+        let field = ["unknown field `", "missing field `"]
+            .iter()
+            .find_map(|marker| message.split_once(marker))
+            .and_then(|(_, rest)| rest.split_once('`'))
+            .map_or_else(|| "body".to_owned(), |(name, _)| name.to_owned());
+        Problem::invalid_field(&field, clean_serde_message(&message))
+    })
+}
+
+/// Serde's message without the line and column of a body the caller cannot see formatted.
+fn clean_serde_message(message: &str) -> String {
+    match message.rsplit_once(" at line ") {
+        Some((head, _)) => head.to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+/// Query parameters, each checked with a field error.
+#[derive(Debug, Default)]
+pub(crate) struct Params(pub(crate) HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
+        let Query(map) = Query::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| Problem::invalid_field("query", e.body_text()))?;
+        Ok(Self(map))
+    }
+}
+
+impl Params {
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str).filter(|v| !v.is_empty())
+    }
+
+    /// `limit` (1..=500, default 50) and `cursor`.
+    pub(crate) fn page(&self) -> Result<PageRequest, Problem> {
+        let limit = match self.get("limit") {
+            None => 50,
+            Some(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=500).contains(n))
+                .ok_or_else(|| Problem::invalid_field("limit", "use a whole number from 1 to 500"))?,
+        };
+        Ok(PageRequest { limit, cursor: self.get("cursor").map(str::to_owned) })
+    }
+
+    /// A parsed parameter, with a field error naming it.
+    pub(crate) fn parse<T: std::str::FromStr>(&self, name: &str, rule: &str) -> Result<Option<T>, Problem> {
+        self.get(name).map(|v| v.parse::<T>().map_err(|_| Problem::invalid_field(name, rule.to_owned()))).transpose()
+    }
+}
+
+/// `If-Match: "12"` (quoted or bare, optionally weak) as a revision.
+pub(crate) fn if_match(headers: &HeaderMap) -> Result<Option<Revision>, Problem> {
+    let Some(value) = headers.get(header::IF_MATCH) else { return Ok(None) };
+    let text = value.to_str().unwrap_or_default().trim();
+    let text = text.strip_prefix("W/").unwrap_or(text);
+    let text = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')).unwrap_or(text);
+    text.parse::<u64>()
+        .map(|n| Some(Revision::new(n)))
+        .map_err(|_| Problem::invalid_field("If-Match", "use the revision from an ETag, like \"12\""))
+}
+
+/// `Idempotency-Key` (quoted or bare, at most 255 characters).
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, Problem> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let text = value.to_str().unwrap_or_default().trim();
+    let text = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')).unwrap_or(text);
+    IdempotencyKey::new(text)
+        .map(Some)
+        .map_err(|e| Problem::invalid_field("Idempotency-Key", e.rule()))
+}
+
+/// The strong ETag of a revision.
+pub(crate) fn etag(revision: Revision) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{revision}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
+}
+
+/// Whether `If-None-Match` already names `revision` (answer 304).
+pub(crate) fn not_modified(headers: &HeaderMap, revision: Revision) -> bool {
+    let tag = format!("\"{revision}\"");
+    headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim().trim_start_matches("W/") == tag || t.trim() == "*"))
+}

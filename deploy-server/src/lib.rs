@@ -1,0 +1,32 @@
+//! # deploy-server
+//!
+//! The HTTP Deployment API (`design/api.md`) over a [`deploy_core::Orchestrator`], and `deployd`, the binary that
+//! serves it on the embedded SQLite store or on PostgreSQL.
+//!
+//! - [`router`] builds the axum router from an [`AppState`]: authentication (API keys and JWTs), RBAC, idempotency
+//!   keys, conditional requests, RFC 9457 problems, rate limits, request ids, metrics and the audit log.
+//! - [`start`] runs everything `deployd serve` runs, from [`Settings`].
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), deploy_server::StartError> {
+//! let settings = deploy_server::Settings { dev: true, ..Default::default() };
+//! let running = deploy_server::start(settings).await?;
+//! println!("listening on {}", running.addr);
+//! running.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+mod app;
+mod auth;
+mod extract;
+mod metrics;
+pub mod openapi;
+mod problem;
+mod routes;
+mod server;
+
+pub use app::{ApiConfig, AppState, BODY_LIMIT, router};
+pub use auth::{Authenticator, JwtConfig, JwtConfigError, KEY_PREFIX, generate_key, is_well_formed_key, key_digest};
+pub use metrics::{Gauges, Metrics};
+pub use problem::{Problem, ProblemKind};
+pub use server::{Running, Settings, StartError, start, terminated};

@@ -1,0 +1,422 @@
+//! The handlers of every endpoint of `design/api.md`.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use deploy_core::{
+    Action, DeploymentFilter, DeploymentId, DeploymentRequest, DeploymentStatus, EnvironmentName,
+    EnvironmentPattern, EnvironmentSpec, Event, PageRequest, Role, ServiceName, Submission,
+};
+use futures::StreamExt as _;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::app::AppState;
+use crate::auth::{generate_key, key_record};
+use crate::extract::{ApiJson, Caller, Params, etag, idempotency_key, if_match, not_modified};
+use crate::metrics::Gauges;
+use crate::problem::{Problem, ProblemKind, action_name};
+
+type ApiResult = Result<Response, Problem>;
+
+fn env_name(raw: &str) -> Result<EnvironmentName, Problem> {
+    EnvironmentName::new(raw).map_err(|e| Problem::invalid_field("env", e.rule()))
+}
+
+fn deployment_id(raw: &str) -> Result<DeploymentId, Problem> {
+    raw.parse().map_err(|_| Problem::invalid_field("id", "not a deployment id (a UUIDv7)"))
+}
+
+fn forbidden(caller: &Caller, action: Action, where_: &str) -> Problem {
+    Problem::new(
+        ProblemKind::Forbidden,
+        format!("{} may not {} {where_}", caller.principal.id(), action_name(action)),
+    )
+}
+
+/// Administrative actions are allowed only to admins whose patterns cover every environment.
+fn require_admin(caller: &Caller) -> Result<(), Problem> {
+    let covers_all = caller.principal.environments().iter().any(|p| p.as_str() == "*");
+    if caller.principal.role().allows(Action::Administer) && covers_all {
+        Ok(())
+    } else {
+        Err(forbidden(caller, Action::Administer, "on this server (admin role with environments [\"*\"] needed)"))
+    }
+}
+
+fn list_body<T: Serialize>(items: &[T], next_cursor: Option<String>) -> Response {
+    Json(json!({"items": items, "next_cursor": next_cursor})).into_response()
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Environments
+
+pub(crate) async fn put_environment(
+    State(state): State<AppState>,
+    Path(env): Path<String>,
+    caller: Caller,
+    headers: HeaderMap,
+    ApiJson(spec): ApiJson<EnvironmentSpec>,
+) -> ApiResult {
+    caller.audit.set("environment.put", format!("environments/{env}"), Some(env.clone()));
+    let name = env_name(&env)?;
+    let expected = if_match(&headers)?;
+    let write = state.inner.orchestrator.put_environment(&caller.principal, &name, spec, expected).await?;
+    let status = if write.created { StatusCode::CREATED } else { StatusCode::OK };
+    let mut response = (status, Json(&write.environment)).into_response();
+    response.headers_mut().insert(header::ETAG, etag(write.environment.revision));
+    if write.created {
+        if let Ok(v) = HeaderValue::from_str(&format!("/v1/environments/{name}")) {
+            response.headers_mut().insert(header::LOCATION, v);
+        }
+    }
+    Ok(response)
+}
+
+pub(crate) async fn get_environment(
+    State(state): State<AppState>,
+    Path(env): Path<String>,
+    caller: Caller,
+    headers: HeaderMap,
+) -> ApiResult {
+    let name = env_name(&env)?;
+    let environment = state.inner.orchestrator.environment(&caller.principal, &name).await?;
+    if not_modified(&headers, environment.revision) {
+        let mut response = StatusCode::NOT_MODIFIED.into_response();
+        response.headers_mut().insert(header::ETAG, etag(environment.revision));
+        return Ok(response);
+    }
+    let mut response = Json(&environment).into_response();
+    response.headers_mut().insert(header::ETAG, etag(environment.revision));
+    Ok(response)
+}
+
+pub(crate) async fn list_environments(State(state): State<AppState>, caller: Caller, params: Params) -> ApiResult {
+    let page = params.page()?;
+    let mut out = state.inner.store.list_environments(&page).await?;
+    out.items.retain(|e| caller.principal.authorize(Action::Read, &e.name).is_ok());
+    Ok(list_body(&out.items, out.next_cursor))
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Deployments
+
+fn accepted(deployment: &deploy_core::Deployment, replayed: bool) -> Response {
+    let mut response = (StatusCode::ACCEPTED, Json(deployment)).into_response();
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&format!("/v1/deployments/{}", deployment.id())) {
+        headers.insert(header::LOCATION, v);
+    }
+    headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    headers.insert(header::ETAG, etag(deployment.revision()));
+    if replayed {
+        headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    response
+}
+
+pub(crate) async fn submit(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<DeploymentRequest>,
+) -> ApiResult {
+    caller.audit.set("deployment.submit", "deployments", Some(request.environment.clone()));
+    let key = idempotency_key(&headers)?;
+    if key.is_none() && state.inner.config.require_idempotency_key {
+        return Err(Problem::new(ProblemKind::IdempotencyKeyRequired, "send an Idempotency-Key header"));
+    }
+    let expected_revision = if_match(&headers)?;
+    let _guard = match &key {
+        Some(k) => Some(state.begin_key(caller.principal.id(), k.as_str()).ok_or_else(|| {
+            Problem::new(
+                ProblemKind::IdempotencyKeyInFlight,
+                format!("a request with idempotency key {:?} is still being processed; retry shortly", k.as_str()),
+            )
+            .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+        })?),
+        None => None,
+    };
+    let submitted = state
+        .inner
+        .orchestrator
+        .submit(&caller.principal, Submission { request, idempotency_key: key, expected_revision })
+        .await?;
+    caller.audit.set(
+        "deployment.submit",
+        format!("deployments/{}", submitted.deployment.id()),
+        Some(submitted.deployment.environment().to_string()),
+    );
+    Ok(accepted(&submitted.deployment, submitted.replayed))
+}
+
+pub(crate) async fn get_deployment(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    caller: Caller,
+    headers: HeaderMap,
+) -> ApiResult {
+    let id = deployment_id(&id)?;
+    let deployment = state.inner.orchestrator.get(&caller.principal, id).await?;
+    if not_modified(&headers, deployment.revision()) {
+        let mut response = StatusCode::NOT_MODIFIED.into_response();
+        response.headers_mut().insert(header::ETAG, etag(deployment.revision()));
+        return Ok(response);
+    }
+    let mut response = Json(&deployment).into_response();
+    response.headers_mut().insert(header::ETAG, etag(deployment.revision()));
+    if !deployment.status().is_terminal() {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    Ok(response)
+}
+
+pub(crate) async fn list_deployments(State(state): State<AppState>, caller: Caller, params: Params) -> ApiResult {
+    let page = params.page()?;
+    let filter = DeploymentFilter {
+        environment: params.parse::<EnvironmentName>("environment", "not an environment name")?,
+        service: params.parse::<ServiceName>("service", "not a service name")?,
+        status: params
+            .get("status")
+            .map(|s| {
+                serde_json::from_value::<DeploymentStatus>(serde_json::Value::String(s.to_owned()))
+                    .map_err(|_| Problem::invalid_field("status", "not a deployment status (queued, in_progress, ...)"))
+            })
+            .transpose()?,
+    };
+    let out = state.inner.orchestrator.list(&caller.principal, &filter, &page).await?;
+    Ok(list_body(&out.items, out.next_cursor))
+}
+
+pub(crate) async fn events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    caller: Caller,
+    headers: HeaderMap,
+    params: Params,
+) -> ApiResult {
+    let id = deployment_id(&id)?;
+    let after = params.parse::<u64>("after", "use a whole number (the last seq seen)")?.unwrap_or(0);
+    let wants_stream = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    if wants_stream {
+        let resume = match headers.get("last-event-id") {
+            Some(v) => v
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| Problem::invalid_field("Last-Event-ID", "use the id (seq) of the last event seen"))?,
+            None => after,
+        };
+        return stream_events(&state, &caller, id, resume).await;
+    }
+    let limit = params.page()?.limit;
+    let items = state.inner.orchestrator.events(&caller.principal, id, after, limit).await?;
+    let next_after = items.last().map_or(after, |e| e.seq);
+    Ok(Json(json!({"items": items, "next_after": next_after})).into_response())
+}
+
+async fn stream_events(state: &AppState, caller: &Caller, id: DeploymentId, after: u64) -> ApiResult {
+    let events = state.inner.orchestrator.watch(&caller.principal, id, after).await?;
+    let mut shutdown = state.inner.shutdown.clone();
+    let stop = async move { shutdown.fired().await };
+    let stream = events
+        .take_while(|e| {
+            if let Err(err) = e {
+                tracing::warn!(error = %err, "event stream ended by a store error");
+            }
+            std::future::ready(e.is_ok())
+        })
+        .filter_map(|e: Result<Event, deploy_core::Error>| std::future::ready(e.ok()))
+        .map(|e| {
+            let data = serde_json::to_string(&e).unwrap_or_default();
+            Ok::<_, Infallible>(SseEvent::default().id(e.seq.to_string()).event(e.event_type.as_str()).data(data))
+        })
+        .take_until(stop);
+    let keep_alive = KeepAlive::new().interval(state.inner.config.sse_keep_alive).text("keep-alive");
+    Ok(Sse::new(stream).keep_alive(keep_alive).into_response())
+}
+
+pub(crate) async fn cancel(State(state): State<AppState>, Path(id): Path<String>, caller: Caller) -> ApiResult {
+    caller.audit.set("deployment.cancel", format!("deployments/{id}"), None);
+    let id = deployment_id(&id)?;
+    if let Ok(d) = state.inner.store.get_deployment(id).await {
+        caller.audit.set("deployment.cancel", format!("deployments/{id}"), Some(d.environment().to_string()));
+    }
+    let deployment = state.inner.orchestrator.cancel(&caller.principal, id).await?;
+    let mut response = (StatusCode::ACCEPTED, Json(&deployment)).into_response();
+    response.headers_mut().insert(header::ETAG, etag(deployment.revision()));
+    Ok(response)
+}
+
+pub(crate) async fn rollback(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    caller: Caller,
+    headers: HeaderMap,
+) -> ApiResult {
+    caller.audit.set("deployment.rollback", format!("deployments/{id}"), None);
+    let id = deployment_id(&id)?;
+    let key = idempotency_key(&headers)?;
+    let submitted = state.inner.orchestrator.rollback(&caller.principal, id, key).await?;
+    caller.audit.set(
+        "deployment.rollback",
+        format!("deployments/{id}"),
+        Some(submitted.deployment.environment().to_string()),
+    );
+    Ok(accepted(&submitted.deployment, submitted.replayed))
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// API keys and audit
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewKey {
+    name: String,
+    role: Role,
+    #[serde(default = "all_environments")]
+    environments: Vec<EnvironmentPattern>,
+}
+
+fn all_environments() -> Vec<EnvironmentPattern> {
+    vec![EnvironmentPattern::any()]
+}
+
+pub(crate) async fn create_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(new): ApiJson<NewKey>,
+) -> ApiResult {
+    caller.audit.set("api_key.create", "api-keys", None);
+    require_admin(&caller)?;
+    let name_ok = (1..=64).contains(&new.name.len())
+        && new.name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !name_ok {
+        return Err(Problem::invalid_field("name", "use 1 to 64 letters, digits, '-', '_' or '.'"));
+    }
+    if new.environments.is_empty() {
+        return Err(Problem::invalid_field("environments", "give at least one pattern (\"*\" for all)"));
+    }
+    let key = generate_key().map_err(|e| Problem::internal(&e))?;
+    let now = state.inner.orchestrator.clock().now();
+    let record = key_record(&key, new.name, new.role, new.environments, caller.principal.id().to_owned(), now);
+    state.inner.store.create_api_key(record.clone()).await?;
+    caller.audit.set("api_key.create", format!("api-keys/{}", record.id), None);
+    let mut body = serde_json::to_value(&record).map_err(|e| Problem::internal(&e))?;
+    if let Some(map) = body.as_object_mut() {
+        map.insert("key".into(), key.into());
+    }
+    let mut response = (StatusCode::CREATED, Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("/v1/api-keys/{}", record.id)) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(response)
+}
+
+pub(crate) async fn list_keys(State(state): State<AppState>, caller: Caller) -> ApiResult {
+    require_admin(&caller)?;
+    let mut keys = state.inner.store.list_api_keys().await?;
+    keys.reverse();
+    Ok(list_body(&keys, None))
+}
+
+pub(crate) async fn delete_key(State(state): State<AppState>, Path(id): Path<String>, caller: Caller) -> ApiResult {
+    caller.audit.set("api_key.delete", format!("api-keys/{id}"), None);
+    require_admin(&caller)?;
+    let id = uuid::Uuid::parse_str(&id).map_err(|_| Problem::invalid_field("id", "not an API key id"))?;
+    state.inner.store.delete_api_key(id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub(crate) async fn audit(State(state): State<AppState>, caller: Caller, params: Params) -> ApiResult {
+    require_admin(&caller)?;
+    let page = params.page()?;
+    let filter = deploy_core::AuditFilter {
+        actor: params.get("actor").map(str::to_owned),
+        environment: params.get("environment").map(str::to_owned),
+    };
+    let out = state.inner.store.list_audit(&filter, &page).await?;
+    Ok(list_body(&out.items, out.next_cursor))
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Operations
+
+pub(crate) async fn healthz() -> Response {
+    Json(json!({"status": "ok"})).into_response()
+}
+
+pub(crate) async fn readyz(State(state): State<AppState>) -> ApiResult {
+    let probe = state.inner.store.list_environments(&PageRequest { limit: 1, cursor: None });
+    match tokio::time::timeout(Duration::from_secs(5), probe).await {
+        Ok(Ok(_)) => Ok(Json(json!({"status": "ready"})).into_response()),
+        Ok(Err(e)) => Err(Problem::unavailable(&e)),
+        Err(_) => Err(Problem::new(ProblemKind::Internal, "the store did not answer in time")
+            .with_status(StatusCode::SERVICE_UNAVAILABLE)),
+    }
+}
+
+/// Counts deployments of one status, up to `cap` (a gauge that stops counting past it rather than scanning forever).
+async fn count(state: &AppState, status: DeploymentStatus, cap: usize) -> u64 {
+    let filter = DeploymentFilter { status: Some(status), ..DeploymentFilter::default() };
+    let mut page = PageRequest { limit: 500, cursor: None };
+    let mut n = 0usize;
+    while n < cap {
+        let Ok(out) = state.inner.store.list_deployments(&filter, &page).await else { break };
+        n += out.items.len();
+        match out.next_cursor {
+            Some(c) => page.cursor = Some(c),
+            None => break,
+        }
+    }
+    n as u64
+}
+
+pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
+    let gauges = Gauges {
+        queued: count(&state, DeploymentStatus::Queued, 10_000).await,
+        active: count(&state, DeploymentStatus::InProgress, 10_000).await
+            + count(&state, DeploymentStatus::RollingBack, 10_000).await,
+    };
+    let mut response = state.inner.metrics.render(gauges).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    response
+}
+
+pub(crate) async fn openapi() -> Response {
+    let mut response = crate::openapi::document().into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+pub(crate) async fn problem(Path(slug): Path<String>) -> ApiResult {
+    let kind = ProblemKind::from_slug(&slug)
+        .ok_or_else(|| Problem::new(ProblemKind::NotFound, format!("no problem type {slug:?}")))?;
+    Ok(Json(json!({
+        "type": format!("/problems/{}", kind.slug()),
+        "title": kind.title(),
+        "status": kind.status().as_u16(),
+        "description": kind.description(),
+    }))
+    .into_response())
+}
+
+pub(crate) async fn not_found() -> Problem {
+    Problem::new(ProblemKind::NotFound, "no such endpoint; see /openapi.json")
+}
+
+pub(crate) async fn method_not_allowed() -> Response {
+    let mut p = Problem::new(ProblemKind::Validation, "this endpoint does not accept this method; see /openapi.json");
+    p.status = StatusCode::METHOD_NOT_ALLOWED.as_u16();
+    p.into_response()
+}

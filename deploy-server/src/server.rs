@@ -1,0 +1,278 @@
+//! Running the API: settings (flags, `DEPLOYD_*` variables, a TOML file), the store, the bootstrap admin key, the
+//! controller and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use deploy_core::{
+    ExecutorRouter, HumanDuration, Orchestrator, OrchestratorConfig, Role, ShutdownSignal, ShutdownTrigger, Store,
+    EnvironmentPattern,
+};
+use deploy_executors::SimExecutor;
+use deploy_sql::SqlStore;
+use serde::Deserialize;
+
+use crate::app::{ApiConfig, AppState, router};
+use crate::auth::{Authenticator, JwtConfig, is_well_formed_key, key_record};
+use crate::metrics::Metrics;
+
+/// `deployd`'s settings. Every field can come from a flag, a `DEPLOYD_*` variable or the `--config` TOML file (in that
+/// order of precedence); this is the merged result.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Where to listen (`127.0.0.1:8080`; port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// The data directory: the SQLite database and the `sim` executor's state.
+    pub data_dir: PathBuf,
+    /// PostgreSQL instead of the embedded SQLite store.
+    pub database_url: Option<String>,
+    /// Enables the `sim` executor.
+    pub dev: bool,
+    /// Refuse submissions without `Idempotency-Key`.
+    pub require_idempotency_key: bool,
+    /// Requests per second per principal.
+    pub rate_limit: f64,
+    /// Burst per principal.
+    pub rate_limit_burst: f64,
+    /// Longest time to answer a request.
+    pub request_timeout: HumanDuration,
+    /// How long a controller's claim lasts without renewal.
+    pub lease: HumanDuration,
+    /// How often an idle controller looks for work.
+    pub poll_interval: HumanDuration,
+    /// Deployments one replica drives at once.
+    pub max_concurrent_deployments: usize,
+    /// HS256 secret for JWTs.
+    pub jwt_hs256_secret: Option<String>,
+    /// PEM file with the Ed25519 public key for JWTs.
+    pub jwt_eddsa_public_key: Option<PathBuf>,
+    /// Required `iss` of JWTs.
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` of JWTs.
+    pub jwt_audience: Option<String>,
+    /// The admin key to create on first start instead of a random one.
+    pub bootstrap_admin_key: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("deployd-data"),
+            database_url: None,
+            dev: false,
+            require_idempotency_key: false,
+            rate_limit: 100.0,
+            rate_limit_burst: 200.0,
+            request_timeout: HumanDuration::from_secs(30),
+            lease: HumanDuration::from_secs(15),
+            poll_interval: HumanDuration::from_millis(500),
+            max_concurrent_deployments: 16,
+            jwt_hs256_secret: None,
+            jwt_eddsa_public_key: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            bootstrap_admin_key: None,
+        }
+    }
+}
+
+/// Why `deployd` could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The settings are inconsistent.
+    #[error("invalid settings: {0}")]
+    Settings(String),
+    /// The store could not be opened.
+    #[error("cannot open the store")]
+    Store(#[from] deploy_sql::OpenError),
+    /// The store failed while bootstrapping.
+    #[error("store error while starting")]
+    StoreOperation(#[from] deploy_core::StoreError),
+    /// The JWT configuration is unusable.
+    #[error(transparent)]
+    Jwt(#[from] crate::auth::JwtConfigError),
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading a file named in the settings failed.
+    #[error("cannot read {path}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct Running {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// The admin key created at first start, if one was generated (shown once).
+    pub bootstrap_key: Option<String>,
+    trigger: ShutdownTrigger,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops taking new work, lets in-flight steps finish or leaves them resumable, releases leases, and returns when
+    /// the server and its controller have stopped.
+    pub async fn shutdown(self) {
+        self.trigger.fire();
+        let _ = self.task.await;
+    }
+
+    /// Waits until the server stops (after [`Running::trigger`] fires, or a fatal error).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+
+    /// The trigger that starts a graceful shutdown.
+    #[must_use]
+    pub fn trigger(&self) -> ShutdownTrigger {
+        self.trigger.clone()
+    }
+}
+
+async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, StartError> {
+    Ok(match &settings.database_url {
+        Some(url) => Arc::new(SqlStore::postgres(url).await?),
+        None => Arc::new(SqlStore::sqlite(&settings.data_dir).await?),
+    })
+}
+
+fn jwt_config(settings: &Settings) -> Result<Option<JwtConfig>, StartError> {
+    let config = match (&settings.jwt_hs256_secret, &settings.jwt_eddsa_public_key) {
+        (Some(_), Some(_)) => {
+            return Err(StartError::Settings("set either the HS256 secret or the EdDSA public key, not both".into()));
+        }
+        (Some(secret), None) => JwtConfig::hs256(secret.as_bytes())?,
+        (None, Some(path)) => {
+            let pem = std::fs::read(path)
+                .map_err(|source| StartError::Read { path: path.display().to_string(), source })?;
+            JwtConfig::eddsa_pem(&pem)?
+        }
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(config.issuer(settings.jwt_issuer.clone()).audience(settings.jwt_audience.clone())))
+}
+
+/// Creates the first admin key when the store has none; returns it when it was generated here.
+async fn bootstrap(store: &dyn Store, settings: &Settings) -> Result<Option<String>, StartError> {
+    if !store.list_api_keys().await?.is_empty() {
+        return Ok(None);
+    }
+    let (key, generated) = match &settings.bootstrap_admin_key {
+        Some(k) if is_well_formed_key(k) => (k.clone(), false),
+        Some(_) => {
+            return Err(StartError::Settings(
+                "DEPLOYD_BOOTSTRAP_ADMIN_KEY must be dk_ followed by 43 URL-safe base64 characters".into(),
+            ));
+        }
+        None => (crate::auth::generate_key().map_err(|e| StartError::Settings(format!("random source: {e}")))?, true),
+    };
+    let record = key_record(
+        &key,
+        "bootstrap-admin".into(),
+        Role::Admin,
+        vec![EnvironmentPattern::any()],
+        "deployd".into(),
+        time::OffsetDateTime::now_utc(),
+    );
+    store.create_api_key(record).await?;
+    Ok(generated.then_some(key))
+}
+
+/// Opens the store, bootstraps the admin key, binds the listener and starts the API and the controller.
+///
+/// # Errors
+/// [`StartError`] when anything needed to serve is missing.
+pub async fn start(settings: Settings) -> Result<Running, StartError> {
+    let store = open_store(&settings).await?;
+    let bootstrap_key = bootstrap(store.as_ref(), &settings).await?;
+    let jwt = jwt_config(&settings)?;
+    let mut executors = ExecutorRouter::new();
+    if settings.dev {
+        executors = executors.with("sim", Arc::new(SimExecutor::persistent(settings.data_dir.join("sim"))));
+    }
+    let metrics = Arc::new(Metrics::default());
+    let config = OrchestratorConfig {
+        owner: format!("deployd-{}", uuid::Uuid::now_v7()),
+        lease: settings.lease.as_std(),
+        poll_interval: settings.poll_interval.as_std(),
+        max_concurrent_deployments: settings.max_concurrent_deployments.max(1),
+        ..OrchestratorConfig::default()
+    };
+    let orchestrator = Orchestrator::builder(Arc::clone(&store), Arc::new(ExecutorRouter::new()))
+        .router(executors)
+        .config(config)
+        .observer(Arc::clone(&metrics) as Arc<dyn deploy_core::EngineObserver>)
+        .build();
+    let api = ApiConfig {
+        require_idempotency_key: settings.require_idempotency_key,
+        rate_limit_per_second: settings.rate_limit.max(0.001),
+        rate_limit_burst: settings.rate_limit_burst.max(1.0),
+        request_timeout: settings.request_timeout.as_std(),
+        ..ApiConfig::default()
+    };
+    let (trigger, shutdown) = ShutdownSignal::new();
+    let state = AppState::new(orchestrator.clone(), Authenticator::new(Arc::clone(&store), jwt), api, metrics, shutdown.clone());
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|source| StartError::Listen { addr: settings.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: settings.listen, source })?;
+    let app = router(state);
+    let task = tokio::spawn(async move {
+        let controller = {
+            let orchestrator = orchestrator.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move { orchestrator.run(shutdown).await })
+        };
+        let mut stop = shutdown.clone();
+        let served = axum::serve(listener, app).with_graceful_shutdown(async move { stop.fired().await }).await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "the HTTP server failed");
+        }
+        if controller.await.is_err() {
+            tracing::error!("the controller task failed");
+        }
+        tracing::info!("deployd stopped");
+    });
+    tracing::info!(%addr, "deployd listening");
+    Ok(Running { addr, bootstrap_key, trigger, task })
+}
+
+/// Waits for SIGTERM or Ctrl-C.
+pub async fn terminated() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops deployd");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,180 @@
+//! A `deployd` on loopback for each test, and a small HTTP client over it.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use deploy_core::HumanDuration;
+use deploy_server::{Running, Settings};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+/// The admin key every test server is bootstrapped with.
+pub(crate) const ADMIN: &str = "dk_adminadminadminadminadminadminadminadmin012";
+
+pub(crate) fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("deployd-test-{tag}-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub(crate) fn settings(tag: &str) -> Settings {
+    Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: temp_dir(tag),
+        dev: true,
+        bootstrap_admin_key: Some(ADMIN.to_owned()),
+        rate_limit: 100_000.0,
+        rate_limit_burst: 100_000.0,
+        lease: HumanDuration::from_secs(2),
+        poll_interval: HumanDuration::from_millis(50),
+        ..Settings::default()
+    }
+}
+
+pub(crate) struct Server {
+    pub(crate) running: Option<Running>,
+    pub(crate) base: String,
+    pub(crate) http: reqwest::Client,
+    pub(crate) data_dir: PathBuf,
+}
+
+/// An answer: status, headers and the JSON body (or `Value::Null`).
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: reqwest::header::HeaderMap,
+    pub(crate) body: Value,
+}
+
+impl Answer {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    /// Asserts this is a problem of `slug` with `status`.
+    pub(crate) fn problem(&self, status: u16, slug: &str) -> &Self {
+        assert_eq!(self.status.as_u16(), status, "status of {:?}", self.body);
+        assert_eq!(self.body["type"], format!("/problems/{slug}"), "problem type of {:?}", self.body);
+        assert_eq!(self.body["status"], status, "status field of {:?}", self.body);
+        assert!(self.body["title"].as_str().is_some_and(|t| !t.is_empty()), "title of {:?}", self.body);
+        assert_eq!(self.header("content-type"), Some("application/problem+json"));
+        self
+    }
+}
+
+impl Server {
+    pub(crate) async fn start(tag: &str) -> Self {
+        Self::with(settings(tag)).await
+    }
+
+    pub(crate) async fn with(settings: Settings) -> Self {
+        let data_dir = settings.data_dir.clone();
+        let running = deploy_server::start(settings).await.expect("server starts");
+        let base = format!("http://{}", running.addr);
+        Self { running: Some(running), base, http: reqwest::Client::new(), data_dir }
+    }
+
+    pub(crate) async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// A request with optional token, body and extra headers.
+    pub(crate) async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let mut req = self.http.request(method, self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await.expect("body");
+        let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
+        Answer { status, headers, body }
+    }
+
+    pub(crate) async fn get(&self, path: &str, token: &str) -> Answer {
+        self.call(Method::GET, path, Some(token), None, &[]).await
+    }
+
+    pub(crate) async fn post(&self, path: &str, token: &str, body: Value) -> Answer {
+        self.call(Method::POST, path, Some(token), Some(body), &[]).await
+    }
+
+    pub(crate) async fn put(&self, path: &str, token: &str, body: Value) -> Answer {
+        self.call(Method::PUT, path, Some(token), Some(body), &[]).await
+    }
+
+    /// Creates an environment of `n` sim targets `<env>-1..n` with `config` (initial version 1.0 unless given).
+    pub(crate) async fn sim_env(&self, env: &str, n: usize, concurrency: &str, config: Value) -> Answer {
+        let mut config = config;
+        if config.get("initial_version").is_none() {
+            config["initial_version"] = json!("1.0");
+        }
+        if config.get("apply_ms").is_none() {
+            config["apply_ms"] = json!(5);
+        }
+        let targets: Vec<Value> = (1..=n)
+            .map(|i| {
+                json!({"id": format!("{env}-{i}"), "labels": {"zone": if i % 2 == 0 { "b" } else { "a" }},
+                       "executor": "sim", "config": config})
+            })
+            .collect();
+        let a = self.put(&format!("/v1/environments/{env}"), ADMIN, json!({"concurrency": concurrency, "targets": targets})).await;
+        assert!(a.status.is_success(), "environment {env}: {:?}", a.body);
+        a
+    }
+
+    /// Creates an API key; returns the key.
+    pub(crate) async fn key(&self, name: &str, role: &str, environments: &[&str]) -> String {
+        let a = self.post("/v1/api-keys", ADMIN, json!({"name": name, "role": role, "environments": environments})).await;
+        assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
+        a.body["key"].as_str().unwrap().to_owned()
+    }
+
+    /// Polls a deployment until it is terminal (at most 30 s).
+    pub(crate) async fn wait_terminal(&self, id: &str) -> Value {
+        let terminal = ["succeeded", "degraded", "failed", "rolled_back", "cancelled", "superseded"];
+        for _ in 0..600 {
+            let a = self.get(&format!("/v1/deployments/{id}"), ADMIN).await;
+            assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+            if terminal.contains(&a.body["status"].as_str().unwrap_or_default()) {
+                return a.body;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("deployment {id} did not finish in 30 s");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+/// A deployment request with fast verification.
+pub(crate) fn deploy(env: &str, version: &str) -> Value {
+    json!({
+        "environment": env, "service": "checkout", "version": version,
+        "verify": {"timeout": "3s", "interval": "20ms", "healthy_for": "0s"},
+    })
+}
