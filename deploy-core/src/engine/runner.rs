@@ -766,7 +766,8 @@ async fn prepare_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
             ")",
         ]
         .concat(),
-        Some(TargetObservation { target: id, desired: Some(desired), actual: None }),
+        // What was observed before the change is the environment's actual state until the change lands.
+        Some(TargetObservation { target: id, desired: Some(desired), actual: Some(ActualState::observed(observation, now)) }),
     )
 }
 
