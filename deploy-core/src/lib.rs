@@ -59,7 +59,9 @@ pub use deployment::{
 };
 pub use duration::{DurationParseError, HumanDuration};
 pub use engine::ShutdownTrigger;
-pub use engine::{EngineObserver, Orchestrator, OrchestratorBuilder, OrchestratorConfig, ShutdownSignal, Submission, Submitted};
+pub use engine::{
+    EngineObserver, Orchestrator, OrchestratorBuilder, OrchestratorConfig, ShutdownSignal, Submission, Submitted,
+};
 pub use environment::{
     ConcurrencyPolicy, Environment, EnvironmentSpec, EnvironmentTarget, MAX_TARGETS, TargetDefinition,
 };

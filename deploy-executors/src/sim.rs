@@ -193,7 +193,10 @@ impl Executor for SimExecutor {
         })?;
         tokio::time::sleep(Duration::from_millis(config.apply_ms)).await;
         if config.unreachable_versions.contains(&wanted) {
-            return Err(ExecutorError::unreachable(format!("sim target {} does not answer (version {wanted})", target.id)));
+            return Err(ExecutorError::unreachable(format!(
+                "sim target {} does not answer (version {wanted})",
+                target.id
+            )));
         }
         if config.fail_versions.contains(&wanted) {
             return Err(ExecutorError::permanent(format!("sim: version {wanted} fails to install on {}", target.id)));

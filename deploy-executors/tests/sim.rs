@@ -29,7 +29,12 @@ async fn apply(sim: &SimExecutor, target: &Target, version: &str) -> Result<(), 
     sim.apply(target, ApplyContext { deployment: DeploymentId::new(), desired: &want, secrets: &secrets }).await
 }
 
-async fn step(sim: &SimExecutor, target: &Target, action: &str, version: &str) -> Result<String, deploy_core::ExecutorError> {
+async fn step(
+    sim: &SimExecutor,
+    target: &Target,
+    action: &str,
+    version: &str,
+) -> Result<String, deploy_core::ExecutorError> {
     let want = desired(version);
     let secrets = ResolvedSecrets::new();
     let step = ImperativeStep { action: action.into(), args: Default::default() };
@@ -92,7 +97,11 @@ async fn scripted_faults_have_their_classes() {
     assert_eq!(gone.class(), ErrorClass::Unreachable);
     assert_eq!(sim.observe(&t).await.unwrap_err().class(), ErrorClass::Unreachable, "observe too, while 9.9 is wanted");
     apply(&sim, &t, "1.0").await.unwrap();
-    assert_eq!(sim.observe(&t).await.unwrap().version.unwrap().as_str(), "1.0", "reachable again once 9.9 is not wanted");
+    assert_eq!(
+        sim.observe(&t).await.unwrap().version.unwrap().as_str(),
+        "1.0",
+        "reachable again once 9.9 is not wanted"
+    );
 }
 
 #[tokio::test]
@@ -143,6 +152,10 @@ async fn state_survives_a_new_executor_on_the_same_directory() {
     assert_eq!(restarted.observe(&t).await.unwrap().version.unwrap().as_str(), "2.0");
     let _ = apply(&restarted, &t, "5.0").await;
     let again = SimExecutor::persistent(&dir);
-    assert_eq!(again.observe(&t).await.unwrap_err().class(), ErrorClass::Unreachable, "the wanted version persists too");
+    assert_eq!(
+        again.observe(&t).await.unwrap_err().class(),
+        ErrorClass::Unreachable,
+        "the wanted version persists too"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

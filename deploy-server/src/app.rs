@@ -209,10 +209,8 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
         .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
     request.extensions_mut().insert(RequestId(request_id.clone()));
     let method = request.method().clone();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let route =
+        request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let span = tracing::info_span!("request", %method, path = %request.uri().path(), request_id = %request_id);
     let timeout = state.inner.config.request_timeout;
     let mut response = match tokio::time::timeout(timeout, next.run(request).instrument(span.clone())).await {

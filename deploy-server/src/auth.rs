@@ -147,11 +147,7 @@ impl Authenticator {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| unauthenticated("the Authorization header must be `Bearer <token>`", true))?;
-        if token.starts_with(KEY_PREFIX) {
-            self.api_key(token).await
-        } else {
-            self.jwt(token)
-        }
+        if token.starts_with(KEY_PREFIX) { self.api_key(token).await } else { self.jwt(token) }
     }
 
     async fn api_key(&self, token: &str) -> Result<Principal, Problem> {
@@ -163,9 +159,7 @@ impl Authenticator {
         match record {
             // The lookup is by digest; compare the digests again in constant time so no timing depends on how much of
             // the digest matched.
-            Some(record) if bool::from(record.key_hash.as_bytes().ct_eq(digest.as_bytes())) => {
-                Ok(record.principal())
-            }
+            Some(record) if bool::from(record.key_hash.as_bytes().ct_eq(digest.as_bytes())) => Ok(record.principal()),
             _ => Err(unauthenticated("unknown or revoked API key", true)),
         }
     }
@@ -186,8 +180,9 @@ impl Authenticator {
 /// Whether `key` looks like an API key: `dk_` and 43 URL-safe base64 characters.
 #[must_use]
 pub fn is_well_formed_key(key: &str) -> bool {
-    key.strip_prefix(KEY_PREFIX)
-        .is_some_and(|rest| rest.len() == 43 && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+    key.strip_prefix(KEY_PREFIX).is_some_and(|rest| {
+        rest.len() == 43 && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    })
 }
 
 /// The lowercase hex SHA-256 of a key: all the store ever sees.

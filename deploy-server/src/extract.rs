@@ -32,7 +32,10 @@ impl FromRequestParts<AppState> for Caller {
                 ProblemKind::RateLimited,
                 format!("{} made too many requests; retry in {secs} s", principal.id()),
             )
-            .with_header(header::RETRY_AFTER, HeaderValue::from_str(&format!("{secs}")).unwrap_or(HeaderValue::from_static("1"))));
+            .with_header(
+                header::RETRY_AFTER,
+                HeaderValue::from_str(&format!("{secs}")).unwrap_or(HeaderValue::from_static("1")),
+            ));
         }
         Ok(Self { principal, audit })
     }
@@ -54,7 +57,10 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
             .map(|v| v.trim().to_ascii_lowercase())
             .is_some_and(|v| v == "application/json" || (v.starts_with("application/") && v.ends_with("+json")));
         if !is_json {
-            return Err(Problem::new(ProblemKind::UnsupportedMediaType, "send the body as Content-Type: application/json"));
+            return Err(Problem::new(
+                ProblemKind::UnsupportedMediaType,
+                "send the body as Content-Type: application/json",
+            ));
         }
         let bytes = Bytes::from_request(request, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -145,9 +151,7 @@ pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyK
     let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
     let text = value.to_str().unwrap_or_default().trim();
     let text = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')).unwrap_or(text);
-    IdempotencyKey::new(text)
-        .map(Some)
-        .map_err(|e| Problem::invalid_field("Idempotency-Key", e.rule()))
+    IdempotencyKey::new(text).map(Some).map_err(|e| Problem::invalid_field("Idempotency-Key", e.rule()))
 }
 
 /// The strong ETag of a revision.

@@ -80,9 +80,16 @@ impl Metrics {
         for (route, h) in &inner.latency {
             let route = escape(route);
             for (bound, n) in BUCKETS.iter().zip(h.counts) {
-                let _ = writeln!(out, "deploy_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {n}");
+                let _ = writeln!(
+                    out,
+                    "deploy_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {n}"
+                );
             }
-            let _ = writeln!(out, "deploy_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}", h.count);
+            let _ = writeln!(
+                out,
+                "deploy_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}",
+                h.count
+            );
             let _ = writeln!(out, "deploy_http_request_duration_seconds_sum{{route=\"{route}\"}} {}", h.sum);
             let _ = writeln!(out, "deploy_http_request_duration_seconds_count{{route=\"{route}\"}} {}", h.count);
         }
@@ -92,7 +99,10 @@ impl Metrics {
         let _ = writeln!(out, "# HELP deploy_deployments_active Deployments running or rolling back.");
         let _ = writeln!(out, "# TYPE deploy_deployments_active gauge");
         let _ = writeln!(out, "deploy_deployments_active {}", gauges.active);
-        let _ = writeln!(out, "# HELP deploy_deployments_finished_total Deployments this replica drove to a terminal status.");
+        let _ = writeln!(
+            out,
+            "# HELP deploy_deployments_finished_total Deployments this replica drove to a terminal status."
+        );
         let _ = writeln!(out, "# TYPE deploy_deployments_finished_total counter");
         for (status, n) in &inner.deployments {
             let _ = writeln!(out, "deploy_deployments_finished_total{{status=\"{status}\"}} {n}");

@@ -1,7 +1,465 @@
-//! The OpenAPI 3.1 document of the API.
+//! The OpenAPI 3.1 document, generated from the handlers' `#[utoipa::path]` annotations and the schemas below. The
+//! document is committed as `deploy-server/openapi.json`; a test fails when the two drift, and another checks that
+//! every field the server serializes is described here.
 
-/// The OpenAPI document, as JSON text.
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+use crate::routes;
+
+/// An RFC 9457 problem.
+#[derive(ToSchema)]
+#[schema(as = Problem)]
+pub struct ProblemDoc {
+    /// `/problems/<slug>`; `GET` it for a description.
+    #[schema(rename = "type", example = "/problems/validation")]
+    pub type_uri: String,
+    /// The kind's title.
+    pub title: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// What happened.
+    pub detail: String,
+    /// Field errors of validation problems.
+    pub errors: Option<Vec<FieldErrorDoc>>,
+}
+
+/// One problem with one field.
+#[derive(ToSchema)]
+#[schema(as = FieldError)]
+pub struct FieldErrorDoc {
+    /// The field, as a path (`strategy.batch_size`).
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+    /// Set when the problem is a secret written in clear.
+    pub hardcoded_secret: Option<bool>,
+}
+
+/// `queue`, `reject` or `supersede`.
+#[derive(ToSchema)]
+#[schema(as = ConcurrencyPolicy)]
+#[allow(dead_code)]
+pub enum ConcurrencyDoc {
+    /// Runs after the active one.
+    #[schema(rename = "queue")]
+    Queue,
+    /// Refused while another is queued or active.
+    #[schema(rename = "reject")]
+    Reject,
+    /// Replaces older ones.
+    #[schema(rename = "supersede")]
+    Supersede,
+}
+
+/// A target as an environment defines it.
+#[derive(ToSchema)]
+#[schema(as = TargetDefinition)]
+pub struct TargetDefinitionDoc {
+    /// Unique within the environment.
+    pub id: String,
+    /// Labels that selectors match.
+    pub labels: Option<BTreeMap<String, String>>,
+    /// The executor kind (`sim`, `process`, ...).
+    pub executor: String,
+    /// Executor-specific configuration.
+    pub config: Option<Value>,
+}
+
+/// The body of `PUT /v1/environments/{env}`.
+#[derive(ToSchema)]
+#[schema(as = EnvironmentSpec)]
+pub struct EnvironmentSpecDoc {
+    /// The concurrency policy (default `queue`).
+    pub concurrency: Option<ConcurrencyDoc>,
+    /// Whether submissions must carry `If-Match`.
+    pub require_if_match: Option<bool>,
+    /// The targets.
+    pub targets: Option<Vec<TargetDefinitionDoc>>,
+}
+
+/// What a deployment asked a target to run.
+#[derive(ToSchema)]
+#[schema(as = DesiredState)]
+pub struct DesiredDoc {
+    /// The service.
+    pub service: String,
+    /// The version.
+    pub version: String,
+    /// The artifact.
+    pub artifact: Option<Value>,
+    /// Configuration.
+    pub config: Option<Value>,
+    /// Secret references.
+    pub secrets: Option<Value>,
+}
+
+/// What was last observed on a target.
+#[derive(ToSchema)]
+#[schema(as = ActualState)]
+pub struct ActualDoc {
+    /// The running version.
+    pub version: Option<String>,
+    /// `healthy`, `unhealthy` or `unknown`.
+    pub health: String,
+    /// When it was observed (RFC 3339).
+    pub observed_at: String,
+}
+
+/// A target of an environment.
+#[derive(ToSchema)]
+#[schema(as = EnvironmentTarget)]
+pub struct EnvironmentTargetDoc {
+    /// Its id.
+    pub id: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// The executor kind.
+    pub executor: String,
+    /// Executor-specific configuration.
+    pub config: Option<Value>,
+    /// Null until a deployment targets it.
+    pub desired: Option<DesiredDoc>,
+    /// Null before the first observation.
+    pub actual: Option<ActualDoc>,
+}
+
+/// An environment.
+#[derive(ToSchema)]
+#[schema(as = Environment)]
+pub struct EnvironmentDoc {
+    /// Its name.
+    pub name: String,
+    /// Bumped by every change and accepted deployment; the `ETag`.
+    pub revision: u64,
+    /// The concurrency policy.
+    pub concurrency: ConcurrencyDoc,
+    /// Whether submissions must carry `If-Match`.
+    pub require_if_match: bool,
+    /// The deployment running now.
+    pub active_deployment: Option<String>,
+    /// Deployments waiting, in order.
+    pub queued: Vec<String>,
+    /// The targets.
+    pub targets: Vec<EnvironmentTargetDoc>,
+}
+
+/// A page of environments.
+#[derive(ToSchema)]
+#[schema(as = EnvironmentList)]
+pub struct EnvironmentListDoc {
+    /// The environments.
+    pub items: Vec<EnvironmentDoc>,
+    /// The cursor of the next page.
+    pub next_cursor: Option<String>,
+}
+
+/// The body of `POST /v1/deployments`. Only `environment`, `service` and `version` are required.
+#[derive(ToSchema)]
+#[schema(as = DeploymentRequest)]
+pub struct DeploymentRequestDoc {
+    /// The environment.
+    pub environment: String,
+    /// The service.
+    pub service: String,
+    /// The version.
+    pub version: String,
+    /// `{"uri": "...", "digest": "sha256:..."}`.
+    pub artifact: Option<Value>,
+    /// Plain configuration; names that say password/secret/token/api_key/private_key are refused with literal values.
+    pub config: Option<BTreeMap<String, Value>>,
+    /// Secret references, `{"ref": "vault://..."}`; literal values are refused (422 `hardcoded-secret`).
+    pub secrets: Option<BTreeMap<String, Value>>,
+    /// `{"all": true}`, `{"ids": [...]}` or `{"labels": {...}}`.
+    pub targets: Option<Value>,
+    /// `{"type": "all_at_once"}`, `{"type": "rolling", "batch_size": N or "P%", "pause": d}` or `{"type": "canary",
+    /// "steps": [{"percent": 10, "verify_for": "30s"}, {"percent": 100}]}`.
+    pub strategy: Option<Value>,
+    /// `{"timeout": "60s", "interval": "1s", "healthy_for": "3s"}`.
+    pub verify: Option<Value>,
+    /// `{"max_failed": "0", "on_failure": "rollback" | "fail"}`.
+    pub failure: Option<Value>,
+    /// `{"wait": "30s", "then": "fail" | "continue" | "rollback"}`.
+    pub on_unreachable: Option<Value>,
+    /// Fail when nothing progressed for this long (`"10m"`).
+    pub progress_deadline: Option<String>,
+    /// `declarative` (default) or `imperative`.
+    pub mode: Option<String>,
+    /// Imperative steps, `[{"action": "stop"}, ...]`.
+    pub steps: Option<Vec<Value>>,
+    /// Free-form labels.
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// One target's progress within a deployment.
+#[derive(ToSchema)]
+#[schema(as = TargetProgress)]
+pub struct TargetProgressDoc {
+    /// The target.
+    pub id: String,
+    /// The version it ran before.
+    pub from_version: Option<String>,
+    /// The version this deployment brings.
+    pub to_version: String,
+    /// `pending`, `in_progress`, `verifying`, `succeeded`, `failed`, `unreachable`, `skipped`, `rolled_back`,
+    /// `cancelled`.
+    pub status: String,
+    /// Executor calls made.
+    pub attempts: u32,
+    /// The last error.
+    pub error: Option<String>,
+    /// When this entry changed (RFC 3339).
+    pub updated_at: String,
+    /// What a rollback restores.
+    pub previous: Option<DesiredDoc>,
+}
+
+/// Counts of targets per status.
+#[derive(ToSchema)]
+#[schema(as = Summary)]
+pub struct SummaryDoc {
+    /// All targets.
+    pub total: u64,
+    /// Not started.
+    pub pending: u64,
+    /// Being applied or verified.
+    pub in_progress: u64,
+    /// Done.
+    pub succeeded: u64,
+    /// Already ran the version.
+    pub skipped: u64,
+    /// Failed.
+    pub failed: u64,
+    /// Could not be reached.
+    pub unreachable: u64,
+    /// Returned to their previous version.
+    pub rolled_back: u64,
+    /// Never attempted.
+    pub cancelled: u64,
+}
+
+/// A deployment.
+#[derive(ToSchema)]
+#[schema(as = Deployment)]
+pub struct DeploymentDoc {
+    /// UUIDv7.
+    pub id: String,
+    /// The environment.
+    pub environment: String,
+    /// The service.
+    pub service: String,
+    /// The version.
+    pub version: String,
+    /// `queued`, `in_progress`, `succeeded`, `degraded`, `failed`, `rolling_back`, `rolled_back`, `cancelled`,
+    /// `superseded`.
+    pub status: String,
+    /// Why, in a sentence.
+    pub status_reason: Option<String>,
+    /// The request with its defaults, secrets as references.
+    pub spec: Value,
+    /// Who submitted it (`key:ci-bot`, `jwt:svc-a`).
+    pub created_by: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub started_at: Option<String>,
+    /// RFC 3339.
+    pub finished_at: Option<String>,
+    /// RFC 3339.
+    pub updated_at: String,
+    /// When a target last progressed (RFC 3339).
+    pub progress_at: Option<String>,
+    /// Every target's state.
+    pub targets: Vec<TargetProgressDoc>,
+    /// Counts per status.
+    pub summary: SummaryDoc,
+    /// The deployment this one rolls back.
+    pub rollback_of: Option<String>,
+    /// The deployment that replaced this one.
+    pub superseded_by: Option<String>,
+    /// Whether a cancel was asked for.
+    pub cancel_requested: bool,
+    /// The record's revision; the `ETag`.
+    pub revision: u64,
+}
+
+/// A page of deployments, newest first.
+#[derive(ToSchema)]
+#[schema(as = DeploymentList)]
+pub struct DeploymentListDoc {
+    /// The deployments.
+    pub items: Vec<DeploymentDoc>,
+    /// The cursor of the next page.
+    pub next_cursor: Option<String>,
+}
+
+/// An event.
+#[derive(ToSchema)]
+#[schema(as = Event)]
+pub struct EventDoc {
+    /// Position from 1, without gaps; the SSE `id`.
+    pub seq: u64,
+    /// RFC 3339.
+    pub at: String,
+    /// `deployment.queued`, ..., `target.updated`; the SSE `event`.
+    #[schema(rename = "type")]
+    pub event_type: String,
+    /// The deployment.
+    pub deployment_id: String,
+    /// The target, for `target.updated`.
+    pub target_id: Option<String>,
+    /// The new status.
+    pub status: String,
+    /// For people.
+    pub message: String,
+}
+
+/// Events after `after`.
+#[derive(ToSchema)]
+#[schema(as = EventList)]
+pub struct EventListDoc {
+    /// The events, oldest first.
+    pub items: Vec<EventDoc>,
+    /// Pass as `after` for the next page.
+    pub next_after: u64,
+}
+
+/// The body of `POST /v1/api-keys`.
+#[derive(ToSchema)]
+#[schema(as = NewApiKey)]
+pub struct NewApiKeyDoc {
+    /// A name; the principal is `key:<name>`.
+    pub name: String,
+    /// `viewer`, `deployer` or `admin`.
+    pub role: String,
+    /// Environment patterns (default `["*"]`).
+    pub environments: Option<Vec<String>>,
+}
+
+/// An API key, without the key.
+#[derive(ToSchema)]
+#[schema(as = ApiKey)]
+pub struct ApiKeyDoc {
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its role.
+    pub role: String,
+    /// Its environment patterns.
+    pub environments: Vec<String>,
+    /// Who created it.
+    pub created_by: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// The key itself (`dk_...`): only in the answer to its creation.
+    pub key: Option<String>,
+}
+
+/// API keys.
+#[derive(ToSchema)]
+#[schema(as = ApiKeyList)]
+pub struct ApiKeyListDoc {
+    /// The keys, newest first.
+    pub items: Vec<ApiKeyDoc>,
+    /// Always null: every key is listed.
+    pub next_cursor: Option<String>,
+}
+
+/// One mutating call.
+#[derive(ToSchema)]
+#[schema(as = AuditEntry)]
+pub struct AuditEntryDoc {
+    /// RFC 3339.
+    pub at: String,
+    /// Who (`key:ci-bot`, `jwt:svc-a`, `anonymous`).
+    pub actor: String,
+    /// What (`deployment.submit`, ...).
+    pub action: String,
+    /// On what (`deployments/<id>`).
+    pub resource: String,
+    /// The environment concerned.
+    pub environment: Option<String>,
+    /// The request's `X-Request-Id`.
+    pub request_id: String,
+    /// `success` or the problem slug.
+    pub outcome: String,
+}
+
+/// A page of the audit log, newest first.
+#[derive(ToSchema)]
+#[schema(as = AuditList)]
+pub struct AuditListDoc {
+    /// The entries.
+    pub items: Vec<AuditEntryDoc>,
+    /// The cursor of the next page.
+    pub next_cursor: Option<String>,
+}
+
+/// A problem type's description (`GET /problems/<slug>`).
+#[derive(ToSchema)]
+#[schema(as = ProblemType)]
+pub struct ProblemTypeDoc {
+    /// `/problems/<slug>`.
+    #[schema(rename = "type")]
+    pub type_uri: String,
+    /// Its title.
+    pub title: String,
+    /// Its usual status.
+    pub status: u16,
+    /// What it means and what to do.
+    pub description: String,
+}
+
+/// `{"status": "ok"}`.
+#[derive(ToSchema)]
+#[schema(as = Status)]
+pub struct StatusDoc {
+    /// `ok` or `ready`.
+    pub status: String,
+}
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                Http::builder()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An API key (`dk_...`) or a JWT (HS256 or EdDSA)"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Deployment API", version = "1", description = "API-based deployment: submit, observe, cancel and roll back deployments."),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    paths(
+        routes::put_environment, routes::get_environment, routes::list_environments,
+        routes::submit, routes::list_deployments, routes::get_deployment, routes::events, routes::cancel,
+        routes::rollback, routes::create_key, routes::list_keys, routes::delete_key, routes::audit,
+        routes::healthz, routes::readyz, routes::metrics, routes::openapi, routes::problem,
+    ),
+    components(schemas(
+        ProblemDoc, FieldErrorDoc, EnvironmentSpecDoc, EnvironmentDoc, EnvironmentListDoc, DeploymentRequestDoc,
+        DeploymentDoc, DeploymentListDoc, EventDoc, EventListDoc, NewApiKeyDoc, ApiKeyDoc, ApiKeyListDoc,
+        AuditEntryDoc, AuditListDoc, ProblemTypeDoc, StatusDoc,
+    )),
+)]
+struct ApiDoc;
+
+/// The OpenAPI document, as pretty JSON.
 #[must_use]
 pub fn document() -> String {
-    String::new()
+    ApiDoc::openapi().to_pretty_json().unwrap_or_default()
 }

@@ -190,42 +190,50 @@ impl ProblemKind {
     }
 }
 
-/// A problem detail document, ready to answer.
-#[derive(Debug, Clone, Serialize)]
+/// A problem detail document, ready to answer. Serializes as `{"type", "title", "status", "detail", "errors"}`.
+#[derive(Debug, Clone)]
 pub struct Problem {
-    /// The kind.
-    #[serde(skip)]
+    /// The kind: gives `type` (`/problems/<slug>`) and `title`.
     pub kind: ProblemKind,
-    /// `/problems/<slug>`.
-    #[serde(rename = "type")]
-    pub type_uri: String,
-    /// The kind's title.
-    pub title: String,
     /// The HTTP status.
     pub status: u16,
     /// What happened, for people.
     pub detail: String,
     /// Field errors, for validation problems.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
     /// Extra headers (`WWW-Authenticate`, `Retry-After`).
-    #[serde(skip)]
     pub headers: Vec<(header::HeaderName, HeaderValue)>,
+}
+
+#[derive(Serialize)]
+struct Wire<'a> {
+    #[serde(rename = "type")]
+    type_uri: String,
+    title: &'static str,
+    status: u16,
+    detail: &'a str,
+    #[serde(skip_serializing_if = "<[FieldError]>::is_empty")]
+    errors: &'a [FieldError],
+}
+
+impl Serialize for Problem {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        Wire {
+            type_uri: format!("/problems/{}", self.kind.slug()),
+            title: self.kind.title(),
+            status: self.status,
+            detail: &self.detail,
+            errors: &self.errors,
+        }
+        .serialize(serializer)
+    }
 }
 
 impl Problem {
     /// A problem of `kind` with `detail`.
     #[must_use]
     pub fn new(kind: ProblemKind, detail: impl Into<String>) -> Self {
-        Self {
-            kind,
-            type_uri: format!("/problems/{}", kind.slug()),
-            title: kind.title().to_owned(),
-            status: kind.status().as_u16(),
-            detail: detail.into(),
-            errors: Vec::new(),
-            headers: Vec::new(),
-        }
+        Self { kind, status: kind.status().as_u16(), detail: detail.into(), errors: Vec::new(), headers: Vec::new() }
     }
 
     /// With a different HTTP status (503 for an unavailable store).

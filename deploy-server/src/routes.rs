@@ -3,14 +3,14 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use deploy_core::{
-    Action, DeploymentFilter, DeploymentId, DeploymentRequest, DeploymentStatus, EnvironmentName,
-    EnvironmentPattern, EnvironmentSpec, Event, PageRequest, Role, ServiceName, Submission,
+    Action, DeploymentFilter, DeploymentId, DeploymentRequest, DeploymentStatus, EnvironmentName, EnvironmentPattern,
+    EnvironmentSpec, Event, PageRequest, Role, ServiceName, Submission,
 };
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
@@ -33,10 +33,7 @@ fn deployment_id(raw: &str) -> Result<DeploymentId, Problem> {
 }
 
 fn forbidden(caller: &Caller, action: Action, where_: &str) -> Problem {
-    Problem::new(
-        ProblemKind::Forbidden,
-        format!("{} may not {} {where_}", caller.principal.id(), action_name(action)),
-    )
+    Problem::new(ProblemKind::Forbidden, format!("{} may not {} {where_}", caller.principal.id(), action_name(action)))
 }
 
 /// Administrative actions are allowed only to admins whose patterns cover every environment.
@@ -56,6 +53,25 @@ fn list_body<T: Serialize>(items: &[T], next_cursor: Option<String>) -> Response
 // ---------------------------------------------------------------------------------------------------------------
 // Environments
 
+#[utoipa::path(
+    put,
+    path = "/v1/environments/{env}",
+    tag = "environments",
+    params(("env" = String, Path, description = "Environment name"), ("If-Match" = Option<String>, Header, description = "Replace only at this revision")),
+    request_body(content = crate::openapi::EnvironmentSpecDoc, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Replaced", body = crate::openapi::EnvironmentDoc, headers(("ETag" = String, description = "The new revision"))),
+        (status = 201, description = "Created", body = crate::openapi::EnvironmentDoc, headers(("ETag" = String, description = "The revision"), ("Location" = String, description = "The environment"))),
+        (status = 400, description = "Invalid environment", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 412, description = "Stale If-Match", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 1 MiB", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 415, description = "Body not application/json", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "No or invalid credentials (`WWW-Authenticate` says which)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "The role or environments do not allow this", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited (`Retry-After`)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 503, description = "Temporarily unavailable", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
 pub(crate) async fn put_environment(
     State(state): State<AppState>,
     Path(env): Path<String>,
@@ -70,14 +86,30 @@ pub(crate) async fn put_environment(
     let status = if write.created { StatusCode::CREATED } else { StatusCode::OK };
     let mut response = (status, Json(&write.environment)).into_response();
     response.headers_mut().insert(header::ETAG, etag(write.environment.revision));
-    if write.created {
-        if let Ok(v) = HeaderValue::from_str(&format!("/v1/environments/{name}")) {
-            response.headers_mut().insert(header::LOCATION, v);
-        }
+    if write.created
+        && let Ok(v) = HeaderValue::from_str(&format!("/v1/environments/{name}"))
+    {
+        response.headers_mut().insert(header::LOCATION, v);
     }
     Ok(response)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/environments/{env}",
+    tag = "environments",
+    params(("env" = String, Path, description = "Environment name"), ("If-None-Match" = Option<String>, Header, description = "Answer 304 if still at this revision")),
+    responses(
+        (status = 200, description = "The environment", body = crate::openapi::EnvironmentDoc, headers(("ETag" = String, description = "The revision"))),
+        (status = 304, description = "Not modified"),
+        (status = 400, description = "Invalid name", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such environment", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "No or invalid credentials (`WWW-Authenticate` says which)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "The role or environments do not allow this", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited (`Retry-After`)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 503, description = "Temporarily unavailable", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
 pub(crate) async fn get_environment(
     State(state): State<AppState>,
     Path(env): Path<String>,
@@ -96,6 +128,20 @@ pub(crate) async fn get_environment(
     Ok(response)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/environments",
+    tag = "environments",
+    params(("limit" = Option<u32>, Query, description = "1 to 500, default 50"), ("cursor" = Option<String>, Query, description = "From the previous page")),
+    responses(
+        (status = 200, description = "Environments the caller may read", body = crate::openapi::EnvironmentListDoc),
+        (status = 400, description = "Invalid limit or cursor", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "No or invalid credentials (`WWW-Authenticate` says which)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "The role or environments do not allow this", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited (`Retry-After`)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 503, description = "Temporarily unavailable", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
 pub(crate) async fn list_environments(State(state): State<AppState>, caller: Caller, params: Params) -> ApiResult {
     let page = params.page()?;
     let mut out = state.inner.store.list_environments(&page).await?;
@@ -120,6 +166,28 @@ fn accepted(deployment: &deploy_core::Deployment, replayed: bool) -> Response {
     response
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/deployments",
+    tag = "deployments",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Same key and body: the same deployment (replayed)"), ("If-Match" = Option<String>, Header, description = "The environment revision the caller expects")),
+    request_body(content = crate::openapi::DeploymentRequestDoc, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Accepted and queued (or replayed, with `Idempotent-Replayed: true`)", body = crate::openapi::DeploymentDoc, headers(("Location" = String, description = "The deployment"), ("Retry-After" = String, description = "Poll interval"), ("Idempotent-Replayed" = Option<String>, description = "`true` on a replay"))),
+        (status = 400, description = "Invalid request, or missing required Idempotency-Key", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown environment", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "Environment busy (policy reject) or idempotency key in flight", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 412, description = "Stale If-Match", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 422, description = "Idempotency key reused with another body, or a hard-coded secret", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 428, description = "The environment requires If-Match", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 1 MiB", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 415, description = "Body not application/json", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "No or invalid credentials (`WWW-Authenticate` says which)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "The role or environments do not allow this", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited (`Retry-After`)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 503, description = "Temporarily unavailable", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
 pub(crate) async fn submit(
     State(state): State<AppState>,
     caller: Caller,
@@ -155,6 +223,22 @@ pub(crate) async fn submit(
     Ok(accepted(&submitted.deployment, submitted.replayed))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/deployments/{id}",
+    tag = "deployments",
+    params(("id" = String, Path, description = "Deployment id (UUIDv7)"), ("If-None-Match" = Option<String>, Header, description = "Answer 304 if unchanged")),
+    responses(
+        (status = 200, description = "The deployment", body = crate::openapi::DeploymentDoc, headers(("ETag" = String, description = "The record revision"))),
+        (status = 304, description = "Not modified"),
+        (status = 400, description = "Invalid id", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such deployment", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "No or invalid credentials (`WWW-Authenticate` says which)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "The role or environments do not allow this", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited (`Retry-After`)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 503, description = "Temporarily unavailable", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
 pub(crate) async fn get_deployment(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -176,6 +260,20 @@ pub(crate) async fn get_deployment(
     Ok(response)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/deployments",
+    tag = "deployments",
+    params(("environment" = Option<String>, Query, description = "Only this environment"), ("service" = Option<String>, Query, description = "Only this service"), ("status" = Option<String>, Query, description = "Only this status"), ("limit" = Option<u32>, Query, description = "1 to 500, default 50"), ("cursor" = Option<String>, Query, description = "From the previous page")),
+    responses(
+        (status = 200, description = "Deployments, newest first", body = crate::openapi::DeploymentListDoc),
+        (status = 400, description = "Invalid filter", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "No or invalid credentials (`WWW-Authenticate` says which)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "The role or environments do not allow this", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited (`Retry-After`)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 503, description = "Temporarily unavailable", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
 pub(crate) async fn list_deployments(State(state): State<AppState>, caller: Caller, params: Params) -> ApiResult {
     let page = params.page()?;
     let filter = DeploymentFilter {
@@ -193,6 +291,21 @@ pub(crate) async fn list_deployments(State(state): State<AppState>, caller: Call
     Ok(list_body(&out.items, out.next_cursor))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/deployments/{id}/events",
+    tag = "deployments",
+    params(("id" = String, Path, description = "Deployment id"), ("after" = Option<u64>, Query, description = "Only events after this seq"), ("limit" = Option<u32>, Query, description = "1 to 500, default 50"), ("Accept" = Option<String>, Header, description = "`text/event-stream` for a live SSE stream"), ("Last-Event-ID" = Option<String>, Header, description = "Resume the stream after this seq")),
+    responses(
+        (status = 200, description = "Events as JSON, or as SSE (`id: <seq>`, `event: <type>`, `data: <event>`) closing after the terminal event", content((crate::openapi::EventListDoc = "application/json"), (String = "text/event-stream"))),
+        (status = 400, description = "Invalid id or seq", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such deployment", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "No or invalid credentials (`WWW-Authenticate` says which)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "The role or environments do not allow this", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited (`Retry-After`)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 503, description = "Temporarily unavailable", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
 pub(crate) async fn events(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -202,19 +315,16 @@ pub(crate) async fn events(
 ) -> ApiResult {
     let id = deployment_id(&id)?;
     let after = params.parse::<u64>("after", "use a whole number (the last seq seen)")?.unwrap_or(0);
-    let wants_stream = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("text/event-stream"));
+    let wants_stream =
+        headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("text/event-stream"));
     if wants_stream {
-        let resume = match headers.get("last-event-id") {
-            Some(v) => v
-                .to_str()
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or_else(|| Problem::invalid_field("Last-Event-ID", "use the id (seq) of the last event seen"))?,
-            None => after,
-        };
+        let resume =
+            match headers.get("last-event-id") {
+                Some(v) => v.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()).ok_or_else(|| {
+                    Problem::invalid_field("Last-Event-ID", "use the id (seq) of the last event seen")
+                })?,
+                None => after,
+            };
         return stream_events(&state, &caller, id, resume).await;
     }
     let limit = params.page()?.limit;
@@ -244,6 +354,21 @@ async fn stream_events(state: &AppState, caller: &Caller, id: DeploymentId, afte
     Ok(Sse::new(stream).keep_alive(keep_alive).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/deployments/{id}/cancel",
+    tag = "deployments",
+    params(("id" = String, Path, description = "Deployment id")),
+    responses(
+        (status = 202, description = "Cancel requested (idempotent while not terminal)", body = crate::openapi::DeploymentDoc),
+        (status = 404, description = "No such deployment", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "Already finished", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "No or invalid credentials (`WWW-Authenticate` says which)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "The role or environments do not allow this", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited (`Retry-After`)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 503, description = "Temporarily unavailable", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
 pub(crate) async fn cancel(State(state): State<AppState>, Path(id): Path<String>, caller: Caller) -> ApiResult {
     caller.audit.set("deployment.cancel", format!("deployments/{id}"), None);
     let id = deployment_id(&id)?;
@@ -256,6 +381,21 @@ pub(crate) async fn cancel(State(state): State<AppState>, Path(id): Path<String>
     Ok(response)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/deployments/{id}/rollback",
+    tag = "deployments",
+    params(("id" = String, Path, description = "Deployment id"), ("Idempotency-Key" = Option<String>, Header, description = "One rollback per key")),
+    responses(
+        (status = 202, description = "A new deployment with `rollback_of` set", body = crate::openapi::DeploymentDoc),
+        (status = 400, description = "Not terminal, or nothing to roll back", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such deployment", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "No or invalid credentials (`WWW-Authenticate` says which)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "The role or environments do not allow this", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited (`Retry-After`)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 503, description = "Temporarily unavailable", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
 pub(crate) async fn rollback(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -290,6 +430,22 @@ fn all_environments() -> Vec<EnvironmentPattern> {
     vec![EnvironmentPattern::any()]
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/api-keys",
+    tag = "administration",
+    request_body(content = crate::openapi::NewApiKeyDoc, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created; `key` is shown only here", body = crate::openapi::ApiKeyDoc),
+        (status = 400, description = "Invalid name, role or pattern", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 1 MiB", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 415, description = "Body not application/json", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "No or invalid credentials (`WWW-Authenticate` says which)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "The role or environments do not allow this", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited (`Retry-After`)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 503, description = "Temporarily unavailable", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
 pub(crate) async fn create_key(
     State(state): State<AppState>,
     caller: Caller,
@@ -321,6 +477,18 @@ pub(crate) async fn create_key(
     Ok(response)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/api-keys",
+    tag = "administration",
+    responses(
+        (status = 200, description = "Every key, without the keys", body = crate::openapi::ApiKeyListDoc),
+        (status = 401, description = "No or invalid credentials (`WWW-Authenticate` says which)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "The role or environments do not allow this", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited (`Retry-After`)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 503, description = "Temporarily unavailable", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
 pub(crate) async fn list_keys(State(state): State<AppState>, caller: Caller) -> ApiResult {
     require_admin(&caller)?;
     let mut keys = state.inner.store.list_api_keys().await?;
@@ -328,6 +496,21 @@ pub(crate) async fn list_keys(State(state): State<AppState>, caller: Caller) -> 
     Ok(list_body(&keys, None))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/api-keys/{id}",
+    tag = "administration",
+    params(("id" = String, Path, description = "Key id")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 400, description = "Invalid id", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such key", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "No or invalid credentials (`WWW-Authenticate` says which)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "The role or environments do not allow this", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited (`Retry-After`)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 503, description = "Temporarily unavailable", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
 pub(crate) async fn delete_key(State(state): State<AppState>, Path(id): Path<String>, caller: Caller) -> ApiResult {
     caller.audit.set("api_key.delete", format!("api-keys/{id}"), None);
     require_admin(&caller)?;
@@ -336,6 +519,20 @@ pub(crate) async fn delete_key(State(state): State<AppState>, Path(id): Path<Str
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/audit",
+    tag = "administration",
+    params(("actor" = Option<String>, Query, description = "Only this actor"), ("environment" = Option<String>, Query, description = "Only this environment"), ("limit" = Option<u32>, Query, description = "1 to 500, default 50"), ("cursor" = Option<String>, Query, description = "From the previous page")),
+    responses(
+        (status = 200, description = "Mutating calls, newest first", body = crate::openapi::AuditListDoc),
+        (status = 400, description = "Invalid limit or cursor", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "No or invalid credentials (`WWW-Authenticate` says which)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "The role or environments do not allow this", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited (`Retry-After`)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 503, description = "Temporarily unavailable", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
 pub(crate) async fn audit(State(state): State<AppState>, caller: Caller, params: Params) -> ApiResult {
     require_admin(&caller)?;
     let page = params.page()?;
@@ -350,10 +547,29 @@ pub(crate) async fn audit(State(state): State<AppState>, caller: Caller, params:
 // ---------------------------------------------------------------------------------------------------------------
 // Operations
 
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    security(()),
+    responses(
+        (status = 200, description = "The process is up", body = crate::openapi::StatusDoc),
+    )
+)]
 pub(crate) async fn healthz() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    security(()),
+    responses(
+        (status = 200, description = "The store answers", body = crate::openapi::StatusDoc),
+        (status = 503, description = "The store does not answer", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
 pub(crate) async fn readyz(State(state): State<AppState>) -> ApiResult {
     let probe = state.inner.store.list_environments(&PageRequest { limit: 1, cursor: None });
     match tokio::time::timeout(Duration::from_secs(5), probe).await {
@@ -380,6 +596,15 @@ async fn count(state: &AppState, status: DeploymentStatus, cap: usize) -> u64 {
     n as u64
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    security(()),
+    responses(
+        (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
+    )
+)]
 pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     let gauges = Gauges {
         queued: count(&state, DeploymentStatus::Queued, 10_000).await,
@@ -393,12 +618,32 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     response
 }
 
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "operations",
+    security(()),
+    responses(
+        (status = 200, description = "This document", body = Object),
+    )
+)]
 pub(crate) async fn openapi() -> Response {
     let mut response = crate::openapi::document().into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 
+#[utoipa::path(
+    get,
+    path = "/problems/{slug}",
+    tag = "operations",
+    security(()),
+    params(("slug" = String, Path, description = "A problem slug")),
+    responses(
+        (status = 200, description = "What the problem means", body = crate::openapi::ProblemTypeDoc),
+        (status = 404, description = "No such problem type", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
 pub(crate) async fn problem(Path(slug): Path<String>) -> ApiResult {
     let kind = ProblemKind::from_slug(&slug)
         .ok_or_else(|| Problem::new(ProblemKind::NotFound, format!("no problem type {slug:?}")))?;

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use deploy_core::{
-    ExecutorRouter, HumanDuration, Orchestrator, OrchestratorConfig, Role, ShutdownSignal, ShutdownTrigger, Store,
-    EnvironmentPattern,
+    EnvironmentPattern, ExecutorRouter, HumanDuration, Orchestrator, OrchestratorConfig, Role, ShutdownSignal,
+    ShutdownTrigger, Store,
 };
 use deploy_executors::SimExecutor;
 use deploy_sql::SqlStore;
@@ -160,8 +160,8 @@ fn jwt_config(settings: &Settings) -> Result<Option<JwtConfig>, StartError> {
         }
         (Some(secret), None) => JwtConfig::hs256(secret.as_bytes())?,
         (None, Some(path)) => {
-            let pem = std::fs::read(path)
-                .map_err(|source| StartError::Read { path: path.display().to_string(), source })?;
+            let pem =
+                std::fs::read(path).map_err(|source| StartError::Read { path: path.display().to_string(), source })?;
             JwtConfig::eddsa_pem(&pem)?
         }
         (None, None) => return Ok(None),
@@ -228,7 +228,13 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         ..ApiConfig::default()
     };
     let (trigger, shutdown) = ShutdownSignal::new();
-    let state = AppState::new(orchestrator.clone(), Authenticator::new(Arc::clone(&store), jwt), api, metrics, shutdown.clone());
+    let state = AppState::new(
+        orchestrator.clone(),
+        Authenticator::new(Arc::clone(&store), jwt),
+        api,
+        metrics,
+        shutdown.clone(),
+    );
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|source| StartError::Listen { addr: settings.listen, source })?;

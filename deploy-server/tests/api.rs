@@ -23,12 +23,18 @@ async fn operations_endpoints_need_no_credentials() {
     assert_eq!(text.status(), StatusCode::OK);
     assert!(text.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
     let text = text.text().await.unwrap();
-    assert!(text.contains("deploy_http_requests_total{method=\"POST\",route=\"/v1/deployments\",status=\"202\"} 1"), "{text}");
+    assert!(
+        text.contains("deploy_http_requests_total{method=\"POST\",route=\"/v1/deployments\",status=\"202\"} 1"),
+        "{text}"
+    );
     assert!(text.contains("deploy_deployments_queued 0"), "{text}");
     assert!(text.contains("deploy_deployments_active 0"), "{text}");
     assert!(text.contains("deploy_target_outcomes_total{status=\"succeeded\"} 2"), "{text}");
     assert!(text.contains("deploy_deployments_finished_total{status=\"succeeded\"} 1"), "{text}");
-    assert!(text.contains("deploy_http_request_duration_seconds_bucket{route=\"/v1/deployments\",le=\"+Inf\"}"), "{text}");
+    assert!(
+        text.contains("deploy_http_request_duration_seconds_bucket{route=\"/v1/deployments\",le=\"+Inf\"}"),
+        "{text}"
+    );
 
     let problem = s.call(Method::GET, "/problems/environment-busy", None, None, &[]).await;
     assert_eq!(problem.status, StatusCode::OK);
@@ -59,7 +65,8 @@ async fn authentication_failures_say_why_in_www_authenticate() {
         a.problem(401, "unauthenticated");
         assert_eq!(a.header("www-authenticate"), Some("Bearer realm=\"deploy\", error=\"invalid_token\""), "{bad}");
     }
-    let basic = s.call(Method::GET, "/v1/environments", None, None, &[("authorization", "Basic YWxhZGRpbjpvcGVu")]).await;
+    let basic =
+        s.call(Method::GET, "/v1/environments", None, None, &[("authorization", "Basic YWxhZGRpbjpvcGVu")]).await;
     basic.problem(401, "unauthenticated");
 }
 
@@ -83,16 +90,29 @@ async fn environments_put_get_list_with_etags() {
     assert_eq!(got.body["targets"].as_array().unwrap().len(), 3);
     assert_eq!(got.body["targets"][0]["desired"], Value::Null);
 
-    let cached = s.call(Method::GET, "/v1/environments/staging", Some(ADMIN), None, &[("if-none-match", "\"1\"")]).await;
+    let cached =
+        s.call(Method::GET, "/v1/environments/staging", Some(ADMIN), None, &[("if-none-match", "\"1\"")]).await;
     assert_eq!(cached.status, StatusCode::NOT_MODIFIED);
 
     let replaced = s
-        .call(Method::PUT, "/v1/environments/staging", Some(ADMIN), Some(json!({"targets": []})), &[("if-match", "\"1\"")])
+        .call(
+            Method::PUT,
+            "/v1/environments/staging",
+            Some(ADMIN),
+            Some(json!({"targets": []})),
+            &[("if-match", "\"1\"")],
+        )
         .await;
     assert_eq!(replaced.status, StatusCode::OK);
     assert_eq!(replaced.header("etag"), Some("\"2\""));
     let stale = s
-        .call(Method::PUT, "/v1/environments/staging", Some(ADMIN), Some(json!({"targets": []})), &[("if-match", "\"1\"")])
+        .call(
+            Method::PUT,
+            "/v1/environments/staging",
+            Some(ADMIN),
+            Some(json!({"targets": []})),
+            &[("if-match", "\"1\"")],
+        )
         .await;
     stale.problem(412, "precondition-failed");
 
@@ -114,12 +134,17 @@ async fn environments_put_get_list_with_etags() {
     s.get("/v1/environments/Not_Valid!", ADMIN).await.problem(400, "validation");
     s.get("/v1/environments?limit=0", ADMIN).await.problem(400, "validation");
     let dup = s
-        .put("/v1/environments/bad", ADMIN, json!({"targets": [
-            {"id": "a", "executor": "sim"}, {"id": "a", "executor": "sim"}]}))
+        .put(
+            "/v1/environments/bad",
+            ADMIN,
+            json!({"targets": [
+            {"id": "a", "executor": "sim"}, {"id": "a", "executor": "sim"}]}),
+        )
         .await;
     dup.problem(400, "validation");
     assert_eq!(dup.body["errors"][0]["field"], "targets[1].id");
-    let unknown_executor = s.put("/v1/environments/bad", ADMIN, json!({"targets": [{"id": "a", "executor": "k8s"}]})).await;
+    let unknown_executor =
+        s.put("/v1/environments/bad", ADMIN, json!({"targets": [{"id": "a", "executor": "k8s"}]})).await;
     unknown_executor.problem(400, "validation");
     let unknown_field = s.put("/v1/environments/bad", ADMIN, json!({"targets": [], "colour": "blue"})).await;
     unknown_field.problem(400, "validation");
@@ -155,8 +180,24 @@ async fn submit_get_list_and_events() {
     let ok_id = ok.body["id"].as_str().unwrap().to_owned();
     let finished = s.wait_terminal(&ok_id).await;
     assert_eq!(finished["status"], "succeeded");
-    for key in ["id", "environment", "service", "version", "status", "status_reason", "spec", "created_by", "created_at",
-                "started_at", "finished_at", "targets", "summary", "rollback_of", "superseded_by", "revision"] {
+    for key in [
+        "id",
+        "environment",
+        "service",
+        "version",
+        "status",
+        "status_reason",
+        "spec",
+        "created_by",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "targets",
+        "summary",
+        "rollback_of",
+        "superseded_by",
+        "revision",
+    ] {
         assert!(finished.get(key).is_some(), "deployment lacks {key}: {finished}");
     }
     for key in ["id", "from_version", "to_version", "status", "attempts", "error", "updated_at"] {
@@ -165,14 +206,16 @@ async fn submit_get_list_and_events() {
     assert_eq!(finished["summary"]["succeeded"], 4);
     let got = s.get(&format!("/v1/deployments/{ok_id}"), ADMIN).await;
     let tag = got.header("etag").unwrap().to_owned();
-    let cached = s.call(Method::GET, &format!("/v1/deployments/{ok_id}"), Some(ADMIN), None, &[("if-none-match", &tag)]).await;
+    let cached =
+        s.call(Method::GET, &format!("/v1/deployments/{ok_id}"), Some(ADMIN), None, &[("if-none-match", &tag)]).await;
     assert_eq!(cached.status, StatusCode::NOT_MODIFIED);
 
     let list = s.get("/v1/deployments?environment=prod", ADMIN).await;
     let ids: Vec<&str> = list.body["items"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
     assert_eq!(ids, vec![ok_id.as_str(), id.as_str()], "newest first");
     let failed = s.get(&format!("/v1/deployments?status={}", done["status"].as_str().unwrap()), ADMIN).await;
-    let failed_ids: Vec<&str> = failed.body["items"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
+    let failed_ids: Vec<&str> =
+        failed.body["items"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
     assert_eq!(failed_ids, vec![id.as_str()], "filtered by status");
     let by_service = s.get("/v1/deployments?service=other", ADMIN).await;
     assert_eq!(by_service.body["items"], json!([]));
@@ -224,7 +267,10 @@ async fn bodies_are_checked_before_anything_happens() {
     let body: Value = text.json().await.unwrap();
     assert_eq!(body["type"], "/problems/unsupported-media-type");
 
-    let huge = format!("{{\"environment\": \"prod\", \"service\": \"a\", \"version\": \"1\", \"labels\": {{\"x\": \"{}\"}}}}", "a".repeat(1_100_000));
+    let huge = format!(
+        "{{\"environment\": \"prod\", \"service\": \"a\", \"version\": \"1\", \"labels\": {{\"x\": \"{}\"}}}}",
+        "a".repeat(1_100_000)
+    );
     let big = s
         .http
         .post(s.url("/v1/deployments"))
@@ -238,30 +284,45 @@ async fn bodies_are_checked_before_anything_happens() {
     let body: Value = big.json().await.unwrap();
     assert_eq!(body["type"], "/problems/payload-too-large");
 
-    let unknown = s.post("/v1/deployments", ADMIN, json!({"environment": "prod", "service": "a", "version": "1", "colour": 1})).await;
+    let unknown = s
+        .post("/v1/deployments", ADMIN, json!({"environment": "prod", "service": "a", "version": "1", "colour": 1}))
+        .await;
     unknown.problem(400, "validation");
     assert_eq!(unknown.body["errors"][0]["field"], "colour");
     let missing = s.post("/v1/deployments", ADMIN, json!({"environment": "prod", "service": "a"})).await;
     missing.problem(400, "validation");
     assert_eq!(missing.body["errors"][0]["field"], "version");
     let invalid = s
-        .post("/v1/deployments", ADMIN, json!({"environment": "prod", "service": "a", "version": "1",
-            "strategy": {"type": "rolling", "batch_size": "250%"}, "verify": {"timeout": "soon"}}))
+        .post(
+            "/v1/deployments",
+            ADMIN,
+            json!({"environment": "prod", "service": "a", "version": "1",
+            "strategy": {"type": "rolling", "batch_size": "250%"}, "verify": {"timeout": "soon"}}),
+        )
         .await;
     invalid.problem(400, "validation");
-    let fields: Vec<&str> = invalid.body["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect();
+    let fields: Vec<&str> =
+        invalid.body["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect();
     assert!(fields.contains(&"strategy.batch_size") && fields.contains(&"verify.timeout"), "{fields:?}");
 
     let secret = s
-        .post("/v1/deployments", ADMIN, json!({"environment": "prod", "service": "a", "version": "1",
-            "secrets": {"DB_PASSWORD": "hunter2"}}))
+        .post(
+            "/v1/deployments",
+            ADMIN,
+            json!({"environment": "prod", "service": "a", "version": "1",
+            "secrets": {"DB_PASSWORD": "hunter2"}}),
+        )
         .await;
     secret.problem(422, "hardcoded-secret");
     assert_eq!(secret.body["errors"][0]["field"], "secrets.DB_PASSWORD");
     assert!(!secret.body.to_string().contains("hunter2"), "the secret is not echoed back");
     let config_secret = s
-        .post("/v1/deployments", ADMIN, json!({"environment": "prod", "service": "a", "version": "1",
-            "config": {"api_key": "abc123"}}))
+        .post(
+            "/v1/deployments",
+            ADMIN,
+            json!({"environment": "prod", "service": "a", "version": "1",
+            "config": {"api_key": "abc123"}}),
+        )
         .await;
     config_secret.problem(422, "hardcoded-secret");
 
@@ -278,13 +339,23 @@ async fn idempotency_keys_replay_conflict_and_can_be_required() {
     let first = s.call(Method::POST, "/v1/deployments", Some(ADMIN), Some(deploy("prod", "2.0")), &headers).await;
     assert_eq!(first.status, StatusCode::ACCEPTED);
     assert_eq!(first.header("idempotent-replayed"), None);
-    let again = s.call(Method::POST, "/v1/deployments", Some(ADMIN), Some(deploy("prod", "2.0")), &[("idempotency-key", "release-42")]).await;
+    let again = s
+        .call(
+            Method::POST,
+            "/v1/deployments",
+            Some(ADMIN),
+            Some(deploy("prod", "2.0")),
+            &[("idempotency-key", "release-42")],
+        )
+        .await;
     assert_eq!(again.status, StatusCode::ACCEPTED);
     assert_eq!(again.header("idempotent-replayed"), Some("true"));
     assert_eq!(again.body["id"], first.body["id"]);
     let other = s.call(Method::POST, "/v1/deployments", Some(ADMIN), Some(deploy("prod", "3.0")), &headers).await;
     other.problem(422, "idempotency-key-reuse");
-    let bad = s.call(Method::POST, "/v1/deployments", Some(ADMIN), Some(deploy("prod", "3.0")), &[("idempotency-key", "")]).await;
+    let bad = s
+        .call(Method::POST, "/v1/deployments", Some(ADMIN), Some(deploy("prod", "3.0")), &[("idempotency-key", "")])
+        .await;
     bad.problem(400, "validation");
     let list = s.get("/v1/deployments", ADMIN).await;
     assert_eq!(list.body["items"].as_array().unwrap().len(), 1, "one deployment for one key");
@@ -349,20 +420,30 @@ async fn if_match_on_submit_is_checked_against_the_environment_revision() {
     s.sim_env("prod", 1, "queue", json!({})).await;
     let env = s.get("/v1/environments/prod", ADMIN).await;
     let tag = env.header("etag").unwrap().to_owned();
-    let ok = s.call(Method::POST, "/v1/deployments", Some(ADMIN), Some(deploy("prod", "2.0")), &[("if-match", &tag)]).await;
+    let ok =
+        s.call(Method::POST, "/v1/deployments", Some(ADMIN), Some(deploy("prod", "2.0")), &[("if-match", &tag)]).await;
     assert_eq!(ok.status, StatusCode::ACCEPTED, "{:?}", ok.body);
-    let stale = s.call(Method::POST, "/v1/deployments", Some(ADMIN), Some(deploy("prod", "3.0")), &[("if-match", &tag)]).await;
+    let stale =
+        s.call(Method::POST, "/v1/deployments", Some(ADMIN), Some(deploy("prod", "3.0")), &[("if-match", &tag)]).await;
     stale.problem(412, "precondition-failed");
-    let garbage = s.call(Method::POST, "/v1/deployments", Some(ADMIN), Some(deploy("prod", "3.0")), &[("if-match", "yesterday")]).await;
+    let garbage = s
+        .call(Method::POST, "/v1/deployments", Some(ADMIN), Some(deploy("prod", "3.0")), &[("if-match", "yesterday")])
+        .await;
     garbage.problem(400, "validation");
 
     let strict = s
-        .put("/v1/environments/strict", ADMIN, json!({"require_if_match": true, "targets": [
-            {"id": "s-1", "executor": "sim", "config": {"initial_version": "1.0", "apply_ms": 1}}]}))
+        .put(
+            "/v1/environments/strict",
+            ADMIN,
+            json!({"require_if_match": true, "targets": [
+            {"id": "s-1", "executor": "sim", "config": {"initial_version": "1.0", "apply_ms": 1}}]}),
+        )
         .await;
     assert_eq!(strict.status, StatusCode::CREATED);
     s.post("/v1/deployments", ADMIN, deploy("strict", "2.0")).await.problem(428, "precondition-required");
-    let with = s.call(Method::POST, "/v1/deployments", Some(ADMIN), Some(deploy("strict", "2.0")), &[("if-match", "\"1\"")]).await;
+    let with = s
+        .call(Method::POST, "/v1/deployments", Some(ADMIN), Some(deploy("strict", "2.0")), &[("if-match", "\"1\"")])
+        .await;
     assert_eq!(with.status, StatusCode::ACCEPTED);
 }
 
@@ -380,7 +461,9 @@ async fn cancel_and_rollback_endpoints() {
     assert!(again.status == StatusCode::ACCEPTED || again.status == StatusCode::CONFLICT, "idempotent while running");
     let done = s.wait_terminal(&id).await;
     assert_eq!(done["status"], "cancelled");
-    s.call(Method::POST, &format!("/v1/deployments/{id}/cancel"), Some(ADMIN), None, &[]).await.problem(409, "already-finished");
+    s.call(Method::POST, &format!("/v1/deployments/{id}/cancel"), Some(ADMIN), None, &[])
+        .await
+        .problem(409, "already-finished");
 
     let b = s.post("/v1/deployments", ADMIN, deploy("prod", "3.0")).await;
     let b_id = b.body["id"].as_str().unwrap().to_owned();
@@ -398,14 +481,20 @@ async fn cancel_and_rollback_endpoints() {
         assert_ne!(t["actual"]["version"], "3.0", "every target left 3.0: {t}");
     }
     let unknown = uuid::Uuid::now_v7();
-    s.call(Method::POST, &format!("/v1/deployments/{unknown}/cancel"), Some(ADMIN), None, &[]).await.problem(404, "not-found");
-    s.call(Method::POST, &format!("/v1/deployments/{unknown}/rollback"), Some(ADMIN), None, &[]).await.problem(404, "not-found");
+    s.call(Method::POST, &format!("/v1/deployments/{unknown}/cancel"), Some(ADMIN), None, &[])
+        .await
+        .problem(404, "not-found");
+    s.call(Method::POST, &format!("/v1/deployments/{unknown}/rollback"), Some(ADMIN), None, &[])
+        .await
+        .problem(404, "not-found");
 }
 
 #[tokio::test]
 async fn api_keys_are_shown_once_stored_hashed_and_revocable() {
     let s = Server::start("keys").await;
-    let created = s.post("/v1/api-keys", ADMIN, json!({"name": "ci-bot", "role": "deployer", "environments": ["staging-*"]})).await;
+    let created = s
+        .post("/v1/api-keys", ADMIN, json!({"name": "ci-bot", "role": "deployer", "environments": ["staging-*"]}))
+        .await;
     assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
     let key = created.body["key"].as_str().unwrap().to_owned();
     assert!(deploy_server::is_well_formed_key(&key), "{key}");
@@ -427,7 +516,9 @@ async fn api_keys_are_shown_once_stored_hashed_and_revocable() {
     s.call(Method::DELETE, &format!("/v1/api-keys/{id}"), Some(ADMIN), None, &[]).await.problem(404, "not-found");
     s.post("/v1/api-keys", ADMIN, json!({"name": "x", "role": "superuser"})).await.problem(400, "validation");
     s.post("/v1/api-keys", ADMIN, json!({"name": "has space", "role": "viewer"})).await.problem(400, "validation");
-    s.post("/v1/api-keys", ADMIN, json!({"name": "x", "role": "viewer", "environments": ["Bad!"]})).await.problem(400, "validation");
+    s.post("/v1/api-keys", ADMIN, json!({"name": "x", "role": "viewer", "environments": ["Bad!"]}))
+        .await
+        .problem(400, "validation");
 }
 
 #[tokio::test]
@@ -435,9 +526,19 @@ async fn every_mutating_call_lands_in_the_audit_log() {
     let s = Server::start("audit").await;
     s.sim_env("prod", 1, "queue", json!({})).await;
     let viewer = s.key("viewer-1", "viewer", &["*"]).await;
-    let ok = s.call(Method::POST, "/v1/deployments", Some(ADMIN), Some(deploy("prod", "2.0")), &[("x-request-id", "req-ok")]).await;
+    let ok = s
+        .call(Method::POST, "/v1/deployments", Some(ADMIN), Some(deploy("prod", "2.0")), &[("x-request-id", "req-ok")])
+        .await;
     let id = ok.body["id"].as_str().unwrap().to_owned();
-    let denied = s.call(Method::POST, "/v1/deployments", Some(&viewer), Some(deploy("prod", "2.0")), &[("x-request-id", "req-denied")]).await;
+    let denied = s
+        .call(
+            Method::POST,
+            "/v1/deployments",
+            Some(&viewer),
+            Some(deploy("prod", "2.0")),
+            &[("x-request-id", "req-denied")],
+        )
+        .await;
     denied.problem(403, "forbidden");
     s.call(Method::POST, "/v1/deployments", None, Some(deploy("prod", "2.0")), &[("x-request-id", "req-anon")]).await;
     s.get("/v1/environments", ADMIN).await; // reads are not audited
@@ -445,7 +546,9 @@ async fn every_mutating_call_lands_in_the_audit_log() {
     let log = s.get("/v1/audit?limit=50", ADMIN).await;
     assert_eq!(log.status, StatusCode::OK);
     let items = log.body["items"].as_array().unwrap();
-    let find = |rid: &str| items.iter().find(|e| e["request_id"] == rid).unwrap_or_else(|| panic!("{rid} in {items:?}")).clone();
+    let find = |rid: &str| {
+        items.iter().find(|e| e["request_id"] == rid).unwrap_or_else(|| panic!("{rid} in {items:?}")).clone()
+    };
     let e = find("req-ok");
     assert_eq!(e["actor"], "key:bootstrap-admin");
     assert_eq!(e["action"], "deployment.submit");
@@ -477,7 +580,10 @@ async fn rate_limits_answer_429_with_retry_after() {
     let s = Server::with(settings).await;
     let other = {
         // Created before the bucket is drained; the bucket is per principal.
-        s.post("/v1/api-keys", ADMIN, json!({"name": "other", "role": "viewer"})).await.body["key"].as_str().unwrap().to_owned()
+        s.post("/v1/api-keys", ADMIN, json!({"name": "other", "role": "viewer"})).await.body["key"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     };
     let mut limited = None;
     for _ in 0..6 {

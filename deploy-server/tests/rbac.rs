@@ -62,7 +62,9 @@ async fn each_role_each_action_in_and_out_of_its_environments() {
                     Act::ReadEvents => s.get(&format!("/v1/deployments/{id}/events"), &key).await,
                     Act::ListDeployments => s.get(&format!("/v1/deployments?environment={env}"), &key).await,
                     Act::Submit => s.post("/v1/deployments", &key, deploy(env, "3.0")).await,
-                    Act::Cancel => s.call(Method::POST, &format!("/v1/deployments/{id}/cancel"), Some(&key), None, &[]).await,
+                    Act::Cancel => {
+                        s.call(Method::POST, &format!("/v1/deployments/{id}/cancel"), Some(&key), None, &[]).await
+                    }
                     Act::Rollback => {
                         s.call(Method::POST, &format!("/v1/deployments/{id}/rollback"), Some(&key), None, &[]).await
                     }
@@ -97,7 +99,8 @@ async fn each_role_each_action_in_and_out_of_its_environments() {
         let all = s.get("/v1/deployments", &key).await;
         assert!(all.body["items"].as_array().unwrap().iter().all(|d| d["environment"] == "prod"), "{role}");
         let envs = s.get("/v1/environments", &key).await;
-        let names: Vec<&str> = envs.body["items"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+        let names: Vec<&str> =
+            envs.body["items"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
         assert_eq!(names, vec!["prod"], "{role} lists only its environments");
     }
     assert_eq!(checked, 3 * 2 * ACTS.len());
@@ -160,7 +163,8 @@ async fn jwt_principals_are_authorized_like_keys() {
     wrong_aud["aud"] = json!("other");
     let mut no_exp = base.clone();
     no_exp.as_object_mut().unwrap().remove("exp");
-    let other_secret = encode(&Header::default(), &base, &EncodingKey::from_secret(b"another secret, also long enough....")).unwrap();
+    let other_secret =
+        encode(&Header::default(), &base, &EncodingKey::from_secret(b"another secret, also long enough....")).unwrap();
     // alg "none": header {"alg":"none"} and no signature.
     let none = {
         use base64::Engine as _;
@@ -195,6 +199,11 @@ async fn eddsa_jwts_are_verified_with_the_configured_public_key() {
     let t = encode(&Header::new(Algorithm::EdDSA), &claims, &EncodingKey::from_ed_pem(&private).unwrap()).unwrap();
     assert_eq!(s.get("/v1/environments", &t).await.status, StatusCode::OK);
     s.post("/v1/deployments", &t, deploy("prod", "2.0")).await.problem(403, "forbidden");
-    let hs = encode(&Header::default(), &claims, &EncodingKey::from_secret(b"guessing the algorithm does not help")).unwrap();
-    assert_eq!(s.get("/v1/environments", &hs).await.status, StatusCode::UNAUTHORIZED, "HS256 is refused when EdDSA is set");
+    let hs = encode(&Header::default(), &claims, &EncodingKey::from_secret(b"guessing the algorithm does not help"))
+        .unwrap();
+    assert_eq!(
+        s.get("/v1/environments", &hs).await.status,
+        StatusCode::UNAUTHORIZED,
+        "HS256 is refused when EdDSA is set"
+    );
 }

@@ -20,7 +20,12 @@ fn time_of(v: &Value) -> time::OffsetDateTime {
 
 async fn actual_versions(s: &Server, env: &str) -> Vec<String> {
     let e = s.get(&format!("/v1/environments/{env}"), ADMIN).await;
-    e.body["targets"].as_array().unwrap().iter().map(|t| t["actual"]["version"].as_str().unwrap_or("-").to_owned()).collect()
+    e.body["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["actual"]["version"].as_str().unwrap_or("-").to_owned())
+        .collect()
 }
 
 #[tokio::test]
@@ -34,7 +39,14 @@ async fn concurrent_identical_submissions_create_one_deployment() {
         tasks.push(tokio::spawn(async move {
             // Retry on 409 in-flight as a client would, until the answer is the deployment.
             for _ in 0..100 {
-                let r = http.post(&url).bearer_auth(ADMIN).header("idempotency-key", "deploy-7").json(&deploy("prod", "2.0")).send().await.unwrap();
+                let r = http
+                    .post(&url)
+                    .bearer_auth(ADMIN)
+                    .header("idempotency-key", "deploy-7")
+                    .json(&deploy("prod", "2.0"))
+                    .send()
+                    .await
+                    .unwrap();
                 if r.status() == StatusCode::CONFLICT {
                     tokio::time::sleep(Duration::from_millis(10 + i)).await;
                     continue;
@@ -46,7 +58,8 @@ async fn concurrent_identical_submissions_create_one_deployment() {
             panic!("never answered");
         }));
     }
-    let ids: std::collections::BTreeSet<String> = futures::future::join_all(tasks).await.into_iter().map(Result::unwrap).collect();
+    let ids: std::collections::BTreeSet<String> =
+        futures::future::join_all(tasks).await.into_iter().map(Result::unwrap).collect();
     assert_eq!(ids.len(), 1, "every caller got the same deployment");
     assert_eq!(s.get("/v1/deployments", ADMIN).await.body["items"].as_array().unwrap().len(), 1);
     assert_eq!(s.wait_terminal(ids.first().unwrap()).await["status"], "succeeded");
@@ -58,7 +71,10 @@ async fn racing_deployments_under_each_concurrency_policy() {
     let slow = json!({"apply_ms": 150});
     // queue: both accepted, run one after the other.
     s.sim_env("q", 2, "queue", slow.clone()).await;
-    let (a, b) = tokio::join!(s.post("/v1/deployments", ADMIN, deploy("q", "2.0")), s.post("/v1/deployments", ADMIN, deploy("q", "3.0")));
+    let (a, b) = tokio::join!(
+        s.post("/v1/deployments", ADMIN, deploy("q", "2.0")),
+        s.post("/v1/deployments", ADMIN, deploy("q", "3.0"))
+    );
     assert_eq!((a.status, b.status), (StatusCode::ACCEPTED, StatusCode::ACCEPTED));
     let (da, db) = (s.wait_terminal(&id(&a)).await, s.wait_terminal(&id(&b)).await);
     assert_eq!((da["status"].as_str(), db["status"].as_str()), (Some("succeeded"), Some("succeeded")));
@@ -68,7 +84,10 @@ async fn racing_deployments_under_each_concurrency_policy() {
 
     // reject: the second gets 409 environment-busy while the first is queued or running.
     s.sim_env("r", 2, "reject", slow.clone()).await;
-    let (a, b) = tokio::join!(s.post("/v1/deployments", ADMIN, deploy("r", "2.0")), s.post("/v1/deployments", ADMIN, deploy("r", "3.0")));
+    let (a, b) = tokio::join!(
+        s.post("/v1/deployments", ADMIN, deploy("r", "2.0")),
+        s.post("/v1/deployments", ADMIN, deploy("r", "3.0"))
+    );
     let mut statuses = [a.status, b.status];
     statuses.sort();
     assert_eq!(statuses, [StatusCode::ACCEPTED, StatusCode::CONFLICT]);
@@ -142,14 +161,28 @@ async fn a_version_that_never_becomes_healthy_is_rolled_back() {
     let d = s.wait_terminal(&id(&s.post("/v1/deployments", ADMIN, body).await)).await;
     assert_eq!(d["status"], "rolled_back", "{d}");
     // Targets the rollout reached were returned to 1.0; the others were never touched (nor observed).
-    let touched: Vec<&str> = d["targets"].as_array().unwrap().iter().filter(|t| t["status"] == "rolled_back").map(|t| t["id"].as_str().unwrap()).collect();
+    let touched: Vec<&str> = d["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["status"] == "rolled_back")
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
     assert!(!touched.is_empty(), "{d}");
-    assert!(d["targets"].as_array().unwrap().iter().all(|t| ["rolled_back", "cancelled", "pending"].contains(&t["status"].as_str().unwrap())), "{d}");
+    assert!(
+        d["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| ["rolled_back", "cancelled", "pending"].contains(&t["status"].as_str().unwrap())),
+        "{d}"
+    );
     let versions = actual_versions(&s, "prod").await;
     assert!(versions.iter().all(|v| v == "1.0" || v == "-"), "{versions:?}");
     assert_eq!(versions.iter().filter(|v| *v == "1.0").count(), touched.len());
     let events = s.get(&format!("/v1/deployments/{}/events?limit=500", d["id"].as_str().unwrap()), ADMIN).await;
-    let types: Vec<&str> = events.body["items"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    let types: Vec<&str> =
+        events.body["items"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert!(types.contains(&"deployment.rolling_back") && types.last() == Some(&"deployment.rolled_back"), "{types:?}");
 }
 
@@ -189,11 +222,17 @@ async fn a_redeploy_of_what_runs_is_a_no_op() {
     let again = s.wait_terminal(&id(&s.post("/v1/deployments", ADMIN, deploy("prod", "2.0")).await)).await;
     assert_eq!(again["status"], "succeeded");
     assert_eq!(again["summary"]["skipped"], 3, "nothing to do: {again}");
-    assert!(again["targets"].as_array().unwrap().iter().all(|t| t["attempts"] == 0), "no executor call changed anything");
+    assert!(
+        again["targets"].as_array().unwrap().iter().all(|t| t["attempts"] == 0),
+        "no executor call changed anything"
+    );
 }
 
 /// Reads SSE frames until `stop` returns true or the stream ends; returns (id, event, data) triples.
-async fn read_sse(resp: reqwest::Response, mut stop: impl FnMut(&[(u64, String, Value)]) -> bool) -> (Vec<(u64, String, Value)>, bool) {
+async fn read_sse(
+    resp: reqwest::Response,
+    mut stop: impl FnMut(&[(u64, String, Value)]) -> bool,
+) -> (Vec<(u64, String, Value)>, bool) {
     let mut out = Vec::new();
     let mut buf = String::new();
     let mut body = resp.bytes_stream();
@@ -203,9 +242,15 @@ async fn read_sse(resp: reqwest::Response, mut stop: impl FnMut(&[(u64, String, 
             let frame: String = buf.drain(..end + 2).collect();
             let (mut id, mut event, mut data) = (None, None, None);
             for line in frame.lines() {
-                if let Some(v) = line.strip_prefix("id: ").or_else(|| line.strip_prefix("id:")) { id = v.trim().parse().ok(); }
-                if let Some(v) = line.strip_prefix("event: ").or_else(|| line.strip_prefix("event:")) { event = Some(v.trim().to_owned()); }
-                if let Some(v) = line.strip_prefix("data: ").or_else(|| line.strip_prefix("data:")) { data = serde_json::from_str(v).ok(); }
+                if let Some(v) = line.strip_prefix("id: ").or_else(|| line.strip_prefix("id:")) {
+                    id = v.trim().parse().ok();
+                }
+                if let Some(v) = line.strip_prefix("event: ").or_else(|| line.strip_prefix("event:")) {
+                    event = Some(v.trim().to_owned());
+                }
+                if let Some(v) = line.strip_prefix("data: ").or_else(|| line.strip_prefix("data:")) {
+                    data = serde_json::from_str(v).ok();
+                }
             }
             if let (Some(id), Some(event), Some(data)) = (id, event, data) {
                 out.push((id, event, data));
@@ -255,11 +300,26 @@ async fn sse_streams_resume_after_last_event_id_without_loss_or_repeats() {
     assert_eq!(json_events.body["items"].as_array().unwrap().len(), all.len(), "the stream and the list agree");
 
     // `after` works like Last-Event-ID, and a finished deployment streams its history and closes.
-    let replay = s.http.get(format!("{path}?after=2")).bearer_auth(ADMIN).header("accept", "text/event-stream").send().await.unwrap();
+    let replay = s
+        .http
+        .get(format!("{path}?after=2"))
+        .bearer_auth(ADMIN)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
     let (again, ended) = read_sse(replay, |_| false).await;
     assert!(ended);
     assert_eq!(again.first().unwrap().0, 3);
-    let bad = s.http.get(&path).bearer_auth(ADMIN).header("accept", "text/event-stream").header("last-event-id", "x").send().await.unwrap();
+    let bad = s
+        .http
+        .get(&path)
+        .bearer_auth(ADMIN)
+        .header("accept", "text/event-stream")
+        .header("last-event-id", "x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
 }
 

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deploy_core::{
-    Acceptance, Accepted, ActualState, ApiKeyRecord, AuditEntry, AuditFilter, Claim, ConcurrencyPolicy, Control, DeliveryOutcome, DeliveryStatus, Deployment,
-    DeploymentFilter, DeploymentId, DeploymentStatus, DesiredState, Environment, EnvironmentName, EnvironmentSpec,
-    EnvironmentTarget, EnvironmentWrite, Event, Lease, NewEvent, Page, PageRequest, ProgressUpdate, Revision, Store,
-    StoreError, TargetDefinition, TargetProgress, Timestamp, UpdateError, ValidationErrors, WebhookDelivery,
-    WebhookSubscription,
+    Acceptance, Accepted, ActualState, ApiKeyRecord, AuditEntry, AuditFilter, Claim, ConcurrencyPolicy, Control,
+    DeliveryOutcome, DeliveryStatus, Deployment, DeploymentFilter, DeploymentId, DeploymentStatus, DesiredState,
+    Environment, EnvironmentName, EnvironmentSpec, EnvironmentTarget, EnvironmentWrite, Event, Lease, NewEvent, Page,
+    PageRequest, ProgressUpdate, Revision, Store, StoreError, TargetDefinition, TargetProgress, Timestamp, UpdateError,
+    ValidationErrors, WebhookDelivery, WebhookSubscription,
 };
 use serde::de::DeserializeOwned;
 use sqlx::any::AnyPoolOptions;

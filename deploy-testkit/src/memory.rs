@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deploy_core::{
-    Acceptance, Accepted, ApiKeyRecord, AuditEntry, AuditFilter, Claim, ConcurrencyPolicy, Control, DeliveryOutcome, DeliveryStatus, Deployment,
-    DeploymentFilter, DeploymentId, Environment, EnvironmentName, EnvironmentSpec, EnvironmentWrite, Event,
-    Fingerprint, IdempotencyKey, Lease, Page, PageRequest, ProgressUpdate, Revision, Store, StoreError, Timestamp,
-    UpdateError, ValidationErrors, WebhookDelivery, WebhookSubscription, add_duration,
+    Acceptance, Accepted, ApiKeyRecord, AuditEntry, AuditFilter, Claim, ConcurrencyPolicy, Control, DeliveryOutcome,
+    DeliveryStatus, Deployment, DeploymentFilter, DeploymentId, Environment, EnvironmentName, EnvironmentSpec,
+    EnvironmentWrite, Event, Fingerprint, IdempotencyKey, Lease, Page, PageRequest, ProgressUpdate, Revision, Store,
+    StoreError, Timestamp, UpdateError, ValidationErrors, WebhookDelivery, WebhookSubscription, add_duration,
 };
 use uuid::Uuid;
 
@@ -576,5 +576,4 @@ impl Store for MemoryStore {
             .collect();
         Ok(Page::from_overfetch(items, limit, |e| e.id.to_string()))
     }
-
 }

@@ -767,7 +767,11 @@ async fn prepare_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
         ]
         .concat(),
         // What was observed before the change is the environment's actual state until the change lands.
-        Some(TargetObservation { target: id, desired: Some(desired), actual: Some(ActualState::observed(observation, now)) }),
+        Some(TargetObservation {
+            target: id,
+            desired: Some(desired),
+            actual: Some(ActualState::observed(observation, now)),
+        }),
     )
 }
 

@@ -40,10 +40,10 @@ struct ServeArgs {
     #[arg(long, env = "DEPLOYD_DATABASE_URL")]
     database_url: Option<String>,
     /// Enable the `sim` executor (for demos and tests).
-    #[arg(long, env = "DEPLOYD_DEV")]
+    #[arg(long, env = "DEPLOYD_DEV", num_args = 0..=1, default_missing_value = "true")]
     dev: Option<bool>,
     /// Require an Idempotency-Key on submissions.
-    #[arg(long, env = "DEPLOYD_REQUIRE_IDEMPOTENCY_KEY")]
+    #[arg(long, env = "DEPLOYD_REQUIRE_IDEMPOTENCY_KEY", num_args = 0..=1, default_missing_value = "true")]
     require_idempotency_key: Option<bool>,
     /// Requests per second per principal [default: 100].
     #[arg(long, env = "DEPLOYD_RATE_LIMIT")]
@@ -104,10 +104,10 @@ impl ServeArgs {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let settings = args.settings()?;
-    let store = settings.database_url.as_ref().map_or_else(
-        || format!("SQLite in {}", settings.data_dir.display()),
-        |_| "PostgreSQL".to_owned(),
-    );
+    let store = settings
+        .database_url
+        .as_ref()
+        .map_or_else(|| format!("SQLite in {}", settings.data_dir.display()), |_| "PostgreSQL".to_owned());
     let running = deploy_server::start(settings).await.context("deployd could not start")?;
     if let Some(key) = &running.bootstrap_key {
         println!("deployd: created the bootstrap admin API key (shown only now): {key}");

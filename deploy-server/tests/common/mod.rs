@@ -138,14 +138,17 @@ impl Server {
                        "executor": "sim", "config": config})
             })
             .collect();
-        let a = self.put(&format!("/v1/environments/{env}"), ADMIN, json!({"concurrency": concurrency, "targets": targets})).await;
+        let a = self
+            .put(&format!("/v1/environments/{env}"), ADMIN, json!({"concurrency": concurrency, "targets": targets}))
+            .await;
         assert!(a.status.is_success(), "environment {env}: {:?}", a.body);
         a
     }
 
     /// Creates an API key; returns the key.
     pub(crate) async fn key(&self, name: &str, role: &str, environments: &[&str]) -> String {
-        let a = self.post("/v1/api-keys", ADMIN, json!({"name": name, "role": role, "environments": environments})).await;
+        let a =
+            self.post("/v1/api-keys", ADMIN, json!({"name": name, "role": role, "environments": environments})).await;
         assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
         a.body["key"].as_str().unwrap().to_owned()
     }
