@@ -15,6 +15,9 @@ use deploy_core::{
 };
 use deploy_sql::SqlStore;
 
+/// Callers at once in the concurrent variants.
+const CONCURRENCY: usize = 16;
+
 fn runtime() -> tokio::runtime::Runtime {
     match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
@@ -116,6 +119,53 @@ fn sql(c: &mut Criterion) {
                     // Keep the queue short, as in life: cancel it outside the timed part.
                     let _ =
                         rt.block_on(store.request_cancel(accepted.deployment.id(), time::OffsetDateTime::now_utc()));
+                }
+                total
+            });
+        });
+
+        // The same two operations from 16 concurrent callers, as a server sees them: SQLite commits concurrent
+        // acceptances together (group commit); raw inserts commit one by one.
+        group.throughput(Throughput::Elements(CONCURRENCY as u64));
+        group.bench_function(BenchmarkId::new("raw_insert", format!("{CONCURRENCY} concurrent")), |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let mut set = tokio::task::JoinSet::new();
+                    for _ in 0..CONCURRENCY {
+                        let pool = store.pool().clone();
+                        let doc = doc.clone();
+                        set.spawn(async move {
+                            sqlx::query("INSERT INTO bench_raw (id, doc) VALUES ($1, $2)")
+                                .bind(uuid::Uuid::now_v7().to_string())
+                                .bind(doc)
+                                .execute(&pool)
+                                .await
+                                .map(drop)
+                        });
+                    }
+                    for r in set.join_all().await {
+                        ok(r, "raw insert");
+                    }
+                });
+            });
+        });
+        group.bench_function(BenchmarkId::new("accept", format!("{CONCURRENCY} concurrent, 4 targets")), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for i in 0..iters {
+                    let start = Instant::now();
+                    let ids = rt.block_on(async {
+                        let mut set = tokio::task::JoinSet::new();
+                        for j in 0..CONCURRENCY {
+                            let store = store.clone();
+                            set.spawn(async move { store.accept(acceptance("small", &format!("c{i}-{j}"))).await });
+                        }
+                        set.join_all().await.into_iter().map(|r| ok(r, "accept").deployment.id()).collect::<Vec<_>>()
+                    });
+                    total += start.elapsed();
+                    for id in ids {
+                        let _ = rt.block_on(store.request_cancel(id, time::OffsetDateTime::now_utc()));
+                    }
                 }
                 total
             });

@@ -16,6 +16,7 @@
 //! ```
 
 mod error;
+mod group;
 mod schema;
 mod store;
 

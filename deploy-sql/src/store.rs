@@ -76,6 +76,8 @@ pub struct SqlStore {
     /// What this process last read of each environment (and whether webhook subscriptions existed then). Only the
     /// optimistic acceptance uses it, and only as a guess: its write succeeds only if the revision is unchanged.
     snapshots: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<EnvironmentName, (Environment, bool)>>>,
+    /// SQLite's group commit of acceptances and audit entries.
+    group: std::sync::Arc<crate::group::Group>,
 }
 
 /// The SQLite flavour of [`SqlStore`].
@@ -122,7 +124,7 @@ impl SqlStore {
             OpenError::Database(inner) => not_a_database(&shown, inner),
             other => other,
         })?;
-        Ok(Self { pool, backend: Backend::Sqlite, snapshots: Default::default() })
+        Ok(Self { pool, backend: Backend::Sqlite, snapshots: Default::default(), group: crate::group::new() })
     }
 
     /// Connects to PostgreSQL at `url` and applies migrations (under an advisory lock, so replicas may start together).
@@ -138,7 +140,7 @@ impl SqlStore {
             .await
             .map_err(OpenError::Database)?;
         schema::migrate(&pool, Backend::Postgres).await?;
-        Ok(Self { pool, backend: Backend::Postgres, snapshots: Default::default() })
+        Ok(Self { pool, backend: Backend::Postgres, snapshots: Default::default(), group: crate::group::new() })
     }
 
     /// Which database this is.
@@ -162,7 +164,11 @@ impl SqlStore {
         self.snapshots.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+    pub(crate) fn group(&self) -> &crate::group::Group {
+        &self.group
+    }
+
+    pub(crate) async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
         self.pool.begin_with(self.backend.begin()).await.map_err(unavailable)
     }
 }
@@ -960,6 +966,37 @@ impl SqlStore {
 
     async fn accept_once(&self, acceptance: Acceptance) -> Result<Accepted, StoreError> {
         let mut tx = self.begin().await?;
+        let accepted = self.accept_in(&mut tx, acceptance).await?;
+        if !accepted.replayed {
+            tx.commit().await.map_err(unavailable)?;
+        }
+        Ok(accepted)
+    }
+
+    /// Inserts one audit entry on `conn`.
+    pub(crate) async fn insert_audit(&self, conn: &mut AnyConnection, entry: &AuditEntry) -> Result<(), StoreError> {
+        let mut doc = serde_json::to_value(entry).map_err(|e| corrupt("encoding", e))?;
+        if let Some(map) = doc.as_object_mut() {
+            map.insert("id".into(), entry.id.to_string().into());
+        }
+        sqlx::query("INSERT INTO deploy_audit (id, actor, environment, doc) VALUES ($1, $2, $3, $4)")
+            .bind(entry.id.to_string())
+            .bind(&entry.actor)
+            .bind(entry.environment.clone())
+            .bind(doc.to_string())
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// The locking acceptance inside the caller's transaction. Every refusal, and a replay, leaves changes the caller
+    /// must undo (the revision bump): drop the transaction or roll back to a savepoint taken before.
+    pub(crate) async fn accept_in(
+        &self,
+        tx: &mut AnyConnection,
+        acceptance: Acceptance,
+    ) -> Result<Accepted, StoreError> {
         let Acceptance { draft, idempotency, expected_revision, now } = acceptance;
         let env_name = draft.spec.environment().clone();
         // Bumping the revision first takes the environment's row lock, which serializes acceptances per environment
@@ -998,7 +1035,7 @@ impl SqlStore {
                 }
                 let id: DeploymentId =
                     get::<String>(&row, "deployment_id")?.parse().map_err(|e| corrupt("deployment id", e))?;
-                let deployment = load_deployment(&mut tx, id).await?.ok_or_else(|| not_found("deployment", id))?;
+                let deployment = load_deployment(tx, id).await?.ok_or_else(|| not_found("deployment", id))?;
                 // Dropping the transaction undoes the revision bump: a replay changes nothing.
                 return Ok(Accepted { deployment, replayed: true });
             }
@@ -1012,7 +1049,7 @@ impl SqlStore {
         }
         let (active_deployment, queued) = match concurrency {
             ConcurrencyPolicy::Queue => (None, Vec::new()),
-            ConcurrencyPolicy::Reject | ConcurrencyPolicy::Supersede => load_open(&mut tx, &env_name).await?,
+            ConcurrencyPolicy::Reject | ConcurrencyPolicy::Supersede => load_open(tx, &env_name).await?,
         };
         let env = Environment {
             name: env_name.clone(),
@@ -1035,13 +1072,13 @@ impl SqlStore {
             ConcurrencyPolicy::Queue => {}
             ConcurrencyPolicy::Supersede => {
                 for old in older {
-                    let Some(row) = load_header(&mut tx, Some(self.backend), old).await? else { continue };
-                    request_stop(&mut tx, row, now, |d, held| d.mark_superseded_by(id, now, held)).await?;
+                    let Some(row) = load_header(tx, Some(self.backend), old).await? else { continue };
+                    request_stop(tx, row, now, |d, held| d.mark_superseded_by(id, now, held)).await?;
                 }
             }
         }
         let queued = deployment.queued_event(now).numbered(id, 1);
-        insert_new_deployment(&mut tx, self.backend, &deployment, &queued).await?;
+        insert_new_deployment(tx, self.backend, &deployment, &queued).await?;
         if let Some(rec) = idempotency {
             // An expired key of the same name is replaced.
             sqlx::query("DELETE FROM deploy_idempotency_keys WHERE scope = $1 AND key = $2")
@@ -1070,9 +1107,8 @@ impl SqlStore {
             })?;
         }
         if has_webhooks {
-            enqueue_deliveries(&mut tx, id, &env_name, &[queued]).await?;
+            enqueue_deliveries(tx, id, &env_name, &[queued]).await?;
         }
-        tx.commit().await.map_err(unavailable)?;
         Ok(Accepted { deployment, replayed: false })
     }
 }
@@ -1153,7 +1189,16 @@ impl Store for SqlStore {
     }
 
     async fn accept(&self, acceptance: Acceptance) -> Result<Accepted, StoreError> {
-        // The optimistic path first: its first try trusts this process's snapshot of the environment, later tries
+        if self.backend == Backend::Sqlite {
+            // One writer at a time: concurrent acceptances share a transaction (see `group`).
+            return match self.grouped(crate::group::Write::Accept(Box::new(acceptance))).await? {
+                crate::group::Written::Accepted(accepted) => Ok(*accepted),
+                crate::group::Written::Appended => {
+                    Err(StoreError::Corrupt("group commit answered the wrong write".into()))
+                }
+            };
+        }
+        // PostgreSQL: the optimistic path first: its first try trusts this process's snapshot of the environment, later tries
         // read afresh. Two replicas that race on one new key: the loser's statement fails on the key's primary key,
         // and its next try finds the winner's deployment (a replay) or a different request (a reuse).
         for attempt in 0..3 {
@@ -1548,19 +1593,11 @@ impl Store for SqlStore {
     }
 
     async fn append_audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
-        let mut doc = serde_json::to_value(&entry).map_err(|e| corrupt("encoding", e))?;
-        if let Some(map) = doc.as_object_mut() {
-            map.insert("id".into(), entry.id.to_string().into());
+        if self.backend == Backend::Sqlite {
+            return self.grouped(crate::group::Write::Audit(Box::new(entry))).await.map(drop);
         }
-        sqlx::query("INSERT INTO deploy_audit (id, actor, environment, doc) VALUES ($1, $2, $3, $4)")
-            .bind(entry.id.to_string())
-            .bind(&entry.actor)
-            .bind(entry.environment.clone())
-            .bind(doc.to_string())
-            .execute(&self.pool)
-            .await
-            .map_err(unavailable)?;
-        Ok(())
+        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
+        self.insert_audit(&mut conn, &entry).await
     }
 
     async fn list_audit(&self, filter: &AuditFilter, page: &PageRequest) -> Result<Page<AuditEntry>, StoreError> {

@@ -1,0 +1,160 @@
+//! Group commit for SQLite: concurrent acceptances and audit entries share one transaction, hence one WAL sync.
+//!
+//! SQLite has one writer at a time and every durable commit waits for a sync of the WAL, so N concurrent writers pay
+//! N syncs one after another. Here the first writer to arrive becomes the leader (on a task of its own, so a caller
+//! that gives up cannot strand the queue): it takes every write queued so far, runs each inside its own savepoint of
+//! one `BEGIN IMMEDIATE` transaction (a refused acceptance rolls back to its savepoint and leaves the others alone),
+//! commits once, and answers each caller. Nobody is answered before the commit that makes their write durable.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use deploy_core::{Acceptance, Accepted, AuditEntry, StoreError};
+use sqlx::AnyConnection;
+use tokio::sync::oneshot;
+
+use crate::store::SqlStore;
+
+/// The most writes one transaction takes; the rest wait for the next one.
+const MAX_BATCH: usize = 256;
+
+/// A write that can share a transaction.
+pub(crate) enum Write {
+    /// [`deploy_core::Store::accept`].
+    Accept(Box<Acceptance>),
+    /// [`deploy_core::Store::append_audit`].
+    Audit(Box<AuditEntry>),
+}
+
+/// What a write produced.
+pub(crate) enum Written {
+    /// An acceptance (or a replay).
+    Accepted(Box<Accepted>),
+    /// An audit entry.
+    Appended,
+}
+
+type Reply = oneshot::Sender<Result<Written, StoreError>>;
+
+#[derive(Default)]
+struct Queue {
+    writes: Vec<(Write, Reply)>,
+    leading: bool,
+}
+
+/// The queue of writes waiting for a transaction.
+#[derive(Default)]
+pub(crate) struct Group {
+    queue: Mutex<Queue>,
+    transactions: AtomicU64,
+    writes: AtomicU64,
+}
+
+impl std::fmt::Debug for Group {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Group").finish_non_exhaustive()
+    }
+}
+
+impl Group {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl SqlStore {
+    /// Queues `write` for the next group transaction and waits until it is committed (or refused).
+    pub(crate) async fn grouped(&self, write: Write) -> Result<Written, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let lead = {
+            let mut queue = self.group().lock();
+            queue.writes.push((write, reply));
+            !std::mem::replace(&mut queue.leading, true)
+        };
+        if lead {
+            let store = self.clone();
+            tokio::spawn(async move { store.lead().await });
+        }
+        answer.await.map_err(|_| StoreError::Unavailable("the group commit task stopped".into()))?
+    }
+
+    /// Commits queued writes, batch after batch, until the queue is empty.
+    async fn lead(&self) {
+        loop {
+            let batch = {
+                let mut queue = self.group().lock();
+                if queue.writes.is_empty() {
+                    queue.leading = false;
+                    return;
+                }
+                let n = queue.writes.len().min(MAX_BATCH);
+                queue.writes.drain(..n).collect::<Vec<_>>()
+            };
+            self.commit_batch(batch).await;
+        }
+    }
+
+    /// How many group transactions committed, and how many writes they held.
+    pub fn group_commits(&self) -> (u64, u64) {
+        (self.group().transactions.load(Ordering::Relaxed), self.group().writes.load(Ordering::Relaxed))
+    }
+
+    async fn commit_batch(&self, batch: Vec<(Write, Reply)>) {
+        let mut tx = match self.begin().await {
+            Ok(tx) => tx,
+            Err(e) => {
+                let message = e.to_string();
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(StoreError::Unavailable(message.clone().into())));
+                }
+                return;
+            }
+        };
+        let mut results = Vec::with_capacity(batch.len());
+        for (write, reply) in batch {
+            let result = self.savepoint(&mut tx, write).await;
+            results.push((result, reply));
+        }
+        let committed = tx.commit().await;
+        if committed.is_ok() {
+            self.group().transactions.fetch_add(1, Ordering::Relaxed);
+            self.group().writes.fetch_add(results.len() as u64, Ordering::Relaxed);
+        }
+        for (result, reply) in results {
+            let answer = match (&committed, result) {
+                (Ok(()), result) => result,
+                // Nothing of the batch is durable: every caller learns that its write may be retried.
+                (Err(e), Ok(_)) => Err(StoreError::Unavailable(e.to_string().into())),
+                (Err(_), Err(refused)) => Err(refused),
+            };
+            let _ = reply.send(answer);
+        }
+    }
+
+    /// Runs one write inside a savepoint; a refusal or a replay rolls back to it.
+    async fn savepoint(&self, conn: &mut AnyConnection, write: Write) -> Result<Written, StoreError> {
+        exec(conn, "SAVEPOINT deploy_write").await?;
+        let result = match write {
+            Write::Accept(acceptance) => {
+                self.accept_in(conn, *acceptance).await.map(|a| Written::Accepted(Box::new(a)))
+            }
+            Write::Audit(entry) => self.insert_audit(conn, &entry).await.map(|()| Written::Appended),
+        };
+        let keep =
+            matches!(&result, Ok(Written::Accepted(a)) if !a.replayed) || matches!(result, Ok(Written::Appended));
+        if !keep {
+            exec(conn, "ROLLBACK TO deploy_write").await?;
+        }
+        exec(conn, "RELEASE deploy_write").await?;
+        result
+    }
+}
+
+async fn exec(conn: &mut AnyConnection, sql: &'static str) -> Result<(), StoreError> {
+    sqlx::query(sql).execute(&mut *conn).await.map(drop).map_err(|e| StoreError::Unavailable(Box::new(e)))
+}
+
+/// A shared, empty queue.
+pub(crate) fn new() -> Arc<Group> {
+    Arc::new(Group::default())
+}
