@@ -164,6 +164,10 @@ impl SqlStore {
         self.snapshots.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    pub(crate) fn forget_snapshot(&self, environment: &EnvironmentName) {
+        self.snapshots().remove(environment);
+    }
+
     pub(crate) fn group(&self) -> &crate::group::Group {
         &self.group
     }
@@ -973,6 +977,39 @@ impl SqlStore {
         Ok(accepted)
     }
 
+    /// One acceptance on its own: the optimistic one-statement path when it applies, else the locking path.
+    pub(crate) async fn accept_alone(&self, acceptance: Acceptance) -> Result<Accepted, StoreError> {
+        // The optimistic path first: its first try trusts this process's snapshot of the environment, later tries
+        // read afresh. Two replicas that race on one new key: the loser's statement fails on the key's primary key,
+        // and its next try finds the winner's deployment (a replay) or a different request (a reuse).
+        for attempt in 0..3 {
+            match self.accept_optimistic(&acceptance, attempt == 0).await? {
+                Optimistic::Done(accepted) => return Ok(*accepted),
+                Optimistic::Locking => break,
+                Optimistic::Raced => {}
+            }
+        }
+        // The locking path may change what the snapshot knows (webhooks, the revision): read afresh next time.
+        self.snapshots().remove(acceptance.draft.spec.environment());
+        let mut last = None;
+        for _ in 0..3 {
+            match self.accept_once(acceptance.clone()).await {
+                Err(StoreError::IdempotencyKeyInFlight { key }) => last = Some(key),
+                other => return other,
+            }
+        }
+        match last {
+            Some(key) => Err(StoreError::IdempotencyKeyInFlight { key }),
+            None => Err(StoreError::Corrupt("acceptance retried without a cause".into())),
+        }
+    }
+
+    /// Appends one audit entry in its own transaction.
+    pub(crate) async fn append_audit_alone(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
+        self.insert_audit(&mut conn, entry).await
+    }
+
     /// Inserts one audit entry on `conn`.
     pub(crate) async fn insert_audit(&self, conn: &mut AnyConnection, entry: &AuditEntry) -> Result<(), StoreError> {
         let mut doc = serde_json::to_value(entry).map_err(|e| corrupt("encoding", e))?;
@@ -1198,29 +1235,7 @@ impl Store for SqlStore {
                 }
             };
         }
-        // PostgreSQL: the optimistic path first: its first try trusts this process's snapshot of the environment, later tries
-        // read afresh. Two replicas that race on one new key: the loser's statement fails on the key's primary key,
-        // and its next try finds the winner's deployment (a replay) or a different request (a reuse).
-        for attempt in 0..3 {
-            match self.accept_optimistic(&acceptance, attempt == 0).await? {
-                Optimistic::Done(accepted) => return Ok(*accepted),
-                Optimistic::Locking => break,
-                Optimistic::Raced => {}
-            }
-        }
-        // The locking path may change what the snapshot knows (webhooks, the revision): read afresh next time.
-        self.snapshots().remove(acceptance.draft.spec.environment());
-        let mut last = None;
-        for _ in 0..3 {
-            match self.accept_once(acceptance.clone()).await {
-                Err(StoreError::IdempotencyKeyInFlight { key }) => last = Some(key),
-                other => return other,
-            }
-        }
-        match last {
-            Some(key) => Err(StoreError::IdempotencyKeyInFlight { key }),
-            None => Err(StoreError::Corrupt("acceptance retried without a cause".into())),
-        }
+        self.accept_alone(acceptance).await
     }
 
     async fn get_deployment(&self, id: DeploymentId) -> Result<Deployment, StoreError> {
@@ -1596,8 +1611,7 @@ impl Store for SqlStore {
         if self.backend == Backend::Sqlite {
             return self.grouped(crate::group::Write::Audit(Box::new(entry))).await.map(drop);
         }
-        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
-        self.insert_audit(&mut conn, &entry).await
+        self.append_audit_alone(&entry).await
     }
 
     async fn list_audit(&self, filter: &AuditFilter, page: &PageRequest) -> Result<Page<AuditEntry>, StoreError> {

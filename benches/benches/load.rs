@@ -1,0 +1,248 @@
+//! Load test of the HTTP API on loopback, each figure beside a raw axum handler answering a JSON body of the same size
+//! in the same run, with the same client and the same 64 concurrent connections:
+//! - durable submissions per second (`POST /v1/deployments`, SQLite, synchronous=FULL) vs a raw handler that parses
+//!   the same body and answers 202;
+//! - `GET /v1/deployments/{id}` per second vs a raw handler returning the same bytes;
+//! - p50 and p99 latency of each.
+//!
+//! Bounded: each phase stops after its request budget or its time budget, whichever comes first.
+//! `cargo bench -p deploy-benches --bench load` (optionally `LOAD_REQUESTS=20000 LOAD_SECONDS=20`).
+
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+const CONNECTIONS: usize = 64;
+const ADMIN: &str = "dk_loadloadloadloadloadloadloadloadloadloadloa";
+
+fn budget() -> (usize, Duration) {
+    let requests = std::env::var("LOAD_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    let seconds = std::env::var("LOAD_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    (requests, Duration::from_secs(seconds))
+}
+
+struct Outcome {
+    done: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+    errors: usize,
+}
+
+impl Outcome {
+    fn rate(&self) -> f64 {
+        self.done as f64 / self.elapsed.as_secs_f64()
+    }
+    fn percentile(&self, p: f64) -> Duration {
+        let mut l = self.latencies.clone();
+        l.sort_unstable();
+        l.get(((l.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or_default()
+    }
+}
+
+/// Runs `request(i)` from `CONNECTIONS` tasks until `total` are done or `limit` has passed.
+async fn drive<F, Fut>(total: usize, limit: Duration, request: F) -> Outcome
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let request = Arc::new(request);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..CONNECTIONS {
+        let request = Arc::clone(&request);
+        let next = Arc::clone(&next);
+        tasks.spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total || started.elapsed() > limit {
+                    break;
+                }
+                let t = Instant::now();
+                if request(i).await {
+                    latencies.push(t.elapsed());
+                } else {
+                    errors += 1;
+                }
+            }
+            (latencies, errors)
+        });
+    }
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for (l, e) in tasks.join_all().await {
+        latencies.extend(l);
+        errors += e;
+    }
+    Outcome { done: latencies.len(), elapsed: started.elapsed(), latencies, errors }
+}
+
+fn report(name: &str, ours: &Outcome, baseline: &Outcome) {
+    println!(
+        "{name:<28} {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  ({} ok, {} errors)",
+        ours.rate(),
+        ours.percentile(0.5).as_secs_f64() * 1e3,
+        ours.percentile(0.99).as_secs_f64() * 1e3,
+        ours.done,
+        ours.errors
+    );
+    println!(
+        "{:<28} {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  ({} ok, {} errors)",
+        "  baseline (raw axum)",
+        baseline.rate(),
+        baseline.percentile(0.5).as_secs_f64() * 1e3,
+        baseline.percentile(0.99).as_secs_f64() * 1e3,
+        baseline.done,
+        baseline.errors
+    );
+    println!("{:<28} {:>8.0}% of the baseline's throughput", "  ratio", 100.0 * ours.rate() / baseline.rate());
+}
+
+async fn baseline_server(get_body: Bytes, post_body: Bytes) -> String {
+    let app = Router::new()
+        .route(
+            "/get",
+            get(move || {
+                let body = get_body.clone();
+                async move { ([("content-type", "application/json")], body) }
+            }),
+        )
+        .route(
+            "/post",
+            post(move |body: Bytes| {
+                let answer = post_body.clone();
+                async move {
+                    // Parse what the real endpoint parses, answer what it answers; nothing durable.
+                    match serde_json::from_slice::<Value>(&body) {
+                        Ok(_) => (StatusCode::ACCEPTED, [("content-type", "application/json")], answer).into_response(),
+                        Err(_) => StatusCode::BAD_REQUEST.into_response(),
+                    }
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(run());
+}
+
+async fn run() {
+    let (total, limit) = budget();
+    let dir = std::env::temp_dir().join(format!("deploy-load-{}", uuid::Uuid::now_v7().simple()));
+    let settings = deploy_server::Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.clone(),
+        dev: true,
+        bootstrap_admin_key: Some(ADMIN.into()),
+        rate_limit: 1e9,
+        rate_limit_burst: 1e9,
+        ..Default::default()
+    };
+    let server = deploy_server::start(settings).await.unwrap();
+    let base = format!("http://{}", server.addr);
+    let http = reqwest::Client::builder().pool_max_idle_per_host(CONNECTIONS).build().unwrap();
+    let targets: Vec<Value> = (1..=4)
+        .map(
+            |i| json!({"id": format!("t-{i}"), "executor": "sim", "config": {"initial_version": "1.0", "apply_ms": 0}}),
+        )
+        .collect();
+    let put = http
+        .put(format!("{base}/v1/environments/load"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"targets": targets}))
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success());
+    let request = json!({"environment": "load", "service": "checkout", "version": "2.0",
+                         "verify": {"timeout": "2s", "interval": "10ms", "healthy_for": "0s"}});
+    let first = http.post(format!("{base}/v1/deployments")).bearer_auth(ADMIN).json(&request).send().await.unwrap();
+    let first_body = first.bytes().await.unwrap();
+    let id = serde_json::from_slice::<Value>(&first_body).unwrap()["id"].as_str().unwrap().to_owned();
+    let get_body =
+        http.get(format!("{base}/v1/deployments/{id}")).bearer_auth(ADMIN).send().await.unwrap().bytes().await.unwrap();
+    let raw = baseline_server(get_body.clone(), first_body.clone()).await;
+    println!(
+        "load test: {CONNECTIONS} connections, at most {total} requests or {} s per phase, on 2 cores",
+        limit.as_secs()
+    );
+    println!("GET body {} bytes, POST answer {} bytes", get_body.len(), first_body.len());
+
+    // GET of one deployment.
+    let (h, u) = (http.clone(), format!("{base}/v1/deployments/{id}"));
+    let ours = drive(total, limit, move |_| {
+        let (h, u) = (h.clone(), u.clone());
+        async move { h.get(u).bearer_auth(ADMIN).send().await.is_ok_and(|r| r.status() == StatusCode::OK) }
+    })
+    .await;
+    let (h, u) = (http.clone(), format!("{raw}/get"));
+    let baseline = drive(total, limit, move |_| {
+        let (h, u) = (h.clone(), u.clone());
+        async move { h.get(u).bearer_auth(ADMIN).send().await.is_ok_and(|r| r.status() == StatusCode::OK) }
+    })
+    .await;
+    report("GET /v1/deployments/{id}", &ours, &baseline);
+
+    // Durable submissions.
+    let body = Arc::new(request);
+    let (h, u, b) = (http.clone(), format!("{base}/v1/deployments"), Arc::clone(&body));
+    let ours = drive(total, limit, move |i| {
+        let (h, u) = (h.clone(), u.clone());
+        let mut body = (*b).clone();
+        body["version"] = json!(format!("2.{i}"));
+        async move {
+            h.post(u).bearer_auth(ADMIN).json(&body).send().await.is_ok_and(|r| r.status() == StatusCode::ACCEPTED)
+        }
+    })
+    .await;
+    let submitted = ours;
+    let (h, u, b) = (http.clone(), format!("{raw}/post"), Arc::clone(&body));
+    let baseline = drive(total, limit, move |i| {
+        let (h, u) = (h.clone(), u.clone());
+        let mut body = (*b).clone();
+        body["version"] = json!(format!("2.{i}"));
+        async move {
+            h.post(u).bearer_auth(ADMIN).json(&body).send().await.is_ok_and(|r| r.status() == StatusCode::ACCEPTED)
+        }
+    })
+    .await;
+    report("POST /v1/deployments", &submitted, &baseline);
+    let ours = submitted;
+
+    // Every answered submission is in the store.
+    let accepted = ours.done + 1;
+    let mut listed = 0;
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("{base}/v1/deployments?environment=load&limit=500");
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let page: Value = http.get(url).bearer_auth(ADMIN).send().await.unwrap().json().await.unwrap();
+        listed += page["items"].as_array().map_or(0, Vec::len);
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(listed, accepted, "every 202 is a stored deployment");
+    println!("{listed} deployments stored for {accepted} answered 202");
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
