@@ -175,6 +175,33 @@ async fn run() {
     let first = http.post(format!("{base}/v1/deployments")).bearer_auth(ADMIN).json(&request).send().await.unwrap();
     let first_body = first.bytes().await.unwrap();
     let id = serde_json::from_slice::<Value>(&first_body).unwrap()["id"].as_str().unwrap().to_owned();
+
+    // A deployment that stays in progress (its version never becomes healthy within ten minutes), so its reads
+    // cannot be served from the finished-deployment cache.
+    let slow = json!({"targets": [{"id": "s-1", "executor": "sim",
+                                    "config": {"initial_version": "1.0", "apply_ms": 0, "unhealthy_versions": ["2.0"]}}]});
+    let put = http.put(format!("{base}/v1/environments/slow")).bearer_auth(ADMIN).json(&slow).send().await.unwrap();
+    assert!(put.status().is_success());
+    let stuck = json!({"environment": "slow", "service": "checkout", "version": "2.0",
+                       "verify": {"timeout": "10m", "interval": "1s", "healthy_for": "0s"}, "progress_deadline": "20m"});
+    let stuck = http.post(format!("{base}/v1/deployments")).bearer_auth(ADMIN).json(&stuck).send().await.unwrap();
+    let stuck_id = stuck.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    // Wait until the first deployment has finished, so that its body (and size) is final.
+    for _ in 0..200 {
+        let v: Value = http
+            .get(format!("{base}/v1/deployments/{id}"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["status"] == "succeeded" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let get_body =
         http.get(format!("{base}/v1/deployments/{id}")).bearer_auth(ADMIN).send().await.unwrap().bytes().await.unwrap();
     let raw = baseline_server(get_body.clone(), first_body.clone()).await;
@@ -184,7 +211,37 @@ async fn run() {
     );
     println!("GET body {} bytes, POST answer {} bytes", get_body.len(), first_body.len());
 
-    // GET of one deployment.
+    // GET of a deployment in progress: read from the store every time.
+    let (h, u) = (http.clone(), format!("{base}/v1/deployments/{stuck_id}"));
+    let in_progress = drive(total, limit, move |_| {
+        let (h, u) = (h.clone(), u.clone());
+        async move { h.get(u).bearer_auth(ADMIN).send().await.is_ok_and(|r| r.status() == StatusCode::OK) }
+    })
+    .await;
+    let status: Value = http
+        .get(format!("{base}/v1/deployments/{stuck_id}"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    println!("(the deployment read 'in progress' was {} throughout)", status["status"]);
+    if !["queued", "in_progress"].contains(&status["status"].as_str().unwrap_or_default()) {
+        let events: Value = http
+            .get(format!("{base}/v1/deployments/{stuck_id}/events"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        panic!("the deployment meant to stay in progress finished: {events}");
+    }
+
+    // GET of a finished deployment.
     let (h, u) = (http.clone(), format!("{base}/v1/deployments/{id}"));
     let ours = drive(total, limit, move |_| {
         let (h, u) = (h.clone(), u.clone());
@@ -197,7 +254,8 @@ async fn run() {
         async move { h.get(u).bearer_auth(ADMIN).send().await.is_ok_and(|r| r.status() == StatusCode::OK) }
     })
     .await;
-    report("GET /v1/deployments/{id}", &ours, &baseline);
+    report("GET, finished deployment", &ours, &baseline);
+    report("GET, in progress", &in_progress, &baseline);
 
     // Durable submissions.
     let body = Arc::new(request);
@@ -243,6 +301,7 @@ async fn run() {
     }
     assert_eq!(listed, accepted, "every 202 is a stored deployment");
     println!("{listed} deployments stored for {accepted} answered 202");
-    server.shutdown().await;
+    // The deployment left in progress would hold a graceful shutdown for its ten minutes: just stop.
+    drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }

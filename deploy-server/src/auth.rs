@@ -1,7 +1,9 @@
 //! Authentication: API keys (`dk_...`, stored as SHA-256, compared in constant time) and JWT bearer tokens (HS256 or
 //! EdDSA). Authorization itself is [`Principal::authorize`](deploy_core::Principal::authorize).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderValue, header};
 use base64::Engine as _;
@@ -102,11 +104,19 @@ struct Claims {
     environments: Vec<EnvironmentPattern>,
 }
 
+/// How long a verified API key is trusted without asking the store again. A key revoked through this process stops
+/// working at once; one revoked through another replica stops within this time.
+pub const KEY_CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// Keys remembered at most; past this the cache starts over.
+const KEY_CACHE_MAX: usize = 10_000;
+
 /// Turns `Authorization` headers into principals.
 #[derive(Clone)]
 pub struct Authenticator {
     store: Arc<dyn Store>,
     jwt: Option<JwtConfig>,
+    keys: Arc<Mutex<HashMap<String, (ApiKeyRecord, Instant)>>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -128,7 +138,25 @@ impl Authenticator {
     /// API keys from `store`; JWTs only when `jwt` is given.
     #[must_use]
     pub fn new(store: Arc<dyn Store>, jwt: Option<JwtConfig>) -> Self {
-        Self { store, jwt }
+        Self { store, jwt, keys: Arc::new(Mutex::new(HashMap::new())) }
+    }
+
+    /// Forgets a revoked key at once.
+    pub fn forget_key(&self, id: uuid::Uuid) {
+        self.keys.lock().unwrap_or_else(PoisonError::into_inner).retain(|_, (record, _)| record.id != id);
+    }
+
+    fn cached(&self, digest: &str) -> Option<ApiKeyRecord> {
+        let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        keys.get(digest).filter(|(_, at)| at.elapsed() < KEY_CACHE_TTL).map(|(record, _)| record.clone())
+    }
+
+    fn remember(&self, digest: String, record: ApiKeyRecord) {
+        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        if keys.len() >= KEY_CACHE_MAX {
+            keys.clear();
+        }
+        keys.insert(digest, (record, Instant::now()));
     }
 
     /// The principal the request's `Authorization` header proves.
@@ -155,7 +183,16 @@ impl Authenticator {
             return Err(unauthenticated("not a valid API key", true));
         }
         let digest = key_digest(token);
-        let record = self.store.api_key_by_hash(&digest).await.map_err(Problem::from)?;
+        let record = match self.cached(&digest) {
+            Some(record) => Some(record),
+            None => {
+                let found = self.store.api_key_by_hash(&digest).await.map_err(Problem::from)?;
+                if let Some(record) = &found {
+                    self.remember(digest.clone(), record.clone());
+                }
+                found
+            }
+        };
         match record {
             // The lookup is by digest; compare the digests again in constant time so no timing depends on how much of
             // the digest matched.

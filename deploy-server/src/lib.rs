@@ -26,7 +26,9 @@ mod routes;
 mod server;
 
 pub use app::{ApiConfig, AppState, BODY_LIMIT, router};
-pub use auth::{Authenticator, JwtConfig, JwtConfigError, KEY_PREFIX, generate_key, is_well_formed_key, key_digest};
+pub use auth::{
+    Authenticator, JwtConfig, JwtConfigError, KEY_CACHE_TTL, KEY_PREFIX, generate_key, is_well_formed_key, key_digest,
+};
 pub use metrics::{Gauges, Metrics};
 pub use problem::{Problem, ProblemKind};
 pub use server::{Running, Settings, StartError, start, terminated};

@@ -516,6 +516,7 @@ pub(crate) async fn delete_key(State(state): State<AppState>, Path(id): Path<Str
     require_admin(&caller)?;
     let id = uuid::Uuid::parse_str(&id).map_err(|_| Problem::invalid_field("id", "not an API key id"))?;
     state.inner.store.delete_api_key(id).await?;
+    state.inner.auth.forget_key(id);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -104,8 +104,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
-    /// Reading a file named in the settings failed.
-    #[error("cannot read {path}")]
+    /// Reading a file named in the settings, or creating the data directory, failed.
+    #[error("cannot read or create {path}")]
     Read {
         /// The file.
         path: String,
@@ -147,6 +147,9 @@ impl Running {
 }
 
 async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, StartError> {
+    // The data directory is a directory even before anything is in it (a missing path would be taken for a file).
+    std::fs::create_dir_all(&settings.data_dir)
+        .map_err(|source| StartError::Read { path: settings.data_dir.display().to_string(), source })?;
     Ok(match &settings.database_url {
         Some(url) => Arc::new(SqlStore::postgres(url).await?),
         None => Arc::new(SqlStore::sqlite(&settings.data_dir).await?),

@@ -136,3 +136,17 @@ async fn sigterm_drains_and_a_restart_resumes() {
     drop(second);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_that_does_not_exist_yet_is_created() {
+    let parent = temp_dir("fresh");
+    let dir = parent.join("not").join("there");
+    let http = reqwest::Client::new();
+    let d = spawn(&dir).await;
+    let id = setup(&http, &d).await;
+    check_finished(&http, &d, &id).await;
+    assert!(dir.join(deploy_sql::DATABASE_FILE).is_file(), "the database lives inside the directory");
+    assert!(dir.join("sim").join("prod").is_dir(), "and so does the sim executor's state");
+    drop(d);
+    std::fs::remove_dir_all(&parent).unwrap();
+}

@@ -1,9 +1,10 @@
-//! Group commit for SQLite: concurrent acceptances and audit entries share one transaction, hence one WAL sync.
+//! Group commit: concurrent acceptances and audit entries of one process share one transaction, hence one sync.
 //!
-//! SQLite has one writer at a time and every durable commit waits for a sync of the WAL, so N concurrent writers pay
-//! N syncs one after another. Here the first writer to arrive becomes the leader (on a task of its own, so a caller
+//! Acceptances into one environment are serialized by design (each bumps its revision), and every durable commit
+//! waits for a sync (SQLite's WAL, PostgreSQL's WAL flush), so N concurrent writers would pay N syncs and N lock
+//! hand-overs one after another. Here the first writer to arrive becomes the leader (on a task of its own, so a caller
 //! that gives up cannot strand the queue): it takes every write queued so far, runs each inside its own savepoint of
-//! one `BEGIN IMMEDIATE` transaction (a refused acceptance rolls back to its savepoint and leaves the others alone),
+//! one transaction (`BEGIN IMMEDIATE` on SQLite) (a refused acceptance rolls back to its savepoint and leaves the others alone),
 //! commits once, and answers each caller. Nobody is answered before the commit that makes their write durable.
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -76,9 +76,16 @@ pub struct SqlStore {
     /// What this process last read of each environment (and whether webhook subscriptions existed then). Only the
     /// optimistic acceptance uses it, and only as a guess: its write succeeds only if the revision is unchanged.
     snapshots: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<EnvironmentName, (Environment, bool)>>>,
-    /// SQLite's group commit of acceptances and audit entries.
+    /// The group commit of acceptances and audit entries.
     group: std::sync::Arc<crate::group::Group>,
+    /// Finished deployments, which never change again (the store refuses every write to them), so any replica may
+    /// serve them from memory.
+    finished: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<DeploymentId, Deployment>>>,
 }
+
+/// Finished deployments kept in memory at most, and only those of at most this many targets.
+const FINISHED_CACHE: usize = 1024;
+const FINISHED_CACHE_TARGETS: usize = 1024;
 
 /// The SQLite flavour of [`SqlStore`].
 pub type SqliteStore = SqlStore;
@@ -107,6 +114,8 @@ impl SqlStore {
         let url = format!("sqlite://{shown}?mode=rwc");
         let pool = AnyPoolOptions::new()
             .max_connections(4)
+            // A local file: no connection goes stale, so skip the ping sqlx would send before every use.
+            .test_before_acquire(false)
             .after_connect(|conn, _| {
                 Box::pin(async move {
                     sqlx::query("PRAGMA busy_timeout = 10000").execute(&mut *conn).await?;
@@ -124,7 +133,13 @@ impl SqlStore {
             OpenError::Database(inner) => not_a_database(&shown, inner),
             other => other,
         })?;
-        Ok(Self { pool, backend: Backend::Sqlite, snapshots: Default::default(), group: crate::group::new() })
+        Ok(Self {
+            pool,
+            backend: Backend::Sqlite,
+            snapshots: Default::default(),
+            group: crate::group::new(),
+            finished: Default::default(),
+        })
     }
 
     /// Connects to PostgreSQL at `url` and applies migrations (under an advisory lock, so replicas may start together).
@@ -140,7 +155,13 @@ impl SqlStore {
             .await
             .map_err(OpenError::Database)?;
         schema::migrate(&pool, Backend::Postgres).await?;
-        Ok(Self { pool, backend: Backend::Postgres, snapshots: Default::default(), group: crate::group::new() })
+        Ok(Self {
+            pool,
+            backend: Backend::Postgres,
+            snapshots: Default::default(),
+            group: crate::group::new(),
+            finished: Default::default(),
+        })
     }
 
     /// Which database this is.
@@ -477,10 +498,24 @@ async fn load_targets(conn: &mut AnyConnection, id: DeploymentId) -> Result<Vec<
     rows.iter().map(|r| get::<String>(r, "doc").and_then(|d| from_json("target", &d))).collect()
 }
 
+/// A whole deployment in one query: its header row and its target rows (a header without targets still comes back).
 async fn load_deployment(conn: &mut AnyConnection, id: DeploymentId) -> Result<Option<Deployment>, StoreError> {
-    let Some(row) = load_header(conn, None, id).await? else { return Ok(None) };
-    let targets = load_targets(conn, id).await?;
-    Ok(Some(row.header.with_targets(targets)))
+    let rows = sqlx::query(
+        "SELECT d.header, t.doc FROM deploy_deployments d \
+         LEFT JOIN deploy_deployment_targets t ON t.deployment_id = d.id WHERE d.id = $1 ORDER BY t.idx",
+    )
+    .bind(id.to_string())
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(unavailable)?;
+    let Some(first) = rows.first() else { return Ok(None) };
+    let header: Deployment = from_json("deployment", &get::<String>(first, "header")?)?;
+    let targets = rows
+        .iter()
+        .filter_map(|r| get::<Option<String>>(r, "doc").transpose())
+        .map(|doc| doc.and_then(|d| from_json("target", &d)))
+        .collect::<Result<Vec<TargetProgress>, _>>()?;
+    Ok(Some(header.with_targets(targets)))
 }
 
 /// An environment with its targets and open deployments; with `lock`, its row stays locked (PostgreSQL).
@@ -1226,21 +1261,27 @@ impl Store for SqlStore {
     }
 
     async fn accept(&self, acceptance: Acceptance) -> Result<Accepted, StoreError> {
-        if self.backend == Backend::Sqlite {
-            // One writer at a time: concurrent acceptances share a transaction (see `group`).
-            return match self.grouped(crate::group::Write::Accept(Box::new(acceptance))).await? {
-                crate::group::Written::Accepted(accepted) => Ok(*accepted),
-                crate::group::Written::Appended => {
-                    Err(StoreError::Corrupt("group commit answered the wrong write".into()))
-                }
-            };
+        // Concurrent acceptances share a transaction (see `group`); a lone one takes `accept_alone`.
+        match self.grouped(crate::group::Write::Accept(Box::new(acceptance))).await? {
+            crate::group::Written::Accepted(accepted) => Ok(*accepted),
+            crate::group::Written::Appended => Err(StoreError::Corrupt("group commit answered the wrong write".into())),
         }
-        self.accept_alone(acceptance).await
     }
 
     async fn get_deployment(&self, id: DeploymentId) -> Result<Deployment, StoreError> {
+        if let Some(done) = self.finished.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&id) {
+            return Ok(done.clone());
+        }
         let mut conn = self.pool.acquire().await.map_err(unavailable)?;
-        load_deployment(&mut conn, id).await?.ok_or_else(|| not_found("deployment", id))
+        let deployment = load_deployment(&mut conn, id).await?.ok_or_else(|| not_found("deployment", id))?;
+        if deployment.status().is_terminal() && deployment.targets().len() <= FINISHED_CACHE_TARGETS {
+            let mut finished = self.finished.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if finished.len() >= FINISHED_CACHE {
+                finished.clear();
+            }
+            finished.insert(id, deployment.clone());
+        }
+        Ok(deployment)
     }
 
     async fn list_deployments(
@@ -1608,10 +1649,7 @@ impl Store for SqlStore {
     }
 
     async fn append_audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
-        if self.backend == Backend::Sqlite {
-            return self.grouped(crate::group::Write::Audit(Box::new(entry))).await.map(drop);
-        }
-        self.append_audit_alone(&entry).await
+        self.grouped(crate::group::Write::Audit(Box::new(entry))).await.map(drop)
     }
 
     async fn list_audit(&self, filter: &AuditFilter, page: &PageRequest) -> Result<Page<AuditEntry>, StoreError> {

@@ -15,8 +15,25 @@ use deploy_sql::SqlStore;
 use deploy_testkit::fixtures::{env_name, environment, request};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_writes_share_transactions_but_keep_their_own_outcomes() {
+async fn sqlite_concurrent_writes_share_transactions_but_keep_their_own_outcomes() {
     let (store, dir) = common::sqlite("group").await;
+    let reopened = scenario(store, || SqlStore::sqlite(&dir)).await;
+    reopened.close().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_concurrent_writes_share_transactions_but_keep_their_own_outcomes() {
+    let Some(url) = common::postgres_url("postgres_concurrent_writes_share_transactions").await else { return };
+    let store = SqlStore::postgres(&url).await.unwrap();
+    scenario(store, || SqlStore::postgres(&url)).await.close().await;
+}
+
+async fn scenario<F, Fut>(store: SqlStore, reopen: F) -> SqlStore
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<SqlStore, deploy_sql::OpenError>>,
+{
     let clock: Arc<dyn deploy_core::Clock> = Arc::new(deploy_core::SystemClock);
     let executor = Arc::new(deploy_testkit::ScriptedExecutor::new("group", clock));
     let orchestrator = common::orchestrator(&store, &executor, "group", Duration::from_secs(10));
@@ -114,7 +131,7 @@ async fn concurrent_writes_share_transactions_but_keep_their_own_outcomes() {
     assert!(transactions < writes, "concurrent writes shared transactions ({transactions} for {writes})");
     // Everything answered as accepted is on disk, and nothing refused or replayed left a trace.
     store.close().await;
-    let reopened = SqlStore::sqlite(&dir).await.unwrap();
+    let reopened = reopen().await.unwrap();
     let page = PageRequest { limit: 500, cursor: None };
     let queued = reopened
         .list_deployments(&DeploymentFilter { environment: Some(env_name("queued")), ..Default::default() }, &page)
@@ -133,6 +150,5 @@ async fn concurrent_writes_share_transactions_but_keep_their_own_outcomes() {
     let audit =
         reopened.list_audit(&AuditFilter { actor: Some("key:group".into()), environment: None }, &page).await.unwrap();
     assert_eq!(audit.items.len(), 32);
-    reopened.close().await;
-    std::fs::remove_dir_all(&dir).unwrap();
+    reopened
 }
