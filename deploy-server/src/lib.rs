@@ -18,6 +18,7 @@
 
 mod app;
 mod auth;
+pub mod demo;
 mod extract;
 mod metrics;
 pub mod openapi;

@@ -21,6 +21,13 @@ struct Cli {
 enum Command {
     /// Serve the API and run the controller.
     Serve(ServeArgs),
+    /// Start the API on a fresh embedded store with simulated targets and show a rollout, an idempotent replay, two
+    /// racing submissions and an automatic rollback, all through the HTTP API. Exits non-zero if a step misbehaves.
+    Demo {
+        /// Keep the store in this directory (default: a temporary directory, removed at the end).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 /// Every setting is optional here: a flag beats a `DEPLOYD_*` variable, which beats the `--config` file, which beats
@@ -123,12 +130,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The demo prints its own timeline; the server's log would drown it.
+fn default_log(cli: &Cli) -> &'static str {
+    match cli.command {
+        Command::Demo { .. } => "warn",
+        Command::Serve(_) => "info",
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("DEPLOYD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log(&cli))),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -142,6 +157,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve(args).await,
+            Command::Demo { data_dir } => deploy_server::demo::run(data_dir).await.map_err(anyhow::Error::from),
         }
     });
     match result {

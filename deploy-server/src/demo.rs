@@ -1,0 +1,255 @@
+//! `deployd demo`: starts the API on the embedded store and tells the story of the project through the public HTTP
+//! API only, printing a timeline: a rolling update, an idempotent replay, two racing submissions serialized, and a
+//! broken release that fails verification and is rolled back. Every step is checked; a step that does not behave as
+//! shown makes the demo fail.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use futures::StreamExt as _;
+use serde_json::{Value, json};
+
+use crate::server::{Settings, start};
+
+/// The demo's failure: what did not behave as shown.
+#[derive(Debug, thiserror::Error)]
+#[error("demo step failed: {0}")]
+pub struct DemoError(String);
+
+fn fail(what: impl Into<String>) -> DemoError {
+    DemoError(what.into())
+}
+
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    key: String,
+    started: Instant,
+}
+
+impl Api {
+    fn say(&self, line: &str) {
+        let t = self.started.elapsed().as_secs_f64();
+        println!("[{t:>6.2}s] {line}");
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<(u16, reqwest::header::HeaderMap, Value), DemoError> {
+        let resp = req.bearer_auth(&self.key).send().await.map_err(|e| fail(format!("HTTP: {e}")))?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.json::<Value>().await.unwrap_or(Value::Null);
+        Ok((status, headers, body))
+    }
+
+    async fn submit(&self, body: &Value, key: &str) -> Result<(u16, bool, Value), DemoError> {
+        let req = self.http.post(format!("{}/v1/deployments", self.base)).header("idempotency-key", key).json(body);
+        let (status, headers, body) = self.send(req).await?;
+        let replayed = headers.get("idempotent-replayed").is_some_and(|v| v == "true");
+        Ok((status, replayed, body))
+    }
+
+    async fn get(&self, path: &str) -> Result<Value, DemoError> {
+        let (status, _, body) = self.send(self.http.get(format!("{}{path}", self.base))).await?;
+        if status == 200 { Ok(body) } else { Err(fail(format!("GET {path}: {status} {body}"))) }
+    }
+
+    /// Follows a deployment's event stream (SSE) to its end, printing each event; returns the final deployment.
+    async fn watch(&self, id: &str, label: &str) -> Result<Value, DemoError> {
+        let req = self
+            .http
+            .get(format!("{}/v1/deployments/{id}/events", self.base))
+            .bearer_auth(&self.key)
+            .header("accept", "text/event-stream");
+        let resp = req.send().await.map_err(|e| fail(format!("stream: {e}")))?;
+        let mut body = resp.bytes_stream();
+        let mut buf = String::new();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| fail(format!("stream: {e}")))?;
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buf.find("\n\n") {
+                let frame: String = buf.drain(..end + 2).collect();
+                if let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data:")) {
+                    let e: Value = serde_json::from_str(data.trim()).unwrap_or(Value::Null);
+                    let target = e["target_id"].as_str().map(|t| format!(" {t}")).unwrap_or_default();
+                    self.say(&format!(
+                        "  {label} {}{target}: {}",
+                        e["type"].as_str().unwrap_or("?"),
+                        e["message"].as_str().unwrap_or("")
+                    ));
+                }
+            }
+        }
+        self.get(&format!("/v1/deployments/{id}")).await
+    }
+
+    async fn versions(&self) -> Result<Vec<String>, DemoError> {
+        let env = self.get("/v1/environments/demo").await?;
+        Ok(env["targets"]
+            .as_array()
+            .map(|ts| {
+                ts.iter()
+                    .map(|t| {
+                        format!(
+                            "{}={}",
+                            t["id"].as_str().unwrap_or("?"),
+                            t["actual"]["version"].as_str().unwrap_or("?")
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+}
+
+fn request(version: &str, batch: u64, verify_timeout: &str) -> Value {
+    json!({
+        "environment": "demo", "service": "checkout", "version": version,
+        "strategy": {"type": "rolling", "batch_size": batch},
+        "verify": {"timeout": verify_timeout, "interval": "100ms", "healthy_for": "300ms"},
+        "failure": {"max_failed": "0", "on_failure": "rollback"},
+        "labels": {"ticket": "DEMO-1"}
+    })
+}
+
+fn check(ok: bool, what: &str) -> Result<(), DemoError> {
+    if ok { Ok(()) } else { Err(fail(what)) }
+}
+
+/// Runs the demo. With `data_dir`, the store is kept there; otherwise in a temporary directory removed at the end.
+///
+/// # Errors
+/// [`DemoError`] naming the first step that did not behave as shown.
+pub async fn run(data_dir: Option<PathBuf>) -> Result<(), DemoError> {
+    let temporary = data_dir.is_none();
+    let dir = data_dir
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("deployd-demo-{}", uuid::Uuid::now_v7().simple())));
+    let key = crate::auth::generate_key().map_err(|e| fail(format!("random: {e}")))?;
+    let settings = Settings {
+        listen: "127.0.0.1:0".parse().map_err(|_| fail("address"))?,
+        data_dir: dir.clone(),
+        dev: true,
+        bootstrap_admin_key: Some(key.clone()),
+        lease: deploy_core::HumanDuration::from_secs(5),
+        poll_interval: deploy_core::HumanDuration::from_millis(50),
+        ..Settings::default()
+    };
+    let running = start(settings).await.map_err(|e| fail(format!("deployd did not start: {e}")))?;
+    let api =
+        Api { http: reqwest::Client::new(), base: format!("http://{}", running.addr), key, started: Instant::now() };
+    let result = story(&api, &dir).await;
+    running.shutdown().await;
+    if temporary {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+async fn story(api: &Api, dir: &std::path::Path) -> Result<(), DemoError> {
+    api.say(&format!("deployd is up at {} (SQLite in {}), sim executor enabled", api.base, dir.display()));
+    let targets: Vec<Value> = (1..=4)
+        .map(|i| {
+            json!({"id": format!("web-{i}"), "labels": {"zone": if i <= 2 { "a" } else { "b" }}, "executor": "sim",
+                   "config": {"initial_version": "1.0", "apply_ms": 250, "unhealthy_versions": ["3.0"]}})
+        })
+        .collect();
+    let (status, headers, _) = api
+        .send(
+            api.http
+                .put(format!("{}/v1/environments/demo", api.base))
+                .json(&json!({"concurrency": "queue", "targets": targets})),
+        )
+        .await?;
+    check(status == 201, "creating the environment answers 201")?;
+    api.say(&format!(
+        "PUT /v1/environments/demo -> 201, ETag {}: 4 sim targets running 1.0",
+        headers.get("etag").and_then(|v| v.to_str().ok()).unwrap_or("?")
+    ));
+    let mut table: Vec<(String, Value)> = Vec::new();
+
+    // 1. A rolling update, two targets at a time.
+    api.say("1. Roll out checkout 2.0, two targets at a time (POST /v1/deployments, Idempotency-Key: demo-2.0)");
+    let body = request("2.0", 2, "5s");
+    let (status, replayed, first) = api.submit(&body, "demo-2.0").await?;
+    check(status == 202 && !replayed, "the submission is accepted with 202")?;
+    let id = first["id"].as_str().unwrap_or_default().to_owned();
+    api.say(&format!("   202 Accepted at once: deployment {id}, status {}", first["status"]));
+    let done = api.watch(&id, "2.0").await?;
+    check(done["status"] == "succeeded", "2.0 succeeds")?;
+    api.say(&format!("   -> {}: {}", done["status"], api.versions().await?.join(" ")));
+    table.push(("rolling update".into(), done));
+
+    // 2. The same request again: a replay, not a second deployment.
+    api.say("2. Send the very same request again, as a CI job retrying after a lost response would");
+    let (status, replayed, again) = api.submit(&body, "demo-2.0").await?;
+    check(status == 202 && replayed && again["id"] == id.as_str(), "the retry is a replay of the same deployment")?;
+    api.say(&format!("   202 with Idempotent-Replayed: true, same deployment {id}: nothing deployed twice"));
+    let (status, _, other) = api.submit(&request("2.5", 2, "5s"), "demo-2.0").await?;
+    check(status == 422, "the same key with another body is refused")?;
+    api.say(&format!("   the same key with another body: {status} {}", other["type"]));
+
+    // 3. Two submissions racing for one environment: serialized.
+    api.say("3. Two pipelines submit 2.1 and 2.2 at the same moment (environment policy: queue)");
+    let (r21, r22) = (request("2.1", 4, "5s"), request("2.2", 4, "5s"));
+    let (a, b) = tokio::join!(api.submit(&r21, "demo-2.1"), api.submit(&r22, "demo-2.2"));
+    let (a, b) = (a?, b?);
+    check(a.0 == 202 && b.0 == 202, "both racing submissions are accepted")?;
+    let (a_id, b_id) =
+        (a.2["id"].as_str().unwrap_or_default().to_owned(), b.2["id"].as_str().unwrap_or_default().to_owned());
+    let (da, db) = tokio::join!(api.watch(&a_id, "2.1"), api.watch(&b_id, "2.2"));
+    let (da, db) = (da?, db?);
+    check(da["status"] == "succeeded" && db["status"] == "succeeded", "both racing deployments succeed")?;
+    let (first_done, second) =
+        if da["started_at"].as_str() < db["started_at"].as_str() { (&da, &db) } else { (&db, &da) };
+    check(
+        second["started_at"].as_str() >= first_done["finished_at"].as_str(),
+        "the second starts after the first finished",
+    )?;
+    api.say(&format!(
+        "   serialized: {} finished at {}, {} started at {}",
+        first_done["version"], first_done["finished_at"], second["version"], second["started_at"]
+    ));
+    let last_good = second["version"].as_str().unwrap_or_default().to_owned();
+    table.push(("race, first".into(), first_done.clone()));
+    table.push(("race, second".into(), second.clone()));
+
+    // 4. A broken release: verification fails, the rollout stops and rolls back on its own.
+    api.say("4. Roll out 3.0, which never becomes healthy (verify timeout 1s)");
+    let (status, _, broken) = api.submit(&request("3.0", 2, "1s"), "demo-3.0").await?;
+    check(status == 202, "the broken release is accepted")?;
+    let broken_id = broken["id"].as_str().unwrap_or_default().to_owned();
+    let done = api.watch(&broken_id, "3.0").await?;
+    check(done["status"] == "rolled_back", "the broken release is rolled back")?;
+    let versions = api.versions().await?;
+    check(
+        versions.iter().all(|v| v.ends_with(&format!("={last_good}"))),
+        "every target runs the last good version again",
+    )?;
+    api.say(&format!("   -> rolled_back ({}): {}", done["status_reason"].as_str().unwrap_or(""), versions.join(" ")));
+    table.push(("broken release".into(), done));
+
+    // The summary.
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n{:<16} {:<38} {:<8} {:<12} {:>9} {:>7} {:>11}",
+        "step", "deployment", "version", "status", "succeeded", "failed", "rolled back"
+    );
+    for (step, d) in &table {
+        let _ = writeln!(
+            out,
+            "{:<16} {:<38} {:<8} {:<12} {:>9} {:>7} {:>11}",
+            step,
+            d["id"].as_str().unwrap_or(""),
+            d["version"].as_str().unwrap_or(""),
+            d["status"].as_str().unwrap_or(""),
+            d["summary"]["succeeded"].as_u64().unwrap_or(0),
+            d["summary"]["failed"].as_u64().unwrap_or(0),
+            d["summary"]["rolled_back"].as_u64().unwrap_or(0)
+        );
+    }
+    let _ = writeln!(out, "\nrunning now: {}", api.versions().await?.join("  "));
+    println!("{out}");
+    api.say("demo finished: every step behaved as shown");
+    Ok(())
+}
