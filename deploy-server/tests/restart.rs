@@ -18,11 +18,15 @@ struct Deployd {
 }
 
 async fn spawn(data_dir: &Path) -> Deployd {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_deployd"))
-        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--lease", "1s", "--poll-interval", "50ms"])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env("DEPLOYD_BOOTSTRAP_ADMIN_KEY", ADMIN)
+    let args = ["serve", "--dev", "--listen", "127.0.0.1:0", "--lease", "1s", "--poll-interval", "50ms", "--data-dir"];
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_deployd"));
+    cmd.args(args).arg(data_dir).env("DEPLOYD_BOOTSTRAP_ADMIN_KEY", ADMIN);
+    spawn_with(cmd).await.0
+}
+
+/// Starts `cmd` and reads its standard output up to the "listening on" line; returns the process and those lines.
+async fn spawn_with(mut cmd: Command) -> (Deployd, Vec<String>) {
+    let mut child = cmd
         .env("DEPLOYD_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -30,18 +34,20 @@ async fn spawn(data_dir: &Path) -> Deployd {
         .spawn()
         .expect("deployd starts");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
     let base = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(line) = lines.next_line().await.unwrap() {
+            seen.push(line.clone());
             if let Some(rest) = line.split_once("listening on ").map(|(_, r)| r) {
                 return rest.split_whitespace().next().unwrap().to_owned();
             }
         }
-        panic!("deployd exited before listening");
+        panic!("deployd exited before listening: {seen:?}");
     })
     .await
     .expect("deployd listens within 30 s");
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Deployd { child, base }
+    (Deployd { child, base }, seen)
 }
 
 async fn call(http: &reqwest::Client, method: reqwest::Method, url: String, body: Option<Value>) -> Value {
@@ -149,4 +155,81 @@ async fn a_data_directory_that_does_not_exist_yet_is_created() {
     assert!(dir.join("sim").join("prod").is_dir(), "and so does the sim executor's state");
     drop(d);
     std::fs::remove_dir_all(&parent).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_start_prints_a_bootstrap_key_once_and_settings_come_from_file_then_environment() {
+    let dir = temp_dir("config");
+    let config = dir.join("deployd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\ndev = true\nlease = \"1s\"\npoll_interval = \"50ms\"\n\
+             rate_limit = 1.0\nrate_limit_burst = 2.0\n",
+            dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    let command = |rate: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_deployd"));
+        cmd.args(["serve", "--config"]).arg(&config).env_remove("DEPLOYD_BOOTSTRAP_ADMIN_KEY");
+        if let Some(r) = rate {
+            cmd.env("DEPLOYD_RATE_LIMIT", r).env("DEPLOYD_RATE_LIMIT_BURST", r);
+        }
+        cmd
+    };
+    let (first, lines) = spawn_with(command(None)).await;
+    let key = lines
+        .iter()
+        .find_map(|l| l.split_once("(shown only now): ").map(|(_, k)| k.trim().to_owned()))
+        .unwrap_or_else(|| panic!("no bootstrap key printed: {lines:?}"));
+    assert!(deploy_server::is_well_formed_key(&key), "{key}");
+    let http = reqwest::Client::new();
+    // The file's rate limit (burst 2) applies.
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(
+            http.get(format!("{}/v1/environments", first.base))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
+    }
+    assert!(statuses.contains(&429), "the file's rate limit applies: {statuses:?}");
+    drop(first);
+    // A variable beats the file; the key from the first start still works and no new key is printed.
+    let (second, lines) = spawn_with(command(Some("1000"))).await;
+    assert!(!lines.iter().any(|l| l.contains("shown only now")), "printed once only: {lines:?}");
+    for _ in 0..10 {
+        let status =
+            http.get(format!("{}/v1/environments", second.base)).bearer_auth(&key).send().await.unwrap().status();
+        assert_eq!(status.as_u16(), 200, "DEPLOYD_RATE_LIMIT overrides the file");
+    }
+    drop(second);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn bad_settings_stop_deployd_with_a_clear_message() {
+    let dir = temp_dir("badconfig");
+    let config = dir.join("deployd.toml");
+    std::fs::write(&config, "listen = \"127.0.0.1:0\"\ncolour = \"blue\"\n").unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_deployd")).args(["serve", "--config"]).arg(&config).output().await.unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("colour"), "names the unknown setting: {stderr}");
+    let out = Command::new(env!("CARGO_BIN_EXE_deployd"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.join("data"))
+        .env("DEPLOYD_BOOTSTRAP_ADMIN_KEY", "dk_too_short")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("DEPLOYD_BOOTSTRAP_ADMIN_KEY"));
+    std::fs::remove_dir_all(&dir).unwrap();
 }
