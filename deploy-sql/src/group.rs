@@ -14,7 +14,7 @@ use deploy_core::{Acceptance, Accepted, AuditEntry, StoreError};
 use sqlx::AnyConnection;
 use tokio::sync::oneshot;
 
-use crate::store::SqlStore;
+use crate::store::{Optimistic, SqlStore};
 
 /// The most writes one transaction takes; the rest wait for the next one.
 const MAX_BATCH: usize = 256;
@@ -129,11 +129,34 @@ impl SqlStore {
             }
         };
         let mut results = Vec::with_capacity(batch.len());
+        let mut audits = Vec::new();
+        // A database error part-way through a write may leave half of it in the transaction: then nothing commits.
+        let mut broken: Option<String> = None;
         for (write, reply) in batch {
-            let result = self.savepoint(&mut tx, write).await;
+            let result = match write {
+                Write::Audit(entry) => {
+                    audits.push(*entry);
+                    Ok(Written::Appended)
+                }
+                Write::Accept(acceptance) => {
+                    self.accept_grouped(&mut tx, *acceptance).await.map(|a| Written::Accepted(Box::new(a)))
+                }
+            };
+            if let Err(e @ (StoreError::Unavailable(_) | StoreError::Corrupt(_))) = &result {
+                broken.get_or_insert_with(|| e.to_string());
+            }
             results.push((result, reply));
         }
-        let committed = tx.commit().await;
+        if broken.is_none()
+            && !audits.is_empty()
+            && let Err(e) = self.insert_audits(&mut tx, &audits).await
+        {
+            broken = Some(e.to_string());
+        }
+        let committed = match broken {
+            None => tx.commit().await.map_err(|e| e.to_string()),
+            Some(why) => Err(why),
+        };
         if committed.is_ok() {
             self.group().transactions.fetch_add(1, Ordering::Relaxed);
             self.group().writes.fetch_add(results.len() as u64, Ordering::Relaxed);
@@ -142,27 +165,42 @@ impl SqlStore {
             let answer = match (&committed, result) {
                 (Ok(()), result) => result,
                 // Nothing of the batch is durable: every caller learns that its write may be retried.
-                (Err(e), Ok(_)) => Err(StoreError::Unavailable(e.to_string().into())),
+                (Err(why), Ok(_)) => Err(StoreError::Unavailable(why.clone().into())),
                 (Err(_), Err(refused)) => Err(refused),
             };
             let _ = reply.send(answer);
         }
     }
 
-    /// Runs one write inside a savepoint; a refusal or a replay rolls back to it.
-    async fn savepoint(&self, conn: &mut AnyConnection, write: Write) -> Result<Written, StoreError> {
-        exec(conn, "SAVEPOINT deploy_write").await?;
-        let result = match write {
-            Write::Accept(acceptance) => {
-                // The optimistic path's snapshot of this environment is stale after this write.
-                self.forget_snapshot(acceptance.draft.spec.environment());
-                self.accept_in(conn, *acceptance).await.map(|a| Written::Accepted(Box::new(a)))
+    /// One acceptance inside the group's transaction. The optimistic statement first: it refuses or replays before
+    /// writing anything, and a race makes it change nothing, so on SQLite it needs no savepoint (PostgreSQL aborts the
+    /// whole transaction on any failed statement, so there it runs in one). Other cases take the locking path inside a
+    /// savepoint, rolled back on a refusal or a replay.
+    async fn accept_grouped(&self, conn: &mut AnyConnection, acceptance: Acceptance) -> Result<Accepted, StoreError> {
+        let guarded = self.backend() == crate::Backend::Postgres;
+        for attempt in 0..3 {
+            if guarded {
+                exec(conn, "SAVEPOINT deploy_write").await?;
             }
-            Write::Audit(entry) => self.insert_audit(conn, &entry).await.map(|()| Written::Appended),
-        };
-        let keep =
-            matches!(&result, Ok(Written::Accepted(a)) if !a.replayed) || matches!(result, Ok(Written::Appended));
-        if !keep {
+            let outcome = self.accept_optimistic_on(conn, &acceptance, attempt == 0).await;
+            if guarded {
+                let keep = matches!(&outcome, Ok(Optimistic::Done(a)) if !a.replayed);
+                if !keep {
+                    exec(conn, "ROLLBACK TO deploy_write").await?;
+                }
+                exec(conn, "RELEASE deploy_write").await?;
+            }
+            match outcome? {
+                Optimistic::Done(accepted) => return Ok(*accepted),
+                Optimistic::Locking => break,
+                Optimistic::Raced => {}
+            }
+        }
+        // The locking path changes what the optimistic path's snapshot knows.
+        self.forget_snapshot(acceptance.draft.spec.environment());
+        exec(conn, "SAVEPOINT deploy_write").await?;
+        let result = self.accept_in(conn, acceptance).await;
+        if !matches!(&result, Ok(a) if !a.replayed) {
             exec(conn, "ROLLBACK TO deploy_write").await?;
         }
         exec(conn, "RELEASE deploy_write").await?;

@@ -818,7 +818,7 @@ async fn save_header(conn: &mut AnyConnection, header: &Deployment) -> Result<()
 }
 
 /// What the optimistic acceptance decided.
-enum Optimistic {
+pub(crate) enum Optimistic {
     /// Done: accepted or replayed.
     Done(Box<Accepted>),
     /// This case needs the locking path (another policy, webhooks, a very large deployment).
@@ -834,11 +834,22 @@ impl SqlStore {
     /// CTEs on PostgreSQL, a view with a trigger on SQLite). A concurrent change makes the statement change nothing,
     /// and the acceptance is tried again.
     async fn accept_optimistic(&self, acceptance: &Acceptance, use_snapshot: bool) -> Result<Optimistic, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
+        self.accept_optimistic_on(&mut conn, acceptance, use_snapshot).await
+    }
+
+    /// [`SqlStore::accept_optimistic`] on a given connection, autocommitted or inside the caller's transaction. Every
+    /// refusal and a replay return before anything is written; a race makes the one write change nothing.
+    pub(crate) async fn accept_optimistic_on(
+        &self,
+        conn: &mut AnyConnection,
+        acceptance: &Acceptance,
+        use_snapshot: bool,
+    ) -> Result<Optimistic, StoreError> {
         let Acceptance { draft, idempotency, expected_revision, now } = acceptance;
         let env_name = draft.spec.environment().clone();
         let (scope, key) =
             idempotency.as_ref().map_or((String::new(), String::new()), |r| (r.scope.clone(), r.key.to_string()));
-        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
         // A snapshot is only a guess at the revision; a caller's expected revision is checked against a fresh read.
         let cached =
             if use_snapshot && expected_revision.is_none() { self.snapshots().get(&env_name).cloned() } else { None };
@@ -870,8 +881,7 @@ impl SqlStore {
                     }
                     let id: Option<String> = get(&row, "key_deployment")?;
                     let id: DeploymentId = id.unwrap_or_default().parse().map_err(|e| corrupt("deployment id", e))?;
-                    let deployment =
-                        load_deployment(&mut conn, id).await?.ok_or_else(|| not_found("deployment", id))?;
+                    let deployment = load_deployment(conn, id).await?.ok_or_else(|| not_found("deployment", id))?;
                     return Ok(Optimistic::Done(Box::new(Accepted { deployment, replayed: true })));
                 }
                 let stored: Vec<StoredTarget> = from_json("environment targets", &get::<String>(&row, "targets")?)?;
@@ -1043,6 +1053,34 @@ impl SqlStore {
     pub(crate) async fn append_audit_alone(&self, entry: &AuditEntry) -> Result<(), StoreError> {
         let mut conn = self.pool.acquire().await.map_err(unavailable)?;
         self.insert_audit(&mut conn, entry).await
+    }
+
+    /// Inserts audit entries on `conn`, many rows per statement.
+    pub(crate) async fn insert_audits(
+        &self,
+        conn: &mut AnyConnection,
+        entries: &[AuditEntry],
+    ) -> Result<(), StoreError> {
+        for chunk in entries.chunks(CHUNK / 4) {
+            let sql = format!(
+                "INSERT INTO deploy_audit (id, actor, environment, doc) VALUES {}",
+                tuples(chunk.len(), &["", "", "", ""], 1)
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for entry in chunk {
+                let mut doc = serde_json::to_value(entry).map_err(|e| corrupt("encoding", e))?;
+                if let Some(map) = doc.as_object_mut() {
+                    map.insert("id".into(), entry.id.to_string().into());
+                }
+                q = q
+                    .bind(entry.id.to_string())
+                    .bind(entry.actor.clone())
+                    .bind(entry.environment.clone())
+                    .bind(doc.to_string());
+            }
+            q.execute(&mut *conn).await.map_err(unavailable)?;
+        }
+        Ok(())
     }
 
     /// Inserts one audit entry on `conn`.
