@@ -1387,20 +1387,32 @@ impl Store for SqlStore {
     }
 
     async fn claim(&self, owner: &str, now: Timestamp, lease: Duration) -> Result<Option<Claim>, StoreError> {
-        let mut tx = self.begin().await?;
-        // The head of each environment's queue, if nobody holds it. On PostgreSQL, rows another replica is claiming
-        // are skipped rather than waited for.
+        // The head of each environment's queue, if nobody holds it: one ordered index lookup per environment, not a
+        // scan of every queued deployment. On PostgreSQL, rows another replica is claiming are skipped rather than
+        // waited for.
         let lock = match self.backend {
             Backend::Sqlite => "",
-            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Postgres => " FOR UPDATE OF d SKIP LOCKED",
         };
         let sql = format!(
-            "SELECT d.id FROM deploy_deployments d WHERE d.terminal = 0 \
-             AND (d.lease_expires IS NULL OR d.lease_expires <= $1) \
-             AND d.revision = (SELECT MIN(o.revision) FROM deploy_deployments o \
-                               WHERE o.environment = d.environment AND o.terminal = 0) \
-             ORDER BY d.id LIMIT 1{lock}"
+            "SELECT d.id FROM deploy_environments e JOIN deploy_deployments d ON d.id = \
+               (SELECT o.id FROM deploy_deployments o WHERE o.environment = e.name AND o.terminal = 0 \
+                ORDER BY o.revision LIMIT 1) \
+             WHERE d.lease_expires IS NULL OR d.lease_expires <= $1 ORDER BY d.id LIMIT 1{lock}"
         );
+        if self.backend == Backend::Sqlite {
+            // Look before taking SQLite's write lock: an idle controller polls often and usually finds nothing.
+            let mut conn = self.pool.acquire().await.map_err(unavailable)?;
+            let found = sqlx::query(AssertSqlSafe(sql.clone()))
+                .bind(ms(now))
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+            if found.is_none() {
+                return Ok(None);
+            }
+        }
+        let mut tx = self.begin().await?;
         let row = sqlx::query(AssertSqlSafe(sql)).bind(ms(now)).fetch_optional(&mut *tx).await.map_err(unavailable)?;
         let Some(row) = row else {
             tx.commit().await.map_err(unavailable)?;
