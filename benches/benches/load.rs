@@ -110,6 +110,22 @@ fn report(name: &str, ours: &Outcome, baseline: &Outcome) {
     println!("{:<28} {:>8.0}% of the baseline's throughput", "  ratio", 100.0 * ours.rate() / baseline.rate());
 }
 
+/// Creates an environment through the API.
+async fn put_environment(http: &reqwest::Client, base: &str, env: &str, spec: Value) {
+    let put = http.put(format!("{base}/v1/environments/{env}")).bearer_auth(ADMIN).json(&spec).send().await.unwrap();
+    assert!(put.status().is_success(), "environment {env}: {}", put.status());
+}
+
+/// `GET url` from every connection until the budget is spent.
+async fn gets(http: &reqwest::Client, url: String, total: usize, limit: Duration) -> Outcome {
+    let http = http.clone();
+    drive(total, limit, move |_| {
+        let (h, u) = (http.clone(), url.clone());
+        async move { h.get(u).bearer_auth(ADMIN).send().await.is_ok_and(|r| r.status() == StatusCode::OK) }
+    })
+    .await
+}
+
 /// Deployments stored in `env`, counted through the API.
 async fn count(http: &reqwest::Client, base: &str, env: &str) -> usize {
     let mut listed = 0;
@@ -181,14 +197,7 @@ async fn run() {
             |i| json!({"id": format!("t-{i}"), "executor": "sim", "config": {"initial_version": "1.0", "apply_ms": 0}}),
         )
         .collect();
-    let put = http
-        .put(format!("{base}/v1/environments/load"))
-        .bearer_auth(ADMIN)
-        .json(&json!({"targets": targets}))
-        .send()
-        .await
-        .unwrap();
-    assert!(put.status().is_success());
+    put_environment(&http, &base, "load", json!({"targets": targets})).await;
     let request = json!({"environment": "load", "service": "checkout", "version": "2.0",
                          "verify": {"timeout": "2s", "interval": "10ms", "healthy_for": "0s"}});
     let first = http.post(format!("{base}/v1/deployments")).bearer_auth(ADMIN).json(&request).send().await.unwrap();
@@ -199,8 +208,7 @@ async fn run() {
     // cannot be served from the finished-deployment cache.
     let slow = json!({"targets": [{"id": "s-1", "executor": "sim",
                                     "config": {"initial_version": "1.0", "apply_ms": 0, "unhealthy_versions": ["2.0"]}}]});
-    let put = http.put(format!("{base}/v1/environments/slow")).bearer_auth(ADMIN).json(&slow).send().await.unwrap();
-    assert!(put.status().is_success());
+    put_environment(&http, &base, "slow", slow).await;
     let stuck = json!({"environment": "slow", "service": "checkout", "version": "2.0",
                        "verify": {"timeout": "10m", "interval": "1s", "healthy_for": "0s"}, "progress_deadline": "20m"});
     let stuck = http.post(format!("{base}/v1/deployments")).bearer_auth(ADMIN).json(&stuck).send().await.unwrap();
@@ -231,12 +239,7 @@ async fn run() {
     println!("GET body {} bytes, POST answer {} bytes", get_body.len(), first_body.len());
 
     // GET of a deployment in progress: read from the store every time.
-    let (h, u) = (http.clone(), format!("{base}/v1/deployments/{stuck_id}"));
-    let in_progress = drive(total, limit, move |_| {
-        let (h, u) = (h.clone(), u.clone());
-        async move { h.get(u).bearer_auth(ADMIN).send().await.is_ok_and(|r| r.status() == StatusCode::OK) }
-    })
-    .await;
+    let in_progress = gets(&http, format!("{base}/v1/deployments/{stuck_id}"), total, limit).await;
     let status: Value = http
         .get(format!("{base}/v1/deployments/{stuck_id}"))
         .bearer_auth(ADMIN)
@@ -261,18 +264,8 @@ async fn run() {
     }
 
     // GET of a finished deployment.
-    let (h, u) = (http.clone(), format!("{base}/v1/deployments/{id}"));
-    let ours = drive(total, limit, move |_| {
-        let (h, u) = (h.clone(), u.clone());
-        async move { h.get(u).bearer_auth(ADMIN).send().await.is_ok_and(|r| r.status() == StatusCode::OK) }
-    })
-    .await;
-    let (h, u) = (http.clone(), format!("{raw}/get"));
-    let baseline = drive(total, limit, move |_| {
-        let (h, u) = (h.clone(), u.clone());
-        async move { h.get(u).bearer_auth(ADMIN).send().await.is_ok_and(|r| r.status() == StatusCode::OK) }
-    })
-    .await;
+    let ours = gets(&http, format!("{base}/v1/deployments/{id}"), total, limit).await;
+    let baseline = gets(&http, format!("{raw}/get"), total, limit).await;
     report("GET, finished deployment", &ours, &baseline);
     report("GET, in progress", &in_progress, &baseline);
 
@@ -299,14 +292,7 @@ async fn run() {
                                 "config": {"initial_version": "1.0", "apply_ms": apply_ms}})
                 })
                 .collect();
-            let put = http
-                .put(format!("{base}/v1/environments/{env}"))
-                .bearer_auth(ADMIN)
-                .json(&json!({"targets": targets}))
-                .send()
-                .await
-                .unwrap();
-            assert!(put.status().is_success());
+            put_environment(&http, &base, env, json!({"targets": targets})).await;
         }
         let before = count(&http, &base, env).await;
         let mut body = request.clone();

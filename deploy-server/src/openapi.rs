@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::routes;
@@ -420,6 +421,40 @@ pub struct ProblemTypeDoc {
 pub struct StatusDoc {
     /// `ok` or `ready`.
     pub status: String,
+}
+
+/// The problems every authenticated endpoint may answer: 401, 403, 429 and 503.
+pub struct CommonProblems;
+
+impl utoipa::IntoResponses for CommonProblems {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        problems(&[
+            (401, "No or invalid credentials (`WWW-Authenticate` says which)"),
+            (403, "The role or environments do not allow this"),
+            (429, "Rate limited (`Retry-After`)"),
+            (503, "Temporarily unavailable"),
+        ])
+    }
+}
+
+/// The problems of endpoints that take a body: 413 and 415.
+pub struct BodyProblems;
+
+impl utoipa::IntoResponses for BodyProblems {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        problems(&[(413, "Body over 1 MiB"), (415, "Body not application/json")])
+    }
+}
+
+fn problems(list: &[(u16, &str)]) -> BTreeMap<String, RefOr<Response>> {
+    list.iter()
+        .map(|(status, description)| {
+            let content = ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build();
+            let response =
+                ResponseBuilder::new().description(*description).content("application/problem+json", content);
+            (status.to_string(), RefOr::T(response.build()))
+        })
+        .collect()
 }
 
 struct BearerAuth;

@@ -64,12 +64,8 @@ fn list_body<T: Serialize>(items: &[T], next_cursor: Option<String>) -> Response
         (status = 201, description = "Created", body = crate::openapi::EnvironmentDoc, headers(("ETag" = String, description = "The revision"), ("Location" = String, description = "The environment"))),
         (status = 400, description = "Invalid environment", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
         (status = 412, description = "Stale If-Match", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 413, description = "Body over 1 MiB", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 415, description = "Body not application/json", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 401, description = "No or invalid credentials (`WWW-Authenticate` says which)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 403, description = "The role or environments do not allow this", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited (`Retry-After`)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 503, description = "Temporarily unavailable", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        crate::openapi::BodyProblems,
+        crate::openapi::CommonProblems,
     )
 )]
 pub(crate) async fn put_environment(
@@ -104,10 +100,7 @@ pub(crate) async fn put_environment(
         (status = 304, description = "Not modified"),
         (status = 400, description = "Invalid name", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
         (status = 404, description = "No such environment", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 401, description = "No or invalid credentials (`WWW-Authenticate` says which)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 403, description = "The role or environments do not allow this", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited (`Retry-After`)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 503, description = "Temporarily unavailable", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        crate::openapi::CommonProblems,
     )
 )]
 pub(crate) async fn get_environment(
@@ -136,10 +129,7 @@ pub(crate) async fn get_environment(
     responses(
         (status = 200, description = "Environments the caller may read", body = crate::openapi::EnvironmentListDoc),
         (status = 400, description = "Invalid limit or cursor", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 401, description = "No or invalid credentials (`WWW-Authenticate` says which)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 403, description = "The role or environments do not allow this", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited (`Retry-After`)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 503, description = "Temporarily unavailable", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        crate::openapi::CommonProblems,
     )
 )]
 pub(crate) async fn list_environments(State(state): State<AppState>, caller: Caller, params: Params) -> ApiResult {
@@ -180,12 +170,8 @@ fn accepted(deployment: &deploy_core::Deployment, replayed: bool) -> Response {
         (status = 412, description = "Stale If-Match", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
         (status = 422, description = "Idempotency key reused with another body, or a hard-coded secret", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
         (status = 428, description = "The environment requires If-Match", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 413, description = "Body over 1 MiB", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 415, description = "Body not application/json", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 401, description = "No or invalid credentials (`WWW-Authenticate` says which)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 403, description = "The role or environments do not allow this", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited (`Retry-After`)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 503, description = "Temporarily unavailable", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        crate::openapi::BodyProblems,
+        crate::openapi::CommonProblems,
     )
 )]
 pub(crate) async fn submit(
@@ -233,10 +219,7 @@ pub(crate) async fn submit(
         (status = 304, description = "Not modified"),
         (status = 400, description = "Invalid id", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
         (status = 404, description = "No such deployment", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 401, description = "No or invalid credentials (`WWW-Authenticate` says which)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 403, description = "The role or environments do not allow this", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited (`Retry-After`)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 503, description = "Temporarily unavailable", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        crate::openapi::CommonProblems,
     )
 )]
 pub(crate) async fn get_deployment(
@@ -268,10 +251,7 @@ pub(crate) async fn get_deployment(
     responses(
         (status = 200, description = "Deployments, newest first", body = crate::openapi::DeploymentListDoc),
         (status = 400, description = "Invalid filter", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 401, description = "No or invalid credentials (`WWW-Authenticate` says which)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 403, description = "The role or environments do not allow this", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited (`Retry-After`)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 503, description = "Temporarily unavailable", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        crate::openapi::CommonProblems,
     )
 )]
 pub(crate) async fn list_deployments(State(state): State<AppState>, caller: Caller, params: Params) -> ApiResult {
@@ -300,10 +280,7 @@ pub(crate) async fn list_deployments(State(state): State<AppState>, caller: Call
         (status = 200, description = "Events as JSON, or as SSE (`id: <seq>`, `event: <type>`, `data: <event>`) closing after the terminal event", content((crate::openapi::EventListDoc = "application/json"), (String = "text/event-stream"))),
         (status = 400, description = "Invalid id or seq", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
         (status = 404, description = "No such deployment", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 401, description = "No or invalid credentials (`WWW-Authenticate` says which)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 403, description = "The role or environments do not allow this", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited (`Retry-After`)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 503, description = "Temporarily unavailable", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        crate::openapi::CommonProblems,
     )
 )]
 pub(crate) async fn events(
@@ -363,10 +340,7 @@ async fn stream_events(state: &AppState, caller: &Caller, id: DeploymentId, afte
         (status = 202, description = "Cancel requested (idempotent while not terminal)", body = crate::openapi::DeploymentDoc),
         (status = 404, description = "No such deployment", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
         (status = 409, description = "Already finished", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 401, description = "No or invalid credentials (`WWW-Authenticate` says which)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 403, description = "The role or environments do not allow this", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited (`Retry-After`)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 503, description = "Temporarily unavailable", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        crate::openapi::CommonProblems,
     )
 )]
 pub(crate) async fn cancel(State(state): State<AppState>, Path(id): Path<String>, caller: Caller) -> ApiResult {
@@ -390,10 +364,7 @@ pub(crate) async fn cancel(State(state): State<AppState>, Path(id): Path<String>
         (status = 202, description = "A new deployment with `rollback_of` set", body = crate::openapi::DeploymentDoc),
         (status = 400, description = "Not terminal, or nothing to roll back", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
         (status = 404, description = "No such deployment", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 401, description = "No or invalid credentials (`WWW-Authenticate` says which)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 403, description = "The role or environments do not allow this", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited (`Retry-After`)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 503, description = "Temporarily unavailable", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        crate::openapi::CommonProblems,
     )
 )]
 pub(crate) async fn rollback(
@@ -438,12 +409,8 @@ fn all_environments() -> Vec<EnvironmentPattern> {
     responses(
         (status = 201, description = "Created; `key` is shown only here", body = crate::openapi::ApiKeyDoc),
         (status = 400, description = "Invalid name, role or pattern", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 413, description = "Body over 1 MiB", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 415, description = "Body not application/json", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 401, description = "No or invalid credentials (`WWW-Authenticate` says which)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 403, description = "The role or environments do not allow this", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited (`Retry-After`)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 503, description = "Temporarily unavailable", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        crate::openapi::BodyProblems,
+        crate::openapi::CommonProblems,
     )
 )]
 pub(crate) async fn create_key(
@@ -483,10 +450,7 @@ pub(crate) async fn create_key(
     tag = "administration",
     responses(
         (status = 200, description = "Every key, without the keys", body = crate::openapi::ApiKeyListDoc),
-        (status = 401, description = "No or invalid credentials (`WWW-Authenticate` says which)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 403, description = "The role or environments do not allow this", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited (`Retry-After`)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 503, description = "Temporarily unavailable", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        crate::openapi::CommonProblems,
     )
 )]
 pub(crate) async fn list_keys(State(state): State<AppState>, caller: Caller) -> ApiResult {
@@ -505,10 +469,7 @@ pub(crate) async fn list_keys(State(state): State<AppState>, caller: Caller) -> 
         (status = 204, description = "Revoked"),
         (status = 400, description = "Invalid id", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
         (status = 404, description = "No such key", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 401, description = "No or invalid credentials (`WWW-Authenticate` says which)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 403, description = "The role or environments do not allow this", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited (`Retry-After`)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 503, description = "Temporarily unavailable", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        crate::openapi::CommonProblems,
     )
 )]
 pub(crate) async fn delete_key(State(state): State<AppState>, Path(id): Path<String>, caller: Caller) -> ApiResult {
@@ -528,10 +489,7 @@ pub(crate) async fn delete_key(State(state): State<AppState>, Path(id): Path<Str
     responses(
         (status = 200, description = "Mutating calls, newest first", body = crate::openapi::AuditListDoc),
         (status = 400, description = "Invalid limit or cursor", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 401, description = "No or invalid credentials (`WWW-Authenticate` says which)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 403, description = "The role or environments do not allow this", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited (`Retry-After`)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 503, description = "Temporarily unavailable", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        crate::openapi::CommonProblems,
     )
 )]
 pub(crate) async fn audit(State(state): State<AppState>, caller: Caller, params: Params) -> ApiResult {
