@@ -130,6 +130,7 @@ impl SqlStore {
         };
         let mut results = Vec::with_capacity(batch.len());
         let mut audits = Vec::new();
+        let mut locking = false;
         // A database error part-way through a write may leave half of it in the transaction: then nothing commits.
         let mut broken: Option<String> = None;
         for (write, reply) in batch {
@@ -138,9 +139,10 @@ impl SqlStore {
                     audits.push(*entry);
                     Ok(Written::Appended)
                 }
-                Write::Accept(acceptance) => {
-                    self.accept_grouped(&mut tx, *acceptance).await.map(|a| Written::Accepted(Box::new(a)))
-                }
+                Write::Accept(acceptance) => self
+                    .accept_grouped(&mut tx, *acceptance, &mut locking)
+                    .await
+                    .map(|a| Written::Accepted(Box::new(a))),
             };
             if let Err(e @ (StoreError::Unavailable(_) | StoreError::Corrupt(_))) = &result {
                 broken.get_or_insert_with(|| e.to_string());
@@ -157,6 +159,10 @@ impl SqlStore {
             None => tx.commit().await.map_err(|e| e.to_string()),
             Some(why) => Err(why),
         };
+        if committed.is_ok() && locking {
+            // The locking path may have superseded older deployments.
+            self.forget_cached_reads();
+        }
         if committed.is_ok() {
             self.group().transactions.fetch_add(1, Ordering::Relaxed);
             self.group().writes.fetch_add(results.len() as u64, Ordering::Relaxed);
@@ -176,7 +182,12 @@ impl SqlStore {
     /// writing anything, and a race makes it change nothing, so on SQLite it needs no savepoint (PostgreSQL aborts the
     /// whole transaction on any failed statement, so there it runs in one). Other cases take the locking path inside a
     /// savepoint, rolled back on a refusal or a replay.
-    async fn accept_grouped(&self, conn: &mut AnyConnection, acceptance: Acceptance) -> Result<Accepted, StoreError> {
+    async fn accept_grouped(
+        &self,
+        conn: &mut AnyConnection,
+        acceptance: Acceptance,
+        locking: &mut bool,
+    ) -> Result<Accepted, StoreError> {
         let guarded = self.backend() == crate::Backend::Postgres;
         for attempt in 0..3 {
             if guarded {
@@ -198,6 +209,7 @@ impl SqlStore {
         }
         // The locking path changes what the optimistic path's snapshot knows.
         self.forget_snapshot(acceptance.draft.spec.environment());
+        *locking = true;
         exec(conn, "SAVEPOINT deploy_write").await?;
         let result = self.accept_in(conn, acceptance).await;
         if !matches!(&result, Ok(a) if !a.replayed) {

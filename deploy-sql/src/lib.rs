@@ -15,11 +15,13 @@
 //! # Ok(()) }
 //! ```
 
+mod cache;
 mod error;
 mod group;
 mod schema;
 mod store;
 
+pub use cache::RECENT_TTL;
 pub use error::OpenError;
 pub use schema::LATEST as SCHEMA_VERSION;
 pub use store::{Backend, DATABASE_FILE, PostgresStore, SqlStore, SqliteStore};

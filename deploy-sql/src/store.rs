@@ -78,14 +78,9 @@ pub struct SqlStore {
     snapshots: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<EnvironmentName, (Environment, bool)>>>,
     /// The group commit of acceptances and audit entries.
     group: std::sync::Arc<crate::group::Group>,
-    /// Finished deployments, which never change again (the store refuses every write to them), so any replica may
-    /// serve them from memory.
-    finished: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<DeploymentId, Deployment>>>,
+    /// Deployments served from memory where that cannot mislead (see `cache`).
+    reads: std::sync::Arc<crate::cache::ReadCache>,
 }
-
-/// Finished deployments kept in memory at most, and only those of at most this many targets.
-const FINISHED_CACHE: usize = 1024;
-const FINISHED_CACHE_TARGETS: usize = 1024;
 
 /// The SQLite flavour of [`SqlStore`].
 pub type SqliteStore = SqlStore;
@@ -138,7 +133,7 @@ impl SqlStore {
             backend: Backend::Sqlite,
             snapshots: Default::default(),
             group: crate::group::new(),
-            finished: Default::default(),
+            reads: Default::default(),
         })
     }
 
@@ -160,7 +155,7 @@ impl SqlStore {
             backend: Backend::Postgres,
             snapshots: Default::default(),
             group: crate::group::new(),
-            finished: Default::default(),
+            reads: Default::default(),
         })
     }
 
@@ -183,6 +178,11 @@ impl SqlStore {
 
     fn snapshots(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<EnvironmentName, (Environment, bool)>> {
         self.snapshots.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Forgets every cached read of a deployment in progress (after writes that may touch several).
+    pub(crate) fn forget_cached_reads(&self) {
+        self.reads.forget_all();
     }
 
     pub(crate) fn forget_snapshot(&self, environment: &EnvironmentName) {
@@ -1018,6 +1018,8 @@ impl SqlStore {
         let accepted = self.accept_in(&mut tx, acceptance).await?;
         if !accepted.replayed {
             tx.commit().await.map_err(unavailable)?;
+            // The locking path may have superseded older deployments.
+            self.forget_cached_reads();
         }
         Ok(accepted)
     }
@@ -1307,18 +1309,13 @@ impl Store for SqlStore {
     }
 
     async fn get_deployment(&self, id: DeploymentId) -> Result<Deployment, StoreError> {
-        if let Some(done) = self.finished.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&id) {
-            return Ok(done.clone());
-        }
+        let epoch = match self.reads.get(id) {
+            Ok(deployment) => return Ok(deployment),
+            Err(epoch) => epoch,
+        };
         let mut conn = self.pool.acquire().await.map_err(unavailable)?;
         let deployment = load_deployment(&mut conn, id).await?.ok_or_else(|| not_found("deployment", id))?;
-        if deployment.status().is_terminal() && deployment.targets().len() <= FINISHED_CACHE_TARGETS {
-            let mut finished = self.finished.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if finished.len() >= FINISHED_CACHE {
-                finished.clear();
-            }
-            finished.insert(id, deployment.clone());
-        }
+        self.reads.put(&deployment, epoch);
         Ok(deployment)
     }
 
@@ -1383,6 +1380,7 @@ impl Store for SqlStore {
         request_stop(&mut tx, row, now, |d, held| d.request_cancel(now, held)).await?;
         let d = load_deployment(&mut tx, id).await?.ok_or_else(|| not_found("deployment", id))?;
         tx.commit().await.map_err(unavailable)?;
+        self.reads.forget(id);
         Ok(d)
     }
 
@@ -1493,6 +1491,7 @@ impl Store for SqlStore {
         check_token(&row, lease)?;
         let control = apply_update(&mut tx, lease.deployment, row.header, update).await?;
         tx.commit().await.map_err(unavailable)?;
+        self.reads.forget(lease.deployment);
         Ok(control)
     }
 
