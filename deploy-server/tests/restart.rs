@@ -233,3 +233,48 @@ async fn bad_settings_stop_deployd_with_a_clear_message() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("DEPLOYD_BOOTSTRAP_ADMIN_KEY"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A fresh PostgreSQL database for one test, or `None` (said) without `DEPLOY_TEST_PG_URL`.
+async fn postgres_url(test: &str) -> Option<String> {
+    let Ok(base) = std::env::var("DEPLOY_TEST_PG_URL") else {
+        eprintln!("skipped {test}: DEPLOY_TEST_PG_URL is not set");
+        return None;
+    };
+    sqlx::any::install_default_drivers();
+    let admin = sqlx::any::AnyPoolOptions::new().max_connections(1).connect(&base).await.unwrap();
+    let name = format!("deploy_test_{}", uuid::Uuid::now_v7().simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.unwrap();
+    admin.close().await;
+    let (prefix, _) = base.rsplit_once('/').expect("a URL ending in /database");
+    Some(format!("{prefix}/{name}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgresql_a_replica_killed_mid_rollout_is_replaced_by_another() {
+    let Some(url) = postgres_url("on_postgresql_a_replica_killed_mid_rollout_is_replaced_by_another").await else {
+        return;
+    };
+    let dir = temp_dir("pg");
+    let replica = |n: u32| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_deployd"));
+        cmd.args(["serve", "--dev", "--listen", "127.0.0.1:0", "--lease", "1s", "--poll-interval", "50ms"])
+            .arg("--data-dir")
+            .arg(&dir) // the sim executor's state: shared, as the targets would be
+            .args(["--database-url", &url])
+            .env("DEPLOYD_BOOTSTRAP_ADMIN_KEY", ADMIN)
+            .env("DEPLOYD_TEST_REPLICA", n.to_string());
+        cmd
+    };
+    let http = reqwest::Client::new();
+    // The first replica alone takes the deployment; the second starts while it is mid-rollout.
+    let (mut first, _) = spawn_with(replica(1)).await;
+    let id = setup(&http, &first).await;
+    wait_for(&http, &first, &id, |v| v["summary"]["succeeded"].as_u64().unwrap_or(0) >= 1).await;
+    let (second, _) = spawn_with(replica(2)).await;
+    let mid = wait_for(&http, &second, &id, |_| true).await;
+    assert!(!terminal(&mid), "still mid-rollout when the holder dies: {mid}");
+    first.child.kill().await.unwrap(); // SIGKILL: its lease lapses and the other replica takes over
+    check_finished(&http, &second, &id).await;
+    drop(second);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
