@@ -75,12 +75,16 @@ pub struct SqlStore {
     backend: Backend,
     /// What this process last read of each environment (and whether webhook subscriptions existed then). Only the
     /// optimistic acceptance uses it, and only as a guess: its write succeeds only if the revision is unchanged.
-    snapshots: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<EnvironmentName, (Environment, bool)>>>,
+    snapshots: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<EnvironmentName, Snapshot>>>,
     /// The group commit of acceptances and audit entries.
     group: std::sync::Arc<crate::group::Group>,
     /// Deployments served from memory where that cannot mislead (see `cache`).
     reads: std::sync::Arc<crate::cache::ReadCache>,
 }
+
+/// What this process last read of an environment (shared, not copied, by each acceptance that plans against it) and
+/// whether webhook subscriptions existed then.
+type Snapshot = (std::sync::Arc<Environment>, bool);
 
 /// The SQLite flavour of [`SqlStore`].
 pub type SqliteStore = SqlStore;
@@ -176,7 +180,7 @@ impl SqlStore {
         self.pool.close().await;
     }
 
-    fn snapshots(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<EnvironmentName, (Environment, bool)>> {
+    fn snapshots(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<EnvironmentName, Snapshot>> {
         self.snapshots.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
@@ -895,7 +899,8 @@ impl SqlStore {
                     targets: stored.into_iter().map(StoredTarget::decode).collect::<Result<_, _>>()?,
                 };
                 let has_webhooks = get::<i64>(&row, "hooks")? > 0;
-                self.snapshots().insert(env_name.clone(), (env.clone(), has_webhooks));
+                let env = std::sync::Arc::new(env);
+                self.snapshots().insert(env_name.clone(), (std::sync::Arc::clone(&env), has_webhooks));
                 (env, has_webhooks)
             }
         };
@@ -999,11 +1004,12 @@ impl SqlStore {
             Err(e) if is_unique_violation(&e) => Ok(Optimistic::Raced),
             Err(e) => Err(unavailable(e)),
         };
+        drop(env); // the snapshot below is then the only owner: its revision is updated in place
         let mut snapshots = self.snapshots();
         match &outcome {
             Ok(Optimistic::Done(accepted)) => {
                 if let Some((env, _)) = snapshots.get_mut(&env_name) {
-                    env.revision = accepted.deployment.revision();
+                    std::sync::Arc::make_mut(env).revision = accepted.deployment.revision();
                 }
             }
             _ => {
