@@ -57,6 +57,17 @@ impl std::fmt::Debug for Group {
     }
 }
 
+/// If a leader ever unwinds, the next writer leads: queued writes are not stranded behind a flag nobody clears.
+struct ResetOnPanic<'a>(&'a Group);
+
+impl Drop for ResetOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.lock().leading = false;
+        }
+    }
+}
+
 impl Group {
     fn lock(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
@@ -81,6 +92,7 @@ impl SqlStore {
 
     /// Commits queued writes, batch after batch, until the queue is empty.
     async fn lead(&self) {
+        let _reset = ResetOnPanic(self.group());
         loop {
             let batch = {
                 let mut queue = self.group().lock();
