@@ -207,3 +207,36 @@ async fn eddsa_jwts_are_verified_with_the_configured_public_key() {
         "HS256 is refused when EdDSA is set"
     );
 }
+
+#[tokio::test]
+async fn a_listing_skips_unreadable_environments_without_coming_back_short() {
+    let s = Server::start("rbac-pages").await;
+    s.sim_env("prod", 1, "queue", json!({"apply_ms": 1})).await;
+    s.sim_env("staging", 1, "queue", json!({"apply_ms": 1})).await;
+    let mut prod = Vec::new();
+    for (i, env) in ["prod", "staging", "staging", "prod", "staging", "staging", "staging"].iter().enumerate() {
+        let d = s.post("/v1/deployments", ADMIN, deploy(env, &format!("2.{i}"))).await;
+        if *env == "prod" {
+            prod.push(d.body["id"].as_str().unwrap().to_owned());
+        }
+    }
+    prod.reverse(); // newest first
+    let viewer = s.key("prod-viewer", "viewer", &["prod"]).await;
+    let first = s.get("/v1/deployments?limit=1", &viewer).await;
+    let ids: Vec<&str> = first.body["items"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        ids,
+        vec![prod[0].as_str()],
+        "three newer staging deployments are skipped, not returned as an empty page"
+    );
+    let cursor = first.body["next_cursor"].as_str().unwrap().to_owned();
+    let second = s.get(&format!("/v1/deployments?limit=1&cursor={cursor}"), &viewer).await;
+    let ids: Vec<&str> = second.body["items"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, vec![prod[1].as_str()]);
+    let rest = second.body["next_cursor"].as_str().map(str::to_owned);
+    if let Some(c) = rest {
+        let third = s.get(&format!("/v1/deployments?limit=1&cursor={c}"), &viewer).await;
+        assert_eq!(third.body["items"], json!([]), "nothing readable is left");
+        assert_eq!(third.body["next_cursor"], serde_json::Value::Null);
+    }
+}

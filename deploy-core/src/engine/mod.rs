@@ -29,6 +29,9 @@ use crate::store::{
 
 pub use controller::{ShutdownSignal, ShutdownTrigger};
 
+/// Store pages [`Orchestrator::list`] reads at most to fill one page with deployments the caller may read.
+const LIST_SCAN_PAGES: usize = 20;
+
 /// Tuning of an orchestrator. The defaults suit a production service; tests shorten them.
 #[derive(Debug, Clone)]
 pub struct OrchestratorConfig {
@@ -311,7 +314,8 @@ impl Orchestrator {
         Ok(d)
     }
 
-    /// Deployments, newest first. Only environments the principal may read are listed.
+    /// Deployments, newest first. Only environments the principal may read are listed; a page is filled from as many
+    /// store pages as it takes (up to 20), so deployments in other environments do not leave it short.
     ///
     /// # Errors
     /// [`Error::Forbidden`] when the filter names an environment the principal may not read.
@@ -323,10 +327,24 @@ impl Orchestrator {
     ) -> Result<Page<Deployment>, Error> {
         if let Some(env) = &filter.environment {
             principal.authorize(Action::Read, env)?;
+            return Ok(self.shared.store.list_deployments(filter, page).await?);
         }
-        let mut out = self.shared.store.list_deployments(filter, page).await?;
-        out.items.retain(|d| principal.authorize(Action::Read, d.environment()).is_ok());
-        Ok(out)
+        // Without an environment, skip what the principal may not read, and keep reading store pages (each at most
+        // as large as what is still missing, so the store's own cursor always marks where to go on) until the page
+        // is full, the store has no more, or enough pages were read; a short page then still carries a cursor.
+        let limit = page.clamped_limit();
+        let mut items = Vec::with_capacity(limit);
+        let mut cursor = page.cursor.clone();
+        for _ in 0..LIST_SCAN_PAGES {
+            let request = PageRequest { limit: limit - items.len(), cursor };
+            let out = self.shared.store.list_deployments(filter, &request).await?;
+            items.extend(out.items.into_iter().filter(|d| principal.authorize(Action::Read, d.environment()).is_ok()));
+            cursor = out.next_cursor;
+            if items.len() >= limit || cursor.is_none() {
+                break;
+            }
+        }
+        Ok(Page { items, next_cursor: cursor })
     }
 
     /// Events of a deployment after `after`, at most `limit`.
