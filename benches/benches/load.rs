@@ -110,6 +110,20 @@ fn report(name: &str, ours: &Outcome, baseline: &Outcome) {
     println!("{:<28} {:>8.0}% of the baseline's throughput", "  ratio", 100.0 * ours.rate() / baseline.rate());
 }
 
+/// `POST url` of `body` (with a fresh version each time) from every connection until the budget is spent; a 202 counts.
+async fn posts(http: &reqwest::Client, url: String, body: Value, total: usize, limit: Duration) -> Outcome {
+    let http = http.clone();
+    drive(total, limit, move |i| {
+        let (h, u) = (http.clone(), url.clone());
+        let mut body = body.clone();
+        body["version"] = json!(format!("2.{i}"));
+        async move {
+            h.post(u).bearer_auth(ADMIN).json(&body).send().await.is_ok_and(|r| r.status() == StatusCode::ACCEPTED)
+        }
+    })
+    .await
+}
+
 /// Creates an environment through the API.
 async fn put_environment(http: &reqwest::Client, base: &str, env: &str, spec: Value) {
     let put = http.put(format!("{base}/v1/environments/{env}")).bearer_auth(ADMIN).json(&spec).send().await.unwrap();
@@ -272,17 +286,7 @@ async fn run() {
     // Durable submissions, twice: while the controller drives the queue at the pace of targets that take a second per
     // apply (a realistic rollout: the writes are mostly acceptances), and while it drives targets that apply
     // instantly (the controller's own writes compete with every acceptance for SQLite's one writer).
-    let (h, u) = (http.clone(), format!("{raw}/post"));
-    let b = request.clone();
-    let baseline = drive(total, limit, move |i| {
-        let (h, u) = (h.clone(), u.clone());
-        let mut body = b.clone();
-        body["version"] = json!(format!("2.{i}"));
-        async move {
-            h.post(u).bearer_auth(ADMIN).json(&body).send().await.is_ok_and(|r| r.status() == StatusCode::ACCEPTED)
-        }
-    })
-    .await;
+    let baseline = posts(&http, format!("{raw}/post"), request.clone(), total, limit).await;
     for (env, apply_ms, label) in [("paced", 1000, "POST, controller paced"), ("load", 0, "POST, controller flat out")]
     {
         if env != "load" {
@@ -297,16 +301,7 @@ async fn run() {
         let before = count(&http, &base, env).await;
         let mut body = request.clone();
         body["environment"] = json!(env);
-        let (h, u) = (http.clone(), format!("{base}/v1/deployments"));
-        let ours = drive(total, limit, move |i| {
-            let (h, u) = (h.clone(), u.clone());
-            let mut body = body.clone();
-            body["version"] = json!(format!("2.{i}"));
-            async move {
-                h.post(u).bearer_auth(ADMIN).json(&body).send().await.is_ok_and(|r| r.status() == StatusCode::ACCEPTED)
-            }
-        })
-        .await;
+        let ours = posts(&http, format!("{base}/v1/deployments"), body, total, limit).await;
         report(label, &ours, &baseline);
         // Every answered submission is in the store.
         let stored = count(&http, &base, env).await - before;

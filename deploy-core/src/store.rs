@@ -450,6 +450,9 @@ pub trait Store: Send + Sync {
         page: &PageRequest,
     ) -> Result<Page<Deployment>, StoreError>;
 
+    /// How many deployments pass `filter` (for gauges: no deployment is loaded).
+    async fn count_deployments(&self, filter: &DeploymentFilter) -> Result<u64, StoreError>;
+
     /// Events of a deployment with `seq > after`, oldest first, at most `limit`.
     async fn events(&self, id: DeploymentId, after: u64, limit: usize) -> Result<Vec<Event>, StoreError>;
 

@@ -42,12 +42,6 @@ async fn step(
     sim.run_step(target, &step, ctx).await.map(|o| o.output)
 }
 
-fn temp_dir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("deploy-sim-{}", uuid::Uuid::now_v7().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 #[tokio::test]
 async fn passes_the_executor_conformance_suite() {
     let sim = SimExecutor::in_memory();
@@ -142,7 +136,7 @@ async fn imperative_steps_stop_fetch_start_and_refuse_others() {
 
 #[tokio::test]
 async fn state_survives_a_new_executor_on_the_same_directory() {
-    let dir = temp_dir();
+    let dir = deploy_testkit::fixtures::temp_dir("sim");
     let t = target(json!({"initial_version": "1.0", "apply_ms": 0, "unreachable_versions": ["5.0"]}));
     {
         let sim = SimExecutor::persistent(&dir);

@@ -46,6 +46,17 @@ fn require_admin(caller: &Caller) -> Result<(), Problem> {
     }
 }
 
+/// `body` with its `ETag`, or 304 when `If-None-Match` already names `revision`.
+fn conditional_get<T: Serialize>(headers: &HeaderMap, body: &T, revision: deploy_core::Revision) -> Response {
+    let mut response = if not_modified(headers, revision) {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        Json(body).into_response()
+    };
+    response.headers_mut().insert(header::ETAG, etag(revision));
+    response
+}
+
 fn list_body<T: Serialize>(items: &[T], next_cursor: Option<String>) -> Response {
     Json(json!({"items": items, "next_cursor": next_cursor})).into_response()
 }
@@ -111,14 +122,7 @@ pub(crate) async fn get_environment(
 ) -> ApiResult {
     let name = env_name(&env)?;
     let environment = state.inner.orchestrator.environment(&caller.principal, &name).await?;
-    if not_modified(&headers, environment.revision) {
-        let mut response = StatusCode::NOT_MODIFIED.into_response();
-        response.headers_mut().insert(header::ETAG, etag(environment.revision));
-        return Ok(response);
-    }
-    let mut response = Json(&environment).into_response();
-    response.headers_mut().insert(header::ETAG, etag(environment.revision));
-    Ok(response)
+    Ok(conditional_get(&headers, &environment, environment.revision))
 }
 
 #[utoipa::path(
@@ -230,14 +234,8 @@ pub(crate) async fn get_deployment(
 ) -> ApiResult {
     let id = deployment_id(&id)?;
     let deployment = state.inner.orchestrator.get(&caller.principal, id).await?;
-    if not_modified(&headers, deployment.revision()) {
-        let mut response = StatusCode::NOT_MODIFIED.into_response();
-        response.headers_mut().insert(header::ETAG, etag(deployment.revision()));
-        return Ok(response);
-    }
-    let mut response = Json(&deployment).into_response();
-    response.headers_mut().insert(header::ETAG, etag(deployment.revision()));
-    if !deployment.status().is_terminal() {
+    let mut response = conditional_get(&headers, &deployment, deployment.revision());
+    if response.status() == StatusCode::OK && !deployment.status().is_terminal() {
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     Ok(response)
@@ -346,10 +344,15 @@ async fn stream_events(state: &AppState, caller: &Caller, id: DeploymentId, afte
 pub(crate) async fn cancel(State(state): State<AppState>, Path(id): Path<String>, caller: Caller) -> ApiResult {
     caller.audit.set("deployment.cancel", format!("deployments/{id}"), None);
     let id = deployment_id(&id)?;
-    if let Ok(d) = state.inner.store.get_deployment(id).await {
-        caller.audit.set("deployment.cancel", format!("deployments/{id}"), Some(d.environment().to_string()));
-    }
-    let deployment = state.inner.orchestrator.cancel(&caller.principal, id).await?;
+    let cancelled = state.inner.orchestrator.cancel(&caller.principal, id).await;
+    // The environment for the audit log comes from the answer itself (the deployment, or the refusal naming it).
+    let environment = match &cancelled {
+        Ok(d) => Some(d.environment().to_string()),
+        Err(deploy_core::Error::Forbidden(f)) => Some(f.environment.clone()),
+        Err(_) => None,
+    };
+    caller.audit.set("deployment.cancel", format!("deployments/{id}"), environment);
+    let deployment = cancelled?;
     let mut response = (StatusCode::ACCEPTED, Json(&deployment)).into_response();
     response.headers_mut().insert(header::ETAG, etag(deployment.revision()));
     Ok(response)
@@ -539,20 +542,13 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> ApiResult {
     }
 }
 
-/// Counts deployments of one status, up to `cap` (a gauge that stops counting past it rather than scanning forever).
-async fn count(state: &AppState, status: DeploymentStatus, cap: usize) -> u64 {
+/// Deployments of one status; a store error shows as 0 rather than failing the scrape (and is logged).
+async fn count(state: &AppState, status: DeploymentStatus) -> u64 {
     let filter = DeploymentFilter { status: Some(status), ..DeploymentFilter::default() };
-    let mut page = PageRequest { limit: 500, cursor: None };
-    let mut n = 0usize;
-    while n < cap {
-        let Ok(out) = state.inner.store.list_deployments(&filter, &page).await else { break };
-        n += out.items.len();
-        match out.next_cursor {
-            Some(c) => page.cursor = Some(c),
-            None => break,
-        }
-    }
-    n as u64
+    state.inner.store.count_deployments(&filter).await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "metrics: could not count deployments");
+        0
+    })
 }
 
 #[utoipa::path(
@@ -566,9 +562,8 @@ async fn count(state: &AppState, status: DeploymentStatus, cap: usize) -> u64 {
 )]
 pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     let gauges = Gauges {
-        queued: count(&state, DeploymentStatus::Queued, 10_000).await,
-        active: count(&state, DeploymentStatus::InProgress, 10_000).await
-            + count(&state, DeploymentStatus::RollingBack, 10_000).await,
+        queued: count(&state, DeploymentStatus::Queued).await,
+        active: count(&state, DeploymentStatus::InProgress).await + count(&state, DeploymentStatus::RollingBack).await,
     };
     let mut response = state.inner.metrics.render(gauges).into_response();
     response

@@ -1333,18 +1333,12 @@ impl Store for SqlStore {
         let limit = page.clamped_limit();
         let before = page.cursor.as_deref().map(DeploymentId::from_str).transpose().map_err(|_| bad_cursor())?;
         let mut conn = self.pool.acquire().await.map_err(unavailable)?;
-        let rows = sqlx::query(
-            "SELECT id FROM deploy_deployments WHERE ($1 = '' OR id < $1) AND ($2 = '' OR environment = $2) \
-             AND ($3 = '' OR service = $3) AND ($4 = '' OR status = $4) ORDER BY id DESC LIMIT $5",
-        )
-        .bind(before.map(|b| b.to_string()).unwrap_or_default())
-        .bind(filter.environment.as_ref().map(|e| e.to_string()).unwrap_or_default())
-        .bind(filter.service.as_ref().map(|s| s.to_string()).unwrap_or_default())
-        .bind(filter.status.map(|s| s.as_str().to_owned()).unwrap_or_default())
-        .bind(i64::try_from(limit + 1).unwrap_or(i64::MAX))
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(unavailable)?;
+        let sql = format!("SELECT id FROM deploy_deployments WHERE {DEPLOYMENT_FILTER} ORDER BY id DESC LIMIT $5");
+        let rows = bind_filter(sqlx::query(AssertSqlSafe(sql)), before, filter)
+            .bind(i64::try_from(limit + 1).unwrap_or(i64::MAX))
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(unavailable)?;
         let mut items = Vec::with_capacity(rows.len());
         for r in &rows {
             let id: DeploymentId = get::<String>(r, "id")?.parse().map_err(|e| corrupt("deployment id", e))?;
@@ -1353,6 +1347,15 @@ impl Store for SqlStore {
             }
         }
         Ok(Page::from_overfetch(items, limit, |d| d.id().to_string()))
+    }
+
+    async fn count_deployments(&self, filter: &DeploymentFilter) -> Result<u64, StoreError> {
+        let sql = format!("SELECT COUNT(*) AS n FROM deploy_deployments WHERE {DEPLOYMENT_FILTER}");
+        let row = bind_filter(sqlx::query(AssertSqlSafe(sql)), None, filter)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(u64::try_from(get::<i64>(&row, "n")?).unwrap_or(0))
     }
 
     async fn events(&self, id: DeploymentId, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
@@ -1745,6 +1748,23 @@ fn decode_audit(doc: &str) -> Result<AuditEntry, StoreError> {
     let mut entry: AuditEntry = serde_json::from_value(value).map_err(|e| corrupt("audit entry", e))?;
     entry.id = id.ok_or_else(|| corrupt("audit entry", "missing id"))?;
     Ok(entry)
+}
+
+/// The `WHERE` clause of deployment listings: `$1` a cursor (list before this id), `$2`–`$4` the filter; `''` means
+/// "any". Bind them with [`bind_filter`].
+const DEPLOYMENT_FILTER: &str = "($1 = '' OR id < $1) AND ($2 = '' OR environment = $2) AND ($3 = '' OR service = $3) \
+                                 AND ($4 = '' OR status = $4)";
+
+fn bind_filter<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    before: Option<DeploymentId>,
+    filter: &DeploymentFilter,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    query
+        .bind(before.map(|b| b.to_string()).unwrap_or_default())
+        .bind(filter.environment.as_ref().map(|e| e.to_string()).unwrap_or_default())
+        .bind(filter.service.as_ref().map(|s| s.to_string()).unwrap_or_default())
+        .bind(filter.status.map(|s| s.as_str().to_owned()).unwrap_or_default())
 }
 
 fn check_token(row: &HeaderRow, lease: &Lease) -> Result<(), StoreError> {

@@ -20,6 +20,15 @@ fn fixture<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
     }
 }
 
+/// A new, empty directory under the system's temporary directory, named after `tag` and a fresh UUIDv7, for tests
+/// that need files (SQLite databases, data directories). The caller removes it.
+#[must_use]
+pub fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("deploy-{tag}-{}", uuid::Uuid::now_v7().simple()));
+    fixture(std::fs::create_dir_all(&dir));
+    dir
+}
+
 /// An environment name from a literal.
 #[must_use]
 pub fn env_name(name: &str) -> EnvironmentName {

@@ -374,6 +374,10 @@ impl Store for MemoryStore {
         Ok(Page::from_overfetch(items, limit, |d| d.id().to_string()))
     }
 
+    async fn count_deployments(&self, filter: &DeploymentFilter) -> Result<u64, StoreError> {
+        Ok(self.lock().deployments.values().filter(|d| filter.matches(&d.deployment)).count() as u64)
+    }
+
     async fn events(&self, id: DeploymentId, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
         let inner = self.lock();
         let d = inner.deployments.get(&id).ok_or_else(|| not_found("deployment", id))?;

@@ -106,6 +106,10 @@ mockall::mock! {
             filter: &deploy_core::DeploymentFilter,
             page: &deploy_core::PageRequest,
         ) -> Result<deploy_core::Page<deploy_core::Deployment>, deploy_core::StoreError>;
+        async fn count_deployments(
+            &self,
+            filter: &deploy_core::DeploymentFilter,
+        ) -> Result<u64, deploy_core::StoreError>;
         async fn events(
             &self,
             id: deploy_core::DeploymentId,

@@ -12,11 +12,7 @@ use serde_json::{Value, json};
 /// The admin key every test server is bootstrapped with.
 pub(crate) const ADMIN: &str = "dk_adminadminadminadminadminadminadminadmin012";
 
-pub(crate) fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("deployd-test-{tag}-{}", uuid::Uuid::now_v7().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+pub(crate) use deploy_testkit::fixtures::temp_dir;
 
 pub(crate) fn settings(tag: &str) -> Settings {
     Settings {

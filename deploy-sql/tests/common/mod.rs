@@ -6,12 +6,7 @@ use std::path::PathBuf;
 
 use deploy_sql::SqlStore;
 
-/// A new, empty directory under the system temporary directory.
-pub(crate) fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("deploy-sql-{tag}-{}", uuid::Uuid::now_v7().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+pub(crate) use deploy_testkit::fixtures::temp_dir;
 
 /// A fresh SQLite store in its own directory.
 pub(crate) async fn sqlite(tag: &str) -> (SqlStore, PathBuf) {

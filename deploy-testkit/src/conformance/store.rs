@@ -346,7 +346,11 @@ pub async fn listings_page_with_cursors(store: &dyn Store) {
     }
     ids.reverse();
     assert_eq!(seen, ids, "newest first, each exactly once");
+    assert_eq!(store.count_deployments(&filter).await.expect("count"), 7, "a count agrees with the listing");
+    let waiting = DeploymentFilter { status: Some(DeploymentStatus::Queued), ..filter.clone() };
+    assert_eq!(store.count_deployments(&waiting).await.expect("count"), 7);
     let queued = DeploymentFilter { status: Some(DeploymentStatus::Succeeded), ..filter };
+    assert_eq!(store.count_deployments(&queued).await.expect("count"), 0);
     assert!(store.list_deployments(&queued, &PageRequest::default()).await.expect("list").items.is_empty());
     let bad =
         store.list_deployments(&DeploymentFilter::default(), &PageRequest { limit: 5, cursor: Some("§".into()) }).await;
