@@ -46,6 +46,27 @@ pub enum EventType {
 }
 
 impl EventType {
+    /// Every event type.
+    pub const ALL: [Self; 10] = [
+        Self::Queued,
+        Self::Started,
+        Self::Succeeded,
+        Self::Degraded,
+        Self::Failed,
+        Self::RollingBack,
+        Self::RolledBack,
+        Self::Cancelled,
+        Self::Superseded,
+        Self::TargetUpdated,
+    ];
+
+    /// Whether `pattern` names this type: `*`, the exact name, or a prefix ending in `*` (`deployment.*`).
+    #[must_use]
+    pub fn matches_pattern(self, pattern: &str) -> bool {
+        let name = self.as_str();
+        pattern == "*" || pattern == name || pattern.strip_suffix('*').is_some_and(|prefix| name.starts_with(prefix))
+    }
+
     /// The wire name, `deployment.succeeded`.
     #[must_use]
     pub const fn as_str(self) -> &'static str {

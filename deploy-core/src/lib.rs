@@ -49,6 +49,7 @@ mod secrets;
 pub mod spec;
 mod state;
 mod store;
+mod webhook;
 
 pub use access::{ApiKeyRecord, AuditEntry, AuditFilter};
 pub use auth::{Action, EnvironmentPattern, Forbidden, PatternError, Principal, Role};
@@ -84,3 +85,4 @@ pub use store::{
     Acceptance, Accepted, Claim, Control, DeliveryOutcome, DeliveryStatus, DeploymentFilter, EnvironmentWrite,
     IdempotencyRecord, Lease, Page, PageRequest, Store, StoreError, WebhookDelivery, WebhookSubscription,
 };
+pub use webhook::{RetrySchedule, RetryScheduleError};

@@ -262,12 +262,8 @@ impl WebhookSubscription {
     /// Whether an event of `event_type` in `environment` is delivered to this subscription.
     #[must_use]
     pub fn matches(&self, event_type: EventType, environment: &EnvironmentName) -> bool {
-        let name = event_type.as_str();
         self.active
-            && self
-                .events
-                .iter()
-                .any(|p| p == "*" || p == name || p.strip_suffix('*').is_some_and(|prefix| name.starts_with(prefix)))
+            && self.events.iter().any(|p| event_type.matches_pattern(p))
             && (self.environments.is_empty() || self.environments.iter().any(|p| p.matches(environment)))
     }
 }
@@ -337,6 +333,9 @@ impl WebhookDelivery {
     /// Records one attempt's outcome. Returns whether the subscription must be disabled (the receiver said 410).
     #[must_use]
     pub fn record_attempt(&mut self, outcome: DeliveryOutcome, now: Timestamp) -> bool {
+        if self.status != DeliveryStatus::Pending {
+            return false;
+        }
         self.attempts = self.attempts.saturating_add(1);
         match outcome {
             DeliveryOutcome::Delivered { status_code } => {
@@ -364,6 +363,24 @@ impl WebhookDelivery {
                 true
             }
         }
+    }
+}
+
+impl WebhookDelivery {
+    /// Fails a pending delivery because its subscription was disabled.
+    pub fn fail_disabled(&mut self) {
+        if self.status == DeliveryStatus::Pending {
+            self.status = DeliveryStatus::Failed;
+            self.next_attempt_at = None;
+        }
+    }
+
+    /// Makes the delivery pending again, due at `now`, its attempts counted afresh.
+    pub fn reset_for_redelivery(&mut self, now: Timestamp) {
+        self.status = DeliveryStatus::Pending;
+        self.attempts = 0;
+        self.next_attempt_at = Some(now);
+        self.delivered_at = None;
     }
 }
 
@@ -483,16 +500,31 @@ pub trait Store: Send + Sync {
     /// Removes a webhook subscription and its pending deliveries.
     async fn delete_webhook(&self, id: Uuid) -> Result<(), StoreError>;
 
-    /// Claims up to `limit` pending deliveries due at `now`, hiding them from other dispatchers for `lease`.
+    /// Claims up to `limit` pending deliveries due at `now`, oldest due first, hiding them from other dispatchers for
+    /// `lease`. A subscription never has more than `per_subscription` deliveries claimed at once (counting those
+    /// claimed earlier whose lease has not lapsed), so one slow or dead receiver cannot take every slot. Pending
+    /// deliveries of a disabled subscription are marked failed instead of being returned.
     async fn claim_deliveries(
         &self,
         now: Timestamp,
         limit: usize,
+        per_subscription: usize,
         lease: Duration,
     ) -> Result<Vec<(WebhookDelivery, WebhookSubscription)>, StoreError>;
 
-    /// Records the outcome of one attempt.
-    async fn complete_delivery(&self, id: &str, outcome: DeliveryOutcome, now: Timestamp) -> Result<(), StoreError>;
+    /// Records the outcomes of attempts, in one transaction. An outcome for a delivery that is no longer pending (a
+    /// second dispatcher finished it after this one's lease lapsed) or that no longer exists (its subscription was
+    /// deleted) is ignored. A [`DeliveryOutcome::Gone`] disables the subscription and fails its other pending
+    /// deliveries.
+    async fn complete_deliveries(
+        &self,
+        outcomes: &[(String, DeliveryOutcome)],
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+
+    /// Makes a delivery of `subscription` pending again, due at `now`, with its attempts counted afresh (the retry
+    /// schedule starts over). [`StoreError::NotFound`] when the subscription has no such delivery.
+    async fn redeliver(&self, subscription: Uuid, id: &str, now: Timestamp) -> Result<WebhookDelivery, StoreError>;
 
     /// Deliveries of a subscription, newest first.
     async fn list_deliveries(

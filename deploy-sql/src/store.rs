@@ -197,6 +197,37 @@ impl SqlStore {
         &self.group
     }
 
+    /// Disables a subscription whose receiver answered 410 and fails its pending deliveries.
+    async fn disable_subscription(&self, conn: &mut AnyConnection, id: Uuid) -> Result<(), StoreError> {
+        let sql = format!("SELECT doc FROM deploy_webhooks WHERE id = $1{}", self.backend.for_update());
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(id.to_string())
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+        if let Some(row) = row {
+            let mut sub: WebhookSubscription = from_json("webhook", &get::<String>(&row, "doc")?)?;
+            sub.disable_gone();
+            sqlx::query("UPDATE deploy_webhooks SET doc = $1 WHERE id = $2")
+                .bind(to_json(&sub)?)
+                .bind(sub.id.to_string())
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+        }
+        let rows = sqlx::query("SELECT doc FROM deploy_deliveries WHERE subscription_id = $1 AND pending = 1")
+            .bind(id.to_string())
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+        for row in &rows {
+            let mut other: WebhookDelivery = from_json("delivery", &get::<String>(row, "doc")?)?;
+            other.fail_disabled();
+            write_delivery(conn, &other).await?;
+        }
+        Ok(())
+    }
+
     pub(crate) async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
         self.pool.begin_with(self.backend.begin()).await.map_err(unavailable)
     }
@@ -742,6 +773,19 @@ async fn enqueue_deliveries(
         .await
         .map_err(unavailable)?;
     }
+    Ok(())
+}
+
+/// Writes a delivery's state (document, pending flag, due time) and makes it claimable again.
+async fn write_delivery(conn: &mut AnyConnection, d: &WebhookDelivery) -> Result<(), StoreError> {
+    sqlx::query("UPDATE deploy_deliveries SET doc = $1, pending = $2, due = $3, hidden_until = NULL WHERE id = $4")
+        .bind(to_json(d)?)
+        .bind(i64::from(d.status == DeliveryStatus::Pending))
+        .bind(d.next_attempt_at.map(ms))
+        .bind(&d.id)
+        .execute(conn)
+        .await
+        .map_err(unavailable)?;
     Ok(())
 }
 
@@ -1551,22 +1595,47 @@ impl Store for SqlStore {
         &self,
         now: Timestamp,
         limit: usize,
+        per_subscription: usize,
         lease: Duration,
     ) -> Result<Vec<(WebhookDelivery, WebhookSubscription)>, StoreError> {
+        // Most polls find nothing due: look first without a transaction, so an idle dispatcher never takes SQLite's
+        // write lock from the acceptances.
+        let due = sqlx::query(
+            "SELECT 1 AS one FROM deploy_deliveries WHERE pending = 1 AND (due IS NULL OR due <= $1) \
+             AND (hidden_until IS NULL OR hidden_until <= $1) LIMIT 1",
+        )
+        .bind(ms(now))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        if due.is_none() || limit == 0 {
+            return Ok(Vec::new());
+        }
         let mut tx = self.begin().await?;
         let lock = match self.backend {
             Backend::Sqlite => "",
             Backend::Postgres => " FOR UPDATE OF d SKIP LOCKED",
         };
+        // Due deliveries ranked per subscription, oldest due first; a subscription's deliveries still claimed by a
+        // dispatcher (hidden, pending) use up its share.
         let sql = format!(
-            "SELECT d.id, d.doc, w.doc AS sub, w.secret FROM deploy_deliveries d \
+            "WITH busy AS (SELECT subscription_id, COUNT(*) AS n FROM deploy_deliveries \
+                           WHERE pending = 1 AND hidden_until > $1 GROUP BY subscription_id), \
+                  ranked AS (SELECT id, subscription_id, ROW_NUMBER() OVER \
+                               (PARTITION BY subscription_id ORDER BY due, id) AS rn FROM deploy_deliveries \
+                             WHERE pending = 1 AND (due IS NULL OR due <= $1) \
+                               AND (hidden_until IS NULL OR hidden_until <= $1)) \
+             SELECT d.id, d.doc, w.doc AS sub, w.secret FROM deploy_deliveries d \
              JOIN deploy_webhooks w ON w.id = d.subscription_id \
-             WHERE d.pending = 1 AND (d.due IS NULL OR d.due <= $1) AND (d.hidden_until IS NULL OR d.hidden_until <= $1) \
-             ORDER BY d.id LIMIT $2{lock}"
+             WHERE d.id IN (SELECT r.id FROM ranked r LEFT JOIN busy b ON b.subscription_id = r.subscription_id \
+                            WHERE r.rn + COALESCE(b.n, 0) <= $3) \
+               AND d.pending = 1 AND (d.hidden_until IS NULL OR d.hidden_until <= $1) \
+             ORDER BY d.due, d.id LIMIT $2{lock}"
         );
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(ms(now))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(i64::try_from(per_subscription).unwrap_or(i64::MAX))
             .fetch_all(&mut *tx)
             .await
             .map_err(unavailable)?;
@@ -1574,11 +1643,13 @@ impl Store for SqlStore {
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
             let mut sub: WebhookSubscription = from_json("webhook", &get::<String>(r, "sub")?)?;
+            let mut delivery: WebhookDelivery = from_json("delivery", &get::<String>(r, "doc")?)?;
             if !sub.active {
+                delivery.fail_disabled();
+                write_delivery(&mut tx, &delivery).await?;
                 continue;
             }
             sub.secret = get(r, "secret")?;
-            let delivery: WebhookDelivery = from_json("delivery", &get::<String>(r, "doc")?)?;
             sqlx::query("UPDATE deploy_deliveries SET hidden_until = $1 WHERE id = $2")
                 .bind(hidden)
                 .bind(&delivery.id)
@@ -1591,40 +1662,55 @@ impl Store for SqlStore {
         Ok(out)
     }
 
-    async fn complete_delivery(&self, id: &str, outcome: DeliveryOutcome, now: Timestamp) -> Result<(), StoreError> {
+    async fn complete_deliveries(
+        &self,
+        outcomes: &[(String, DeliveryOutcome)],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
         let mut tx = self.begin().await?;
-        let sql = format!("SELECT doc FROM deploy_deliveries WHERE id = $1{}", self.backend.for_update());
-        let row = sqlx::query(AssertSqlSafe(sql)).bind(id).fetch_optional(&mut *tx).await.map_err(unavailable)?;
-        let row = row.ok_or_else(|| not_found("delivery", id))?;
-        let mut d: WebhookDelivery = from_json("delivery", &get::<String>(&row, "doc")?)?;
-        let disable = d.record_attempt(outcome, now);
-        sqlx::query("UPDATE deploy_deliveries SET doc = $1, pending = $2, due = $3, hidden_until = NULL WHERE id = $4")
-            .bind(to_json(&d)?)
-            .bind(i64::from(d.status == DeliveryStatus::Pending))
-            .bind(d.next_attempt_at.map(ms))
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        if disable {
-            let sql = format!("SELECT doc FROM deploy_webhooks WHERE id = $1{}", self.backend.for_update());
-            let row = sqlx::query(AssertSqlSafe(sql))
-                .bind(d.subscription_id.to_string())
+        let select = format!("SELECT doc FROM deploy_deliveries WHERE id = $1{}", self.backend.for_update());
+        for (id, outcome) in outcomes {
+            let row = sqlx::query(AssertSqlSafe(select.clone()))
+                .bind(id)
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(unavailable)?;
-            if let Some(row) = row {
-                let mut sub: WebhookSubscription = from_json("webhook", &get::<String>(&row, "doc")?)?;
-                sub.disable_gone();
-                sqlx::query("UPDATE deploy_webhooks SET doc = $1 WHERE id = $2")
-                    .bind(to_json(&sub)?)
-                    .bind(sub.id.to_string())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(unavailable)?;
+            let Some(row) = row else { continue };
+            let mut d: WebhookDelivery = from_json("delivery", &get::<String>(&row, "doc")?)?;
+            if d.status != DeliveryStatus::Pending {
+                // Another dispatcher finished it after this one's lease lapsed: its outcome stands.
+                continue;
+            }
+            let disable = d.record_attempt(outcome.clone(), now);
+            write_delivery(&mut tx, &d).await?;
+            if disable {
+                self.disable_subscription(&mut tx, d.subscription_id).await?;
             }
         }
         tx.commit().await.map_err(unavailable)
+    }
+
+    async fn redeliver(&self, subscription: Uuid, id: &str, now: Timestamp) -> Result<WebhookDelivery, StoreError> {
+        let mut tx = self.begin().await?;
+        let sql = format!(
+            "SELECT doc FROM deploy_deliveries WHERE id = $1 AND subscription_id = $2{}",
+            self.backend.for_update()
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(id)
+            .bind(subscription.to_string())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        let row = row.ok_or_else(|| not_found("delivery", id))?;
+        let mut d: WebhookDelivery = from_json("delivery", &get::<String>(&row, "doc")?)?;
+        d.reset_for_redelivery(now);
+        write_delivery(&mut tx, &d).await?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(d)
     }
 
     async fn list_deliveries(

@@ -483,36 +483,77 @@ impl Store for MemoryStore {
         &self,
         now: Timestamp,
         limit: usize,
+        per_subscription: usize,
         lease: Duration,
     ) -> Result<Vec<(WebhookDelivery, WebhookSubscription)>, StoreError> {
         let mut inner = self.lock();
         let Inner { deliveries, webhooks, .. } = &mut *inner;
+        let pending = |d: &DeliveryState| d.delivery.status == DeliveryStatus::Pending;
+        let mut busy: BTreeMap<Uuid, usize> = BTreeMap::new();
+        for d in deliveries.values().filter(|d| pending(d) && d.hidden_until.is_some_and(|t| t > now)) {
+            *busy.entry(d.delivery.subscription_id).or_default() += 1;
+        }
+        let mut due: Vec<&mut DeliveryState> = deliveries
+            .values_mut()
+            .filter(|d| {
+                pending(d)
+                    && d.delivery.next_attempt_at.is_none_or(|t| t <= now)
+                    && d.hidden_until.is_none_or(|t| t <= now)
+            })
+            .collect();
+        due.sort_by(|a, b| {
+            (a.delivery.next_attempt_at, &a.delivery.id).cmp(&(b.delivery.next_attempt_at, &b.delivery.id))
+        });
         let mut out = Vec::new();
-        for d in deliveries.values_mut() {
-            if out.len() >= limit {
-                break;
+        for d in due {
+            let Some(sub) = webhooks.get(&d.delivery.subscription_id) else { continue };
+            if !sub.active {
+                d.delivery.fail_disabled();
+                continue;
             }
-            let due = d.delivery.status == DeliveryStatus::Pending
-                && d.delivery.next_attempt_at.is_none_or(|t| t <= now)
-                && d.hidden_until.is_none_or(|t| t <= now);
-            let Some(sub) = webhooks.get(&d.delivery.subscription_id).filter(|s| s.active) else { continue };
-            if due {
-                d.hidden_until = Some(add_duration(now, lease));
-                out.push((d.delivery.clone(), sub.clone()));
+            let taken = busy.entry(sub.id).or_default();
+            if out.len() >= limit || *taken >= per_subscription {
+                continue;
             }
+            *taken += 1;
+            d.hidden_until = Some(add_duration(now, lease));
+            out.push((d.delivery.clone(), sub.clone()));
         }
         Ok(out)
     }
 
-    async fn complete_delivery(&self, id: &str, outcome: DeliveryOutcome, now: Timestamp) -> Result<(), StoreError> {
+    async fn complete_deliveries(
+        &self,
+        outcomes: &[(String, DeliveryOutcome)],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
         let mut inner = self.lock();
-        let state = inner.deliveries.get_mut(id).ok_or_else(|| not_found("delivery", id))?;
-        state.hidden_until = None;
-        let disable = state.delivery.record_attempt(outcome, now).then_some(state.delivery.subscription_id);
-        if let Some(sub) = disable.and_then(|id| inner.webhooks.get_mut(&id)) {
-            sub.disable_gone();
+        for (id, outcome) in outcomes {
+            let Some(state) = inner.deliveries.get_mut(id) else { continue };
+            state.hidden_until = None;
+            let disable = state.delivery.record_attempt(outcome.clone(), now).then_some(state.delivery.subscription_id);
+            if let Some(sub_id) = disable {
+                if let Some(sub) = inner.webhooks.get_mut(&sub_id) {
+                    sub.disable_gone();
+                }
+                for d in inner.deliveries.values_mut().filter(|d| d.delivery.subscription_id == sub_id) {
+                    d.delivery.fail_disabled();
+                }
+            }
         }
         Ok(())
+    }
+
+    async fn redeliver(&self, subscription: Uuid, id: &str, now: Timestamp) -> Result<WebhookDelivery, StoreError> {
+        let mut inner = self.lock();
+        let state = inner
+            .deliveries
+            .get_mut(id)
+            .filter(|d| d.delivery.subscription_id == subscription)
+            .ok_or_else(|| not_found("delivery", id))?;
+        state.delivery.reset_for_redelivery(now);
+        state.hidden_until = None;
+        Ok(state.delivery.clone())
     }
 
     async fn list_deliveries(

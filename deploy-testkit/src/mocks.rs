@@ -150,14 +150,20 @@ mockall::mock! {
             &self,
             now: Timestamp,
             limit: usize,
+            per_subscription: usize,
             lease: Duration,
         ) -> Result<Vec<(deploy_core::WebhookDelivery, deploy_core::WebhookSubscription)>, deploy_core::StoreError>;
-        async fn complete_delivery(
+        async fn complete_deliveries(
             &self,
-            id: &str,
-            outcome: deploy_core::DeliveryOutcome,
+            outcomes: &[(String, deploy_core::DeliveryOutcome)],
             now: Timestamp,
         ) -> Result<(), deploy_core::StoreError>;
+        async fn redeliver(
+            &self,
+            subscription: uuid::Uuid,
+            id: &str,
+            now: Timestamp,
+        ) -> Result<deploy_core::WebhookDelivery, deploy_core::StoreError>;
         async fn list_deliveries(
             &self,
             subscription: uuid::Uuid,

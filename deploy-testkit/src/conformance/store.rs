@@ -357,8 +357,9 @@ pub async fn listings_page_with_cursors(store: &dyn Store) {
     assert!(matches!(bad, Err(StoreError::Invalid(_))), "a cursor the store never made: {bad:?}");
 }
 
-/// A change and the webhook deliveries it matches are written together; deliveries are claimed exclusively, and 410
-/// disables the subscription.
+/// A change and the webhook deliveries it matches are written together; deliveries are claimed exclusively, at most
+/// `per_subscription` at a time for one subscription; late completions are ignored; a delivery can be redelivered; 410
+/// disables the subscription and fails its other pending deliveries.
 pub async fn webhook_outbox_follows_changes(store: &dyn Store) {
     let now = t0();
     let env = env_with(store, "hook", ConcurrencyPolicy::Queue).await;
@@ -387,28 +388,78 @@ pub async fn webhook_outbox_follows_changes(store: &dyn Store) {
     assert_eq!(delivery.payload["data"]["id"], id.to_string());
 
     let later = add_duration(now, Duration::from_secs(1));
-    let claimed = store.claim_deliveries(later, 1000, Duration::from_secs(30)).await.expect("claim");
+    let claimed = store.claim_deliveries(later, 1000, 1000, Duration::from_secs(30)).await.expect("claim");
     let ours: Vec<_> = claimed.iter().filter(|(d, _)| d.subscription_id == sub.id).collect();
     assert_eq!(ours.len(), 1);
     assert_eq!(ours[0].1.secret, "whsec_test", "the dispatcher gets the signing secret");
-    let again = store.claim_deliveries(later, 1000, Duration::from_secs(30)).await.expect("claim again");
+    let again = store.claim_deliveries(later, 1000, 1000, Duration::from_secs(30)).await.expect("claim again");
     assert!(again.iter().all(|(d, _)| d.subscription_id != sub.id), "a claimed delivery is hidden from others");
     store
-        .complete_delivery(
-            &delivery.id,
-            DeliveryOutcome::Retry { status_code: Some(500), next_attempt_at: later },
+        .complete_deliveries(
+            &[(delivery.id.clone(), DeliveryOutcome::Retry { status_code: Some(500), next_attempt_at: later })],
             later,
         )
         .await
         .expect("retry");
-    let retry = store.claim_deliveries(later, 1000, Duration::from_secs(30)).await.expect("claim retry");
+    let retry = store.claim_deliveries(later, 1000, 1000, Duration::from_secs(30)).await.expect("claim retry");
     let retried: Vec<_> = retry.iter().filter(|(d, _)| d.subscription_id == sub.id).collect();
     assert_eq!(retried.len(), 1);
     assert_eq!(retried[0].0.id, delivery.id, "the same delivery id on every attempt");
-    store.complete_delivery(&delivery.id, DeliveryOutcome::Gone, later).await.expect("gone");
+    store
+        .complete_deliveries(&[(delivery.id.clone(), DeliveryOutcome::Delivered { status_code: 204 })], later)
+        .await
+        .expect("delivered");
+    store
+        .complete_deliveries(&[(delivery.id.clone(), DeliveryOutcome::GiveUp { status_code: Some(500) })], later)
+        .await
+        .expect("a late completion is accepted");
+    let page = store.list_deliveries(sub.id, &PageRequest::default()).await.expect("deliveries");
+    assert_eq!(page.items[0].status, DeliveryStatus::Delivered, "a late completion changes nothing");
+    assert_eq!(page.items[0].attempts, 2);
+
+    // Redelivery makes it pending again, its schedule started afresh; only its own subscription can ask.
+    assert!(matches!(store.redeliver(Uuid::now_v7(), &delivery.id, later).await, Err(StoreError::NotFound { .. })));
+    assert!(matches!(store.redeliver(sub.id, "msg_none", later).await, Err(StoreError::NotFound { .. })));
+    let again = store.redeliver(sub.id, &delivery.id, later).await.expect("redeliver");
+    assert_eq!((again.status, again.attempts, again.delivered_at), (DeliveryStatus::Pending, 0, None));
+
+    // Four more deployments: five pending deliveries, at most two claimed at once for this subscription.
+    for v in 2..=5 {
+        store.accept(acceptance(&env, &v.to_string(), None, now)).await.expect("accept");
+    }
+    let ours = |claimed: Vec<(deploy_core::WebhookDelivery, WebhookSubscription)>| {
+        claimed.into_iter().filter(|(d, _)| d.subscription_id == sub.id).map(|(d, _)| d.id).collect::<Vec<_>>()
+    };
+    let first = ours(store.claim_deliveries(later, 1000, 2, Duration::from_secs(30)).await.expect("claim"));
+    assert_eq!(first.len(), 2, "the cap per subscription");
+    assert!(!first.contains(&delivery.id), "the oldest due first (the redelivery is due later)");
+    let none = ours(store.claim_deliveries(later, 1000, 2, Duration::from_secs(30)).await.expect("claim"));
+    assert!(none.is_empty(), "claimed deliveries count against the cap: {none:?}");
+    store
+        .complete_deliveries(&[(first[0].clone(), DeliveryOutcome::Delivered { status_code: 200 })], later)
+        .await
+        .expect("delivered");
+    let next = ours(store.claim_deliveries(later, 1000, 2, Duration::from_secs(30)).await.expect("claim"));
+    assert_eq!(next.len(), 1, "a finished delivery frees its slot");
+    assert!(!first.contains(&next[0]));
+
+    store
+        .complete_deliveries(&[("msg_unknown".to_owned(), DeliveryOutcome::Delivered { status_code: 200 })], later)
+        .await
+        .expect("an unknown delivery is ignored");
+    store.complete_deliveries(&[(first[1].clone(), DeliveryOutcome::Gone)], later).await.expect("gone");
     let subs = store.list_webhooks().await.expect("list");
     let s = subs.iter().find(|s| s.id == sub.id).expect("still listed");
     assert!(!s.active && s.disabled_reason.is_some(), "410 disables the subscription");
+    let page = store.list_deliveries(sub.id, &PageRequest::default()).await.expect("deliveries");
+    assert!(
+        page.items.iter().all(|d| d.status != DeliveryStatus::Pending),
+        "a disabled subscription has no pending deliveries: {:?}",
+        page.items.iter().map(|d| d.status).collect::<Vec<_>>()
+    );
+    let lapsed = add_duration(later, Duration::from_secs(60));
+    let claimed = ours(store.claim_deliveries(lapsed, 1000, 1000, Duration::from_secs(30)).await.expect("claim"));
+    assert!(claimed.is_empty(), "nothing of a disabled subscription is claimed");
     store.delete_webhook(sub.id).await.expect("delete");
     assert!(matches!(store.delete_webhook(sub.id).await, Err(StoreError::NotFound { .. })));
 }
