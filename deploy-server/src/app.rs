@@ -18,6 +18,7 @@ use crate::auth::Authenticator;
 use crate::metrics::Metrics;
 use crate::problem::{Problem, ProblemKind, ProblemMarker};
 use crate::routes;
+use crate::webhooks::api as webhooks;
 
 /// Request bodies larger than this get 413.
 pub const BODY_LIMIT: usize = 1024 * 1024;
@@ -64,6 +65,7 @@ pub(crate) struct Inner {
     pub(crate) in_flight: Mutex<HashSet<(String, String)>>,
     pub(crate) buckets: Mutex<HashMap<String, Bucket>>,
     pub(crate) shutdown: deploy_core::ShutdownSignal,
+    pub(crate) webhooks_wake: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -103,8 +105,16 @@ impl AppState {
                 in_flight: Mutex::new(HashSet::new()),
                 buckets: Mutex::new(HashMap::new()),
                 shutdown,
+                webhooks_wake: Arc::new(tokio::sync::Notify::new()),
             }),
         }
+    }
+
+    /// Notified when deliveries may have become due (a submission, a redelivery): hand it to the
+    /// [`crate::Dispatcher`] so it looks at once instead of at its next poll.
+    #[must_use]
+    pub fn webhooks_wake(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.inner.webhooks_wake)
     }
 
     /// Takes one token from `principal`'s bucket, or says how long to wait.
@@ -185,6 +195,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/api-keys", post(routes::create_key).get(routes::list_keys))
         .route("/v1/api-keys/{id}", axum::routing::delete(routes::delete_key))
         .route("/v1/audit", get(routes::audit))
+        .route("/v1/webhooks", post(webhooks::create_webhook).get(webhooks::list_webhooks))
+        .route("/v1/webhooks/{id}", get(webhooks::get_webhook).delete(webhooks::delete_webhook))
+        .route("/v1/webhooks/{id}/deliveries", get(webhooks::list_deliveries))
+        .route("/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver", post(webhooks::redeliver))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics))

@@ -6,6 +6,8 @@
 //! - [`router`] builds the axum router from an [`AppState`]: authentication (API keys and JWTs), RBAC, idempotency
 //!   keys, conditional requests, RFC 9457 problems, rate limits, request ids, metrics and the audit log.
 //! - [`start`] runs everything `deployd serve` runs, from [`Settings`].
+//! - [`Dispatcher`] delivers the store's webhook outbox: signed (Standard Webhooks), retried on a schedule, one
+//!   receiver never slowing the others.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), deploy_server::StartError> {
@@ -25,6 +27,7 @@ pub mod openapi;
 mod problem;
 mod routes;
 mod server;
+mod webhooks;
 
 pub use app::{ApiConfig, AppState, BODY_LIMIT, router};
 pub use auth::{
@@ -33,3 +36,5 @@ pub use auth::{
 pub use metrics::{Gauges, Metrics};
 pub use problem::{Problem, ProblemKind};
 pub use server::{Running, Settings, StartError, start, terminated};
+pub use webhooks::api::{SECRET_PREFIX, generate_secret};
+pub use webhooks::dispatch::{Dispatcher, DispatcherConfig, DispatcherError};

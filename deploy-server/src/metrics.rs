@@ -24,6 +24,7 @@ struct Inner {
     latency: BTreeMap<String, Histogram>,
     targets: BTreeMap<&'static str, u64>,
     deployments: BTreeMap<&'static str, u64>,
+    webhook_attempts: BTreeMap<&'static str, u64>,
 }
 
 /// The server's metrics.
@@ -59,6 +60,11 @@ impl Metrics {
         }
         h.count += 1;
         h.sum += secs;
+    }
+
+    /// Counts one webhook delivery attempt by outcome (`delivered`, `retry`, `failed`, `gone`).
+    pub fn webhook_attempt(&self, outcome: &'static str) {
+        *self.lock().webhook_attempts.entry(outcome).or_insert(0) += 1;
     }
 
     /// The text exposition, with `gauges` read just before.
@@ -111,6 +117,11 @@ impl Metrics {
         let _ = writeln!(out, "# TYPE deploy_target_outcomes_total counter");
         for (status, n) in &inner.targets {
             let _ = writeln!(out, "deploy_target_outcomes_total{{status=\"{status}\"}} {n}");
+        }
+        let _ = writeln!(out, "# HELP deploy_webhook_attempts_total Webhook delivery attempts this replica made.");
+        let _ = writeln!(out, "# TYPE deploy_webhook_attempts_total counter");
+        for (outcome, n) in &inner.webhook_attempts {
+            let _ = writeln!(out, "deploy_webhook_attempts_total{{outcome=\"{outcome}\"}} {n}");
         }
         out
     }

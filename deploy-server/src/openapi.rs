@@ -10,6 +10,7 @@ use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::routes;
+use crate::webhooks::api as webhooks;
 
 /// An RFC 9457 problem.
 #[derive(ToSchema)]
@@ -370,6 +371,82 @@ pub struct ApiKeyListDoc {
     pub next_cursor: Option<String>,
 }
 
+/// The body of `POST /v1/webhooks`.
+#[derive(ToSchema)]
+#[schema(as = NewWebhook)]
+pub struct NewWebhookDoc {
+    /// Where deliveries go (`http` or `https`).
+    pub url: String,
+    /// Event types or patterns (`deployment.*`, `target.updated`, `*`; default `["*"]`).
+    pub events: Option<Vec<String>>,
+    /// Environment patterns (default: every environment).
+    pub environments: Option<Vec<String>>,
+}
+
+/// A webhook subscription.
+#[derive(ToSchema)]
+#[schema(as = Webhook)]
+pub struct WebhookDoc {
+    /// Its id.
+    pub id: String,
+    /// Where deliveries go.
+    pub url: String,
+    /// Event types or patterns.
+    pub events: Vec<String>,
+    /// Environment patterns; empty means every environment.
+    pub environments: Vec<String>,
+    /// Whether deliveries are made.
+    pub active: bool,
+    /// Why it was disabled (a 410 from the receiver).
+    pub disabled_reason: Option<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// The signing secret (`whsec_...`): only in the answer to its creation.
+    pub secret: Option<String>,
+}
+
+/// Webhook subscriptions.
+#[derive(ToSchema)]
+#[schema(as = WebhookList)]
+pub struct WebhookListDoc {
+    /// The subscriptions, newest first.
+    pub items: Vec<WebhookDoc>,
+    /// Always null: every subscription is listed.
+    pub next_cursor: Option<String>,
+}
+
+/// One delivery of an event to a subscription.
+#[derive(ToSchema)]
+#[schema(as = Delivery)]
+pub struct DeliveryDoc {
+    /// Its id, the `webhook-id` header of every attempt.
+    pub id: String,
+    /// The event type.
+    pub event_type: String,
+    /// The deployment it reports.
+    pub deployment_id: String,
+    /// `pending`, `delivered` or `failed`.
+    pub status: String,
+    /// Attempts made (since the last redelivery).
+    pub attempts: u32,
+    /// The HTTP status of the last answer.
+    pub last_status_code: Option<u16>,
+    /// RFC 3339: when the next attempt is due.
+    pub next_attempt_at: Option<String>,
+    /// RFC 3339: when a 2xx was received.
+    pub delivered_at: Option<String>,
+}
+
+/// A page of deliveries, newest first.
+#[derive(ToSchema)]
+#[schema(as = DeliveryList)]
+pub struct DeliveryListDoc {
+    /// The deliveries.
+    pub items: Vec<DeliveryDoc>,
+    /// The cursor of the next page.
+    pub next_cursor: Option<String>,
+}
+
 /// One mutating call.
 #[derive(ToSchema)]
 #[schema(as = AuditEntry)]
@@ -483,12 +560,15 @@ impl Modify for BearerAuth {
         routes::put_environment, routes::get_environment, routes::list_environments,
         routes::submit, routes::list_deployments, routes::get_deployment, routes::events, routes::cancel,
         routes::rollback, routes::create_key, routes::list_keys, routes::delete_key, routes::audit,
+        webhooks::create_webhook, webhooks::list_webhooks, webhooks::get_webhook, webhooks::delete_webhook,
+        webhooks::list_deliveries, webhooks::redeliver,
         routes::healthz, routes::readyz, routes::metrics, routes::openapi, routes::problem,
     ),
     components(schemas(
         ProblemDoc, FieldErrorDoc, EnvironmentSpecDoc, EnvironmentDoc, EnvironmentListDoc, DeploymentRequestDoc,
         DeploymentDoc, DeploymentListDoc, EventDoc, EventListDoc, NewApiKeyDoc, ApiKeyDoc, ApiKeyListDoc,
-        AuditEntryDoc, AuditListDoc, ProblemTypeDoc, StatusDoc,
+        AuditEntryDoc, AuditListDoc, ProblemTypeDoc, StatusDoc, NewWebhookDoc, WebhookDoc, WebhookListDoc,
+        DeliveryDoc, DeliveryListDoc,
     )),
 )]
 struct ApiDoc;

@@ -40,13 +40,15 @@ pub enum ProblemKind {
     UnsupportedMediaType,
     /// 429: too many requests.
     RateLimited,
+    /// 409: the webhook subscription was disabled.
+    WebhookDisabled,
     /// 500 or 503: the server failed; the body says nothing more.
     Internal,
 }
 
 impl ProblemKind {
     /// Every kind, in the order the documentation lists them.
-    pub const ALL: [Self; 16] = [
+    pub const ALL: [Self; 17] = [
         Self::Validation,
         Self::Unauthenticated,
         Self::Forbidden,
@@ -62,6 +64,7 @@ impl ProblemKind {
         Self::PayloadTooLarge,
         Self::UnsupportedMediaType,
         Self::RateLimited,
+        Self::WebhookDisabled,
         Self::Internal,
     ];
 
@@ -84,6 +87,7 @@ impl ProblemKind {
             Self::PayloadTooLarge => "payload-too-large",
             Self::UnsupportedMediaType => "unsupported-media-type",
             Self::RateLimited => "rate-limited",
+            Self::WebhookDisabled => "webhook-disabled",
             Self::Internal => "internal",
         }
     }
@@ -102,7 +106,9 @@ impl ProblemKind {
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
-            Self::EnvironmentBusy | Self::AlreadyFinished | Self::IdempotencyKeyInFlight => StatusCode::CONFLICT,
+            Self::EnvironmentBusy | Self::AlreadyFinished | Self::IdempotencyKeyInFlight | Self::WebhookDisabled => {
+                StatusCode::CONFLICT
+            }
             Self::IdempotencyKeyReuse | Self::HardcodedSecret => StatusCode::UNPROCESSABLE_ENTITY,
             Self::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             Self::PreconditionRequired => StatusCode::PRECONDITION_REQUIRED,
@@ -132,6 +138,7 @@ impl ProblemKind {
             Self::PayloadTooLarge => "Payload too large",
             Self::UnsupportedMediaType => "Unsupported media type",
             Self::RateLimited => "Too many requests",
+            Self::WebhookDisabled => "Webhook subscription disabled",
             Self::Internal => "Internal server error",
         }
     }
@@ -181,6 +188,10 @@ impl ProblemKind {
             }
             Self::PayloadTooLarge => "Request bodies are limited to 1 MiB.",
             Self::UnsupportedMediaType => "Request bodies must be `application/json`.",
+            Self::WebhookDisabled => {
+                "The subscription was disabled because its receiver answered 410 Gone; nothing more is delivered to \
+                 it. Create a new subscription for the receiver, then redeliver through it."
+            }
             Self::RateLimited => "Too many requests from these credentials. Wait for `Retry-After` seconds.",
             Self::Internal => {
                 "The server failed to answer. Nothing about the cause is shown here; the server's log has it under the \

@@ -22,7 +22,7 @@ use crate::extract::{ApiJson, Caller, Params, etag, idempotency_key, if_match, n
 use crate::metrics::Gauges;
 use crate::problem::{Problem, ProblemKind, action_name};
 
-type ApiResult = Result<Response, Problem>;
+pub(crate) type ApiResult = Result<Response, Problem>;
 
 fn env_name(raw: &str) -> Result<EnvironmentName, Problem> {
     EnvironmentName::new(raw).map_err(|e| Problem::invalid_field("env", e.rule()))
@@ -37,7 +37,7 @@ fn forbidden(caller: &Caller, action: Action, where_: &str) -> Problem {
 }
 
 /// Administrative actions are allowed only to admins whose patterns cover every environment.
-fn require_admin(caller: &Caller) -> Result<(), Problem> {
+pub(crate) fn require_admin(caller: &Caller) -> Result<(), Problem> {
     let covers_all = caller.principal.environments().iter().any(|p| p.as_str() == "*");
     if caller.principal.role().allows(Action::Administer) && covers_all {
         Ok(())
@@ -57,7 +57,7 @@ fn conditional_get<T: Serialize>(headers: &HeaderMap, body: &T, revision: deploy
     response
 }
 
-fn list_body<T: Serialize>(items: &[T], next_cursor: Option<String>) -> Response {
+pub(crate) fn list_body<T: Serialize>(items: &[T], next_cursor: Option<String>) -> Response {
     Json(json!({"items": items, "next_cursor": next_cursor})).into_response()
 }
 
@@ -210,6 +210,10 @@ pub(crate) async fn submit(
         format!("deployments/{}", submitted.deployment.id()),
         Some(submitted.deployment.environment().to_string()),
     );
+    if !submitted.replayed {
+        // Its `deployment.queued` event may have deliveries waiting.
+        state.inner.webhooks_wake.notify_one();
+    }
     Ok(accepted(&submitted.deployment, submitted.replayed))
 }
 

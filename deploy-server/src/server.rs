@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use deploy_core::{
-    EnvironmentPattern, ExecutorRouter, HumanDuration, Orchestrator, OrchestratorConfig, Role, ShutdownSignal,
-    ShutdownTrigger, Store,
+    EnvironmentPattern, ExecutorRouter, HumanDuration, Orchestrator, OrchestratorConfig, RetrySchedule, Role,
+    ShutdownSignal, ShutdownTrigger, Store,
 };
 use deploy_executors::SimExecutor;
 use deploy_sql::SqlStore;
@@ -16,6 +16,7 @@ use serde::Deserialize;
 use crate::app::{ApiConfig, AppState, router};
 use crate::auth::{Authenticator, JwtConfig, is_well_formed_key, key_record};
 use crate::metrics::Metrics;
+use crate::webhooks::dispatch::{Dispatcher, DispatcherConfig};
 
 /// `deployd`'s settings. Every field can come from a flag, a `DEPLOYD_*` variable or the `--config` TOML file (in that
 /// order of precedence); this is the merged result.
@@ -54,6 +55,14 @@ pub struct Settings {
     pub jwt_audience: Option<String>,
     /// The admin key to create on first start instead of a random one.
     pub bootstrap_admin_key: Option<String>,
+    /// Delays between webhook delivery attempts (`1s,5s,5m,...`).
+    pub webhook_retry_schedule: String,
+    /// The longest one webhook attempt may take.
+    pub webhook_timeout: HumanDuration,
+    /// Webhook attempts in flight at once (per replica).
+    pub webhook_concurrency: usize,
+    /// Webhook attempts in flight at once to one subscription.
+    pub webhook_concurrency_per_subscription: usize,
 }
 
 impl Default for Settings {
@@ -75,6 +84,10 @@ impl Default for Settings {
             jwt_issuer: None,
             jwt_audience: None,
             bootstrap_admin_key: None,
+            webhook_retry_schedule: RetrySchedule::default().to_string(),
+            webhook_timeout: HumanDuration::from_secs(10),
+            webhook_concurrency: 64,
+            webhook_concurrency_per_subscription: 8,
         }
     }
 }
@@ -95,6 +108,9 @@ pub enum StartError {
     /// The JWT configuration is unusable.
     #[error(transparent)]
     Jwt(#[from] crate::auth::JwtConfigError),
+    /// The webhook dispatcher cannot be built.
+    #[error(transparent)]
+    Webhooks(#[from] crate::webhooks::dispatch::DispatcherError),
     /// The listener could not be bound.
     #[error("cannot listen on {addr}")]
     Listen {
@@ -203,6 +219,10 @@ async fn bootstrap(store: &dyn Store, settings: &Settings) -> Result<Option<Stri
 /// # Errors
 /// [`StartError`] when anything needed to serve is missing.
 pub async fn start(settings: Settings) -> Result<Running, StartError> {
+    let schedule: RetrySchedule = settings
+        .webhook_retry_schedule
+        .parse()
+        .map_err(|e| StartError::Settings(format!("webhook_retry_schedule: {e}")))?;
     let store = open_store(&settings).await?;
     let bootstrap_key = bootstrap(store.as_ref(), &settings).await?;
     let jwt = jwt_config(&settings)?;
@@ -238,6 +258,19 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         metrics,
         shutdown.clone(),
     );
+    let dispatcher = Dispatcher::new(
+        Arc::clone(&store),
+        Arc::clone(orchestrator.clock()),
+        DispatcherConfig {
+            schedule,
+            timeout: settings.webhook_timeout.as_std(),
+            concurrency: settings.webhook_concurrency.max(1),
+            per_subscription: settings.webhook_concurrency_per_subscription.max(1),
+            ..DispatcherConfig::default()
+        },
+    )?
+    .wake_with(state.webhooks_wake())
+    .metrics(Arc::clone(&state.inner.metrics));
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|source| StartError::Listen { addr: settings.listen, source })?;
@@ -249,6 +282,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
             let shutdown = shutdown.clone();
             tokio::spawn(async move { orchestrator.run(shutdown).await })
         };
+        let webhooks = tokio::spawn(dispatcher.run(shutdown.clone()));
         let mut stop = shutdown.clone();
         let served = axum::serve(listener, app).with_graceful_shutdown(async move { stop.fired().await }).await;
         if let Err(e) = served {
@@ -256,6 +290,9 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         }
         if controller.await.is_err() {
             tracing::error!("the controller task failed");
+        }
+        if webhooks.await.is_err() {
+            tracing::error!("the webhook dispatcher failed");
         }
         tracing::info!("deployd stopped");
     });

@@ -87,6 +87,18 @@ struct ServeArgs {
     /// The admin key created on first start (instead of a random one, printed once).
     #[arg(long, env = "DEPLOYD_BOOTSTRAP_ADMIN_KEY", hide_env_values = true)]
     bootstrap_admin_key: Option<String>,
+    /// Delays between webhook delivery attempts, comma-separated (default `1s,5s,5m,30m,2h,5h,10h,14h,20h,24h`).
+    #[arg(long, env = "DEPLOYD_WEBHOOK_RETRY_SCHEDULE")]
+    webhook_retry_schedule: Option<String>,
+    /// The longest one webhook attempt may take (default 10s).
+    #[arg(long, env = "DEPLOYD_WEBHOOK_TIMEOUT")]
+    webhook_timeout: Option<HumanDuration>,
+    /// Webhook attempts in flight at once (default 64).
+    #[arg(long, env = "DEPLOYD_WEBHOOK_CONCURRENCY")]
+    webhook_concurrency: Option<usize>,
+    /// Webhook attempts in flight at once to one subscription (default 8).
+    #[arg(long, env = "DEPLOYD_WEBHOOK_CONCURRENCY_PER_SUBSCRIPTION")]
+    webhook_concurrency_per_subscription: Option<usize>,
 }
 
 impl ServeArgs {
@@ -105,7 +117,8 @@ impl ServeArgs {
             ($($field:ident),*) => { $( if self.$field.is_some() { s.$field = self.$field; } )* };
         }
         take!(listen, data_dir, dev, require_idempotency_key, rate_limit, rate_limit_burst, request_timeout, lease);
-        take!(poll_interval, max_concurrent_deployments);
+        take!(poll_interval, max_concurrent_deployments, webhook_retry_schedule, webhook_timeout, webhook_concurrency);
+        take!(webhook_concurrency_per_subscription);
         take_opt!(database_url, jwt_hs256_secret, jwt_eddsa_public_key, jwt_issuer, jwt_audience, bootstrap_admin_key);
         Ok(s)
     }

@@ -1,0 +1,4 @@
+//! Webhooks: the `/v1/webhooks` endpoints ([`api`]) and the dispatcher that delivers the outbox ([`dispatch`]).
+
+pub(crate) mod api;
+pub(crate) mod dispatch;
