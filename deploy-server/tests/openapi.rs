@@ -41,6 +41,12 @@ fn every_endpoint_of_the_contract_is_described() {
         ("get", "/v1/api-keys"),
         ("delete", "/v1/api-keys/{id}"),
         ("get", "/v1/audit"),
+        ("post", "/v1/webhooks"),
+        ("get", "/v1/webhooks"),
+        ("get", "/v1/webhooks/{id}"),
+        ("delete", "/v1/webhooks/{id}"),
+        ("get", "/v1/webhooks/{id}/deliveries"),
+        ("post", "/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver"),
         ("get", "/healthz"),
         ("get", "/readyz"),
         ("get", "/metrics"),
@@ -92,6 +98,15 @@ async fn schemas_describe_every_field_the_server_sends() {
     assert_described(&doc, "Event", &events["items"][0]);
     let key = s.post("/v1/api-keys", ADMIN, json!({"name": "doc", "role": "viewer"})).await.body;
     assert_described(&doc, "ApiKey", &key);
+    let hook = s.post("/v1/webhooks", ADMIN, json!({"url": "http://127.0.0.1:9/hook"})).await.body;
+    assert_described(&doc, "Webhook", &hook);
+    let hooks = s.get("/v1/webhooks", ADMIN).await.body;
+    assert_described(&doc, "WebhookList", &hooks);
+    s.post("/v1/deployments", ADMIN, deploy("prod", "3.0")).await;
+    let path = format!("/v1/webhooks/{}/deliveries", hook["id"].as_str().unwrap());
+    let deliveries = s.get(&path, ADMIN).await.body;
+    assert_described(&doc, "DeliveryList", &deliveries);
+    assert_described(&doc, "Delivery", &deliveries["items"][0]);
     let audit = s.get("/v1/audit", ADMIN).await.body;
     assert_described(&doc, "AuditList", &audit);
     assert_described(&doc, "AuditEntry", &audit["items"][0]);

@@ -13,15 +13,22 @@ use tokio::process::{Child, Command};
 
 const ADMIN: &str = "dk_restartrestartrestartrestartrestartrestart0";
 
+#[path = "common/receiver.rs"]
+mod receiver;
+
 struct Deployd {
     child: Child,
     base: String,
 }
 
 async fn spawn(data_dir: &Path) -> Deployd {
+    spawn_args(data_dir, &[]).await
+}
+
+async fn spawn_args(data_dir: &Path, extra: &[&str]) -> Deployd {
     let args = ["serve", "--dev", "--listen", "127.0.0.1:0", "--lease", "1s", "--poll-interval", "50ms", "--data-dir"];
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_deployd"));
-    cmd.args(args).arg(data_dir).env("DEPLOYD_BOOTSTRAP_ADMIN_KEY", ADMIN);
+    cmd.args(args).arg(data_dir).args(extra).env("DEPLOYD_BOOTSTRAP_ADMIN_KEY", ADMIN);
     spawn_with(cmd).await.0
 }
 
@@ -115,6 +122,58 @@ async fn sigkill_mid_rollout_then_restart_finishes_the_deployment() {
     first.child.kill().await.unwrap(); // SIGKILL
     let second = spawn(&dir).await;
     check_finished(&http, &second, &id).await;
+    drop(second);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_deliveries_pending_at_sigkill_are_delivered_after_restart() {
+    let dir = temp_dir("sigkill-webhooks");
+    let http = reqwest::Client::new();
+    let schedule = vec!["200ms"; 100].join(",");
+    let extra = ["--webhook-retry-schedule", schedule.as_str()];
+    let mut receiver = receiver::Receiver::down().await;
+    let mut first = spawn_args(&dir, &extra).await;
+    let sub = call(
+        &http,
+        reqwest::Method::POST,
+        format!("{}/v1/webhooks", first.base),
+        Some(json!({"url": receiver.url(), "events": ["*"]})),
+    )
+    .await;
+    receiver.set_secret(sub["secret"].as_str().unwrap());
+    let sub = sub["id"].as_str().unwrap().to_owned();
+    let id = setup(&http, &first).await;
+    wait_for(&http, &first, &id, |v| v["summary"]["succeeded"].as_u64().unwrap_or(0) >= 1).await;
+    let before = call(&http, reqwest::Method::GET, format!("{}/v1/webhooks/{sub}/deliveries", first.base), None).await;
+    assert!(before["items"].as_array().unwrap().iter().all(|d| d["status"] == "pending"), "the receiver is down");
+    first.child.kill().await.unwrap(); // SIGKILL
+
+    receiver.up(receiver::Mode::Status(204)).await;
+    let second = spawn_args(&dir, &extra).await;
+    check_finished(&http, &second, &id).await;
+    let events =
+        call(&http, reqwest::Method::GET, format!("{}/v1/deployments/{id}/events?limit=500", second.base), None).await;
+    let events = events["items"].as_array().unwrap().len();
+    let mut items = Vec::new();
+    for _ in 0..600 {
+        let page =
+            call(&http, reqwest::Method::GET, format!("{}/v1/webhooks/{sub}/deliveries?limit=500", second.base), None)
+                .await;
+        items = page["items"].as_array().unwrap().clone();
+        if items.len() == events && items.iter().all(|d| d["status"] == "delivered") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(items.len(), events, "one delivery per event, across the crash");
+    assert!(items.iter().all(|d| d["status"] == "delivered"), "{items:#?}");
+    let log = receiver.log();
+    assert!(log.iter().all(|r| r.event.is_some()), "every delivery verifies");
+    for d in &items {
+        let delivered = log.iter().filter(|r| r.id == d["id"].as_str().unwrap() && r.answered == Some(204)).count();
+        assert_eq!(delivered, 1, "{d}");
+    }
     drop(second);
     std::fs::remove_dir_all(&dir).unwrap();
 }

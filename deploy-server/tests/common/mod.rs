@@ -14,6 +14,8 @@ pub(crate) const ADMIN: &str = "dk_adminadminadminadminadminadminadminadmin012";
 
 pub(crate) use deploy_testkit::fixtures::temp_dir;
 
+pub(crate) mod receiver;
+
 pub(crate) fn settings(tag: &str) -> Settings {
     Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
