@@ -776,6 +776,48 @@ async fn enqueue_deliveries(
     Ok(())
 }
 
+/// Rows written or looked up by one statement.
+const ROWS_PER_STATEMENT: usize = 200;
+
+/// `$first, $first+1, ...`: `n` placeholders.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+
+/// Writes the state of several deliveries in one statement per chunk, making them claimable again.
+async fn write_deliveries(conn: &mut AnyConnection, deliveries: &[WebhookDelivery]) -> Result<(), StoreError> {
+    for chunk in deliveries.chunks(ROWS_PER_STATEMENT) {
+        let values = (0..chunk.len())
+            .map(|i| {
+                let p = 4 * i;
+                format!(
+                    "(CAST(${} AS TEXT), CAST(${} AS TEXT), CAST(${} AS BIGINT), CAST(${} AS BIGINT))",
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "WITH v (id, doc, pending, due) AS (VALUES {values}) \
+             UPDATE deploy_deliveries SET doc = v.doc, pending = v.pending, due = v.due, hidden_until = NULL \
+             FROM v WHERE deploy_deliveries.id = v.id"
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for d in chunk {
+            q = q
+                .bind(d.id.clone())
+                .bind(to_json(d)?)
+                .bind(i64::from(d.status == DeliveryStatus::Pending))
+                .bind(d.next_attempt_at.map(ms));
+        }
+        q.execute(&mut *conn).await.map_err(unavailable)?;
+    }
+    Ok(())
+}
+
 /// Writes a delivery's state (document, pending flag, due time) and makes it claimable again.
 async fn write_delivery(conn: &mut AnyConnection, d: &WebhookDelivery) -> Result<(), StoreError> {
     sqlx::query("UPDATE deploy_deliveries SET doc = $1, pending = $2, due = $3, hidden_until = NULL WHERE id = $4")
@@ -1614,52 +1656,78 @@ impl Store for SqlStore {
         let mut tx = self.begin().await?;
         let lock = match self.backend {
             Backend::Sqlite => "",
-            Backend::Postgres => " FOR UPDATE OF d SKIP LOCKED",
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
         };
-        // Due deliveries ranked per subscription, oldest due first; a subscription's deliveries still claimed by a
-        // dispatcher (hidden, pending) use up its share.
-        let sql = format!(
-            "WITH busy AS (SELECT subscription_id, COUNT(*) AS n FROM deploy_deliveries \
-                           WHERE pending = 1 AND hidden_until > $1 GROUP BY subscription_id), \
-                  ranked AS (SELECT id, subscription_id, ROW_NUMBER() OVER \
-                               (PARTITION BY subscription_id ORDER BY due, id) AS rn FROM deploy_deliveries \
-                             WHERE pending = 1 AND (due IS NULL OR due <= $1) \
-                               AND (hidden_until IS NULL OR hidden_until <= $1)) \
-             SELECT d.id, d.doc, w.doc AS sub, w.secret FROM deploy_deliveries d \
-             JOIN deploy_webhooks w ON w.id = d.subscription_id \
-             WHERE d.id IN (SELECT r.id FROM ranked r LEFT JOIN busy b ON b.subscription_id = r.subscription_id \
-                            WHERE r.rn + COALESCE(b.n, 0) <= $3) \
-               AND d.pending = 1 AND (d.hidden_until IS NULL OR d.hidden_until <= $1) \
-             ORDER BY d.due, d.id LIMIT $2{lock}"
-        );
-        let rows = sqlx::query(AssertSqlSafe(sql))
-            .bind(ms(now))
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .bind(i64::try_from(per_subscription).unwrap_or(i64::MAX))
+        let subscriptions = sqlx::query("SELECT doc, secret FROM deploy_webhooks ORDER BY id")
             .fetch_all(&mut *tx)
             .await
             .map_err(unavailable)?;
-        let hidden = ms(deploy_core::add_duration(now, lease));
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let mut sub: WebhookSubscription = from_json("webhook", &get::<String>(r, "sub")?)?;
-            let mut delivery: WebhookDelivery = from_json("delivery", &get::<String>(r, "doc")?)?;
+        let cap = i64::try_from(per_subscription).unwrap_or(i64::MAX);
+        let due_sql = format!(
+            "SELECT doc FROM deploy_deliveries WHERE subscription_id = $1 AND pending = 1 AND due <= $2 \
+             AND (hidden_until IS NULL OR hidden_until <= $2) ORDER BY due, id LIMIT $3{lock}"
+        );
+        let mut candidates = Vec::new();
+        for row in &subscriptions {
+            let mut sub: WebhookSubscription = from_json("webhook", &get::<String>(row, "doc")?)?;
             if !sub.active {
-                delivery.fail_disabled();
-                write_delivery(&mut tx, &delivery).await?;
+                // Deliveries that raced with the 410 that disabled it: they fail too.
+                let stale = sqlx::query("SELECT doc FROM deploy_deliveries WHERE subscription_id = $1 AND pending = 1")
+                    .bind(sub.id.to_string())
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+                for r in &stale {
+                    let mut d: WebhookDelivery = from_json("delivery", &get::<String>(r, "doc")?)?;
+                    d.fail_disabled();
+                    write_delivery(&mut tx, &d).await?;
+                }
                 continue;
             }
-            sub.secret = get(r, "secret")?;
-            sqlx::query("UPDATE deploy_deliveries SET hidden_until = $1 WHERE id = $2")
-                .bind(hidden)
-                .bind(&delivery.id)
-                .execute(&mut *tx)
+            // Its share: the cap less what dispatchers hold now.
+            let busy = sqlx::query(
+                "SELECT COUNT(*) AS n FROM deploy_deliveries WHERE subscription_id = $1 AND pending = 1 \
+                 AND hidden_until > $2",
+            )
+            .bind(sub.id.to_string())
+            .bind(ms(now))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+            let free = cap.saturating_sub(get::<i64>(&busy, "n")?);
+            if free <= 0 {
+                continue;
+            }
+            sub.secret = get(row, "secret")?;
+            let rows = sqlx::query(AssertSqlSafe(due_sql.clone()))
+                .bind(sub.id.to_string())
+                .bind(ms(now))
+                .bind(free.min(i64::try_from(limit).unwrap_or(i64::MAX)))
+                .fetch_all(&mut *tx)
                 .await
                 .map_err(unavailable)?;
-            out.push((delivery, sub));
+            for r in &rows {
+                let delivery: WebhookDelivery = from_json("delivery", &get::<String>(r, "doc")?)?;
+                candidates.push((delivery, sub.clone()));
+            }
+        }
+        // The oldest due first, across subscriptions.
+        candidates.sort_by(|(a, _), (b, _)| (a.next_attempt_at, &a.id).cmp(&(b.next_attempt_at, &b.id)));
+        candidates.truncate(limit);
+        let hidden = ms(deploy_core::add_duration(now, lease));
+        for chunk in candidates.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "UPDATE deploy_deliveries SET hidden_until = $1 WHERE id IN ({})",
+                placeholders(2, chunk.len())
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(hidden);
+            for (delivery, _) in chunk {
+                q = q.bind(&delivery.id);
+            }
+            q.execute(&mut *tx).await.map_err(unavailable)?;
         }
         tx.commit().await.map_err(unavailable)?;
-        Ok(out)
+        Ok(candidates)
     }
 
     async fn complete_deliveries(
@@ -1671,23 +1739,35 @@ impl Store for SqlStore {
             return Ok(());
         }
         let mut tx = self.begin().await?;
-        let select = format!("SELECT doc FROM deploy_deliveries WHERE id = $1{}", self.backend.for_update());
-        for (id, outcome) in outcomes {
-            let row = sqlx::query(AssertSqlSafe(select.clone()))
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-            let Some(row) = row else { continue };
-            let mut d: WebhookDelivery = from_json("delivery", &get::<String>(&row, "doc")?)?;
-            if d.status != DeliveryStatus::Pending {
-                // Another dispatcher finished it after this one's lease lapsed: its outcome stands.
-                continue;
+        for chunk in outcomes.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "SELECT id, doc FROM deploy_deliveries WHERE id IN ({}){}",
+                placeholders(1, chunk.len()),
+                self.backend.for_update()
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for (id, _) in chunk {
+                q = q.bind(id);
             }
-            let disable = d.record_attempt(outcome.clone(), now);
-            write_delivery(&mut tx, &d).await?;
-            if disable {
-                self.disable_subscription(&mut tx, d.subscription_id).await?;
+            let rows = q.fetch_all(&mut *tx).await.map_err(unavailable)?;
+            let mut stored: std::collections::HashMap<String, WebhookDelivery> = std::collections::HashMap::new();
+            for row in &rows {
+                stored.insert(get(row, "id")?, from_json("delivery", &get::<String>(row, "doc")?)?);
+            }
+            let mut changed = Vec::with_capacity(chunk.len());
+            let mut gone = Vec::new();
+            for (id, outcome) in chunk {
+                // Unknown (its subscription was deleted) or no longer pending (another dispatcher finished it after
+                // this one's lease lapsed): ignored.
+                let Some(d) = stored.get_mut(id).filter(|d| d.status == DeliveryStatus::Pending) else { continue };
+                if d.record_attempt(outcome.clone(), now) {
+                    gone.push(d.subscription_id);
+                }
+                changed.push(d.clone());
+            }
+            write_deliveries(&mut tx, &changed).await?;
+            for subscription in gone {
+                self.disable_subscription(&mut tx, subscription).await?;
             }
         }
         tx.commit().await.map_err(unavailable)

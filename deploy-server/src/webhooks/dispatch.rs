@@ -10,14 +10,15 @@
 //! - **Outcomes**: 2xx is delivered; 410 disables the subscription; anything else, a timeout or a connection error is
 //!   retried on the [`RetrySchedule`] (jittered; a longer `Retry-After` wins), then given up. Redirects are not
 //!   followed.
-//! - Outcomes are written in batches, one transaction for everything that finished since the last write.
+//! - Outcomes are written in batches, one transaction for everything that finished since the last write, by the same
+//!   task that claims (never both at once).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use deploy_core::{Clock, DeliveryOutcome, RetrySchedule, ShutdownSignal, Store, WebhookDelivery, WebhookSubscription};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use crate::metrics::Metrics;
@@ -111,29 +112,37 @@ impl Dispatcher {
 
     /// Dispatches until `shutdown` fires, then lets the attempts in flight finish (each is bounded by the timeout)
     /// and records their outcomes.
+    ///
+    /// One task claims and records, one after the other: on SQLite both take the write lock, and taking it from two
+    /// tasks at once would leave one in SQLite's busy handler.
     pub async fn run(self, mut shutdown: ShutdownSignal) {
         let this = Arc::new(self);
-        let (done_tx, done_rx) = mpsc::unbounded_channel();
-        let writer = tokio::spawn(Arc::clone(&this).write_outcomes(done_rx));
-        let mut in_flight: JoinSet<()> = JoinSet::new();
+        let mut in_flight: JoinSet<(String, DeliveryOutcome)> = JoinSet::new();
+        let mut finished: Vec<(String, DeliveryOutcome)> = Vec::new();
+        let mut failed_writes = 0u32;
         let concurrency = this.config.concurrency.max(1);
         // A claim costs a transaction: take one when a quarter of the slots are free, or when nothing is in flight.
         let claim_at = (concurrency / 4).max(1);
         let lease = this.config.timeout + Duration::from_secs(5);
         loop {
+            while let Some(done) = in_flight.try_join_next() {
+                finished.extend(done.ok());
+            }
+            if !finished.is_empty() {
+                this.record(&mut finished, &mut failed_writes).await;
+            }
             let free = concurrency.saturating_sub(in_flight.len());
             let mut full_batch = false;
-            if free >= claim_at || in_flight.is_empty() {
+            if !shutdown.is_fired() && (free >= claim_at || in_flight.is_empty()) {
                 let now = this.clock.now();
                 match this.store.claim_deliveries(now, free, this.config.per_subscription.max(1), lease).await {
                     Ok(batch) => {
                         full_batch = batch.len() == free && free > 0;
                         for (delivery, subscription) in batch {
                             let this = Arc::clone(&this);
-                            let done = done_tx.clone();
                             in_flight.spawn(async move {
                                 let outcome = this.attempt(&delivery, &subscription).await;
-                                let _ = done.send((delivery.id, outcome));
+                                (delivery.id, outcome)
                             });
                         }
                     }
@@ -143,39 +152,38 @@ impl Dispatcher {
             if full_batch && in_flight.len() < concurrency {
                 continue;
             }
+            if shutdown.is_fired() && in_flight.is_empty() && finished.is_empty() {
+                break;
+            }
             tokio::select! {
-                () = shutdown.fired() => break,
-                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+                () = shutdown.fired(), if !shutdown.is_fired() => {}
+                Some(done) = in_flight.join_next(), if !in_flight.is_empty() => finished.extend(done.ok()),
                 () = this.wake.notified() => {}
                 () = tokio::time::sleep(this.config.poll_interval) => {}
             }
         }
-        while in_flight.join_next().await.is_some() {}
-        drop(done_tx);
-        let _ = writer.await;
     }
 
-    /// Writes outcomes as they arrive, everything that is waiting in one transaction. A write that keeps failing is
-    /// dropped: the claims lapse and those deliveries are attempted again (at least once, never lost).
-    async fn write_outcomes(self: Arc<Self>, mut done: mpsc::UnboundedReceiver<(String, DeliveryOutcome)>) {
-        let mut batch = Vec::new();
-        while done.recv_many(&mut batch, 512).await > 0 {
-            let mut backoff = Duration::from_millis(50);
-            for attempt in 1..=5 {
-                match self.store.complete_deliveries(&batch, self.clock.now()).await {
-                    Ok(()) => break,
-                    Err(e) if attempt == 5 => {
-                        tracing::error!(error = %e, deliveries = batch.len(), "cannot record webhook outcomes; they \
-                                        will be attempted again when their claims lapse");
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot record webhook outcomes yet; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff *= 2;
-                    }
+    /// Writes the outcomes that finished, in one transaction. After five failed writes in a row they are dropped: the
+    /// claims lapse and those deliveries are attempted again (at least once, never lost).
+    async fn record(&self, finished: &mut Vec<(String, DeliveryOutcome)>, failed_writes: &mut u32) {
+        match self.store.complete_deliveries(finished, self.clock.now()).await {
+            Ok(()) => {
+                finished.clear();
+                *failed_writes = 0;
+            }
+            Err(e) => {
+                *failed_writes += 1;
+                if *failed_writes >= 5 {
+                    tracing::error!(error = %e, deliveries = finished.len(), "cannot record webhook outcomes; they \
+                                    will be attempted again when their claims lapse");
+                    finished.clear();
+                    *failed_writes = 0;
+                } else {
+                    tracing::warn!(error = %e, "cannot record webhook outcomes yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(50 << *failed_writes)).await;
                 }
             }
-            batch.clear();
         }
     }
 

@@ -1,0 +1,197 @@
+//! Webhook deliveries per second to a receiver on loopback, beside the same number of plain POSTs of the same body in
+//! the same run:
+//! - **plain**: unsigned `POST`s from one `reqwest` client, 64 at a time, nothing stored;
+//! - **outbox**: the [`deploy_server::Dispatcher`] over a durable SQLite store: claim from the outbox, sign (Standard
+//!   Webhooks), send 64 at a time, record each outcome; timed until every outcome is written.
+//!
+//! Also reported: the dispatcher with its default cap of 8 in flight per subscription (one receiver gets 8 at a time).
+//!
+//! `cargo bench -p deploy-benches --bench webhooks` (optionally `WEBHOOK_DELIVERIES=5000`; `WEBHOOK_STORE_ONLY=1` also
+//! times the store alone: claim 64, record them delivered, repeat, with no HTTP).
+
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::post;
+use deploy_core::{
+    Acceptance, DeploymentDraft, DeploymentId, DeploymentRequest, EnvironmentName, PageRequest, Principal, Store,
+    SystemClock, TargetPlan, WebhookSubscription,
+};
+use deploy_server::{Dispatcher, DispatcherConfig};
+use deploy_sql::SqlStore;
+
+const CONCURRENCY: usize = 64;
+
+/// A receiver answering 204 and counting.
+async fn receiver() -> (String, Arc<AtomicUsize>) {
+    let count = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&count);
+    let app = Router::new().route(
+        "/hook",
+        post(move |_body: axum::body::Bytes| {
+            let counter = Arc::clone(&counter);
+            async move {
+                counter.fetch_add(1, Ordering::Relaxed);
+                StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}/hook"), count)
+}
+
+fn acceptance(env: &str, version: usize) -> Acceptance {
+    let spec = DeploymentRequest {
+        environment: env.into(),
+        service: "checkout".into(),
+        version: format!("2.{version}"),
+        ..Default::default()
+    }
+    .validate()
+    .unwrap();
+    Acceptance {
+        draft: DeploymentDraft {
+            id: DeploymentId::new(),
+            spec,
+            created_by: Principal::system("bench").id().to_owned(),
+            plan: TargetPlan::FromSpec,
+            rollback_of: None,
+        },
+        idempotency: None,
+        expected_revision: None,
+        now: time::OffsetDateTime::now_utc(),
+    }
+}
+
+/// A fresh SQLite store with one subscription to `url` and `n` pending deliveries (one per accepted deployment).
+async fn outbox(url: &str, n: usize) -> (Arc<SqlStore>, String) {
+    let dir = std::env::temp_dir().join(format!("deploy-bench-webhooks-{}", uuid::Uuid::now_v7().simple()));
+    let store = Arc::new(SqlStore::sqlite(&dir).await.unwrap());
+    let env = EnvironmentName::new("prod").unwrap();
+    store.put_environment(&env, deploy_benches::fleet(4), None, time::OffsetDateTime::now_utc()).await.unwrap();
+    let sub = store
+        .create_webhook(WebhookSubscription {
+            id: uuid::Uuid::now_v7(),
+            url: url.to_owned(),
+            events: vec!["deployment.*".into()],
+            environments: vec![],
+            active: true,
+            disabled_reason: None,
+            created_at: time::OffsetDateTime::now_utc(),
+            secret: deploy_server::generate_secret().unwrap(),
+        })
+        .await
+        .unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..16 {
+        let store = Arc::clone(&store);
+        tasks.spawn(async move {
+            for i in (worker..n).step_by(16) {
+                store.accept(acceptance("prod", i)).await.unwrap();
+            }
+        });
+    }
+    tasks.join_all().await;
+    let page = store.list_deliveries(sub.id, &PageRequest { limit: 1, cursor: None }).await.unwrap();
+    let body = serde_json::to_string(&page.items[0].payload).unwrap();
+    (store, body)
+}
+
+/// Delivers everything in the outbox; the time until every outcome is recorded.
+async fn dispatch(store: Arc<SqlStore>, count: &AtomicUsize, n: usize, per_subscription: usize) -> Duration {
+    let start = count.load(Ordering::Relaxed);
+    let config = DispatcherConfig { concurrency: CONCURRENCY, per_subscription, ..DispatcherConfig::default() };
+    let dispatcher = Dispatcher::new(store as Arc<dyn Store>, Arc::new(SystemClock), config).unwrap();
+    let (trigger, signal) = deploy_core::ShutdownSignal::new();
+    let began = Instant::now();
+    let task = tokio::spawn(dispatcher.run(signal));
+    while count.load(Ordering::Relaxed) - start < n {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    trigger.fire();
+    task.await.unwrap();
+    began.elapsed()
+}
+
+/// `n` plain POSTs of `body`, `concurrency` at a time.
+async fn plain(url: &str, body: &str, n: usize, concurrency: usize) -> Duration {
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let next = Arc::new(AtomicUsize::new(0));
+    let began = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let (client, next, url, body) = (client.clone(), Arc::clone(&next), url.to_owned(), body.to_owned());
+        tasks.spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < n {
+                let r = client.post(&url).header("content-type", "application/json").body(body.clone()).send().await;
+                assert!(r.unwrap().status().is_success());
+            }
+        });
+    }
+    tasks.join_all().await;
+    began.elapsed()
+}
+
+fn main() {
+    let n: usize = std::env::var("WEBHOOK_DELIVERIES").ok().and_then(|v| v.parse().ok()).unwrap_or(5000);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let (url, count) = receiver().await;
+        let (store, body) = outbox(&url, n).await;
+        if std::env::var("WEBHOOK_STORE_ONLY").is_ok() {
+            let (s2, _) = outbox(&url, n).await;
+            let began = Instant::now();
+            let (mut claim_t, mut complete_t, mut rounds) = (Duration::ZERO, Duration::ZERO, 0);
+            loop {
+                let t = Instant::now();
+                let batch = s2
+                    .claim_deliveries(time::OffsetDateTime::now_utc(), 64, 64, Duration::from_secs(30))
+                    .await
+                    .unwrap();
+                claim_t += t.elapsed();
+                if batch.is_empty() {
+                    break;
+                }
+                let outcomes: Vec<_> = batch
+                    .iter()
+                    .map(|(d, _)| (d.id.clone(), deploy_core::DeliveryOutcome::Delivered { status_code: 204 }))
+                    .collect();
+                let t = Instant::now();
+                s2.complete_deliveries(&outcomes, time::OffsetDateTime::now_utc()).await.unwrap();
+                complete_t += t.elapsed();
+                rounds += 1;
+            }
+            println!(
+                "store only: {:?} total, {rounds} rounds, claims {claim_t:?}, completes {complete_t:?}",
+                began.elapsed()
+            );
+        }
+        let (default_store, _) = outbox(&url, n).await;
+        println!("{n} deliveries of {} bytes to a receiver on loopback", body.len());
+        let rate = |d: Duration| n as f64 / d.as_secs_f64();
+        // Warm the receiver and the client's connections, then alternate so neither side gets the quieter moment.
+        plain(&url, &body, 500, CONCURRENCY).await;
+        let baseline = plain(&url, &body, n, CONCURRENCY).await;
+        let ours = dispatch(store, &count, n, CONCURRENCY).await;
+        let baseline_8 = plain(&url, &body, n, 8).await;
+        let ours_8 = dispatch(default_store, &count, n, 8).await;
+        println!("plain POSTs, {CONCURRENCY} at a time          {:>9.0}/s", rate(baseline));
+        println!("signed from the outbox, {CONCURRENCY} at a time  {:>9.0}/s", rate(ours));
+        println!("  ratio                               {:>8.0}% of plain", 100.0 * rate(ours) / rate(baseline));
+        println!("plain POSTs, 8 at a time              {:>9.0}/s", rate(baseline_8));
+        println!("signed from the outbox, 8 per subscription {:>4.0}/s", rate(ours_8));
+        println!("  ratio                               {:>8.0}% of plain", 100.0 * rate(ours_8) / rate(baseline_8));
+        for entry in std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().starts_with("deploy-bench-webhooks-") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    });
+}
