@@ -13,6 +13,8 @@ use tokio::process::{Child, Command};
 
 const ADMIN: &str = "dk_restartrestartrestartrestartrestartrestart0";
 
+#[path = "common/pg.rs"]
+mod pg;
 #[path = "common/receiver.rs"]
 mod receiver;
 
@@ -289,23 +291,9 @@ async fn bad_settings_stop_deployd_with_a_clear_message() {
 }
 
 /// A fresh PostgreSQL database for one test, or `None` (said) without `DEPLOY_TEST_PG_URL`.
-async fn postgres_url(test: &str) -> Option<String> {
-    let Ok(base) = std::env::var("DEPLOY_TEST_PG_URL") else {
-        eprintln!("skipped {test}: DEPLOY_TEST_PG_URL is not set");
-        return None;
-    };
-    sqlx::any::install_default_drivers();
-    let admin = sqlx::any::AnyPoolOptions::new().max_connections(1).connect(&base).await.unwrap();
-    let name = format!("deploy_test_{}", uuid::Uuid::now_v7().simple());
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.unwrap();
-    admin.close().await;
-    let (prefix, _) = base.rsplit_once('/').expect("a URL ending in /database");
-    Some(format!("{prefix}/{name}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_postgresql_a_replica_killed_mid_rollout_is_replaced_by_another() {
-    let Some(url) = postgres_url("on_postgresql_a_replica_killed_mid_rollout_is_replaced_by_another").await else {
+    let Some(url) = pg::postgres_url("on_postgresql_a_replica_killed_mid_rollout_is_replaced_by_another").await else {
         return;
     };
     let dir = temp_dir("pg");

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::receiver::{Mode, Receiver};
-use common::{ADMIN, Server, deploy, settings};
+use common::{ADMIN, Server, deploy, pg, settings, temp_dir};
 use deploy_core::HumanDuration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -286,4 +286,49 @@ async fn a_dead_receiver_does_not_hold_up_a_healthy_one() {
     );
     assert!((1..=2).contains(&dead.hanging()), "{} requests held open", dead.hanging());
     assert_eq!(dead.log().len(), dead.hanging(), "only its share was ever attempted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgresql_two_replicas_attempt_each_delivery_once_at_a_time() {
+    let Some(url) = pg::postgres_url("on_postgresql_two_replicas_attempt_each_delivery_once_at_a_time").await else {
+        return;
+    };
+    let dir = temp_dir("wh-pg");
+    let replica = |tag: &str| deploy_server::Settings {
+        database_url: Some(url.clone()),
+        data_dir: dir.clone(), // the sim executor's state: shared, as the targets would be
+        webhook_retry_schedule: fast_schedule(),
+        ..settings(tag)
+    };
+    let a = Server::with(replica("wh-pg-a")).await;
+    let b = Server::with(replica("wh-pg-b")).await;
+    // Each request is held a while, so two replicas attempting one delivery at once would overlap at the receiver.
+    let mut receiver = Receiver::down().await;
+    let (sub, _) = subscribe(&a, &receiver, &["*"], &[]).await;
+    receiver.up(Mode::Slow(500, 30)).await;
+    let mut ids = Vec::new();
+    for env in ["pg-a", "pg-b", "pg-c"] {
+        a.sim_env(env, 2, "queue", json!({})).await;
+        for v in ["2.0", "3.0"] {
+            let via = if ids.len() % 2 == 0 { &a } else { &b };
+            ids.push(via.post("/v1/deployments", ADMIN, deploy(env, v)).await.body["id"].as_str().unwrap().to_owned());
+        }
+    }
+    let mut events = 0;
+    for id in &ids {
+        b.wait_terminal(id).await;
+        events += events_of(&b, id).await.len();
+    }
+    receiver.set_mode(Mode::Slow(204, 30));
+    let items = wait_deliveries(&b, &sub, events, delivered).await;
+    assert_eq!(items.len(), events);
+    assert_eq!(receiver.overlaps(), 0, "no delivery was attempted by two replicas at once");
+    let log = receiver.log();
+    for d in &items {
+        let successes = log.iter().filter(|r| r.id == d["id"].as_str().unwrap() && r.answered == Some(204)).count();
+        assert_eq!(successes, 1, "{d}");
+    }
+    assert!(log.iter().any(|r| r.answered == Some(500)), "retries happened");
+    drop(a);
+    drop(b);
 }

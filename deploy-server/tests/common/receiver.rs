@@ -20,6 +20,8 @@ pub(crate) enum Mode {
     Status(u16),
     /// Never answers (the request hangs until the sender gives up).
     Hang,
+    /// This status after holding the request this many milliseconds.
+    Slow(u16, u64),
 }
 
 /// One request received.
@@ -37,6 +39,9 @@ struct Shared {
     mode: Mutex<Option<Mode>>,
     log: Mutex<Vec<Received>>,
     hanging: Mutex<usize>,
+    /// Delivery ids being received right now, and how often one arrived while it was already being received.
+    active: Mutex<std::collections::HashSet<String>>,
+    overlaps: Mutex<usize>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -96,6 +101,11 @@ impl Receiver {
         lock(&self.shared.log).clone()
     }
 
+    /// How many times a delivery arrived while the same delivery was still being received.
+    pub(crate) fn overlaps(&self) -> usize {
+        *lock(&self.shared.overlaps)
+    }
+
     /// Requests being held open right now.
     pub(crate) fn hanging(&self) -> usize {
         *lock(&self.shared.hanging)
@@ -116,11 +126,19 @@ async fn hook(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
     let id = headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     let mode = lock(&shared.mode).unwrap_or(Mode::Status(204));
     let answered = match mode {
-        Mode::Status(code) => Some(code),
+        Mode::Status(code) | Mode::Slow(code, _) => Some(code),
         Mode::Hang => None,
     };
+    if !lock(&shared.active).insert(id.clone()) {
+        *lock(&shared.overlaps) += 1;
+    }
+    let _active = ActiveGuard(Arc::clone(&shared), id.clone());
     lock(&shared.log).push(Received { id, event, body: String::from_utf8_lossy(&body).into_owned(), answered });
     match mode {
+        Mode::Slow(code, ms) => {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            StatusCode::from_u16(code).unwrap().into_response()
+        }
         Mode::Status(code) => {
             let status = StatusCode::from_u16(code).unwrap();
             let mut r = status.into_response();
@@ -143,5 +161,13 @@ struct HangGuard(Arc<Shared>);
 impl Drop for HangGuard {
     fn drop(&mut self) {
         *lock(&self.0.hanging) -= 1;
+    }
+}
+
+struct ActiveGuard(Arc<Shared>, String);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        lock(&self.0.active).remove(&self.1);
     }
 }
