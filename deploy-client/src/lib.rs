@@ -1,7 +1,36 @@
 //! # deploy-client
 //!
-//! Talking to `deployd`. For now: [`webhooks`], the receiver side of its signed webhook deliveries, so a team can
-//! write a receiver in a few lines and trust what it gets.
+//! The typed async client of the Deployment API (`deployd`), and the receiver side of its webhooks.
+//!
+//! - [`Client`]: every endpoint of the contract with `deploy-core`'s types. Submissions and rollbacks carry an
+//!   idempotency key that every retry reuses, so a retry after a lost answer never deploys twice. Failed calls are
+//!   retried with backoff and jitter on connection errors, timeouts, 5xx and 429 ([`RetryPolicy`]), honouring
+//!   `Retry-After`, never on other 4xx. [`Client::wait`] polls to the end; [`Client::watch`] streams events over SSE
+//!   and resumes after a dropped connection without losing or repeating one; listings are [`futures::Stream`]s too.
+//! - [`Error`]: transport, timeout, or the server's [`Problem`] (RFC 9457), to match on.
+//! - [`webhooks`]: verify a delivery's Standard Webhooks signature and timestamp in one call.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), deploy_client::Error> {
+//! use futures::StreamExt as _;
+//!
+//! let client = deploy_client::Client::builder("http://127.0.0.1:8080").token("dk_...").build()?;
+//! let request = deploy_core::DeploymentRequest {
+//!     environment: "prod".into(),
+//!     service: "checkout".into(),
+//!     version: "2.0.1".into(),
+//!     ..Default::default()
+//! };
+//! let submitted = client.submit(&request, Default::default()).await?;
+//! let mut events = std::pin::pin!(client.watch(submitted.deployment.id(), 0));
+//! while let Some(event) = events.next().await {
+//!     let event = event?;
+//!     println!("{} {}", event.event_type.as_str(), event.message);
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! A webhook receiver:
 //!
 //! ```
 //! use deploy_client::webhooks::{self, WebhookEvent};
@@ -13,4 +42,13 @@
 //! }
 //! ```
 
+mod client;
+mod error;
+mod types;
 pub mod webhooks;
+
+pub use client::{Client, ClientBuilder, RetryPolicy};
+pub use error::{Error, FieldError, Problem};
+pub use types::{
+    ApiKey, AuditQuery, Delivery, DeploymentQuery, EventPage, NewWebhook, SubmitOptions, Submitted, Webhook,
+};

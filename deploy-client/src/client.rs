@@ -1,0 +1,774 @@
+//! The typed client: every endpoint of the Deployment API, with safe retries.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deploy_core::{
+    AuditEntry, Deployment, DeploymentId, DeploymentRequest, Environment, EnvironmentPattern, EnvironmentSpec, Event,
+    Page, PageRequest, Role,
+};
+use futures::stream::{BoxStream, Stream, StreamExt as _};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::error::{Error, Problem};
+use crate::types::{
+    ApiKey, AuditQuery, Delivery, DeploymentQuery, EventPage, NewWebhook, SubmitOptions, Submitted, Webhook,
+};
+
+/// How failed calls are retried: exponential backoff with jitter, at least the server's `Retry-After`.
+///
+/// Retried: connection errors, timeouts, 5xx, 429, and 409 `idempotency-key-in-flight` (the server asks for the retry,
+/// which then gets the first request's answer). Never other 4xx: the request itself is wrong. Calls that would not be
+/// safe to repeat (creating a key or a subscription) are retried only when the request never reached the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    /// The first delay; it doubles with each retry.
+    pub base_delay: Duration,
+    /// The longest delay between two attempts.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self { max_attempts: 5, base_delay: Duration::from_millis(200), max_delay: Duration::from_secs(10) }
+    }
+}
+
+impl RetryPolicy {
+    /// Never retry.
+    #[must_use]
+    pub fn none() -> Self {
+        Self { max_attempts: 1, ..Self::default() }
+    }
+
+    /// The delay before retry `n` (from 1): half fixed, half random ("equal jitter"), at least `server`.
+    fn delay(&self, n: u32, server: Option<Duration>) -> Duration {
+        let exp = self.base_delay.saturating_mul(1u32 << n.saturating_sub(1).min(16)).min(self.max_delay);
+        let half = exp / 2;
+        let half_ns = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX).max(1);
+        // The low 64 bits of a UUIDv7 are random: enough entropy for jitter without another dependency.
+        let jittered = half + Duration::from_nanos(Uuid::now_v7().as_u128() as u64 % half_ns);
+        server.map_or(jittered, |s| jittered.max(s.min(self.max_delay.max(s))))
+    }
+}
+
+/// Whether a call may be repeated after the server may have seen it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Repeat {
+    /// Reads, replacements, deletions, and creations carrying an idempotency key.
+    Safe,
+    /// Only when the request never left.
+    IfNotSent,
+}
+
+/// Builds a [`Client`].
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    base: String,
+    token: Option<String>,
+    timeout: Duration,
+    connect_timeout: Duration,
+    retry: RetryPolicy,
+}
+
+impl ClientBuilder {
+    /// The bearer token: an API key (`dk_...`) or a JWT.
+    #[must_use]
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// The longest one request may take (default 30 s). Event streams are not bounded by it.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The longest a connection may take to open (default 10 s).
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How failed calls are retried.
+    #[must_use]
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The client.
+    ///
+    /// # Errors
+    /// [`Error::Url`] when the base URL is not an absolute `http` or `https` URL; [`Error::Transport`] when the HTTP
+    /// client cannot be built.
+    pub fn build(self) -> Result<Client, Error> {
+        let url = reqwest::Url::parse(&self.base).map_err(|e| Error::Url(format!("{}: {e}", self.base)))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(Error::Url(format!("{}: use an http or https URL", self.base)));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(self.connect_timeout)
+            // Per read, so a long event stream lives while the server's keep-alive comments arrive.
+            .read_timeout(self.timeout)
+            .user_agent(concat!("deploy-client/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(Error::Transport)?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                http,
+                base: self.base.trim_end_matches('/').to_owned(),
+                token: self.token,
+                timeout: self.timeout,
+                retry: self.retry,
+            }),
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+    timeout: Duration,
+    retry: RetryPolicy,
+}
+
+/// A client of one `deployd` (or a load balancer before several). Cheap to clone.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), deploy_client::Error> {
+/// use deploy_client::{Client, SubmitOptions};
+/// use deploy_core::DeploymentRequest;
+///
+/// let client = Client::builder("http://127.0.0.1:8080").token("dk_...").build()?;
+/// let request = DeploymentRequest {
+///     environment: "prod".into(),
+///     service: "checkout".into(),
+///     version: "2.0.1".into(),
+///     ..Default::default()
+/// };
+/// // Safe to retry: the idempotency key generated here is sent again on every retry.
+/// let submitted = client.submit(&request, SubmitOptions::default()).await?;
+/// let done = client.wait(submitted.deployment.id(), std::time::Duration::from_secs(600)).await?;
+/// println!("{} is {}", done.id(), done.status());
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+/// An answer: status, headers, body.
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn json<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        serde_json::from_slice(&self.body).map_err(|e| Error::Protocol(format!("{e} in a {} answer", self.status)))
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok().map(Duration::from_secs)
+}
+
+fn retryable_status(status: StatusCode, problem: &Problem) -> bool {
+    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || problem.is("idempotency-key-in-flight")
+}
+
+fn page_query(page: &PageRequest) -> Vec<(&'static str, String)> {
+    let mut q = vec![("limit", page.limit.to_string())];
+    if let Some(c) = &page.cursor {
+        q.push(("cursor", c.clone()));
+    }
+    q
+}
+
+fn segment(raw: &str) -> Result<&str, Error> {
+    if raw.is_empty() || raw.bytes().any(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))) {
+        return Err(Error::Url(format!("{raw:?} is not a valid path segment")));
+    }
+    Ok(raw)
+}
+
+impl Client {
+    /// A builder for a client of the server at `base_url` (`http://127.0.0.1:8080`).
+    #[must_use]
+    pub fn builder(base_url: impl Into<String>) -> ClientBuilder {
+        ClientBuilder {
+            base: base_url.into(),
+            token: None,
+            timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// The base URL.
+    #[must_use]
+    pub fn base_url(&self) -> &str {
+        &self.inner.base
+    }
+
+    /// One call, retried as its [`Repeat`] allows.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&serde_json::Value>,
+        headers: &[(HeaderName, String)],
+        repeat: Repeat,
+    ) -> Result<Answer, Error> {
+        let url = format!("{}{path}", self.inner.base);
+        let retry = &self.inner.retry;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let mut req = self.inner.http.request(method.clone(), &url).timeout(self.inner.timeout).query(query);
+            if let Some(t) = &self.inner.token {
+                req = req.bearer_auth(t);
+            }
+            for (name, value) in headers {
+                let value =
+                    HeaderValue::from_str(value).map_err(|_| Error::Url(format!("header {name}: {value:?}")))?;
+                req = req.header(name, value);
+            }
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            let last = attempt >= retry.max_attempts.max(1);
+            match req.send().await {
+                Ok(resp) => {
+                    let status = resp.status();
+                    let headers = resp.headers().clone();
+                    let bytes = match resp.bytes().await {
+                        Ok(b) => b.to_vec(),
+                        Err(e) if !last && repeat == Repeat::Safe => {
+                            tracing::debug!(error = %e, attempt, "answer cut off; retrying");
+                            tokio::time::sleep(retry.delay(attempt, None)).await;
+                            continue;
+                        }
+                        Err(e) => return Err(Error::from_reqwest(e)),
+                    };
+                    let answer = Answer { status, headers, body: bytes };
+                    if status.is_success() || status == StatusCode::NOT_MODIFIED {
+                        return Ok(answer);
+                    }
+                    let mut problem: Problem = answer.json().unwrap_or_else(|_| Problem {
+                        type_uri: "about:blank".into(),
+                        title: status.canonical_reason().unwrap_or("HTTP error").to_owned(),
+                        status: status.as_u16(),
+                        detail: None,
+                        errors: Vec::new(),
+                        request_id: None,
+                        retry_after: None,
+                    });
+                    problem.request_id = answer.header("x-request-id").map(str::to_owned);
+                    problem.retry_after = retry_after(&answer.headers);
+                    if !last && repeat == Repeat::Safe && retryable_status(status, &problem) {
+                        tracing::debug!(status = status.as_u16(), attempt, "retrying");
+                        tokio::time::sleep(retry.delay(attempt, problem.retry_after)).await;
+                        continue;
+                    }
+                    return Err(Error::Problem(Box::new(problem)));
+                }
+                Err(e) => {
+                    // A connection that could not be made never reached the server: always safe to repeat.
+                    let may_retry = e.is_connect() || repeat == Repeat::Safe;
+                    if !last && may_retry {
+                        tracing::debug!(error = %e, attempt, "request failed; retrying");
+                        tokio::time::sleep(retry.delay(attempt, None)).await;
+                        continue;
+                    }
+                    return Err(Error::from_reqwest(e));
+                }
+            }
+        }
+    }
+
+    async fn get_json<T: DeserializeOwned>(&self, path: &str, query: &[(&str, String)]) -> Result<T, Error> {
+        self.call(Method::GET, path, query, None, &[], Repeat::Safe).await?.json()
+    }
+
+    // -----------------------------------------------------------------------------------------------------------
+    // Environments
+
+    /// Creates or replaces an environment; with `if_match`, only if it is still at that revision.
+    ///
+    /// # Errors
+    /// [`Error::Problem`] `precondition-failed`, `validation`, `forbidden`, ...; transport errors after retries.
+    pub async fn put_environment(
+        &self,
+        name: &str,
+        spec: &EnvironmentSpec,
+        if_match: Option<u64>,
+    ) -> Result<Environment, Error> {
+        let body = serde_json::to_value(spec).map_err(|e| Error::Protocol(e.to_string()))?;
+        let headers: Vec<(HeaderName, String)> =
+            if_match.map(|r| (reqwest::header::IF_MATCH, format!("\"{r}\""))).into_iter().collect();
+        let path = format!("/v1/environments/{}", segment(name)?);
+        self.call(Method::PUT, &path, &[], Some(&body), &headers, Repeat::Safe).await?.json()
+    }
+
+    /// An environment, with its targets' desired and actual state.
+    ///
+    /// # Errors
+    /// [`Error::Problem`] `not-found`, `forbidden`, ...
+    pub async fn get_environment(&self, name: &str) -> Result<Environment, Error> {
+        self.get_json(&format!("/v1/environments/{}", segment(name)?), &[]).await
+    }
+
+    /// One page of environments.
+    ///
+    /// # Errors
+    /// As every call.
+    pub async fn list_environments(&self, page: &PageRequest) -> Result<Page<Environment>, Error> {
+        self.get_json("/v1/environments", &page_query(page)).await
+    }
+
+    /// Every environment, page after page.
+    pub fn environments(&self) -> impl Stream<Item = Result<Environment, Error>> + Send + 'static {
+        let client = self.clone();
+        paginate(move |cursor| {
+            let client = client.clone();
+            async move { client.list_environments(&PageRequest { limit: 100, cursor }).await }
+        })
+    }
+
+    // -----------------------------------------------------------------------------------------------------------
+    // Deployments
+
+    /// Submits a deployment. The idempotency key (generated when `options` has none) is sent on every retry, so a
+    /// retry after a lost answer returns the deployment the first attempt created instead of deploying twice.
+    ///
+    /// # Errors
+    /// [`Error::Problem`] `validation`, `hardcoded-secret`, `environment-busy`, `precondition-failed`,
+    /// `idempotency-key-reuse`, ...; transport errors after retries.
+    pub async fn submit(&self, request: &DeploymentRequest, options: SubmitOptions) -> Result<Submitted, Error> {
+        let key = options.idempotency_key.unwrap_or_else(|| Uuid::now_v7().to_string());
+        let body = serde_json::to_value(request).map_err(|e| Error::Protocol(e.to_string()))?;
+        let mut headers = vec![(HeaderName::from_static("idempotency-key"), key.clone())];
+        if let Some(r) = options.if_match {
+            headers.push((reqwest::header::IF_MATCH, format!("\"{r}\"")));
+        }
+        let answer = self.call(Method::POST, "/v1/deployments", &[], Some(&body), &headers, Repeat::Safe).await?;
+        Ok(Submitted {
+            replayed: answer.header("idempotent-replayed") == Some("true"),
+            deployment: answer.json()?,
+            idempotency_key: key,
+        })
+    }
+
+    /// A deployment.
+    ///
+    /// # Errors
+    /// [`Error::Problem`] `not-found`, `forbidden`, ...
+    pub async fn get_deployment(&self, id: DeploymentId) -> Result<Deployment, Error> {
+        self.get_json(&format!("/v1/deployments/{id}"), &[]).await
+    }
+
+    /// One page of deployments, newest first.
+    ///
+    /// # Errors
+    /// As every call.
+    pub async fn list_deployments(
+        &self,
+        query: &DeploymentQuery,
+        page: &PageRequest,
+    ) -> Result<Page<Deployment>, Error> {
+        let mut q = page_query(page);
+        if let Some(e) = &query.environment {
+            q.push(("environment", e.clone()));
+        }
+        if let Some(s) = &query.service {
+            q.push(("service", s.clone()));
+        }
+        if let Some(s) = query.status {
+            q.push(("status", s.as_str().to_owned()));
+        }
+        self.get_json("/v1/deployments", &q).await
+    }
+
+    /// Every deployment that passes `query`, newest first, page after page.
+    pub fn deployments(
+        &self,
+        query: DeploymentQuery,
+    ) -> impl Stream<Item = Result<Deployment, Error>> + Send + 'static {
+        let client = self.clone();
+        paginate(move |cursor| {
+            let (client, query) = (client.clone(), query.clone());
+            async move { client.list_deployments(&query, &PageRequest { limit: 100, cursor }).await }
+        })
+    }
+
+    /// Events of a deployment after `after`, at most `limit`.
+    ///
+    /// # Errors
+    /// As every call.
+    pub async fn events(&self, id: DeploymentId, after: u64, limit: usize) -> Result<EventPage, Error> {
+        let q = [("after", after.to_string()), ("limit", limit.to_string())];
+        self.get_json(&format!("/v1/deployments/{id}/events"), &q).await
+    }
+
+    /// Asks for a deployment to be cancelled (at its next batch boundary); idempotent.
+    ///
+    /// # Errors
+    /// [`Error::Problem`] `already-finished` when it is terminal.
+    pub async fn cancel(&self, id: DeploymentId) -> Result<Deployment, Error> {
+        let path = format!("/v1/deployments/{id}/cancel");
+        self.call(Method::POST, &path, &[], None, &[], Repeat::Safe).await?.json()
+    }
+
+    /// Rolls a finished deployment back: a new deployment returning each target it changed to its former version.
+    /// Like [`Client::submit`], it carries an idempotency key on every retry.
+    ///
+    /// # Errors
+    /// [`Error::Problem`] `validation` when it is not finished, `not-found`, ...
+    pub async fn rollback(&self, id: DeploymentId, idempotency_key: Option<String>) -> Result<Submitted, Error> {
+        let key = idempotency_key.unwrap_or_else(|| Uuid::now_v7().to_string());
+        let headers = [(HeaderName::from_static("idempotency-key"), key.clone())];
+        let path = format!("/v1/deployments/{id}/rollback");
+        let answer = self.call(Method::POST, &path, &[], None, &headers, Repeat::Safe).await?;
+        Ok(Submitted {
+            replayed: answer.header("idempotent-replayed") == Some("true"),
+            deployment: answer.json()?,
+            idempotency_key: key,
+        })
+    }
+
+    /// Polls a deployment until it is terminal, as often as the server's `Retry-After` says (1 s by default), for at
+    /// most `timeout`.
+    ///
+    /// # Errors
+    /// [`Error::WaitTimedOut`] with the last state seen when `timeout` passes first; otherwise as every call.
+    pub async fn wait(&self, id: DeploymentId, timeout: Duration) -> Result<Deployment, Error> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let path = format!("/v1/deployments/{id}");
+        loop {
+            let answer = self.call(Method::GET, &path, &[], None, &[], Repeat::Safe).await?;
+            let deployment: Deployment = answer.json()?;
+            if deployment.status().is_terminal() {
+                return Ok(deployment);
+            }
+            let pause = retry_after(&answer.headers).unwrap_or(Duration::from_secs(1));
+            let now = tokio::time::Instant::now();
+            if now + pause > deadline {
+                tokio::time::sleep_until(deadline).await;
+                let last = self.get_deployment(id).await?;
+                return if last.status().is_terminal() { Ok(last) } else { Err(Error::WaitTimedOut(Box::new(last))) };
+            }
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// The events of a deployment after `after`, live, over SSE, ending after its terminal event. A dropped
+    /// connection is reopened with `Last-Event-ID`, so no event is lost or repeated.
+    pub fn watch(&self, id: DeploymentId, after: u64) -> impl Stream<Item = Result<Event, Error>> + Send + 'static {
+        let state = Watch { client: self.clone(), id, last: after, stream: None, done: false, failures: 0 };
+        futures::stream::unfold(state, Watch::next)
+    }
+
+    async fn open_events(
+        &self,
+        id: DeploymentId,
+        last: u64,
+    ) -> Result<BoxStream<'static, Result<Event, String>>, Error> {
+        use eventsource_stream::Eventsource as _;
+        let url = format!("{}/v1/deployments/{id}/events", self.inner.base);
+        let mut req = self
+            .inner
+            .http
+            .get(url)
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .timeout(Duration::from_secs(24 * 3600));
+        if last > 0 {
+            req = req.header("last-event-id", last.to_string());
+        }
+        if let Some(t) = &self.inner.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.map_err(Error::from_reqwest)?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let headers = resp.headers().clone();
+            let body = resp.bytes().await.map_err(Error::from_reqwest)?.to_vec();
+            let answer = Answer { status, headers, body };
+            let problem: Problem = answer.json()?;
+            return Err(Error::Problem(Box::new(problem)));
+        }
+        Ok(resp
+            .bytes_stream()
+            .eventsource()
+            .map(|item| match item {
+                Ok(e) => serde_json::from_str::<Event>(&e.data).map_err(|err| format!("bad event {:?}: {err}", e.data)),
+                Err(e) => Err(e.to_string()),
+            })
+            .boxed())
+    }
+
+    // -----------------------------------------------------------------------------------------------------------
+    // API keys and audit
+
+    /// Creates an API key; the answer holds the key, shown only now.
+    ///
+    /// # Errors
+    /// [`Error::Problem`] `forbidden` unless the caller is an admin of every environment.
+    pub async fn create_api_key(
+        &self,
+        name: &str,
+        role: Role,
+        environments: &[EnvironmentPattern],
+    ) -> Result<ApiKey, Error> {
+        let body = json!({"name": name, "role": role, "environments": environments});
+        self.call(Method::POST, "/v1/api-keys", &[], Some(&body), &[], Repeat::IfNotSent).await?.json()
+    }
+
+    /// Every API key, without the keys.
+    ///
+    /// # Errors
+    /// As every call.
+    pub async fn list_api_keys(&self) -> Result<Vec<ApiKey>, Error> {
+        Ok(self.get_json::<Page<ApiKey>>("/v1/api-keys", &[]).await?.items)
+    }
+
+    /// Revokes an API key.
+    ///
+    /// # Errors
+    /// [`Error::Problem`] `not-found`, ...
+    pub async fn delete_api_key(&self, id: Uuid) -> Result<(), Error> {
+        self.call(Method::DELETE, &format!("/v1/api-keys/{id}"), &[], None, &[], Repeat::Safe).await.map(drop)
+    }
+
+    /// One page of the audit log, newest first.
+    ///
+    /// # Errors
+    /// As every call.
+    pub async fn audit(&self, query: &AuditQuery, page: &PageRequest) -> Result<Page<AuditEntry>, Error> {
+        let mut q = page_query(page);
+        if let Some(a) = &query.actor {
+            q.push(("actor", a.clone()));
+        }
+        if let Some(e) = &query.environment {
+            q.push(("environment", e.clone()));
+        }
+        self.get_json("/v1/audit", &q).await
+    }
+
+    // -----------------------------------------------------------------------------------------------------------
+    // Webhooks
+
+    /// Subscribes to events; the answer holds the signing secret, shown only now.
+    ///
+    /// # Errors
+    /// [`Error::Problem`] `validation` (URL, event patterns), `forbidden`, ...
+    pub async fn create_webhook(&self, webhook: &NewWebhook) -> Result<Webhook, Error> {
+        let body = serde_json::to_value(webhook).map_err(|e| Error::Protocol(e.to_string()))?;
+        self.call(Method::POST, "/v1/webhooks", &[], Some(&body), &[], Repeat::IfNotSent).await?.json()
+    }
+
+    /// Every subscription, without secrets.
+    ///
+    /// # Errors
+    /// As every call.
+    pub async fn list_webhooks(&self) -> Result<Vec<Webhook>, Error> {
+        Ok(self.get_json::<Page<Webhook>>("/v1/webhooks", &[]).await?.items)
+    }
+
+    /// A subscription.
+    ///
+    /// # Errors
+    /// [`Error::Problem`] `not-found`, ...
+    pub async fn get_webhook(&self, id: Uuid) -> Result<Webhook, Error> {
+        self.get_json(&format!("/v1/webhooks/{id}"), &[]).await
+    }
+
+    /// Deletes a subscription and its pending deliveries.
+    ///
+    /// # Errors
+    /// [`Error::Problem`] `not-found`, ...
+    pub async fn delete_webhook(&self, id: Uuid) -> Result<(), Error> {
+        self.call(Method::DELETE, &format!("/v1/webhooks/{id}"), &[], None, &[], Repeat::Safe).await.map(drop)
+    }
+
+    /// One page of a subscription's deliveries, newest first.
+    ///
+    /// # Errors
+    /// As every call.
+    pub async fn deliveries(&self, id: Uuid, page: &PageRequest) -> Result<Page<Delivery>, Error> {
+        self.get_json(&format!("/v1/webhooks/{id}/deliveries"), &page_query(page)).await
+    }
+
+    /// Sends a delivery again (same `webhook-id`).
+    ///
+    /// # Errors
+    /// [`Error::Problem`] `not-found`, `webhook-disabled`, ...
+    pub async fn redeliver(&self, id: Uuid, delivery: &str) -> Result<Delivery, Error> {
+        let path = format!("/v1/webhooks/{id}/deliveries/{}/redeliver", segment(delivery)?);
+        self.call(Method::POST, &path, &[], None, &[], Repeat::Safe).await?.json()
+    }
+
+    // -----------------------------------------------------------------------------------------------------------
+    // Health
+
+    /// Whether the server is alive (`/healthz`).
+    ///
+    /// # Errors
+    /// Transport errors; a problem when it is not.
+    pub async fn health(&self) -> Result<(), Error> {
+        self.call(Method::GET, "/healthz", &[], None, &[], Repeat::Safe).await.map(drop)
+    }
+
+    /// Whether the server can serve (`/readyz`: its store answers).
+    ///
+    /// # Errors
+    /// Transport errors; a problem when it is not ready.
+    pub async fn ready(&self) -> Result<(), Error> {
+        self.call(Method::GET, "/readyz", &[], None, &[], Repeat::Safe).await.map(drop)
+    }
+}
+
+/// The state of [`Client::watch`].
+struct Watch {
+    client: Client,
+    id: DeploymentId,
+    last: u64,
+    stream: Option<BoxStream<'static, Result<Event, String>>>,
+    done: bool,
+    failures: u32,
+}
+
+impl Watch {
+    async fn next(mut self) -> Option<(Result<Event, Error>, Self)> {
+        if self.done {
+            return None;
+        }
+        loop {
+            let Some(stream) = self.stream.as_mut() else {
+                match self.client.open_events(self.id, self.last).await {
+                    Ok(s) => self.stream = Some(s),
+                    Err(e) => {
+                        let transient = match &e {
+                            Error::Transport(_) | Error::Timeout(_) => true,
+                            Error::Problem(p) => p.status >= 500 || p.status == 429,
+                            _ => false,
+                        };
+                        if transient && self.reconnect_later().await {
+                            continue;
+                        }
+                        self.done = true;
+                        return Some((Err(e), self));
+                    }
+                }
+                continue;
+            };
+            match stream.next().await {
+                Some(Ok(event)) => {
+                    if event.seq <= self.last {
+                        continue; // already given: never repeat
+                    }
+                    self.last = event.seq;
+                    self.failures = 0;
+                    self.done = event.event_type.is_terminal();
+                    return Some((Ok(event), self));
+                }
+                Some(Err(why)) => {
+                    tracing::debug!(%why, "event stream broke; resuming");
+                    self.stream = None;
+                }
+                None => self.stream = None,
+            }
+            // The stream ended before the terminal event: the connection dropped. Resume after the last event.
+            if !self.reconnect_later().await {
+                self.done = true;
+                return Some((Err(Error::Protocol("the event stream keeps dropping".into())), self));
+            }
+        }
+    }
+
+    /// Waits before reconnecting; false when the retries are spent.
+    async fn reconnect_later(&mut self) -> bool {
+        self.failures += 1;
+        let policy = &self.client.inner.retry;
+        if self.failures >= policy.max_attempts.max(1) + 5 {
+            return false;
+        }
+        tokio::time::sleep(policy.delay(self.failures, None)).await;
+        true
+    }
+}
+
+/// Items of every page, fetching the next page when the previous one is used up.
+fn paginate<T, F, Fut>(fetch: F) -> impl Stream<Item = Result<T, Error>> + Send + 'static
+where
+    T: Send + 'static,
+    F: Fn(Option<String>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Page<T>, Error>> + Send,
+{
+    let state = (fetch, Some(None::<String>), VecDeque::<T>::new());
+    futures::stream::unfold(state, |(fetch, mut next, mut buffer)| async move {
+        loop {
+            if let Some(item) = buffer.pop_front() {
+                return Some((Ok(item), (fetch, next, buffer)));
+            }
+            let cursor = next.take()?;
+            match fetch(cursor).await {
+                Ok(page) => {
+                    buffer.extend(page.items);
+                    next = page.next_cursor.map(Some);
+                }
+                Err(e) => return Some((Err(e), (fetch, None, buffer))),
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_grow_with_jitter_and_honour_the_server() {
+        let p =
+            RetryPolicy { max_attempts: 5, base_delay: Duration::from_millis(100), max_delay: Duration::from_secs(1) };
+        for _ in 0..50 {
+            let d1 = p.delay(1, None);
+            assert!(d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100), "{d1:?}");
+            let d3 = p.delay(3, None);
+            assert!(d3 >= Duration::from_millis(200) && d3 <= Duration::from_millis(400), "{d3:?}");
+            let capped = p.delay(10, None);
+            assert!(capped <= Duration::from_secs(1), "{capped:?}");
+            assert!(p.delay(1, Some(Duration::from_secs(3))) >= Duration::from_secs(3), "Retry-After wins");
+        }
+    }
+
+    #[test]
+    fn path_segments_and_urls_are_checked() {
+        assert!(segment("prod-eu_1.a").is_ok());
+        for bad in ["", "a/b", "../x", "a b", "é"] {
+            assert!(segment(bad).is_err(), "{bad}");
+        }
+        assert!(matches!(Client::builder("ftp://x").build(), Err(Error::Url(_))));
+        assert!(matches!(Client::builder("not a url").build(), Err(Error::Url(_))));
+        assert!(Client::builder("http://127.0.0.1:8080/").build().is_ok());
+    }
+}

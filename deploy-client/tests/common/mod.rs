@@ -1,0 +1,57 @@
+//! A `deployd` on loopback for each test, and a client of it.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub(crate) mod proxy;
+
+use deploy_client::{Client, RetryPolicy};
+use deploy_core::{DeploymentRequest, HumanDuration};
+use deploy_server::{Running, Settings};
+
+pub(crate) const ADMIN: &str = "dk_clientclientclientclientclientclientclient0";
+
+pub(crate) async fn deployd(tag: &str) -> Running {
+    deploy_server::start(Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: deploy_testkit::fixtures::temp_dir(tag),
+        dev: true,
+        bootstrap_admin_key: Some(ADMIN.to_owned()),
+        rate_limit: 100_000.0,
+        rate_limit_burst: 100_000.0,
+        lease: HumanDuration::from_secs(2),
+        poll_interval: HumanDuration::from_millis(50),
+        ..Settings::default()
+    })
+    .await
+    .expect("deployd starts")
+}
+
+pub(crate) fn client(base: &str) -> Client {
+    Client::builder(base)
+        .token(ADMIN)
+        .retry(RetryPolicy {
+            max_attempts: 5,
+            base_delay: std::time::Duration::from_millis(20),
+            ..RetryPolicy::default()
+        })
+        .build()
+        .unwrap()
+}
+
+/// An environment of `n` sim targets `<env>-1..n` at version 1.0, applying in `apply_ms`.
+pub(crate) fn sim_env(n: usize, apply_ms: u64) -> deploy_core::EnvironmentSpec {
+    let targets: Vec<serde_json::Value> = (1..=n)
+        .map(|i| {
+            serde_json::json!({"id": format!("t-{i}"), "executor": "sim",
+                               "config": {"initial_version": "1.0", "apply_ms": apply_ms}})
+        })
+        .collect();
+    serde_json::from_value(serde_json::json!({"targets": targets})).unwrap()
+}
+
+pub(crate) fn request(env: &str, version: &str) -> DeploymentRequest {
+    serde_json::from_value(serde_json::json!({
+        "environment": env, "service": "checkout", "version": version,
+        "verify": {"timeout": "3s", "interval": "20ms", "healthy_for": "0s"},
+    }))
+    .unwrap()
+}
