@@ -1,0 +1,280 @@
+//! `deployctl` end to end against a real `deployd` on loopback: exit codes by outcome, JSON output, readable errors,
+//! and a snapshot of the human summary.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use deploy_core::HumanDuration;
+use deploy_server::{Running, Settings};
+use serde_json::Value;
+
+const ADMIN: &str = "dk_cliclicliclicliclicliclicliclicliclicliclic";
+
+async fn deployd(tag: &str) -> (Running, PathBuf) {
+    let dir = deploy_testkit::fixtures::temp_dir(tag);
+    let running = deploy_server::start(Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.join("data"),
+        dev: true,
+        bootstrap_admin_key: Some(ADMIN.to_owned()),
+        rate_limit: 100_000.0,
+        rate_limit_burst: 100_000.0,
+        lease: HumanDuration::from_secs(2),
+        poll_interval: HumanDuration::from_millis(50),
+        ..Settings::default()
+    })
+    .await
+    .expect("deployd starts");
+    (running, dir)
+}
+
+/// Runs `deployctl args` against `server` (no server: `url` is used as is).
+async fn deployctl(url: &str, token: &str, args: &[&str]) -> Output {
+    let (url, token) = (url.to_owned(), token.to_owned());
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_deployctl"))
+            .args(&args)
+            .env("DEPLOY_URL", url)
+            .env("DEPLOY_TOKEN", token)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+const ENV_YAML: &str = "\
+concurrency: queue
+targets:
+  - id: web-1
+    executor: sim
+    config: {initial_version: '1.0', apply_ms: 10, fail_versions: ['4.0'], unhealthy_versions: ['3.0']}
+  - id: web-2
+    executor: sim
+    config: {initial_version: '1.0', apply_ms: 10, unhealthy_versions: ['3.0']}
+  - id: web-3
+    executor: sim
+    config: {initial_version: '1.0', apply_ms: 10, unhealthy_versions: ['3.0']}
+";
+
+const FAST_VERIFY: &str = "verify: {timeout: 2s, interval: 20ms, healthy_for: 0s}\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_codes_follow_each_outcome_and_json_is_parseable() {
+    let (server, dir) = deployd("cli-outcomes").await;
+    let url = format!("http://{}", server.addr);
+    let env_file = write(&dir, "env.yaml", ENV_YAML);
+    let request = write(&dir, "request.yaml", FAST_VERIFY);
+    let put = deployctl(&url, ADMIN, &["env", "put", "prod", "--file", &env_file]).await;
+    assert_eq!(code(&put), 0, "{}", stderr(&put));
+    assert!(stdout(&put).contains("revision 1"), "{}", stdout(&put));
+
+    let deploy = |version: &'static str, extra: &'static [&'static str]| {
+        let (url, request) = (url.clone(), request.clone());
+        async move {
+            let mut args = vec![
+                "deploy",
+                "--file",
+                &request,
+                "--env",
+                "prod",
+                "--service",
+                "checkout",
+                "--version",
+                version,
+                "--wait",
+            ];
+            args.extend_from_slice(extra);
+            deployctl(&url, ADMIN, &args).await
+        }
+    };
+    let ok = deploy("2.0", &["--strategy", "rolling:1"]).await;
+    assert_eq!(code(&ok), 0, "{}{}", stdout(&ok), stderr(&ok));
+    assert!(stdout(&ok).contains("Status:     succeeded"), "{}", stdout(&ok));
+    assert!(stderr(&ok).contains("target.updated web-1"), "the live view shows each target: {}", stderr(&ok));
+
+    let rolled_back = deploy("3.0", &[]).await;
+    assert_eq!(code(&rolled_back), 3, "{}", stdout(&rolled_back));
+    assert!(stdout(&rolled_back).contains("rolled_back"));
+
+    let degraded = deploy("4.0", &["--max-failed", "1"]).await;
+    assert_eq!(code(&degraded), 2, "{}", stdout(&degraded));
+
+    let failed = deploy("4.0", &["--max-failed", "0", "--on-failure", "fail"]).await;
+    assert_eq!(code(&failed), 3, "{}", stdout(&failed));
+
+    // JSON: one document to parse; status and list.
+    let listed = deployctl(&url, ADMIN, &["list", "--env", "prod", "--output", "json"]).await;
+    let listed: Value = serde_json::from_str(&stdout(&listed)).unwrap();
+    let items = listed["items"].as_array().unwrap();
+    assert_eq!(items.len(), 4);
+    let first = items.last().unwrap()["id"].as_str().unwrap().to_owned();
+    let status = deployctl(&url, ADMIN, &["status", &first, "-o", "json"]).await;
+    assert_eq!(code(&status), 0);
+    let status: Value = serde_json::from_str(&stdout(&status)).unwrap();
+    assert_eq!(status["status"], "succeeded");
+    let degraded_id = items[1]["id"].as_str().unwrap();
+    assert_eq!(code(&deployctl(&url, ADMIN, &["status", degraded_id]).await), 2, "status follows the outcome too");
+
+    // Cancelled: 4. A slow environment, a deployment cancelled while it runs, then watched.
+    let slow = write(&dir, "slow.yaml", &ENV_YAML.replace("apply_ms: 10", "apply_ms: 400"));
+    assert_eq!(code(&deployctl(&url, ADMIN, &["env", "put", "slow", "--file", &slow]).await), 0);
+    let submitted = deployctl(
+        &url,
+        ADMIN,
+        &[
+            "deploy",
+            "--file",
+            &request,
+            "--env",
+            "slow",
+            "--service",
+            "checkout",
+            "--version",
+            "2.0",
+            "--strategy",
+            "rolling:1",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    let id = serde_json::from_str::<Value>(&stdout(&submitted)).unwrap()["id"].as_str().unwrap().to_owned();
+    assert_eq!(code(&deployctl(&url, ADMIN, &["cancel", &id]).await), 0);
+    let watched = deployctl(&url, ADMIN, &["watch", &id, "-o", "json"]).await;
+    assert_eq!(code(&watched), 4, "{}", stderr(&watched));
+    let lines: Vec<Value> = stdout(&watched).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.last().unwrap()["type"], "deployment.cancelled", "events as JSON lines");
+    let seqs: Vec<u64> = lines.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=lines.len() as u64).collect::<Vec<_>>());
+
+    // Rollback with --wait follows the new deployment.
+    let rollback = deployctl(&url, ADMIN, &["rollback", &first, "--wait"]).await;
+    assert_eq!(code(&rollback), 0, "{}", stderr(&rollback));
+    assert!(stdout(&rollback).contains("Rolls back: "), "{}", stdout(&rollback));
+
+    // Administration.
+    let key = deployctl(
+        &url,
+        ADMIN,
+        &["keys", "create", "--name", "ci", "--role", "deployer", "--env", "prod", "-o", "json"],
+    )
+    .await;
+    let key: Value = serde_json::from_str(&stdout(&key)).unwrap();
+    assert!(key["key"].as_str().unwrap().starts_with("dk_"));
+    assert!(stdout(&deployctl(&url, ADMIN, &["keys", "list"]).await).contains("deployer"));
+    let hook =
+        deployctl(&url, ADMIN, &["webhooks", "create", "--url", "http://127.0.0.1:9/h", "--event", "deployment.*"])
+            .await;
+    assert!(stdout(&hook).contains("whsec_"), "{}{}", stdout(&hook), stderr(&hook));
+    let audit = deployctl(&url, ADMIN, &["audit", "--limit", "500"]).await;
+    assert!(stdout(&audit).contains("deployment.submit"), "{:?} {}{}", audit.status, stdout(&audit), stderr(&audit));
+    let envs = deployctl(&url, ADMIN, &["env", "list"]).await;
+    assert!(stdout(&envs).contains("slow") && stdout(&envs).contains("prod"));
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_readable_and_exit_1() {
+    let (server, dir) = deployd("cli-errors").await;
+    let url = format!("http://{}", server.addr);
+    let denied = deployctl(&url, "dk_wrongwrongwrongwrongwrongwrongwrongwrongwro", &["env", "list"]).await;
+    assert_eq!(code(&denied), 1);
+    assert!(stderr(&denied).starts_with("error: Authentication required"), "{}", stderr(&denied));
+    assert!(!stderr(&denied).contains("Problem {"), "no debug dump");
+
+    let invalid = deployctl(&url, ADMIN, &["deploy", "--env", "prod", "--service", "checkout", "--version", ""]).await;
+    assert_eq!(code(&invalid), 1);
+    assert!(stderr(&invalid).contains("version"), "field errors are named: {}", stderr(&invalid));
+
+    let unreachable = deployctl("http://127.0.0.1:1", ADMIN, &["env", "list"]).await;
+    assert_eq!(code(&unreachable), 1);
+    assert!(stderr(&unreachable).contains("cannot reach the server at http://127.0.0.1:1"), "{}", stderr(&unreachable));
+
+    let usage = deployctl(&url, ADMIN, &["deploy"]).await;
+    assert_eq!(code(&usage), 1, "usage errors are 1, not clap's 2 (2 means degraded)");
+    assert_eq!(code(&deployctl(&url, ADMIN, &["--help"]).await), 0);
+    let bad_strategy =
+        deployctl(&url, ADMIN, &["deploy", "--env", "p", "--service", "s", "--version", "1", "--strategy", "blue"])
+            .await;
+    assert_eq!(code(&bad_strategy), 1);
+    assert!(stderr(&bad_strategy).contains("rolling:25%"));
+
+    let completions = deployctl(&url, ADMIN, &["completions", "bash"]).await;
+    assert_eq!(code(&completions), 0);
+    assert!(stdout(&completions).contains("deployctl"));
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The human summary, with what changes from run to run (ids, times) replaced.
+fn redact(text: &str, id: &str) -> String {
+    text.replace(id, "<id>")
+        .lines()
+        .map(|line| {
+            for label in ["Created:    ", "Finished:   "] {
+                if let Some(rest) = line.strip_prefix(label) {
+                    let tail = rest.split_once(' ').map_or("", |(_, t)| t);
+                    return format!("{label}<time> {tail}").trim_end().to_owned();
+                }
+            }
+            line.to_owned()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_human_summary_reads_well() {
+    let (server, dir) = deployd("cli-snapshot").await;
+    let url = format!("http://{}", server.addr);
+    let env_file = write(&dir, "env.yaml", ENV_YAML);
+    let request = write(&dir, "request.yaml", FAST_VERIFY);
+    assert_eq!(code(&deployctl(&url, ADMIN, &["env", "put", "prod", "--file", &env_file]).await), 0);
+    let out = deployctl(
+        &url,
+        ADMIN,
+        &[
+            "deploy",
+            "--file",
+            &request,
+            "--env",
+            "prod",
+            "--service",
+            "checkout",
+            "--version",
+            "4.0",
+            "--max-failed",
+            "1",
+            "--wait",
+        ],
+    )
+    .await;
+    assert_eq!(code(&out), 2);
+    let listed: Value = serde_json::from_str(&stdout(&deployctl(&url, ADMIN, &["list", "-o", "json"]).await)).unwrap();
+    let id = listed["items"][0]["id"].as_str().unwrap().to_owned();
+    insta::assert_snapshot!("degraded_deployment", redact(&stdout(&out), &id));
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
