@@ -322,8 +322,10 @@ impl LiveView {
                 bar.set_style(s.clone());
             }
             bar.set_prefix(t.id.to_string());
-            let from = t.from_version.as_ref().map_or_else(|| "-".to_owned(), ToString::to_string);
-            let versions = format!("{from} → {}", t.to_version);
+            let versions = match &t.from_version {
+                Some(from) => format!("{from} → {}", t.to_version),
+                None => format!("→ {}", t.to_version),
+            };
             bar.set_message(format!("{versions}  {}", t.status));
             if tty {
                 bar.enable_steady_tick(Duration::from_millis(120));
