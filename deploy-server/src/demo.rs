@@ -1,7 +1,9 @@
-//! `deployd demo`: starts the API on the embedded store and tells the story of the project through the public HTTP
-//! API only, printing a timeline: a rolling update, an idempotent replay, two racing submissions serialized, and a
-//! broken release that fails verification and is rolled back. Every step is checked; a step that does not behave as
-//! shown makes the demo fail.
+//! `deployd demo`: starts the API on the embedded store, registers an environment of four `process` targets running
+//! the demo's service (`deployd demo-app`, real processes on loopback ports), and tells the story of the project through
+//! the public HTTP API only, printing a timeline: deploy 1.0; roll out 2.0 two at a time; an idempotent replay; two
+//! racing submissions serialized; a broken 3.0 that fails its health check and is rolled back. It ends with a table
+//! of the deployments and of the processes actually running, then stops them. Every step is checked; a step that does
+//! not behave as shown makes the demo fail.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -100,6 +102,20 @@ impl Api {
             })
             .unwrap_or_default())
     }
+
+    /// What each slot's process says about itself, over HTTP: `port: version (pid)`.
+    async fn processes(&self, ports: &[u16]) -> Vec<(u16, Option<Value>)> {
+        let mut out = Vec::new();
+        for port in ports {
+            let health = self.http.get(format!("http://127.0.0.1:{port}/health")).send().await;
+            let body = match health {
+                Ok(r) => r.json::<Value>().await.ok(),
+                Err(_) => None,
+            };
+            out.push((*port, body));
+        }
+        out
+    }
 }
 
 fn request(version: &str, batch: u64, verify_timeout: &str) -> Value {
@@ -116,11 +132,21 @@ fn check(ok: bool, what: &str) -> Result<(), DemoError> {
     if ok { Ok(()) } else { Err(fail(what)) }
 }
 
-/// Runs the demo. With `data_dir`, the store is kept there; otherwise in a temporary directory removed at the end.
+/// Four free ports on loopback, for the demo's slots.
+fn free_ports() -> Result<Vec<u16>, DemoError> {
+    let listeners: Vec<std::net::TcpListener> = (0..4)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| fail(format!("no free port: {e}"))))
+        .collect::<Result<_, _>>()?;
+    listeners.iter().map(|l| l.local_addr().map(|a| a.port()).map_err(|e| fail(format!("port: {e}")))).collect()
+}
+
+/// Runs the demo: `app` is the command that starts the demo's service (`[deployd, "demo-app"]`); `--port` and
+/// `--version` are added. With `data_dir`, the store is kept there; otherwise in a temporary directory removed at the
+/// end. Every process the demo started is stopped before it returns, whatever happened.
 ///
 /// # Errors
 /// [`DemoError`] naming the first step that did not behave as shown.
-pub async fn run(data_dir: Option<PathBuf>) -> Result<(), DemoError> {
+pub async fn run(data_dir: Option<PathBuf>, app: Vec<String>) -> Result<(), DemoError> {
     let temporary = data_dir.is_none();
     let dir = data_dir
         .unwrap_or_else(|| std::env::temp_dir().join(format!("deployd-demo-{}", uuid::Uuid::now_v7().simple())));
@@ -128,31 +154,55 @@ pub async fn run(data_dir: Option<PathBuf>) -> Result<(), DemoError> {
     let settings = Settings {
         listen: "127.0.0.1:0".parse().map_err(|_| fail("address"))?,
         data_dir: dir.clone(),
-        dev: true,
         bootstrap_admin_key: Some(key.clone()),
         lease: deploy_core::HumanDuration::from_secs(5),
         poll_interval: deploy_core::HumanDuration::from_millis(50),
         ..Settings::default()
     };
+    let ports = free_ports()?;
+    let targets: Vec<Value> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            let mut command = app.clone();
+            command.extend(["--port".to_owned(), "{port}".to_owned(), "--version".to_owned(), "{version}".to_owned()]);
+            json!({"id": format!("web-{}", i + 1), "labels": {"zone": if i < 2 { "a" } else { "b" }},
+                   "executor": "process",
+                   "config": {"command": command, "port": port, "start_timeout": "3s", "stop_timeout": "3s",
+                              "env": {"DEMO_APP_UNHEALTHY_VERSIONS": "3.0"}}})
+        })
+        .collect();
     let running = start(settings).await.map_err(|e| fail(format!("deployd did not start: {e}")))?;
     let api =
         Api { http: reqwest::Client::new(), base: format!("http://{}", running.addr), key, started: Instant::now() };
-    let result = story(&api, &dir).await;
+    let result = story(&api, &dir, &targets, &ports).await;
     running.shutdown().await;
+    // Leave nothing running.
+    let executor = deploy_executors::ProcessExecutor::new(dir.join("process"));
+    let env = deploy_core::EnvironmentName::new("demo").map_err(|e| fail(format!("name: {e}")))?;
+    for t in &targets {
+        let target: Result<deploy_core::EnvironmentTarget, _> =
+            serde_json::from_value(json!({"id": t["id"], "labels": {}, "executor": "process", "config": t["config"],
+                                          "desired": null, "actual": null}));
+        if let Ok(target) = target {
+            let _ = executor.stop(&deploy_core::Target::of(&env, &target)).await;
+        }
+    }
+    let left = api.processes(&ports).await.into_iter().filter(|(_, body)| body.is_some()).count();
     if temporary {
         let _ = std::fs::remove_dir_all(&dir);
     }
-    result
+    result?;
+    check(left == 0, "every process the demo started is stopped")?;
+    println!(
+        "All demo processes stopped; ports {} are closed again.",
+        ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ")
+    );
+    Ok(())
 }
 
-async fn story(api: &Api, dir: &std::path::Path) -> Result<(), DemoError> {
-    api.say(&format!("deployd is up at {} (SQLite in {}), sim executor enabled", api.base, dir.display()));
-    let targets: Vec<Value> = (1..=4)
-        .map(|i| {
-            json!({"id": format!("web-{i}"), "labels": {"zone": if i <= 2 { "a" } else { "b" }}, "executor": "sim",
-                   "config": {"initial_version": "1.0", "apply_ms": 250, "unhealthy_versions": ["3.0"]}})
-        })
-        .collect();
+async fn story(api: &Api, dir: &std::path::Path, targets: &[Value], ports: &[u16]) -> Result<(), DemoError> {
+    api.say(&format!("deployd is up at {} (SQLite in {})", api.base, dir.display()));
     let (status, headers, _) = api
         .send(
             api.http
@@ -161,11 +211,28 @@ async fn story(api: &Api, dir: &std::path::Path) -> Result<(), DemoError> {
         )
         .await?;
     check(status == 201, "creating the environment answers 201")?;
+    let list = ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ");
     api.say(&format!(
-        "PUT /v1/environments/demo -> 201, ETag {}: 4 sim targets running 1.0",
+        "PUT /v1/environments/demo -> 201, ETag {}: 4 process slots (demo-app on ports {list}), nothing running yet",
         headers.get("etag").and_then(|v| v.to_str().ok()).unwrap_or("?")
     ));
     let mut table: Vec<(String, Value)> = Vec::new();
+
+    // 0. The first release: every slot at once.
+    api.say("0. Deploy checkout 1.0 to every slot at once");
+    let mut body = request("1.0", 4, "5s");
+    body["strategy"] = json!({"type": "all_at_once"});
+    let (status, _, first) = api.submit(&body, "demo-1.0").await?;
+    check(status == 202, "1.0 is accepted")?;
+    let done = api.watch(first["id"].as_str().unwrap_or_default(), "1.0").await?;
+    check(done["status"] == "succeeded", "1.0 succeeds")?;
+    let up = api.processes(ports).await;
+    check(up.iter().all(|(_, b)| b.as_ref().is_some_and(|b| b["version"] == "1.0")), "four processes answer as 1.0")?;
+    api.say(&format!(
+        "   -> succeeded: four real processes answer /health as 1.0: {}",
+        api.versions().await?.join(" ")
+    ));
+    table.push(("first release".into(), done));
 
     // 1. A rolling update, two targets at a time.
     api.say("1. Roll out checkout 2.0, two targets at a time (POST /v1/deployments, Idempotency-Key: demo-2.0)");
@@ -214,7 +281,7 @@ async fn story(api: &Api, dir: &std::path::Path) -> Result<(), DemoError> {
     table.push(("race, second".into(), second.clone()));
 
     // 4. A broken release: verification fails, the rollout stops and rolls back on its own.
-    api.say("4. Roll out 3.0, which never becomes healthy (verify timeout 1s)");
+    api.say("4. Roll out 3.0, whose /health answers 503: the new process never passes its check");
     let (status, _, broken) = api.submit(&request("3.0", 2, "1s"), "demo-3.0").await?;
     check(status == 202, "the broken release is accepted")?;
     let broken_id = broken["id"].as_str().unwrap_or_default().to_owned();
@@ -248,7 +315,13 @@ async fn story(api: &Api, dir: &std::path::Path) -> Result<(), DemoError> {
             d["summary"]["rolled_back"].as_u64().unwrap_or(0)
         );
     }
-    let _ = writeln!(out, "\nrunning now: {}", api.versions().await?.join("  "));
+    let _ = writeln!(out, "\n{:<8} {:<6} {:<8} {:>8}  answer of GET /health", "target", "port", "version", "pid");
+    for (i, (port, body)) in api.processes(ports).await.into_iter().enumerate().take(targets.len()) {
+        let pid = body.as_ref().and_then(|b| b["pid"].as_u64()).map_or_else(|| "-".to_owned(), |p| p.to_string());
+        let answer = body.as_ref().map_or_else(|| "no answer".to_owned(), Value::to_string);
+        let version = body.as_ref().and_then(|b| b["version"].as_str()).unwrap_or("-").to_owned();
+        let _ = writeln!(out, "{:<8} {:<6} {:<8} {:>8}  {answer}", format!("web-{}", i + 1), port, version, pid);
+    }
     println!("{out}");
     api.say("demo finished: every step behaved as shown");
     Ok(())

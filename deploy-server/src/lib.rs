@@ -21,6 +21,7 @@
 mod app;
 mod auth;
 pub mod demo;
+pub mod demo_app;
 mod extract;
 mod metrics;
 pub mod openapi;

@@ -9,7 +9,7 @@ use deploy_core::{
     EnvironmentPattern, ExecutorRouter, HumanDuration, Orchestrator, OrchestratorConfig, RetrySchedule, Role,
     ShutdownSignal, ShutdownTrigger, Store,
 };
-use deploy_executors::SimExecutor;
+use deploy_executors::{CommandExecutor, ProcessExecutor, SimExecutor};
 use deploy_sql::SqlStore;
 use serde::Deserialize;
 
@@ -25,7 +25,7 @@ use crate::webhooks::dispatch::{Dispatcher, DispatcherConfig};
 pub struct Settings {
     /// Where to listen (`127.0.0.1:8080`; port 0 picks a free port).
     pub listen: SocketAddr,
-    /// The data directory: the SQLite database and the `sim` executor's state.
+    /// The data directory: the SQLite database and the executors' state (`process/`, `command/`, `sim/`).
     pub data_dir: PathBuf,
     /// PostgreSQL instead of the embedded SQLite store.
     pub database_url: Option<String>,
@@ -226,7 +226,10 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let store = open_store(&settings).await?;
     let bootstrap_key = bootstrap(store.as_ref(), &settings).await?;
     let jwt = jwt_config(&settings)?;
-    let mut executors = ExecutorRouter::new();
+    // `process` and `command` run what an admin puts in an environment, as deployd's user.
+    let mut executors = ExecutorRouter::new()
+        .with("process", Arc::new(ProcessExecutor::new(settings.data_dir.join("process"))))
+        .with("command", Arc::new(CommandExecutor::new(settings.data_dir.join("command"))));
     if settings.dev {
         executors = executors.with("sim", Arc::new(SimExecutor::persistent(settings.data_dir.join("sim"))));
     }

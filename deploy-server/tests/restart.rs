@@ -17,6 +17,8 @@ const ADMIN: &str = "dk_restartrestartrestartrestartrestartrestart0";
 mod pg;
 #[path = "common/receiver.rs"]
 mod receiver;
+#[path = "common/slots.rs"]
+mod slots;
 
 struct Deployd {
     child: Child,
@@ -177,6 +179,67 @@ async fn webhook_deliveries_pending_at_sigkill_are_delivered_after_restart() {
         assert_eq!(delivered, 1, "{d}");
     }
     drop(second);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployd_killed_mid_rollout_finds_its_processes_after_restart_and_finishes() {
+    let dir = temp_dir("process-restart");
+    let http = reqwest::Client::new();
+    let slots = slots::Slots::new(3, &dir, "prod");
+    let mut first = spawn(&dir).await;
+    call(
+        &http,
+        reqwest::Method::PUT,
+        format!("{}/v1/environments/prod", first.base),
+        Some(json!({"targets": slots.targets("")})),
+    )
+    .await;
+    let release = |version: &str, strategy: Value, healthy_for: &str| {
+        json!({"environment": "prod", "service": "demo", "version": version, "strategy": strategy,
+               "verify": {"timeout": "10s", "interval": "50ms", "healthy_for": healthy_for}})
+    };
+    let one = call(
+        &http,
+        reqwest::Method::POST,
+        format!("{}/v1/deployments", first.base),
+        Some(release("1.0", json!({"type": "all_at_once"}), "0s")),
+    )
+    .await;
+    let done = wait_for(&http, &first, one["id"].as_str().unwrap(), terminal).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    // 2.0 one slot at a time, each watched for a second: slow enough to be killed in the middle.
+    let two = call(
+        &http,
+        reqwest::Method::POST,
+        format!("{}/v1/deployments", first.base),
+        Some(release("2.0", json!({"type": "rolling", "batch_size": 1}), "1s")),
+    )
+    .await;
+    let id = two["id"].as_str().unwrap().to_owned();
+    let mid = wait_for(&http, &first, &id, |v| v["summary"]["succeeded"].as_u64().unwrap_or(0) >= 1).await;
+    assert!(!terminal(&mid), "killed mid-rollout: {mid}");
+    first.child.kill().await.unwrap(); // SIGKILL
+    let mut before = Vec::new();
+    for i in 0..3 {
+        let h = slots.health(i).await.expect("the slot's process outlives deployd");
+        before.push((h["version"].as_str().unwrap().to_owned(), h["pid"].as_u64().unwrap()));
+    }
+
+    let second = spawn(&dir).await;
+    let done = wait_for(&http, &second, &id, terminal).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    for (i, (version, pid)) in before.iter().enumerate() {
+        let h = slots.health(i).await.unwrap();
+        assert_eq!(h["version"], "2.0", "slot {i}");
+        assert_eq!(slots.running(i).len(), 1, "slot {i}: exactly one process, none orphaned");
+        if version == "2.0" {
+            assert_eq!(h["pid"].as_u64().unwrap(), *pid, "slot {i} was done before the crash: found, not restarted");
+        }
+    }
+    assert!(before.iter().any(|(v, _)| v == "2.0") && before.iter().any(|(v, _)| v == "1.0"), "{before:?}");
+    drop(second);
+    drop(slots);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

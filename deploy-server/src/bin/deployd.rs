@@ -23,12 +23,25 @@ struct Cli {
 enum Command {
     /// Serve the API and run the controller.
     Serve(ServeArgs),
-    /// Start the API on a fresh embedded store with simulated targets and show a rollout, an idempotent replay, two
-    /// racing submissions and an automatic rollback, all through the HTTP API. Exits non-zero if a step misbehaves.
+    /// Start the API on a fresh embedded store with four real processes of the demo's service and show a first
+    /// release, a rolling update, an idempotent replay, two racing submissions and an automatic rollback, all through the
+    /// HTTP API. Stops every process it started; exits non-zero if a step misbehaves.
     Demo {
         /// Keep the store in this directory (default: a temporary directory, removed at the end).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+    },
+    /// The demo's service: `/health` reports the version (503 for versions listed as unhealthy). The demo deploys it.
+    DemoApp {
+        /// The port on 127.0.0.1 (shared with an older version during a handover).
+        #[arg(long, env = "PORT")]
+        port: u16,
+        /// The version it reports.
+        #[arg(long, env = "DEMO_APP_VERSION")]
+        version: String,
+        /// Versions whose health check fails, comma-separated.
+        #[arg(long, env = "DEMO_APP_UNHEALTHY_VERSIONS", value_delimiter = ',')]
+        unhealthy_versions: Vec<String>,
     },
 }
 
@@ -148,7 +161,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 /// The demo prints its own timeline; the server's log would drown it.
 fn default_log(cli: &Cli) -> &'static str {
     match cli.command {
-        Command::Demo { .. } => "warn",
+        Command::Demo { .. } | Command::DemoApp { .. } => "warn",
         Command::Serve(_) => "info",
     }
 }
@@ -172,7 +185,17 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve(args).await,
-            Command::Demo { data_dir } => deploy_server::demo::run(data_dir).await.map_err(anyhow::Error::from),
+            Command::Demo { data_dir } => {
+                let exe = std::env::current_exe().context("locating deployd for the demo's service")?;
+                let app = vec![exe.display().to_string(), "demo-app".to_owned()];
+                deploy_server::demo::run(data_dir, app).await.map_err(anyhow::Error::from)
+            }
+            Command::DemoApp { port, version, unhealthy_versions } => {
+                let app = deploy_server::demo_app::DemoApp { port, version, unhealthy_versions };
+                deploy_server::demo_app::serve(app, deploy_server::terminated())
+                    .await
+                    .with_context(|| format!("demo-app on port {port}"))
+            }
         }
     });
     match result {

@@ -16,6 +16,7 @@ pub(crate) use deploy_testkit::fixtures::temp_dir;
 
 pub(crate) mod pg;
 pub(crate) mod receiver;
+pub(crate) mod slots;
 
 pub(crate) fn settings(tag: &str) -> Settings {
     Settings {

@@ -1,0 +1,227 @@
+//! The `command` executor: the team's own hook scripts, run per target for each lifecycle stage.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use deploy_core::{
+    ApplyContext, DesiredState, Executor, ExecutorError, Health, HumanDuration, ImperativeStep, Observation,
+    StepOutput, Target, Version,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::local;
+
+/// The stages a declarative apply runs, in order (each only if the target configures it).
+pub const APPLY_STAGES: [&str; 5] = ["stop", "before_install", "install", "after_install", "start"];
+
+/// The stage that verifies health (exit 0 is healthy); without it a target is healthy once applied.
+pub const VALIDATE_STAGE: &str = "validate";
+
+/// Output kept from a hook, from its end.
+const OUTPUT_LIMIT: usize = 4096;
+
+/// A hook: a shell command line (run with `sh -c`) or a program and its arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Hook {
+    /// `sh -c <line>`.
+    Shell(String),
+    /// A program and its arguments.
+    Argv(Vec<String>),
+}
+
+/// A `command` target's configuration.
+///
+/// ```json
+/// {"hooks": {"stop": "systemctl stop app", "install": ["/opt/hooks/install.sh"], "validate": "curl -fsS localhost/health"},
+///  "timeout": "60s", "env": {"APP_HOME": "/opt/app"}}
+/// ```
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandConfig {
+    /// Hooks by stage: `stop`, `before_install`, `install`, `after_install`, `start`, `validate`, or any name an
+    /// imperative step asks for.
+    pub hooks: BTreeMap<String, Hook>,
+    /// The longest one hook may run; it is killed (its whole process group) after that.
+    #[serde(default = "default_timeout")]
+    pub timeout: HumanDuration,
+    /// The working directory (default: the executor's state directory for the target).
+    #[serde(default)]
+    pub workdir: Option<PathBuf>,
+    /// Environment variables of every hook (the deployment's `config` and secrets come on top, and `DEPLOY_STAGE`,
+    /// `DEPLOY_TARGET`, `DEPLOY_VERSION`, `DEPLOY_PREVIOUS_VERSION`, ...).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+fn default_timeout() -> HumanDuration {
+    HumanDuration::from_secs(300)
+}
+
+impl CommandConfig {
+    fn of(target: &Target) -> Result<Self, ExecutorError> {
+        serde_json::from_value(target.config.clone())
+            .map_err(|e| ExecutorError::permanent(format!("target {}: invalid command config: {e}", target.id)))
+    }
+}
+
+/// What the executor recorded of a target: the version its last successful apply installed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Installed {
+    version: Option<String>,
+}
+
+/// The `command` executor: how teams plug in tools this project does not know. A non-zero exit fails the target with
+/// the hook's output in the error (and so in the deployment's events); a hook that outlives its timeout is killed.
+#[derive(Debug, Clone)]
+pub struct CommandExecutor {
+    root: PathBuf,
+}
+
+/// How one hook ended.
+struct Ran {
+    ok: bool,
+    output: String,
+}
+
+impl CommandExecutor {
+    /// An executor keeping its state and hook output under `state_dir`.
+    #[must_use]
+    pub fn new(state_dir: impl Into<PathBuf>) -> Self {
+        Self { root: state_dir.into() }
+    }
+
+    fn installed_file(&self, target: &Target) -> PathBuf {
+        local::target_dir(&self.root, target).join("installed.json")
+    }
+
+    /// Runs the hook of `stage`, if configured (`None` otherwise), in its own process group, bounded by the timeout.
+    async fn run_hook(
+        &self,
+        cfg: &CommandConfig,
+        target: &Target,
+        stage: &str,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Option<Ran>, ExecutorError> {
+        let Some(hook) = cfg.hooks.get(stage) else { return Ok(None) };
+        let argv = match hook {
+            Hook::Shell(line) => vec!["sh".to_owned(), "-c".to_owned(), line.clone()],
+            Hook::Argv(argv) => argv.clone(),
+        };
+        let dir = local::target_dir(&self.root, target);
+        let workdir = cfg.workdir.clone().unwrap_or_else(|| dir.clone());
+        for d in [&dir, &workdir] {
+            std::fs::create_dir_all(d)
+                .map_err(|e| ExecutorError::retryable(format!("cannot create {}: {e}", d.display())))?;
+        }
+        let log = dir.join(format!("{stage}.log"));
+        let _ = std::fs::remove_file(&log);
+        let mut env = env.clone();
+        env.insert("DEPLOY_STAGE".into(), stage.to_owned());
+        let (proc, mut child) = local::spawn_child(&argv, &workdir, &env, &log).await?;
+        let finished = tokio::time::timeout(cfg.timeout.as_std(), child.wait()).await;
+        match finished {
+            Ok(status) => {
+                // Children the hook left running (a `start` hook launching a daemon) are left alone.
+                let ok = status.is_ok_and(|s| s.success());
+                Ok(Some(Ran { ok, output: local::tail(&log, OUTPUT_LIMIT) }))
+            }
+            Err(_) => {
+                if let Some(p) = &proc {
+                    p.kill();
+                }
+                let _ = child.wait().await;
+                let output = local::tail(&log, OUTPUT_LIMIT);
+                Err(ExecutorError::permanent(format!(
+                    "hook {stage} on {} was killed after its timeout of {}{}",
+                    target.id,
+                    cfg.timeout,
+                    with_output(&output)
+                )))
+            }
+        }
+    }
+
+    fn env(
+        &self,
+        cfg: &CommandConfig,
+        target: &Target,
+        ctx: ApplyContext<'_>,
+    ) -> Result<BTreeMap<String, String>, ExecutorError> {
+        let mut env = local::environment(target, ctx, &cfg.env)?;
+        let installed: Installed = local::load(&self.installed_file(target))?;
+        env.insert("DEPLOY_PREVIOUS_VERSION".into(), installed.version.unwrap_or_default());
+        Ok(env)
+    }
+
+    fn failed(target: &Target, stage: &str, ran: &Ran) -> ExecutorError {
+        ExecutorError::permanent(format!("hook {stage} on {} failed{}", target.id, with_output(&ran.output)))
+    }
+}
+
+fn with_output(output: &str) -> String {
+    if output.is_empty() { String::new() } else { format!(": {output}") }
+}
+
+#[async_trait]
+impl Executor for CommandExecutor {
+    async fn observe(&self, target: &Target) -> Result<Observation, ExecutorError> {
+        CommandConfig::of(target)?;
+        let installed: Installed = local::load(&self.installed_file(target))?;
+        Ok(Observation { version: installed.version.and_then(|v| Version::new(v).ok()), health: Health::Unknown })
+    }
+
+    async fn apply(&self, target: &Target, ctx: ApplyContext<'_>) -> Result<(), ExecutorError> {
+        let cfg = CommandConfig::of(target)?;
+        let env = self.env(&cfg, target, ctx)?;
+        for stage in APPLY_STAGES {
+            if let Some(ran) = self.run_hook(&cfg, target, stage, &env).await?
+                && !ran.ok
+            {
+                return Err(Self::failed(target, stage, &ran));
+            }
+        }
+        local::save(&self.installed_file(target), &Installed { version: Some(ctx.desired.version.to_string()) })
+    }
+
+    async fn verify(&self, target: &Target, desired: &DesiredState) -> Result<Health, ExecutorError> {
+        let cfg = CommandConfig::of(target)?;
+        let installed: Installed = local::load(&self.installed_file(target))?;
+        if installed.version.as_deref() != Some(desired.version.as_str()) {
+            return Ok(Health::Unhealthy);
+        }
+        let mut env = cfg.env.clone();
+        env.insert("DEPLOY_TARGET".into(), target.id.to_string());
+        env.insert("DEPLOY_VERSION".into(), desired.version.to_string());
+        env.insert("DEPLOY_SERVICE".into(), desired.service.to_string());
+        env.insert("DEPLOY_ENVIRONMENT".into(), target.environment.to_string());
+        match self.run_hook(&cfg, target, VALIDATE_STAGE, &env).await {
+            Ok(None) => Ok(Health::Healthy),
+            Ok(Some(ran)) => Ok(if ran.ok { Health::Healthy } else { Health::Unhealthy }),
+            // A validate hook that hangs is a failed probe, not a broken target.
+            Err(_) => Ok(Health::Unhealthy),
+        }
+    }
+
+    async fn run_step(
+        &self,
+        target: &Target,
+        step: &ImperativeStep,
+        ctx: ApplyContext<'_>,
+    ) -> Result<StepOutput, ExecutorError> {
+        let cfg = CommandConfig::of(target)?;
+        let env = self.env(&cfg, target, ctx)?;
+        match self.run_hook(&cfg, target, &step.action, &env).await? {
+            None => Err(ExecutorError::permanent(format!("target {} has no {:?} hook", target.id, step.action))),
+            Some(ran) if ran.ok => {
+                if step.action == "start" || step.action == "install" {
+                    let installed = Installed { version: Some(ctx.desired.version.to_string()) };
+                    local::save(&self.installed_file(target), &installed)?;
+                }
+                Ok(StepOutput { output: ran.output })
+            }
+            Some(ran) => Err(Self::failed(target, &step.action, &ran)),
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! What the `process` and `command` executors share: local processes in their own process group, found again after a
+//! restart by pid and start time, stopped gracefully; state files written atomically; the environment a deployment
+//! gives a process.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use deploy_core::{ApplyContext, ConfigValue, ExecutorError, Target};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// A process started by an executor: its pid (also its process group) and the kernel's start time, so a pid reused by
+/// an unrelated process is never taken for it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Proc {
+    pub(crate) pid: u32,
+    pub(crate) start_time: u64,
+}
+
+/// The start time (in clock ticks since boot) of a live process; `None` when it does not exist or is a zombie.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: the fields after it follow the last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    if fields.first().is_some_and(|s| *s == "Z" || *s == "X") {
+        return None;
+    }
+    // Field 22 overall is the 20th after the ')' (state is field 3, the first).
+    fields.get(19)?.parse().ok()
+}
+
+impl Proc {
+    /// The process just spawned with `pid`.
+    pub(crate) async fn of(pid: u32) -> Option<Self> {
+        for _ in 0..50 {
+            if let Some(t) = start_time(pid) {
+                return Some(Self { pid, start_time: t });
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        None
+    }
+
+    /// Whether it still runs.
+    pub(crate) fn alive(&self) -> bool {
+        start_time(self.pid) == Some(self.start_time)
+    }
+
+    fn signal(&self, signal: Signal) {
+        if let Ok(pid) = i32::try_from(self.pid) {
+            let _ = killpg(Pid::from_raw(pid), signal);
+        }
+    }
+
+    /// SIGTERM to its process group, then SIGKILL once `grace` has passed; returns once it is gone.
+    pub(crate) async fn stop(&self, grace: Duration) {
+        if !self.alive() {
+            return;
+        }
+        self.signal(Signal::SIGTERM);
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.alive() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if self.alive() {
+            self.signal(Signal::SIGKILL);
+            for _ in 0..100 {
+                if !self.alive() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+
+    /// SIGKILL to its process group at once.
+    pub(crate) fn kill(&self) {
+        if self.alive() {
+            self.signal(Signal::SIGKILL);
+        }
+    }
+}
+
+/// Spawns `argv` in its own process group (so the whole tree can be signalled), output appended to `log`, reaped by a
+/// task of its own.
+pub(crate) async fn spawn(
+    argv: &[String],
+    workdir: &Path,
+    env: &BTreeMap<String, String>,
+    log: &Path,
+) -> Result<Proc, ExecutorError> {
+    let (proc, mut child) = spawn_child(argv, workdir, env, log).await?;
+    // Reap it whenever it exits, so it never lingers as a zombie.
+    tokio::spawn(async move {
+        let _ = child.wait().await;
+    });
+    let program = argv.first().map(String::as_str).unwrap_or_default();
+    proc.ok_or_else(|| ExecutorError::permanent(format!("{program:?} exited at once (see {})", log.display())))
+}
+
+/// [`spawn`], handing the child to the caller to wait for; no [`Proc`] when it exited before it could be looked at.
+pub(crate) async fn spawn_child(
+    argv: &[String],
+    workdir: &Path,
+    env: &BTreeMap<String, String>,
+    log: &Path,
+) -> Result<(Option<Proc>, tokio::process::Child), ExecutorError> {
+    let (program, args) = argv.split_first().ok_or_else(|| ExecutorError::permanent("the command is empty"))?;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| ExecutorError::retryable(format!("cannot open {}: {e}", log.display())))?;
+    let err = out.try_clone().map_err(|e| ExecutorError::retryable(format!("cannot open {}: {e}", log.display())))?;
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .current_dir(workdir)
+        .envs(env)
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .kill_on_drop(false);
+    let child = cmd.spawn().map_err(|e| ExecutorError::permanent(format!("cannot start {program:?}: {e}")))?;
+    let pid = child.id().ok_or_else(|| ExecutorError::retryable("the process exited at once"))?;
+    Ok((Proc::of(pid).await, child))
+}
+
+/// The last `max` bytes of a file, on a character boundary.
+pub(crate) fn tail(path: &Path, max: usize) -> String {
+    let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    tail_of(&text, max)
+}
+
+/// The last `max` bytes of `text`, on a character boundary, trimmed.
+pub(crate) fn tail_of(text: &str, max: usize) -> String {
+    let mut start = text.len().saturating_sub(max);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    text.get(start..).unwrap_or_default().trim().to_owned()
+}
+
+/// The environment a deployment gives a process: the target's own variables, the deployment's configuration, its
+/// secrets resolved for this call (only ever passed to the process, never written), and `DEPLOY_*` facts.
+pub(crate) fn environment(
+    target: &Target,
+    ctx: ApplyContext<'_>,
+    own: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, ExecutorError> {
+    let mut env = own.clone();
+    for (key, value) in &ctx.desired.config {
+        if let ConfigValue::Literal(v) = value {
+            let text = match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            env.insert(key.clone(), text);
+        }
+    }
+    for (key, value) in ctx.secrets {
+        env.insert(key.clone(), value.expose().to_owned());
+    }
+    env.insert("DEPLOY_ENVIRONMENT".into(), target.environment.to_string());
+    env.insert("DEPLOY_TARGET".into(), target.id.to_string());
+    env.insert("DEPLOY_SERVICE".into(), ctx.desired.service.to_string());
+    env.insert("DEPLOY_VERSION".into(), ctx.desired.version.to_string());
+    env.insert("DEPLOY_DEPLOYMENT".into(), ctx.deployment.to_string());
+    if let Some(bad) = env.keys().find(|k| k.is_empty() || k.contains('=') || k.contains('\0')) {
+        return Err(ExecutorError::permanent(format!("{bad:?} cannot be an environment variable name")));
+    }
+    Ok(env)
+}
+
+/// Reads a JSON state file; a missing file is the default state.
+pub(crate) fn load<T: DeserializeOwned + Default>(path: &Path) -> Result<T, ExecutorError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| ExecutorError::permanent(format!("corrupt state file {}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
+        Err(e) => Err(ExecutorError::retryable(format!("cannot read {}: {e}", path.display()))),
+    }
+}
+
+/// Writes a JSON state file atomically (a temporary file renamed over it).
+pub(crate) fn save<T: Serialize>(path: &Path, value: &T) -> Result<(), ExecutorError> {
+    let fail = |e: std::io::Error| ExecutorError::retryable(format!("cannot write {}: {e}", path.display()));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(fail)?;
+    }
+    let bytes = serde_json::to_vec_pretty(value).map_err(|e| ExecutorError::permanent(e.to_string()))?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(fail)?;
+    std::fs::rename(&tmp, path).map_err(fail)
+}
+
+/// `<root>/<environment>/<target>`.
+pub(crate) fn target_dir(root: &Path, target: &Target) -> PathBuf {
+    root.join(target.environment.as_str()).join(target.id.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn this_process_has_a_start_time_and_a_dead_one_none() {
+        let me = start_time(std::process::id());
+        assert!(me.is_some());
+        assert_eq!(start_time(u32::MAX - 1), None);
+        let stale = Proc { pid: std::process::id(), start_time: me.unwrap() + 1 };
+        assert!(!stale.alive(), "a reused pid is not the process we started");
+    }
+
+    #[test]
+    fn tails_respect_character_boundaries() {
+        assert_eq!(tail_of("héllo wörld", 4), "rld");
+        assert_eq!(tail_of("  short  ", 100), "short");
+    }
+}
