@@ -131,6 +131,12 @@ pub trait Executor: Send + Sync {
     /// One health probe of `desired` on `target`.
     async fn verify(&self, target: &Target, desired: &DesiredState) -> Result<Health, ExecutorError>;
 
+    /// [`Executor::apply`], returning what the change printed (hook output, say), which the engine keeps in the
+    /// deployment's events. Executors with nothing to report keep the default, which calls `apply`.
+    async fn apply_with_output(&self, target: &Target, ctx: ApplyContext<'_>) -> Result<StepOutput, ExecutorError> {
+        self.apply(target, ctx).await.map(|()| StepOutput::default())
+    }
+
     /// For routers: the executor that serves `target`, so the engine can call it directly for each of its calls.
     /// Everything else keeps the default, `None`, and is called itself.
     fn route(&self, target: &Target) -> Option<&dyn Executor> {
@@ -160,6 +166,9 @@ impl<T: Executor + ?Sized> Executor for Arc<T> {
     }
     async fn apply(&self, target: &Target, ctx: ApplyContext<'_>) -> Result<(), ExecutorError> {
         (**self).apply(target, ctx).await
+    }
+    async fn apply_with_output(&self, target: &Target, ctx: ApplyContext<'_>) -> Result<StepOutput, ExecutorError> {
+        (**self).apply_with_output(target, ctx).await
     }
     async fn verify(&self, target: &Target, desired: &DesiredState) -> Result<Health, ExecutorError> {
         (**self).verify(target, desired).await
@@ -238,6 +247,9 @@ impl Executor for ExecutorRouter {
     }
     async fn apply(&self, target: &Target, ctx: ApplyContext<'_>) -> Result<(), ExecutorError> {
         self.lookup(target)?.apply(target, ctx).await
+    }
+    async fn apply_with_output(&self, target: &Target, ctx: ApplyContext<'_>) -> Result<StepOutput, ExecutorError> {
+        self.lookup(target)?.apply_with_output(target, ctx).await
     }
     async fn verify(&self, target: &Target, desired: &DesiredState) -> Result<Health, ExecutorError> {
         self.lookup(target)?.verify(target, desired).await

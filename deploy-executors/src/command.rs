@@ -173,16 +173,25 @@ impl Executor for CommandExecutor {
     }
 
     async fn apply(&self, target: &Target, ctx: ApplyContext<'_>) -> Result<(), ExecutorError> {
+        self.apply_with_output(target, ctx).await.map(drop)
+    }
+
+    /// Runs the stages in order; the output of each (`[stage] ...`) is returned for the deployment's events.
+    async fn apply_with_output(&self, target: &Target, ctx: ApplyContext<'_>) -> Result<StepOutput, ExecutorError> {
         let cfg = CommandConfig::of(target)?;
         let env = self.env(&cfg, target, ctx)?;
+        let mut output = String::new();
         for stage in APPLY_STAGES {
-            if let Some(ran) = self.run_hook(&cfg, target, stage, &env).await?
-                && !ran.ok
-            {
+            let Some(ran) = self.run_hook(&cfg, target, stage, &env).await? else { continue };
+            if !ran.ok {
                 return Err(Self::failed(target, stage, &ran));
             }
+            if !ran.output.is_empty() {
+                output.push_str(&format!("[{stage}] {}\n", ran.output));
+            }
         }
-        local::save(&self.installed_file(target), &Installed { version: Some(ctx.desired.version.to_string()) })
+        local::save(&self.installed_file(target), &Installed { version: Some(ctx.desired.version.to_string()) })?;
+        Ok(StepOutput { output: local::tail_of(&output, OUTPUT_LIMIT) })
     }
 
     async fn verify(&self, target: &Target, desired: &DesiredState) -> Result<Health, ExecutorError> {

@@ -144,6 +144,11 @@ async fn command_hooks_run_per_stage_and_failures_carry_their_output() {
     assert_eq!(std::fs::read_to_string(scratch.join("out/installed")).unwrap().trim(), "1.0 hello", "config as env");
     let env = s.get("/v1/environments/hooks", ADMIN).await.body;
     assert_eq!(env["targets"][0]["actual"]["version"], "1.0");
+    let text = events_text(&s, done["id"].as_str().unwrap()).await;
+    assert!(
+        text.contains("[stop] stopping on c-1") && text.contains("[start] started 1.0"),
+        "hook output in the events: {text}"
+    );
 
     // A hook that exits non-zero: the target fails with the hook's output in the events.
     let failed = deploy(&s, request("hooks", "9.9", json!({"type": "all_at_once"}))).await;

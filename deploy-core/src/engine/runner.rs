@@ -854,14 +854,27 @@ async fn execute(
     let mut attempts = entry.attempts;
     let result = match spec.mode() {
         ExecutionMode::Declarative => {
-            policy
+            let applied = policy
                 .run(&mut attempts, || async {
                     let secrets = resolve_secrets(rec, desired).await?;
                     executor_for(rec, target)
-                        .apply(target, ApplyContext { deployment, desired, secrets: &secrets })
+                        .apply_with_output(target, ApplyContext { deployment, desired, secrets: &secrets })
                         .await
                 })
-                .await
+                .await;
+            match applied {
+                Ok(output) => {
+                    let text: String = output.output.chars().take(4096).collect();
+                    if !text.trim().is_empty() {
+                        entry.attempts = attempts;
+                        entry.updated_at = rec.now();
+                        let message = format!("{}: applied {}: {}", target.id, desired.version, text.trim());
+                        rec.result(index, entry.clone(), message, None)?;
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
         }
         ExecutionMode::Imperative { steps } => {
             let mut outcome = Ok(());
