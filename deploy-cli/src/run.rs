@@ -19,6 +19,14 @@ use serde_json::{Value, json};
 use crate::args::{Cli, Command, DeployArgs, EnvCommand, KeysCommand, Output, WebhooksCommand};
 use crate::render;
 
+/// `println!` that does not panic when standard output is closed (`deployctl list | head`).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// Why a command failed (exit code 1).
 #[derive(Debug)]
 pub(crate) enum CliError {
@@ -49,8 +57,8 @@ impl Ctx {
     /// Prints `value` as JSON, or `human` for people.
     fn print<T: Serialize>(&self, value: &T, human: impl FnOnce() -> String) -> Result<()> {
         match self.output {
-            Output::Json => println!("{}", to_json(value)?),
-            Output::Human => println!("{}", human()),
+            Output::Json => say!("{}", to_json(value)?),
+            Output::Human => say!("{}", human()),
         }
         Ok(())
     }
@@ -272,7 +280,7 @@ async fn follow(ctx: &Ctx, id: DeploymentId, print_events: bool) -> Result<Deplo
         let event = event.map_err(ctx.fail())?;
         match &mut view {
             Some(v) => v.on(&event),
-            None if print_events => println!("{}", serde_json::to_string(&event).unwrap_or_default()),
+            None if print_events => say!("{}", serde_json::to_string(&event).unwrap_or_default()),
             None => {}
         }
     }
