@@ -31,6 +31,9 @@ pub struct Settings {
     pub database_url: Option<String>,
     /// Enables the `sim` executor.
     pub dev: bool,
+    /// The executor kinds that run real things, comma-separated: `process`, `command` (both by default; empty for
+    /// none). They run what an admin puts in an environment, as `deployd`'s user.
+    pub executors: String,
     /// Refuse submissions without `Idempotency-Key`.
     pub require_idempotency_key: bool,
     /// Requests per second per principal.
@@ -72,6 +75,7 @@ impl Default for Settings {
             data_dir: PathBuf::from("deployd-data"),
             database_url: None,
             dev: false,
+            executors: "process,command".to_owned(),
             require_idempotency_key: false,
             rate_limit: 100.0,
             rate_limit_burst: 200.0,
@@ -226,10 +230,19 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let store = open_store(&settings).await?;
     let bootstrap_key = bootstrap(store.as_ref(), &settings).await?;
     let jwt = jwt_config(&settings)?;
-    // `process` and `command` run what an admin puts in an environment, as deployd's user.
-    let mut executors = ExecutorRouter::new()
-        .with("process", Arc::new(ProcessExecutor::new(settings.data_dir.join("process"))))
-        .with("command", Arc::new(CommandExecutor::new(settings.data_dir.join("command"))));
+    // `process` and `command` run what an admin puts in an environment, as deployd's user: only those enabled.
+    let mut executors = ExecutorRouter::new();
+    for kind in settings.executors.split(',').map(str::trim).filter(|k| !k.is_empty()) {
+        executors = match kind {
+            "process" => executors.with("process", Arc::new(ProcessExecutor::new(settings.data_dir.join("process")))),
+            "command" => executors.with("command", Arc::new(CommandExecutor::new(settings.data_dir.join("command")))),
+            other => {
+                return Err(StartError::Settings(format!(
+                    "executors: unknown kind {other:?} (process, command; sim comes with --dev)"
+                )));
+            }
+        };
+    }
     if settings.dev {
         executors = executors.with("sim", Arc::new(SimExecutor::persistent(settings.data_dir.join("sim"))));
     }

@@ -191,3 +191,13 @@ async fn one_environment_mixes_executors() {
     assert!(env["targets"].as_array().unwrap().iter().all(|t| t["actual"]["version"] == "2.0"), "{env}");
     let _ = settings;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executors_that_run_real_things_can_be_turned_off() {
+    let s = Server::with(deploy_server::Settings { executors: String::new(), ..settings("no-executors") }).await;
+    let slots = Slots::new(1, &s.data_dir, "off");
+    let refused = s.put("/v1/environments/off", ADMIN, json!({"targets": slots.targets("")})).await;
+    refused.problem(400, "validation");
+    assert!(refused.body.to_string().contains("process"), "names the executor: {:?}", refused.body);
+    assert!(slots.health(0).await.is_none(), "nothing was started");
+}

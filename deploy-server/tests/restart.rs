@@ -350,10 +350,17 @@ async fn bad_settings_stop_deployd_with_a_clear_message() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("DEPLOYD_BOOTSTRAP_ADMIN_KEY"));
+    let out = Command::new(env!("CARGO_BIN_EXE_deployd"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--executors", "process,docker", "--data-dir"])
+        .arg(dir.join("data"))
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown kind \"docker\""), "{out:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// A fresh PostgreSQL database for one test, or `None` (said) without `DEPLOY_TEST_PG_URL`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_postgresql_a_replica_killed_mid_rollout_is_replaced_by_another() {
     let Some(url) = pg::postgres_url("on_postgresql_a_replica_killed_mid_rollout_is_replaced_by_another").await else {

@@ -100,6 +100,9 @@ struct ServeArgs {
     /// The admin key created on first start (instead of a random one, printed once).
     #[arg(long, env = "DEPLOYD_BOOTSTRAP_ADMIN_KEY", hide_env_values = true)]
     bootstrap_admin_key: Option<String>,
+    /// Executor kinds that run real things, comma-separated (default `process,command`; empty for none).
+    #[arg(long, env = "DEPLOYD_EXECUTORS")]
+    executors: Option<String>,
     /// Delays between webhook delivery attempts, comma-separated (default `1s,5s,5m,30m,2h,5h,10h,14h,20h,24h`).
     #[arg(long, env = "DEPLOYD_WEBHOOK_RETRY_SCHEDULE")]
     webhook_retry_schedule: Option<String>,
@@ -131,7 +134,7 @@ impl ServeArgs {
         }
         take!(listen, data_dir, dev, require_idempotency_key, rate_limit, rate_limit_burst, request_timeout, lease);
         take!(poll_interval, max_concurrent_deployments, webhook_retry_schedule, webhook_timeout, webhook_concurrency);
-        take!(webhook_concurrency_per_subscription);
+        take!(webhook_concurrency_per_subscription, executors);
         take_opt!(database_url, jwt_hs256_secret, jwt_eddsa_public_key, jwt_issuer, jwt_audience, bootstrap_admin_key);
         Ok(s)
     }
