@@ -262,7 +262,7 @@ fn from_ms(ms: i64) -> Timestamp {
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
 }
 
-fn to_json<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
+fn to_json<T: serde::Serialize + ?Sized>(v: &T) -> Result<String, StoreError> {
     serde_json::to_string(v).map_err(|e| corrupt("encoding", e))
 }
 
@@ -1045,11 +1045,7 @@ impl SqlStore {
                 q.fetch_one(&mut *conn).await.map(|row| get::<i64>(&row, "n").map(|n| n == 1))
             }
             Backend::Sqlite => {
-                let targets: Vec<serde_json::Value> = deployment
-                    .targets()
-                    .iter()
-                    .map(|t| serde_json::to_value(t).map_err(|e| corrupt("encoding", e)))
-                    .collect::<Result<_, _>>()?;
+                let targets = deployment.targets();
                 sqlx::query(
                     "INSERT INTO deploy_accept (id, environment, read_revision, revision, service, status, header, \
                      event, targets, key_scope, key_name, key_fingerprint, key_expires) \
@@ -1063,7 +1059,7 @@ impl SqlStore {
                 .bind(deployment.status().as_str())
                 .bind(to_json(&deployment.header())?)
                 .bind(to_json(&queued)?)
-                .bind(to_json(&targets)?)
+                .bind(to_json(targets)?)
                 .bind(scope)
                 .bind(key)
                 .bind(fingerprint)
