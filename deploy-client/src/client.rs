@@ -761,6 +761,29 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn pagination_follows_cursors_to_the_last_page_and_stops_at_an_error() {
+        let pages = |cursor: Option<String>| async move {
+            match cursor.as_deref() {
+                None => Ok(Page { items: vec![1, 2], next_cursor: Some("a".into()) }),
+                Some("a") => Ok(Page { items: vec![3], next_cursor: Some("b".into()) }),
+                Some("b") => Ok(Page { items: vec![4], next_cursor: None }),
+                Some(other) => Err(Error::Protocol(format!("unexpected cursor {other}"))),
+            }
+        };
+        let all: Vec<i32> = paginate(pages).map(|r| r.unwrap_or(-1)).collect().await;
+        assert_eq!(all, [1, 2, 3, 4]);
+        let failing = |cursor: Option<String>| async move {
+            match cursor {
+                None => Ok(Page { items: vec![1], next_cursor: Some("x".into()) }),
+                Some(_) => Err(Error::Protocol("the server went away".into())),
+            }
+        };
+        let got: Vec<Result<i32, Error>> = paginate(failing).collect().await;
+        assert_eq!(got.len(), 2, "one item, then the error, then the end");
+        assert!(matches!(got[1], Err(Error::Protocol(_))));
+    }
+
     #[test]
     fn path_segments_and_urls_are_checked() {
         assert!(segment("prod-eu_1.a").is_ok());

@@ -84,8 +84,18 @@ async fn every_method_against_a_real_deployd() {
     assert_eq!(prod.len(), 2);
     let every: Vec<_> = c.deployments(DeploymentQuery::default()).map(Result::unwrap).collect().await;
     assert_eq!(every.len(), 3);
-    let cancelled = c.cancel(staging.deployment.id()).await;
-    assert!(cancelled.is_ok() || slug(&cancelled.unwrap_err()) == "already-finished");
+    let queued = DeploymentQuery { status: Some(DeploymentStatus::Succeeded), ..Default::default() };
+    let succeeded: Vec<_> = c.deployments(queued).map(Result::unwrap).collect().await;
+    assert!(succeeded.iter().all(|d| d.status() == DeploymentStatus::Succeeded) && succeeded.len() >= 2);
+    c.wait(staging.deployment.id(), Duration::from_secs(30)).await.unwrap();
+    // Cancel: a slow rollout, cancelled while it runs, ends cancelled.
+    c.put_environment("slow", &sim_env(3, 400), None).await.unwrap();
+    let mut slow = request("slow", "2.0");
+    slow.strategy = serde_json::from_value(serde_json::json!({"type": "rolling", "batch_size": 1})).unwrap();
+    let running = c.submit(&slow, SubmitOptions::default()).await.unwrap().deployment.id();
+    let asked = c.cancel(running).await.unwrap();
+    assert!(asked.cancel_requested() || asked.status() == DeploymentStatus::Cancelled, "{asked:?}");
+    assert_eq!(c.wait(running, Duration::from_secs(30)).await.unwrap().status(), DeploymentStatus::Cancelled);
 
     // Keys and audit.
     let viewer_env = [EnvironmentPattern::new("prod").unwrap()];
