@@ -180,3 +180,61 @@ async fn watch_resumes_across_forced_disconnects_without_losing_or_repeating_eve
     assert!(watched.last().unwrap().event_type.is_terminal());
     server.shutdown().await;
 }
+
+/// A server that answers each request from a script of statuses, counting requests.
+async fn scripted(
+    statuses: Vec<(u16, Option<&'static str>)>,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::Ordering;
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else { return };
+            let n = seen.fetch_add(1, Ordering::SeqCst);
+            let (status, retry_after) = statuses.get(n).copied().unwrap_or((200, None));
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+                let mut buf = vec![0u8; 65536];
+                let _ = socket.read(&mut buf).await;
+                let body = if status == 200 {
+                    r#"{"status":"ok"}"#.to_owned()
+                } else {
+                    format!(r#"{{"type":"/problems/x","title":"T","status":{status},"detail":"d"}}"#)
+                };
+                let extra = retry_after.map(|r| format!("retry-after: {r}\r\n")).unwrap_or_default();
+                let head = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n{extra}\r\n",
+                    body.len()
+                );
+                let _ = socket.write_all(format!("{head}{body}").as_bytes()).await;
+            });
+        }
+    });
+    (format!("http://{addr}"), count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_follow_the_status_and_retry_after_and_never_repeat_a_4xx() {
+    use std::sync::atomic::Ordering;
+    // 503, 429 with Retry-After: 1, then 200: three requests, and the second wait is at least a second.
+    let (url, count) = scripted(vec![(503, None), (429, Some("1")), (200, None)]).await;
+    let started = std::time::Instant::now();
+    client(&url).health().await.unwrap();
+    assert_eq!(count.load(Ordering::SeqCst), 3);
+    assert!(started.elapsed() >= Duration::from_secs(1), "Retry-After was honoured");
+
+    // A 400 is final: one request, and the problem comes back as a value.
+    let (url, count) = scripted(vec![(400, None)]).await;
+    let e = client(&url).health().await.unwrap_err();
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+    assert_eq!((e.problem().unwrap().status, e.problem().unwrap().detail.as_deref()), (400, Some("d")));
+
+    // Persistent 500s: as many attempts as the policy allows, then the last problem.
+    let (url, count) = scripted(vec![(500, None); 10]).await;
+    let e = client(&url).health().await.unwrap_err();
+    assert_eq!(count.load(Ordering::SeqCst), 5, "max_attempts");
+    assert_eq!(e.problem().unwrap().status, 500);
+}
