@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deploy_core::{
-    AuditEntry, Deployment, DeploymentId, DeploymentRequest, Environment, EnvironmentPattern, EnvironmentSpec, Event,
-    Page, PageRequest, Role,
+    AgentReport, AgentSlot, AuditEntry, Deployment, DeploymentId, DeploymentRequest, Environment, EnvironmentPattern,
+    EnvironmentSpec, Event, Page, PageRequest, Role,
 };
 use futures::stream::{BoxStream, Stream, StreamExt as _};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -625,6 +625,47 @@ impl Client {
     pub async fn redeliver(&self, id: Uuid, delivery: &str) -> Result<Delivery, Error> {
         let path = format!("/v1/webhooks/{id}/deliveries/{}/redeliver", segment(delivery)?);
         self.call(Method::POST, &path, &[], None, &[], Repeat::Safe).await?.json()
+    }
+
+    // -----------------------------------------------------------------------------------------------------------
+    // Agents
+
+    /// The slot of `target` (its assignment and last report), as its agent sees it. With `known` (the generation the
+    /// agent already has), the server holds the request up to `wait` for a newer one; `None` when none came.
+    ///
+    /// # Errors
+    /// [`Error::Problem`] `forbidden` for a key bound to another target, ...
+    pub async fn agent_assignment(
+        &self,
+        environment: &str,
+        target: &str,
+        known: Option<u64>,
+        wait: Duration,
+    ) -> Result<Option<AgentSlot>, Error> {
+        let path = format!("/v1/agents/{}/{}/assignment", segment(environment)?, segment(target)?);
+        let headers: Vec<(HeaderName, String)> =
+            known.map(|g| (reqwest::header::IF_NONE_MATCH, format!("\"{g}\""))).into_iter().collect();
+        let query = [("wait", format!("{}ms", wait.as_millis()))];
+        let answer = self.call(Method::GET, &path, &query, None, &headers, Repeat::Safe).await?;
+        if answer.status == StatusCode::NOT_MODIFIED {
+            return Ok(None);
+        }
+        answer.json().map(Some)
+    }
+
+    /// Reports what runs on `target` (also the agent's heartbeat).
+    ///
+    /// # Errors
+    /// [`Error::Problem`] `forbidden` for a key bound to another target, `validation`, ...
+    pub async fn agent_report(
+        &self,
+        environment: &str,
+        target: &str,
+        report: &AgentReport,
+    ) -> Result<AgentSlot, Error> {
+        let path = format!("/v1/agents/{}/{}/report", segment(environment)?, segment(target)?);
+        let body = serde_json::to_value(report).map_err(|e| Error::Protocol(e.to_string()))?;
+        self.call(Method::PUT, &path, &[], Some(&body), &[], Repeat::Safe).await?.json()
     }
 
     // -----------------------------------------------------------------------------------------------------------

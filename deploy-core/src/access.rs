@@ -26,13 +26,20 @@ pub struct ApiKeyRecord {
     /// When.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: Timestamp,
+    /// For an agent's key: the target it is bound to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<crate::names::TargetId>,
 }
 
 impl ApiKeyRecord {
     /// The principal this key authenticates as.
     #[must_use]
     pub fn principal(&self) -> Principal {
-        Principal::new(format!("key:{}", self.name), self.role, self.environments.clone())
+        let id = format!("key:{}", self.name);
+        match (&self.target, self.role) {
+            (Some(target), Role::Agent) => Principal::agent(id, self.environments.clone(), target.clone()),
+            _ => Principal::new(id, self.role, self.environments.clone()),
+        }
     }
 }
 

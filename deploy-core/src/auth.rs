@@ -6,7 +6,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::names::EnvironmentName;
 
-/// A role. Roles are ordered: each allows everything the one before it allows.
+/// A role. Viewer, deployer and admin are ordered: each allows everything the one before it allows. An agent is apart:
+/// it may only fetch the assignment of its own target and report on it ([`Principal::authorize_agent`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
@@ -16,6 +17,8 @@ pub enum Role {
     Deployer,
     /// Everything, including environments, API keys, webhooks and the audit log.
     Admin,
+    /// The agent on one target's host: fetches that target's assignment and reports on it, nothing else.
+    Agent,
 }
 
 /// An action a principal asks to perform.
@@ -34,6 +37,8 @@ pub enum Action {
     ManageEnvironments,
     /// Manage API keys, webhooks and read the audit log.
     Administer,
+    /// Fetch a target's assignment and report on it (agents).
+    ActAsAgent,
 }
 
 impl Role {
@@ -41,9 +46,10 @@ impl Role {
     #[must_use]
     pub const fn allows(self, action: Action) -> bool {
         match action {
-            Action::Read => true,
+            Action::Read => !matches!(self, Self::Agent),
             Action::Deploy | Action::Cancel | Action::Rollback => matches!(self, Self::Deployer | Self::Admin),
             Action::ManageEnvironments | Action::Administer => matches!(self, Self::Admin),
+            Action::ActAsAgent => matches!(self, Self::Agent | Self::Admin),
         }
     }
 }
@@ -130,6 +136,7 @@ pub struct Principal {
     id: String,
     role: Role,
     environments: Vec<EnvironmentPattern>,
+    target: Option<crate::names::TargetId>,
 }
 
 /// A principal asked for something its role or environments do not allow.
@@ -148,7 +155,46 @@ impl Principal {
     /// A principal with an id shown in records (`key:ci-bot`, `jwt:svc-a`), a role and environment patterns.
     #[must_use]
     pub fn new(id: impl Into<String>, role: Role, environments: Vec<EnvironmentPattern>) -> Self {
-        Self { id: id.into(), role, environments }
+        Self { id: id.into(), role, environments, target: None }
+    }
+
+    /// The agent of `target` in the environments `environments` match.
+    #[must_use]
+    pub fn agent(id: impl Into<String>, environments: Vec<EnvironmentPattern>, target: crate::names::TargetId) -> Self {
+        Self { id: id.into(), role: Role::Agent, environments, target: Some(target) }
+    }
+
+    /// The target an agent is bound to.
+    #[must_use]
+    pub fn target(&self) -> Option<&crate::names::TargetId> {
+        self.target.as_ref()
+    }
+
+    /// Whether this principal may act as the agent of `target` in `environment`: an agent bound to that target, or an
+    /// admin of the environment (to inspect or to stand in for an agent).
+    ///
+    /// # Errors
+    /// [`Forbidden`] otherwise.
+    pub fn authorize_agent(
+        &self,
+        environment: &EnvironmentName,
+        target: &crate::names::TargetId,
+    ) -> Result<(), Forbidden> {
+        let in_scope = self.environments.iter().any(|p| p.matches(environment));
+        let allowed = match self.role {
+            Role::Agent => in_scope && self.target.as_ref() == Some(target),
+            Role::Admin => in_scope,
+            Role::Viewer | Role::Deployer => false,
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(Forbidden {
+                principal: self.id.clone(),
+                action: Action::ActAsAgent,
+                environment: environment.to_string(),
+            })
+        }
     }
 
     /// An admin on every environment, for services that embed the orchestrator and trust themselves.
@@ -232,16 +278,32 @@ mod tests {
             Action::ManageEnvironments,
             Action::Administer,
         ];
-        for role in [Role::Viewer, Role::Deployer, Role::Admin] {
+        for role in [Role::Viewer, Role::Deployer, Role::Admin, Role::Agent] {
             for action in actions {
                 let expected = match role {
                     Role::Viewer => action == Action::Read,
                     Role::Deployer => !matches!(action, Action::ManageEnvironments | Action::Administer),
                     Role::Admin => true,
+                    Role::Agent => false,
                 };
                 assert_eq!(scoped(role).authorize(action, &env("staging-eu")).is_ok(), expected, "{role:?} {action:?}");
                 assert!(scoped(role).authorize(action, &env("prod")).is_err(), "{role:?} {action:?} outside scope");
             }
         }
+    }
+
+    #[test]
+    fn an_agent_acts_for_its_own_target_only() {
+        let target = |t: &str| crate::names::TargetId::new(t).unwrap();
+        let agent = Principal::agent("key:a", vec![EnvironmentPattern::new("prod").unwrap()], target("web-1"));
+        assert!(agent.authorize_agent(&env("prod"), &target("web-1")).is_ok());
+        assert!(agent.authorize_agent(&env("prod"), &target("web-2")).is_err(), "another target");
+        assert!(agent.authorize_agent(&env("staging"), &target("web-1")).is_err(), "another environment");
+        let unbound = Principal::new("key:b", Role::Agent, vec![EnvironmentPattern::any()]);
+        assert!(unbound.authorize_agent(&env("prod"), &target("web-1")).is_err(), "an agent bound to nothing");
+        let admin = Principal::new("key:c", Role::Admin, vec![EnvironmentPattern::new("prod").unwrap()]);
+        assert!(admin.authorize_agent(&env("prod"), &target("web-9")).is_ok(), "admins may stand in");
+        let deployer = Principal::new("key:d", Role::Deployer, vec![EnvironmentPattern::any()]);
+        assert!(deployer.authorize_agent(&env("prod"), &target("web-1")).is_err());
     }
 }

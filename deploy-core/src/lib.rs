@@ -35,6 +35,7 @@
 //! ```
 
 mod access;
+mod agent;
 mod auth;
 mod clock;
 mod deployment;
@@ -52,6 +53,7 @@ mod store;
 mod webhook;
 
 pub use access::{ApiKeyRecord, AuditEntry, AuditFilter};
+pub use agent::{AgentReport, AgentSlot};
 pub use auth::{Action, EnvironmentPattern, Forbidden, PatternError, Principal, Role};
 pub use clock::{Clock, SystemClock, Timestamp, add as add_duration, elapsed_between};
 pub use deployment::{
@@ -74,6 +76,7 @@ pub use names::{
 };
 pub use secrets::{
     EnvSecretResolver, ResolvedSecrets, SecretError, SecretRef, SecretRefError, SecretResolver, SecretValue,
+    resolve_for,
 };
 pub use spec::{
     Artifact, CanaryStep, ConfigValue, CountOrPercent, DeploymentRequest, DeploymentSpec, ExecutionMode, FailurePolicy,

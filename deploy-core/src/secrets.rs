@@ -151,6 +151,37 @@ impl SecretResolver for EnvSecretResolver {
     }
 }
 
+/// Resolves every secret a desired state refers to (its `secrets`, and `config` values that are references), keyed by
+/// name, for one call to an executor. An unavailable resolver is a retryable error; an unknown or refused reference a
+/// permanent one.
+///
+/// # Errors
+/// [`crate::ExecutorError`] naming the secret.
+pub async fn resolve_for(
+    resolver: &dyn SecretResolver,
+    desired: &crate::state::DesiredState,
+) -> Result<ResolvedSecrets, crate::executor::ExecutorError> {
+    use crate::executor::ExecutorError;
+    use crate::spec::ConfigValue;
+    let mut out = ResolvedSecrets::new();
+    let refs = desired.secrets.iter().chain(desired.config.iter().filter_map(|(k, v)| match v {
+        ConfigValue::Secret(r) => Some((k, r)),
+        ConfigValue::Literal(_) => None,
+    }));
+    for (name, reference) in refs {
+        match resolver.resolve(reference).await {
+            Ok(v) => {
+                out.insert(name.clone(), v);
+            }
+            Err(e @ SecretError::Unavailable { .. }) => {
+                return Err(ExecutorError::retryable(format!("secret {name}: {e}")));
+            }
+            Err(e) => return Err(ExecutorError::permanent(format!("secret {name} could not be resolved: {e}"))),
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,13 +7,15 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::access::{ApiKeyRecord, AuditEntry, AuditFilter};
+use crate::agent::{AgentReport, AgentSlot};
 use crate::auth::EnvironmentPattern;
 use crate::clock::Timestamp;
 use crate::deployment::{Deployment, DeploymentDraft, DeploymentStatus, ProgressUpdate, UpdateError};
 use crate::environment::{Environment, EnvironmentSpec};
 use crate::event::{Event, EventType};
-use crate::names::{DeploymentId, EnvironmentName, Fingerprint, IdempotencyKey, Revision, ServiceName};
+use crate::names::{DeploymentId, EnvironmentName, Fingerprint, IdempotencyKey, Revision, ServiceName, TargetId};
 use crate::spec::ValidationErrors;
+use crate::state::DesiredState;
 
 /// A store's error. Conformance suites match on these variants.
 #[derive(Debug, thiserror::Error)]
@@ -544,6 +546,33 @@ pub trait Store: Send + Sync {
 
     /// Revokes an API key: it authenticates nobody from now on.
     async fn delete_api_key(&self, id: Uuid) -> Result<(), StoreError>;
+
+    /// The agent slot of a target, if it ever had an assignment or a report.
+    async fn agent_slot(
+        &self,
+        environment: &EnvironmentName,
+        target: &TargetId,
+    ) -> Result<Option<AgentSlot>, StoreError>;
+
+    /// Assigns `desired` to a target's agent ([`AgentSlot::assign`]: a new generation unless that very assignment is
+    /// already there).
+    async fn assign_agent(
+        &self,
+        environment: &EnvironmentName,
+        target: &TargetId,
+        desired: DesiredState,
+        deployment: DeploymentId,
+        now: Timestamp,
+    ) -> Result<AgentSlot, StoreError>;
+
+    /// Records an agent's report, which is also its heartbeat.
+    async fn record_agent_report(
+        &self,
+        environment: &EnvironmentName,
+        target: &TargetId,
+        report: AgentReport,
+        now: Timestamp,
+    ) -> Result<AgentSlot, StoreError>;
 
     /// Appends an entry to the audit log.
     async fn append_audit(&self, entry: AuditEntry) -> Result<(), StoreError>;

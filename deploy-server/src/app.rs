@@ -66,6 +66,7 @@ pub(crate) struct Inner {
     pub(crate) buckets: Mutex<HashMap<String, Bucket>>,
     pub(crate) shutdown: deploy_core::ShutdownSignal,
     pub(crate) webhooks_wake: Arc<tokio::sync::Notify>,
+    pub(crate) agents_assigned: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -106,8 +107,20 @@ impl AppState {
                 buckets: Mutex::new(HashMap::new()),
                 shutdown,
                 webhooks_wake: Arc::new(tokio::sync::Notify::new()),
+                agents_assigned: Arc::new(tokio::sync::Notify::new()),
             }),
         }
+    }
+
+    /// Notified when this process assigns work to an agent, so agents polling this replica hear of it at once: the
+    /// same `Notify` as the [`crate::AgentExecutor`]'s ([`crate::AgentExecutor::notify_with`]). Call it right after
+    /// [`AppState::new`], before the state is shared.
+    #[must_use]
+    pub fn with_agents_assigned(mut self, assigned: Arc<tokio::sync::Notify>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.agents_assigned = assigned;
+        }
+        self
     }
 
     /// Notified when deliveries may have become due (a submission, a redelivery): hand it to the
@@ -195,6 +208,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/api-keys", post(routes::create_key).get(routes::list_keys))
         .route("/v1/api-keys/{id}", axum::routing::delete(routes::delete_key))
         .route("/v1/audit", get(routes::audit))
+        .route("/v1/agents/{env}/{target}/assignment", get(crate::agents::assignment))
+        .route("/v1/agents/{env}/{target}/report", put(crate::agents::report))
         .route("/v1/webhooks", post(webhooks::create_webhook).get(webhooks::list_webhooks))
         .route("/v1/webhooks/{id}", get(webhooks::get_webhook).delete(webhooks::delete_webhook))
         .route("/v1/webhooks/{id}/deliveries", get(webhooks::list_deliveries))
@@ -248,7 +263,9 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
 
 /// Inner: writes every mutating call to the audit log once it is answered.
 async fn audit_and_time(State(state): State<AppState>, mut request: Request<Body>, next: Next) -> Response {
-    let mutating = !matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    // An agent's report is its heartbeat, every few seconds per target: not an administrative act.
+    let mutating = !matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+        && !request.uri().path().starts_with("/v1/agents/");
     let audit = Audit::default();
     request.extensions_mut().insert(audit.clone());
     let request_id = request.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();

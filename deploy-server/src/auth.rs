@@ -262,5 +262,6 @@ pub(crate) fn key_record(
         key_hash: key_digest(key),
         created_by,
         created_at: now,
+        target: None,
     }
 }

@@ -18,6 +18,7 @@
 //! # Ok(()) }
 //! ```
 
+mod agents;
 mod app;
 mod auth;
 pub mod demo;
@@ -30,6 +31,7 @@ mod routes;
 mod server;
 mod webhooks;
 
+pub use agents::AgentExecutor;
 pub use app::{ApiConfig, AppState, BODY_LIMIT, router};
 pub use auth::{
     Authenticator, JwtConfig, JwtConfigError, KEY_CACHE_TTL, KEY_PREFIX, generate_key, is_well_formed_key, key_digest,

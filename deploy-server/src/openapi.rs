@@ -335,10 +335,12 @@ pub struct EventListDoc {
 pub struct NewApiKeyDoc {
     /// A name; the principal is `key:<name>`.
     pub name: String,
-    /// `viewer`, `deployer` or `admin`.
+    /// `viewer`, `deployer`, `admin` or `agent`.
     pub role: String,
-    /// Environment patterns (default `["*"]`).
+    /// Environment patterns (default `["*"]`; an agent key names exactly one environment).
     pub environments: Option<Vec<String>>,
+    /// For an `agent` key (and only for one): the target it is bound to.
+    pub target: Option<String>,
 }
 
 /// An API key, without the key.
@@ -359,6 +361,8 @@ pub struct ApiKeyDoc {
     pub created_at: String,
     /// The key itself (`dk_...`): only in the answer to its creation.
     pub key: Option<String>,
+    /// For an agent's key: the target it is bound to.
+    pub target: Option<String>,
 }
 
 /// API keys.
@@ -445,6 +449,44 @@ pub struct DeliveryListDoc {
     pub items: Vec<DeliveryDoc>,
     /// The cursor of the next page.
     pub next_cursor: Option<String>,
+}
+
+/// What an agent reports about its target (`PUT /v1/agents/{env}/{target}/report`); also its heartbeat.
+#[derive(ToSchema)]
+#[schema(as = AgentReport)]
+pub struct AgentReportDoc {
+    /// The generation the agent last applied (0 before any).
+    pub generation: u64,
+    /// The version running now.
+    pub version: Option<String>,
+    /// `healthy`, `unhealthy` or `unknown`.
+    pub health: String,
+    /// What applying printed (at most 64 KiB).
+    pub output: Option<String>,
+    /// Why applying that generation failed.
+    pub error: Option<String>,
+}
+
+/// A target run by an agent: its assignment and the agent's last report.
+#[derive(ToSchema)]
+#[schema(as = AgentSlot)]
+pub struct AgentSlotDoc {
+    /// The environment.
+    pub environment: String,
+    /// The target.
+    pub target: String,
+    /// Bumped by every new assignment (the `ETag`).
+    pub generation: u64,
+    /// What the agent should run (secrets as references), as a deployment's target's `desired`.
+    pub desired: Option<DesiredDoc>,
+    /// The deployment that asked for it.
+    pub deployment: Option<String>,
+    /// RFC 3339.
+    pub assigned_at: Option<String>,
+    /// The agent's last report.
+    pub report: Option<AgentReportDoc>,
+    /// RFC 3339: when the agent last reported.
+    pub last_seen: Option<String>,
 }
 
 /// One mutating call.
@@ -561,14 +603,14 @@ impl Modify for BearerAuth {
         routes::submit, routes::list_deployments, routes::get_deployment, routes::events, routes::cancel,
         routes::rollback, routes::create_key, routes::list_keys, routes::delete_key, routes::audit,
         webhooks::create_webhook, webhooks::list_webhooks, webhooks::get_webhook, webhooks::delete_webhook,
-        webhooks::list_deliveries, webhooks::redeliver,
+        webhooks::list_deliveries, webhooks::redeliver, crate::agents::assignment, crate::agents::report,
         routes::healthz, routes::readyz, routes::metrics, routes::openapi, routes::problem,
     ),
     components(schemas(
         ProblemDoc, FieldErrorDoc, EnvironmentSpecDoc, EnvironmentDoc, EnvironmentListDoc, DeploymentRequestDoc,
         DeploymentDoc, DeploymentListDoc, EventDoc, EventListDoc, NewApiKeyDoc, ApiKeyDoc, ApiKeyListDoc,
         AuditEntryDoc, AuditListDoc, ProblemTypeDoc, StatusDoc, NewWebhookDoc, WebhookDoc, WebhookListDoc,
-        DeliveryDoc, DeliveryListDoc,
+        DeliveryDoc, DeliveryListDoc, AgentReportDoc, AgentSlotDoc,
     )),
 )]
 struct ApiDoc;

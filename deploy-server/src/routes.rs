@@ -402,6 +402,9 @@ pub(crate) struct NewKey {
     role: Role,
     #[serde(default = "all_environments")]
     environments: Vec<EnvironmentPattern>,
+    /// For an `agent` key: the target it is bound to.
+    #[serde(default)]
+    target: Option<deploy_core::TargetId>,
 }
 
 fn all_environments() -> Vec<EnvironmentPattern> {
@@ -435,9 +438,27 @@ pub(crate) async fn create_key(
     if new.environments.is_empty() {
         return Err(Problem::invalid_field("environments", "give at least one pattern (\"*\" for all)"));
     }
+    match (new.role, &new.target) {
+        (Role::Agent, None) => {
+            return Err(Problem::invalid_field("target", "an agent key is bound to one target: name it"));
+        }
+        (Role::Agent, Some(_))
+            if new.environments.len() != 1 || new.environments.iter().any(|p| p.as_str().contains('*')) =>
+        {
+            return Err(Problem::invalid_field(
+                "environments",
+                "an agent key names exactly one environment, no pattern",
+            ));
+        }
+        (Role::Viewer | Role::Deployer | Role::Admin, Some(_)) => {
+            return Err(Problem::invalid_field("target", "only agent keys are bound to a target"));
+        }
+        _ => {}
+    }
     let key = generate_key().map_err(|e| Problem::internal(&e))?;
     let now = state.inner.orchestrator.clock().now();
-    let record = key_record(&key, new.name, new.role, new.environments, caller.principal.id().to_owned(), now);
+    let mut record = key_record(&key, new.name, new.role, new.environments, caller.principal.id().to_owned(), now);
+    record.target = new.target;
     state.inner.store.create_api_key(record.clone()).await?;
     caller.audit.set("api_key.create", format!("api-keys/{}", record.id), None);
     let mut body = serde_json::to_value(&record).map_err(|e| Problem::internal(&e))?;

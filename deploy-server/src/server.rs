@@ -13,6 +13,7 @@ use deploy_executors::{CommandExecutor, ProcessExecutor, SimExecutor};
 use deploy_sql::SqlStore;
 use serde::Deserialize;
 
+use crate::agents::AgentExecutor;
 use crate::app::{ApiConfig, AppState, router};
 use crate::auth::{Authenticator, JwtConfig, is_well_formed_key, key_record};
 use crate::metrics::Metrics;
@@ -66,6 +67,8 @@ pub struct Settings {
     pub webhook_concurrency: usize,
     /// Webhook attempts in flight at once to one subscription.
     pub webhook_concurrency_per_subscription: usize,
+    /// An agent silent for longer than this makes its target unreachable.
+    pub agent_heartbeat_timeout: HumanDuration,
 }
 
 impl Default for Settings {
@@ -92,6 +95,7 @@ impl Default for Settings {
             webhook_timeout: HumanDuration::from_secs(10),
             webhook_concurrency: 64,
             webhook_concurrency_per_subscription: 8,
+            agent_heartbeat_timeout: HumanDuration::from_secs(15),
         }
     }
 }
@@ -243,6 +247,15 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
             }
         };
     }
+    // Agents run nothing here: they only wait for the agent on the target's host.
+    let agents_assigned = Arc::new(tokio::sync::Notify::new());
+    let agent_executor = AgentExecutor::new(
+        Arc::clone(&store),
+        Arc::new(deploy_core::SystemClock),
+        settings.agent_heartbeat_timeout.as_std(),
+    )
+    .notify_with(Arc::clone(&agents_assigned));
+    executors = executors.with("agent", Arc::new(agent_executor));
     if settings.dev {
         executors = executors.with("sim", Arc::new(SimExecutor::persistent(settings.data_dir.join("sim"))));
     }
@@ -273,7 +286,8 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         api,
         metrics,
         shutdown.clone(),
-    );
+    )
+    .with_agents_assigned(agents_assigned);
     let dispatcher = Dispatcher::new(
         Arc::clone(&store),
         Arc::clone(orchestrator.clock()),

@@ -14,6 +14,7 @@ const SECRET_CAUSE: &str = "connection to 10.1.2.3:5432 refused for user deploy 
 async fn store_failures_are_503_problems_without_internal_detail() {
     let mut store = MockStore::new();
     let record = deploy_core::ApiKeyRecord {
+        target: None,
         id: uuid::Uuid::now_v7(),
         name: "ops".into(),
         role: Role::Admin,

@@ -17,6 +17,7 @@ async fn idle_streams_send_keep_alive_comments_and_end_on_shutdown() {
     let store: Arc<dyn deploy_core::Store> = Arc::new(MemoryStore::new());
     let now = time::OffsetDateTime::now_utc();
     let record = deploy_core::ApiKeyRecord {
+        target: None,
         id: uuid::Uuid::now_v7(),
         name: "ops".into(),
         role: deploy_core::Role::Admin,

@@ -12,6 +12,7 @@ const SQLITE: &[&str] = &[
     include_str!("../migrations/sqlite/0003_optimistic_accept.sql"),
     include_str!("../migrations/sqlite/0004_api_keys_and_audit.sql"),
     include_str!("../migrations/sqlite/0005_delivery_claims_per_subscription.sql"),
+    include_str!("../migrations/sqlite/0006_agents.sql"),
 ];
 const POSTGRES: &[&str] = &[
     include_str!("../migrations/postgres/0001_init.sql"),
@@ -19,10 +20,11 @@ const POSTGRES: &[&str] = &[
     include_str!("../migrations/postgres/0003_optimistic_accept.sql"),
     include_str!("../migrations/postgres/0004_api_keys_and_audit.sql"),
     include_str!("../migrations/postgres/0005_delivery_claims_per_subscription.sql"),
+    include_str!("../migrations/postgres/0006_agents.sql"),
 ];
 
 /// The newest schema version this binary knows.
-pub const LATEST: i64 = 5;
+pub const LATEST: i64 = 6;
 
 /// Brings the schema to [`LATEST`], refusing a database that is newer. Runs in one transaction per migration; on
 /// PostgreSQL an advisory lock keeps replicas that start together from migrating twice.

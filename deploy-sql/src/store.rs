@@ -197,6 +197,43 @@ impl SqlStore {
         &self.group
     }
 
+    /// Reads a target's agent slot (locked), changes it, writes it back, in one transaction.
+    async fn change_agent_slot(
+        &self,
+        environment: &EnvironmentName,
+        target: &deploy_core::TargetId,
+        change: impl FnOnce(&mut deploy_core::AgentSlot),
+    ) -> Result<deploy_core::AgentSlot, StoreError> {
+        let mut tx = self.begin().await?;
+        let sql = format!(
+            "SELECT doc FROM deploy_agents WHERE environment = $1 AND target = $2{}",
+            self.backend.for_update()
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(environment.to_string())
+            .bind(target.to_string())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        let mut slot = match row {
+            Some(r) => from_json("agent", &get::<String>(&r, "doc")?)?,
+            None => deploy_core::AgentSlot::new(environment.clone(), target.clone()),
+        };
+        change(&mut slot);
+        sqlx::query(
+            "INSERT INTO deploy_agents (environment, target, doc) VALUES ($1, $2, $3) \
+             ON CONFLICT (environment, target) DO UPDATE SET doc = excluded.doc",
+        )
+        .bind(environment.to_string())
+        .bind(target.to_string())
+        .bind(to_json(&slot)?)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(slot)
+    }
+
     /// Disables a subscription whose receiver answered 410 and fails its pending deliveries.
     async fn disable_subscription(&self, conn: &mut AnyConnection, id: Uuid) -> Result<(), StoreError> {
         let sql = format!("SELECT doc FROM deploy_webhooks WHERE id = $1{}", self.backend.for_update());
@@ -1866,6 +1903,41 @@ impl Store for SqlStore {
             .await
             .map_err(unavailable)?;
         if done.rows_affected() == 0 { Err(not_found("api key", id)) } else { Ok(()) }
+    }
+
+    async fn agent_slot(
+        &self,
+        environment: &EnvironmentName,
+        target: &deploy_core::TargetId,
+    ) -> Result<Option<deploy_core::AgentSlot>, StoreError> {
+        let row = sqlx::query("SELECT doc FROM deploy_agents WHERE environment = $1 AND target = $2")
+            .bind(environment.to_string())
+            .bind(target.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        row.map(|r| from_json("agent", &get::<String>(&r, "doc")?)).transpose()
+    }
+
+    async fn assign_agent(
+        &self,
+        environment: &EnvironmentName,
+        target: &deploy_core::TargetId,
+        desired: deploy_core::DesiredState,
+        deployment: DeploymentId,
+        now: Timestamp,
+    ) -> Result<deploy_core::AgentSlot, StoreError> {
+        self.change_agent_slot(environment, target, |slot| slot.assign(desired, deployment, now)).await
+    }
+
+    async fn record_agent_report(
+        &self,
+        environment: &EnvironmentName,
+        target: &deploy_core::TargetId,
+        report: deploy_core::AgentReport,
+        now: Timestamp,
+    ) -> Result<deploy_core::AgentSlot, StoreError> {
+        self.change_agent_slot(environment, target, |slot| slot.record(report, now)).await
     }
 
     async fn append_audit(&self, entry: AuditEntry) -> Result<(), StoreError> {

@@ -55,6 +55,7 @@ struct Inner {
     webhooks: BTreeMap<Uuid, WebhookSubscription>,
     deliveries: BTreeMap<String, DeliveryState>,
     api_keys: BTreeMap<Uuid, ApiKeyRecord>,
+    agents: BTreeMap<(String, String), deploy_core::AgentSlot>,
     audit: BTreeMap<Uuid, AuditEntry>,
 }
 
@@ -600,6 +601,47 @@ impl Store for MemoryStore {
 
     async fn delete_api_key(&self, id: Uuid) -> Result<(), StoreError> {
         self.lock().api_keys.remove(&id).map(drop).ok_or_else(|| not_found("api key", id))
+    }
+
+    async fn agent_slot(
+        &self,
+        environment: &EnvironmentName,
+        target: &deploy_core::TargetId,
+    ) -> Result<Option<deploy_core::AgentSlot>, StoreError> {
+        Ok(self.lock().agents.get(&(environment.to_string(), target.to_string())).cloned())
+    }
+
+    async fn assign_agent(
+        &self,
+        environment: &EnvironmentName,
+        target: &deploy_core::TargetId,
+        desired: deploy_core::DesiredState,
+        deployment: DeploymentId,
+        now: Timestamp,
+    ) -> Result<deploy_core::AgentSlot, StoreError> {
+        let mut inner = self.lock();
+        let slot = inner
+            .agents
+            .entry((environment.to_string(), target.to_string()))
+            .or_insert_with(|| deploy_core::AgentSlot::new(environment.clone(), target.clone()));
+        slot.assign(desired, deployment, now);
+        Ok(slot.clone())
+    }
+
+    async fn record_agent_report(
+        &self,
+        environment: &EnvironmentName,
+        target: &deploy_core::TargetId,
+        report: deploy_core::AgentReport,
+        now: Timestamp,
+    ) -> Result<deploy_core::AgentSlot, StoreError> {
+        let mut inner = self.lock();
+        let slot = inner
+            .agents
+            .entry((environment.to_string(), target.to_string()))
+            .or_insert_with(|| deploy_core::AgentSlot::new(environment.clone(), target.clone()));
+        slot.record(report, now);
+        Ok(slot.clone())
     }
 
     async fn append_audit(&self, entry: AuditEntry) -> Result<(), StoreError> {

@@ -176,6 +176,26 @@ mockall::mock! {
         ) -> Result<Option<deploy_core::ApiKeyRecord>, deploy_core::StoreError>;
         async fn list_api_keys(&self) -> Result<Vec<deploy_core::ApiKeyRecord>, deploy_core::StoreError>;
         async fn delete_api_key(&self, id: uuid::Uuid) -> Result<(), deploy_core::StoreError>;
+        async fn agent_slot(
+            &self,
+            environment: &deploy_core::EnvironmentName,
+            target: &deploy_core::TargetId,
+        ) -> Result<Option<deploy_core::AgentSlot>, deploy_core::StoreError>;
+        async fn assign_agent(
+            &self,
+            environment: &deploy_core::EnvironmentName,
+            target: &deploy_core::TargetId,
+            desired: deploy_core::DesiredState,
+            deployment: deploy_core::DeploymentId,
+            now: Timestamp,
+        ) -> Result<deploy_core::AgentSlot, deploy_core::StoreError>;
+        async fn record_agent_report(
+            &self,
+            environment: &deploy_core::EnvironmentName,
+            target: &deploy_core::TargetId,
+            report: deploy_core::AgentReport,
+            now: Timestamp,
+        ) -> Result<deploy_core::AgentSlot, deploy_core::StoreError>;
         async fn append_audit(&self, entry: deploy_core::AuditEntry) -> Result<(), deploy_core::StoreError>;
         async fn list_audit(
             &self,

@@ -21,8 +21,8 @@ use crate::environment::Environment;
 use crate::event::NewEvent;
 use crate::executor::{ApplyContext, Executor, ExecutorError, Target};
 use crate::names::TargetId;
-use crate::secrets::{ResolvedSecrets, SecretError};
-use crate::spec::{ConfigValue, ExecutionMode, OnFailure, RolloutStrategy, UnreachableAction};
+use crate::secrets::ResolvedSecrets;
+use crate::spec::{ExecutionMode, OnFailure, RolloutStrategy, UnreachableAction};
 use crate::state::{ActualState, DesiredState, Health, Observation};
 use crate::store::{Claim, Control, Lease, StoreError};
 
@@ -596,23 +596,7 @@ fn target_of(plan: &Plan<'_>, index: usize) -> Option<(Target, Option<Arc<Desire
 }
 
 async fn resolve_secrets(rec: &Recorder<'_>, desired: &DesiredState) -> Result<ResolvedSecrets, ExecutorError> {
-    let mut out = ResolvedSecrets::new();
-    let refs = desired.secrets.iter().chain(desired.config.iter().filter_map(|(k, v)| match v {
-        ConfigValue::Secret(r) => Some((k, r)),
-        ConfigValue::Literal(_) => None,
-    }));
-    for (name, reference) in refs {
-        match rec.shared.secrets.resolve(reference).await {
-            Ok(v) => {
-                out.insert(name.clone(), v);
-            }
-            Err(e @ SecretError::Unavailable { .. }) => {
-                return Err(ExecutorError::retryable(format!("secret {name}: {e}")));
-            }
-            Err(e) => return Err(ExecutorError::permanent(format!("secret {name} could not be resolved: {e}"))),
-        }
-    }
-    Ok(out)
+    crate::secrets::resolve_for(rec.shared.secrets.as_ref(), desired).await
 }
 
 enum Verified {
@@ -709,7 +693,22 @@ async fn prepare_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
     // Observe first: the difference between desired and actual is what gets executed.
     let mut calls = 0;
     let executor = executor_for(rec, &target);
-    let observed = policy.run(&mut calls, || executor.observe(&target)).await;
+    // The first time the target turns out unreachable, say so at once: the wait may be long.
+    let noted = std::sync::atomic::AtomicBool::new(false);
+    let wait_secs = spec.on_unreachable().wait.as_std().as_secs();
+    let observed = policy
+        .run(&mut calls, || async {
+            let result = executor.observe(&target).await;
+            if let Err(e) = &result
+                && e.class() == crate::executor::ErrorClass::Unreachable
+                && !noted.swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                let msg = format!("{id}: unreachable ({}); waiting up to {wait_secs}s for it", e.message());
+                rec.result(index, entry.clone(), msg, None).map_err(|_| ExecutorError::retryable("stopping"))?;
+            }
+            result
+        })
+        .await;
     let observation = match observed {
         Ok(o) => o,
         Err(CallError::Failed(e)) => {

@@ -100,6 +100,9 @@ struct ServeArgs {
     /// The admin key created on first start (instead of a random one, printed once).
     #[arg(long, env = "DEPLOYD_BOOTSTRAP_ADMIN_KEY", hide_env_values = true)]
     bootstrap_admin_key: Option<String>,
+    /// An agent silent for longer than this makes its target unreachable (default 15s).
+    #[arg(long, env = "DEPLOYD_AGENT_HEARTBEAT_TIMEOUT")]
+    agent_heartbeat_timeout: Option<HumanDuration>,
     /// Executor kinds that run real things, comma-separated (default `process,command`; empty for none).
     #[arg(long, env = "DEPLOYD_EXECUTORS")]
     executors: Option<String>,
@@ -134,7 +137,7 @@ impl ServeArgs {
         }
         take!(listen, data_dir, dev, require_idempotency_key, rate_limit, rate_limit_burst, request_timeout, lease);
         take!(poll_interval, max_concurrent_deployments, webhook_retry_schedule, webhook_timeout, webhook_concurrency);
-        take!(webhook_concurrency_per_subscription, executors);
+        take!(webhook_concurrency_per_subscription, executors, agent_heartbeat_timeout);
         take_opt!(database_url, jwt_hs256_secret, jwt_eddsa_public_key, jwt_issuer, jwt_audience, bootstrap_admin_key);
         Ok(s)
     }

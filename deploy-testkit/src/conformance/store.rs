@@ -482,6 +482,7 @@ pub async fn idempotency_keys_expire(store: &dyn Store) {
 pub async fn api_keys_by_digest(store: &dyn Store) {
     let digest = format!("{:064x}", Uuid::now_v7().as_u128());
     let record = deploy_core::ApiKeyRecord {
+        target: None,
         id: Uuid::now_v7(),
         name: "ci-bot".into(),
         role: deploy_core::Role::Deployer,
@@ -544,4 +545,36 @@ pub async fn audit_log_pages_newest_first(store: &dyn Store) {
     assert_eq!(got, vec![ids[4], ids[2], ids[0]], "only that environment's entries");
     let bad = store.list_audit(&filter, &PageRequest { limit: 3, cursor: Some("nonsense".into()) }).await;
     assert!(matches!(bad, Err(StoreError::Invalid(_))), "a cursor the store never handed out: {bad:?}");
+}
+
+/// An agent slot keeps its assignment (a new generation only for a new assignment) and the agent's last report.
+pub async fn agent_slots(store: &dyn Store) {
+    let env = unique_env("agent");
+    let target = deploy_core::TargetId::new("host-1").expect("target id");
+    assert_eq!(store.agent_slot(&env, &target).await.expect("read"), None, "no slot before anything happened");
+    let now = t0();
+    let want = |v: &str| deploy_core::DesiredState::bare("svc".parse().expect("service"), v.parse().expect("version"));
+    let first = DeploymentId::new();
+    let slot = store.assign_agent(&env, &target, want("1.0"), first, now).await.expect("assign");
+    assert_eq!((slot.generation, slot.deployment), (1, Some(first)));
+    let again = store.assign_agent(&env, &target, want("1.0"), first, now).await.expect("assign again");
+    assert_eq!(again.generation, 1, "the same assignment again is not a new generation");
+    let report = deploy_core::AgentReport {
+        generation: 1,
+        version: Some("1.0".parse().expect("version")),
+        health: deploy_core::Health::Healthy,
+        output: "installed".into(),
+        error: None,
+    };
+    let later = add_duration(now, Duration::from_secs(3));
+    let seen = store.record_agent_report(&env, &target, report.clone(), later).await.expect("report");
+    assert_eq!((seen.report.as_ref(), seen.last_seen), (Some(&report), Some(later)));
+    assert_eq!(seen.current_report(), Some(&report));
+    let next = store.assign_agent(&env, &target, want("2.0"), DeploymentId::new(), later).await.expect("assign 2.0");
+    assert_eq!(next.generation, 2);
+    assert_eq!(next.current_report(), None, "the report is about an older assignment");
+    let stored = store.agent_slot(&env, &target).await.expect("read").expect("slot");
+    assert_eq!(stored, next, "what the store keeps is what it answered");
+    let other = deploy_core::TargetId::new("host-2").expect("target id");
+    assert_eq!(store.agent_slot(&env, &other).await.expect("read"), None, "slots are per target");
 }
