@@ -50,7 +50,8 @@ impl Fleet {
         let base = format!("http://{}", server.addr);
         let fleet = Self { _server: server, base, http: reqwest::Client::new(), dir };
         let list: Vec<Value> = (1..=targets).map(|i| json!({"id": format!("a-{i}"), "executor": "agent"})).collect();
-        let put = fleet.call(reqwest::Method::PUT, "/v1/environments/fleet", ADMIN, Some(json!({"targets": list}))).await;
+        let put =
+            fleet.call(reqwest::Method::PUT, "/v1/environments/fleet", ADMIN, Some(json!({"targets": list}))).await;
         assert!(put.0 == 201 || put.0 == 200, "{}", put.1);
         fleet
     }

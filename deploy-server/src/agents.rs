@@ -29,6 +29,28 @@ const POLL: Duration = Duration::from_millis(100);
 /// The longest an assignment poll may be held open.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
+/// Wakes the assignment polls of one target when this process assigns it work (and only those: a thousand agents
+/// polling must not all wake for one assignment).
+#[derive(Debug, Default)]
+pub struct AgentWatch {
+    waiting: std::sync::Mutex<std::collections::HashMap<(String, String), Arc<Notify>>>,
+}
+
+impl AgentWatch {
+    fn notify_for(&self, environment: &EnvironmentName, target: &TargetId) -> Arc<Notify> {
+        let mut waiting = self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entry = waiting.entry((environment.to_string(), target.to_string())).or_default();
+        Arc::clone(entry)
+    }
+
+    fn wake(&self, environment: &EnvironmentName, target: &TargetId) {
+        let waiting = self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = waiting.get(&(environment.to_string(), target.to_string())) {
+            n.notify_waiters();
+        }
+    }
+}
+
 /// The executor of kind `agent`: applying records the desired state for the target's agent and waits for the agent's
 /// report on it; an agent that has not reported within the heartbeat timeout makes its target unreachable, so the
 /// deployment's `on_unreachable` policy decides.
@@ -37,7 +59,7 @@ pub struct AgentExecutor {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     heartbeat_timeout: Duration,
-    assigned: Arc<Notify>,
+    watch: Arc<AgentWatch>,
 }
 
 impl std::fmt::Debug for AgentExecutor {
@@ -50,13 +72,14 @@ impl AgentExecutor {
     /// An executor over `store`; an agent silent for longer than `heartbeat_timeout` is unreachable.
     #[must_use]
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, heartbeat_timeout: Duration) -> Self {
-        Self { store, clock, heartbeat_timeout, assigned: Arc::new(Notify::new()) }
+        Self { store, clock, heartbeat_timeout, watch: Arc::default() }
     }
 
-    /// Wakes this process's assignment polls when an assignment is made here.
+    /// Wakes this process's assignment polls of a target when an assignment is made here (share it with the
+    /// [`crate::AppState`]: [`crate::AppState::with_agent_watch`]).
     #[must_use]
-    pub fn notify_with(mut self, assigned: Arc<Notify>) -> Self {
-        self.assigned = assigned;
+    pub fn watch_with(mut self, watch: Arc<AgentWatch>) -> Self {
+        self.watch = watch;
         self
     }
 
@@ -113,7 +136,7 @@ impl Executor for AgentExecutor {
             .assign_agent(&target.environment, &target.id, ctx.desired.clone(), ctx.deployment, self.clock.now())
             .await
             .map_err(|e| ExecutorError::retryable(format!("cannot assign to the agent: {e}")))?;
-        self.assigned.notify_waiters();
+        self.watch.wake(&target.environment, &target.id);
         let generation = assigned.generation;
         loop {
             let slot = self.slot(target).await?.unwrap_or(assigned.clone());
@@ -209,10 +232,12 @@ pub(crate) async fn assignment(
     };
     let known = known_generation(&headers);
     let deadline = tokio::time::Instant::now() + wait;
-    let assigned = Arc::clone(&state.inner.agents_assigned);
+    let assigned = state.inner.agent_watch.notify_for(&env, &target);
     loop {
         // Registered before the read, so an assignment made between the read and the wait is not missed.
         let notified = assigned.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
         let slot = state.inner.store.agent_slot(&env, &target).await?;
         let slot = slot.unwrap_or_else(|| AgentSlot::new(env.clone(), target.clone()));
         if known != Some(slot.generation) {

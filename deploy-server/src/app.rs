@@ -66,7 +66,7 @@ pub(crate) struct Inner {
     pub(crate) buckets: Mutex<HashMap<String, Bucket>>,
     pub(crate) shutdown: deploy_core::ShutdownSignal,
     pub(crate) webhooks_wake: Arc<tokio::sync::Notify>,
-    pub(crate) agents_assigned: Arc<tokio::sync::Notify>,
+    pub(crate) agent_watch: Arc<crate::agents::AgentWatch>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -107,18 +107,18 @@ impl AppState {
                 buckets: Mutex::new(HashMap::new()),
                 shutdown,
                 webhooks_wake: Arc::new(tokio::sync::Notify::new()),
-                agents_assigned: Arc::new(tokio::sync::Notify::new()),
+                agent_watch: Arc::default(),
             }),
         }
     }
 
-    /// Notified when this process assigns work to an agent, so agents polling this replica hear of it at once: the
-    /// same `Notify` as the [`crate::AgentExecutor`]'s ([`crate::AgentExecutor::notify_with`]). Call it right after
-    /// [`AppState::new`], before the state is shared.
+    /// Wakes agents polling this replica when this process assigns their target work: the same watch as the
+    /// [`crate::AgentExecutor`]'s ([`crate::AgentExecutor::watch_with`]). Call it right after [`AppState::new`],
+    /// before the state is shared.
     #[must_use]
-    pub fn with_agents_assigned(mut self, assigned: Arc<tokio::sync::Notify>) -> Self {
+    pub fn with_agent_watch(mut self, watch: Arc<crate::agents::AgentWatch>) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            inner.agents_assigned = assigned;
+            inner.agent_watch = watch;
         }
         self
     }

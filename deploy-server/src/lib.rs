@@ -31,7 +31,7 @@ mod routes;
 mod server;
 mod webhooks;
 
-pub use agents::AgentExecutor;
+pub use agents::{AgentExecutor, AgentWatch};
 pub use app::{ApiConfig, AppState, BODY_LIMIT, router};
 pub use auth::{
     Authenticator, JwtConfig, JwtConfigError, KEY_CACHE_TTL, KEY_PREFIX, generate_key, is_well_formed_key, key_digest,

@@ -248,13 +248,13 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         };
     }
     // Agents run nothing here: they only wait for the agent on the target's host.
-    let agents_assigned = Arc::new(tokio::sync::Notify::new());
+    let agent_watch = Arc::new(crate::agents::AgentWatch::default());
     let agent_executor = AgentExecutor::new(
         Arc::clone(&store),
         Arc::new(deploy_core::SystemClock),
         settings.agent_heartbeat_timeout.as_std(),
     )
-    .notify_with(Arc::clone(&agents_assigned));
+    .watch_with(Arc::clone(&agent_watch));
     executors = executors.with("agent", Arc::new(agent_executor));
     if settings.dev {
         executors = executors.with("sim", Arc::new(SimExecutor::persistent(settings.data_dir.join("sim"))));
@@ -287,7 +287,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         metrics,
         shutdown.clone(),
     )
-    .with_agents_assigned(agents_assigned);
+    .with_agent_watch(agent_watch);
     let dispatcher = Dispatcher::new(
         Arc::clone(&store),
         Arc::clone(orchestrator.clock()),

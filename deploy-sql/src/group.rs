@@ -1,4 +1,5 @@
-//! Group commit: concurrent acceptances and audit entries of one process share one transaction, hence one sync.
+//! Group commit: concurrent acceptances, audit entries and agent reports of one process share one transaction, hence
+//! one sync.
 //!
 //! Acceptances into one environment are serialized by design (each bumps its revision), and every durable commit
 //! waits for a sync (SQLite's WAL, PostgreSQL's WAL flush), so N concurrent writers would pay N syncs and N lock
@@ -10,7 +11,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use deploy_core::{Acceptance, Accepted, AuditEntry, StoreError};
+use deploy_core::{
+    Acceptance, Accepted, AgentReport, AgentSlot, AuditEntry, DeploymentId, DesiredState, EnvironmentName, StoreError,
+    TargetId, Timestamp,
+};
 use sqlx::AnyConnection;
 use tokio::sync::oneshot;
 
@@ -25,6 +29,32 @@ pub(crate) enum Write {
     Accept(Box<Acceptance>),
     /// [`deploy_core::Store::append_audit`].
     Audit(Box<AuditEntry>),
+    /// [`deploy_core::Store::assign_agent`] or [`deploy_core::Store::record_agent_report`].
+    Agent(Box<AgentChange>),
+}
+
+/// A change to an agent slot.
+pub(crate) struct AgentChange {
+    pub(crate) environment: EnvironmentName,
+    pub(crate) target: TargetId,
+    pub(crate) change: AgentUpdate,
+}
+
+/// What changes in the slot.
+pub(crate) enum AgentUpdate {
+    /// A new assignment.
+    Assign(DesiredState, DeploymentId, Timestamp),
+    /// A report (heartbeat).
+    Report(AgentReport, Timestamp),
+}
+
+impl AgentChange {
+    pub(crate) fn apply(self, slot: &mut AgentSlot) {
+        match self.change {
+            AgentUpdate::Assign(desired, deployment, now) => slot.assign(desired, deployment, now),
+            AgentUpdate::Report(report, now) => slot.record(report, now),
+        }
+    }
 }
 
 /// What a write produced.
@@ -33,6 +63,8 @@ pub(crate) enum Written {
     Accepted(Box<Accepted>),
     /// An audit entry.
     Appended,
+    /// An agent slot as it is now.
+    Agent(Box<AgentSlot>),
 }
 
 type Reply = oneshot::Sender<Result<Written, StoreError>>;
@@ -121,6 +153,9 @@ impl SqlStore {
                         self.accept_alone(*acceptance).await.map(|a| Written::Accepted(Box::new(a)))
                     }
                     Write::Audit(entry) => self.append_audit_alone(&entry).await.map(|()| Written::Appended),
+                    Write::Agent(change) => {
+                        self.change_agent_alone(*change).await.map(|slot| Written::Agent(Box::new(slot)))
+                    }
                 };
                 if result.is_ok() {
                     self.group().transactions.fetch_add(1, Ordering::Relaxed);
@@ -155,6 +190,9 @@ impl SqlStore {
                     .accept_grouped(&mut tx, *acceptance, &mut locking)
                     .await
                     .map(|a| Written::Accepted(Box::new(a))),
+                Write::Agent(change) => {
+                    self.change_agent_on(&mut tx, *change).await.map(|slot| Written::Agent(Box::new(slot)))
+                }
             };
             if let Err(e @ (StoreError::Unavailable(_) | StoreError::Corrupt(_))) = &result {
                 broken.get_or_insert_with(|| e.to_string());

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deploy_core::{
-    Acceptance, Accepted, ActualState, ApiKeyRecord, AuditEntry, AuditFilter, Claim, ConcurrencyPolicy, Control,
-    DeliveryOutcome, DeliveryStatus, Deployment, DeploymentFilter, DeploymentId, DeploymentStatus, DesiredState,
-    Environment, EnvironmentName, EnvironmentSpec, EnvironmentTarget, EnvironmentWrite, Event, Lease, NewEvent, Page,
-    PageRequest, ProgressUpdate, Revision, Store, StoreError, TargetDefinition, TargetProgress, Timestamp, UpdateError,
-    ValidationErrors, WebhookDelivery, WebhookSubscription,
+    Acceptance, Accepted, ActualState, AgentSlot, ApiKeyRecord, AuditEntry, AuditFilter, Claim, ConcurrencyPolicy,
+    Control, DeliveryOutcome, DeliveryStatus, Deployment, DeploymentFilter, DeploymentId, DeploymentStatus,
+    DesiredState, Environment, EnvironmentName, EnvironmentSpec, EnvironmentTarget, EnvironmentWrite, Event, Lease,
+    NewEvent, Page, PageRequest, ProgressUpdate, Revision, Store, StoreError, TargetDefinition, TargetProgress,
+    Timestamp, UpdateError, ValidationErrors, WebhookDelivery, WebhookSubscription,
 };
 use serde::de::DeserializeOwned;
 use sqlx::any::AnyPoolOptions;
@@ -197,40 +197,54 @@ impl SqlStore {
         &self.group
     }
 
-    /// Reads a target's agent slot (locked), changes it, writes it back, in one transaction.
-    async fn change_agent_slot(
-        &self,
-        environment: &EnvironmentName,
-        target: &deploy_core::TargetId,
-        change: impl FnOnce(&mut deploy_core::AgentSlot),
-    ) -> Result<deploy_core::AgentSlot, StoreError> {
+    /// An agent slot change, sharing a transaction with concurrent writes (heartbeats of many agents).
+    async fn agent_grouped(&self, change: crate::group::AgentChange) -> Result<AgentSlot, StoreError> {
+        match self.grouped(crate::group::Write::Agent(Box::new(change))).await? {
+            crate::group::Written::Agent(slot) => Ok(*slot),
+            _ => Err(StoreError::Corrupt("the group commit answered another kind of write".into())),
+        }
+    }
+
+    /// Changes a target's agent slot in a transaction of its own.
+    pub(crate) async fn change_agent_alone(&self, change: crate::group::AgentChange) -> Result<AgentSlot, StoreError> {
         let mut tx = self.begin().await?;
+        let slot = self.change_agent_on(&mut tx, change).await?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(slot)
+    }
+
+    /// Reads a target's agent slot (locked), changes it and writes it back on `conn` (the caller's transaction).
+    pub(crate) async fn change_agent_on(
+        &self,
+        conn: &mut AnyConnection,
+        change: crate::group::AgentChange,
+    ) -> Result<AgentSlot, StoreError> {
         let sql = format!(
             "SELECT doc FROM deploy_agents WHERE environment = $1 AND target = $2{}",
             self.backend.for_update()
         );
         let row = sqlx::query(AssertSqlSafe(sql))
-            .bind(environment.to_string())
-            .bind(target.to_string())
-            .fetch_optional(&mut *tx)
+            .bind(change.environment.to_string())
+            .bind(change.target.to_string())
+            .fetch_optional(&mut *conn)
             .await
             .map_err(unavailable)?;
         let mut slot = match row {
             Some(r) => from_json("agent", &get::<String>(&r, "doc")?)?,
-            None => deploy_core::AgentSlot::new(environment.clone(), target.clone()),
+            None => AgentSlot::new(change.environment.clone(), change.target.clone()),
         };
-        change(&mut slot);
+        let (environment, target) = (change.environment.to_string(), change.target.to_string());
+        change.apply(&mut slot);
         sqlx::query(
             "INSERT INTO deploy_agents (environment, target, doc) VALUES ($1, $2, $3) \
              ON CONFLICT (environment, target) DO UPDATE SET doc = excluded.doc",
         )
-        .bind(environment.to_string())
-        .bind(target.to_string())
+        .bind(environment)
+        .bind(target)
         .bind(to_json(&slot)?)
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await
         .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)?;
         Ok(slot)
     }
 
@@ -1429,7 +1443,9 @@ impl Store for SqlStore {
         // Concurrent acceptances share a transaction (see `group`); a lone one takes `accept_alone`.
         match self.grouped(crate::group::Write::Accept(Box::new(acceptance))).await? {
             crate::group::Written::Accepted(accepted) => Ok(*accepted),
-            crate::group::Written::Appended => Err(StoreError::Corrupt("group commit answered the wrong write".into())),
+            crate::group::Written::Appended | crate::group::Written::Agent(_) => {
+                Err(StoreError::Corrupt("group commit answered the wrong write".into()))
+            }
         }
     }
 
@@ -1927,7 +1943,12 @@ impl Store for SqlStore {
         deployment: DeploymentId,
         now: Timestamp,
     ) -> Result<deploy_core::AgentSlot, StoreError> {
-        self.change_agent_slot(environment, target, |slot| slot.assign(desired, deployment, now)).await
+        let change = crate::group::AgentChange {
+            environment: environment.clone(),
+            target: target.clone(),
+            change: crate::group::AgentUpdate::Assign(desired, deployment, now),
+        };
+        self.agent_grouped(change).await
     }
 
     async fn record_agent_report(
@@ -1937,7 +1958,12 @@ impl Store for SqlStore {
         report: deploy_core::AgentReport,
         now: Timestamp,
     ) -> Result<deploy_core::AgentSlot, StoreError> {
-        self.change_agent_slot(environment, target, |slot| slot.record(report, now)).await
+        let change = crate::group::AgentChange {
+            environment: environment.clone(),
+            target: target.clone(),
+            change: crate::group::AgentUpdate::Report(report, now),
+        };
+        self.agent_grouped(change).await
     }
 
     async fn append_audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
