@@ -9,10 +9,7 @@
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use deploy_core::{
-    Acceptance, DeploymentDraft, DeploymentId, DeploymentRequest, Lease, NewEvent, PageRequest, Principal,
-    ProgressUpdate, Store, TargetPlan, TargetStatus,
-};
+use deploy_core::{Acceptance, Lease, NewEvent, PageRequest, ProgressUpdate, Store, TargetStatus};
 use deploy_sql::SqlStore;
 
 /// Callers at once in the concurrent variants.
@@ -60,28 +57,7 @@ async fn stores() -> Vec<(&'static str, SqlStore)> {
 }
 
 fn acceptance(env: &str, version: &str) -> Acceptance {
-    let spec = ok(
-        DeploymentRequest {
-            environment: env.into(),
-            service: "svc".into(),
-            version: version.into(),
-            ..Default::default()
-        }
-        .validate(),
-        "spec",
-    );
-    Acceptance {
-        draft: DeploymentDraft {
-            id: DeploymentId::new(),
-            spec,
-            created_by: Principal::system("bench").id().to_owned(),
-            plan: TargetPlan::FromSpec,
-            rollback_of: None,
-        },
-        idempotency: None,
-        expected_revision: None,
-        now: time::OffsetDateTime::now_utc(),
-    }
+    ok(deploy_benches::acceptance(env, "svc", version), "acceptance")
 }
 
 fn sql(c: &mut Criterion) {

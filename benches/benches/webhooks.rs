@@ -18,10 +18,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::post;
-use deploy_core::{
-    Acceptance, DeploymentDraft, DeploymentId, DeploymentRequest, EnvironmentName, PageRequest, Principal, Store,
-    SystemClock, TargetPlan, WebhookSubscription,
-};
+use deploy_core::{EnvironmentName, PageRequest, Store, SystemClock, WebhookSubscription};
 use deploy_server::{Dispatcher, DispatcherConfig};
 use deploy_sql::SqlStore;
 
@@ -45,29 +42,6 @@ async fn receiver() -> (String, Arc<AtomicUsize>) {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (format!("http://{addr}/hook"), count)
-}
-
-fn acceptance(env: &str, version: usize) -> Acceptance {
-    let spec = DeploymentRequest {
-        environment: env.into(),
-        service: "checkout".into(),
-        version: format!("2.{version}"),
-        ..Default::default()
-    }
-    .validate()
-    .unwrap();
-    Acceptance {
-        draft: DeploymentDraft {
-            id: DeploymentId::new(),
-            spec,
-            created_by: Principal::system("bench").id().to_owned(),
-            plan: TargetPlan::FromSpec,
-            rollback_of: None,
-        },
-        idempotency: None,
-        expected_revision: None,
-        now: time::OffsetDateTime::now_utc(),
-    }
 }
 
 /// A fresh SQLite store with one subscription to `url` and `n` pending deliveries (one per accepted deployment).
@@ -94,7 +68,7 @@ async fn outbox(url: &str, n: usize) -> (Arc<SqlStore>, String) {
         let store = Arc::clone(&store);
         tasks.spawn(async move {
             for i in (worker..n).step_by(16) {
-                store.accept(acceptance("prod", i)).await.unwrap();
+                store.accept(deploy_benches::acceptance("prod", "checkout", &format!("2.{i}")).unwrap()).await.unwrap();
             }
         });
     }

@@ -49,6 +49,37 @@ pub fn fleet(n: usize) -> EnvironmentSpec {
     }
 }
 
+/// An acceptance of `service` at `version` into `environment`, as the store receives it (no idempotency key, no
+/// expected revision, accepted now).
+///
+/// # Errors
+/// When the request is invalid (an empty or malformed name).
+pub fn acceptance(
+    environment: &str,
+    service: &str,
+    version: &str,
+) -> Result<deploy_core::Acceptance, deploy_core::ValidationErrors> {
+    let spec = DeploymentRequest {
+        environment: environment.into(),
+        service: service.into(),
+        version: version.into(),
+        ..Default::default()
+    }
+    .validate()?;
+    Ok(deploy_core::Acceptance {
+        draft: deploy_core::DeploymentDraft {
+            id: deploy_core::DeploymentId::new(),
+            spec,
+            created_by: Principal::system("bench").id().to_owned(),
+            plan: deploy_core::TargetPlan::FromSpec,
+            rollback_of: None,
+        },
+        idempotency: None,
+        expected_revision: None,
+        now: time::OffsetDateTime::now_utc(),
+    })
+}
+
 /// The deployment the benchmark runs: rolling, 25% at a time, a single healthy probe per target.
 #[must_use]
 pub fn rolling_request() -> DeploymentRequest {

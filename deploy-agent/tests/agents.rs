@@ -306,24 +306,13 @@ async fn an_agents_credential_is_limited_to_its_own_target() {
     }
 }
 
-/// A fresh database on the PostgreSQL of `DEPLOY_TEST_PG_URL`, or `None` (said) without it.
-async fn postgres_url(test: &str) -> Option<String> {
-    let Ok(base) = std::env::var("DEPLOY_TEST_PG_URL") else {
-        eprintln!("skipped {test}: DEPLOY_TEST_PG_URL is not set");
-        return None;
-    };
-    sqlx::any::install_default_drivers();
-    let admin = sqlx::any::AnyPoolOptions::new().max_connections(1).connect(&base).await.unwrap();
-    let name = format!("deploy_test_{}", uuid::Uuid::now_v7().simple());
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.unwrap();
-    admin.close().await;
-    let (prefix, _) = base.rsplit_once('/').expect("a URL ending in /database");
-    Some(format!("{prefix}/{name}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_postgresql_agents_may_talk_to_any_replica() {
-    let Some(url) = postgres_url("on_postgresql_agents_may_talk_to_any_replica").await else { return };
+    let Some(url) =
+        deploy_sql::testing::fresh_postgres_database("on_postgresql_agents_may_talk_to_any_replica").await.unwrap()
+    else {
+        return;
+    };
     let dir = deploy_testkit::fixtures::temp_dir("agents-pg");
     let a = Fleet::over(dir.join("a"), Some(url.clone()), 2).await;
     let b = Fleet::over(dir.join("b"), Some(url), 2).await;

@@ -20,6 +20,7 @@ mod error;
 mod group;
 mod schema;
 mod store;
+pub mod testing;
 
 pub use cache::RECENT_TTL;
 pub use error::OpenError;

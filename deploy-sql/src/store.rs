@@ -266,17 +266,7 @@ impl SqlStore {
                 .await
                 .map_err(unavailable)?;
         }
-        let rows = sqlx::query("SELECT doc FROM deploy_deliveries WHERE subscription_id = $1 AND pending = 1")
-            .bind(id.to_string())
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(unavailable)?;
-        for row in &rows {
-            let mut other: WebhookDelivery = from_json("delivery", &get::<String>(row, "doc")?)?;
-            other.fail_disabled();
-            write_delivery(conn, &other).await?;
-        }
-        Ok(())
+        fail_pending_deliveries(conn, id).await
     }
 
     pub(crate) async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
@@ -867,6 +857,22 @@ async fn write_deliveries(conn: &mut AnyConnection, deliveries: &[WebhookDeliver
         q.execute(&mut *conn).await.map_err(unavailable)?;
     }
     Ok(())
+}
+
+/// Fails every pending delivery of a disabled subscription, in one statement per chunk.
+async fn fail_pending_deliveries(conn: &mut AnyConnection, subscription: Uuid) -> Result<(), StoreError> {
+    let rows = sqlx::query("SELECT doc FROM deploy_deliveries WHERE subscription_id = $1 AND pending = 1")
+        .bind(subscription.to_string())
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    let mut failed = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let mut d: WebhookDelivery = from_json("delivery", &get::<String>(row, "doc")?)?;
+        d.fail_disabled();
+        failed.push(d);
+    }
+    write_deliveries(conn, &failed).await
 }
 
 /// Writes a delivery's state (document, pending flag, due time) and makes it claimable again.
@@ -1721,16 +1727,7 @@ impl Store for SqlStore {
             let mut sub: WebhookSubscription = from_json("webhook", &get::<String>(row, "doc")?)?;
             if !sub.active {
                 // Deliveries that raced with the 410 that disabled it: they fail too.
-                let stale = sqlx::query("SELECT doc FROM deploy_deliveries WHERE subscription_id = $1 AND pending = 1")
-                    .bind(sub.id.to_string())
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(unavailable)?;
-                for r in &stale {
-                    let mut d: WebhookDelivery = from_json("delivery", &get::<String>(r, "doc")?)?;
-                    d.fail_disabled();
-                    write_delivery(&mut tx, &d).await?;
-                }
+                fail_pending_deliveries(&mut tx, sub.id).await?;
                 continue;
             }
             // Its share: the cap less what dispatchers hold now.

@@ -111,6 +111,22 @@ impl MemoryStore {
         self.records.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Changes a target's agent slot (made empty first if it has none); the slot as it is then.
+    fn change_agent_slot(
+        &self,
+        environment: &EnvironmentName,
+        target: &deploy_core::TargetId,
+        change: impl FnOnce(&mut deploy_core::AgentSlot),
+    ) -> deploy_core::AgentSlot {
+        let mut inner = self.lock();
+        let slot = inner
+            .agents
+            .entry((environment.to_string(), target.to_string()))
+            .or_insert_with(|| deploy_core::AgentSlot::new(environment.clone(), target.clone()));
+        change(slot);
+        slot.clone()
+    }
+
     /// The number of deployments, of events and of webhook deliveries held.
     #[must_use]
     pub fn sizes(&self) -> (usize, usize, usize) {
@@ -619,13 +635,7 @@ impl Store for MemoryStore {
         deployment: DeploymentId,
         now: Timestamp,
     ) -> Result<deploy_core::AgentSlot, StoreError> {
-        let mut inner = self.lock();
-        let slot = inner
-            .agents
-            .entry((environment.to_string(), target.to_string()))
-            .or_insert_with(|| deploy_core::AgentSlot::new(environment.clone(), target.clone()));
-        slot.assign(desired, deployment, now);
-        Ok(slot.clone())
+        Ok(self.change_agent_slot(environment, target, |slot| slot.assign(desired, deployment, now)))
     }
 
     async fn record_agent_report(
@@ -635,13 +645,7 @@ impl Store for MemoryStore {
         report: deploy_core::AgentReport,
         now: Timestamp,
     ) -> Result<deploy_core::AgentSlot, StoreError> {
-        let mut inner = self.lock();
-        let slot = inner
-            .agents
-            .entry((environment.to_string(), target.to_string()))
-            .or_insert_with(|| deploy_core::AgentSlot::new(environment.clone(), target.clone()));
-        slot.record(report, now);
-        Ok(slot.clone())
+        Ok(self.change_agent_slot(environment, target, |slot| slot.record(report, now)))
     }
 
     async fn append_audit(&self, entry: AuditEntry) -> Result<(), StoreError> {

@@ -16,17 +16,7 @@ pub(crate) async fn sqlite(tag: &str) -> (SqlStore, PathBuf) {
 
 /// The URL of a fresh PostgreSQL database, or `None` (after saying so) when `DEPLOY_TEST_PG_URL` is not set.
 pub(crate) async fn postgres_url(test: &str) -> Option<String> {
-    let Ok(base) = std::env::var("DEPLOY_TEST_PG_URL") else {
-        eprintln!("skipped {test}: DEPLOY_TEST_PG_URL is not set");
-        return None;
-    };
-    sqlx::any::install_default_drivers();
-    let admin = sqlx::any::AnyPoolOptions::new().max_connections(1).connect(&base).await.unwrap();
-    let name = format!("deploy_test_{}", uuid::Uuid::now_v7().simple());
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.unwrap();
-    admin.close().await;
-    let (prefix, _) = base.rsplit_once('/').expect("a URL ending in /database");
-    Some(format!("{prefix}/{name}"))
+    deploy_sql::testing::fresh_postgres_database(test).await.unwrap()
 }
 
 /// A fresh PostgreSQL store, or `None` when PostgreSQL tests are not configured.
