@@ -139,7 +139,7 @@ impl SqlStore {
         }
     }
 
-    /// How many group transactions committed, and how many writes they held.
+    /// How many group transactions committed, and how many writes the group handled (refused ones included).
     pub fn group_commits(&self) -> (u64, u64) {
         (self.group().transactions.load(Ordering::Relaxed), self.group().writes.load(Ordering::Relaxed))
     }
@@ -157,9 +157,10 @@ impl SqlStore {
                         self.change_agent_alone(*change).await.map(|slot| Written::Agent(Box::new(slot)))
                     }
                 };
+                // A refusal is handled by the group too, though it commits nothing.
+                self.group().writes.fetch_add(1, Ordering::Relaxed);
                 if result.is_ok() {
                     self.group().transactions.fetch_add(1, Ordering::Relaxed);
-                    self.group().writes.fetch_add(1, Ordering::Relaxed);
                 }
                 let _ = reply.send(result);
             }
@@ -213,9 +214,9 @@ impl SqlStore {
             // The locking path may have superseded older deployments.
             self.forget_cached_reads();
         }
+        self.group().writes.fetch_add(results.len() as u64, Ordering::Relaxed);
         if committed.is_ok() {
             self.group().transactions.fetch_add(1, Ordering::Relaxed);
-            self.group().writes.fetch_add(results.len() as u64, Ordering::Relaxed);
         }
         for (result, reply) in results {
             let answer = match (&committed, result) {
