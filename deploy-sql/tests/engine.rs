@@ -92,3 +92,100 @@ async fn the_engine_runs_end_to_end_on_postgres() {
     let Some(store) = common::postgres("the_engine_runs_end_to_end_on_postgres").await else { return };
     tokio::time::timeout(Duration::from_secs(120), scenario(store)).await.expect("finished in time");
 }
+
+/// An executor that reads the store while it applies, as the `agent` executor does while it waits for an agent's
+/// report; it counts the reads that failed.
+struct ReadingExecutor {
+    inner: Arc<ScriptedExecutor>,
+    store: SqlStore,
+    failed_reads: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl deploy_core::Executor for ReadingExecutor {
+    async fn observe(
+        &self,
+        target: &deploy_core::Target,
+    ) -> Result<deploy_core::Observation, deploy_core::ExecutorError> {
+        self.inner.observe(target).await
+    }
+
+    async fn apply(
+        &self,
+        target: &deploy_core::Target,
+        ctx: deploy_core::ApplyContext<'_>,
+    ) -> Result<(), deploy_core::ExecutorError> {
+        for _ in 0..20 {
+            if self.store.agent_slot(&target.environment, &target.id).await.is_err() {
+                self.failed_reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        self.inner.apply(target, ctx).await
+    }
+
+    async fn verify(
+        &self,
+        target: &deploy_core::Target,
+        desired: &deploy_core::DesiredState,
+    ) -> Result<deploy_core::Health, deploy_core::ExecutorError> {
+        self.inner.verify(target, desired).await
+    }
+}
+
+/// Many targets in flight whose executor reads the store, on SQLite's small pool, while the engine writes their
+/// results: every read and every write gets a connection. (The engine once wrote while leaving the targets' futures
+/// unpolled; a connection handed to a future waiting in the pool was then held by nobody, and the write waited for the
+/// pool's 30-second timeout and gave the deployment up.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targets_that_read_the_store_while_the_engine_writes_never_starve_it() {
+    let (store, dir) = common::sqlite("reading").await;
+    let clock: Arc<dyn deploy_core::Clock> = Arc::new(deploy_core::SystemClock);
+    let scripted = Arc::new(ScriptedExecutor::new("reading", clock));
+    let ids: Vec<String> = (0..32).map(|i| format!("r-{i:02}")).collect();
+    let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    for id in &ids {
+        scripted.add_target(id, Some("1.0"));
+    }
+    let reading =
+        Arc::new(ReadingExecutor { inner: scripted.clone(), store: store.clone(), failed_reads: Default::default() });
+    let o = deploy_core::Orchestrator::builder(Arc::new(store.clone()), reading.clone())
+        .router(deploy_core::ExecutorRouter::new().with("scripted", reading.clone()))
+        .config(deploy_core::OrchestratorConfig {
+            owner: "reader".into(),
+            lease: Duration::from_secs(5),
+            poll_interval: Duration::from_millis(50),
+            ..deploy_core::OrchestratorConfig::default()
+        })
+        .build();
+    let admin = Principal::system("t");
+    o.put_environment(&admin, &env_name("prod"), environment(&id_refs, "scripted", ConcurrencyPolicy::Queue), None)
+        .await
+        .unwrap();
+    // Several rollouts: the starvation needed a connection freed at the wrong moment, so give it many moments.
+    for round in 0..6 {
+        let mut r = request("prod", "web", &format!("2.{round}"));
+        r.verify = Some(deploy_core::spec::VerifyRequest {
+            timeout: Some("10s".into()),
+            interval: Some("5ms".into()),
+            healthy_for: Some("0s".into()),
+        });
+        r.strategy = Some(StrategyRequest::Rolling { batch_size: Some(32.into()), pause: None });
+        let submitted = o.submit(&admin, Submission { request: r, ..Submission::default() }).await.unwrap();
+        assert_eq!(o.run_until_idle().await.unwrap(), 1);
+        let d = o.get(&admin, submitted.deployment.id()).await.unwrap();
+        assert_eq!(d.status(), DeploymentStatus::Succeeded, "round {round}: {:?}", d.status_reason());
+        assert_eq!(
+            reading.failed_reads.load(std::sync::atomic::Ordering::Relaxed),
+            0,
+            "round {round}: every read got a connection"
+        );
+        let events = o.events(&admin, d.id(), 0, 1000).await.unwrap();
+        assert!(
+            !events.iter().any(|e| e.message.contains("store")),
+            "round {round}: the deployment was never given up for a store failure: {events:?}"
+        );
+    }
+    store.close().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -475,8 +475,18 @@ where
                 running.push(task(i));
             }
         }
-        // About to wait (or done): make what finished so far visible and durable first.
-        rec.flush().await?;
+        // About to wait (or done): make what finished so far visible and durable first, still polling the targets
+        // in flight; what they finish meanwhile is taken before going on.
+        let finished = flush_polling(rec, &mut running).await?;
+        if !finished.is_empty() {
+            for result in finished {
+                result?;
+                if let Some(i) = queue.next() {
+                    running.push(task(i));
+                }
+            }
+            continue;
+        }
         if running.is_empty() {
             return Ok(false);
         }
@@ -506,6 +516,28 @@ where
             // A target moved on (e.g. to verifying) without finishing: write it now, not when some target finishes.
             () = rec.result_waiting.notified() => {}
             () = rec.shared.clock.sleep(remaining) => {}
+        }
+    }
+}
+
+/// Writes the buffered results while the targets in `running` go on being polled; returns the results of those that
+/// finished meanwhile (their own results are buffered for the next write).
+///
+/// A target future left unpolled while the runner waits for the store can deadlock both: a pooled database connection
+/// freed while that future was queued for one is handed to it, and the store write then waits for a connection the
+/// unpolled future will never use nor give back.
+async fn flush_polling<'p>(
+    rec: &Recorder<'_>,
+    running: &mut FuturesUnordered<BoxFuture<'p, Result<(), Abort>>>,
+) -> Result<Vec<Result<(), Abort>>, Abort> {
+    let mut finished = Vec::new();
+    let flush = rec.flush();
+    tokio::pin!(flush);
+    loop {
+        tokio::select! {
+            biased;
+            written = &mut flush => return written.map(|()| finished),
+            Some(result) = running.next(), if !running.is_empty() => finished.push(result),
         }
     }
 }
