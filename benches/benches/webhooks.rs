@@ -74,7 +74,7 @@ async fn outbox(url: &str, n: usize) -> (Arc<SqlStore>, String) {
     }
     tasks.join_all().await;
     let page = store.list_deliveries(sub.id, &PageRequest { limit: 1, cursor: None }).await.unwrap();
-    let body = serde_json::to_string(&page.items[0].payload).unwrap();
+    let body = page.items[0].payload.as_str().to_owned();
     (store, body)
 }
 
@@ -146,6 +146,20 @@ fn main() {
                 "store only: {:?} total, {rounds} rounds, claims {claim_t:?}, completes {complete_t:?}",
                 began.elapsed()
             );
+        }
+        if std::env::var("WEBHOOK_PROFILE").is_ok() {
+            // For a profiler: fill several outboxes, say so, wait, then only dispatch.
+            let mut stores = vec![store];
+            for _ in 0..3 {
+                stores.push(outbox(&url, n).await.0);
+            }
+            eprintln!("outboxes ready (pid {})", std::process::id());
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            for s in stores {
+                let took = dispatch(s, &count, n, CONCURRENCY).await;
+                eprintln!("dispatched {n} in {took:?}");
+            }
+            return;
         }
         let (default_store, _) = outbox(&url, n).await;
         println!("{n} deliveries of {} bytes to a receiver on loopback", body.len());

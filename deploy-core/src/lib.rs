@@ -86,6 +86,7 @@ pub use spec::{
 pub use state::{ActualState, DesiredState, Health, Observation};
 pub use store::{
     Acceptance, Accepted, Claim, Control, DeliveryOutcome, DeliveryStatus, DeploymentFilter, EnvironmentWrite,
-    IdempotencyRecord, Lease, Page, PageRequest, Store, StoreError, WebhookDelivery, WebhookSubscription,
+    IdempotencyRecord, Lease, Page, PageRequest, Store, StoreError, WebhookDelivery, WebhookPayload,
+    WebhookSubscription,
 };
 pub use webhook::{RetrySchedule, RetryScheduleError};

@@ -282,6 +282,43 @@ pub enum DeliveryStatus {
     Failed,
 }
 
+/// A webhook body: JSON text, kept as text from the moment it is written to the outbox, so what is stored is what is
+/// signed and sent, byte for byte, and sending it never parses or re-encodes it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct WebhookPayload(Box<serde_json::value::RawValue>);
+
+impl WebhookPayload {
+    /// The payload of `value`.
+    #[must_use]
+    pub fn of(value: &serde_json::Value) -> Self {
+        // A `Value` always encodes; `RawValue::NULL` stands in should that ever change.
+        let raw =
+            serde_json::value::to_raw_value(value).unwrap_or_else(|_| serde_json::value::RawValue::NULL.to_owned());
+        Self(raw)
+    }
+
+    /// The JSON text.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The JSON as a value (parses it).
+    ///
+    /// # Errors
+    /// Never for a payload made by [`WebhookPayload::of`] or read back from a store.
+    pub fn to_value(&self) -> Result<serde_json::Value, serde_json::Error> {
+        serde_json::from_str(self.0.get())
+    }
+}
+
+impl PartialEq for WebhookPayload {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
 /// One delivery in the outbox.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WebhookDelivery {
@@ -295,8 +332,8 @@ pub struct WebhookDelivery {
     pub deployment_id: DeploymentId,
     /// The event's sequence number.
     pub seq: u64,
-    /// The body to send.
-    pub payload: serde_json::Value,
+    /// The body to send, as the exact JSON text that is sent and signed.
+    pub payload: WebhookPayload,
     /// Its state.
     pub status: DeliveryStatus,
     /// Attempts made.
@@ -323,7 +360,9 @@ impl WebhookDelivery {
             event_type: event.event_type,
             deployment_id: event.deployment_id,
             seq: event.seq,
-            payload: serde_json::json!({"type": event.event_type.as_str(), "timestamp": timestamp, "data": deployment}),
+            payload: WebhookPayload::of(
+                &serde_json::json!({"type": event.event_type.as_str(), "timestamp": timestamp, "data": deployment}),
+            ),
             status: DeliveryStatus::Pending,
             attempts: 0,
             last_status_code: None,

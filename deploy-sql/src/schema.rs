@@ -13,6 +13,7 @@ const SQLITE: &[&str] = &[
     include_str!("../migrations/sqlite/0004_api_keys_and_audit.sql"),
     include_str!("../migrations/sqlite/0005_delivery_claims_per_subscription.sql"),
     include_str!("../migrations/sqlite/0006_agents.sql"),
+    include_str!("../migrations/sqlite/0007_delivery_state_columns.sql"),
 ];
 const POSTGRES: &[&str] = &[
     include_str!("../migrations/postgres/0001_init.sql"),
@@ -21,14 +22,20 @@ const POSTGRES: &[&str] = &[
     include_str!("../migrations/postgres/0004_api_keys_and_audit.sql"),
     include_str!("../migrations/postgres/0005_delivery_claims_per_subscription.sql"),
     include_str!("../migrations/postgres/0006_agents.sql"),
+    include_str!("../migrations/postgres/0007_delivery_state_columns.sql"),
 ];
 
 /// The newest schema version this binary knows.
-pub const LATEST: i64 = 6;
+pub const LATEST: i64 = 7;
 
 /// Brings the schema to [`LATEST`], refusing a database that is newer. Runs in one transaction per migration; on
 /// PostgreSQL an advisory lock keeps replicas that start together from migrating twice.
 pub(crate) async fn migrate(pool: &AnyPool, backend: Backend) -> Result<i64, OpenError> {
+    migrate_to(pool, backend, LATEST).await
+}
+
+/// Brings the schema to version `target` (at most [`LATEST`]); see [`migrate`].
+async fn migrate_to(pool: &AnyPool, backend: Backend, target: i64) -> Result<i64, OpenError> {
     let migrations = match backend {
         Backend::Sqlite => SQLITE,
         Backend::Postgres => POSTGRES,
@@ -50,7 +57,8 @@ pub(crate) async fn migrate(pool: &AnyPool, backend: Backend) -> Result<i64, Ope
     if found > LATEST {
         return Err(OpenError::SchemaTooNew { found, supported: LATEST });
     }
-    for (i, migration) in migrations.iter().enumerate().skip(usize::try_from(found).unwrap_or(0)) {
+    let target = usize::try_from(target.min(LATEST)).unwrap_or(0);
+    for (i, migration) in migrations.iter().enumerate().take(target).skip(usize::try_from(found).unwrap_or(0)) {
         for statement in statements(migration) {
             // Statements come from the migration files compiled into this binary.
             sqlx::query(AssertSqlSafe(statement)).execute(&mut *tx).await.map_err(OpenError::Database)?;
@@ -64,7 +72,7 @@ pub(crate) async fn migrate(pool: &AnyPool, backend: Backend) -> Result<i64, Ope
         tracing::info!(version, "applied schema migration");
     }
     tx.commit().await.map_err(OpenError::Database)?;
-    Ok(LATEST)
+    Ok(i64::try_from(target).unwrap_or(LATEST).max(found))
 }
 
 /// The statements of a migration file: comment lines dropped, split at semicolons that end a line, except inside a
@@ -98,7 +106,83 @@ fn statements(migration: &str) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
+    use deploy_core::{DeliveryStatus, PageRequest, Store, WebhookSubscription};
+
+    /// Version 7 moved a delivery's state out of its document into columns: deliveries written by a version-6 binary
+    /// keep their state, and a claim such a binary held still hides its delivery until it lapses.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deliveries_written_by_schema_6_keep_their_state_in_schema_7() {
+        sqlx::any::install_default_drivers();
+        let dir = deploy_testkit::fixtures::temp_dir("schema-6");
+        let file = dir.join(crate::DATABASE_FILE);
+        let url = format!("sqlite://{}?mode=rwc", file.display());
+        let pool = sqlx::any::AnyPoolOptions::new().max_connections(1).connect(&url).await.unwrap();
+        sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await.unwrap();
+        assert_eq!(migrate_to(&pool, Backend::Sqlite, 6).await.unwrap(), 6);
+        let sub = uuid::Uuid::now_v7();
+        let at = time::macros::datetime!(2026-11-01 10:00 UTC);
+        let event = deploy_core::Event {
+            seq: 3,
+            deployment_id: deploy_core::DeploymentId::new(),
+            event_type: deploy_core::EventType::Succeeded,
+            at,
+            target_id: None,
+            status: "succeeded".into(),
+            message: "done".into(),
+        };
+        let mut failed = deploy_core::WebhookDelivery::pending(sub, &event, &serde_json::json!({"id": "d-1"}));
+        let _ = failed.record_attempt(deploy_core::DeliveryOutcome::GiveUp { status_code: Some(500) }, at);
+        let claimed = deploy_core::WebhookDelivery::pending(sub, &event, &serde_json::json!({"id": "d-2"}));
+        let due = at.unix_timestamp() * 1000;
+        let hidden = (at.unix_timestamp() + 3600) * 1000;
+        for (d, pending, due, hidden) in [(&failed, 0, None, None), (&claimed, 1, Some(due), Some(hidden))] {
+            sqlx::query(
+                "INSERT INTO deploy_deliveries (id, subscription_id, doc, pending, due, hidden_until) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(d.id.clone())
+            .bind(sub.to_string())
+            .bind(serde_json::to_string(d).unwrap())
+            .bind(pending)
+            .bind(due)
+            .bind(hidden)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        pool.close().await;
+
+        let store = crate::SqlStore::sqlite(&dir).await.unwrap();
+        store
+            .create_webhook(WebhookSubscription {
+                id: sub,
+                url: "http://127.0.0.1:9/hook".into(),
+                events: vec!["*".into()],
+                environments: vec![],
+                active: true,
+                disabled_reason: None,
+                created_at: at,
+                secret: "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD".into(),
+            })
+            .await
+            .unwrap();
+        let page = store.list_deliveries(sub, &PageRequest { limit: 10, cursor: None }).await.unwrap();
+        let read = |id: &str| page.items.iter().find(|d| d.id == id).unwrap().clone();
+        assert_eq!(read(&failed.id), failed, "state carried over from the document");
+        assert_eq!(read(&failed.id).status, DeliveryStatus::Failed);
+        assert_eq!(read(&claimed.id), claimed);
+        let before_lapse = time::OffsetDateTime::from_unix_timestamp(at.unix_timestamp() + 60).unwrap();
+        let batch = store.claim_deliveries(before_lapse, 10, 10, std::time::Duration::from_secs(30)).await.unwrap();
+        assert!(batch.is_empty(), "the old binary's claim still hides it: {batch:?}");
+        let after_lapse = time::OffsetDateTime::from_unix_timestamp(at.unix_timestamp() + 3601).unwrap();
+        let batch = store.claim_deliveries(after_lapse, 10, 10, std::time::Duration::from_secs(30)).await.unwrap();
+        assert_eq!(batch.iter().map(|(d, _)| d.id.clone()).collect::<Vec<_>>(), vec![claimed.id.clone()]);
+        store.close().await;
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn migrations_split_into_statements_keeping_trigger_bodies_whole() {

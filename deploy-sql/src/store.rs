@@ -56,6 +56,15 @@ impl Backend {
         }
     }
 
+    /// A subquery of the strings in the JSON array bound to parameter `param`: one statement (prepared once, one
+    /// value bound) whatever the number of ids.
+    fn json_strings(self, param: usize) -> String {
+        match self {
+            Self::Sqlite => format!("(SELECT value FROM json_each(${param}))"),
+            Self::Postgres => format!("(SELECT json_array_elements_text(CAST(${param} AS json)))"),
+        }
+    }
+
     fn for_update(self) -> &'static str {
         match self {
             Self::Sqlite => "",
@@ -803,13 +812,15 @@ async fn enqueue_deliveries(
     for (event, sub) in matching {
         let delivery = WebhookDelivery::pending(sub.id, event, &snapshot);
         sqlx::query(
-            "INSERT INTO deploy_deliveries (id, subscription_id, doc, pending, due, hidden_until) \
-             VALUES ($1, $2, $3, 1, $4, NULL)",
+            "INSERT INTO deploy_deliveries \
+             (id, subscription_id, doc, pending, due, hidden_until, status, attempts, next_at) \
+             VALUES ($1, $2, $3, 1, $4, NULL, 'pending', 0, $5)",
         )
         .bind(&delivery.id)
         .bind(sub.id.to_string())
         .bind(to_json(&delivery)?)
         .bind(ms(event.at))
+        .bind(rfc3339(event.at)?)
         .execute(&mut *conn)
         .await
         .map_err(unavailable)?;
@@ -820,72 +831,156 @@ async fn enqueue_deliveries(
 /// Rows written or looked up by one statement.
 const ROWS_PER_STATEMENT: usize = 200;
 
-/// `$first, $first+1, ...`: `n` placeholders.
-fn placeholders(first: usize, n: usize) -> String {
-    (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+/// The columns a delivery is read from: the document written when it was queued (what never changes: its id,
+/// subscription, event and payload) and its state, in columns of its own since schema version 7.
+const DELIVERY_COLUMNS: &str = "doc, status, attempts, last_status_code, next_at, delivered_at";
+
+/// A delivery from a row of [`DELIVERY_COLUMNS`].
+fn read_delivery(row: &sqlx::any::AnyRow) -> Result<WebhookDelivery, StoreError> {
+    let mut d: WebhookDelivery = from_json("delivery", &get::<String>(row, "doc")?)?;
+    d.status = match get::<String>(row, "status")?.as_str() {
+        "pending" => DeliveryStatus::Pending,
+        "delivered" => DeliveryStatus::Delivered,
+        "failed" => DeliveryStatus::Failed,
+        other => return Err(corrupt("delivery status", other)),
+    };
+    d.attempts = u32::try_from(get::<i64>(row, "attempts")?).map_err(|e| corrupt("attempts", e))?;
+    d.last_status_code = get::<Option<i64>>(row, "last_status_code")?
+        .map(u16::try_from)
+        .transpose()
+        .map_err(|e| corrupt("last_status_code", e))?;
+    d.next_attempt_at = get::<Option<String>>(row, "next_at")?.as_deref().map(parse_rfc3339).transpose()?;
+    d.delivered_at = get::<Option<String>>(row, "delivered_at")?.as_deref().map(parse_rfc3339).transpose()?;
+    Ok(d)
 }
 
-/// Writes the state of several deliveries in one statement per chunk, making them claimable again.
-async fn write_deliveries(conn: &mut AnyConnection, deliveries: &[WebhookDelivery]) -> Result<(), StoreError> {
-    for chunk in deliveries.chunks(ROWS_PER_STATEMENT) {
-        let values = (0..chunk.len())
-            .map(|i| {
-                let p = 4 * i;
-                format!(
-                    "(CAST(${} AS TEXT), CAST(${} AS TEXT), CAST(${} AS BIGINT), CAST(${} AS BIGINT))",
-                    p + 1,
-                    p + 2,
-                    p + 3,
-                    p + 4
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
+fn rfc3339(t: Timestamp) -> Result<String, StoreError> {
+    t.format(&time::format_description::well_known::Rfc3339).map_err(|e| corrupt("timestamp", e))
+}
+
+fn parse_rfc3339(s: &str) -> Result<Timestamp, StoreError> {
+    Timestamp::parse(s, &time::format_description::well_known::Rfc3339).map_err(|e| corrupt("timestamp", e))
+}
+
+/// Fails every pending delivery of a disabled subscription, in one statement.
+async fn fail_pending_deliveries(conn: &mut AnyConnection, subscription: Uuid) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE deploy_deliveries SET status = 'failed', next_at = NULL, pending = 0, due = NULL, \
+         hidden_until = NULL WHERE subscription_id = $1 AND pending = 1",
+    )
+    .bind(subscription.to_string())
+    .execute(&mut *conn)
+    .await
+    .map_err(unavailable)?;
+    Ok(())
+}
+
+/// Outcomes to record, sorted by the statement that writes them.
+#[derive(Default)]
+struct Outcomes<'a> {
+    /// By status code: each code's deliveries take one statement per chunk.
+    delivered: std::collections::BTreeMap<u16, Vec<&'a str>>,
+    retry: Vec<(&'a str, Option<u16>, Timestamp)>,
+    give_up: Vec<(&'a str, Option<u16>)>,
+    gone: Vec<&'a str>,
+}
+
+impl<'a> Outcomes<'a> {
+    fn sort(outcomes: &'a [(String, DeliveryOutcome)]) -> Self {
+        let mut sorted = Self::default();
+        for (id, outcome) in outcomes {
+            match outcome {
+                DeliveryOutcome::Delivered { status_code } => {
+                    sorted.delivered.entry(*status_code).or_default().push(id);
+                }
+                DeliveryOutcome::Retry { status_code, next_attempt_at } => {
+                    sorted.retry.push((id, *status_code, *next_attempt_at));
+                }
+                DeliveryOutcome::GiveUp { status_code } => sorted.give_up.push((id, *status_code)),
+                DeliveryOutcome::Gone => sorted.gone.push(id),
+            }
+        }
+        sorted
+    }
+}
+
+/// Records outcomes of pending deliveries (the same transitions as [`WebhookDelivery::record_attempt`]), a statement
+/// per kind of outcome and chunk; a delivery no longer pending is left alone. Returns the subscriptions whose
+/// receivers answered 410.
+///
+/// Rows are found by id and checked by `status` (always in step with `pending`), never by `pending`: SQLite's
+/// planner would take the `(pending, due)` index for `pending = 1` and scan every pending delivery.
+async fn record_outcomes(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    outcomes: &[(String, DeliveryOutcome)],
+    now: Timestamp,
+) -> Result<Vec<Uuid>, StoreError> {
+    let sorted = Outcomes::sort(outcomes);
+    let now_text = rfc3339(now)?;
+    for (code, ids) in &sorted.delivered {
         let sql = format!(
-            "WITH v (id, doc, pending, due) AS (VALUES {values}) \
-             UPDATE deploy_deliveries SET doc = v.doc, pending = v.pending, due = v.due, hidden_until = NULL \
-             FROM v WHERE deploy_deliveries.id = v.id"
+            "UPDATE deploy_deliveries SET status = 'delivered', attempts = attempts + 1, last_status_code = $1, \
+             delivered_at = $2, next_at = NULL, pending = 0, due = NULL, hidden_until = NULL \
+             WHERE status = 'pending' AND id IN {}",
+            backend.json_strings(3)
+        );
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(i64::from(*code))
+            .bind(now_text.clone())
+            .bind(to_json(ids)?)
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+    }
+    for chunk in sorted.retry.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "WITH v (id, code, next_at, due) AS (VALUES {}) \
+             UPDATE deploy_deliveries SET attempts = attempts + 1, last_status_code = v.code, next_at = v.next_at, \
+             due = v.due, hidden_until = NULL FROM v WHERE deploy_deliveries.id = v.id AND deploy_deliveries.status = 'pending'",
+            tuples(chunk.len(), &["TEXT", "BIGINT", "TEXT", "BIGINT"], 1)
         );
         let mut q = sqlx::query(AssertSqlSafe(sql));
-        for d in chunk {
-            q = q
-                .bind(d.id.clone())
-                .bind(to_json(d)?)
-                .bind(i64::from(d.status == DeliveryStatus::Pending))
-                .bind(d.next_attempt_at.map(ms));
+        for (id, code, at) in chunk {
+            q = q.bind(*id).bind(code.map(i64::from)).bind(rfc3339(*at)?).bind(ms(*at));
         }
         q.execute(&mut *conn).await.map_err(unavailable)?;
     }
-    Ok(())
-}
-
-/// Fails every pending delivery of a disabled subscription, in one statement per chunk.
-async fn fail_pending_deliveries(conn: &mut AnyConnection, subscription: Uuid) -> Result<(), StoreError> {
-    let rows = sqlx::query("SELECT doc FROM deploy_deliveries WHERE subscription_id = $1 AND pending = 1")
-        .bind(subscription.to_string())
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(unavailable)?;
-    let mut failed = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let mut d: WebhookDelivery = from_json("delivery", &get::<String>(row, "doc")?)?;
-        d.fail_disabled();
-        failed.push(d);
+    for chunk in sorted.give_up.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "WITH v (id, code) AS (VALUES {}) \
+             UPDATE deploy_deliveries SET status = 'failed', attempts = attempts + 1, last_status_code = v.code, \
+             next_at = NULL, pending = 0, due = NULL, hidden_until = NULL \
+             FROM v WHERE deploy_deliveries.id = v.id AND deploy_deliveries.status = 'pending'",
+            tuples(chunk.len(), &["TEXT", "BIGINT"], 1)
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for (id, code) in chunk {
+            q = q.bind(*id).bind(code.map(i64::from));
+        }
+        q.execute(&mut *conn).await.map_err(unavailable)?;
     }
-    write_deliveries(conn, &failed).await
-}
-
-/// Writes a delivery's state (document, pending flag, due time) and makes it claimable again.
-async fn write_delivery(conn: &mut AnyConnection, d: &WebhookDelivery) -> Result<(), StoreError> {
-    sqlx::query("UPDATE deploy_deliveries SET doc = $1, pending = $2, due = $3, hidden_until = NULL WHERE id = $4")
-        .bind(to_json(d)?)
-        .bind(i64::from(d.status == DeliveryStatus::Pending))
-        .bind(d.next_attempt_at.map(ms))
-        .bind(&d.id)
-        .execute(conn)
-        .await
-        .map_err(unavailable)?;
-    Ok(())
+    let mut gone = Vec::new();
+    if !sorted.gone.is_empty() {
+        let sql = format!(
+            "UPDATE deploy_deliveries SET status = 'failed', attempts = attempts + 1, last_status_code = 410, \
+             next_at = NULL, pending = 0, due = NULL, hidden_until = NULL \
+             WHERE status = 'pending' AND id IN {} RETURNING subscription_id",
+            backend.json_strings(1)
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(to_json(&sorted.gone)?)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+        for row in rows {
+            let id = get::<String>(&row, "subscription_id")?.parse().map_err(|e| corrupt("subscription id", e))?;
+            if !gone.contains(&id) {
+                gone.push(id);
+            }
+        }
+    }
+    Ok(gone)
 }
 
 async fn load_webhooks(conn: &mut AnyConnection) -> Result<Vec<WebhookSubscription>, StoreError> {
@@ -1697,14 +1792,12 @@ impl Store for SqlStore {
     ) -> Result<Vec<(WebhookDelivery, WebhookSubscription)>, StoreError> {
         // Most polls find nothing due: look first without a transaction, so an idle dispatcher never takes SQLite's
         // write lock from the acceptances.
-        let due = sqlx::query(
-            "SELECT 1 AS one FROM deploy_deliveries WHERE pending = 1 AND (due IS NULL OR due <= $1) \
-             AND (hidden_until IS NULL OR hidden_until <= $1) LIMIT 1",
-        )
-        .bind(ms(now))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(unavailable)?;
+        // A claim moves a delivery's due time to the end of its lease, so what is due is never claimed.
+        let due = sqlx::query("SELECT 1 AS one FROM deploy_deliveries WHERE pending = 1 AND due <= $1 LIMIT 1")
+            .bind(ms(now))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
         if due.is_none() || limit == 0 {
             return Ok(Vec::new());
         }
@@ -1719,8 +1812,8 @@ impl Store for SqlStore {
             .map_err(unavailable)?;
         let cap = i64::try_from(per_subscription).unwrap_or(i64::MAX);
         let due_sql = format!(
-            "SELECT doc FROM deploy_deliveries WHERE subscription_id = $1 AND pending = 1 AND due <= $2 \
-             AND (hidden_until IS NULL OR hidden_until <= $2) ORDER BY due, id LIMIT $3{lock}"
+            "SELECT {DELIVERY_COLUMNS} FROM deploy_deliveries WHERE subscription_id = $1 AND pending = 1 \
+             AND due <= $2 ORDER BY due, id LIMIT $3{lock}"
         );
         let mut candidates = Vec::new();
         for row in &subscriptions {
@@ -1753,24 +1846,25 @@ impl Store for SqlStore {
                 .await
                 .map_err(unavailable)?;
             for r in &rows {
-                let delivery: WebhookDelivery = from_json("delivery", &get::<String>(r, "doc")?)?;
-                candidates.push((delivery, sub.clone()));
+                candidates.push((read_delivery(r)?, sub.clone()));
             }
         }
         // The oldest due first, across subscriptions.
         candidates.sort_by(|(a, _), (b, _)| (a.next_attempt_at, &a.id).cmp(&(b.next_attempt_at, &b.id)));
         candidates.truncate(limit);
         let hidden = ms(deploy_core::add_duration(now, lease));
-        for chunk in candidates.chunks(ROWS_PER_STATEMENT) {
+        if !candidates.is_empty() {
+            let ids: Vec<&str> = candidates.iter().map(|(d, _)| d.id.as_str()).collect();
             let sql = format!(
-                "UPDATE deploy_deliveries SET hidden_until = $1 WHERE id IN ({})",
-                placeholders(2, chunk.len())
+                "UPDATE deploy_deliveries SET hidden_until = $1, due = $1 WHERE id IN {}",
+                self.backend.json_strings(2)
             );
-            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(hidden);
-            for (delivery, _) in chunk {
-                q = q.bind(&delivery.id);
-            }
-            q.execute(&mut *tx).await.map_err(unavailable)?;
+            sqlx::query(AssertSqlSafe(sql))
+                .bind(hidden)
+                .bind(to_json(&ids)?)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
         }
         tx.commit().await.map_err(unavailable)?;
         Ok(candidates)
@@ -1785,36 +1879,8 @@ impl Store for SqlStore {
             return Ok(());
         }
         let mut tx = self.begin().await?;
-        for chunk in outcomes.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "SELECT id, doc FROM deploy_deliveries WHERE id IN ({}){}",
-                placeholders(1, chunk.len()),
-                self.backend.for_update()
-            );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
-            for (id, _) in chunk {
-                q = q.bind(id);
-            }
-            let rows = q.fetch_all(&mut *tx).await.map_err(unavailable)?;
-            let mut stored: std::collections::HashMap<String, WebhookDelivery> = std::collections::HashMap::new();
-            for row in &rows {
-                stored.insert(get(row, "id")?, from_json("delivery", &get::<String>(row, "doc")?)?);
-            }
-            let mut changed = Vec::with_capacity(chunk.len());
-            let mut gone = Vec::new();
-            for (id, outcome) in chunk {
-                // Unknown (its subscription was deleted) or no longer pending (another dispatcher finished it after
-                // this one's lease lapsed): ignored.
-                let Some(d) = stored.get_mut(id).filter(|d| d.status == DeliveryStatus::Pending) else { continue };
-                if d.record_attempt(outcome.clone(), now) {
-                    gone.push(d.subscription_id);
-                }
-                changed.push(d.clone());
-            }
-            write_deliveries(&mut tx, &changed).await?;
-            for subscription in gone {
-                self.disable_subscription(&mut tx, subscription).await?;
-            }
+        for subscription in record_outcomes(&mut tx, self.backend, outcomes, now).await? {
+            self.disable_subscription(&mut tx, subscription).await?;
         }
         tx.commit().await.map_err(unavailable)
     }
@@ -1822,7 +1888,7 @@ impl Store for SqlStore {
     async fn redeliver(&self, subscription: Uuid, id: &str, now: Timestamp) -> Result<WebhookDelivery, StoreError> {
         let mut tx = self.begin().await?;
         let sql = format!(
-            "SELECT doc FROM deploy_deliveries WHERE id = $1 AND subscription_id = $2{}",
+            "SELECT {DELIVERY_COLUMNS} FROM deploy_deliveries WHERE id = $1 AND subscription_id = $2{}",
             self.backend.for_update()
         );
         let row = sqlx::query(AssertSqlSafe(sql))
@@ -1832,9 +1898,18 @@ impl Store for SqlStore {
             .await
             .map_err(unavailable)?;
         let row = row.ok_or_else(|| not_found("delivery", id))?;
-        let mut d: WebhookDelivery = from_json("delivery", &get::<String>(&row, "doc")?)?;
+        let mut d = read_delivery(&row)?;
         d.reset_for_redelivery(now);
-        write_delivery(&mut tx, &d).await?;
+        sqlx::query(
+            "UPDATE deploy_deliveries SET status = 'pending', attempts = 0, next_at = $1, delivered_at = NULL, \
+             pending = 1, due = $2, hidden_until = NULL WHERE id = $3",
+        )
+        .bind(rfc3339(now)?)
+        .bind(ms(now))
+        .bind(&d.id)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
         tx.commit().await.map_err(unavailable)?;
         Ok(d)
     }
@@ -1854,18 +1929,17 @@ impl Store for SqlStore {
         if exists.is_none() {
             return Err(not_found("webhook", subscription));
         }
-        let rows = sqlx::query(
-            "SELECT doc FROM deploy_deliveries WHERE subscription_id = $1 AND ($2 = '' OR id < $2) \
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deploy_deliveries WHERE subscription_id = $1 AND ($2 = '' OR id < $2) \
              ORDER BY id DESC LIMIT $3",
-        )
+        )))
         .bind(subscription.to_string())
         .bind(page.cursor.clone().unwrap_or_default())
         .bind(i64::try_from(limit + 1).unwrap_or(i64::MAX))
         .fetch_all(&mut *conn)
         .await
         .map_err(unavailable)?;
-        let items: Vec<WebhookDelivery> =
-            rows.iter().map(|r| from_json("delivery", &get::<String>(r, "doc")?)).collect::<Result<_, _>>()?;
+        let items: Vec<WebhookDelivery> = rows.iter().map(read_delivery).collect::<Result<_, _>>()?;
         Ok(Page::from_overfetch(items, limit, |d| d.id.clone()))
     }
 

@@ -2,26 +2,37 @@
 //! outcome, so every delivery is attempted until it is delivered, given up or its subscription is gone.
 //!
 //! - **At least once, one id**: a delivery is written to the outbox with the change it reports; its id is the
-//!   `webhook-id` of every attempt. A claim hides it from other dispatchers (other replicas) for the request timeout
-//!   plus a margin; if this process dies mid-attempt the claim lapses and the delivery is attempted again.
+//!   `webhook-id` of every attempt. A claim hides it from other dispatchers (other replicas) for twice the request
+//!   timeout plus a margin (it may wait one attempt's time for a slot); if this process dies mid-attempt the claim
+//!   lapses and the delivery is attempted again.
 //! - **Isolation**: attempts run concurrently (up to [`DispatcherConfig::concurrency`]), and the store never hands out
 //!   more than [`DispatcherConfig::per_subscription`] deliveries of one subscription at once, so a slow or dead
 //!   receiver holds a few slots at most and never delays the others.
 //! - **Outcomes**: 2xx is delivered; 410 disables the subscription; anything else, a timeout or a connection error is
 //!   retried on the [`RetrySchedule`] (jittered; a longer `Retry-After` wins), then given up. Redirects are not
 //!   followed.
-//! - Outcomes are written in batches, one transaction for everything that finished since the last write, by the same
-//!   task that claims (never both at once).
+//! - **A pipeline**: sending never waits for the store. The next round is claimed while the current one is in
+//!   flight, and outcomes are written in batches, one transaction for everything that finished since the last write;
+//!   one store operation at a time (never a claim and a write at once).
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use deploy_core::{Clock, DeliveryOutcome, RetrySchedule, ShutdownSignal, Store, WebhookDelivery, WebhookSubscription};
+use deploy_core::{
+    Clock, DeliveryOutcome, RetrySchedule, ShutdownSignal, Store, StoreError, WebhookDelivery, WebhookSubscription,
+};
+use futures::future::BoxFuture;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
+use uuid::Uuid;
 
 use crate::metrics::Metrics;
+
+/// Rounds of attempts claimed at once: one in flight, the rest queued behind it. Larger claims cost the store less
+/// per delivery; a queued delivery is started within its claim or dropped (see [`Dispatcher::run`]).
+const ROUNDS: usize = 8;
 
 /// The longest `Retry-After` honoured; a receiver asking for more is retried on the schedule's terms after a day.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
@@ -35,7 +46,8 @@ pub struct DispatcherConfig {
     pub timeout: Duration,
     /// Attempts in flight at once.
     pub concurrency: usize,
-    /// Attempts in flight at once to one subscription.
+    /// Attempts in flight at once to one subscription (the store lets it hold more claims: the rounds queued behind
+    /// the one in flight).
     pub per_subscription: usize,
     /// How often to look for due deliveries when nothing wakes the dispatcher.
     pub poll_interval: Duration,
@@ -113,77 +125,161 @@ impl Dispatcher {
     /// Dispatches until `shutdown` fires, then lets the attempts in flight finish (each is bounded by the timeout)
     /// and records their outcomes.
     ///
-    /// One task claims and records, one after the other: on SQLite both take the write lock, and taking it from two
-    /// tasks at once would leave one in SQLite's busy handler.
+    /// A pipeline: sending never waits for the store. Up to [`DispatcherConfig::concurrency`] attempts are in flight
+    /// while the next rounds (eight in all) wait, already claimed, in a local queue; meanwhile one store
+    /// operation at a time (on SQLite both take the write lock, and two at once would leave one in SQLite's busy
+    /// handler) either claims more, first when less than a round is queued, or records every outcome that finished
+    /// since the last write, in one transaction. The store lets a subscription hold eight times its in-flight
+    /// cap in claims; the dispatcher keeps the cap on what is in flight.
+    ///
+    /// A claim lasts one and a half attempt timeouts plus 5 s. A queued delivery that could not start early enough
+    /// to finish within its claim is dropped instead, as are those still queued when the dispatcher stops: their
+    /// claims lapse and they are attempted again (at least once; never two attempts of one delivery at once).
     pub async fn run(self, mut shutdown: ShutdownSignal) {
         let this = Arc::new(self);
-        let mut in_flight: JoinSet<(String, DeliveryOutcome)> = JoinSet::new();
-        let mut finished: Vec<(String, DeliveryOutcome)> = Vec::new();
-        let mut failed_writes = 0u32;
         let concurrency = this.config.concurrency.max(1);
-        // A claim costs a transaction: take one when a quarter of the slots are free, or when nothing is in flight.
+        let per_subscription = this.config.per_subscription.max(1);
+        // What claims may bring in: the slots in flight and the rounds queued behind them.
+        let depth = ROUNDS * concurrency;
+        // A claim is a transaction: take one when a quarter of the depth is free, or when there is nothing to do.
         let claim_at = (concurrency / 4).max(1);
-        let lease = this.config.timeout + Duration::from_secs(5);
+        // A claim covers a wait in the queue and one attempt. A delivery still queued when its claim could lapse
+        // before the attempt ends is dropped, not started (another dispatcher may claim it by then); it is claimed
+        // again when its claim lapses.
+        let lease = this.config.timeout + this.config.timeout / 2 + Duration::from_secs(5);
+        let start_within = lease.saturating_sub(this.config.timeout + Duration::from_secs(1));
+        let mut queued: VecDeque<Queued> = VecDeque::new();
+        let mut in_flight: JoinSet<(Uuid, String, DeliveryOutcome)> = JoinSet::new();
+        let mut busy: HashMap<Uuid, usize> = HashMap::new();
+        let mut finished: Vec<(String, DeliveryOutcome)> = Vec::new();
+        let mut bookkeeping: Option<BoxFuture<'static, Bookkeeping>> = None;
+        let mut failed_writes = 0u32;
+        // Whether a claim may find something: not after one that came back short, until something changes.
+        let mut may_find = true;
         loop {
-            while let Some(done) = in_flight.try_join_next() {
-                finished.extend(done.ok());
-            }
-            if !finished.is_empty() {
-                this.record(&mut finished, &mut failed_writes).await;
-            }
-            let free = concurrency.saturating_sub(in_flight.len());
-            let mut full_batch = false;
-            if !shutdown.is_fired() && (free >= claim_at || in_flight.is_empty()) {
-                let now = this.clock.now();
-                match this.store.claim_deliveries(now, free, this.config.per_subscription.max(1), lease).await {
-                    Ok(batch) => {
-                        full_batch = batch.len() == free && free > 0;
-                        for (delivery, subscription) in batch {
-                            let this = Arc::clone(&this);
-                            in_flight.spawn(async move {
-                                let outcome = this.attempt(&delivery, &subscription).await;
-                                (delivery.id, outcome)
-                            });
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "cannot claim webhook deliveries; retrying"),
+            this.start_queued(&mut queued, &mut in_flight, &mut busy, concurrency, per_subscription);
+            if bookkeeping.is_none() {
+                let room = depth.saturating_sub(in_flight.len() + queued.len());
+                let may_claim = may_find
+                    && !shutdown.is_fired()
+                    && (room >= claim_at || (in_flight.is_empty() && queued.is_empty() && room > 0));
+                // Claim first when the queue is short of a round, so sending never runs dry; else record first.
+                if may_claim && (queued.len() < concurrency || finished.is_empty()) {
+                    let store = Arc::clone(&this.store);
+                    let now = this.clock.now();
+                    let start_by = tokio::time::Instant::now() + start_within;
+                    bookkeeping = Some(Box::pin(async move {
+                        let claimed = store.claim_deliveries(now, room, ROUNDS * per_subscription, lease).await;
+                        Bookkeeping::Claimed(room, start_by, claimed)
+                    }));
+                } else if !finished.is_empty() {
+                    let store = Arc::clone(&this.store);
+                    let (outcomes, now) = (std::mem::take(&mut finished), this.clock.now());
+                    bookkeeping = Some(Box::pin(async move {
+                        let written = store.complete_deliveries(&outcomes, now).await;
+                        Bookkeeping::Recorded(outcomes, written)
+                    }));
                 }
             }
-            if full_batch && in_flight.len() < concurrency {
-                continue;
-            }
-            if shutdown.is_fired() && in_flight.is_empty() && finished.is_empty() {
+            if shutdown.is_fired() && bookkeeping.is_none() && in_flight.is_empty() && finished.is_empty() {
                 break;
             }
             tokio::select! {
+                done = async { bookkeeping.as_mut()?.as_mut().await.into() }, if bookkeeping.is_some() => {
+                    bookkeeping = None;
+                    match done {
+                        Some(Bookkeeping::Claimed(room, start_by, Ok(batch))) => {
+                            may_find = batch.len() == room;
+                            queued.extend(
+                                batch.into_iter().map(|(delivery, subscription)| Queued {
+                                    delivery,
+                                    subscription,
+                                    start_by,
+                                }),
+                            );
+                        }
+                        Some(Bookkeeping::Claimed(_, _, Err(e))) => {
+                            may_find = false;
+                            tracing::warn!(error = %e, "cannot claim webhook deliveries; retrying");
+                        }
+                        Some(Bookkeeping::Recorded(_, Ok(()))) => {
+                            failed_writes = 0;
+                            // Recorded outcomes free their subscriptions' share of claims.
+                            may_find = true;
+                        }
+                        Some(Bookkeeping::Recorded(outcomes, Err(e))) => {
+                            failed_writes += 1;
+                            if failed_writes >= 5 {
+                                tracing::error!(error = %e, deliveries = outcomes.len(), "cannot record webhook \
+                                                outcomes; they will be attempted again when their claims lapse");
+                                failed_writes = 0;
+                            } else {
+                                tracing::warn!(error = %e, "cannot record webhook outcomes yet; retrying");
+                                finished.extend(outcomes);
+                                let backoff = Duration::from_millis(50 << failed_writes);
+                                bookkeeping = Some(Box::pin(async move {
+                                    tokio::time::sleep(backoff).await;
+                                    Bookkeeping::Waited
+                                }));
+                            }
+                        }
+                        Some(Bookkeeping::Waited) | None => {}
+                    }
+                }
+                Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    if let Ok((subscription, id, outcome)) = done {
+                        release(&mut busy, subscription);
+                        finished.push((id, outcome));
+                    }
+                    // Take every other attempt that finished too, so they are recorded together.
+                    while let Some(done) = in_flight.try_join_next() {
+                        if let Ok((subscription, id, outcome)) = done {
+                            release(&mut busy, subscription);
+                            finished.push((id, outcome));
+                        }
+                    }
+                }
                 () = shutdown.fired(), if !shutdown.is_fired() => {}
-                Some(done) = in_flight.join_next(), if !in_flight.is_empty() => finished.extend(done.ok()),
-                () = this.wake.notified() => {}
-                () = tokio::time::sleep(this.config.poll_interval) => {}
+                () = this.wake.notified() => may_find = true,
+                () = tokio::time::sleep(this.config.poll_interval) => may_find = true,
             }
         }
     }
 
-    /// Writes the outcomes that finished, in one transaction. After five failed writes in a row they are dropped: the
-    /// claims lapse and those deliveries are attempted again (at least once, never lost).
-    async fn record(&self, finished: &mut Vec<(String, DeliveryOutcome)>, failed_writes: &mut u32) {
-        match self.store.complete_deliveries(finished, self.clock.now()).await {
-            Ok(()) => {
-                finished.clear();
-                *failed_writes = 0;
+    /// Starts queued deliveries while there are free slots, keeping each subscription within its in-flight cap (a
+    /// delivery of a subscription at its cap waits, and those behind it of other subscriptions go first).
+    fn start_queued(
+        self: &Arc<Self>,
+        queued: &mut VecDeque<Queued>,
+        in_flight: &mut JoinSet<(Uuid, String, DeliveryOutcome)>,
+        busy: &mut HashMap<Uuid, usize>,
+        concurrency: usize,
+        per_subscription: usize,
+    ) {
+        let mut waiting = VecDeque::new();
+        let now = tokio::time::Instant::now();
+        while in_flight.len() < concurrency {
+            let Some(next) = queued.pop_front() else { break };
+            if now > next.start_by {
+                // Its claim could lapse mid-attempt: leave it to whoever claims it next.
+                continue;
             }
-            Err(e) => {
-                *failed_writes += 1;
-                if *failed_writes >= 5 {
-                    tracing::error!(error = %e, deliveries = finished.len(), "cannot record webhook outcomes; they \
-                                    will be attempted again when their claims lapse");
-                    finished.clear();
-                    *failed_writes = 0;
-                } else {
-                    tracing::warn!(error = %e, "cannot record webhook outcomes yet; retrying");
-                    tokio::time::sleep(Duration::from_millis(50 << *failed_writes)).await;
-                }
+            let count = busy.entry(next.subscription.id).or_insert(0);
+            if *count >= per_subscription {
+                waiting.push_back(next);
+                continue;
             }
+            let Queued { delivery, subscription, .. } = next;
+            *count += 1;
+            let this = Arc::clone(self);
+            in_flight.spawn(async move {
+                let outcome = this.attempt(&delivery, &subscription).await;
+                (subscription.id, delivery.id, outcome)
+            });
+        }
+        // Those that waited keep their place at the head.
+        while let Some(entry) = waiting.pop_back() {
+            queued.push_front(entry);
         }
     }
 
@@ -219,13 +315,41 @@ impl Dispatcher {
         subscription: &WebhookSubscription,
         timestamp: i64,
     ) -> Result<(u16, Option<Duration>), SendError> {
-        let body = serde_json::to_vec(&delivery.payload).map_err(|_| SendError::Payload)?;
-        let headers = signed_headers(&subscription.secret, &delivery.id, timestamp, &body)?;
+        let body = delivery.payload.as_str().to_owned();
+        let headers = signed_headers(&subscription.secret, &delivery.id, timestamp, body.as_bytes())?;
         let response =
             self.client.post(&subscription.url).headers(headers).body(body).send().await.map_err(SendError::Http)?;
         let status = response.status().as_u16();
         let retry_after = retry_after(response.headers(), self.clock.now());
         Ok((status, retry_after))
+    }
+}
+
+/// A claimed delivery waiting for a slot.
+struct Queued {
+    delivery: WebhookDelivery,
+    subscription: WebhookSubscription,
+    /// Started after this, its claim could lapse before the attempt ends.
+    start_by: tokio::time::Instant,
+}
+
+/// What the one store operation in progress came back with.
+enum Bookkeeping {
+    /// A claim for up to `room` deliveries, to be started by the instant given.
+    Claimed(usize, tokio::time::Instant, Result<Vec<(WebhookDelivery, WebhookSubscription)>, StoreError>),
+    /// Outcomes written (or not: they are tried again).
+    Recorded(Vec<(String, DeliveryOutcome)>, Result<(), StoreError>),
+    /// A pause before writing outcomes again.
+    Waited,
+}
+
+/// One attempt of `subscription` ended.
+fn release(busy: &mut HashMap<Uuid, usize>, subscription: Uuid) {
+    if let Some(count) = busy.get_mut(&subscription) {
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            busy.remove(&subscription);
+        }
     }
 }
 

@@ -384,8 +384,9 @@ pub async fn webhook_outbox_follows_changes(store: &dyn Store) {
         (delivery.event_type, delivery.deployment_id, delivery.status),
         (EventType::Queued, id, DeliveryStatus::Pending)
     );
-    assert_eq!(delivery.payload["type"], "deployment.queued");
-    assert_eq!(delivery.payload["data"]["id"], id.to_string());
+    let payload = delivery.payload.to_value().unwrap_or_default();
+    assert_eq!(payload["type"], "deployment.queued");
+    assert_eq!(payload["data"]["id"], id.to_string());
 
     let later = add_duration(now, Duration::from_secs(1));
     let claimed = store.claim_deliveries(later, 1000, 1000, Duration::from_secs(30)).await.expect("claim");
