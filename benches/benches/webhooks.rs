@@ -4,10 +4,12 @@
 //! - **outbox**: the [`deploy_server::Dispatcher`] over a durable SQLite store: claim from the outbox, sign (Standard
 //!   Webhooks), send 64 at a time, record each outcome; timed until every outcome is written.
 //!
-//! Also reported: the dispatcher with its default cap of 8 in flight per subscription (one receiver gets 8 at a time).
+//! Also reported: the dispatcher over the testkit's in-memory store (signing and dispatching without a durable
+//! outbox), and with its default cap of 8 in flight per subscription (one receiver gets 8 at a time).
 //!
 //! `cargo bench -p deploy-benches --bench webhooks` (optionally `WEBHOOK_DELIVERIES=5000`; `WEBHOOK_STORE_ONLY=1` also
-//! times the store alone: claim 64, record them delivered, repeat, with no HTTP).
+//! times the store alone: claim 64, record them delivered, repeat, with no HTTP; `WEBHOOK_PROFILE=1` (or `=memory`)
+//! fills four outboxes, prints the pid, waits 3 s for a profiler to attach, then only dispatches).
 
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
@@ -48,6 +50,12 @@ async fn receiver() -> (String, Arc<AtomicUsize>) {
 async fn outbox(url: &str, n: usize) -> (Arc<SqlStore>, String) {
     let dir = std::env::temp_dir().join(format!("deploy-bench-webhooks-{}", uuid::Uuid::now_v7().simple()));
     let store = Arc::new(SqlStore::sqlite(&dir).await.unwrap());
+    let body = fill(Arc::clone(&store) as Arc<dyn Store>, url, n).await;
+    (store, body)
+}
+
+/// `store` with one subscription to `url` and `n` pending deliveries; the body of one.
+async fn fill(store: Arc<dyn Store>, url: &str, n: usize) -> String {
     let env = EnvironmentName::new("prod").unwrap();
     store.put_environment(&env, deploy_benches::fleet(4), None, time::OffsetDateTime::now_utc()).await.unwrap();
     let sub = store
@@ -74,15 +82,14 @@ async fn outbox(url: &str, n: usize) -> (Arc<SqlStore>, String) {
     }
     tasks.join_all().await;
     let page = store.list_deliveries(sub.id, &PageRequest { limit: 1, cursor: None }).await.unwrap();
-    let body = page.items[0].payload.as_str().to_owned();
-    (store, body)
+    page.items[0].payload.as_str().to_owned()
 }
 
 /// Delivers everything in the outbox; the time until every outcome is recorded.
-async fn dispatch(store: Arc<SqlStore>, count: &AtomicUsize, n: usize, per_subscription: usize) -> Duration {
+async fn dispatch(store: Arc<dyn Store>, count: &AtomicUsize, n: usize, per_subscription: usize) -> Duration {
     let start = count.load(Ordering::Relaxed);
     let config = DispatcherConfig { concurrency: CONCURRENCY, per_subscription, ..DispatcherConfig::default() };
-    let dispatcher = Dispatcher::new(store as Arc<dyn Store>, Arc::new(SystemClock), config).unwrap();
+    let dispatcher = Dispatcher::new(store, Arc::new(SystemClock), config).unwrap();
     let (trigger, signal) = deploy_core::ShutdownSignal::new();
     let began = Instant::now();
     let task = tokio::spawn(dispatcher.run(signal));
@@ -149,9 +156,15 @@ fn main() {
         }
         if std::env::var("WEBHOOK_PROFILE").is_ok() {
             // For a profiler: fill several outboxes, say so, wait, then only dispatch.
-            let mut stores = vec![store];
+            let mut stores: Vec<Arc<dyn Store>> = vec![store];
             for _ in 0..3 {
-                stores.push(outbox(&url, n).await.0);
+                if std::env::var("WEBHOOK_PROFILE").is_ok_and(|v| v == "memory") {
+                    let memory: Arc<dyn Store> = Arc::new(deploy_testkit::MemoryStore::new());
+                    fill(Arc::clone(&memory), &url, n).await;
+                    stores.push(memory);
+                } else {
+                    stores.push(outbox(&url, n).await.0);
+                }
             }
             eprintln!("outboxes ready (pid {})", std::process::id());
             tokio::time::sleep(Duration::from_secs(3)).await;
@@ -167,12 +180,23 @@ fn main() {
         // Warm the receiver and the client's connections, then alternate so neither side gets the quieter moment.
         plain(&url, &body, 500, CONCURRENCY).await;
         let baseline = plain(&url, &body, n, CONCURRENCY).await;
-        let ours = dispatch(store, &count, n, CONCURRENCY).await;
+        let ours = dispatch(store as Arc<dyn Store>, &count, n, CONCURRENCY).await;
+        // The same from an in-memory outbox: what signing and the dispatcher cost without a durable store.
+        let memory: Arc<dyn Store> = Arc::new(deploy_testkit::MemoryStore::new());
+        fill(Arc::clone(&memory), &url, n).await;
+        let baseline_memory = plain(&url, &body, n, CONCURRENCY).await;
+        let in_memory = dispatch(memory, &count, n, CONCURRENCY).await;
         let baseline_8 = plain(&url, &body, n, 8).await;
-        let ours_8 = dispatch(default_store, &count, n, 8).await;
+        let ours_8 = dispatch(default_store as Arc<dyn Store>, &count, n, 8).await;
         println!("plain POSTs, {CONCURRENCY} at a time          {:>9.0}/s", rate(baseline));
         println!("signed from the outbox, {CONCURRENCY} at a time  {:>9.0}/s", rate(ours));
         println!("  ratio                               {:>8.0}% of plain", 100.0 * rate(ours) / rate(baseline));
+        println!("plain POSTs, {CONCURRENCY} at a time (again)  {:>9.0}/s", rate(baseline_memory));
+        println!("signed from an in-memory outbox        {:>9.0}/s", rate(in_memory));
+        println!(
+            "  ratio                               {:>8.0}% of plain",
+            100.0 * rate(in_memory) / rate(baseline_memory)
+        );
         println!("plain POSTs, 8 at a time              {:>9.0}/s", rate(baseline_8));
         println!("signed from the outbox, 8 per subscription {:>4.0}/s", rate(ours_8));
         println!("  ratio                               {:>8.0}% of plain", 100.0 * rate(ours_8) / rate(baseline_8));
