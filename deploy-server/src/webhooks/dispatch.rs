@@ -2,9 +2,9 @@
 //! outcome, so every delivery is attempted until it is delivered, given up or its subscription is gone.
 //!
 //! - **At least once, one id**: a delivery is written to the outbox with the change it reports; its id is the
-//!   `webhook-id` of every attempt. A claim hides it from other dispatchers (other replicas) for twice the request
-//!   timeout plus a margin (it may wait one attempt's time for a slot); if this process dies mid-attempt the claim
-//!   lapses and the delivery is attempted again.
+//!   `webhook-id` of every attempt. A claim hides it from other dispatchers (other replicas) for one and a half
+//!   request timeouts plus a margin (it may wait in the dispatcher's queue before its attempt); if this process dies
+//!   the claim lapses and the delivery is attempted again.
 //! - **Isolation**: attempts run concurrently (up to [`DispatcherConfig::concurrency`]), and the store never hands out
 //!   more than [`DispatcherConfig::per_subscription`] deliveries of one subscription at once, so a slow or dead
 //!   receiver holds a few slots at most and never delays the others.
@@ -149,20 +149,19 @@ impl Dispatcher {
         let lease = this.config.timeout + this.config.timeout / 2 + Duration::from_secs(5);
         let start_within = lease.saturating_sub(this.config.timeout + Duration::from_secs(1));
         let mut queued: VecDeque<Queued> = VecDeque::new();
-        let mut in_flight: JoinSet<(Uuid, String, DeliveryOutcome)> = JoinSet::new();
-        let mut busy: HashMap<Uuid, usize> = HashMap::new();
+        let mut in_flight = InFlight::default();
         let mut finished: Vec<(String, DeliveryOutcome)> = Vec::new();
         let mut bookkeeping: Option<BoxFuture<'static, Bookkeeping>> = None;
         let mut failed_writes = 0u32;
         // Whether a claim may find something: not after one that came back short, until something changes.
         let mut may_find = true;
         loop {
-            this.start_queued(&mut queued, &mut in_flight, &mut busy, concurrency, per_subscription);
+            this.start_queued(&mut queued, &mut in_flight, concurrency, per_subscription);
             if bookkeeping.is_none() {
-                let room = depth.saturating_sub(in_flight.len() + queued.len());
+                let room = depth.saturating_sub(in_flight.tasks.len() + queued.len());
                 let may_claim = may_find
                     && !shutdown.is_fired()
-                    && (room >= claim_at || (in_flight.is_empty() && queued.is_empty() && room > 0));
+                    && (room >= claim_at || (in_flight.tasks.is_empty() && queued.is_empty() && room > 0));
                 // Claim first when the queue is short of a round, so sending never runs dry; else record first.
                 if may_claim && (queued.len() < concurrency || finished.is_empty()) {
                     let store = Arc::clone(&this.store);
@@ -181,7 +180,7 @@ impl Dispatcher {
                     }));
                 }
             }
-            if shutdown.is_fired() && bookkeeping.is_none() && in_flight.is_empty() && finished.is_empty() {
+            if shutdown.is_fired() && bookkeeping.is_none() && in_flight.tasks.is_empty() && finished.is_empty() {
                 break;
             }
             tokio::select! {
@@ -226,17 +225,11 @@ impl Dispatcher {
                         Some(Bookkeeping::Waited) | None => {}
                     }
                 }
-                Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
-                    if let Ok((subscription, id, outcome)) = done {
-                        release(&mut busy, subscription);
-                        finished.push((id, outcome));
-                    }
+                Some(done) = in_flight.tasks.join_next_with_id(), if !in_flight.tasks.is_empty() => {
+                    finished.extend(in_flight.ended(done));
                     // Take every other attempt that finished too, so they are recorded together.
-                    while let Some(done) = in_flight.try_join_next() {
-                        if let Ok((subscription, id, outcome)) = done {
-                            release(&mut busy, subscription);
-                            finished.push((id, outcome));
-                        }
+                    while let Some(done) = in_flight.tasks.try_join_next_with_id() {
+                        finished.extend(in_flight.ended(done));
                     }
                 }
                 () = shutdown.fired(), if !shutdown.is_fired() => {}
@@ -251,31 +244,32 @@ impl Dispatcher {
     fn start_queued(
         self: &Arc<Self>,
         queued: &mut VecDeque<Queued>,
-        in_flight: &mut JoinSet<(Uuid, String, DeliveryOutcome)>,
-        busy: &mut HashMap<Uuid, usize>,
+        in_flight: &mut InFlight,
         concurrency: usize,
         per_subscription: usize,
     ) {
         let mut waiting = VecDeque::new();
         let now = tokio::time::Instant::now();
-        while in_flight.len() < concurrency {
+        while in_flight.tasks.len() < concurrency {
             let Some(next) = queued.pop_front() else { break };
             if now > next.start_by {
                 // Its claim could lapse mid-attempt: leave it to whoever claims it next.
                 continue;
             }
-            let count = busy.entry(next.subscription.id).or_insert(0);
+            let count = in_flight.busy.entry(next.subscription.id).or_insert(0);
             if *count >= per_subscription {
                 waiting.push_back(next);
                 continue;
             }
-            let Queued { delivery, subscription, .. } = next;
             *count += 1;
+            let Queued { delivery, subscription, .. } = next;
             let this = Arc::clone(self);
-            in_flight.spawn(async move {
+            let subscription_id = subscription.id;
+            let task = in_flight.tasks.spawn(async move {
                 let outcome = this.attempt(&delivery, &subscription).await;
-                (subscription.id, delivery.id, outcome)
+                (delivery.id, outcome)
             });
+            in_flight.subscriptions.insert(task.id(), subscription_id);
         }
         // Those that waited keep their place at the head.
         while let Some(entry) = waiting.pop_back() {
@@ -343,13 +337,37 @@ enum Bookkeeping {
     Waited,
 }
 
-/// One attempt of `subscription` ended.
-fn release(busy: &mut HashMap<Uuid, usize>, subscription: Uuid) {
-    if let Some(count) = busy.get_mut(&subscription) {
-        *count = count.saturating_sub(1);
-        if *count == 0 {
-            busy.remove(&subscription);
+/// The attempts in flight, and how many each subscription has.
+#[derive(Default)]
+struct InFlight {
+    tasks: JoinSet<(String, DeliveryOutcome)>,
+    subscriptions: HashMap<tokio::task::Id, Uuid>,
+    busy: HashMap<Uuid, usize>,
+}
+
+impl InFlight {
+    /// Accounts for an attempt that ended; its outcome, unless its task failed (then its claim lapses and the
+    /// delivery is attempted again).
+    fn ended(
+        &mut self,
+        done: Result<(tokio::task::Id, (String, DeliveryOutcome)), tokio::task::JoinError>,
+    ) -> Option<(String, DeliveryOutcome)> {
+        let (task, outcome) = match done {
+            Ok((task, outcome)) => (task, Some(outcome)),
+            Err(e) => {
+                tracing::error!(error = %e, "a webhook attempt failed unexpectedly; its claim will lapse");
+                (e.id(), None)
+            }
+        };
+        if let Some(subscription) = self.subscriptions.remove(&task)
+            && let Some(count) = self.busy.get_mut(&subscription)
+        {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.busy.remove(&subscription);
+            }
         }
+        outcome
     }
 }
 
