@@ -813,17 +813,22 @@ async fn enqueue_deliveries(
         let delivery = WebhookDelivery::pending(sub.id, event, &snapshot);
         sqlx::query(
             "INSERT INTO deploy_deliveries \
-             (id, subscription_id, doc, pending, due, hidden_until, status, attempts, next_at) \
-             VALUES ($1, $2, $3, 1, $4, NULL, 'pending', 0, $5)",
+             (id, subscription_id, pending, due, hidden_until, status, attempts, next_at) \
+             VALUES ($1, $2, 1, $3, NULL, 'pending', 0, $4)",
         )
         .bind(&delivery.id)
         .bind(sub.id.to_string())
-        .bind(to_json(&delivery)?)
         .bind(ms(event.at))
         .bind(rfc3339(event.at)?)
         .execute(&mut *conn)
         .await
         .map_err(unavailable)?;
+        sqlx::query("INSERT INTO deploy_delivery_docs (id, doc) VALUES ($1, $2)")
+            .bind(&delivery.id)
+            .bind(to_json(&delivery)?)
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?;
     }
     Ok(())
 }
@@ -831,9 +836,13 @@ async fn enqueue_deliveries(
 /// Rows written or looked up by one statement.
 const ROWS_PER_STATEMENT: usize = 200;
 
-/// The columns a delivery is read from: the document written when it was queued (what never changes: its id,
-/// subscription, event and payload) and its state, in columns of its own since schema version 7.
-const DELIVERY_COLUMNS: &str = "doc, status, attempts, last_status_code, next_at, delivered_at";
+/// The columns a delivery is read from ([`DELIVERIES`]): the document written when it was queued (what never
+/// changes: its id, subscription, event and payload) and its state. Since schema version 7 the document is a row of
+/// its own, so the rows that claims and outcomes rewrite are small.
+const DELIVERY_COLUMNS: &str = "dd.doc, d.status, d.attempts, d.last_status_code, d.next_at, d.delivered_at";
+
+/// Deliveries (`d`) with their documents (`dd`).
+const DELIVERIES: &str = "deploy_deliveries d JOIN deploy_delivery_docs dd ON dd.id = d.id";
 
 /// A delivery from a row of [`DELIVERY_COLUMNS`].
 fn read_delivery(row: &sqlx::any::AnyRow) -> Result<WebhookDelivery, StoreError> {
@@ -1775,6 +1784,14 @@ impl Store for SqlStore {
         if done.rows_affected() == 0 {
             return Err(not_found("webhook", id));
         }
+        sqlx::query(
+            "DELETE FROM deploy_delivery_docs WHERE id IN \
+             (SELECT id FROM deploy_deliveries WHERE subscription_id = $1)",
+        )
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
         sqlx::query("DELETE FROM deploy_deliveries WHERE subscription_id = $1")
             .bind(id.to_string())
             .execute(&mut *tx)
@@ -1804,7 +1821,7 @@ impl Store for SqlStore {
         let mut tx = self.begin().await?;
         let lock = match self.backend {
             Backend::Sqlite => "",
-            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Postgres => " FOR UPDATE OF d SKIP LOCKED",
         };
         let subscriptions = sqlx::query("SELECT doc, secret FROM deploy_webhooks ORDER BY id")
             .fetch_all(&mut *tx)
@@ -1812,8 +1829,8 @@ impl Store for SqlStore {
             .map_err(unavailable)?;
         let cap = i64::try_from(per_subscription).unwrap_or(i64::MAX);
         let due_sql = format!(
-            "SELECT {DELIVERY_COLUMNS} FROM deploy_deliveries WHERE subscription_id = $1 AND pending = 1 \
-             AND due <= $2 ORDER BY due, id LIMIT $3{lock}"
+            "SELECT {DELIVERY_COLUMNS} FROM {DELIVERIES} WHERE d.subscription_id = $1 AND d.pending = 1 \
+             AND d.due <= $2 ORDER BY d.due, d.id LIMIT $3{lock}"
         );
         let mut candidates = Vec::new();
         for row in &subscriptions {
@@ -1888,8 +1905,11 @@ impl Store for SqlStore {
     async fn redeliver(&self, subscription: Uuid, id: &str, now: Timestamp) -> Result<WebhookDelivery, StoreError> {
         let mut tx = self.begin().await?;
         let sql = format!(
-            "SELECT {DELIVERY_COLUMNS} FROM deploy_deliveries WHERE id = $1 AND subscription_id = $2{}",
-            self.backend.for_update()
+            "SELECT {DELIVERY_COLUMNS} FROM {DELIVERIES} WHERE d.id = $1 AND d.subscription_id = $2{}",
+            match self.backend {
+                Backend::Sqlite => "",
+                Backend::Postgres => " FOR UPDATE OF d",
+            }
         );
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(id)
@@ -1930,8 +1950,8 @@ impl Store for SqlStore {
             return Err(not_found("webhook", subscription));
         }
         let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {DELIVERY_COLUMNS} FROM deploy_deliveries WHERE subscription_id = $1 AND ($2 = '' OR id < $2) \
-             ORDER BY id DESC LIMIT $3",
+            "SELECT {DELIVERY_COLUMNS} FROM {DELIVERIES} WHERE d.subscription_id = $1 AND ($2 = '' OR d.id < $2) \
+             ORDER BY d.id DESC LIMIT $3",
         )))
         .bind(subscription.to_string())
         .bind(page.cursor.clone().unwrap_or_default())

@@ -1,7 +1,12 @@
--- deploy-sql schema, version 7: a webhook delivery's state lives in columns of its own, so recording an outcome
--- changes a few columns instead of rewriting the document (which holds the payload); the document keeps what never
--- changes. A claim now also moves the delivery's due time to the end of its lease, so the oldest due deliveries are
--- found by index alone: claims made by an older binary get the same treatment here.
+-- deploy-sql schema, version 7: a webhook delivery's state lives in columns of its own, and the document written
+-- when it was queued (what never changes, the payload among it) in a table of its own, so claims and outcomes
+-- rewrite small rows and never the document. A claim now also moves the delivery's due time to the end of its lease,
+-- so the oldest due deliveries are found by index alone: claims made by an older binary get the same treatment here.
+CREATE TABLE deploy_delivery_docs (
+    id TEXT PRIMARY KEY,
+    doc TEXT NOT NULL
+);
+INSERT INTO deploy_delivery_docs (id, doc) SELECT id, doc FROM deploy_deliveries;
 ALTER TABLE deploy_deliveries
     ADD COLUMN status TEXT NOT NULL DEFAULT 'pending',
     ADD COLUMN attempts BIGINT NOT NULL DEFAULT 0,
@@ -15,3 +20,4 @@ UPDATE deploy_deliveries SET
     next_at = doc::json->>'next_attempt_at',
     delivered_at = doc::json->>'delivered_at';
 UPDATE deploy_deliveries SET due = hidden_until WHERE pending = 1 AND hidden_until IS NOT NULL AND hidden_until > due;
+ALTER TABLE deploy_deliveries DROP COLUMN doc;
