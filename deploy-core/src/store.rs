@@ -563,6 +563,38 @@ pub trait Store: Send + Sync {
         now: Timestamp,
     ) -> Result<(), StoreError>;
 
+    /// One round of a dispatcher's bookkeeping: records `outcomes` (as [`Store::complete_deliveries`]), then claims up
+    /// to `limit` deliveries (as [`Store::claim_deliveries`]). Recording first frees the claims those outcomes held, so
+    /// the claim can take their places. The SQL stores do both in one transaction. This default does them one after
+    /// the other; when the claim fails after the outcomes were recorded, it logs the error and claims nothing (the
+    /// next round claims again), so that no outcome is ever recorded twice.
+    ///
+    /// # Errors
+    /// The store's, when the outcomes were not recorded (and nothing was claimed).
+    async fn complete_and_claim(
+        &self,
+        outcomes: &[(String, DeliveryOutcome)],
+        now: Timestamp,
+        limit: usize,
+        per_subscription: usize,
+        lease: Duration,
+    ) -> Result<Vec<(WebhookDelivery, WebhookSubscription)>, StoreError> {
+        if outcomes.is_empty() {
+            return self.claim_deliveries(now, limit, per_subscription, lease).await;
+        }
+        self.complete_deliveries(outcomes, now).await?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        match self.claim_deliveries(now, limit, per_subscription, lease).await {
+            Ok(claimed) => Ok(claimed),
+            Err(e) => {
+                tracing::warn!(error = %e, "recorded webhook outcomes but could not claim more; claiming next round");
+                Ok(Vec::new())
+            }
+        }
+    }
+
     /// Makes a delivery of `subscription` pending again, due at `now`, with its attempts counted afresh (the retry
     /// schedule starts over). [`StoreError::NotFound`] when the subscription has no such delivery.
     async fn redeliver(&self, subscription: Uuid, id: &str, now: Timestamp) -> Result<WebhookDelivery, StoreError>;

@@ -278,6 +278,82 @@ impl SqlStore {
         fail_pending_deliveries(conn, id).await
     }
 
+    /// Claims on `conn` (the caller's transaction); see [`Store::claim_deliveries`].
+    async fn claim_in(
+        &self,
+        conn: &mut AnyConnection,
+        now: Timestamp,
+        limit: usize,
+        per_subscription: usize,
+        lease: Duration,
+    ) -> Result<Vec<(WebhookDelivery, WebhookSubscription)>, StoreError> {
+        let lock = match self.backend {
+            Backend::Sqlite => "",
+            Backend::Postgres => " FOR UPDATE OF d SKIP LOCKED",
+        };
+        let subscriptions = sqlx::query("SELECT doc, secret FROM deploy_webhooks ORDER BY id")
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+        let cap = i64::try_from(per_subscription).unwrap_or(i64::MAX);
+        let due_sql = format!(
+            "SELECT {DELIVERY_COLUMNS} FROM {DELIVERIES} WHERE d.subscription_id = $1 AND d.pending = 1 \
+             AND d.due <= $2 ORDER BY d.due, d.id LIMIT $3{lock}"
+        );
+        let mut candidates = Vec::new();
+        for row in &subscriptions {
+            let mut sub: WebhookSubscription = from_json("webhook", &get::<String>(row, "doc")?)?;
+            if !sub.active {
+                // Deliveries that raced with the 410 that disabled it: they fail too.
+                fail_pending_deliveries(conn, sub.id).await?;
+                continue;
+            }
+            // Its share: the cap less what dispatchers hold now.
+            let busy = sqlx::query(
+                "SELECT COUNT(*) AS n FROM deploy_deliveries WHERE subscription_id = $1 AND pending = 1 \
+                 AND hidden_until > $2",
+            )
+            .bind(sub.id.to_string())
+            .bind(ms(now))
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+            let free = cap.saturating_sub(get::<i64>(&busy, "n")?);
+            if free <= 0 {
+                continue;
+            }
+            sub.secret = get(row, "secret")?;
+            let rows = sqlx::query(AssertSqlSafe(due_sql.clone()))
+                .bind(sub.id.to_string())
+                .bind(ms(now))
+                .bind(free.min(i64::try_from(limit).unwrap_or(i64::MAX)))
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+            for r in &rows {
+                candidates.push((read_delivery(r)?, sub.clone()));
+            }
+        }
+        // The oldest due first, across subscriptions.
+        candidates.sort_by(|(a, _), (b, _)| (a.next_attempt_at, &a.id).cmp(&(b.next_attempt_at, &b.id)));
+        candidates.truncate(limit);
+        let hidden = ms(deploy_core::add_duration(now, lease));
+        if !candidates.is_empty() {
+            let ids: Vec<&str> = candidates.iter().map(|(d, _)| d.id.as_str()).collect();
+            let sql = format!(
+                "UPDATE deploy_deliveries SET hidden_until = $1, due = $1 WHERE id IN {}",
+                self.backend.json_strings(2)
+            );
+            sqlx::query(AssertSqlSafe(sql))
+                .bind(hidden)
+                .bind(to_json(&ids)?)
+                .execute(&mut *conn)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(candidates)
+    }
+
     pub(crate) async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
         self.pool.begin_with(self.backend.begin()).await.map_err(unavailable)
     }
@@ -1808,8 +1884,8 @@ impl Store for SqlStore {
         lease: Duration,
     ) -> Result<Vec<(WebhookDelivery, WebhookSubscription)>, StoreError> {
         // Most polls find nothing due: look first without a transaction, so an idle dispatcher never takes SQLite's
-        // write lock from the acceptances.
-        // A claim moves a delivery's due time to the end of its lease, so what is due is never claimed.
+        // write lock from the acceptances. (A claim moves a delivery's due time to the end of its lease, so what is
+        // due is never claimed.)
         let due = sqlx::query("SELECT 1 AS one FROM deploy_deliveries WHERE pending = 1 AND due <= $1 LIMIT 1")
             .bind(ms(now))
             .fetch_optional(&self.pool)
@@ -1819,72 +1895,9 @@ impl Store for SqlStore {
             return Ok(Vec::new());
         }
         let mut tx = self.begin().await?;
-        let lock = match self.backend {
-            Backend::Sqlite => "",
-            Backend::Postgres => " FOR UPDATE OF d SKIP LOCKED",
-        };
-        let subscriptions = sqlx::query("SELECT doc, secret FROM deploy_webhooks ORDER BY id")
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        let cap = i64::try_from(per_subscription).unwrap_or(i64::MAX);
-        let due_sql = format!(
-            "SELECT {DELIVERY_COLUMNS} FROM {DELIVERIES} WHERE d.subscription_id = $1 AND d.pending = 1 \
-             AND d.due <= $2 ORDER BY d.due, d.id LIMIT $3{lock}"
-        );
-        let mut candidates = Vec::new();
-        for row in &subscriptions {
-            let mut sub: WebhookSubscription = from_json("webhook", &get::<String>(row, "doc")?)?;
-            if !sub.active {
-                // Deliveries that raced with the 410 that disabled it: they fail too.
-                fail_pending_deliveries(&mut tx, sub.id).await?;
-                continue;
-            }
-            // Its share: the cap less what dispatchers hold now.
-            let busy = sqlx::query(
-                "SELECT COUNT(*) AS n FROM deploy_deliveries WHERE subscription_id = $1 AND pending = 1 \
-                 AND hidden_until > $2",
-            )
-            .bind(sub.id.to_string())
-            .bind(ms(now))
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-            let free = cap.saturating_sub(get::<i64>(&busy, "n")?);
-            if free <= 0 {
-                continue;
-            }
-            sub.secret = get(row, "secret")?;
-            let rows = sqlx::query(AssertSqlSafe(due_sql.clone()))
-                .bind(sub.id.to_string())
-                .bind(ms(now))
-                .bind(free.min(i64::try_from(limit).unwrap_or(i64::MAX)))
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-            for r in &rows {
-                candidates.push((read_delivery(r)?, sub.clone()));
-            }
-        }
-        // The oldest due first, across subscriptions.
-        candidates.sort_by(|(a, _), (b, _)| (a.next_attempt_at, &a.id).cmp(&(b.next_attempt_at, &b.id)));
-        candidates.truncate(limit);
-        let hidden = ms(deploy_core::add_duration(now, lease));
-        if !candidates.is_empty() {
-            let ids: Vec<&str> = candidates.iter().map(|(d, _)| d.id.as_str()).collect();
-            let sql = format!(
-                "UPDATE deploy_deliveries SET hidden_until = $1, due = $1 WHERE id IN {}",
-                self.backend.json_strings(2)
-            );
-            sqlx::query(AssertSqlSafe(sql))
-                .bind(hidden)
-                .bind(to_json(&ids)?)
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-        }
+        let claimed = self.claim_in(&mut tx, now, limit, per_subscription, lease).await?;
         tx.commit().await.map_err(unavailable)?;
-        Ok(candidates)
+        Ok(claimed)
     }
 
     async fn complete_deliveries(
@@ -1900,6 +1913,28 @@ impl Store for SqlStore {
             self.disable_subscription(&mut tx, subscription).await?;
         }
         tx.commit().await.map_err(unavailable)
+    }
+
+    async fn complete_and_claim(
+        &self,
+        outcomes: &[(String, DeliveryOutcome)],
+        now: Timestamp,
+        limit: usize,
+        per_subscription: usize,
+        lease: Duration,
+    ) -> Result<Vec<(WebhookDelivery, WebhookSubscription)>, StoreError> {
+        if outcomes.is_empty() {
+            return self.claim_deliveries(now, limit, per_subscription, lease).await;
+        }
+        // One transaction, one sync: the outcomes, then the claim, which sees the slots they freed.
+        let mut tx = self.begin().await?;
+        for subscription in record_outcomes(&mut tx, self.backend, outcomes, now).await? {
+            self.disable_subscription(&mut tx, subscription).await?;
+        }
+        let claimed =
+            if limit == 0 { Vec::new() } else { self.claim_in(&mut tx, now, limit, per_subscription, lease).await? };
+        tx.commit().await.map_err(unavailable)?;
+        Ok(claimed)
     }
 
     async fn redeliver(&self, subscription: Uuid, id: &str, now: Timestamp) -> Result<WebhookDelivery, StoreError> {

@@ -11,9 +11,9 @@
 //! - **Outcomes**: 2xx is delivered; 410 disables the subscription; anything else, a timeout or a connection error is
 //!   retried on the [`RetrySchedule`] (jittered; a longer `Retry-After` wins), then given up. Redirects are not
 //!   followed.
-//! - **A pipeline**: sending never waits for the store. The next round is claimed while the current one is in
-//!   flight, and outcomes are written in batches, one transaction for everything that finished since the last write;
-//!   one store operation at a time (never a claim and a write at once).
+//! - **A pipeline**: sending never waits for the store. The next rounds are claimed while the current one is in
+//!   flight; each store operation records every outcome that finished since the last one and claims more, in one
+//!   transaction; one store operation at a time (on SQLite two would contend for the write lock).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -126,11 +126,10 @@ impl Dispatcher {
     /// and records their outcomes.
     ///
     /// A pipeline: sending never waits for the store. Up to [`DispatcherConfig::concurrency`] attempts are in flight
-    /// while the next rounds (eight in all) wait, already claimed, in a local queue; meanwhile one store
-    /// operation at a time (on SQLite both take the write lock, and two at once would leave one in SQLite's busy
-    /// handler) either claims more, first when less than a round is queued, or records every outcome that finished
-    /// since the last write, in one transaction. The store lets a subscription hold eight times its in-flight
-    /// cap in claims; the dispatcher keeps the cap on what is in flight.
+    /// while the next rounds (eight in all) wait, already claimed, in a local queue; meanwhile one store operation at
+    /// a time ([`Store::complete_and_claim`], one transaction on the SQL stores) records every outcome that finished
+    /// since the last one and claims more. The store lets a subscription hold eight times its in-flight cap in claims;
+    /// the dispatcher keeps the cap on what is in flight.
     ///
     /// A claim lasts one and a half attempt timeouts plus 5 s. A queued delivery that could not start early enough
     /// to finish within its claim is dropped instead, as are those still queued when the dispatcher stops: their
@@ -162,21 +161,16 @@ impl Dispatcher {
                 let may_claim = may_find
                     && !shutdown.is_fired()
                     && (room >= claim_at || (in_flight.tasks.is_empty() && queued.is_empty() && room > 0));
-                // Claim first when the queue is short of a round, so sending never runs dry; else record first.
-                if may_claim && (queued.len() < concurrency || finished.is_empty()) {
-                    let store = Arc::clone(&this.store);
-                    let now = this.clock.now();
-                    let start_by = tokio::time::Instant::now() + start_within;
-                    bookkeeping = Some(Box::pin(async move {
-                        let claimed = store.claim_deliveries(now, room, ROUNDS * per_subscription, lease).await;
-                        Bookkeeping::Claimed(room, start_by, claimed)
-                    }));
-                } else if !finished.is_empty() {
+                if may_claim || !finished.is_empty() {
+                    // One round: record what finished, then claim (in one transaction on the SQL stores).
                     let store = Arc::clone(&this.store);
                     let (outcomes, now) = (std::mem::take(&mut finished), this.clock.now());
+                    let limit = if may_claim { room } else { 0 };
+                    let start_by = tokio::time::Instant::now() + start_within;
                     bookkeeping = Some(Box::pin(async move {
-                        let written = store.complete_deliveries(&outcomes, now).await;
-                        Bookkeeping::Recorded(outcomes, written)
+                        let claimed =
+                            store.complete_and_claim(&outcomes, now, limit, ROUNDS * per_subscription, lease).await;
+                        Bookkeeping::Round { outcomes, limit, start_by, claimed }
                     }));
                 }
             }
@@ -187,8 +181,10 @@ impl Dispatcher {
                 done = async { bookkeeping.as_mut()?.as_mut().await.into() }, if bookkeeping.is_some() => {
                     bookkeeping = None;
                     match done {
-                        Some(Bookkeeping::Claimed(room, start_by, Ok(batch))) => {
-                            may_find = batch.len() == room;
+                        Some(Bookkeeping::Round { outcomes, limit, start_by, claimed: Ok(batch) }) => {
+                            failed_writes = 0;
+                            // A claim that came back short found everything due; recorded outcomes free slots.
+                            may_find = if limit > 0 { batch.len() == limit } else { !outcomes.is_empty() };
                             queued.extend(
                                 batch.into_iter().map(|(delivery, subscription)| Queued {
                                     delivery,
@@ -197,16 +193,11 @@ impl Dispatcher {
                                 }),
                             );
                         }
-                        Some(Bookkeeping::Claimed(_, _, Err(e))) => {
+                        Some(Bookkeeping::Round { outcomes, claimed: Err(e), .. }) if outcomes.is_empty() => {
                             may_find = false;
                             tracing::warn!(error = %e, "cannot claim webhook deliveries; retrying");
                         }
-                        Some(Bookkeeping::Recorded(_, Ok(()))) => {
-                            failed_writes = 0;
-                            // Recorded outcomes free their subscriptions' share of claims.
-                            may_find = true;
-                        }
-                        Some(Bookkeeping::Recorded(outcomes, Err(e))) => {
+                        Some(Bookkeeping::Round { outcomes, claimed: Err(e), .. }) => {
                             failed_writes += 1;
                             if failed_writes >= 5 {
                                 tracing::error!(error = %e, deliveries = outcomes.len(), "cannot record webhook \
@@ -329,10 +320,14 @@ struct Queued {
 
 /// What the one store operation in progress came back with.
 enum Bookkeeping {
-    /// A claim for up to `room` deliveries, to be started by the instant given.
-    Claimed(usize, tokio::time::Instant, Result<Vec<(WebhookDelivery, WebhookSubscription)>, StoreError>),
-    /// Outcomes written (or not: they are tried again).
-    Recorded(Vec<(String, DeliveryOutcome)>, Result<(), StoreError>),
+    /// A round: `outcomes` recorded (unless it failed), then up to `limit` deliveries claimed, to be started by
+    /// `start_by`.
+    Round {
+        outcomes: Vec<(String, DeliveryOutcome)>,
+        limit: usize,
+        start_by: tokio::time::Instant,
+        claimed: Result<Vec<(WebhookDelivery, WebhookSubscription)>, StoreError>,
+    },
     /// A pause before writing outcomes again.
     Waited,
 }

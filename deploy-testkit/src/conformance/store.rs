@@ -443,6 +443,24 @@ pub async fn webhook_outbox_follows_changes(store: &dyn Store) {
     let next = ours(store.claim_deliveries(later, 1000, 2, Duration::from_secs(30)).await.expect("claim"));
     assert_eq!(next.len(), 1, "a finished delivery frees its slot");
     assert!(!first.contains(&next[0]));
+    // Recording and claiming in one round: the recorded outcome's slot is taken by the claim.
+    let more = ours(
+        store
+            .complete_and_claim(
+                &[(next[0].clone(), DeliveryOutcome::Delivered { status_code: 202 })],
+                later,
+                1000,
+                2,
+                Duration::from_secs(30),
+            )
+            .await
+            .expect("complete and claim"),
+    );
+    assert_eq!(more.len(), 1, "the outcome recorded in the same round freed its slot: {more:?}");
+    assert!(!first.contains(&more[0]) && more[0] != next[0]);
+    let page = store.list_deliveries(sub.id, &PageRequest::default()).await.expect("deliveries");
+    let recorded = page.items.iter().find(|d| d.id == next[0]).expect("listed");
+    assert_eq!((recorded.status, recorded.last_status_code), (DeliveryStatus::Delivered, Some(202)));
 
     store
         .complete_deliveries(&[("msg_unknown".to_owned(), DeliveryOutcome::Delivered { status_code: 200 })], later)
