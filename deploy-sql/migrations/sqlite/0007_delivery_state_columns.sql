@@ -20,3 +20,11 @@ UPDATE deploy_deliveries SET
     delivered_at = json_extract(doc, '$.delivered_at');
 UPDATE deploy_deliveries SET due = hidden_until WHERE pending = 1 AND hidden_until IS NOT NULL AND hidden_until > due;
 ALTER TABLE deploy_deliveries DROP COLUMN doc;
+-- Only pending deliveries are ever looked up by due time or claim: partial indexes, so a finished delivery leaves them
+-- (one delete instead of a move per index) and they stay as small as the backlog.
+DROP INDEX deploy_deliveries_due;
+DROP INDEX deploy_deliveries_subscription_due;
+DROP INDEX deploy_deliveries_subscription_hidden;
+CREATE INDEX deploy_deliveries_due ON deploy_deliveries (due) WHERE pending = 1;
+CREATE INDEX deploy_deliveries_subscription_due ON deploy_deliveries (subscription_id, due, id) WHERE pending = 1;
+CREATE INDEX deploy_deliveries_subscription_hidden ON deploy_deliveries (subscription_id, hidden_until) WHERE pending = 1;
