@@ -26,16 +26,9 @@ struct Fleet {
 
 fn settings(dir: &std::path::Path, database_url: Option<String>) -> deploy_server::Settings {
     deploy_server::Settings {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.join("deployd"),
         database_url,
-        bootstrap_admin_key: Some(ADMIN.to_owned()),
-        rate_limit: 100_000.0,
-        rate_limit_burst: 100_000.0,
-        lease: HumanDuration::from_secs(2),
-        poll_interval: HumanDuration::from_millis(50),
         agent_heartbeat_timeout: HumanDuration::from_secs(1),
-        ..deploy_server::Settings::default()
+        ..deploy_server::Settings::for_tests(dir.join("deployd"), ADMIN)
     }
 }
 

@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use deploy_core::HumanDuration;
 use deploy_server::{Running, Settings};
 use serde_json::Value;
 
@@ -13,19 +12,7 @@ const ADMIN: &str = "dk_cliclicliclicliclicliclicliclicliclicliclic";
 
 async fn deployd(tag: &str) -> (Running, PathBuf) {
     let dir = deploy_testkit::fixtures::temp_dir(tag);
-    let running = deploy_server::start(Settings {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.join("data"),
-        dev: true,
-        bootstrap_admin_key: Some(ADMIN.to_owned()),
-        rate_limit: 100_000.0,
-        rate_limit_burst: 100_000.0,
-        lease: HumanDuration::from_secs(2),
-        poll_interval: HumanDuration::from_millis(50),
-        ..Settings::default()
-    })
-    .await
-    .expect("deployd starts");
+    let running = deploy_server::start(Settings::for_tests(dir.join("data"), ADMIN)).await.expect("deployd starts");
     (running, dir)
 }
 

@@ -23,28 +23,35 @@ use crate::extract::{ApiJson, Caller, Params};
 use crate::problem::{Problem, ProblemKind};
 use crate::routes::ApiResult;
 
-/// How often an agent executor looks at the store while it waits for a report.
-const POLL: Duration = Duration::from_millis(100);
+/// How often an agent executor looks at the store while it waits for a report, when no report reaches this process
+/// (one sent to another replica, or the heartbeat timeout running out). A report to this process wakes it at once.
+const POLL: Duration = Duration::from_millis(250);
 
 /// The longest an assignment poll may be held open.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
-/// Wakes the assignment polls of one target when this process assigns it work (and only those: a thousand agents
-/// polling must not all wake for one assignment).
+/// Wakes, per target, what waits in this process: the target's assignment polls when this process assigns it work,
+/// and the agent executor's wait when its agent reports here (only those: a thousand agents polling must not all wake
+/// for one assignment).
 #[derive(Debug, Default)]
 pub struct AgentWatch {
-    waiting: std::sync::Mutex<std::collections::HashMap<(String, String), Arc<Notify>>>,
+    assigned: Waiters,
+    reported: Waiters,
 }
 
-impl AgentWatch {
+/// One [`Notify`] per target.
+#[derive(Debug, Default)]
+struct Waiters(std::sync::Mutex<std::collections::HashMap<(String, String), Arc<Notify>>>);
+
+impl Waiters {
     fn notify_for(&self, environment: &EnvironmentName, target: &TargetId) -> Arc<Notify> {
-        let mut waiting = self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut waiting = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let entry = waiting.entry((environment.to_string(), target.to_string())).or_default();
         Arc::clone(entry)
     }
 
     fn wake(&self, environment: &EnvironmentName, target: &TargetId) {
-        let waiting = self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let waiting = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(n) = waiting.get(&(environment.to_string(), target.to_string())) {
             n.notify_waiters();
         }
@@ -75,8 +82,8 @@ impl AgentExecutor {
         Self { store, clock, heartbeat_timeout, watch: Arc::default() }
     }
 
-    /// Wakes this process's assignment polls of a target when an assignment is made here (share it with the
-    /// [`crate::AppState`]: [`crate::AppState::with_agent_watch`]).
+    /// Wakes this process's assignment polls of a target when an assignment is made here, and this executor when a
+    /// report reaches this process (share it with the [`crate::AppState`]: [`crate::AppState::with_agent_watch`]).
     #[must_use]
     pub fn watch_with(mut self, watch: Arc<AgentWatch>) -> Self {
         self.watch = watch;
@@ -136,9 +143,14 @@ impl Executor for AgentExecutor {
             .assign_agent(&target.environment, &target.id, ctx.desired.clone(), ctx.deployment, self.clock.now())
             .await
             .map_err(|e| ExecutorError::retryable(format!("cannot assign to the agent: {e}")))?;
-        self.watch.wake(&target.environment, &target.id);
+        self.watch.assigned.wake(&target.environment, &target.id);
         let generation = assigned.generation;
+        let reported = self.watch.reported.notify_for(&target.environment, &target.id);
         loop {
+            // Registered before the read, so a report that lands between the read and the wait is not missed.
+            let report_arrives = reported.notified();
+            tokio::pin!(report_arrives);
+            report_arrives.as_mut().enable();
             let slot = self.slot(target).await?.unwrap_or(assigned.clone());
             if slot.generation != generation {
                 return Err(ExecutorError::retryable("another assignment replaced this one"));
@@ -155,7 +167,7 @@ impl Executor for AgentExecutor {
             if let Some(why) = self.silent(&slot, self.clock.now()) {
                 return Err(ExecutorError::unreachable(why));
             }
-            tokio::time::sleep(POLL).await;
+            let _ = tokio::time::timeout(POLL, report_arrives).await;
         }
     }
 
@@ -232,7 +244,7 @@ pub(crate) async fn assignment(
     };
     let known = known_generation(&headers);
     let deadline = tokio::time::Instant::now() + wait;
-    let assigned = state.inner.agent_watch.notify_for(&env, &target);
+    let assigned = state.inner.agent_watch.assigned.notify_for(&env, &target);
     loop {
         // Registered before the read, so an assignment made between the read and the wait is not missed.
         let notified = assigned.notified();
@@ -283,6 +295,7 @@ pub(crate) async fn report(
     }
     let now = state.inner.orchestrator.clock().now();
     let slot = state.inner.store.record_agent_report(&env, &target, report, now).await?;
+    state.inner.agent_watch.reported.wake(&env, &target);
     Ok(Json(slot).into_response())
 }
 

@@ -61,6 +61,25 @@ pub(crate) fn list_body<T: Serialize>(items: &[T], next_cursor: Option<String>) 
     Json(json!({"items": items, "next_cursor": next_cursor})).into_response()
 }
 
+/// `201 Created` with `Location: location` and `resource` as the body, plus a credential shown only in this answer
+/// (`field`: an API key, a webhook secret), which is never stored in the clear.
+pub(crate) fn created_with_secret<T: Serialize>(
+    resource: &T,
+    field: &str,
+    secret: String,
+    location: &str,
+) -> ApiResult {
+    let mut body = serde_json::to_value(resource).map_err(|e| Problem::internal(&e))?;
+    if let Some(map) = body.as_object_mut() {
+        map.insert(field.to_owned(), secret.into());
+    }
+    let mut response = (StatusCode::CREATED, Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(response)
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Environments
 
@@ -461,15 +480,7 @@ pub(crate) async fn create_key(
     record.target = new.target;
     state.inner.store.create_api_key(record.clone()).await?;
     caller.audit.set("api_key.create", format!("api-keys/{}", record.id), None);
-    let mut body = serde_json::to_value(&record).map_err(|e| Problem::internal(&e))?;
-    if let Some(map) = body.as_object_mut() {
-        map.insert("key".into(), key.into());
-    }
-    let mut response = (StatusCode::CREATED, Json(body)).into_response();
-    if let Ok(v) = HeaderValue::from_str(&format!("/v1/api-keys/{}", record.id)) {
-        response.headers_mut().insert(header::LOCATION, v);
-    }
-    Ok(response)
+    created_with_secret(&record, "key", key, &format!("/v1/api-keys/{}", record.id))
 }
 
 #[utoipa::path(

@@ -100,6 +100,26 @@ impl Default for Settings {
     }
 }
 
+impl Settings {
+    /// A `deployd` for tests and experiments: an ephemeral port on loopback, its store in `data_dir`, the `sim`
+    /// executor (`dev`), `admin_key` as the bootstrap admin key, rate limits out of the way, and 2 s leases with
+    /// 50 ms polls, so work moves at once and a dead controller's work is taken over quickly.
+    #[must_use]
+    pub fn for_tests(data_dir: impl Into<PathBuf>, admin_key: &str) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: data_dir.into(),
+            dev: true,
+            bootstrap_admin_key: Some(admin_key.to_owned()),
+            rate_limit: 100_000.0,
+            rate_limit_burst: 100_000.0,
+            lease: HumanDuration::from_secs(2),
+            poll_interval: HumanDuration::from_millis(50),
+            ..Self::default()
+        }
+    }
+}
+
 /// Why `deployd` could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

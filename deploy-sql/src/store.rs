@@ -278,6 +278,20 @@ impl SqlStore {
         fail_pending_deliveries(conn, id).await
     }
 
+    /// Records outcomes on `conn` (the caller's transaction), disabling the subscriptions whose receivers answered
+    /// 410; see [`Store::complete_deliveries`].
+    async fn record_in(
+        &self,
+        conn: &mut AnyConnection,
+        outcomes: &[(String, DeliveryOutcome)],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        for subscription in record_outcomes(conn, self.backend, outcomes, now).await? {
+            self.disable_subscription(conn, subscription).await?;
+        }
+        Ok(())
+    }
+
     /// Claims on `conn` (the caller's transaction); see [`Store::claim_deliveries`].
     async fn claim_in(
         &self,
@@ -1909,9 +1923,7 @@ impl Store for SqlStore {
             return Ok(());
         }
         let mut tx = self.begin().await?;
-        for subscription in record_outcomes(&mut tx, self.backend, outcomes, now).await? {
-            self.disable_subscription(&mut tx, subscription).await?;
-        }
+        self.record_in(&mut tx, outcomes, now).await?;
         tx.commit().await.map_err(unavailable)
     }
 
@@ -1928,9 +1940,7 @@ impl Store for SqlStore {
         }
         // One transaction, one sync: the outcomes, then the claim, which sees the slots they freed.
         let mut tx = self.begin().await?;
-        for subscription in record_outcomes(&mut tx, self.backend, outcomes, now).await? {
-            self.disable_subscription(&mut tx, subscription).await?;
-        }
+        self.record_in(&mut tx, outcomes, now).await?;
         let claimed =
             if limit == 0 { Vec::new() } else { self.claim_in(&mut tx, now, limit, per_subscription, lease).await? };
         tx.commit().await.map_err(unavailable)?;

@@ -4,25 +4,15 @@
 pub(crate) mod proxy;
 
 use deploy_client::{Client, RetryPolicy};
-use deploy_core::{DeploymentRequest, HumanDuration};
+use deploy_core::DeploymentRequest;
 use deploy_server::{Running, Settings};
 
 pub(crate) const ADMIN: &str = "dk_clientclientclientclientclientclientclient0";
 
 pub(crate) async fn deployd(tag: &str) -> Running {
-    deploy_server::start(Settings {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: deploy_testkit::fixtures::temp_dir(tag),
-        dev: true,
-        bootstrap_admin_key: Some(ADMIN.to_owned()),
-        rate_limit: 100_000.0,
-        rate_limit_burst: 100_000.0,
-        lease: HumanDuration::from_secs(2),
-        poll_interval: HumanDuration::from_millis(50),
-        ..Settings::default()
-    })
-    .await
-    .expect("deployd starts")
+    deploy_server::start(Settings::for_tests(deploy_testkit::fixtures::temp_dir(tag), ADMIN))
+        .await
+        .expect("deployd starts")
 }
 
 pub(crate) fn client(base: &str) -> Client {

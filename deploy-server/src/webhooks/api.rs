@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use base64::Engine as _;
 use deploy_core::{DeliveryStatus, DeploymentId, EnvironmentPattern, EventType, WebhookDelivery, WebhookSubscription};
@@ -147,15 +147,7 @@ pub(crate) async fn create_webhook(
     };
     let created = state.inner.store.create_webhook(subscription).await?;
     caller.audit.set("webhook.create", format!("webhooks/{}", created.id), None);
-    let mut body = serde_json::to_value(&created).map_err(|e| Problem::internal(&e))?;
-    if let Some(map) = body.as_object_mut() {
-        map.insert("secret".into(), secret.into());
-    }
-    let mut response = (StatusCode::CREATED, Json(body)).into_response();
-    if let Ok(v) = HeaderValue::from_str(&format!("/v1/webhooks/{}", created.id)) {
-        response.headers_mut().insert(header::LOCATION, v);
-    }
-    Ok(response)
+    crate::routes::created_with_secret(&created, "secret", secret, &format!("/v1/webhooks/{}", created.id))
 }
 
 #[utoipa::path(

@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use deploy_core::HumanDuration;
 use deploy_server::{Running, Settings};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -19,17 +18,7 @@ pub(crate) mod receiver;
 pub(crate) mod slots;
 
 pub(crate) fn settings(tag: &str) -> Settings {
-    Settings {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: temp_dir(tag),
-        dev: true,
-        bootstrap_admin_key: Some(ADMIN.to_owned()),
-        rate_limit: 100_000.0,
-        rate_limit_burst: 100_000.0,
-        lease: HumanDuration::from_secs(2),
-        poll_interval: HumanDuration::from_millis(50),
-        ..Settings::default()
-    }
+    Settings::for_tests(temp_dir(tag), ADMIN)
 }
 
 pub(crate) struct Server {
