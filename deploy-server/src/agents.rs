@@ -151,7 +151,7 @@ impl Executor for AgentExecutor {
             let report_arrives = reported.notified();
             tokio::pin!(report_arrives);
             report_arrives.as_mut().enable();
-            let slot = self.slot(target).await?.unwrap_or(assigned.clone());
+            let slot = self.slot(target).await?.unwrap_or_else(|| assigned.clone());
             if slot.generation != generation {
                 return Err(ExecutorError::retryable("another assignment replaced this one"));
             }
