@@ -5,11 +5,14 @@
 //!   Webhooks), send 64 at a time, record each outcome; timed until every outcome is written.
 //!
 //! Also reported: the dispatcher over the testkit's in-memory store (signing and dispatching without a durable
-//! outbox), and with its default cap of 8 in flight per subscription (one receiver gets 8 at a time).
+//! outbox), and with its default cap of 8 in flight per subscription (one receiver gets 8 at a time). Each run gives
+//! its rate and the process's CPU time per request (sender and receiver together, from `/proc/self/stat`); the last
+//! lines give what signing alone costs and how much CPU per delivery 70% of the plain rate leaves above plain's.
 //!
 //! `cargo bench -p deploy-benches --bench webhooks` (optionally `WEBHOOK_DELIVERIES=5000`; `WEBHOOK_STORE_ONLY=1` also
-//! times the store alone: claim 64, record them delivered, repeat, with no HTTP; `WEBHOOK_PROFILE=1` (or `=memory`)
-//! fills four outboxes, prints the pid, waits 3 s for a profiler to attach, then only dispatches).
+//! times the store alone: claim `WEBHOOK_STORE_BATCH` (64), record them delivered, repeat, with no HTTP, and
+//! `WEBHOOK_STORE_ONLY=only` stops there; `WEBHOOK_PROFILE=1` (or `=memory`) fills four outboxes, prints the pid,
+//! waits 3 s for a profiler to attach, then only dispatches).
 
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
@@ -85,6 +88,39 @@ async fn fill(store: Arc<dyn Store>, url: &str, n: usize) -> String {
     page.items[0].payload.as_str().to_owned()
 }
 
+/// Wall-clock time and the process's CPU time (all threads) of one run.
+#[derive(Clone, Copy)]
+struct Run {
+    wall: Duration,
+    cpu: Duration,
+}
+
+impl Run {
+    /// Times `work`.
+    async fn of<R>(work: impl std::future::Future<Output = R>) -> Self {
+        let (cpu, began) = (deploy_benches::process_cpu().unwrap_or_default(), Instant::now());
+        work.await;
+        Self { wall: began.elapsed(), cpu: deploy_benches::process_cpu().unwrap_or_default().saturating_sub(cpu) }
+    }
+
+    /// Per second, for `n`.
+    fn rate(self, n: usize) -> f64 {
+        n as f64 / self.wall.as_secs_f64()
+    }
+
+    /// CPU microseconds per one of `n`, sender and receiver together.
+    fn cpu_us(self, n: usize) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / n as f64
+    }
+}
+
+/// Prints a plain run and the signed run compared with it.
+fn report(n: usize, plain_label: &str, plain: Run, label: &str, ours: Run) {
+    println!("{plain_label:<44} {:>9.0}/s  {:>5.1} µs CPU each", plain.rate(n), plain.cpu_us(n));
+    println!("{label:<44} {:>9.0}/s  {:>5.1} µs CPU each", ours.rate(n), ours.cpu_us(n));
+    println!("{:<44} {:>8.0}% of plain", "  ratio", 100.0 * ours.rate(n) / plain.rate(n));
+}
+
 /// Delivers everything in the outbox; the time until every outcome is recorded.
 async fn dispatch(store: Arc<dyn Store>, count: &AtomicUsize, n: usize, per_subscription: usize) -> Duration {
     let start = count.load(Ordering::Relaxed);
@@ -128,12 +164,13 @@ fn main() {
         let (store, body) = outbox(&url, n).await;
         if std::env::var("WEBHOOK_STORE_ONLY").is_ok() {
             let (s2, _) = outbox(&url, n).await;
-            let began = Instant::now();
+            let batch = std::env::var("WEBHOOK_STORE_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
+            let (began, cpu) = (Instant::now(), deploy_benches::process_cpu().unwrap_or_default());
             let (mut claim_t, mut complete_t, mut rounds) = (Duration::ZERO, Duration::ZERO, 0);
             loop {
                 let t = Instant::now();
                 let batch = s2
-                    .claim_deliveries(time::OffsetDateTime::now_utc(), 64, 64, Duration::from_secs(30))
+                    .claim_deliveries(time::OffsetDateTime::now_utc(), batch, batch, Duration::from_secs(30))
                     .await
                     .unwrap();
                 claim_t += t.elapsed();
@@ -150,9 +187,13 @@ fn main() {
                 rounds += 1;
             }
             println!(
-                "store only: {:?} total, {rounds} rounds, claims {claim_t:?}, completes {complete_t:?}",
-                began.elapsed()
+                "store only, {batch} at a time: {:?} total, {rounds} rounds, claims {claim_t:?}, completes {complete_t:?}, {:.1} µs CPU each",
+                began.elapsed(),
+                (deploy_benches::process_cpu().unwrap_or_default() - cpu).as_secs_f64() * 1e6 / n as f64,
             );
+            if std::env::var("WEBHOOK_STORE_ONLY").is_ok_and(|v| v == "only") {
+                return;
+            }
         }
         if std::env::var("WEBHOOK_PROFILE").is_ok() {
             // For a profiler: fill several outboxes, say so, wait, then only dispatch.
@@ -175,31 +216,40 @@ fn main() {
             return;
         }
         let (default_store, _) = outbox(&url, n).await;
-        println!("{n} deliveries of {} bytes to a receiver on loopback", body.len());
-        let rate = |d: Duration| n as f64 / d.as_secs_f64();
+        println!(
+            "{n} deliveries of {} bytes to a receiver on loopback (CPU: the whole process, both sides)",
+            body.len()
+        );
         // Warm the receiver and the client's connections, then alternate so neither side gets the quieter moment.
         plain(&url, &body, 500, CONCURRENCY).await;
-        let baseline = plain(&url, &body, n, CONCURRENCY).await;
-        let ours = dispatch(store as Arc<dyn Store>, &count, n, CONCURRENCY).await;
+        let baseline = Run::of(plain(&url, &body, n, CONCURRENCY)).await;
+        let ours = Run::of(dispatch(store as Arc<dyn Store>, &count, n, CONCURRENCY)).await;
         // The same from an in-memory outbox: what signing and the dispatcher cost without a durable store.
         let memory: Arc<dyn Store> = Arc::new(deploy_testkit::MemoryStore::new());
         fill(Arc::clone(&memory), &url, n).await;
-        let baseline_memory = plain(&url, &body, n, CONCURRENCY).await;
-        let in_memory = dispatch(memory, &count, n, CONCURRENCY).await;
-        let baseline_8 = plain(&url, &body, n, 8).await;
-        let ours_8 = dispatch(default_store as Arc<dyn Store>, &count, n, 8).await;
-        println!("plain POSTs, {CONCURRENCY} at a time          {:>9.0}/s", rate(baseline));
-        println!("signed from the outbox, {CONCURRENCY} at a time  {:>9.0}/s", rate(ours));
-        println!("  ratio                               {:>8.0}% of plain", 100.0 * rate(ours) / rate(baseline));
-        println!("plain POSTs, {CONCURRENCY} at a time (again)  {:>9.0}/s", rate(baseline_memory));
-        println!("signed from an in-memory outbox        {:>9.0}/s", rate(in_memory));
+        let baseline_memory = Run::of(plain(&url, &body, n, CONCURRENCY)).await;
+        let in_memory = Run::of(dispatch(memory, &count, n, CONCURRENCY)).await;
+        let baseline_8 = Run::of(plain(&url, &body, n, 8)).await;
+        let ours_8 = Run::of(dispatch(default_store as Arc<dyn Store>, &count, n, 8)).await;
+        let many = format!("plain POSTs, {CONCURRENCY} at a time");
+        report(n, &many, baseline, &format!("signed from the outbox, {CONCURRENCY} at a time"), ours);
+        report(n, &format!("{many} (again)"), baseline_memory, "signed from an in-memory outbox", in_memory);
+        report(n, "plain POSTs, 8 at a time", baseline_8, "signed from the outbox, 8 per subscription", ours_8);
+        // What signing alone costs (the Standard Webhooks signature of this body, with the `standardwebhooks`
+        // crate), against what 70% of the plain rate leaves for signing, the outbox and the dispatcher together.
+        let signer = standardwebhooks::Webhook::new(&deploy_server::generate_secret().unwrap()).unwrap();
+        let began = Instant::now();
+        for i in 0..n {
+            std::hint::black_box(signer.sign(&format!("msg_{i}"), 1_700_000_000, body.as_bytes()).unwrap());
+        }
+        let signing = began.elapsed().as_secs_f64() * 1e6 / n as f64;
+        println!("{:<44} {signing:>11.1} µs CPU each", "signing alone (standardwebhooks)");
+        let plain_cpu = (baseline.cpu_us(n) + baseline_memory.cpu_us(n)) / 2.0;
         println!(
-            "  ratio                               {:>8.0}% of plain",
-            100.0 * rate(in_memory) / rate(baseline_memory)
+            "{:<44} {:>11.1} µs CPU each (at the same CPU per second as plain)",
+            "  room at 70% of plain, above plain's cost",
+            plain_cpu / 0.7 - plain_cpu
         );
-        println!("plain POSTs, 8 at a time              {:>9.0}/s", rate(baseline_8));
-        println!("signed from the outbox, 8 per subscription {:>4.0}/s", rate(ours_8));
-        println!("  ratio                               {:>8.0}% of plain", 100.0 * rate(ours_8) / rate(baseline_8));
         for entry in std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
             if entry.file_name().to_string_lossy().starts_with("deploy-bench-webhooks-") {
                 let _ = std::fs::remove_file(entry.path());

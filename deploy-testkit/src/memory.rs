@@ -518,23 +518,43 @@ impl Store for MemoryStore {
                     && d.hidden_until.is_none_or(|t| t <= now)
             })
             .collect();
-        due.sort_by(|a, b| {
-            (a.delivery.next_attempt_at, &a.delivery.id).cmp(&(b.delivery.next_attempt_at, &b.delivery.id))
-        });
-        let mut out = Vec::new();
-        for d in due {
-            let Some(sub) = webhooks.get(&d.delivery.subscription_id) else { continue };
-            if !sub.active {
+        // Deliveries of a disabled subscription fail (they raced with the 410 that disabled it); those of a deleted
+        // one are skipped.
+        due.retain_mut(|d| match webhooks.get(&d.delivery.subscription_id) {
+            Some(sub) if !sub.active => {
                 d.delivery.fail_disabled();
-                continue;
+                false
             }
-            let taken = busy.entry(sub.id).or_default();
-            if out.len() >= limit || *taken >= per_subscription {
-                continue;
+            Some(_) => true,
+            None => false,
+        });
+        // The oldest due first. Only the head is sorted: a chunk at a time (doubling), as subscriptions at their cap
+        // skip some, so a claim costs linear time in the backlog rather than a full sort.
+        let oldest = |a: &&mut DeliveryState, b: &&mut DeliveryState| {
+            (a.delivery.next_attempt_at, &a.delivery.id).cmp(&(b.delivery.next_attempt_at, &b.delivery.id))
+        };
+        let mut out = Vec::new();
+        let mut rest = due.as_mut_slice();
+        let mut chunk = limit.max(1);
+        while out.len() < limit && !rest.is_empty() {
+            let take = chunk.min(rest.len());
+            if take < rest.len() {
+                rest.select_nth_unstable_by(take, oldest);
             }
-            *taken += 1;
-            d.hidden_until = Some(add_duration(now, lease));
-            out.push((d.delivery.clone(), sub.clone()));
+            let (head, tail) = rest.split_at_mut(take);
+            head.sort_by(oldest);
+            for d in head.iter_mut() {
+                let Some(sub) = webhooks.get(&d.delivery.subscription_id) else { continue };
+                let taken = busy.entry(sub.id).or_default();
+                if out.len() >= limit || *taken >= per_subscription {
+                    continue;
+                }
+                *taken += 1;
+                d.hidden_until = Some(add_duration(now, lease));
+                out.push((d.delivery.clone(), sub.clone()));
+            }
+            rest = tail;
+            chunk = chunk.saturating_mul(2);
         }
         Ok(out)
     }

@@ -406,6 +406,13 @@ pub async fn webhook_outbox_follows_changes(store: &dyn Store) {
     let retried: Vec<_> = retry.iter().filter(|(d, _)| d.subscription_id == sub.id).collect();
     assert_eq!(retried.len(), 1);
     assert_eq!(retried[0].0.id, delivery.id, "the same delivery id on every attempt");
+    let r = &retried[0].0;
+    assert_eq!(
+        (r.status, r.attempts, r.last_status_code, r.next_attempt_at, r.delivered_at),
+        (DeliveryStatus::Pending, 1, Some(500), Some(later), None),
+        "a claim hands the dispatcher the delivery's state (its attempts drive the backoff)"
+    );
+    assert_eq!(r.payload.as_str(), delivery.payload.as_str(), "the payload is claimed byte for byte");
     store
         .complete_deliveries(&[(delivery.id.clone(), DeliveryOutcome::Delivered { status_code: 204 })], later)
         .await
