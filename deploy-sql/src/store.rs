@@ -65,11 +65,13 @@ impl Backend {
         }
     }
 
-    /// A subscription's (`$1`) oldest deliveries due by `$2` (at most `$3`), in one row: `batch`, a JSON array of
-    /// `[document, attempts, last status code, next attempt]` (NULL when none is due). One row instead of one per
-    /// delivery saves most of what reading a claim costs (each row crosses to SQLite's worker thread and is copied
-    /// twice on the way); the documents are JSON already, so the array is built by concatenation. PostgreSQL locks
-    /// the rows it returns (`SKIP LOCKED`: another replica's claim in progress is passed over).
+    /// A subscription's (`$1`) oldest deliveries due by `$2` (at most `$3`), in one row of two columns (both NULL
+    /// when none is due): `docs`, their documents joined by commas (the elements of a JSON array), and `states`,
+    /// their `attempts, last status code, next attempt` joined by `],[` (the rows of a JSON array of arrays). Both
+    /// aggregates of one query see the rows in the same order, so the n-th state is the n-th document's. One row
+    /// instead of one per delivery saves most of what reading a claim cost (each row crossed to SQLite's worker
+    /// thread and was copied twice on the way); the documents are JSON already, so they are only concatenated.
+    /// PostgreSQL locks the rows it reads (`SKIP LOCKED`: another replica's claim in progress is passed over).
     fn due_batch_sql(self) -> &'static str {
         match self {
             Self::Sqlite => {
