@@ -15,7 +15,7 @@
 //!   flight; each store operation records every outcome that finished since the last one and claims more, in one
 //!   transaction; one store operation at a time (on SQLite two would contend for the write lock).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -147,7 +147,7 @@ impl Dispatcher {
         // again when its claim lapses.
         let lease = this.config.timeout + this.config.timeout / 2 + Duration::from_secs(5);
         let start_within = lease.saturating_sub(this.config.timeout + Duration::from_secs(1));
-        let mut queued: VecDeque<Queued> = VecDeque::new();
+        let mut waiting = Waiting::new(per_subscription);
         let mut in_flight = InFlight::default();
         let mut finished: Vec<(String, DeliveryOutcome)> = Vec::new();
         let mut bookkeeping: Option<BoxFuture<'static, Bookkeeping>> = None;
@@ -155,12 +155,12 @@ impl Dispatcher {
         // Whether a claim may find something: not after one that came back short, until something changes.
         let mut may_find = true;
         loop {
-            this.start_queued(&mut queued, &mut in_flight, concurrency, per_subscription);
+            this.start_queued(&mut waiting, &mut in_flight, concurrency);
             if bookkeeping.is_none() {
-                let room = depth.saturating_sub(in_flight.tasks.len() + queued.len());
+                let room = depth.saturating_sub(in_flight.tasks.len() + waiting.len());
                 let may_claim = may_find
                     && !shutdown.is_fired()
-                    && (room >= claim_at || (in_flight.tasks.is_empty() && queued.is_empty() && room > 0));
+                    && (room >= claim_at || (in_flight.tasks.is_empty() && waiting.is_empty() && room > 0));
                 if may_claim || !finished.is_empty() {
                     // One round: record what finished, then claim (in one transaction on the SQL stores).
                     let store = Arc::clone(&this.store);
@@ -185,13 +185,9 @@ impl Dispatcher {
                             failed_writes = 0;
                             // A claim that came back short found everything due; recorded outcomes free slots.
                             may_find = if limit > 0 { batch.len() == limit } else { !outcomes.is_empty() };
-                            queued.extend(
-                                batch.into_iter().map(|(delivery, subscription)| Queued {
-                                    delivery,
-                                    subscription,
-                                    start_by,
-                                }),
-                            );
+                            for (delivery, subscription) in batch {
+                                waiting.push(delivery, subscription, start_by);
+                            }
                         }
                         Some(Bookkeeping::Round { outcomes, claimed: Err(e), .. }) if outcomes.is_empty() => {
                             may_find = false;
@@ -217,10 +213,10 @@ impl Dispatcher {
                     }
                 }
                 Some(done) = in_flight.tasks.join_next_with_id(), if !in_flight.tasks.is_empty() => {
-                    finished.extend(in_flight.ended(done));
+                    finished.extend(in_flight.ended(done, &mut waiting));
                     // Take every other attempt that finished too, so they are recorded together.
                     while let Some(done) = in_flight.tasks.try_join_next_with_id() {
-                        finished.extend(in_flight.ended(done));
+                        finished.extend(in_flight.ended(done, &mut waiting));
                     }
                 }
                 () = shutdown.fired(), if !shutdown.is_fired() => {}
@@ -230,30 +226,12 @@ impl Dispatcher {
         }
     }
 
-    /// Starts queued deliveries while there are free slots, keeping each subscription within its in-flight cap (a
-    /// delivery of a subscription at its cap waits, and those behind it of other subscriptions go first).
-    fn start_queued(
-        self: &Arc<Self>,
-        queued: &mut VecDeque<Queued>,
-        in_flight: &mut InFlight,
-        concurrency: usize,
-        per_subscription: usize,
-    ) {
-        let mut waiting = VecDeque::new();
+    /// Starts waiting deliveries while there are free slots, keeping each subscription within its in-flight cap
+    /// (see [`Waiting`]).
+    fn start_queued(self: &Arc<Self>, waiting: &mut Waiting, in_flight: &mut InFlight, concurrency: usize) {
         let now = tokio::time::Instant::now();
         while in_flight.tasks.len() < concurrency {
-            let Some(next) = queued.pop_front() else { break };
-            if now > next.start_by {
-                // Its claim could lapse mid-attempt: leave it to whoever claims it next.
-                continue;
-            }
-            let count = in_flight.busy.entry(next.subscription.id).or_insert(0);
-            if *count >= per_subscription {
-                waiting.push_back(next);
-                continue;
-            }
-            *count += 1;
-            let Queued { delivery, subscription, .. } = next;
+            let Some(Queued { delivery, subscription, .. }) = waiting.next(now) else { break };
             let this = Arc::clone(self);
             let subscription_id = subscription.id;
             let task = in_flight.tasks.spawn(async move {
@@ -261,10 +239,6 @@ impl Dispatcher {
                 (delivery.id, outcome)
             });
             in_flight.subscriptions.insert(task.id(), subscription_id);
-        }
-        // Those that waited keep their place at the head.
-        while let Some(entry) = waiting.pop_back() {
-            queued.push_front(entry);
         }
     }
 
@@ -312,6 +286,8 @@ impl Dispatcher {
 
 /// A claimed delivery waiting for a slot.
 struct Queued {
+    /// Its place in claim order.
+    seq: u64,
     delivery: WebhookDelivery,
     subscription: WebhookSubscription,
     /// Started after this, its claim could lapse before the attempt ends.
@@ -332,20 +308,119 @@ enum Bookkeeping {
     Waited,
 }
 
-/// The attempts in flight, and how many each subscription has.
+/// The claimed deliveries waiting for a slot, a queue per subscription in claim order, and how many attempts each
+/// subscription has in flight. A subscription is *ready* when it is below its in-flight cap and has a delivery
+/// waiting; the next to start is the ready subscription's delivery claimed first. So a subscription at its cap never
+/// delays the others, and its backlog costs nothing while they start: every operation is O(log subscriptions) (the
+/// dispatcher once scanned the whole queue past a capped subscription's deliveries on every start).
+struct Waiting {
+    queues: HashMap<Uuid, VecDeque<Queued>>,
+    busy: HashMap<Uuid, usize>,
+    /// The ready subscriptions, by their oldest waiting delivery's `seq`: one entry each, keyed by their queue's front.
+    ready: BTreeSet<(u64, Uuid)>,
+    cap: usize,
+    next_seq: u64,
+    len: usize,
+}
+
+impl Waiting {
+    /// Nothing waiting, nothing in flight; at most `cap` in flight per subscription.
+    fn new(cap: usize) -> Self {
+        Self {
+            queues: HashMap::new(),
+            busy: HashMap::new(),
+            ready: BTreeSet::new(),
+            cap: cap.max(1),
+            next_seq: 0,
+            len: 0,
+        }
+    }
+
+    /// Deliveries waiting.
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether none is waiting.
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether `subscription` may start another attempt.
+    fn below_cap(&self, subscription: Uuid) -> bool {
+        self.busy.get(&subscription).copied().unwrap_or(0) < self.cap
+    }
+
+    /// Queues a claimed delivery, to be started by `start_by`.
+    fn push(&mut self, delivery: WebhookDelivery, subscription: WebhookSubscription, start_by: tokio::time::Instant) {
+        let (seq, id) = (self.next_seq, subscription.id);
+        self.next_seq += 1;
+        self.len += 1;
+        let queue = self.queues.entry(id).or_default();
+        queue.push_back(Queued { seq, delivery, subscription, start_by });
+        if queue.len() == 1 && self.below_cap(id) {
+            self.ready.insert((seq, id));
+        }
+    }
+
+    /// The next delivery to start, its subscription's slot taken. Those whose claim could lapse before their attempt
+    /// ends (started after `start_by`) are dropped on the way: whoever claims them next attempts them.
+    fn next(&mut self, now: tokio::time::Instant) -> Option<Queued> {
+        loop {
+            let (_, id) = self.ready.pop_first()?;
+            let Some(entry) = self.queues.get_mut(&id).and_then(VecDeque::pop_front) else { continue };
+            self.len -= 1;
+            let start = now <= entry.start_by;
+            if start {
+                *self.busy.entry(id).or_insert(0) += 1;
+            }
+            self.mark_ready(id);
+            if start {
+                return Some(entry);
+            }
+        }
+    }
+
+    /// An attempt of `subscription` ended: its slot is free.
+    fn finished(&mut self, subscription: Uuid) {
+        if let Some(count) = self.busy.get_mut(&subscription) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.busy.remove(&subscription);
+            }
+        }
+        self.mark_ready(subscription);
+    }
+
+    /// Makes `subscription` ready if it is below its cap with a delivery waiting (keyed by that delivery's place),
+    /// and forgets its queue once empty.
+    fn mark_ready(&mut self, subscription: Uuid) {
+        match self.queues.get(&subscription).map(VecDeque::front) {
+            Some(Some(front)) if self.below_cap(subscription) => {
+                self.ready.insert((front.seq, subscription));
+            }
+            Some(Some(_)) | None => {}
+            Some(None) => {
+                self.queues.remove(&subscription);
+            }
+        }
+    }
+}
+
+/// The attempts in flight, and the subscription of each.
 #[derive(Default)]
 struct InFlight {
     tasks: JoinSet<(String, DeliveryOutcome)>,
     subscriptions: HashMap<tokio::task::Id, Uuid>,
-    busy: HashMap<Uuid, usize>,
 }
 
 impl InFlight {
-    /// Accounts for an attempt that ended; its outcome, unless its task failed (then its claim lapses and the
-    /// delivery is attempted again).
+    /// Accounts for an attempt that ended (its subscription's slot is free in `waiting`); its outcome, unless its task
+    /// failed (then its claim lapses and the delivery is attempted again).
     fn ended(
         &mut self,
         done: Result<(tokio::task::Id, (String, DeliveryOutcome)), tokio::task::JoinError>,
+        waiting: &mut Waiting,
     ) -> Option<(String, DeliveryOutcome)> {
         let (task, outcome) = match done {
             Ok((task, outcome)) => (task, Some(outcome)),
@@ -354,13 +429,8 @@ impl InFlight {
                 (e.id(), None)
             }
         };
-        if let Some(subscription) = self.subscriptions.remove(&task)
-            && let Some(count) = self.busy.get_mut(&subscription)
-        {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                self.busy.remove(&subscription);
-            }
+        if let Some(subscription) = self.subscriptions.remove(&task) {
+            waiting.finished(subscription);
         }
         outcome
     }
@@ -425,6 +495,75 @@ mod tests {
         assert_eq!(with("Wed, 31 Dec 2025 00:00:00 GMT"), None, "a date in the past asks for nothing");
         assert_eq!(with("soon"), None);
         assert_eq!(retry_after(&HeaderMap::new(), now), None);
+    }
+
+    fn subscription() -> WebhookSubscription {
+        WebhookSubscription {
+            id: Uuid::now_v7(),
+            url: "http://127.0.0.1:9/hook".into(),
+            events: vec!["deployment.*".into()],
+            environments: vec![],
+            active: true,
+            disabled_reason: None,
+            created_at: datetime!(2026-01-01 00:00 UTC),
+            secret: "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD".into(),
+        }
+    }
+
+    fn delivery(subscription: &WebhookSubscription, n: u64) -> WebhookDelivery {
+        WebhookDelivery {
+            id: format!("msg_{n}"),
+            subscription_id: subscription.id,
+            event_type: deploy_core::EventType::Queued,
+            deployment_id: deploy_core::DeploymentId::new(),
+            seq: n,
+            payload: deploy_core::WebhookPayload::of(&serde_json::json!({"n": n})),
+            status: deploy_core::DeliveryStatus::Pending,
+            attempts: 0,
+            last_status_code: None,
+            next_attempt_at: None,
+            delivered_at: None,
+        }
+    }
+
+    /// The ids `waiting` starts, in order, until nothing more may start at `now`.
+    fn started(waiting: &mut Waiting, now: tokio::time::Instant) -> Vec<String> {
+        std::iter::from_fn(|| waiting.next(now)).map(|q| q.delivery.id).collect()
+    }
+
+    #[test]
+    fn waiting_deliveries_start_in_claim_order_within_each_subscriptions_cap() {
+        let now = tokio::time::Instant::now();
+        let later = now + Duration::from_secs(60);
+        let (busy, quiet) = (subscription(), subscription());
+        let mut waiting = Waiting::new(2);
+        // A deep backlog of one subscription, claimed before the other's two deliveries.
+        for n in 0..100 {
+            waiting.push(delivery(&busy, n), busy.clone(), later);
+        }
+        waiting.push(delivery(&quiet, 100), quiet.clone(), later);
+        waiting.push(delivery(&quiet, 101), quiet.clone(), later);
+        assert_eq!(waiting.len(), 102);
+        assert_eq!(
+            started(&mut waiting, now),
+            ["msg_0", "msg_1", "msg_100", "msg_101"],
+            "two of each, the first claimed first; the capped backlog holds nobody up"
+        );
+        assert_eq!(waiting.len(), 98);
+        waiting.finished(quiet.id);
+        assert!(started(&mut waiting, now).is_empty(), "a free slot of a subscription with nothing waiting");
+        waiting.finished(busy.id);
+        assert_eq!(started(&mut waiting, now), ["msg_2"], "a finished attempt frees its subscription's slot");
+        waiting.finished(busy.id);
+        waiting.finished(busy.id);
+        assert_eq!(started(&mut waiting, now), ["msg_3", "msg_4"]);
+        // Past their start-by, the rest are dropped (their claims lapse), not started.
+        waiting.finished(busy.id);
+        assert!(started(&mut waiting, later + Duration::from_millis(1)).is_empty());
+        assert!(waiting.is_empty(), "{} still waiting", waiting.len());
+        // A subscription that comes back later starts again at once.
+        waiting.push(delivery(&quiet, 102), quiet.clone(), later);
+        assert_eq!(started(&mut waiting, now), ["msg_102"]);
     }
 
     #[test]
