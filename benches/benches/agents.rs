@@ -15,28 +15,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use deploy_benches::threads_cpu;
 use deploy_core::{AgentReport, Health, HumanDuration};
 use serde_json::json;
 
 const ADMIN: &str = "dk_benchbenchbenchbenchbenchbenchbenchbenchben";
 const HEARTBEAT: Duration = Duration::from_secs(2);
-
-/// CPU time (user + system) used by this process's live threads whose names start with one of `prefixes` (all of
-/// them when `prefixes` is empty).
-fn cpu(prefixes: &[&str]) -> Duration {
-    let mut ticks = 0u64;
-    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
-        let name = &stat[open + 1..close];
-        if !prefixes.is_empty() && !prefixes.iter().any(|p| name.starts_with(p)) {
-            continue;
-        }
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        ticks += fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    }
-    Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
-}
 
 /// The server's threads: its runtime's workers and blocking pool, and the SQLite connections' worker threads.
 const SERVER_THREADS: &[&str] = &["deployd-rt", "sqlx-sqlite-wor"];
@@ -125,10 +109,11 @@ fn main() {
         // Let every agent report once, then measure a quiet window of heartbeats only.
         tokio::time::sleep(Duration::from_secs(4)).await;
         let (beats0, server0, all0, t0) =
-            (heartbeats.load(Ordering::Relaxed), cpu(SERVER_THREADS), cpu(&[]), Instant::now());
+            (heartbeats.load(Ordering::Relaxed), threads_cpu(SERVER_THREADS), threads_cpu(&[]), Instant::now());
         tokio::time::sleep(Duration::from_secs(10)).await;
         let beats = heartbeats.load(Ordering::Relaxed) - beats0;
-        let (server_used, all_used, window) = (cpu(SERVER_THREADS) - server0, cpu(&[]) - all0, t0.elapsed());
+        let (server_used, all_used, window) =
+            (threads_cpu(SERVER_THREADS) - server0, threads_cpu(&[]) - all0, t0.elapsed());
         let per_beat = |used: Duration| used.as_secs_f64() * 1e6 / beats.max(1) as f64;
         println!("{n} agents, heartbeat every {}s", HEARTBEAT.as_secs());
         println!(
@@ -148,7 +133,7 @@ fn main() {
         }))
         .unwrap();
         let started = Instant::now();
-        let (server_before, all_before) = (cpu(SERVER_THREADS), cpu(&[]));
+        let (server_before, all_before) = (threads_cpu(SERVER_THREADS), threads_cpu(&[]));
         let submitted = client.submit(&request, deploy_client::SubmitOptions::default()).await.unwrap();
         let id = submitted.deployment.id();
         let done = loop {
@@ -188,8 +173,8 @@ fn main() {
             done.status(),
             took.as_secs_f64(),
             took.as_secs_f64() * 1e3 / n as f64,
-            (cpu(SERVER_THREADS) - server_before).as_secs_f64(),
-            (cpu(&[]) - all_before).as_secs_f64()
+            (threads_cpu(SERVER_THREADS) - server_before).as_secs_f64(),
+            (threads_cpu(&[]) - all_before).as_secs_f64()
         );
         assert_eq!(done.summary().succeeded, n as u64, "every agent's target succeeded");
         server.shutdown().await;

@@ -439,7 +439,7 @@ impl InFlight {
 /// Why an attempt got no answer.
 #[derive(Debug, thiserror::Error)]
 enum SendError {
-    #[error("the payload cannot be serialized")]
+    #[error("the payload cannot be signed or sent as headers carry it")]
     Payload,
     #[error("the subscription's secret is unusable")]
     Secret,
