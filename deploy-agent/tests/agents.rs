@@ -34,8 +34,8 @@ fn settings(dir: &std::path::Path, database_url: Option<String>) -> deploy_serve
 
 impl Fleet {
     async fn start(tag: &str, targets: usize) -> Self {
-        let dir = deploy_testkit::fixtures::temp_dir(tag);
-        Self::over(dir, None, targets).await
+        // The fleet removes its directory when dropped.
+        Self::over(deploy_testkit::fixtures::temp_dir(tag).keep(), None, targets).await
     }
 
     async fn over(dir: PathBuf, database_url: Option<String>, targets: usize) -> Self {
@@ -321,5 +321,4 @@ async fn on_postgresql_agents_may_talk_to_any_replica() {
     }
     assert_eq!(a.applied("a-1"), ["1.0", "2.0"]);
     assert_eq!(a.applied("a-2"), ["1.0", "2.0"]);
-    let _ = std::fs::remove_dir_all(dir);
 }

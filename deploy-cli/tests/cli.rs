@@ -2,7 +2,7 @@
 //! and a snapshot of the human summary.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
 use deploy_server::{Running, Settings};
@@ -10,7 +10,7 @@ use serde_json::Value;
 
 const ADMIN: &str = "dk_cliclicliclicliclicliclicliclicliclicliclic";
 
-async fn deployd(tag: &str) -> (Running, PathBuf) {
+async fn deployd(tag: &str) -> (Running, deploy_testkit::fixtures::TempDir) {
     let dir = deploy_testkit::fixtures::temp_dir(tag);
     let running = deploy_server::start(Settings::for_tests(dir.join("data"), ADMIN)).await.expect("deployd starts");
     (running, dir)
@@ -179,12 +179,11 @@ async fn exit_codes_follow_each_outcome_and_json_is_parseable() {
     let envs = deployctl(&url, ADMIN, &["env", "list"]).await;
     assert!(stdout(&envs).contains("slow") && stdout(&envs).contains("prod"));
     server.shutdown().await;
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_are_readable_and_exit_1() {
-    let (server, dir) = deployd("cli-errors").await;
+    let (server, _dir) = deployd("cli-errors").await;
     let url = format!("http://{}", server.addr);
     let denied = deployctl(&url, "dk_wrongwrongwrongwrongwrongwrongwrongwrongwro", &["env", "list"]).await;
     assert_eq!(code(&denied), 1);
@@ -212,7 +211,6 @@ async fn errors_are_readable_and_exit_1() {
     assert_eq!(code(&completions), 0);
     assert!(stdout(&completions).contains("deployctl"));
     server.shutdown().await;
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// The human summary, with what changes from run to run (ids, times) replaced.
@@ -263,5 +261,4 @@ async fn the_human_summary_reads_well() {
     let id = listed["items"][0]["id"].as_str().unwrap().to_owned();
     insta::assert_snapshot!("degraded_deployment", redact(&stdout(&out), &id));
     server.shutdown().await;
-    let _ = std::fs::remove_dir_all(dir);
 }

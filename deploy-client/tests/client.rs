@@ -22,7 +22,7 @@ fn slug(e: &Error) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_method_against_a_real_deployd() {
-    let server = deployd("client-all").await;
+    let (server, _dir) = deployd("client-all").await;
     let c = client(&base(&server));
     c.health().await.unwrap();
     c.ready().await.unwrap();
@@ -147,7 +147,7 @@ async fn every_method_against_a_real_deployd() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_submission_whose_answer_is_lost_is_retried_into_exactly_one_deployment() {
-    let server = deployd("client-lost").await;
+    let (server, _dir) = deployd("client-lost").await;
     let direct = client(&base(&server));
     direct.put_environment("prod", &sim_env(2, 5), None).await.unwrap();
     let proxy = Proxy::start(server.addr, Fault::LoseFirstAnswer).await;
@@ -163,7 +163,7 @@ async fn a_submission_whose_answer_is_lost_is_retried_into_exactly_one_deploymen
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_resumes_across_forced_disconnects_without_losing_or_repeating_events() {
-    let server = deployd("client-watch").await;
+    let (server, _dir) = deployd("client-watch").await;
     let direct = client(&base(&server));
     direct.put_environment("prod", &sim_env(4, 150), None).await.unwrap();
     let mut req = request("prod", "2.0");

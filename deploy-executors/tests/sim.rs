@@ -151,5 +151,4 @@ async fn state_survives_a_new_executor_on_the_same_directory() {
         ErrorClass::Unreachable,
         "the wanted version persists too"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }

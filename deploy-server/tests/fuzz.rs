@@ -70,60 +70,56 @@ fn header_text() -> impl Strategy<Value = String> {
     "[ -~]{0,300}"
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, failure_persistence: None, ..ProptestConfig::default() })]
-
-    #[test]
-    fn submit_never_answers_5xx(
-        body in prop_oneof![near_valid(), value()],
-        raw in prop::option::of("\\PC{0,200}"),
-        content_type in prop_oneof![Just("application/json"), Just("text/plain"), Just("application/merge-patch+json"), Just("")],
-        key in prop::option::of(header_text()),
-        if_match in prop::option::of(header_text()),
-    ) {
-        let rt = runtime();
-        let server = server(rt);
-        let (status, ctype, parsed) = rt.block_on(async {
-            let mut req = server.http.post(server.url("/v1/deployments")).bearer_auth(ADMIN);
-            if !content_type.is_empty() {
-                req = req.header("content-type", content_type);
+/// One server for every case (started once: cases are many and quick); its data directory goes with it.
+#[test]
+fn submit_never_answers_5xx() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mut server = rt.block_on(async {
+        let s = Server::start("fuzz").await;
+        s.sim_env("prod", 3, "queue", json!({"apply_ms": 0})).await;
+        s
+    });
+    let cases = (
+        prop_oneof![near_valid(), value()],
+        prop::option::of("\\PC{0,200}"),
+        prop_oneof![Just("application/json"), Just("text/plain"), Just("application/merge-patch+json"), Just("")],
+        prop::option::of(header_text()),
+        prop::option::of(header_text()),
+    );
+    let config = ProptestConfig { cases: 96, failure_persistence: None, ..ProptestConfig::default() };
+    let outcome =
+        proptest::test_runner::TestRunner::new(config).run(&cases, |(body, raw, content_type, key, if_match)| {
+            let (status, ctype, parsed) = rt.block_on(async {
+                let mut req = server.http.post(server.url("/v1/deployments")).bearer_auth(ADMIN);
+                if !content_type.is_empty() {
+                    req = req.header("content-type", content_type);
+                }
+                if let Some(k) = &key {
+                    req = req.header("idempotency-key", k.as_str());
+                }
+                if let Some(m) = &if_match {
+                    req = req.header("if-match", m.as_str());
+                }
+                let payload = raw.clone().unwrap_or_else(|| body.to_string());
+                let resp = req.body(payload).send().await.unwrap();
+                let status = resp.status();
+                let ctype =
+                    resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+                let parsed: Value = resp.json().await.unwrap_or(Value::Null);
+                (status, ctype, parsed)
+            });
+            prop_assert!(status.as_u16() < 500, "{status} for {body}: {parsed}");
+            if status.is_client_error() {
+                prop_assert_eq!(ctype.as_str(), "application/problem+json");
+                prop_assert!(parsed["type"].as_str().is_some_and(|t| t.starts_with("/problems/")), "{}", parsed);
+                prop_assert_eq!(parsed["status"].as_u64(), Some(u64::from(status.as_u16())));
+            } else {
+                prop_assert_eq!(status.as_u16(), 202, "{}", parsed);
             }
-            if let Some(k) = &key {
-                req = req.header("idempotency-key", k.as_str());
-            }
-            if let Some(m) = &if_match {
-                req = req.header("if-match", m.as_str());
-            }
-            let payload = raw.clone().unwrap_or_else(|| body.to_string());
-            let resp = req.body(payload).send().await.unwrap();
-            let status = resp.status();
-            let ctype = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-            let parsed: Value = resp.json().await.unwrap_or(Value::Null);
-            (status, ctype, parsed)
+            Ok(())
         });
-        prop_assert!(status.as_u16() < 500, "{status} for {body}: {parsed}");
-        if status.is_client_error() {
-            prop_assert_eq!(ctype.as_str(), "application/problem+json");
-            prop_assert!(parsed["type"].as_str().is_some_and(|t| t.starts_with("/problems/")), "{}", parsed);
-            prop_assert_eq!(parsed["status"].as_u64(), Some(u64::from(status.as_u16())));
-        } else {
-            prop_assert_eq!(status.as_u16(), 202, "{}", parsed);
-        }
+    if let Err(e) = outcome {
+        panic!("{e}");
     }
-}
-
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-    RT.get_or_init(|| tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap())
-}
-
-fn server(rt: &tokio::runtime::Runtime) -> &'static Server {
-    static SERVER: std::sync::OnceLock<Server> = std::sync::OnceLock::new();
-    SERVER.get_or_init(|| {
-        rt.block_on(async {
-            let s = Server::start("fuzz").await;
-            s.sim_env("prod", 3, "queue", json!({"apply_ms": 0})).await;
-            s
-        })
-    })
+    rt.block_on(server.stop());
 }

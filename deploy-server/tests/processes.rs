@@ -173,7 +173,6 @@ async fn command_hooks_run_per_stage_and_failures_carry_their_output() {
     assert_eq!(done["status"], "succeeded", "{done}");
     let text = events_text(&s, done["id"].as_str().unwrap()).await;
     assert!(text.contains("started 1.1"), "{text}");
-    let _ = std::fs::remove_dir_all(scratch);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -127,7 +127,6 @@ async fn sigkill_mid_rollout_then_restart_finishes_the_deployment() {
     let second = spawn(&dir).await;
     check_finished(&http, &second, &id).await;
     drop(second);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,7 +178,6 @@ async fn webhook_deliveries_pending_at_sigkill_are_delivered_after_restart() {
         assert_eq!(delivered, 1, "{d}");
     }
     drop(second);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -240,7 +238,6 @@ async fn deployd_killed_mid_rollout_finds_its_processes_after_restart_and_finish
     assert!(before.iter().any(|(v, _)| v == "2.0") && before.iter().any(|(v, _)| v == "1.0"), "{before:?}");
     drop(second);
     drop(slots);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,7 +256,6 @@ async fn sigterm_drains_and_a_restart_resumes() {
     let second = spawn(&dir).await;
     check_finished(&http, &second, &id).await;
     drop(second);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,7 +269,6 @@ async fn a_data_directory_that_does_not_exist_yet_is_created() {
     assert!(dir.join(deploy_sql::DATABASE_FILE).is_file(), "the database lives inside the directory");
     assert!(dir.join("sim").join("prod").is_dir(), "and so does the sim executor's state");
     drop(d);
-    std::fs::remove_dir_all(&parent).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -328,7 +323,6 @@ async fn the_first_start_prints_a_bootstrap_key_once_and_settings_come_from_file
         assert_eq!(status.as_u16(), 200, "DEPLOYD_RATE_LIMIT overrides the file");
     }
     drop(second);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test]
@@ -358,7 +352,6 @@ async fn bad_settings_stop_deployd_with_a_clear_message() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown kind \"docker\""), "{out:?}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -371,7 +364,7 @@ async fn on_postgresql_a_replica_killed_mid_rollout_is_replaced_by_another() {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_deployd"));
         cmd.args(["serve", "--dev", "--listen", "127.0.0.1:0", "--lease", "1s", "--poll-interval", "50ms"])
             .arg("--data-dir")
-            .arg(&dir) // the sim executor's state: shared, as the targets would be
+            .arg(dir.path()) // the sim executor's state: shared, as the targets would be
             .args(["--database-url", &url])
             .env("DEPLOYD_BOOTSTRAP_ADMIN_KEY", ADMIN)
             .env("DEPLOYD_TEST_REPLICA", n.to_string());
@@ -388,5 +381,4 @@ async fn on_postgresql_a_replica_killed_mid_rollout_is_replaced_by_another() {
     first.child.kill().await.unwrap(); // SIGKILL: its lease lapses and the other replica takes over
     check_finished(&http, &second, &id).await;
     drop(second);
-    std::fs::remove_dir_all(&dir).unwrap();
 }

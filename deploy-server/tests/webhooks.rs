@@ -294,14 +294,14 @@ async fn on_postgresql_two_replicas_attempt_each_delivery_once_at_a_time() {
         return;
     };
     let dir = temp_dir("wh-pg");
-    let replica = |tag: &str| deploy_server::Settings {
+    // One data directory for both: the sim executor's state is shared, as the targets would be.
+    let replica = || deploy_server::Settings {
         database_url: Some(url.clone()),
-        data_dir: dir.clone(), // the sim executor's state: shared, as the targets would be
         webhook_retry_schedule: fast_schedule(),
-        ..settings(tag)
+        ..deploy_server::Settings::for_tests(dir.to_path_buf(), ADMIN)
     };
-    let a = Server::with(replica("wh-pg-a")).await;
-    let b = Server::with(replica("wh-pg-b")).await;
+    let a = Server::with(replica()).await;
+    let b = Server::with(replica()).await;
     // Each request is held a while, so two replicas attempting one delivery at once would overlap at the receiver.
     let mut receiver = Receiver::down().await;
     let (sub, _) = subscribe(&a, &receiver, &["*"], &[]).await;

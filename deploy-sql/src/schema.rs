@@ -181,7 +181,6 @@ mod tests {
         let batch = store.claim_deliveries(after_lapse, 10, 10, std::time::Duration::from_secs(30)).await.unwrap();
         assert_eq!(batch.iter().map(|(d, _)| d.id.clone()).collect::<Vec<_>>(), vec![claimed.id.clone()]);
         store.close().await;
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

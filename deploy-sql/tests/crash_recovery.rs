@@ -99,7 +99,7 @@ async fn deployments_survive_sigkill_at_random_moments() {
         }
         let mut child = tokio::process::Command::new(&exe)
             .args(["crash_child", "--exact", "--test-threads=1"])
-            .env(CHILD_DIR, &dir)
+            .env(CHILD_DIR, dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)

@@ -139,7 +139,7 @@ impl deploy_core::Executor for ReadingExecutor {
 /// pool's 30-second timeout and gave the deployment up.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn targets_that_read_the_store_while_the_engine_writes_never_starve_it() {
-    let (store, dir) = common::sqlite("reading").await;
+    let (store, _dir) = common::sqlite("reading").await;
     let clock: Arc<dyn deploy_core::Clock> = Arc::new(deploy_core::SystemClock);
     let scripted = Arc::new(ScriptedExecutor::new("reading", clock));
     let ids: Vec<String> = (0..32).map(|i| format!("r-{i:02}")).collect();
@@ -187,5 +187,4 @@ async fn targets_that_read_the_store_while_the_engine_writes_never_starve_it() {
         );
     }
     store.close().await;
-    std::fs::remove_dir_all(&dir).unwrap();
 }

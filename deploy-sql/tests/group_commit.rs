@@ -19,7 +19,6 @@ async fn sqlite_concurrent_writes_share_transactions_but_keep_their_own_outcomes
     let (store, dir) = common::sqlite("group").await;
     let reopened = scenario(store, || SqlStore::sqlite(&dir)).await;
     reopened.close().await;
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

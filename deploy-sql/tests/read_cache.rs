@@ -32,14 +32,13 @@ async fn setup(store: &SqlStore) {
 
 #[tokio::test]
 async fn sqlite_reads_see_this_stores_writes_at_once() {
-    let (store, dir) = common::sqlite("reads").await;
+    let (store, _dir) = common::sqlite("reads").await;
     setup(&store).await;
     let id = submit(&store).await;
     assert_eq!(store.get_deployment(id).await.unwrap().status(), DeploymentStatus::Queued); // now cached
     store.request_cancel(id, time::OffsetDateTime::now_utc()).await.unwrap();
     assert_eq!(store.get_deployment(id).await.unwrap().status(), DeploymentStatus::Cancelled, "no stale copy");
     store.close().await;
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test]

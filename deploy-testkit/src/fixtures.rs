@@ -21,12 +21,68 @@ fn fixture<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
 }
 
 /// A new, empty directory under the system's temporary directory, named after `tag` and a fresh UUIDv7, for tests
-/// that need files (SQLite databases, data directories). The caller removes it.
+/// that need files (SQLite databases, data directories). It is removed, with everything in it, when the returned
+/// guard is dropped, unless a panic is unwinding (a failing test): then it is kept and its path printed, so the
+/// failure can be examined.
 #[must_use]
-pub fn temp_dir(tag: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("deploy-{tag}-{}", uuid::Uuid::now_v7().simple()));
-    fixture(std::fs::create_dir_all(&dir));
-    dir
+pub fn temp_dir(tag: &str) -> TempDir {
+    let path = std::env::temp_dir().join(format!("deploy-{tag}-{}", uuid::Uuid::now_v7().simple()));
+    fixture(std::fs::create_dir_all(&path));
+    TempDir { path }
+}
+
+/// A directory made by [`temp_dir`]; it dereferences to its [`Path`](std::path::Path) and is removed when dropped.
+#[derive(Debug)]
+pub struct TempDir {
+    path: std::path::PathBuf,
+}
+
+impl TempDir {
+    /// Its path.
+    #[must_use]
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Gives up the guard: the directory stays, and removing it is the caller's job (for owners that remove it
+    /// themselves, such as a test server that deletes its data directory when it stops).
+    #[must_use]
+    pub fn keep(mut self) -> std::path::PathBuf {
+        std::mem::take(&mut self.path)
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+
+    fn deref(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl AsRef<std::path::Path> for TempDir {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for TempDir {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.path.as_os_str()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if self.path.as_os_str().is_empty() {
+            // Kept: see `keep`.
+        } else if std::thread::panicking() {
+            eprintln!("deploy-testkit: kept {} for the failing test", self.path.display());
+        } else {
+            // Best effort: a file a test left open (on some systems) or a process still writing only leaves litter.
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
 }
 
 /// An environment name from a literal.
@@ -177,5 +233,43 @@ impl Harness {
     /// Every event of a deployment.
     pub async fn events(&self, id: DeploymentId) -> Vec<deploy_core::Event> {
         fixture(self.orchestrator.events(&self.admin, id, 0, 100_000).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::temp_dir;
+
+    #[test]
+    fn a_temp_dir_is_removed_with_its_contents_when_dropped() {
+        let dir = temp_dir("fixture-drop");
+        std::fs::create_dir_all(dir.join("nested")).unwrap();
+        std::fs::write(dir.join("nested/file"), b"x").unwrap();
+        let path = dir.to_path_buf();
+        assert!(path.is_dir());
+        drop(dir);
+        assert!(!path.exists(), "{} is still there", path.display());
+    }
+
+    #[test]
+    fn a_kept_temp_dir_stays() {
+        let path = temp_dir("fixture-keep").keep();
+        assert!(path.is_dir(), "{} was removed", path.display());
+        std::fs::remove_dir_all(&path).unwrap();
+    }
+
+    #[test]
+    fn a_failing_tests_temp_dir_is_kept() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let failed = std::thread::spawn(move || {
+            let dir = temp_dir("fixture-panic");
+            tx.send(dir.to_path_buf()).unwrap();
+            panic!("the test fails");
+        })
+        .join();
+        assert!(failed.is_err());
+        let path = rx.recv().unwrap();
+        assert!(path.is_dir(), "{} was removed", path.display());
+        std::fs::remove_dir_all(&path).unwrap();
     }
 }

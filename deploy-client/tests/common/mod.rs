@@ -9,10 +9,11 @@ use deploy_server::{Running, Settings};
 
 pub(crate) const ADMIN: &str = "dk_clientclientclientclientclientclientclient0";
 
-pub(crate) async fn deployd(tag: &str) -> Running {
-    deploy_server::start(Settings::for_tests(deploy_testkit::fixtures::temp_dir(tag), ADMIN))
-        .await
-        .expect("deployd starts")
+/// A `deployd` over a new data directory, which is removed when the returned guard is dropped.
+pub(crate) async fn deployd(tag: &str) -> (Running, deploy_testkit::fixtures::TempDir) {
+    let dir = deploy_testkit::fixtures::temp_dir(tag);
+    let running = deploy_server::start(Settings::for_tests(dir.to_path_buf(), ADMIN)).await.expect("deployd starts");
+    (running, dir)
 }
 
 pub(crate) fn client(base: &str) -> Client {

@@ -17,8 +17,9 @@ pub(crate) mod pg;
 pub(crate) mod receiver;
 pub(crate) mod slots;
 
+/// Test settings over a new data directory, which the [`Server`] started with them removes when dropped.
 pub(crate) fn settings(tag: &str) -> Settings {
-    Settings::for_tests(temp_dir(tag), ADMIN)
+    Settings::for_tests(temp_dir(tag).keep(), ADMIN)
 }
 
 pub(crate) struct Server {
@@ -158,8 +159,13 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// Removes the data directory, unless the test is failing: then it is kept for a look.
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.data_dir);
+        if std::thread::panicking() {
+            eprintln!("kept {} for the failing test", self.data_dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        }
     }
 }
 

@@ -2,14 +2,12 @@
 //! `DEPLOY_TEST_PG_URL` (skipped, with a message, when the variable is not set).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::PathBuf;
-
 use deploy_sql::SqlStore;
 
-pub(crate) use deploy_testkit::fixtures::temp_dir;
+pub(crate) use deploy_testkit::fixtures::{TempDir, temp_dir};
 
-/// A fresh SQLite store in its own directory.
-pub(crate) async fn sqlite(tag: &str) -> (SqlStore, PathBuf) {
+/// A fresh SQLite store in its own directory (removed when the guard is dropped).
+pub(crate) async fn sqlite(tag: &str) -> (SqlStore, TempDir) {
     let dir = temp_dir(tag);
     (SqlStore::sqlite(&dir).await.unwrap(), dir)
 }
