@@ -12,7 +12,8 @@
 //! `cargo bench -p deploy-benches --bench webhooks` (optionally `WEBHOOK_DELIVERIES=5000`; `WEBHOOK_STORE_ONLY=1` also
 //! times the store alone: claim `WEBHOOK_STORE_BATCH` (64), record them delivered, repeat, with no HTTP, and
 //! `WEBHOOK_STORE_ONLY=only` stops there; `WEBHOOK_PROFILE=1` (or `=memory`) fills four outboxes, prints the pid,
-//! waits 3 s for a profiler to attach, then only dispatches).
+//! waits 3 s for a profiler to attach, then only dispatches; beside `WEBHOOK_STORE_ONLY` it waits the same way before
+//! the store-alone loop).
 
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
@@ -194,6 +195,10 @@ fn main() {
         if std::env::var("WEBHOOK_STORE_ONLY").is_ok() {
             let (s2, _) = outbox(&url, n).await;
             let batch = std::env::var("WEBHOOK_STORE_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
+            if std::env::var("WEBHOOK_PROFILE").is_ok() {
+                eprintln!("outbox ready (pid {})", std::process::id());
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
             let (began, cpu) = (Instant::now(), deploy_benches::process_cpu().unwrap_or_default());
             let (mut claim_t, mut complete_t, mut rounds) = (Duration::ZERO, Duration::ZERO, 0);
             loop {
