@@ -332,3 +332,91 @@ async fn on_postgresql_two_replicas_attempt_each_delivery_once_at_a_time() {
     drop(a);
     drop(b);
 }
+
+/// A subscription that holds every claim the store allows it (eight rounds of its in-flight cap) gets short claims.
+/// When its attempts finish, the next round records their outcomes and claims into the room they freed, in one
+/// store operation: a round that only records (a transaction of its own, synced) would double the writes of a busy
+/// subscription. Against a scripted outbox that enforces the store's cap and logs each operation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_and_the_claims_they_make_room_for_share_one_store_operation() {
+    #[derive(Default)]
+    struct Outbox {
+        queue: std::collections::VecDeque<deploy_core::WebhookDelivery>,
+        /// Claimed and not yet completed.
+        held: usize,
+        /// `C` for each recording of outcomes, `L` for each claim, in order.
+        ops: String,
+    }
+    let receiver = Receiver::answering(Mode::Status(204)).await;
+    let secret = deploy_server::generate_secret().unwrap();
+    receiver.set_secret(&secret);
+    let subscription = deploy_core::WebhookSubscription {
+        id: uuid::Uuid::now_v7(),
+        url: receiver.url(),
+        events: vec!["*".into()],
+        environments: vec![],
+        active: true,
+        disabled_reason: None,
+        created_at: time::OffsetDateTime::now_utc(),
+        secret,
+    };
+    let total = 240;
+    let event = deploy_core::Event {
+        seq: 1,
+        at: time::OffsetDateTime::now_utc(),
+        event_type: deploy_core::EventType::Succeeded,
+        deployment_id: deploy_core::DeploymentId::new(),
+        target_id: None,
+        status: "succeeded".into(),
+        message: "done".into(),
+    };
+    let outbox = std::sync::Arc::new(std::sync::Mutex::new(Outbox {
+        queue: (0..total)
+            .map(|i| deploy_core::WebhookDelivery::pending(subscription.id, &event, &json!({"n": i})))
+            .collect(),
+        ..Outbox::default()
+    }));
+    let mut store = deploy_testkit::mocks::MockStore::new();
+    let claims = std::sync::Arc::clone(&outbox);
+    store.expect_claim_deliveries().returning(move |_, limit, per_subscription, _| {
+        let mut o = claims.lock().unwrap();
+        let take = limit.min(per_subscription.saturating_sub(o.held)).min(o.queue.len());
+        o.held += take;
+        o.ops.push('L');
+        Ok(o.queue.drain(..take).map(|d| (d, subscription.clone())).collect())
+    });
+    let completes = std::sync::Arc::clone(&outbox);
+    store.expect_complete_deliveries().returning(move |outcomes, _| {
+        let mut o = completes.lock().unwrap();
+        o.held -= outcomes.len();
+        o.ops.push('C');
+        Ok(())
+    });
+    let config = deploy_server::DispatcherConfig { concurrency: 16, per_subscription: 2, ..Default::default() };
+    let dispatcher = deploy_server::Dispatcher::new(
+        std::sync::Arc::new(store),
+        std::sync::Arc::new(deploy_core::SystemClock),
+        config,
+    )
+    .unwrap();
+    let (trigger, signal) = deploy_core::ShutdownSignal::new();
+    let task = tokio::spawn(dispatcher.run(signal));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while receiver.log().len() < total {
+        assert!(std::time::Instant::now() < deadline, "{} of {total} delivered", receiver.log().len());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Let the last outcomes be recorded before stopping, so the stop itself adds no round.
+    while outbox.lock().unwrap().held > 0 {
+        assert!(std::time::Instant::now() < deadline, "outcomes recorded");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    trigger.fire();
+    task.await.unwrap();
+    let ids: BTreeSet<String> = receiver.log().into_iter().map(|r| r.id).collect();
+    assert_eq!(ids.len(), total, "each delivery sent once");
+    let ops = outbox.lock().unwrap().ops.clone();
+    let recorded_alone = ops.matches("CC").count() + usize::from(ops.ends_with('C'));
+    assert!(ops.matches('C').count() >= 2, "several rounds recorded outcomes: {ops}");
+    assert_eq!(recorded_alone, 0, "a round recorded outcomes without claiming: {ops}");
+}

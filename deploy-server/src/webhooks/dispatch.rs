@@ -158,7 +158,9 @@ impl Dispatcher {
             this.start_queued(&mut waiting, &mut in_flight, concurrency);
             if bookkeeping.is_none() {
                 let room = depth.saturating_sub(in_flight.tasks.len() + waiting.len());
-                let may_claim = may_find
+                // Outcomes to record free claims (a subscription at the store's cap gets short claims), so a round
+                // that records them claims too: a round of its own for them would double the transactions.
+                let may_claim = (may_find || !finished.is_empty())
                     && !shutdown.is_fired()
                     && (room >= claim_at || (in_flight.tasks.is_empty() && waiting.is_empty() && room > 0));
                 if may_claim || !finished.is_empty() {
