@@ -29,9 +29,9 @@ fn ok<T, E: std::fmt::Debug>(r: Result<T, E>, what: &str) -> T {
     }
 }
 
-async fn stores() -> Vec<(&'static str, SqlStore)> {
-    let dir = std::env::temp_dir().join(format!("deploy-bench-{}", uuid::Uuid::now_v7().simple()));
-    let mut out = vec![("sqlite", ok(SqlStore::sqlite(&dir).await, "open sqlite"))];
+/// The stores to measure: SQLite in `dir`, and PostgreSQL in a new database when `DEPLOY_TEST_PG_URL` is set.
+async fn stores(dir: &std::path::Path) -> Vec<(&'static str, SqlStore)> {
+    let mut out = vec![("sqlite", ok(SqlStore::sqlite(dir).await, "open sqlite"))];
     if let Ok(base) = std::env::var("DEPLOY_TEST_PG_URL") {
         sqlx::any::install_default_drivers();
         let admin = ok(sqlx::any::AnyPoolOptions::new().max_connections(1).connect(&base).await, "connect");
@@ -62,7 +62,9 @@ fn acceptance(env: &str, version: &str) -> Acceptance {
 
 fn sql(c: &mut Criterion) {
     let rt = runtime();
-    let stores = rt.block_on(stores());
+    // Removed when the benchmarks are done (after the stores, which are dropped first).
+    let dir = deploy_testkit::fixtures::temp_dir("bench-sql");
+    let stores = rt.block_on(stores(&dir));
     let doc = "x".repeat(200);
     for (db, store) in &stores {
         let mut group = c.benchmark_group(format!("sql/{db}"));
