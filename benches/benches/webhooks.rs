@@ -66,14 +66,8 @@ async fn fill(store: Arc<dyn Store>, url: &str, n: usize) -> String {
     store.put_environment(&env, deploy_benches::fleet(4), None, time::OffsetDateTime::now_utc()).await.unwrap();
     let sub = store
         .create_webhook(WebhookSubscription {
-            id: uuid::Uuid::now_v7(),
-            url: url.to_owned(),
-            events: vec!["deployment.*".into()],
-            environments: vec![],
-            active: true,
-            disabled_reason: None,
-            created_at: time::OffsetDateTime::now_utc(),
             secret: deploy_server::generate_secret().unwrap(),
+            ..deploy_testkit::fixtures::subscription(url)
         })
         .await
         .unwrap();

@@ -350,16 +350,8 @@ async fn outcomes_and_the_claims_they_make_room_for_share_one_store_operation() 
     let receiver = Receiver::answering(Mode::Status(204)).await;
     let secret = deploy_server::generate_secret().unwrap();
     receiver.set_secret(&secret);
-    let subscription = deploy_core::WebhookSubscription {
-        id: uuid::Uuid::now_v7(),
-        url: receiver.url(),
-        events: vec!["*".into()],
-        environments: vec![],
-        active: true,
-        disabled_reason: None,
-        created_at: time::OffsetDateTime::now_utc(),
-        secret,
-    };
+    let subscription =
+        deploy_core::WebhookSubscription { secret, ..deploy_testkit::fixtures::subscription(&receiver.url()) };
     let total = 240;
     let event = deploy_core::Event {
         seq: 1,

@@ -159,13 +159,9 @@ mod tests {
         store
             .create_webhook(WebhookSubscription {
                 id: sub,
-                url: "http://127.0.0.1:9/hook".into(),
                 events: vec!["*".into()],
-                environments: vec![],
-                active: true,
-                disabled_reason: None,
                 created_at: at,
-                secret: "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD".into(),
+                ..deploy_testkit::fixtures::subscription("http://127.0.0.1:9/hook")
             })
             .await
             .unwrap();

@@ -1048,8 +1048,8 @@ impl<'a> Outcomes<'a> {
 /// per kind of outcome and chunk; a delivery no longer pending is left alone. Returns the subscriptions whose
 /// receivers answered 410.
 ///
-/// Rows are found by id and checked by `status` (always in step with `pending`), never by `pending`: SQLite's
-/// planner would take the `(pending, due)` index for `pending = 1` and scan every pending delivery.
+/// Rows are found by id and checked by `status` (always in step with `pending`), never by `pending`: for
+/// `pending = 1` SQLite's planner would take an index partial on it (the `due` index) and scan every pending delivery.
 async fn record_outcomes(
     conn: &mut AnyConnection,
     backend: Backend,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use deploy_core::{
     ConcurrencyPolicy, Deployment, DeploymentId, DeploymentRequest, EnvironmentName, EnvironmentSpec, Orchestrator,
-    OrchestratorConfig, Principal, Submission, TargetDefinition, TargetId,
+    OrchestratorConfig, Principal, Submission, TargetDefinition, TargetId, WebhookSubscription,
 };
 
 use crate::clock::TestClock;
@@ -82,6 +82,25 @@ impl Drop for TempDir {
             // Best effort: a file a test left open (on some systems) or a process still writing only leaves litter.
             let _ = std::fs::remove_dir_all(&self.path);
         }
+    }
+}
+
+/// The secret of [`subscription`]: the Standard Webhooks test vector's, a valid `whsec_` key.
+pub const WEBHOOK_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+
+/// An active webhook subscription to `url`, with a fresh UUIDv7 id, for every `deployment.*` event in every
+/// environment, created now, signed with [`WEBHOOK_SECRET`]. Override fields with struct update syntax.
+#[must_use]
+pub fn subscription(url: &str) -> WebhookSubscription {
+    WebhookSubscription {
+        id: uuid::Uuid::now_v7(),
+        url: url.to_owned(),
+        events: vec!["deployment.*".into()],
+        environments: vec![],
+        active: true,
+        disabled_reason: None,
+        created_at: time::OffsetDateTime::now_utc(),
+        secret: WEBHOOK_SECRET.to_owned(),
     }
 }
 

@@ -481,6 +481,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use deploy_testkit::fixtures::subscription;
     use time::macros::datetime;
 
     #[test]
@@ -497,19 +498,6 @@ mod tests {
         assert_eq!(with("Wed, 31 Dec 2025 00:00:00 GMT"), None, "a date in the past asks for nothing");
         assert_eq!(with("soon"), None);
         assert_eq!(retry_after(&HeaderMap::new(), now), None);
-    }
-
-    fn subscription() -> WebhookSubscription {
-        WebhookSubscription {
-            id: Uuid::now_v7(),
-            url: "http://127.0.0.1:9/hook".into(),
-            events: vec!["deployment.*".into()],
-            environments: vec![],
-            active: true,
-            disabled_reason: None,
-            created_at: datetime!(2026-01-01 00:00 UTC),
-            secret: "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD".into(),
-        }
     }
 
     fn delivery(subscription: &WebhookSubscription, n: u64) -> WebhookDelivery {
@@ -537,7 +525,8 @@ mod tests {
     fn waiting_deliveries_start_in_claim_order_within_each_subscriptions_cap() {
         let now = tokio::time::Instant::now();
         let later = now + Duration::from_secs(60);
-        let (busy, quiet) = (subscription(), subscription());
+        let hook = "http://127.0.0.1:9/hook";
+        let (busy, quiet) = (subscription(hook), subscription(hook));
         let mut waiting = Waiting::new(2);
         // A deep backlog of one subscription, claimed before the other's two deliveries.
         for n in 0..100 {

@@ -365,14 +365,10 @@ pub async fn webhook_outbox_follows_changes(store: &dyn Store) {
     let env = env_with(store, "hook", ConcurrencyPolicy::Queue).await;
     let sub = store
         .create_webhook(WebhookSubscription {
-            id: Uuid::now_v7(),
-            url: "http://127.0.0.1:9/hook".into(),
-            events: vec!["deployment.*".into()],
             environments: vec![deploy_core::EnvironmentPattern::new(env.as_str()).expect("pattern")],
-            active: true,
-            disabled_reason: None,
             created_at: now,
             secret: "whsec_test".into(),
+            ..crate::fixtures::subscription("http://127.0.0.1:9/hook")
         })
         .await
         .expect("subscribe");
