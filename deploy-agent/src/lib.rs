@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use deploy_client::Client;
 use deploy_core::{
-    AgentReport, AgentSlot, ApplyContext, DesiredState, EnvSecretResolver, EnvironmentName, Executor, Health,
+    AgentReport, AgentSlot, ApplyContext, DesiredState, EnvSecretResolver, Scrubber, EnvironmentName, Executor, Health,
     SecretResolver, ShutdownSignal, Target, TargetId, Version,
 };
 use serde::{Deserialize, Serialize};
@@ -160,10 +160,11 @@ fn tail(text: &str) -> String {
 
 impl Agent {
     /// An agent talking to the server through `client` (whose token is the agent's key) and changing its target with
-    /// `executor`. Secret references are resolved locally from the agent's environment (`env://NAME`).
+    /// `executor`. Secret references are resolved locally from the agent's environment, for variables named
+    /// `DEPLOY_SECRET_*` only (`env://DEPLOY_SECRET_NAME`): the agent's own key is never resolvable.
     #[must_use]
     pub fn new(client: Client, config: AgentConfig, executor: Arc<dyn Executor>) -> Self {
-        Self { client, config, executor, secrets: Arc::new(EnvSecretResolver), applied: Arc::default() }
+        Self { client, config, executor, secrets: Arc::new(EnvSecretResolver::default()), applied: Arc::default() }
     }
 
     /// Resolves secret references with `resolver` instead of the agent's environment.
@@ -236,7 +237,15 @@ impl Agent {
             Ok(secrets) => {
                 let deployment = slot.deployment.unwrap_or_default();
                 let ctx = ApplyContext { deployment, desired, secrets: &secrets };
-                self.executor.apply_with_output(&target, ctx).await
+                // Nothing the server records may hold a secret resolved here: scrubbed before it is reported.
+                let scrubber = Scrubber::of(&secrets);
+                match self.executor.apply_with_output(&target, ctx).await {
+                    Ok(mut out) => {
+                        scrubber.scrub_in_place(&mut out.output);
+                        Ok(out)
+                    }
+                    Err(e) => Err(e.scrubbed(&scrubber)),
+                }
             }
             Err(e) => Err(e),
         };

@@ -39,6 +39,9 @@ pub enum Action {
     Administer,
     /// Fetch a target's assignment and report on it (agents).
     ActAsAgent,
+    /// Create or change targets whose executor runs programs on a host (`process`, `command`): host-level power, so
+    /// only an admin of every environment (`["*"]`) may.
+    DefineHostTargets,
 }
 
 impl Role {
@@ -48,7 +51,7 @@ impl Role {
         match action {
             Action::Read => !matches!(self, Self::Agent),
             Action::Deploy | Action::Cancel | Action::Rollback => matches!(self, Self::Deployer | Self::Admin),
-            Action::ManageEnvironments | Action::Administer => matches!(self, Self::Admin),
+            Action::ManageEnvironments | Action::Administer | Action::DefineHostTargets => matches!(self, Self::Admin),
             Action::ActAsAgent => matches!(self, Self::Agent | Self::Admin),
         }
     }
@@ -221,12 +224,24 @@ impl Principal {
         &self.environments
     }
 
-    /// Whether this principal may do `action` in `environment`.
+    /// Whether this principal's patterns cover every environment (it holds `*`).
+    #[must_use]
+    pub fn is_global(&self) -> bool {
+        self.environments.iter().any(|p| p.as_str() == "*")
+    }
+
+    /// Whether this principal may do `action` in `environment`. [`Action::DefineHostTargets`] needs the `*` pattern
+    /// besides the admin role: an environment-scoped admin must not gain the host's power.
     ///
     /// # Errors
     /// [`Forbidden`] when the role does not allow the action or no pattern matches the environment.
     pub fn authorize(&self, action: Action, environment: &EnvironmentName) -> Result<(), Forbidden> {
-        if self.role.allows(action) && self.environments.iter().any(|p| p.matches(environment)) {
+        let scope = if action == Action::DefineHostTargets {
+            self.is_global()
+        } else {
+            self.environments.iter().any(|p| p.matches(environment))
+        };
+        if self.role.allows(action) && scope {
             Ok(())
         } else {
             Err(Forbidden { principal: self.id.clone(), action, environment: environment.to_string() })
@@ -290,6 +305,19 @@ mod tests {
                 assert!(scoped(role).authorize(action, &env("prod")).is_err(), "{role:?} {action:?} outside scope");
             }
         }
+    }
+
+    #[test]
+    fn host_level_targets_need_an_admin_of_every_environment() {
+        let admin = |patterns: &[&str]| {
+            Principal::new("p", Role::Admin, patterns.iter().map(|p| EnvironmentPattern::new(*p).unwrap()).collect())
+        };
+        assert!(admin(&["*"]).authorize(Action::DefineHostTargets, &env("prod")).is_ok());
+        assert!(admin(&["prod"]).authorize(Action::DefineHostTargets, &env("prod")).is_err(), "scoped admin");
+        assert!(admin(&["prod", "*-eu"]).authorize(Action::DefineHostTargets, &env("prod")).is_err());
+        let deployer = Principal::new("d", Role::Deployer, vec![EnvironmentPattern::any()]);
+        assert!(deployer.authorize(Action::DefineHostTargets, &env("prod")).is_err());
+        assert!(admin(&["*"]).is_global() && !admin(&["prod"]).is_global());
     }
 
     #[test]

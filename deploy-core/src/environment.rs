@@ -84,8 +84,89 @@ impl EnvironmentSpec {
                     format!("no executor named {:?}; this orchestrator has {known:?}", t.executor),
                 );
             }
+            for (key, value) in &t.labels {
+                let field = format!("targets[{i}].labels.{key}");
+                if let Some(kind) = crate::secrets::secret_shape(value) {
+                    errs.push_secret(field, crate::spec::shaped_like(kind));
+                } else if crate::secrets::is_sensitive_key(key) {
+                    errs.push_secret(field, "labels are shown in clear; this key names a secret");
+                }
+            }
+            check_config(&mut errs, &format!("targets[{i}].config"), &t.config, 0);
         }
         if errs.is_empty() { Ok(()) } else { Err(errs) }
+    }
+}
+
+/// How deep a target's configuration is checked; deeper documents are refused.
+const MAX_CONFIG_DEPTH: usize = 16;
+
+/// A target's configuration is checked like a deployment's payload: a value shaped like a credential, or a literal
+/// under a key that names a secret, is refused; `{"ref": "scheme://..."}` is how a target holds a secret (executors
+/// resolve it when they run, e.g. in a target's `env`).
+fn check_config(errs: &mut ValidationErrors, field: &str, value: &Value, depth: usize) {
+    if depth > MAX_CONFIG_DEPTH {
+        errs.push(field, format!("nested more than {MAX_CONFIG_DEPTH} levels"));
+        return;
+    }
+    match value {
+        Value::String(s) => {
+            if let Some(kind) = crate::secrets::secret_shape(s) {
+                errs.push_secret(field, crate::spec::shaped_like(kind));
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                check_config(errs, &format!("{field}[{i}]"), item, depth + 1);
+            }
+        }
+        Value::Object(map) => {
+            if let Some(r) = map.get("ref") {
+                let valid = map.len() == 1 && r.as_str().is_some_and(|r| crate::secrets::SecretRef::parse(r).is_ok());
+                if !valid {
+                    errs.push(field, "a reference is exactly {\"ref\": \"scheme://location\"}");
+                }
+                return;
+            }
+            for (key, item) in map {
+                let inner = format!("{field}.{key}");
+                let literal = matches!(item, Value::String(_) | Value::Number(_));
+                if literal && crate::secrets::is_sensitive_key(key) {
+                    errs.push_secret(
+                        inner,
+                        "this key names a secret, so its value must be a reference like {\"ref\": \"vault://path#key\"}",
+                    );
+                } else {
+                    check_config(errs, &inner, item, depth + 1);
+                }
+            }
+        }
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
+}
+
+/// What a target's configuration shows to someone who may not administer its environment: every value of its `env`
+/// object (at any depth) is replaced by `"***"`, references aside (a reference is not the secret).
+fn redact_env(config: &mut Value) {
+    match config {
+        Value::Object(map) => {
+            for (key, value) in map.iter_mut() {
+                if key == "env"
+                    && let Value::Object(vars) = value
+                {
+                    for v in vars.values_mut() {
+                        let is_ref = v.as_object().is_some_and(|o| o.contains_key("ref"));
+                        if !is_ref {
+                            *v = Value::String(crate::secrets::REDACTED.to_owned());
+                        }
+                    }
+                } else {
+                    redact_env(value);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact_env),
+        _ => {}
     }
 }
 
@@ -194,6 +275,16 @@ impl Environment {
     pub fn target(&self, id: &TargetId) -> Option<&EnvironmentTarget> {
         self.targets.iter().find(|t| &t.id == id)
     }
+
+    /// The environment as someone who may read it but not administer it sees it: the values of every target's `env`
+    /// are replaced by `"***"` (references are kept).
+    #[must_use]
+    pub fn redacted(mut self) -> Self {
+        for t in &mut self.targets {
+            redact_env(&mut t.config);
+        }
+        self
+    }
 }
 
 fn new_target(t: TargetDefinition, previous: Option<EnvironmentTarget>) -> EnvironmentTarget {
@@ -269,5 +360,47 @@ mod tests {
         assert!(spec.validate(Some(&["process".to_owned()])).is_err());
         let parsed: Result<EnvironmentSpec, _> = serde_json::from_str(r#"{"targets": [], "concurency": "queue"}"#);
         assert!(parsed.is_err(), "unknown fields are refused");
+    }
+
+    #[test]
+    fn target_configuration_is_checked_for_inline_secrets() {
+        let with = |config: Value| {
+            let mut t = def("a", "x");
+            t.config = config;
+            EnvironmentSpec { targets: vec![t], ..EnvironmentSpec::default() }.validate(None)
+        };
+        let ok = serde_json::json!({"hooks": {"install": "make install"},
+            "env": {"APP_HOME": "/opt/app", "DB_PASSWORD": {"ref": "env://DEPLOY_SECRET_DB"}}});
+        assert!(with(ok).is_ok());
+        let cases = [
+            (serde_json::json!({"env": {"DB_PASSWORD": "hunter2"}}), "targets[0].config.env.DB_PASSWORD"),
+            (serde_json::json!({"env": {"GH": "ghp_0123456789abcdefghijABCDEFGHIJ012345"}}), "targets[0].config.env.GH"),
+            (serde_json::json!({"command": ["curl", "https://u:pw@host/x"]}), "targets[0].config.command[1]"),
+            (serde_json::json!({"nested": {"signing_key": 12345}}), "targets[0].config.nested.signing_key"),
+        ];
+        for (config, field) in cases {
+            let errs = with(config).unwrap_err();
+            assert!(errs.has_hardcoded_secret() && errs.has_field(field), "{field}: {errs}");
+            assert!(!errs.to_string().contains("hunter2") && !errs.to_string().contains("ghp_0"));
+        }
+        let bad_ref = with(serde_json::json!({"env": {"X": {"ref": "not a ref"}}})).unwrap_err();
+        assert!(bad_ref.has_field("targets[0].config.env.X") && !bad_ref.has_hardcoded_secret());
+        let mut labelled = def("a", "x");
+        labelled.labels.insert("owner".into(), "postgres://a:b@c/d".into());
+        let spec = EnvironmentSpec { targets: vec![labelled], ..EnvironmentSpec::default() };
+        assert!(spec.validate(None).unwrap_err().has_hardcoded_secret());
+    }
+
+    #[test]
+    fn readers_see_target_env_values_redacted() {
+        let mut e = env();
+        e.targets[0].config = serde_json::json!({"port": 80, "env": {"MODE": "fast", "DB": {"ref": "env://DEPLOY_SECRET_DB"}},
+            "inner": [{"env": {"TOKENISH": "x"}}]});
+        let shown = e.redacted();
+        assert_eq!(
+            shown.targets[0].config,
+            serde_json::json!({"port": 80, "env": {"MODE": "***", "DB": {"ref": "env://DEPLOY_SECRET_DB"}},
+                "inner": [{"env": {"TOKENISH": "***"}}]})
+        );
     }
 }

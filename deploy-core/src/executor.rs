@@ -98,6 +98,12 @@ impl ExecutorError {
     pub fn message(&self) -> &str {
         &self.message
     }
+    /// The same error with every secret value `scrubber` knows replaced in its message.
+    #[must_use]
+    pub fn scrubbed(mut self, scrubber: &crate::secrets::Scrubber) -> Self {
+        scrubber.scrub_in_place(&mut self.message);
+        self
+    }
 }
 
 /// What an imperative step printed, kept in the deployment's events.
@@ -135,6 +141,13 @@ pub trait Executor: Send + Sync {
     /// deployment's events. Executors with nothing to report keep the default, which calls `apply`.
     async fn apply_with_output(&self, target: &Target, ctx: ApplyContext<'_>) -> Result<StepOutput, ExecutorError> {
         self.apply(target, ctx).await.map(|()| StepOutput::default())
+    }
+
+    /// Whether this executor makes the host it runs on start programs that a target's configuration names (hooks,
+    /// commands). Creating or changing such targets is host-level power: the orchestrator allows it only to admins of
+    /// every environment ([`crate::Action::DefineHostTargets`]). The default is `false`.
+    fn runs_host_programs(&self) -> bool {
+        false
     }
 
     /// For routers: the executor that serves `target`, so the engine can call it directly for each of its calls.
@@ -175,6 +188,9 @@ impl<T: Executor + ?Sized> Executor for Arc<T> {
     }
     fn route(&self, target: &Target) -> Option<&dyn Executor> {
         (**self).route(target)
+    }
+    fn runs_host_programs(&self) -> bool {
+        (**self).runs_host_programs()
     }
     async fn run_step(
         &self,

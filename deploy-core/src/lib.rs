@@ -75,8 +75,8 @@ pub use names::{
     DeploymentId, EnvironmentName, Fingerprint, IdempotencyKey, NameError, Revision, ServiceName, TargetId, Version,
 };
 pub use secrets::{
-    EnvSecretResolver, ResolvedSecrets, SecretError, SecretRef, SecretRefError, SecretResolver, SecretValue,
-    resolve_for,
+    DEFAULT_ENV_PREFIX, EnvSecretResolver, FileSecretResolver, REDACTED, ResolvedSecrets, SchemeResolver, Scrubber,
+    SecretError, SecretRef, SecretRefError, SecretResolver, SecretValue, is_sensitive_key, resolve_for, secret_shape,
 };
 pub use spec::{
     Artifact, CanaryStep, ConfigValue, CountOrPercent, DeploymentRequest, DeploymentSpec, ExecutionMode, FailurePolicy,

@@ -104,24 +104,27 @@ macro_rules! string_name {
 
 fn is_dns_label(s: &str) -> bool {
     let bytes = s.as_bytes();
-    (1..=63).contains(&bytes.len())
+    // Names become path components and file names on hosts: `..` never appears.
+    !s.contains("..")
+        && (1..=63).contains(&bytes.len())
         && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
         && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 fn is_token(s: &str, max: usize) -> bool {
     let bytes = s.as_bytes();
-    (1..=max).contains(&bytes.len())
+    !s.contains("..")
+        && (1..=max).contains(&bytes.len())
         && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
         && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'+' | b'/'))
 }
 
 string_name!(
     /// An environment name (`prod`, `staging-eu`): 1 to 63 characters of lowercase letters, digits, `-`, `_` and `.`,
-    /// starting with a letter or digit.
+    /// starting with a letter or digit, without `..`.
     EnvironmentName,
     "environment name",
-    "use 1 to 63 lowercase letters, digits, '-', '_' or '.', starting with a letter or digit",
+    "use 1 to 63 lowercase letters, digits, '-', '_' or '.', starting with a letter or digit, without '..'",
     is_dns_label
 );
 
@@ -129,24 +132,26 @@ string_name!(
     /// A service name (`checkout`): same rule as [`EnvironmentName`].
     ServiceName,
     "service name",
-    "use 1 to 63 lowercase letters, digits, '-', '_' or '.', starting with a letter or digit",
+    "use 1 to 63 lowercase letters, digits, '-', '_' or '.', starting with a letter or digit, without '..'",
     is_dns_label
 );
 
 string_name!(
-    /// A version (`2.0.1`, `2024-05-01+build.7`): 1 to 128 characters of letters, digits and `-_.:+/`, starting with a
-    /// letter or digit.
+    /// A version (`2.0.1`, `2024-05-01+build.7`): 1 to 128 characters of letters, digits and `-_.:+`, starting with a
+    /// letter or digit, without `..`. Executors put versions into paths and command lines (`/opt/app/{version}`), so a
+    /// version never holds a path separator.
     Version,
     "version",
-    "use 1 to 128 letters, digits, '-', '_', '.', ':', '+' or '/', starting with a letter or digit",
-    |s| is_token(s, 128)
+    "use 1 to 128 letters, digits, '-', '_', '.', ':' or '+', starting with a letter or digit, without '..'",
+    |s| is_token(s, 128) && !s.contains('/')
 );
 
 string_name!(
-    /// A target id within an environment (`web-1`, `host:10.0.0.7`): same rule as [`Version`].
+    /// A target id within an environment (`web-1`, `host:10.0.0.7`, `eu/web-1`): like [`Version`], and `/` is
+    /// allowed (never `..`).
     TargetId,
     "target id",
-    "use 1 to 128 letters, digits, '-', '_', '.', ':', '+' or '/', starting with a letter or digit",
+    "use 1 to 128 letters, digits, '-', '_', '.', ':', '+' or '/', starting with a letter or digit, without '..'",
     |s| is_token(s, 128)
 );
 
@@ -284,8 +289,17 @@ mod tests {
         for bad in ["", "Prod", "-prod", "pr od", "prod!", &"a".repeat(64)] {
             assert!(EnvironmentName::new(bad).is_err(), "{bad}");
         }
-        assert!(Version::new("2.0.1+build/7").is_ok());
+        assert!(Version::new("2.0.1+build.7").is_ok());
         assert!(Version::new("2.0 1").is_err());
+        // Versions, services and target ids end up in paths and command lines on hosts.
+        for bad in ["2.0/../../etc", "a/b", "1..2", "2.0\n1", "2.0\u{0}"] {
+            assert!(Version::new(bad).is_err(), "{bad:?}");
+        }
+        for bad in ["a..b", "..", "a/b"] {
+            assert!(ServiceName::new(bad).is_err(), "{bad:?}");
+        }
+        assert!(TargetId::new("eu/web-1").is_ok());
+        assert!(TargetId::new("eu/../../etc").is_err());
         assert!(IdempotencyKey::new("abc-123").is_ok());
         assert!(IdempotencyKey::new("with space").is_err());
         assert!(IdempotencyKey::new("k".repeat(256)).is_err());

@@ -5,12 +5,13 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 use deploy_core::{
-    ApplyContext, DesiredState, Executor, ExecutorError, Health, HumanDuration, ImperativeStep, Observation,
-    StepOutput, Target, Version,
+    ApplyContext, DesiredState, EnvSecretResolver, Executor, ExecutorError, Health, HumanDuration, ImperativeStep,
+    Observation, SecretResolver, StepOutput, Target, Version,
 };
+use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
-use crate::local;
+use crate::local::{self, EnvValue, ProgramEnv};
 
 /// The stages a declarative apply runs, in order (each only if the target configures it).
 pub const APPLY_STAGES: [&str; 5] = ["stop", "before_install", "install", "after_install", "start"];
@@ -49,10 +50,12 @@ pub struct CommandConfig {
     /// The working directory (default: the executor's state directory for the target).
     #[serde(default)]
     pub workdir: Option<PathBuf>,
-    /// Environment variables of every hook (the deployment's `config` and secrets come on top, and `DEPLOY_STAGE`,
-    /// `DEPLOY_TARGET`, `DEPLOY_VERSION`, `DEPLOY_PREVIOUS_VERSION`, ...).
+    /// Environment variables of every hook: literals, or `{"ref": ...}` resolved for each run. A hook's environment is
+    /// built from nothing (see the crate documentation): these, `PATH`, the `DEPLOY_*` facts (`DEPLOY_STAGE`,
+    /// `DEPLOY_TARGET`, `DEPLOY_VERSION`, `DEPLOY_PREVIOUS_VERSION`, ...), and the deployment's `config` and `secrets`
+    /// as `DEPLOY_CONFIG_<KEY>` and `DEPLOY_SECRET_<NAME>`. What is set here wins.
     #[serde(default)]
-    pub env: BTreeMap<String, String>,
+    pub env: BTreeMap<String, EnvValue>,
 }
 
 fn default_timeout() -> HumanDuration {
@@ -74,9 +77,16 @@ struct Installed {
 
 /// The `command` executor: how teams plug in tools this project does not know. A non-zero exit fails the target with
 /// the hook's output in the error (and so in the deployment's events); a hook that outlives its timeout is killed.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CommandExecutor {
     root: PathBuf,
+    secrets: Arc<dyn SecretResolver>,
+}
+
+impl std::fmt::Debug for CommandExecutor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandExecutor").field("root", &self.root).finish_non_exhaustive()
+    }
 }
 
 /// How one hook ended.
@@ -86,10 +96,18 @@ struct Ran {
 }
 
 impl CommandExecutor {
-    /// An executor keeping its state and hook output under `state_dir`.
+    /// An executor keeping its state and hook output under `state_dir`; references in a target's `env` are resolved
+    /// from `DEPLOY_SECRET_*` variables ([`EnvSecretResolver`]) unless [`CommandExecutor::secrets`] says otherwise.
     #[must_use]
     pub fn new(state_dir: impl Into<PathBuf>) -> Self {
-        Self { root: state_dir.into() }
+        Self { root: state_dir.into(), secrets: Arc::new(EnvSecretResolver::default()) }
+    }
+
+    /// Resolves references in targets' `env` with `resolver`.
+    #[must_use]
+    pub fn secrets(mut self, resolver: Arc<dyn SecretResolver>) -> Self {
+        self.secrets = resolver;
+        self
     }
 
     fn installed_file(&self, target: &Target) -> PathBuf {
@@ -102,7 +120,7 @@ impl CommandExecutor {
         cfg: &CommandConfig,
         target: &Target,
         stage: &str,
-        env: &BTreeMap<String, String>,
+        env: &ProgramEnv,
     ) -> Result<Option<Ran>, ExecutorError> {
         let Some(hook) = cfg.hooks.get(stage) else { return Ok(None) };
         let argv = match hook {
@@ -117,22 +135,24 @@ impl CommandExecutor {
         }
         let log = dir.join(format!("{stage}.log"));
         let _ = std::fs::remove_file(&log);
-        let mut env = env.clone();
-        env.insert("DEPLOY_STAGE".into(), stage.to_owned());
-        let (proc, mut child) = local::spawn_child(&argv, &workdir, &env, &log).await?;
+        let mut vars = env.vars.clone();
+        vars.insert("DEPLOY_STAGE".into(), stage.to_owned());
+        let (proc, mut child) = local::spawn_child(&argv, &workdir, &vars, &log).await?;
         let finished = tokio::time::timeout(cfg.timeout.as_std(), child.wait()).await;
+        // What a hook printed is kept (in events, errors, the store) only once its secrets are scrubbed.
+        let output = || env.scrubber.scrub(&local::tail(&log, OUTPUT_LIMIT));
         match finished {
             Ok(status) => {
                 // Children the hook left running (a `start` hook launching a daemon) are left alone.
                 let ok = status.is_ok_and(|s| s.success());
-                Ok(Some(Ran { ok, output: local::tail(&log, OUTPUT_LIMIT) }))
+                Ok(Some(Ran { ok, output: output() }))
             }
             Err(_) => {
                 if let Some(p) = &proc {
                     p.kill();
                 }
                 let _ = child.wait().await;
-                let output = local::tail(&log, OUTPUT_LIMIT);
+                let output = output();
                 Err(ExecutorError::permanent(format!(
                     "hook {stage} on {} was killed after its timeout of {}{}",
                     target.id,
@@ -143,15 +163,16 @@ impl CommandExecutor {
         }
     }
 
-    fn env(
+    async fn env(
         &self,
         cfg: &CommandConfig,
         target: &Target,
-        ctx: ApplyContext<'_>,
-    ) -> Result<BTreeMap<String, String>, ExecutorError> {
-        let mut env = local::environment(target, ctx, &cfg.env)?;
+        desired: &DesiredState,
+        ctx: Option<ApplyContext<'_>>,
+    ) -> Result<ProgramEnv, ExecutorError> {
+        let mut env = local::environment(target, desired, ctx, &cfg.env, self.secrets.as_ref()).await?;
         let installed: Installed = local::load(&self.installed_file(target))?;
-        env.insert("DEPLOY_PREVIOUS_VERSION".into(), installed.version.unwrap_or_default());
+        env.vars.insert("DEPLOY_PREVIOUS_VERSION".into(), installed.version.unwrap_or_default());
         Ok(env)
     }
 
@@ -166,6 +187,11 @@ fn with_output(output: &str) -> String {
 
 #[async_trait]
 impl Executor for CommandExecutor {
+    /// Hooks are programs an admin names: host-level power.
+    fn runs_host_programs(&self) -> bool {
+        true
+    }
+
     async fn observe(&self, target: &Target) -> Result<Observation, ExecutorError> {
         CommandConfig::of(target)?;
         let installed: Installed = local::load(&self.installed_file(target))?;
@@ -179,7 +205,7 @@ impl Executor for CommandExecutor {
     /// Runs the stages in order; the output of each (`[stage] ...`) is returned for the deployment's events.
     async fn apply_with_output(&self, target: &Target, ctx: ApplyContext<'_>) -> Result<StepOutput, ExecutorError> {
         let cfg = CommandConfig::of(target)?;
-        let env = self.env(&cfg, target, ctx)?;
+        let env = self.env(&cfg, target, ctx.desired, Some(ctx)).await?;
         let mut output = String::new();
         for stage in APPLY_STAGES {
             let Some(ran) = self.run_hook(&cfg, target, stage, &env).await? else { continue };
@@ -200,11 +226,7 @@ impl Executor for CommandExecutor {
         if installed.version.as_deref() != Some(desired.version.as_str()) {
             return Ok(Health::Unhealthy);
         }
-        let mut env = cfg.env.clone();
-        env.insert("DEPLOY_TARGET".into(), target.id.to_string());
-        env.insert("DEPLOY_VERSION".into(), desired.version.to_string());
-        env.insert("DEPLOY_SERVICE".into(), desired.service.to_string());
-        env.insert("DEPLOY_ENVIRONMENT".into(), target.environment.to_string());
+        let env = self.env(&cfg, target, desired, None).await?;
         match self.run_hook(&cfg, target, VALIDATE_STAGE, &env).await {
             Ok(None) => Ok(Health::Healthy),
             Ok(Some(ran)) => Ok(if ran.ok { Health::Healthy } else { Health::Unhealthy }),
@@ -220,7 +242,7 @@ impl Executor for CommandExecutor {
         ctx: ApplyContext<'_>,
     ) -> Result<StepOutput, ExecutorError> {
         let cfg = CommandConfig::of(target)?;
-        let env = self.env(&cfg, target, ctx)?;
+        let env = self.env(&cfg, target, ctx.desired, Some(ctx)).await?;
         match self.run_hook(&cfg, target, &step.action, &env).await? {
             None => Err(ExecutorError::permanent(format!("target {} has no {:?} hook", target.id, step.action))),
             Some(ran) if ran.ok => {

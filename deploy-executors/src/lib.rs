@@ -10,6 +10,27 @@
 //!   black-box tests and benchmarks.
 //!
 //! Put several behind a [`deploy_core::ExecutorRouter`] so one environment can mix them.
+//!
+//! ## The environment of a hook or process
+//!
+//! Every program `process` and `command` start gets an environment **built from nothing**: no variable of the
+//! executor's own process (`deployd`'s or `deploy-agent`'s, with their keys) is inherited. It holds, later entries
+//! winning:
+//! 1. `PATH` ([`DEFAULT_PATH`]) and the facts `DEPLOY_ENVIRONMENT`, `DEPLOY_TARGET`, `DEPLOY_SERVICE`,
+//!    `DEPLOY_VERSION`, `DEPLOY_DEPLOYMENT` (and `DEPLOY_STAGE`, `DEPLOY_PREVIOUS_VERSION` for hooks, `PORT` for
+//!    processes);
+//! 2. the deployment's `config` as `DEPLOY_CONFIG_<KEY>` and its `secrets` as `DEPLOY_SECRET_<NAME>` (`-` and `.` in
+//!    a key become `_`): a deployer never chooses the name of a variable, so `LD_PRELOAD`, `BASH_ENV` or `PATH` in a
+//!    payload cannot change how the program starts;
+//! 3. the target's own `env`, which only an admin writes; it wins over everything, and its `{"ref": ...}` values are
+//!    resolved for each run.
+//!
+//! What a program prints is kept (hook output in events, the tail of a failed start in the error) only after every
+//! secret value resolved for the call is scrubbed from it.
+//!
+//! **Migrating hooks** written before this: a hook that read `$LOG_LEVEL` from a deployment's `config` reads
+//! `$DEPLOY_CONFIG_LOG_LEVEL`; a secret `DB_PASSWORD` from `secrets` is `$DEPLOY_SECRET_DB_PASSWORD`; anything a hook
+//! took from `deployd`'s own environment (`HOME`, proxies) goes into the target's `env`.
 
 mod command;
 mod local;
@@ -17,5 +38,6 @@ mod process;
 mod sim;
 
 pub use command::{APPLY_STAGES, CommandConfig, CommandExecutor, Hook, VALIDATE_STAGE};
+pub use local::{CONFIG_PREFIX, DEFAULT_PATH, EnvValue, SECRET_PREFIX};
 pub use process::{Handover, ProcessConfig, ProcessExecutor};
 pub use sim::{SimConfig, SimExecutor};

@@ -6,11 +6,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use deploy_core::{ApplyContext, ConfigValue, ExecutorError, Target};
+use deploy_core::{
+    ApplyContext, ConfigValue, DesiredState, ExecutorError, Scrubber, SecretError, SecretRef, SecretResolver, Target,
+};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 /// A process started by an executor: its pid (also its process group) and the kernel's start time, so a pid reused by
 /// an unrelated process is never taken for it.
@@ -117,8 +119,10 @@ pub(crate) async fn spawn_child(
         .map_err(|e| ExecutorError::retryable(format!("cannot open {}: {e}", log.display())))?;
     let err = out.try_clone().map_err(|e| ExecutorError::retryable(format!("cannot open {}: {e}", log.display())))?;
     let mut cmd = tokio::process::Command::new(program);
+    // Built from nothing: nothing of this process's environment (its credentials among it) reaches the program.
     cmd.args(args)
         .current_dir(workdir)
+        .env_clear()
         .envs(env)
         .stdin(std::process::Stdio::null())
         .stdout(out)
@@ -145,35 +149,132 @@ pub(crate) fn tail_of(text: &str, max: usize) -> String {
     text.get(start..).unwrap_or_default().trim().to_owned()
 }
 
-/// The environment a deployment gives a process: the target's own variables, the deployment's configuration, its
-/// secrets resolved for this call (only ever passed to the process, never written), and `DEPLOY_*` facts.
-pub(crate) fn environment(
+/// `PATH` of every program an executor starts, unless the target's `env` sets its own.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The prefix of a deployment's `config` keys in a program's environment.
+pub const CONFIG_PREFIX: &str = "DEPLOY_CONFIG_";
+
+/// The prefix of a deployment's `secrets` in a program's environment.
+pub const SECRET_PREFIX: &str = "DEPLOY_SECRET_";
+
+/// A variable of a target's `env`: a literal, or a reference resolved when the program starts.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum EnvValue {
+    /// The value as written.
+    Literal(String),
+    /// `{"ref": "scheme://location"}`, resolved for each call and never written anywhere.
+    Secret {
+        /// The reference.
+        #[serde(rename = "ref")]
+        reference: String,
+    },
+}
+
+/// The environment of a program an executor starts, and what must be scrubbed from what it prints.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ProgramEnv {
+    pub(crate) vars: BTreeMap<String, String>,
+    pub(crate) scrubber: Scrubber,
+}
+
+/// The name a deployment's `config` key or secret gets: the prefix, then the key with `-` and `.` as `_`.
+fn prefixed(prefix: &str, key: &str) -> String {
+    let mut name = String::with_capacity(prefix.len() + key.len());
+    name.push_str(prefix);
+    name.extend(key.chars().map(|c| if c == '-' || c == '.' { '_' } else { c }));
+    name
+}
+
+/// The environment of a program an executor starts, built from nothing: none of the executor's own process is
+/// inherited. In order, later entries winning:
+/// 1. `PATH` ([`DEFAULT_PATH`]) and the `DEPLOY_*` facts (`DEPLOY_ENVIRONMENT`, `DEPLOY_TARGET`, `DEPLOY_SERVICE`,
+///    `DEPLOY_VERSION`, `DEPLOY_DEPLOYMENT`);
+/// 2. the deployment's `config` as `DEPLOY_CONFIG_<KEY>` and its `secrets` as `DEPLOY_SECRET_<NAME>` (resolved for
+///    this call only), never under a name the caller chose;
+/// 3. the target's own `env`, which only an admin sets: what the admin sets always wins. Its references are resolved
+///    with `resolver`.
+///
+/// `call` is the deployment and the secrets resolved for it; a health probe has none.
+pub(crate) async fn environment(
     target: &Target,
-    ctx: ApplyContext<'_>,
-    own: &BTreeMap<String, String>,
-) -> Result<BTreeMap<String, String>, ExecutorError> {
-    let mut env = own.clone();
-    for (key, value) in &ctx.desired.config {
-        if let ConfigValue::Literal(v) = value {
-            let text = match v {
-                serde_json::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            env.insert(key.clone(), text);
+    desired: &DesiredState,
+    call: Option<ApplyContext<'_>>,
+    own: &BTreeMap<String, EnvValue>,
+    resolver: &dyn SecretResolver,
+) -> Result<ProgramEnv, ExecutorError> {
+    let mut vars = BTreeMap::new();
+    vars.insert("PATH".to_owned(), DEFAULT_PATH.to_owned());
+    vars.insert("DEPLOY_ENVIRONMENT".into(), target.environment.to_string());
+    vars.insert("DEPLOY_TARGET".into(), target.id.to_string());
+    vars.insert("DEPLOY_SERVICE".into(), desired.service.to_string());
+    vars.insert("DEPLOY_VERSION".into(), desired.version.to_string());
+    let mut scrubber = Scrubber::default();
+    if let Some(ctx) = call {
+        vars.insert("DEPLOY_DEPLOYMENT".into(), ctx.deployment.to_string());
+        let mut from_caller = BTreeMap::new();
+        let mut add = |name: String, key: &str, value: String| match from_caller.insert(name.clone(), value) {
+            None => Ok(()),
+            Some(_) => Err(ExecutorError::permanent(format!(
+                "the deployment's key {key:?} and another become the same variable {name}; rename one"
+            ))),
+        };
+        for (key, value) in &ctx.desired.config {
+            let name = prefixed(CONFIG_PREFIX, key);
+            match value {
+                ConfigValue::Literal(v) => {
+                    let text = match v {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    add(name, key, text)?;
+                }
+                ConfigValue::Secret(_) => {
+                    if let Some(secret) = ctx.secrets.get(key) {
+                        add(name, key, secret.expose().to_owned())?;
+                    }
+                }
+            }
         }
+        for key in ctx.desired.secrets.keys() {
+            if let Some(secret) = ctx.secrets.get(key) {
+                add(prefixed(SECRET_PREFIX, key), key, secret.expose().to_owned())?;
+            }
+        }
+        scrubber = Scrubber::of(ctx.secrets);
+        vars.extend(from_caller);
     }
-    for (key, value) in ctx.secrets {
-        env.insert(key.clone(), value.expose().to_owned());
+    let mut resolved = Vec::new();
+    for (name, value) in own {
+        let text = match value {
+            EnvValue::Literal(v) => v.clone(),
+            EnvValue::Secret { reference } => {
+                let r = SecretRef::parse(reference.as_str())
+                    .map_err(|e| ExecutorError::permanent(format!("target {} env {name}: {e}", target.id)))?;
+                let secret = resolver.resolve(&r).await.map_err(|e| match e {
+                    SecretError::Unavailable { .. } => {
+                        ExecutorError::retryable(format!("target {} env {name}: {e}", target.id))
+                    }
+                    _ => ExecutorError::permanent(format!("target {} env {name} could not be resolved: {e}", target.id)),
+                })?;
+                let text = secret.expose().to_owned();
+                resolved.push(secret);
+                text
+            }
+        };
+        vars.insert(name.clone(), text);
     }
-    env.insert("DEPLOY_ENVIRONMENT".into(), target.environment.to_string());
-    env.insert("DEPLOY_TARGET".into(), target.id.to_string());
-    env.insert("DEPLOY_SERVICE".into(), ctx.desired.service.to_string());
-    env.insert("DEPLOY_VERSION".into(), ctx.desired.version.to_string());
-    env.insert("DEPLOY_DEPLOYMENT".into(), ctx.deployment.to_string());
-    if let Some(bad) = env.keys().find(|k| k.is_empty() || k.contains('=') || k.contains('\0')) {
+    if !resolved.is_empty() {
+        scrubber = scrubber.and(&Scrubber::new(resolved.iter()));
+    }
+    if let Some(bad) = vars.keys().find(|k| k.is_empty() || k.contains('=') || k.contains('\0')) {
         return Err(ExecutorError::permanent(format!("{bad:?} cannot be an environment variable name")));
     }
-    Ok(env)
+    if let Some((bad, _)) = vars.iter().find(|(_, v)| v.contains('\0')) {
+        return Err(ExecutorError::permanent(format!("the value of {bad} holds a NUL byte")));
+    }
+    Ok(ProgramEnv { vars, scrubber })
 }
 
 /// Reads a JSON state file; a missing file is the default state.

@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deploy_core::{
-    ApplyContext, DesiredState, Executor, ExecutorError, Health, HumanDuration, Observation, Target, Version,
+    ApplyContext, DesiredState, EnvSecretResolver, Executor, ExecutorError, Health, HumanDuration, Observation,
+    SecretResolver, Target, Version,
 };
+use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
-use crate::local::{self, Proc};
+use crate::local::{self, EnvValue, Proc};
 
 /// How a new version takes over its slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -45,9 +47,11 @@ pub struct ProcessConfig {
     /// The health check's path; 2xx is healthy. When the answer is JSON with a `version`, it must be the one asked.
     #[serde(default = "default_health_path")]
     pub health_path: String,
-    /// Environment variables of every version (the deployment's `config` and secrets come on top).
+    /// Environment variables of every version: literals, or `{"ref": ...}` resolved at each start. The process's
+    /// environment is built from nothing: these (they win), `PATH`, `PORT`, the `DEPLOY_*` facts, and the
+    /// deployment's `config` and `secrets` as `DEPLOY_CONFIG_<KEY>` and `DEPLOY_SECRET_<NAME>`.
     #[serde(default)]
-    pub env: BTreeMap<String, String>,
+    pub env: BTreeMap<String, EnvValue>,
     /// How long a new version has to pass its health check.
     #[serde(default = "default_start_timeout")]
     pub start_timeout: HumanDuration,
@@ -95,10 +99,17 @@ struct SlotState {
 
 /// The `process` executor. Its state (which pid runs which version) lives in files under its state directory, so a
 /// restarted `deployd` finds the processes it started: they keep running while it is down.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ProcessExecutor {
     root: PathBuf,
     http: reqwest::Client,
+    secrets: Arc<dyn SecretResolver>,
+}
+
+impl std::fmt::Debug for ProcessExecutor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessExecutor").field("root", &self.root).finish_non_exhaustive()
+    }
 }
 
 /// One health probe's answer.
@@ -122,7 +133,14 @@ impl ProcessExecutor {
             .pool_max_idle_per_host(0) // a fresh connection per probe: with SO_REUSEPORT each may reach either version
             .build()
             .unwrap_or_default();
-        Self { root: state_dir.into(), http }
+        Self { root: state_dir.into(), http, secrets: Arc::new(EnvSecretResolver::default()) }
+    }
+
+    /// Resolves references in targets' `env` with `resolver` (default: `DEPLOY_SECRET_*` variables).
+    #[must_use]
+    pub fn secrets(mut self, resolver: Arc<dyn SecretResolver>) -> Self {
+        self.secrets = resolver;
+        self
     }
 
     fn state_file(&self, target: &Target) -> PathBuf {
@@ -235,6 +253,11 @@ impl ProcessExecutor {
 
 #[async_trait]
 impl Executor for ProcessExecutor {
+    /// The command is a program an admin names: host-level power.
+    fn runs_host_programs(&self) -> bool {
+        true
+    }
+
     async fn observe(&self, target: &Target) -> Result<Observation, ExecutorError> {
         let cfg = ProcessConfig::of(target)?;
         let state: SlotState = local::load(&self.state_file(target))?;
@@ -278,15 +301,14 @@ impl Executor for ProcessExecutor {
             }
             state.processes.clear();
         }
-        let env = local::environment(target, ctx, &cfg.env)?
-            .into_iter()
-            .chain([("PORT".to_owned(), cfg.port.to_string())])
-            .collect();
+        let local::ProgramEnv { mut vars, scrubber } =
+            local::environment(target, ctx.desired, Some(ctx), &cfg.env, self.secrets.as_ref()).await?;
+        vars.entry("PORT".to_owned()).or_insert_with(|| cfg.port.to_string());
         let log = dir.join(format!("{version}.log"));
         std::fs::create_dir_all(&dir)
             .map_err(|e| ExecutorError::retryable(format!("cannot create {}: {e}", dir.display())))?;
         let argv = Self::command(&cfg, target, ctx.desired, &workdir);
-        let proc = local::spawn(&argv, &workdir, &env, &log).await?;
+        let proc = local::spawn(&argv, &workdir, &vars, &log).await?;
         let new = Running { proc, version: version.clone(), port: cfg.port };
         // Recorded before anything else happens, so a restart mid-handover still knows this process.
         state.processes.push(new.clone());
@@ -304,7 +326,7 @@ impl Executor for ProcessExecutor {
                 new.proc.stop(grace).await;
                 state.processes.retain(|p| p.proc != new.proc);
                 local::save(&state_file, &state)?;
-                let output = local::tail(&log, 1024);
+                let output = scrubber.scrub(&local::tail(&log, 1024));
                 let output = if output.is_empty() { String::new() } else { format!("; its output ends: {output}") };
                 Err(ExecutorError::permanent(format!(
                     "{version} did not pass its health check within {}: {why}{output}",

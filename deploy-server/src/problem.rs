@@ -356,6 +356,15 @@ impl From<Error> for Problem {
     fn from(e: Error) -> Self {
         match e {
             Error::Invalid(errors) => Self::validation(&errors),
+            Error::Forbidden(f) if f.action == deploy_core::Action::DefineHostTargets => Self::new(
+                ProblemKind::Forbidden,
+                format!(
+                    "{} may not create or change targets in environment {} whose executor runs programs on the host \
+                     (process, command): that is host-level power, given only to admins of every environment \
+                     (environments [\"*\"])",
+                    f.principal, f.environment
+                ),
+            ),
             Error::Forbidden(f) => Self::new(
                 ProblemKind::Forbidden,
                 format!("{} may not {} in environment {}", f.principal, action_name(f.action), f.environment),
@@ -380,6 +389,7 @@ pub(crate) fn action_name(action: deploy_core::Action) -> &'static str {
         Action::Rollback => "roll back",
         Action::ManageEnvironments => "manage environments",
         Action::Administer => "administer",
+        Action::DefineHostTargets => "define targets that run programs on the host",
         _ => "do this",
     }
 }

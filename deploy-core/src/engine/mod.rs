@@ -6,6 +6,7 @@ mod retry;
 mod rollout;
 mod runner;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use crate::deployment::{Deployment, DeploymentDraft, TargetPlan};
 use crate::environment::{Environment, EnvironmentSpec};
 use crate::error::Error;
 use crate::event::Event;
-use crate::executor::{Executor, ExecutorRouter};
+use crate::executor::{Executor, ExecutorRouter, Target};
 use crate::names::{DeploymentId, EnvironmentName, IdempotencyKey, Revision, TargetId, Version};
 use crate::secrets::{EnvSecretResolver, SecretResolver};
 use crate::spec::{DeploymentRequest, TargetSelector, ValidationErrors};
@@ -225,7 +226,7 @@ impl Orchestrator {
         OrchestratorBuilder {
             store,
             executor,
-            secrets: Arc::new(EnvSecretResolver),
+            secrets: Arc::new(EnvSecretResolver::default()),
             clock: Arc::new(SystemClock),
             config: OrchestratorConfig::default(),
             known_executors: None,
@@ -259,17 +260,66 @@ impl Orchestrator {
     ) -> Result<EnvironmentWrite, Error> {
         principal.authorize(Action::ManageEnvironments, name)?;
         spec.validate(self.shared.known_executors.as_deref())?;
+        let expected = self.check_host_targets(principal, name, &spec, expected).await?;
         let write = self.shared.store.put_environment(name, spec, expected, self.shared.clock.now()).await?;
         Ok(write)
     }
 
-    /// An environment (viewer).
+    /// Targets whose executor runs programs on the host may be created or changed only by an admin of every
+    /// environment; a scoped admin may keep them as they are (and change everything else). Returns the revision the
+    /// write must still find, so a host-level target changed meanwhile by someone else is not overwritten unseen.
+    async fn check_host_targets(
+        &self,
+        principal: &Principal,
+        name: &EnvironmentName,
+        spec: &EnvironmentSpec,
+        expected: Option<Revision>,
+    ) -> Result<Option<Revision>, Error> {
+        if principal.authorize(Action::DefineHostTargets, name).is_ok() {
+            return Ok(expected);
+        }
+        let host_level: Vec<&crate::environment::TargetDefinition> = spec
+            .targets
+            .iter()
+            .filter(|t| {
+                let target = Target {
+                    environment: name.clone(),
+                    id: t.id.clone(),
+                    labels: BTreeMap::new(),
+                    executor: t.executor.clone(),
+                    config: t.config.clone(),
+                };
+                let executor = self.shared.executor.as_ref();
+                executor.route(&target).unwrap_or(executor).runs_host_programs()
+            })
+            .collect();
+        if host_level.is_empty() {
+            return Ok(expected);
+        }
+        let current = match self.shared.store.get_environment(name).await {
+            Ok(e) => Some(e),
+            Err(StoreError::NotFound { .. }) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let unchanged = |t: &crate::environment::TargetDefinition| {
+            current.as_ref().and_then(|e| e.target(&t.id)).is_some_and(|c| c.executor == t.executor && c.config == t.config)
+        };
+        if host_level.iter().all(|t| unchanged(t)) {
+            Ok(expected.or(current.map(|e| e.revision)))
+        } else {
+            principal.authorize(Action::DefineHostTargets, name)?;
+            Ok(expected)
+        }
+    }
+
+    /// An environment (viewer). Callers who may not administer it see its targets' `env` values redacted.
     ///
     /// # Errors
     /// [`Error::Forbidden`] or the store's `NotFound`.
     pub async fn environment(&self, principal: &Principal, name: &EnvironmentName) -> Result<Environment, Error> {
         principal.authorize(Action::Read, name)?;
-        Ok(self.shared.store.get_environment(name).await?)
+        let environment = self.shared.store.get_environment(name).await?;
+        Ok(if principal.authorize(Action::ManageEnvironments, name).is_ok() { environment } else { environment.redacted() })
     }
 
     /// Validates, authorizes and durably accepts a deployment. Returns as soon as it is queued; the controller does

@@ -627,6 +627,37 @@ fn target_of(plan: &Plan<'_>, index: usize) -> Option<(Target, Option<Arc<Desire
     Some((Target::of(&plan.environment.name, t), t.desired.clone()))
 }
 
+/// An executor's answer with every secret value resolved for the call scrubbed from its output and its error, before
+/// the engine records, logs or sends any of it.
+fn scrubbed<T: Scrub>(result: Result<T, ExecutorError>, secrets: &ResolvedSecrets) -> Result<T, ExecutorError> {
+    if secrets.is_empty() {
+        return result;
+    }
+    let scrubber = crate::secrets::Scrubber::of(secrets);
+    match result {
+        Ok(mut out) => {
+            out.scrub(&scrubber);
+            Ok(out)
+        }
+        Err(e) => Err(e.scrubbed(&scrubber)),
+    }
+}
+
+/// What an executor call returns that may carry text.
+trait Scrub {
+    fn scrub(&mut self, scrubber: &crate::secrets::Scrubber);
+}
+
+impl Scrub for () {
+    fn scrub(&mut self, _: &crate::secrets::Scrubber) {}
+}
+
+impl Scrub for crate::executor::StepOutput {
+    fn scrub(&mut self, scrubber: &crate::secrets::Scrubber) {
+        scrubber.scrub_in_place(&mut self.output);
+    }
+}
+
 async fn resolve_secrets(rec: &Recorder<'_>, desired: &DesiredState) -> Result<ResolvedSecrets, ExecutorError> {
     crate::secrets::resolve_for(rec.shared.secrets.as_ref(), desired).await
 }
@@ -888,9 +919,10 @@ async fn execute(
             let applied = policy
                 .run(&mut attempts, || async {
                     let secrets = resolve_secrets(rec, desired).await?;
-                    executor_for(rec, target)
+                    let out = executor_for(rec, target)
                         .apply_with_output(target, ApplyContext { deployment, desired, secrets: &secrets })
-                        .await
+                        .await;
+                    scrubbed(out, &secrets)
                 })
                 .await;
             match applied {
@@ -913,9 +945,10 @@ async fn execute(
                 let out = policy
                     .run(&mut attempts, || async {
                         let secrets = resolve_secrets(rec, desired).await?;
-                        executor_for(rec, target)
+                        let out = executor_for(rec, target)
                             .run_step(target, step, ApplyContext { deployment, desired, secrets: &secrets })
-                            .await
+                            .await;
+                        scrubbed(out, &secrets)
                     })
                     .await;
                 match out {
@@ -1018,9 +1051,10 @@ async fn restore_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
     let applied = policy
         .run(&mut attempts, || async {
             let secrets = resolve_secrets(rec, &desired).await?;
-            executor_for(rec, &target)
+            let out = executor_for(rec, &target)
                 .apply(&target, ApplyContext { deployment, desired: &desired, secrets: &secrets })
-                .await
+                .await;
+            scrubbed(out, &secrets)
         })
         .await;
     entry.attempts = attempts;

@@ -7,6 +7,7 @@
 
 mod request;
 mod validate;
+pub(crate) use validate::shaped_like;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -475,7 +476,5 @@ impl DeploymentRequest {
 /// Whether a configuration key's name says it holds a secret (`DB_PASSWORD`, `apiKey`, `github-token`, ...).
 #[must_use]
 pub fn is_sensitive_key(key: &str) -> bool {
-    let normalized: String =
-        key.chars().filter(|c| c.is_ascii_alphanumeric()).map(|c| c.to_ascii_lowercase()).collect();
-    ["password", "passwd", "secret", "token", "apikey", "privatekey"].iter().any(|word| normalized.contains(word))
+    crate::secrets::is_sensitive_key(key)
 }

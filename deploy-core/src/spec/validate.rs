@@ -100,6 +100,10 @@ fn artifact(errs: &mut ValidationErrors, a: &ArtifactRequest) -> Option<Artifact
         errs.push("artifact.uri", "must be a URI without spaces, at most 2048 characters");
         ok = false;
     }
+    if let Some(kind) = crate::secrets::secret_shape(&a.uri) {
+        errs.push_secret("artifact.uri", shaped_like(kind));
+        ok = false;
+    }
     if let Some(d) = &a.digest {
         let valid = d.strip_prefix("sha256:").is_some_and(|hex| {
             hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
@@ -110,6 +114,13 @@ fn artifact(errs: &mut ValidationErrors, a: &ArtifactRequest) -> Option<Artifact
         }
     }
     ok.then(|| Artifact { uri: a.uri.clone(), digest: a.digest.clone() })
+}
+
+/// The message for a value that looks like a credential (never the value itself).
+pub(crate) fn shaped_like(kind: &str) -> String {
+    format!(
+        "this value looks like {kind}; secrets are references like {{\"ref\": \"vault://path#key\"}}, never literals"
+    )
 }
 
 fn key_ok(errs: &mut ValidationErrors, field: &str, key: &str) -> bool {
@@ -157,6 +168,9 @@ fn config(errs: &mut ValidationErrors, config: &BTreeMap<String, Value>) -> BTre
                 Value::String(s) if s.len() > MAX_VALUE_LEN => {
                     errs.push(field, format!("at most {MAX_VALUE_LEN} bytes"));
                 }
+                Value::String(s) if crate::secrets::secret_shape(s).is_some() => {
+                    errs.push_secret(field, shaped_like(crate::secrets::secret_shape(s).unwrap_or("a secret")));
+                }
                 Value::String(_) | Value::Number(_) | Value::Bool(_) => {
                     out.insert(key.clone(), ConfigValue::Literal(value.clone()));
                 }
@@ -196,8 +210,19 @@ fn labels(errs: &mut ValidationErrors, field: &str, labels: &BTreeMap<String, St
         errs.push(field, format!("at most {MAX_MAP_ENTRIES} labels"));
     }
     for (key, value) in labels {
-        if key_ok(errs, field, key) && value.len() > 256 {
+        if !key_ok(errs, field, key) {
+            continue;
+        }
+        if value.len() > 256 {
             errs.push(format!("{field}.{key}"), "label values are at most 256 bytes");
+        } else if let Some(kind) = crate::secrets::secret_shape(value) {
+            errs.push_secret(format!("{field}.{key}"), shaped_like(kind));
+        } else if crate::secrets::is_sensitive_key(key) {
+            errs.push_secret(
+                format!("{field}.{key}"),
+                "labels are stored and shown in clear; this key names a secret, pass it through \"secrets\" as a \
+                 reference",
+            );
         }
     }
 }
@@ -406,6 +431,9 @@ fn mode(errs: &mut ValidationErrors, mode: Option<&str>, steps: Option<&[StepReq
                         ok = false;
                     } else if value.len() > MAX_VALUE_LEN {
                         errs.push(format!("steps[{i}].args.{key}"), format!("at most {MAX_VALUE_LEN} bytes"));
+                        ok = false;
+                    } else if let Some(kind) = crate::secrets::secret_shape(value) {
+                        errs.push_secret(format!("steps[{i}].args.{key}"), shaped_like(kind));
                         ok = false;
                     }
                 }

@@ -7,6 +7,14 @@ use std::fmt;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+mod detect;
+mod resolvers;
+mod scrub;
+
+pub use detect::{is_sensitive_key, secret_shape};
+pub use resolvers::{DEFAULT_ENV_PREFIX, EnvSecretResolver, FileSecretResolver, SchemeResolver};
+pub use scrub::{REDACTED, Scrubber};
+
 /// A reference to a secret in a secret store: `scheme://location`, e.g. `env://DB_PASSWORD` or
 /// `vault://kv/checkout/db#password`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -115,6 +123,15 @@ pub enum SecretError {
         /// The reference that was looked up.
         reference: String,
     },
+    /// The resolver will not resolve this reference: outside what it is allowed to read (a variable without the
+    /// configured prefix, a path outside the secrets directory).
+    #[error("secret {reference:?} is not resolvable here: {reason}")]
+    Forbidden {
+        /// The reference that was looked up.
+        reference: String,
+        /// Why it is refused.
+        reason: String,
+    },
     /// The secret store could not be reached; trying again later may work.
     #[error("secret store unavailable for {reference:?}: {reason}")]
     Unavailable {
@@ -133,22 +150,6 @@ pub enum SecretError {
 pub trait SecretResolver: Send + Sync {
     /// Resolves one reference.
     async fn resolve(&self, reference: &SecretRef) -> Result<SecretValue, SecretError>;
-}
-
-/// Resolves `env://NAME` from the process environment; refuses every other scheme.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct EnvSecretResolver;
-
-#[async_trait]
-impl SecretResolver for EnvSecretResolver {
-    async fn resolve(&self, reference: &SecretRef) -> Result<SecretValue, SecretError> {
-        if reference.scheme() != "env" {
-            return Err(SecretError::UnsupportedScheme { scheme: reference.scheme().to_owned() });
-        }
-        std::env::var(reference.location())
-            .map(SecretValue::new)
-            .map_err(|_| SecretError::NotFound { reference: reference.as_str().to_owned() })
-    }
 }
 
 /// Resolves every secret a desired state refers to (its `secrets`, and `config` values that are references), keyed by
@@ -201,16 +202,5 @@ mod tests {
     fn values_never_print() {
         let v = SecretValue::new("hunter2");
         assert_eq!(format!("{v:?} {v}"), "SecretValue(***) ***");
-    }
-
-    #[tokio::test]
-    async fn env_resolver_reads_only_env_scheme() {
-        let r = EnvSecretResolver;
-        let path = SecretRef::parse("env://PATH").unwrap();
-        assert!(r.resolve(&path).await.is_ok());
-        let missing = SecretRef::parse("env://DEPLOY_CORE_SURELY_UNSET_VARIABLE").unwrap();
-        assert!(matches!(r.resolve(&missing).await, Err(SecretError::NotFound { .. })));
-        let vault = SecretRef::parse("vault://x").unwrap();
-        assert!(matches!(r.resolve(&vault).await, Err(SecretError::UnsupportedScheme { .. })));
     }
 }
