@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use deploy_client::Client;
 use deploy_core::{
-    AgentReport, AgentSlot, ApplyContext, DesiredState, EnvSecretResolver, Scrubber, EnvironmentName, Executor, Health,
+    AgentReport, AgentSlot, ApplyContext, DesiredState, EnvSecretResolver, EnvironmentName, Executor, Health, Scrubber,
     SecretResolver, ShutdownSignal, Target, TargetId, Version,
 };
 use serde::{Deserialize, Serialize};

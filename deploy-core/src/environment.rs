@@ -374,7 +374,10 @@ mod tests {
         assert!(with(ok).is_ok());
         let cases = [
             (serde_json::json!({"env": {"DB_PASSWORD": "hunter2"}}), "targets[0].config.env.DB_PASSWORD"),
-            (serde_json::json!({"env": {"GH": "ghp_0123456789abcdefghijABCDEFGHIJ012345"}}), "targets[0].config.env.GH"),
+            (
+                serde_json::json!({"env": {"GH": "ghp_0123456789abcdefghijABCDEFGHIJ012345"}}),
+                "targets[0].config.env.GH",
+            ),
             (serde_json::json!({"command": ["curl", "https://u:pw@host/x"]}), "targets[0].config.command[1]"),
             (serde_json::json!({"nested": {"signing_key": 12345}}), "targets[0].config.nested.signing_key"),
         ];

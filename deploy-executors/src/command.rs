@@ -8,8 +8,8 @@ use deploy_core::{
     ApplyContext, DesiredState, EnvSecretResolver, Executor, ExecutorError, Health, HumanDuration, ImperativeStep,
     Observation, SecretResolver, StepOutput, Target, Version,
 };
-use std::sync::Arc;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 use crate::local::{self, EnvValue, ProgramEnv};
 
@@ -139,8 +139,12 @@ impl CommandExecutor {
         vars.insert("DEPLOY_STAGE".into(), stage.to_owned());
         let (proc, mut child) = local::spawn_child(&argv, &workdir, &vars, &log).await?;
         let finished = tokio::time::timeout(cfg.timeout.as_std(), child.wait()).await;
-        // What a hook printed is kept (in events, errors, the store) only once its secrets are scrubbed.
-        let output = || env.scrubber.scrub(&local::tail(&log, OUTPUT_LIMIT));
+        // What a hook printed is kept (in events, errors, the store, its log file) only once its secrets are
+        // scrubbed.
+        let output = || {
+            local::scrub_file(&log, &env.scrubber);
+            local::tail(&log, OUTPUT_LIMIT)
+        };
         match finished {
             Ok(status) => {
                 // Children the hook left running (a `start` hook launching a daemon) are left alone.

@@ -134,6 +134,22 @@ pub(crate) async fn spawn_child(
     Ok((Proc::of(pid).await, child))
 }
 
+/// Rewrites a log file with every secret value `scrubber` knows replaced (a no-op without secrets or a file).
+pub(crate) fn scrub_file(path: &Path, scrubber: &Scrubber) {
+    if scrubber.is_empty() {
+        return;
+    }
+    let Ok(bytes) = std::fs::read(path) else { return };
+    let text = String::from_utf8_lossy(&bytes);
+    let clean = scrubber.scrub(&text);
+    if clean != text {
+        let tmp = path.with_extension("scrub");
+        if std::fs::write(&tmp, clean).is_ok() && std::fs::rename(&tmp, path).is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+}
+
 /// The last `max` bytes of a file, on a character boundary.
 pub(crate) fn tail(path: &Path, max: usize) -> String {
     let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
@@ -256,7 +272,9 @@ pub(crate) async fn environment(
                     SecretError::Unavailable { .. } => {
                         ExecutorError::retryable(format!("target {} env {name}: {e}", target.id))
                     }
-                    _ => ExecutorError::permanent(format!("target {} env {name} could not be resolved: {e}", target.id)),
+                    _ => {
+                        ExecutorError::permanent(format!("target {} env {name} could not be resolved: {e}", target.id))
+                    }
                 })?;
                 let text = secret.expose().to_owned();
                 resolved.push(secret);

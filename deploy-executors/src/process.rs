@@ -10,8 +10,8 @@ use deploy_core::{
     ApplyContext, DesiredState, EnvSecretResolver, Executor, ExecutorError, Health, HumanDuration, Observation,
     SecretResolver, Target, Version,
 };
-use std::sync::Arc;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 use crate::local::{self, EnvValue, Proc};
 

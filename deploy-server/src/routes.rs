@@ -162,9 +162,7 @@ pub(crate) async fn list_environments(State(state): State<AppState>, caller: Cal
     let items: Vec<deploy_core::Environment> = out
         .items
         .into_iter()
-        .map(|e| {
-            if caller.principal.authorize(Action::ManageEnvironments, &e.name).is_ok() { e } else { e.redacted() }
-        })
+        .map(|e| if caller.principal.authorize(Action::ManageEnvironments, &e.name).is_ok() { e } else { e.redacted() })
         .collect();
     Ok(list_body(&items, out.next_cursor))
 }

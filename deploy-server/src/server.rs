@@ -28,8 +28,10 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// The data directory: the SQLite database and the executors' state (`process/`, `command/`, `sim/`).
     pub data_dir: PathBuf,
-    /// PostgreSQL instead of the embedded SQLite store.
+    /// PostgreSQL instead of the embedded SQLite store. Holds a password: prefer `database_url_file`.
     pub database_url: Option<String>,
+    /// A file holding the PostgreSQL URL (its first line), so the password is in no variable or flag.
+    pub database_url_file: Option<PathBuf>,
     /// Enables the `sim` executor.
     pub dev: bool,
     /// The executor kinds that run real things, comma-separated: `process`, `command` (both by default; empty for
@@ -49,16 +51,25 @@ pub struct Settings {
     pub poll_interval: HumanDuration,
     /// Deployments one replica drives at once.
     pub max_concurrent_deployments: usize,
-    /// HS256 secret for JWTs.
+    /// HS256 secret for JWTs. Prefer `jwt_hs256_secret_file`.
     pub jwt_hs256_secret: Option<String>,
+    /// A file holding the HS256 secret for JWTs.
+    pub jwt_hs256_secret_file: Option<PathBuf>,
     /// PEM file with the Ed25519 public key for JWTs.
     pub jwt_eddsa_public_key: Option<PathBuf>,
     /// Required `iss` of JWTs.
     pub jwt_issuer: Option<String>,
     /// Required `aud` of JWTs.
     pub jwt_audience: Option<String>,
-    /// The admin key to create on first start instead of a random one.
+    /// The admin key to create on first start instead of a random one. Prefer `bootstrap_admin_key_file`.
     pub bootstrap_admin_key: Option<String>,
+    /// A file holding the admin key to create on first start.
+    pub bootstrap_admin_key_file: Option<PathBuf>,
+    /// `env://NAME` secret references resolve only variables whose name starts with this (never deployd's own
+    /// `DEPLOYD_*` settings).
+    pub secret_env_prefix: String,
+    /// `file://NAME` secret references resolve files inside this directory (none without it).
+    pub secrets_dir: Option<PathBuf>,
     /// Delays between webhook delivery attempts (`1s,5s,5m,...`).
     pub webhook_retry_schedule: String,
     /// The longest one webhook attempt may take.
@@ -77,6 +88,7 @@ impl Default for Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("deployd-data"),
             database_url: None,
+            database_url_file: None,
             dev: false,
             executors: "process,command".to_owned(),
             require_idempotency_key: false,
@@ -87,10 +99,14 @@ impl Default for Settings {
             poll_interval: HumanDuration::from_millis(500),
             max_concurrent_deployments: 16,
             jwt_hs256_secret: None,
+            jwt_hs256_secret_file: None,
             jwt_eddsa_public_key: None,
             jwt_issuer: None,
             jwt_audience: None,
             bootstrap_admin_key: None,
+            bootstrap_admin_key_file: None,
+            secret_env_prefix: deploy_core::DEFAULT_ENV_PREFIX.to_owned(),
+            secrets_dir: None,
             webhook_retry_schedule: RetrySchedule::default().to_string(),
             webhook_timeout: HumanDuration::from_secs(10),
             webhook_concurrency: 64,
@@ -117,6 +133,46 @@ impl Settings {
             poll_interval: HumanDuration::from_millis(50),
             ..Self::default()
         }
+    }
+}
+
+impl Settings {
+    /// Reads the settings given as files (`*_file`) into their fields; a file's first line is the value. A value
+    /// given both ways is refused.
+    ///
+    /// # Errors
+    /// [`StartError::Read`] when a file cannot be read, [`StartError::Settings`] when both are given.
+    pub fn read_secret_files(mut self) -> Result<Self, StartError> {
+        fn read(field: &mut Option<String>, file: Option<&PathBuf>, name: &str) -> Result<(), StartError> {
+            let Some(path) = file else { return Ok(()) };
+            if field.is_some() {
+                return Err(StartError::Settings(format!("set either {name} or {name}_file, not both")));
+            }
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| StartError::Read { path: path.display().to_string(), source })?;
+            let value = text.lines().next().unwrap_or_default().trim().to_owned();
+            if value.is_empty() {
+                return Err(StartError::Settings(format!("{name}_file {} is empty", path.display())));
+            }
+            *field = Some(value);
+            Ok(())
+        }
+        read(&mut self.database_url, self.database_url_file.as_ref(), "database_url")?;
+        read(&mut self.jwt_hs256_secret, self.jwt_hs256_secret_file.as_ref(), "jwt_hs256_secret")?;
+        read(&mut self.bootstrap_admin_key, self.bootstrap_admin_key_file.as_ref(), "bootstrap_admin_key")?;
+        Ok(self)
+    }
+
+    /// The resolver of secret references: `env://` under [`Settings::secret_env_prefix`] and, with
+    /// [`Settings::secrets_dir`], `file://` inside it.
+    #[must_use]
+    pub fn secret_resolver(&self) -> Arc<dyn deploy_core::SecretResolver> {
+        let mut resolver = deploy_core::SchemeResolver::new()
+            .with("env", Arc::new(deploy_core::EnvSecretResolver::with_prefix(self.secret_env_prefix.clone())));
+        if let Some(dir) = &self.secrets_dir {
+            resolver = resolver.with("file", Arc::new(deploy_core::FileSecretResolver::new(dir)));
+        }
+        Arc::new(resolver)
     }
 }
 
@@ -247,6 +303,16 @@ async fn bootstrap(store: &dyn Store, settings: &Settings) -> Result<Option<Stri
 /// # Errors
 /// [`StartError`] when anything needed to serve is missing.
 pub async fn start(settings: Settings) -> Result<Running, StartError> {
+    let settings = settings.read_secret_files()?;
+    if settings.secret_env_prefix.is_empty()
+        || "DEPLOYD_".starts_with(&settings.secret_env_prefix)
+        || settings.secret_env_prefix.starts_with("DEPLOYD_")
+    {
+        return Err(StartError::Settings(
+            "secret_env_prefix must be non-empty and must not cover deployd's own DEPLOYD_* settings".into(),
+        ));
+    }
+    let secrets = settings.secret_resolver();
     let schedule: RetrySchedule = settings
         .webhook_retry_schedule
         .parse()
@@ -258,8 +324,14 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let mut executors = ExecutorRouter::new();
     for kind in settings.executors.split(',').map(str::trim).filter(|k| !k.is_empty()) {
         executors = match kind {
-            "process" => executors.with("process", Arc::new(ProcessExecutor::new(settings.data_dir.join("process")))),
-            "command" => executors.with("command", Arc::new(CommandExecutor::new(settings.data_dir.join("command")))),
+            "process" => executors.with(
+                "process",
+                Arc::new(ProcessExecutor::new(settings.data_dir.join("process")).secrets(Arc::clone(&secrets))),
+            ),
+            "command" => executors.with(
+                "command",
+                Arc::new(CommandExecutor::new(settings.data_dir.join("command")).secrets(Arc::clone(&secrets))),
+            ),
             other => {
                 return Err(StartError::Settings(format!(
                     "executors: unknown kind {other:?} (process, command; sim comes with --dev)"
@@ -289,6 +361,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     };
     let orchestrator = Orchestrator::builder(Arc::clone(&store), Arc::new(ExecutorRouter::new()))
         .router(executors)
+        .secrets(secrets)
         .config(config)
         .observer(Arc::clone(&metrics) as Arc<dyn deploy_core::EngineObserver>)
         .build();

@@ -125,7 +125,7 @@ fn hooks_env(dir: &std::path::Path) -> Value {
             "stop": format!("echo stopping $DEPLOY_PREVIOUS_VERSION on $DEPLOY_TARGET"),
             "install": format!("if [ \"$DEPLOY_VERSION\" = 9.9 ]; then echo \"disk full on $DEPLOY_TARGET\" >&2; exit 3; fi; \
                                 if [ \"$DEPLOY_VERSION\" = 8.8 ]; then echo $$ > {o}/hung.pid; exec sleep 30; fi; \
-                                echo \"$DEPLOY_VERSION $GREETING\" > {o}/installed"),
+                                echo \"$DEPLOY_VERSION $DEPLOY_CONFIG_GREETING\" > {o}/installed"),
             "start": "echo started $DEPLOY_VERSION",
             "validate": format!("grep -q \"^$DEPLOY_VERSION \" {o}/installed")
         }

@@ -302,7 +302,10 @@ impl Orchestrator {
             Err(e) => return Err(e.into()),
         };
         let unchanged = |t: &crate::environment::TargetDefinition| {
-            current.as_ref().and_then(|e| e.target(&t.id)).is_some_and(|c| c.executor == t.executor && c.config == t.config)
+            current
+                .as_ref()
+                .and_then(|e| e.target(&t.id))
+                .is_some_and(|c| c.executor == t.executor && c.config == t.config)
         };
         if host_level.iter().all(|t| unchanged(t)) {
             Ok(expected.or(current.map(|e| e.revision)))
@@ -319,7 +322,11 @@ impl Orchestrator {
     pub async fn environment(&self, principal: &Principal, name: &EnvironmentName) -> Result<Environment, Error> {
         principal.authorize(Action::Read, name)?;
         let environment = self.shared.store.get_environment(name).await?;
-        Ok(if principal.authorize(Action::ManageEnvironments, name).is_ok() { environment } else { environment.redacted() })
+        Ok(if principal.authorize(Action::ManageEnvironments, name).is_ok() {
+            environment
+        } else {
+            environment.redacted()
+        })
     }
 
     /// Validates, authorizes and durably accepts a deployment. Returns as soon as it is queued; the controller does

@@ -5,18 +5,8 @@
 //! or a viewer. A value is never echoed in the reason.
 
 /// Words that, found anywhere in a normalized key (lowercase, letters and digits only), say it names a secret.
-const SECRET_WORDS: [&str; 10] = [
-    "password",
-    "passwd",
-    "passphrase",
-    "pwd",
-    "secret",
-    "token",
-    "apikey",
-    "privatekey",
-    "private",
-    "credential",
-];
+const SECRET_WORDS: [&str; 10] =
+    ["password", "passwd", "passphrase", "pwd", "secret", "token", "apikey", "privatekey", "private", "credential"];
 
 /// Words that name a secret when they are a whole segment of the key (`DB_PASS`), but not inside another word
 /// (`PASSENGERS`).
@@ -26,8 +16,7 @@ const SECRET_SEGMENTS: [&str; 2] = ["pass", "pw"];
 /// `SIGNING_KEY`, `aws_credentials`, `ssh-private`, ...
 #[must_use]
 pub fn is_sensitive_key(key: &str) -> bool {
-    let normalized: String =
-        key.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_lowercase()).collect();
+    let normalized: String = key.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_lowercase()).collect();
     if SECRET_WORDS.iter().any(|word| normalized.contains(word)) {
         return true;
     }
@@ -113,9 +102,9 @@ pub fn secret_shape(value: &str) -> Option<&'static str> {
         return Some("a cloud access key");
     }
     if TOKEN_PREFIXES.iter().any(|p| {
-        trimmed
-            .strip_prefix(p)
-            .is_some_and(|rest| rest.len() >= 16 && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+        trimmed.strip_prefix(p).is_some_and(|rest| {
+            rest.len() >= 16 && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        })
     }) {
         return Some("an access token");
     }

@@ -58,9 +58,13 @@ struct ServeArgs {
     /// Data directory for the embedded SQLite store and the sim executor [default: ./deployd-data].
     #[arg(long, env = "DEPLOYD_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// PostgreSQL instead of the embedded store (postgres://...).
-    #[arg(long, env = "DEPLOYD_DATABASE_URL")]
+    /// PostgreSQL instead of the embedded store (postgres://...). Prefer --database-url-file: a URL's password
+    /// given here is visible to anyone who can list processes.
+    #[arg(long, env = "DEPLOYD_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+    /// A file whose first line is the PostgreSQL URL.
+    #[arg(long, env = "DEPLOYD_DATABASE_URL_FILE")]
+    database_url_file: Option<PathBuf>,
     /// Enable the `sim` executor (for demos and tests).
     #[arg(long, env = "DEPLOYD_DEV", num_args = 0..=1, default_missing_value = "true")]
     dev: Option<bool>,
@@ -88,6 +92,9 @@ struct ServeArgs {
     /// HS256 secret for JWT bearer tokens.
     #[arg(long, env = "DEPLOYD_JWT_HS256_SECRET", hide_env_values = true)]
     jwt_hs256_secret: Option<String>,
+    /// A file whose first line is the HS256 secret.
+    #[arg(long, env = "DEPLOYD_JWT_HS256_SECRET_FILE")]
+    jwt_hs256_secret_file: Option<PathBuf>,
     /// PEM file with the Ed25519 public key for JWT bearer tokens.
     #[arg(long, env = "DEPLOYD_JWT_EDDSA_PUBLIC_KEY")]
     jwt_eddsa_public_key: Option<PathBuf>,
@@ -100,6 +107,15 @@ struct ServeArgs {
     /// The admin key created on first start (instead of a random one, printed once).
     #[arg(long, env = "DEPLOYD_BOOTSTRAP_ADMIN_KEY", hide_env_values = true)]
     bootstrap_admin_key: Option<String>,
+    /// A file whose first line is the bootstrap admin key.
+    #[arg(long, env = "DEPLOYD_BOOTSTRAP_ADMIN_KEY_FILE")]
+    bootstrap_admin_key_file: Option<PathBuf>,
+    /// `env://NAME` references resolve only variables named with this prefix [default: DEPLOY_SECRET_].
+    #[arg(long, env = "DEPLOYD_SECRET_ENV_PREFIX")]
+    secret_env_prefix: Option<String>,
+    /// `file://NAME` references resolve files inside this directory.
+    #[arg(long, env = "DEPLOYD_SECRETS_DIR")]
+    secrets_dir: Option<PathBuf>,
     /// An agent silent for longer than this makes its target unreachable (default 15s).
     #[arg(long, env = "DEPLOYD_AGENT_HEARTBEAT_TIMEOUT")]
     agent_heartbeat_timeout: Option<HumanDuration>,
@@ -137,8 +153,9 @@ impl ServeArgs {
         }
         take!(listen, data_dir, dev, require_idempotency_key, rate_limit, rate_limit_burst, request_timeout, lease);
         take!(poll_interval, max_concurrent_deployments, webhook_retry_schedule, webhook_timeout, webhook_concurrency);
-        take!(webhook_concurrency_per_subscription, executors, agent_heartbeat_timeout);
+        take!(webhook_concurrency_per_subscription, executors, agent_heartbeat_timeout, secret_env_prefix);
         take_opt!(database_url, jwt_hs256_secret, jwt_eddsa_public_key, jwt_issuer, jwt_audience, bootstrap_admin_key);
+        take_opt!(database_url_file, jwt_hs256_secret_file, bootstrap_admin_key_file, secrets_dir);
         Ok(s)
     }
 }

@@ -1,0 +1,271 @@
+//! The attacks of the security review, tried through the HTTP API as an attacker would. Each test names the finding it
+//! guards; `SECURITY.md` lists them.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::receiver::{Mode, Receiver};
+use common::{ADMIN, Server, settings, temp_dir};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+/// The secret value a hook is handed, and that must never be recorded anywhere.
+const SECRET: &str = "s3cr3t/Value+7f2b=91c4";
+
+fn request(env: &str, version: &str) -> Value {
+    json!({"environment": env, "service": "app", "version": version, "strategy": {"type": "all_at_once"},
+           "verify": {"timeout": "5s", "interval": "50ms", "healthy_for": "0s"},
+           "failure": {"on_failure": "fail"}})
+}
+
+async fn deploy_as(s: &Server, token: &str, body: Value) -> Value {
+    let a = s.post("/v1/deployments", token, body).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{:?}", a.body);
+    s.wait_terminal(a.body["id"].as_str().unwrap()).await
+}
+
+fn command_target(id: &str, hooks: Value) -> Value {
+    json!({"id": id, "executor": "command", "config": {"timeout": "10s", "hooks": hooks}})
+}
+
+/// Finding: a deployer's `config` became variables of the hook under names the deployer chose (a loader or shell
+/// variable ran the deployer's code as deployd's user), and hooks inherited deployd's whole environment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployers_config_cannot_set_any_variable_a_hook_sees_and_hooks_see_nothing_of_deployd() {
+    let s = Server::start("sec-env").await;
+    let out = temp_dir("sec-env-out");
+    let dump = out.join("env.txt");
+    let pwned = out.join("pwned");
+    let hooks = json!({"install": format!("env > {}", dump.display())});
+    let put = s.put("/v1/environments/staging-a", ADMIN, json!({"targets": [command_target("h-1", hooks)]})).await;
+    assert_eq!(put.status, StatusCode::CREATED, "{:?}", put.body);
+    let deployer = s.key("staging-deployer", "deployer", &["staging-*"]).await;
+
+    // Everything a loader or a shell reads at start, and PATH, as the deployer would try them.
+    let evil_script = out.join("evil.sh");
+    std::fs::write(&evil_script, format!("touch {}\n", pwned.display())).unwrap();
+    let mut attack = request("staging-a", "1.0");
+    attack["config"] = json!({
+        "LD_PRELOAD": "/tmp/evil.so", "LD_LIBRARY_PATH": "/tmp", "BASH_ENV": evil_script.display().to_string(),
+        "ENV": evil_script.display().to_string(), "PATH": out.display().to_string(), "IFS": "x",
+        "SHELLOPTS": "xtrace", "PS4": format!("$(touch {})", pwned.display()), "HOME": "/tmp",
+        "PYTHONPATH": "/tmp", "NODE_OPTIONS": "--require /tmp/x.js", "GREETING": "hello"
+    });
+    let done = deploy_as(&s, &deployer, attack).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+
+    let text = std::fs::read_to_string(&dump).unwrap();
+    let seen: BTreeMap<&str, &str> = text.lines().filter_map(|l| l.split_once('=')).collect();
+    for name in ["LD_PRELOAD", "LD_LIBRARY_PATH", "BASH_ENV", "ENV", "IFS", "SHELLOPTS", "PS4", "HOME", "PYTHONPATH"] {
+        assert!(!seen.contains_key(name), "{name} reached the hook: {text}");
+    }
+    assert_eq!(seen.get("PATH"), Some(&deploy_executors::DEFAULT_PATH), "PATH is deployd's default, not the caller's");
+    assert_eq!(seen.get("DEPLOY_CONFIG_GREETING"), Some(&"hello"), "config arrives under the reserved prefix");
+    assert_eq!(seen.get("DEPLOY_CONFIG_LD_PRELOAD"), Some(&"/tmp/evil.so"));
+    assert!(!pwned.exists(), "no variable of the caller ran code");
+    // Nothing of deployd's own process: the test process is deployd here.
+    for (name, value) in std::env::vars() {
+        if name == "PATH" || name == "PWD" || name == "SHLVL" || name == "_" {
+            continue;
+        }
+        assert!(seen.get(name.as_str()) != Some(&value.as_str()), "deployd's {name} reached the hook");
+    }
+    let allowed = |k: &str| k.starts_with("DEPLOY_") || ["PATH", "PWD", "SHLVL", "_"].contains(&k);
+    assert!(seen.keys().all(|k| allowed(k)), "only the documented variables: {text}");
+}
+
+/// Finding: an environment-scoped admin could define `command` targets and so run programs as deployd's user (and
+/// read the bootstrap key through them): a global admin's power.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scoped_admin_cannot_define_targets_that_run_programs_on_the_host() {
+    let s = Server::start("sec-scoped").await;
+    let prod_admin = s.key("prod-admin", "admin", &["prod"]).await;
+    let hooks = json!({"install": "true"});
+
+    let refused =
+        s.put("/v1/environments/prod", &prod_admin, json!({"targets": [command_target("c-1", hooks.clone())]})).await;
+    refused.problem(403, "forbidden");
+    let detail = refused.body["detail"].as_str().unwrap();
+    assert!(detail.contains("runs programs on the host") && detail.contains("[\"*\"]"), "{detail}");
+    let process = json!({"targets": [{"id": "p-1", "executor": "process", "config": {"command": ["sh"], "port": 1}}]});
+    s.put("/v1/environments/prod", &prod_admin, process).await.problem(403, "forbidden");
+    assert_eq!(s.get("/v1/environments/prod", ADMIN).await.status, StatusCode::NOT_FOUND, "nothing was written");
+
+    // Simulated targets carry no host power: a scoped admin manages them.
+    let sim = json!({"targets": [{"id": "s-1", "executor": "sim", "config": {"initial_version": "1.0"}}]});
+    assert_eq!(s.put("/v1/environments/prod", &prod_admin, sim).await.status, StatusCode::CREATED);
+
+    // A global admin defines the hook; the scoped admin may keep it as it is and change the rest, but not the hook.
+    let with_hook = json!({"targets": [command_target("c-1", hooks.clone())]});
+    assert_eq!(s.put("/v1/environments/prod", ADMIN, with_hook).await.status, StatusCode::OK);
+    let kept = json!({"concurrency": "reject", "targets": [command_target("c-1", hooks)]});
+    assert_eq!(s.put("/v1/environments/prod", &prod_admin, kept).await.status, StatusCode::OK);
+    let changed = json!({"targets": [command_target("c-1", json!({"install": "cat /etc/shadow"}))]});
+    s.put("/v1/environments/prod", &prod_admin, changed).await.problem(403, "forbidden");
+    let renamed = json!({"targets": [command_target("c-2", json!({"install": "true"}))]});
+    s.put("/v1/environments/prod", &prod_admin, renamed).await.problem(403, "forbidden");
+    let env = s.get("/v1/environments/prod", ADMIN).await.body;
+    assert_eq!(env["targets"][0]["config"]["hooks"]["install"], "true", "the hook is the global admin's");
+}
+
+/// Finding: a hook that printed a resolved secret (`set -x` is enough) put the value into events, target errors,
+/// webhook payloads and the database, readable by viewers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_that_prints_its_secret_leaves_no_trace_of_the_value() {
+    let secrets_dir = temp_dir("sec-scrub-secrets");
+    std::fs::write(secrets_dir.join("db-password"), format!("{SECRET}\n")).unwrap();
+    let s = Server::with(deploy_server::Settings {
+        secrets_dir: Some(secrets_dir.to_path_buf()),
+        webhook_retry_schedule: "100ms".into(),
+        ..settings("sec-scrub")
+    })
+    .await;
+    let receiver = Receiver::answering(Mode::Status(204)).await;
+    let hook = json!({"url": receiver.url(), "events": ["*"], "environments": ["*"]});
+    let sub = s.post("/v1/webhooks", ADMIN, hook).await;
+    assert_eq!(sub.status, StatusCode::CREATED, "{:?}", sub.body);
+    receiver.set_secret(sub.body["secret"].as_str().unwrap());
+    let sub = sub.body["id"].as_str().unwrap().to_owned();
+
+    // Every common way of printing it: as is, traced by the shell, in base64, URL-encoded, JSON-escaped.
+    let leak = "set -x; echo \"pw=$DEPLOY_SECRET_DB_PASSWORD\"; printf %s \"$DEPLOY_SECRET_DB_PASSWORD\" | base64; \
+                echo \"url=https://h/?p=$(printf %s \"$DEPLOY_SECRET_DB_PASSWORD\" | sed 's|/|%2F|g; s|+|%2B|g; s|=|%3D|g')\"";
+    let hooks = json!({"start": format!("{leak}; echo started"), "install": format!("{leak}; exit 3")});
+    let env = json!({"targets": [command_target("leaky-1", hooks)]});
+    assert_eq!(s.put("/v1/environments/leaky", ADMIN, env).await.status, StatusCode::CREATED);
+    let secret_ref = json!({"DB_PASSWORD": {"ref": "file://db-password"}});
+    let mut failing = request("leaky", "1.0");
+    failing["secrets"] = secret_ref.clone();
+    let failed = deploy_as(&s, ADMIN, failing).await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    let error = failed["targets"][0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("hook install on leaky-1 failed") && error.contains("pw=***"),
+        "the output is kept: {error}"
+    );
+
+    let viewer = s.key("viewer", "viewer", &["*"]).await;
+    let events = s.get(&format!("/v1/deployments/{}/events?limit=500", failed["id"].as_str().unwrap()), &viewer).await;
+    let events = events.body.to_string();
+    assert!(events.contains("pw=***"), "{events}");
+
+    // Deliveries settle, then nothing anywhere holds the value or its encodings.
+    for _ in 0..200 {
+        let d = s.get(&format!("/v1/webhooks/{sub}/deliveries?limit=500"), ADMIN).await.body;
+        if d["items"].as_array().is_some_and(|i| !i.is_empty() && i.iter().all(|x| x["status"] == "delivered")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let encodings = leaked_forms(SECRET);
+    let received: String = receiver.log().iter().map(|r| r.body.clone()).collect();
+    assert!(received.contains("pw=***"), "webhooks carry the scrubbed output: {received}");
+    let deployment = s.get(&format!("/v1/deployments/{}", failed["id"].as_str().unwrap()), &viewer).await.body;
+    for (place, text) in [("events", events), ("deployment", deployment.to_string()), ("webhooks", received)] {
+        for form in &encodings {
+            assert!(!text.contains(form.as_str()), "{place} holds {form:?}");
+        }
+    }
+    let mut stopped = s;
+    stopped.stop().await;
+    // The database files, and the hooks' own log files under the data directory.
+    for form in &encodings {
+        assert!(!dir_contains(&stopped.data_dir, form.as_bytes()), "the data directory holds {form:?}");
+    }
+}
+
+/// The value, and the encodings of it a hook above printed.
+fn leaked_forms(secret: &str) -> Vec<String> {
+    use base64::Engine as _;
+    let url = secret.replace('/', "%2F").replace('+', "%2B").replace('=', "%3D");
+    vec![secret.to_owned(), base64::engine::general_purpose::STANDARD.encode(secret), url]
+}
+
+/// Whether any file under `dir` (recursively) holds `needle`.
+fn dir_contains(dir: &std::path::Path, needle: &[u8]) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else { return false };
+    entries.flatten().any(|e| {
+        let path = e.path();
+        if path.is_dir() {
+            dir_contains(&path, needle)
+        } else {
+            std::fs::read(&path).is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
+        }
+    })
+}
+
+/// Finding: target configuration was not checked for inline secrets, and anyone who could read an environment saw the
+/// target's `env` values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_configuration_refuses_inline_secrets_and_readers_see_env_redacted() {
+    let s = Server::start("sec-target-env").await;
+    let inline = json!({"targets": [{"id": "s-1", "executor": "sim",
+        "config": {"initial_version": "1.0", "env": {"DB_PASSWORD": "hunter2"}}}]});
+    let a = s.put("/v1/environments/prod", ADMIN, inline).await;
+    a.problem(422, "hardcoded-secret");
+    assert!(!a.body.to_string().contains("hunter2"), "the value is never echoed");
+
+    let ok = json!({"targets": [{"id": "s-1", "executor": "sim", "config": {"initial_version": "1.0",
+        "env": {"MODE": "fast-lane", "DB_PASSWORD": {"ref": "env://DEPLOY_SECRET_DB"}}}}]});
+    assert_eq!(s.put("/v1/environments/prod", ADMIN, ok).await.status, StatusCode::CREATED);
+    let admin_view = s.get("/v1/environments/prod", ADMIN).await.body;
+    assert_eq!(admin_view["targets"][0]["config"]["env"]["MODE"], "fast-lane", "admins see what they wrote");
+    for role in ["viewer", "deployer"] {
+        let key = s.key(&format!("{role}-1"), role, &["prod"]).await;
+        for body in [
+            s.get("/v1/environments/prod", &key).await.body,
+            s.get("/v1/environments", &key).await.body["items"][0].clone(),
+        ] {
+            let env = &body["targets"][0]["config"]["env"];
+            assert_eq!(env["MODE"], "***", "{role}: {body}");
+            assert_eq!(env["DB_PASSWORD"]["ref"], "env://DEPLOY_SECRET_DB", "references are not secrets");
+            assert!(!body.to_string().contains("fast-lane"), "{role}");
+        }
+    }
+}
+
+/// Finding: the inline-secret check only looked at a handful of key names; labels, artifact URIs and step arguments
+/// passed; versions could hold `/` and `..`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_recognised_by_name_and_shape_everywhere_in_a_payload() {
+    let s = Server::start("sec-shapes").await;
+    s.sim_env("prod", 1, "queue", json!({})).await;
+    let with = |field: &str, value: Value| {
+        let mut r = request("prod", "1.0");
+        r[field] = value;
+        r
+    };
+    let cases = [
+        with("config", json!({"DB_PWD": "x1y2z3"})),
+        with("config", json!({"PASSPHRASE": "correct horse"})),
+        with("config", json!({"SIGNING_KEY": "abc"})),
+        with("config", json!({"NOTE": "-----BEGIN RSA PRIVATE KEY-----\nMIIE"})),
+        with("config", json!({"REPO": "ghp_0123456789abcdefghijABCDEFGHIJ012345"})),
+        with("config", json!({"DSN": "postgres://app:hunter2@db/app"})),
+        with("config", json!({"AUTHZ": "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2lnbmF0dXJlLXNpZ25hdHVyZQ"})),
+        with("labels", json!({"owner": "ghp_0123456789abcdefghijABCDEFGHIJ012345"})),
+        with("artifact", json!({"uri": "https://ci:hunter2@registry.example.com/app.tar"})),
+    ];
+    for body in cases {
+        let a = s.post("/v1/deployments", ADMIN, body.clone()).await;
+        a.problem(422, "hardcoded-secret");
+        for secret in ["x1y2z3", "hunter2", "ghp_0123", "MIIE", "eyJhbGci"] {
+            assert!(!a.body.to_string().contains(secret), "{body}: the value is echoed");
+        }
+    }
+    let mut steps = request("prod", "1.0");
+    steps["mode"] = json!("imperative");
+    steps["steps"] = json!([{"action": "fetch", "args": {"url": "https://u:pw@h/x"}}]);
+    s.post("/v1/deployments", ADMIN, steps).await.problem(422, "hardcoded-secret");
+    for version in ["../../etc", "1.0/../../x", "a/b", "1..2"] {
+        let a = s.post("/v1/deployments", ADMIN, request("prod", version)).await;
+        a.problem(400, "validation");
+        assert!(a.body.to_string().contains("version"), "{version}: {}", a.body);
+    }
+    let mut service = request("prod", "1.0");
+    service["service"] = json!("a..b");
+    s.post("/v1/deployments", ADMIN, service).await.problem(400, "validation");
+}
