@@ -36,6 +36,14 @@ pub struct ApiConfig {
     pub request_timeout: Duration,
     /// Keep-alive comment interval on event streams.
     pub sse_keep_alive: Duration,
+    /// Requests per second one client address may make, counted before authentication (0: no limit).
+    pub ip_rate_limit_per_second: f64,
+    /// Burst per client address.
+    pub ip_rate_limit_burst: f64,
+    /// Event streams open at once on this server.
+    pub max_streams: usize,
+    /// Event streams open at once per principal.
+    pub max_streams_per_principal: usize,
 }
 
 impl Default for ApiConfig {
@@ -46,6 +54,10 @@ impl Default for ApiConfig {
             rate_limit_burst: 200.0,
             request_timeout: Duration::from_secs(30),
             sse_keep_alive: Duration::from_secs(15),
+            ip_rate_limit_per_second: 200.0,
+            ip_rate_limit_burst: 400.0,
+            max_streams: 1024,
+            max_streams_per_principal: 32,
         }
     }
 }
@@ -67,6 +79,22 @@ pub(crate) struct Inner {
     pub(crate) shutdown: deploy_core::ShutdownSignal,
     pub(crate) webhooks_wake: Arc<tokio::sync::Notify>,
     pub(crate) agent_watch: Arc<crate::agents::AgentWatch>,
+    pub(crate) ip_limiter: Option<IpLimiter>,
+    pub(crate) streams: crate::streams::Streams,
+    pub(crate) webhook_guard: crate::webhooks::guard::GuardedResolver,
+}
+
+/// The per-address rate limiter, keyed by client IP (GCRA, from `governor`).
+pub(crate) type IpLimiter = governor::DefaultKeyedRateLimiter<std::net::IpAddr>;
+
+fn ip_limiter(config: &ApiConfig) -> Option<IpLimiter> {
+    if config.ip_rate_limit_per_second <= 0.0 || !config.ip_rate_limit_per_second.is_finite() {
+        return None;
+    }
+    let period = Duration::from_secs_f64(1.0 / config.ip_rate_limit_per_second.min(1e9));
+    let burst = std::num::NonZeroU32::new(config.ip_rate_limit_burst.clamp(1.0, f64::from(u32::MAX)) as u32)?;
+    let quota = governor::Quota::with_period(period.max(Duration::from_nanos(1)))?.allow_burst(burst);
+    Some(governor::RateLimiter::keyed(quota))
 }
 
 impl std::fmt::Debug for AppState {
@@ -96,6 +124,8 @@ impl AppState {
         shutdown: deploy_core::ShutdownSignal,
     ) -> Self {
         let store = Arc::clone(orchestrator.store());
+        let ip_limiter = ip_limiter(&config);
+        let streams = crate::streams::Streams::new(config.max_streams, config.max_streams_per_principal);
         Self {
             inner: Arc::new(Inner {
                 orchestrator,
@@ -108,6 +138,9 @@ impl AppState {
                 shutdown,
                 webhooks_wake: Arc::new(tokio::sync::Notify::new()),
                 agent_watch: Arc::default(),
+                ip_limiter,
+                streams,
+                webhook_guard: crate::webhooks::guard::GuardedResolver::new(Arc::default()),
             }),
         }
     }
@@ -119,6 +152,16 @@ impl AppState {
     pub fn with_agent_watch(mut self, watch: Arc<crate::agents::AgentWatch>) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.agent_watch = watch;
+        }
+        self
+    }
+
+    /// Refuses webhook subscriptions whose URL `policy` does not let deliveries reach (give the [`crate::Dispatcher`]
+    /// the same policy). Call it right after [`AppState::new`], before the state is shared.
+    #[must_use]
+    pub fn with_webhook_addresses(mut self, policy: Arc<crate::AddressPolicy>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.webhook_guard = crate::webhooks::guard::GuardedResolver::new(policy);
         }
         self
     }
@@ -223,8 +266,36 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn_with_state(state.clone(), audit_and_time))
+        .layer(middleware::from_fn_with_state(state.clone(), limit_by_address))
         .with_state(state.clone());
     api.layer(middleware::from_fn_with_state(state, observe))
+}
+
+/// Before anything else reads a request: the per-address rate limit (429 with `Retry-After`), so a client that never
+/// authenticates still cannot make the server work for it without bound. `/healthz` is exempt (monitoring must see
+/// the server even while it is being flooded); without a known address (a router used without [`crate::start`]'s
+/// listener) nothing is limited here.
+async fn limit_by_address(State(state): State<AppState>, request: Request<Body>, next: Next) -> Response {
+    if let Some(limiter) = &state.inner.ip_limiter
+        && request.uri().path() != "/healthz"
+        && let Some(axum::extract::ConnectInfo(peer)) =
+            request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        && let Err(not_until) = limiter.check_key(&peer.ip())
+    {
+        state.inner.metrics.rejected("ip_rate_limited");
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+        let secs = wait.as_secs_f64().ceil().max(1.0);
+        return Problem::new(
+            ProblemKind::RateLimited,
+            format!("too many requests from this address; retry in {secs} s"),
+        )
+        .with_header(
+            header::RETRY_AFTER,
+            HeaderValue::from_str(&format!("{secs}")).unwrap_or(HeaderValue::from_static("1")),
+        )
+        .into_response();
+    }
+    next.run(request).await
 }
 
 /// Outermost: request id, tracing span, metrics, and the request timeout.
@@ -261,7 +332,22 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
     response
 }
 
-/// Inner: writes every mutating call to the audit log once it is answered.
+/// The longest text an audit field keeps.
+const AUDIT_FIELD_MAX: usize = 256;
+
+/// `text` cut to [`AUDIT_FIELD_MAX`] bytes on a character boundary.
+fn bounded(mut text: String) -> String {
+    if text.len() > AUDIT_FIELD_MAX {
+        let mut end = AUDIT_FIELD_MAX;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+/// Inner: writes every mutating call of an authenticated caller to the audit log once it is answered.
 async fn audit_and_time(State(state): State<AppState>, mut request: Request<Body>, next: Next) -> Response {
     // An agent's report is its heartbeat, every few seconds per target: not an administrative act.
     let mutating = !matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS)
@@ -269,10 +355,19 @@ async fn audit_and_time(State(state): State<AppState>, mut request: Request<Body
     let audit = Audit::default();
     request.extensions_mut().insert(audit.clone());
     let request_id = request.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
-    let fallback_action = format!("{} {}", request.method(), request.uri().path());
+    // The route's template, never the raw path: what a caller sends is not what the log keeps.
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str).to_owned();
+    let fallback_action = format!("{} {route}", request.method());
     let response = next.run(request).await;
+    let slot = std::mem::take(&mut *lock(&audit.0));
+    let Some(actor) = slot.actor else {
+        // Nobody authenticated: counted, never written. An anonymous flood cannot grow the audit log.
+        if response.status() == axum::http::StatusCode::UNAUTHORIZED {
+            state.inner.metrics.rejected("unauthenticated");
+        }
+        return response;
+    };
     if mutating {
-        let slot = std::mem::take(&mut *lock(&audit.0));
         let outcome = match response.extensions().get::<ProblemMarker>() {
             Some(ProblemMarker(kind)) => kind.slug().to_owned(),
             None if response.status().is_success() => "success".to_owned(),
@@ -281,11 +376,11 @@ async fn audit_and_time(State(state): State<AppState>, mut request: Request<Body
         let entry = AuditEntry {
             id: uuid::Uuid::now_v7(),
             at: state.inner.orchestrator.clock().now(),
-            actor: slot.actor.unwrap_or_else(|| "anonymous".to_owned()),
-            action: slot.action.map_or(fallback_action, str::to_owned),
-            resource: slot.resource.unwrap_or_default(),
-            environment: slot.environment,
-            request_id,
+            actor: bounded(actor),
+            action: bounded(slot.action.map_or(fallback_action, str::to_owned)),
+            resource: bounded(slot.resource.unwrap_or_default()),
+            environment: slot.environment.map(bounded),
+            request_id: bounded(request_id),
             outcome,
         };
         if let Err(e) = state.inner.store.append_audit(entry).await {

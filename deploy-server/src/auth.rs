@@ -83,7 +83,15 @@ impl JwtConfig {
         v.validate_exp = true;
         v.validate_nbf = true;
         v.leeway = 30;
-        v.set_required_spec_claims(&["exp", "sub"]);
+        // A configured issuer or audience is a required claim: a token without it is refused, not waved through.
+        let mut required = vec!["exp", "sub"];
+        if self.issuer.is_some() {
+            required.push("iss");
+        }
+        if self.audience.is_some() {
+            required.push("aud");
+        }
+        v.set_required_spec_claims(&required);
         match &self.issuer {
             Some(iss) => v.set_issuer(&[iss]),
             None => v.iss = None,
@@ -168,11 +176,13 @@ impl Authenticator {
         let Some(value) = headers.get(header::AUTHORIZATION) else {
             return Err(unauthenticated("send Authorization: Bearer <API key or JWT>", false));
         };
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .map(str::trim)
+        // The scheme is case-insensitive (RFC 9110 §11.1); another scheme is no attempt at a bearer token, so its
+        // challenge carries no error code (RFC 6750 §3.1).
+        let (scheme, token) = value.to_str().ok().and_then(|v| v.trim().split_once(' ')).unwrap_or_default();
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(unauthenticated("send Authorization: Bearer <API key or JWT>", false));
+        }
+        let token = Some(token.trim())
             .filter(|t| !t.is_empty())
             .ok_or_else(|| unauthenticated("the Authorization header must be `Bearer <token>`", true))?;
         if token.starts_with(KEY_PREFIX) { self.api_key(token).await } else { self.jwt(token) }
@@ -205,12 +215,28 @@ impl Authenticator {
         let Some(jwt) = &self.jwt else {
             return Err(unauthenticated("this server accepts API keys only", true));
         };
+        if has_critical_extensions(token) {
+            return Err(unauthenticated("the token names critical header extensions this server does not know", true));
+        }
         let data = jsonwebtoken::decode::<Claims>(token, &jwt.key, &jwt.validation()).map_err(|e| {
             tracing::debug!(error = %e, "JWT refused");
             unauthenticated("the token is invalid or expired", true)
         })?;
         let claims = data.claims;
         Ok(Principal::new(format!("jwt:{}", claims.sub), claims.role, claims.environments))
+    }
+}
+
+/// Whether the token's protected header lists `crit` extensions (RFC 7515 §4.1.11): this server understands none, so
+/// a token that requires one must be refused. A header that cannot be read counts too (it is refused anyway).
+fn has_critical_extensions(token: &str) -> bool {
+    let Some(header) = token.split('.').next() else { return true };
+    let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header.trim_end_matches('=')) else {
+        return true;
+    };
+    match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(serde_json::Value::Object(h)) => h.contains_key("crit"),
+        _ => true,
     }
 }
 

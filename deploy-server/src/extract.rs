@@ -25,8 +25,9 @@ impl FromRequestParts<AppState> for Caller {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
         let audit = parts.extensions.get::<Audit>().cloned().unwrap_or_default();
         let principal = state.inner.auth.authenticate(&parts.headers).await?;
-        audit.actor(principal.id());
         if let Err(wait) = state.rate_limit(&principal) {
+            // Turned away before acting: counted, not audited (a key's own flood must not grow the log).
+            state.inner.metrics.rejected("principal_rate_limited");
             let secs = wait.as_secs_f64().ceil().max(1.0);
             return Err(Problem::new(
                 ProblemKind::RateLimited,
@@ -37,6 +38,7 @@ impl FromRequestParts<AppState> for Caller {
                 HeaderValue::from_str(&format!("{secs}")).unwrap_or(HeaderValue::from_static("1")),
             ));
         }
+        audit.actor(principal.id());
         Ok(Self { principal, audit })
     }
 }

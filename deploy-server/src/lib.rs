@@ -24,11 +24,13 @@ mod auth;
 pub mod demo;
 pub mod demo_app;
 mod extract;
+mod listen;
 mod metrics;
 pub mod openapi;
 mod problem;
 mod routes;
 mod server;
+mod streams;
 mod webhooks;
 
 pub use agents::{AgentExecutor, AgentWatch};
@@ -36,8 +38,10 @@ pub use app::{ApiConfig, AppState, BODY_LIMIT, router};
 pub use auth::{
     Authenticator, JwtConfig, JwtConfigError, KEY_CACHE_TTL, KEY_PREFIX, generate_key, is_well_formed_key, key_digest,
 };
+pub use listen::{ListenConfig, TlsError, TlsFiles};
 pub use metrics::{Gauges, Metrics};
 pub use problem::{Problem, ProblemKind};
 pub use server::{Running, Settings, StartError, start, terminated};
 pub use webhooks::api::{SECRET_PREFIX, generate_secret};
 pub use webhooks::dispatch::{Dispatcher, DispatcherConfig, DispatcherError};
+pub use webhooks::guard::{AddressPolicy, CidrError};

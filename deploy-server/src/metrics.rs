@@ -25,6 +25,7 @@ struct Inner {
     targets: BTreeMap<&'static str, u64>,
     deployments: BTreeMap<&'static str, u64>,
     webhook_attempts: BTreeMap<&'static str, u64>,
+    rejected: BTreeMap<&'static str, u64>,
 }
 
 /// The server's metrics.
@@ -60,6 +61,12 @@ impl Metrics {
         }
         h.count += 1;
         h.sum += secs;
+    }
+
+    /// Counts one request or connection turned away before it reached a handler as anyone (`unauthenticated`,
+    /// `ip_rate_limited`, `connection_limit`, `tls_handshake`, ...): these are counted, never written to the audit log.
+    pub fn rejected(&self, reason: &'static str) {
+        *self.lock().rejected.entry(reason).or_insert(0) += 1;
     }
 
     /// Counts one webhook delivery attempt by outcome (`delivered`, `retry`, `failed`, `gone`).
@@ -122,6 +129,14 @@ impl Metrics {
         let _ = writeln!(out, "# TYPE deploy_webhook_attempts_total counter");
         for (outcome, n) in &inner.webhook_attempts {
             let _ = writeln!(out, "deploy_webhook_attempts_total{{outcome=\"{outcome}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP deploy_http_rejected_total Requests and connections turned away before authentication succeeded."
+        );
+        let _ = writeln!(out, "# TYPE deploy_http_rejected_total counter");
+        for (reason, n) in &inner.rejected {
+            let _ = writeln!(out, "deploy_http_rejected_total{{reason=\"{reason}\"}} {n}");
         }
         out
     }

@@ -310,6 +310,13 @@ impl IntoResponse for Problem {
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if self.kind == ProblemKind::Forbidden {
+            // RFC 6750 §3.1: the credentials are valid but do not reach this far.
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"deploy\", error=\"insufficient_scope\""),
+            );
+        }
         for (name, value) in self.headers {
             headers.insert(name, value);
         }

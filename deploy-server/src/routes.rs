@@ -337,7 +337,19 @@ pub(crate) async fn events(
 }
 
 async fn stream_events(state: &AppState, caller: &Caller, id: DeploymentId, after: u64) -> ApiResult {
-    let events = state.inner.orchestrator.watch(&caller.principal, id, after).await?;
+    // May this caller read it at all (404 / 403 before anything is held open)?
+    state.inner.orchestrator.get(&caller.principal, id).await?;
+    let permit = state.inner.streams.open(&caller.principal).map_err(|refused| {
+        state.inner.metrics.rejected("stream_limit");
+        let detail = match refused {
+            crate::streams::Refused::Principal(n) => {
+                format!("{} already holds {n} event streams, the most one principal may; close one", caller.principal)
+            }
+            crate::streams::Refused::Total(n) => format!("this server holds {n} event streams, the most it allows"),
+        };
+        Problem::new(ProblemKind::RateLimited, detail).with_header(header::RETRY_AFTER, HeaderValue::from_static("5"))
+    })?;
+    let events = state.inner.streams.follow(&state.inner.orchestrator, &caller.principal, id, after, permit);
     let mut shutdown = state.inner.shutdown.clone();
     let stop = async move { shutdown.fired().await };
     let stream = events
@@ -478,6 +490,10 @@ pub(crate) async fn create_key(
             return Err(Problem::invalid_field("target", "only agent keys are bound to a target"));
         }
         _ => {}
+    }
+    // A key's name is its identity (audit actor, rate-limit bucket, idempotency scope): two keys never share one.
+    if state.inner.store.list_api_keys().await?.iter().any(|k| k.name == new.name) {
+        return Err(Problem::invalid_field("name", format!("a key named {:?} exists; names are identities", new.name)));
     }
     let key = generate_key().map_err(|e| Problem::internal(&e))?;
     let now = state.inner.orchestrator.clock().now();

@@ -80,6 +80,32 @@ pub struct Settings {
     pub webhook_concurrency_per_subscription: usize,
     /// An agent silent for longer than this makes its target unreachable.
     pub agent_heartbeat_timeout: HumanDuration,
+    /// Requests per second one client address may make, before authentication (0 turns the limit off).
+    pub ip_rate_limit: f64,
+    /// Burst per client address.
+    pub ip_rate_limit_burst: f64,
+    /// A connection that has not sent a whole request head by then is closed.
+    pub header_read_timeout: HumanDuration,
+    /// Connections open at once.
+    pub max_connections: usize,
+    /// Connections open at once from one client address.
+    pub max_connections_per_ip: usize,
+    /// Event streams open at once.
+    pub max_streams: usize,
+    /// Event streams open at once per principal.
+    pub max_streams_per_principal: usize,
+    /// The TLS certificate chain (PEM); with `tls_key`, deployd serves HTTPS only. Reloaded when the file changes.
+    pub tls_cert: Option<PathBuf>,
+    /// The TLS private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// Client certificates (agents') are verified against this CA (PEM) when presented.
+    pub tls_client_ca: Option<PathBuf>,
+    /// Refuse TLS clients without a certificate from `tls_client_ca`.
+    pub tls_require_client_cert: bool,
+    /// Webhooks may reach these CIDR blocks even where the defaults or the deny list refuse them (comma-separated).
+    pub webhook_allow_cidrs: String,
+    /// Webhooks may not reach these CIDR blocks (comma-separated), besides link-local and metadata addresses.
+    pub webhook_deny_cidrs: String,
 }
 
 impl Default for Settings {
@@ -112,6 +138,19 @@ impl Default for Settings {
             webhook_concurrency: 64,
             webhook_concurrency_per_subscription: 8,
             agent_heartbeat_timeout: HumanDuration::from_secs(15),
+            ip_rate_limit: 200.0,
+            ip_rate_limit_burst: 400.0,
+            header_read_timeout: HumanDuration::from_secs(10),
+            max_connections: 4096,
+            max_connections_per_ip: 512,
+            max_streams: 1024,
+            max_streams_per_principal: 32,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            tls_require_client_cert: false,
+            webhook_allow_cidrs: String::new(),
+            webhook_deny_cidrs: String::new(),
         }
     }
 }
@@ -129,6 +168,7 @@ impl Settings {
             bootstrap_admin_key: Some(admin_key.to_owned()),
             rate_limit: 100_000.0,
             rate_limit_burst: 100_000.0,
+            ip_rate_limit: 0.0,
             lease: HumanDuration::from_secs(2),
             poll_interval: HumanDuration::from_millis(50),
             ..Self::default()
@@ -204,6 +244,9 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// The TLS files are unusable.
+    #[error(transparent)]
+    Tls(#[from] crate::listen::TlsError),
     /// Reading a file named in the settings, or creating the data directory, failed.
     #[error("cannot read or create {path}")]
     Read {
@@ -222,6 +265,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The admin key created at first start, if one was generated (shown once).
     pub bootstrap_key: Option<String>,
+    /// Whether it serves HTTPS.
+    pub tls: bool,
     trigger: ShutdownTrigger,
     task: tokio::task::JoinHandle<()>,
 }
@@ -247,9 +292,14 @@ impl Running {
 }
 
 async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, StartError> {
-    // The data directory is a directory even before anything is in it (a missing path would be taken for a file).
-    std::fs::create_dir_all(&settings.data_dir)
-        .map_err(|source| StartError::Read { path: settings.data_dir.display().to_string(), source })?;
+    // The data directory is a directory even before anything is in it (a missing path would be taken for a file),
+    // and only deployd's user may enter it: it holds the database, the executors' state and hook output.
+    {
+        use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+        let fail = |source| StartError::Read { path: settings.data_dir.display().to_string(), source };
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&settings.data_dir).map_err(fail)?;
+        std::fs::set_permissions(&settings.data_dir, std::fs::Permissions::from_mode(0o700)).map_err(fail)?;
+    }
     Ok(match &settings.database_url {
         Some(url) => Arc::new(SqlStore::postgres(url).await?),
         None => Arc::new(SqlStore::sqlite(&settings.data_dir).await?),
@@ -313,6 +363,10 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         ));
     }
     let secrets = settings.secret_resolver();
+    let webhook_addresses = Arc::new(
+        crate::AddressPolicy::new(&settings.webhook_allow_cidrs, &settings.webhook_deny_cidrs)
+            .map_err(|e| StartError::Settings(format!("webhook CIDRs: {e}")))?,
+    );
     let schedule: RetrySchedule = settings
         .webhook_retry_schedule
         .parse()
@@ -370,6 +424,10 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         rate_limit_per_second: settings.rate_limit.max(0.001),
         rate_limit_burst: settings.rate_limit_burst.max(1.0),
         request_timeout: settings.request_timeout.as_std(),
+        ip_rate_limit_per_second: settings.ip_rate_limit.max(0.0),
+        ip_rate_limit_burst: settings.ip_rate_limit_burst.max(1.0),
+        max_streams: settings.max_streams.max(1),
+        max_streams_per_principal: settings.max_streams_per_principal.max(1),
         ..ApiConfig::default()
     };
     let (trigger, shutdown) = ShutdownSignal::new();
@@ -380,7 +438,8 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         metrics,
         shutdown.clone(),
     )
-    .with_agent_watch(agent_watch);
+    .with_agent_watch(agent_watch)
+    .with_webhook_addresses(Arc::clone(&webhook_addresses));
     let dispatcher = Dispatcher::new(
         Arc::clone(&store),
         Arc::clone(orchestrator.clock()),
@@ -389,6 +448,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
             timeout: settings.webhook_timeout.as_std(),
             concurrency: settings.webhook_concurrency.max(1),
             per_subscription: settings.webhook_concurrency_per_subscription.max(1),
+            addresses: webhook_addresses,
             ..DispatcherConfig::default()
         },
     )?
@@ -398,6 +458,30 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         .await
         .map_err(|source| StartError::Listen { addr: settings.listen, source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: settings.listen, source })?;
+    let tls = match (&settings.tls_cert, &settings.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::listen::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: settings.tls_client_ca.clone(),
+            require_client_cert: settings.tls_require_client_cert,
+        }),
+        (None, None) if settings.tls_client_ca.is_none() => None,
+        _ => {
+            return Err(StartError::Settings("TLS needs both tls_cert and tls_key (and them for tls_client_ca)".into()));
+        }
+    };
+    let serves_tls = tls.is_some();
+    let listener = crate::listen::Listener::new(
+        listener,
+        crate::listen::ListenConfig {
+            header_read_timeout: settings.header_read_timeout.as_std(),
+            max_connections: settings.max_connections.max(1),
+            max_connections_per_ip: settings.max_connections_per_ip.max(1),
+            tls,
+        },
+    )?;
+    let metrics = Arc::clone(&state.inner.metrics);
+    let drain = settings.request_timeout.as_std();
     let app = router(state);
     let task = tokio::spawn(async move {
         let controller = {
@@ -406,11 +490,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
             tokio::spawn(async move { orchestrator.run(shutdown).await })
         };
         let webhooks = tokio::spawn(dispatcher.run(shutdown.clone()));
-        let mut stop = shutdown.clone();
-        let served = axum::serve(listener, app).with_graceful_shutdown(async move { stop.fired().await }).await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "the HTTP server failed");
-        }
+        listener.serve(app, metrics, shutdown.clone(), drain).await;
         if controller.await.is_err() {
             tracing::error!("the controller task failed");
         }
@@ -420,7 +500,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         tracing::info!("deployd stopped");
     });
     tracing::info!(%addr, "deployd listening");
-    Ok(Running { addr, bootstrap_key, trigger, task })
+    Ok(Running { addr, bootstrap_key, tls: serves_tls, trigger, task })
 }
 
 /// Waits for SIGTERM or Ctrl-C.

@@ -130,6 +130,24 @@ pub type PostgresStore = SqlStore;
 /// The database file `deployd` keeps in a data directory.
 pub const DATABASE_FILE: &str = "deploy.sqlite";
 
+/// The database holds webhook signing secrets and the digests of API keys: it is created readable by its owner only
+/// (0600), and so are SQLite's `-wal` and `-shm` files, which take the database file's mode. An existing file is
+/// narrowed to 0600 too.
+fn restrict(file: &Path) -> Result<(), OpenError> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let fail = |source| OpenError::DataDir { path: file.display().to_string(), source };
+    std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(file).map_err(fail)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = file.as_os_str().to_owned();
+        name.push(suffix);
+        let path = std::path::PathBuf::from(name);
+        if path.exists() {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(fail)?;
+        }
+    }
+    Ok(())
+}
+
 impl SqlStore {
     /// Opens (creating if needed) an SQLite database at `path`, or `path/deploy.sqlite` when `path` is a directory, in
     /// WAL mode with a busy timeout, and applies migrations.
@@ -145,6 +163,7 @@ impl SqlStore {
             std::fs::create_dir_all(parent)
                 .map_err(|source| OpenError::DataDir { path: parent.display().to_string(), source })?;
         }
+        restrict(&file)?;
         let shown = file.display().to_string();
         let url = format!("sqlite://{shown}?mode=rwc");
         let pool = AnyPoolOptions::new()

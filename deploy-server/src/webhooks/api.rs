@@ -134,6 +134,11 @@ pub(crate) async fn create_webhook(
     caller.audit.set("webhook.create", "webhooks", None);
     require_admin(&caller)?;
     validate(&new)?;
+    if let Ok(url) = reqwest::Url::parse(&new.url)
+        && let Err(why) = crate::webhooks::guard::check_url(&state.inner.webhook_guard, &url).await
+    {
+        return Err(Problem::invalid_field("url", why));
+    }
     let secret = generate_secret().map_err(|e| Problem::internal(&e))?;
     let subscription = WebhookSubscription {
         id: Uuid::now_v7(),

@@ -51,6 +51,8 @@ pub struct DispatcherConfig {
     pub per_subscription: usize,
     /// How often to look for due deliveries when nothing wakes the dispatcher.
     pub poll_interval: Duration,
+    /// The addresses deliveries may connect to (checked after DNS resolution, at every connection).
+    pub addresses: Arc<crate::webhooks::guard::AddressPolicy>,
 }
 
 impl Default for DispatcherConfig {
@@ -61,6 +63,7 @@ impl Default for DispatcherConfig {
             concurrency: 64,
             per_subscription: 8,
             poll_interval: Duration::from_millis(250),
+            addresses: Arc::default(),
         }
     }
 }
@@ -71,6 +74,7 @@ pub struct Dispatcher {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     client: reqwest::Client,
+    resolver: crate::webhooks::guard::GuardedResolver,
     config: DispatcherConfig,
     wake: Arc<Notify>,
     metrics: Option<Arc<Metrics>>,
@@ -97,7 +101,10 @@ impl Dispatcher {
         clock: Arc<dyn Clock>,
         config: DispatcherConfig,
     ) -> Result<Self, DispatcherError> {
+        let resolver = crate::webhooks::guard::GuardedResolver::new(Arc::clone(&config.addresses));
         let client = reqwest::Client::builder()
+            .dns_resolver(Arc::new(resolver.clone()))
+            .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(config.timeout)
             .connect_timeout(config.timeout)
@@ -105,7 +112,7 @@ impl Dispatcher {
             .user_agent(concat!("deployd-webhooks/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(DispatcherError)?;
-        Ok(Self { store, clock, client, config, wake: Arc::new(Notify::new()), metrics: None })
+        Ok(Self { store, clock, client, resolver, config, wake: Arc::new(Notify::new()), metrics: None })
     }
 
     /// Wakes the dispatcher through `wake` (e.g. [`crate::AppState::webhooks_wake`]) instead of its own.
@@ -276,6 +283,11 @@ impl Dispatcher {
         subscription: &WebhookSubscription,
         timestamp: i64,
     ) -> Result<(u16, Option<Duration>), SendError> {
+        let url = reqwest::Url::parse(&subscription.url).map_err(|e| SendError::Refused(e.to_string()))?;
+        // Names are checked by the resolver as the connection is made; an address literal never reaches it.
+        if url.host().is_some_and(|h| !matches!(h, url::Host::Domain(_))) {
+            crate::webhooks::guard::check_url(&self.resolver, &url).await.map_err(SendError::Refused)?;
+        }
         let body = delivery.payload.as_str().to_owned();
         let headers = signed_headers(&subscription.secret, &delivery.id, timestamp, body.as_bytes())?;
         let response =
@@ -447,6 +459,8 @@ enum SendError {
     Secret,
     #[error(transparent)]
     Http(reqwest::Error),
+    #[error("the URL may not be reached: {0}")]
+    Refused(String),
 }
 
 /// The Standard Webhooks headers of one attempt: `webhook-id`, `webhook-timestamp` and `webhook-signature`
