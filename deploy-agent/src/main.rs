@@ -42,6 +42,15 @@ struct Cli {
     /// How often it reports (its heartbeat).
     #[arg(long, env = "DEPLOY_AGENT_HEARTBEAT", default_value = "2s")]
     heartbeat: HumanDuration,
+    /// Allow `http://` to a server other than this machine (the agent's key would cross the network in clear).
+    #[arg(long, env = "DEPLOY_AGENT_INSECURE_HTTP")]
+    insecure_http: bool,
+    /// Trust the CA certificate(s) in this PEM file besides the system's.
+    #[arg(long, env = "DEPLOY_AGENT_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// The agent's client certificate and private key (one PEM file), for a deployd started with --tls-client-ca.
+    #[arg(long, env = "DEPLOY_AGENT_IDENTITY")]
+    identity: Option<PathBuf>,
     /// How long the server holds one assignment poll.
     #[arg(long, env = "DEPLOY_AGENT_POLL_WAIT", default_value = "20s")]
     poll_wait: HumanDuration,
@@ -61,10 +70,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         "command" => Arc::new(deploy_executors::CommandExecutor::new(cli.state_dir.join("command"))),
         other => anyhow::bail!("--executor {other}: use process or command"),
     };
-    let client = deploy_client::Client::builder(&cli.server)
+    let mut client = deploy_client::Client::builder(&cli.server)
         .token(cli.token)
-        .timeout(cli.poll_wait.as_std() + std::time::Duration::from_secs(10))
-        .build()?;
+        .insecure_http(cli.insecure_http)
+        .timeout(cli.poll_wait.as_std() + std::time::Duration::from_secs(10));
+    if let Some(path) = &cli.ca_file {
+        client =
+            client.root_certificates_pem(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?);
+    }
+    if let Some(path) = &cli.identity {
+        client = client.identity_pem(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?);
+    }
+    let client = client.build()?;
     let (trigger, signal) = ShutdownSignal::new();
     tokio::spawn(async move {
         #[cfg(unix)]

@@ -18,6 +18,12 @@ pub(crate) struct Cli {
     /// The credential: an API key (`dk_...`) or a JWT.
     #[arg(long, env = "DEPLOY_TOKEN", hide_env_values = true, global = true)]
     pub(crate) token: Option<String>,
+    /// Allow `http://` to a host other than this machine (the token would cross the network in clear).
+    #[arg(long, env = "DEPLOY_INSECURE_HTTP", global = true)]
+    pub(crate) insecure_http: bool,
+    /// Trust the CA certificate(s) in this PEM file besides the system's (a private CA that signed deployd's).
+    #[arg(long, env = "DEPLOY_CA_FILE", global = true)]
+    pub(crate) ca_file: Option<PathBuf>,
     /// `human` (tables, a live view) or `json` (for machines; one JSON document, or one event per line).
     #[arg(long, short, value_enum, default_value_t = Output::Human, global = true)]
     pub(crate) output: Output,

@@ -163,9 +163,14 @@ pub(crate) async fn run(cli: Cli) -> Result<u8> {
         clap_complete::generate(*shell, &mut Cli::command(), "deployctl", &mut std::io::stdout());
         return Ok(0);
     }
-    let mut builder = Client::builder(&cli.server);
+    let mut builder = Client::builder(&cli.server).insecure_http(cli.insecure_http);
     if let Some(t) = &cli.token {
         builder = builder.token(t);
+    }
+    if let Some(path) = &cli.ca_file {
+        let pem = std::fs::read(path)
+            .map_err(|e| CliError::Usage(format!("--ca-file {}: cannot read it: {e}", path.display())))?;
+        builder = builder.root_certificates_pem(pem);
     }
     let client = builder.build().map_err(|source| CliError::Client { source, url: cli.server.clone() })?;
     let ctx = Ctx { client, url: cli.server.clone(), output: cli.output };

@@ -262,3 +262,20 @@ async fn the_human_summary_reads_well() {
     insta::assert_snapshot!("degraded_deployment", redact(&stdout(&out), &id));
     server.shutdown().await;
 }
+
+/// Finding: `deployctl` sent its bearer key over plain HTTP to any host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_to_another_host_is_refused_before_anything_is_sent() {
+    for url in ["http://deployd.example.com:8080", "http://10.1.2.3:8080"] {
+        let o = deployctl(url, ADMIN, &["list"]).await;
+        assert_eq!(code(&o), 1, "{}", stderr(&o));
+        assert!(stderr(&o).contains("plain HTTP to another host"), "{url}: {}", stderr(&o));
+        assert!(stderr(&o).contains("--insecure-http") || stderr(&o).contains("insecure"), "{}", stderr(&o));
+        assert!(!stderr(&o).contains(ADMIN), "the key is never printed");
+    }
+    // Loopback is this machine: allowed without the flag.
+    let (running, _dir) = deployd("cli-loopback").await;
+    let o = deployctl(&format!("http://localhost:{}", running.addr.port()), ADMIN, &["list"]).await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    running.shutdown().await;
+}

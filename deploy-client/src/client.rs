@@ -76,6 +76,21 @@ pub struct ClientBuilder {
     timeout: Duration,
     connect_timeout: Duration,
     retry: RetryPolicy,
+    insecure_http: bool,
+    roots: Vec<Vec<u8>>,
+    identity: Option<Vec<u8>>,
+}
+
+/// Whether `url` names this machine (`localhost`, 127.0.0.0/8, `::1`): plain HTTP never leaves it.
+fn is_loopback(url: &reqwest::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => {
+            d.eq_ignore_ascii_case("localhost") || d.to_ascii_lowercase().ends_with(".localhost")
+        }
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
 }
 
 impl ClientBuilder {
@@ -107,23 +122,62 @@ impl ClientBuilder {
         self
     }
 
+    /// Allows `http://` to a host other than this machine. Without it such a URL is refused: the bearer token would
+    /// cross the network in clear.
+    #[must_use]
+    pub fn insecure_http(mut self, allow: bool) -> Self {
+        self.insecure_http = allow;
+        self
+    }
+
+    /// Trusts the CA certificates in `pem` (one or more) besides the system's, e.g. a private CA that signed
+    /// `deployd`'s certificate.
+    #[must_use]
+    pub fn root_certificates_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.roots.push(pem.into());
+        self
+    }
+
+    /// Presents this client certificate (PEM: the certificate chain and its private key) to servers that ask for one,
+    /// as `deployd --tls-client-ca` does for agents.
+    #[must_use]
+    pub fn identity_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.identity = Some(pem.into());
+        self
+    }
+
     /// The client.
     ///
     /// # Errors
-    /// [`Error::Url`] when the base URL is not an absolute `http` or `https` URL; [`Error::Transport`] when the HTTP
-    /// client cannot be built.
+    /// [`Error::Url`] when the base URL is not an absolute `http` or `https` URL, or is `http` to another host without
+    /// [`ClientBuilder::insecure_http`]; [`Error::Transport`] when the HTTP client cannot be built or a certificate
+    /// cannot be read.
     pub fn build(self) -> Result<Client, Error> {
         let url = reqwest::Url::parse(&self.base).map_err(|e| Error::Url(format!("{}: {e}", self.base)))?;
         if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
             return Err(Error::Url(format!("{}: use an http or https URL", self.base)));
         }
-        let http = reqwest::Client::builder()
+        if url.scheme() == "http" && !is_loopback(&url) && !self.insecure_http {
+            return Err(Error::Url(format!(
+                "{}: plain HTTP to another host would send the token in clear; use https, or allow insecure HTTP \
+                 explicitly (deployctl and deploy-agent: --insecure-http)",
+                self.base
+            )));
+        }
+        let mut http = reqwest::Client::builder()
             .connect_timeout(self.connect_timeout)
             // Per read, so a long event stream lives while the server's keep-alive comments arrive.
             .read_timeout(self.timeout)
-            .user_agent(concat!("deploy-client/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(Error::Transport)?;
+            .user_agent(concat!("deploy-client/", env!("CARGO_PKG_VERSION")));
+        for pem in &self.roots {
+            for cert in reqwest::Certificate::from_pem_bundle(pem).map_err(Error::Transport)? {
+                http = http.add_root_certificate(cert);
+            }
+        }
+        if let Some(pem) = &self.identity {
+            http = http.identity(reqwest::Identity::from_pem(pem).map_err(Error::Transport)?);
+        }
+        let http = http.build().map_err(Error::Transport)?;
         Ok(Client {
             inner: Arc::new(Inner {
                 http,
@@ -220,6 +274,9 @@ impl Client {
             timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             retry: RetryPolicy::default(),
+            insecure_http: false,
+            roots: Vec::new(),
+            identity: None,
         }
     }
 
@@ -786,6 +843,22 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_http_leaves_this_machine_only_when_allowed() {
+        for local in
+            ["http://127.0.0.1:8080", "http://127.9.9.9", "http://localhost:1", "http://[::1]:8080", "https://10.0.0.1"]
+        {
+            assert!(Client::builder(local).token("dk_x").build().is_ok(), "{local}");
+        }
+        for remote in
+            ["http://10.0.0.1:8080", "http://deployd.example.com", "http://[2001:db8::1]/", "http://localhost.evil.com"]
+        {
+            let refused = Client::builder(remote).token("dk_x").build();
+            assert!(matches!(refused, Err(Error::Url(ref m)) if m.contains("plain HTTP")), "{remote}");
+            assert!(Client::builder(remote).insecure_http(true).build().is_ok(), "{remote} when allowed");
+        }
+    }
 
     #[test]
     fn delays_grow_with_jitter_and_honour_the_server() {

@@ -467,7 +467,9 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         }),
         (None, None) if settings.tls_client_ca.is_none() => None,
         _ => {
-            return Err(StartError::Settings("TLS needs both tls_cert and tls_key (and them for tls_client_ca)".into()));
+            return Err(StartError::Settings(
+                "TLS needs both tls_cert and tls_key (and them for tls_client_ca)".into(),
+            ));
         }
     };
     let serves_tls = tls.is_some();

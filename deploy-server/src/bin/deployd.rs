@@ -134,6 +134,45 @@ struct ServeArgs {
     /// Webhook attempts in flight at once to one subscription (default 8).
     #[arg(long, env = "DEPLOYD_WEBHOOK_CONCURRENCY_PER_SUBSCRIPTION")]
     webhook_concurrency_per_subscription: Option<usize>,
+    /// Webhooks may reach these CIDR blocks even where refused by default or by the deny list (comma-separated).
+    #[arg(long, env = "DEPLOYD_WEBHOOK_ALLOW_CIDRS")]
+    webhook_allow_cidrs: Option<String>,
+    /// Webhooks may not reach these CIDR blocks (comma-separated); link-local and metadata addresses never.
+    #[arg(long, env = "DEPLOYD_WEBHOOK_DENY_CIDRS")]
+    webhook_deny_cidrs: Option<String>,
+    /// Serve HTTPS with this certificate chain (PEM; reloaded when the file changes). Needs --tls-key.
+    #[arg(long, env = "DEPLOYD_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The TLS private key (PEM).
+    #[arg(long, env = "DEPLOYD_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Verify client certificates (agents') against this CA (PEM) when presented.
+    #[arg(long, env = "DEPLOYD_TLS_CLIENT_CA")]
+    tls_client_ca: Option<PathBuf>,
+    /// Refuse TLS clients without a certificate from --tls-client-ca.
+    #[arg(long, env = "DEPLOYD_TLS_REQUIRE_CLIENT_CERT", num_args = 0..=1, default_missing_value = "true")]
+    tls_require_client_cert: Option<bool>,
+    /// Requests per second per client address, before authentication [default: 200; 0 for none].
+    #[arg(long, env = "DEPLOYD_IP_RATE_LIMIT")]
+    ip_rate_limit: Option<f64>,
+    /// Request burst per client address [default: 400].
+    #[arg(long, env = "DEPLOYD_IP_RATE_LIMIT_BURST")]
+    ip_rate_limit_burst: Option<f64>,
+    /// A connection must send a whole request head within this [default: 10s].
+    #[arg(long, env = "DEPLOYD_HEADER_READ_TIMEOUT")]
+    header_read_timeout: Option<HumanDuration>,
+    /// Connections open at once [default: 4096].
+    #[arg(long, env = "DEPLOYD_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Connections open at once from one client address [default: 512].
+    #[arg(long, env = "DEPLOYD_MAX_CONNECTIONS_PER_IP")]
+    max_connections_per_ip: Option<usize>,
+    /// Event streams open at once [default: 1024].
+    #[arg(long, env = "DEPLOYD_MAX_STREAMS")]
+    max_streams: Option<usize>,
+    /// Event streams open at once per principal [default: 32].
+    #[arg(long, env = "DEPLOYD_MAX_STREAMS_PER_PRINCIPAL")]
+    max_streams_per_principal: Option<usize>,
 }
 
 impl ServeArgs {
@@ -156,6 +195,9 @@ impl ServeArgs {
         take!(webhook_concurrency_per_subscription, executors, agent_heartbeat_timeout, secret_env_prefix);
         take_opt!(database_url, jwt_hs256_secret, jwt_eddsa_public_key, jwt_issuer, jwt_audience, bootstrap_admin_key);
         take_opt!(database_url_file, jwt_hs256_secret_file, bootstrap_admin_key_file, secrets_dir);
+        take_opt!(tls_cert, tls_key, tls_client_ca);
+        take!(webhook_allow_cidrs, webhook_deny_cidrs, tls_require_client_cert, ip_rate_limit, ip_rate_limit_burst);
+        take!(header_read_timeout, max_connections, max_connections_per_ip, max_streams, max_streams_per_principal);
         Ok(s)
     }
 }
@@ -170,7 +212,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(key) = &running.bootstrap_key {
         println!("deployd: created the bootstrap admin API key (shown only now): {key}");
     }
-    println!("deployd: listening on http://{} ({store})", running.addr);
+    let scheme = if running.tls { "https" } else { "http" };
+    println!("deployd: listening on {scheme}://{} ({store})", running.addr);
     let trigger = running.trigger();
     tokio::spawn(async move {
         deploy_server::terminated().await;

@@ -1,0 +1,420 @@
+//! The edge of deployd under attack, through its public surface: anonymous floods, slow and numerous connections,
+//! too many event streams, forged tokens, at-rest permissions, webhook URLs aimed inside the network, and TLS.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::receiver::{Mode, Receiver};
+use common::{ADMIN, Server, settings};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+async fn audit_rows(s: &Server) -> usize {
+    let a = s.get("/v1/audit?limit=500", ADMIN).await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    a.body["items"].as_array().unwrap().len()
+}
+
+async fn metrics(s: &Server) -> String {
+    s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap()
+}
+
+/// Finding: every non-GET request, even a 401 or a 404, wrote an audit row with the raw path (2,000 anonymous
+/// requests with long paths grew the database by 120 MB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_anonymous_requests_adds_no_audit_rows() {
+    let s = Server::start("edge-flood").await;
+    let before = audit_rows(&s).await;
+    let long = "x".repeat(4000);
+    for i in 0..300 {
+        let path = if i % 2 == 0 { format!("/v1/deployments/{long}{i}/cancel") } else { format!("/v1/{long}/{i}") };
+        let a = s.call(Method::POST, &path, None, Some(json!({})), &[]).await;
+        assert!(a.status == StatusCode::UNAUTHORIZED || a.status == StatusCode::NOT_FOUND, "{}", a.status);
+        let forged =
+            s.call(Method::POST, "/v1/deployments", Some("dk_forgedforgedforgedforgedforgedforgedforge"), None, &[]);
+        assert_eq!(forged.await.status, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(audit_rows(&s).await, before, "nothing anonymous or unauthenticated is written");
+    let m = metrics(&s).await;
+    let counted: u64 = m
+        .lines()
+        .find(|l| l.starts_with("deploy_http_rejected_total{reason=\"unauthenticated\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(counted >= 450, "counted instead: {counted}\n{m}");
+
+    // An authenticated caller's mutation is audited with the route's template and bounded fields.
+    let a = s.call(Method::POST, &format!("/v1/deployments/{long}/cancel"), Some(ADMIN), None, &[]).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    let rows = s.get("/v1/audit?limit=1", ADMIN).await.body;
+    let row = &rows["items"][0];
+    assert!(row.to_string().len() < 1500, "bounded: {row}");
+    assert!(!row.to_string().contains(&"x".repeat(300)), "{row}");
+}
+
+/// A client socket bound to `local` (another loopback address than the test's own).
+async fn connect_from(local: &str, server: SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{local}:0").parse().unwrap()).unwrap();
+    socket.connect(server).await.unwrap()
+}
+
+/// Whether the server closed `stream` within `within` (a read returns end of file or a reset).
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(within, stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Finding: no header-read timeout and no connection cap (slowloris held 20,000 connections and `/healthz` stopped
+/// answering).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_numerous_connections_are_cut_while_healthz_still_answers() {
+    let s = Server::with(deploy_server::Settings {
+        header_read_timeout: deploy_core::HumanDuration::from_millis(700),
+        max_connections_per_ip: 5,
+        ..settings("edge-slowloris")
+    })
+    .await;
+    let addr = s.running.as_ref().unwrap().addr;
+    // Five connections from 127.0.0.2 that start a request and never finish its head.
+    let mut slow = Vec::new();
+    for _ in 0..5 {
+        let mut c = connect_from("127.0.0.2", addr).await;
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+        slow.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A sixth from the same address is closed at once.
+    let mut sixth = connect_from("127.0.0.2", addr).await;
+    let _ = sixth.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(closed_within(&mut sixth, Duration::from_millis(500)).await, "past the cap: closed");
+    // Everyone else is still served.
+    let health = s.http.get(s.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    // The slow ones are cut once their header deadline passes.
+    for c in &mut slow {
+        assert!(closed_within(c, Duration::from_secs(3)).await, "a head that never ends is closed");
+    }
+    let mut again = connect_from("127.0.0.2", addr).await;
+    again.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut answer = String::new();
+    again.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "their places are free again: {answer}");
+    assert!(metrics(&s).await.contains("deploy_http_rejected_total{reason=\"connection_limit\"} 1"));
+}
+
+/// Before authentication, one address gets so many requests a second; `/healthz` is exempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_is_rate_limited_before_authentication() {
+    let s = Server::with(deploy_server::Settings {
+        ip_rate_limit: 1.0,
+        ip_rate_limit_burst: 5.0,
+        ..settings("edge-ip-limit")
+    })
+    .await;
+    let mut limited = None;
+    for _ in 0..10 {
+        let a = s.call(Method::GET, "/v1/environments", None, None, &[]).await;
+        if a.status == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(a);
+            break;
+        }
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    }
+    let limited = limited.expect("the sixth request within a second is refused");
+    limited.problem(429, "rate-limited");
+    assert!(limited.header("retry-after").is_some());
+    assert_eq!(s.get("/v1/environments", ADMIN).await.status, StatusCode::TOO_MANY_REQUESTS, "keys share the address");
+    assert_eq!(s.http.get(s.url("/healthz")).send().await.unwrap().status(), StatusCode::OK);
+}
+
+/// Finding: one key could open thousands of event streams, each polling the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_streams_past_the_cap_get_429() {
+    let s = Server::with(deploy_server::Settings { max_streams_per_principal: 2, ..settings("edge-sse") }).await;
+    s.sim_env("prod", 1, "queue", json!({"apply_ms": 60_000})).await;
+    let a = s.post("/v1/deployments", ADMIN, json!({"environment": "prod", "service": "s", "version": "2.0"})).await;
+    let id = a.body["id"].as_str().unwrap().to_owned();
+    let viewer = s.key("watcher", "viewer", &["*"]).await;
+    let open = || {
+        s.http
+            .get(s.url(&format!("/v1/deployments/{id}/events")))
+            .bearer_auth(&viewer)
+            .header("accept", "text/event-stream")
+            .send()
+    };
+    let first = open().await.unwrap();
+    let second = open().await.unwrap();
+    assert_eq!((first.status(), second.status()), (StatusCode::OK, StatusCode::OK));
+    let third = open().await.unwrap();
+    assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+    let body: serde_json::Value = third.json().await.unwrap();
+    assert_eq!(body["type"], "/problems/rate-limited");
+    assert!(body["detail"].as_str().unwrap().contains("event streams"), "{body}");
+    // Another principal has places of its own; a closed stream gives its place back.
+    let admin_stream = s
+        .http
+        .get(s.url(&format!("/v1/deployments/{id}/events")))
+        .bearer_auth(ADMIN)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(admin_stream.status(), StatusCode::OK);
+    drop(first);
+    let mut reopened = StatusCode::TOO_MANY_REQUESTS;
+    for _ in 0..50 {
+        reopened = open().await.unwrap().status();
+        if reopened == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(reopened, StatusCode::OK);
+    s.post(&format!("/v1/deployments/{id}/cancel"), ADMIN, json!({})).await;
+}
+
+fn jwt(claims: serde_json::Value, header: jsonwebtoken::Header) -> String {
+    jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes())).unwrap()
+}
+
+const JWT_SECRET: &str = "a-test-secret-that-is-long-enough-for-hs256";
+
+/// Findings: a JWT without `iss`/`aud` passed when they were configured; an unknown `crit` header passed; the scheme
+/// `BEARER` was refused; challenges were not those of RFC 6750; two keys could share a name (and so an identity).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_checked_as_the_rfcs_say_and_key_names_are_identities() {
+    let s = Server::with(deploy_server::Settings {
+        jwt_hs256_secret: Some(JWT_SECRET.into()),
+        jwt_issuer: Some("https://issuer.example".into()),
+        jwt_audience: Some("deployd".into()),
+        ..settings("edge-tokens")
+    })
+    .await;
+    let exp = time::OffsetDateTime::now_utc().unix_timestamp() + 600;
+    let full = json!({"sub": "ci", "role": "viewer", "environments": ["*"], "exp": exp,
+                      "iss": "https://issuer.example", "aud": "deployd"});
+    let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    assert_eq!(s.get("/v1/environments", &jwt(full.clone(), header.clone())).await.status, StatusCode::OK);
+    for missing in ["iss", "aud"] {
+        let mut claims = full.clone();
+        claims.as_object_mut().unwrap().remove(missing);
+        let a = s.get("/v1/environments", &jwt(claims, header.clone())).await;
+        a.problem(401, "unauthenticated");
+        assert!(a.header("www-authenticate").unwrap().contains("invalid_token"), "without {missing}");
+    }
+    let mut critical = header.clone();
+    critical.crit = Some(vec!["exp".into()]);
+    let with_crit = jwt(full.clone(), critical);
+    s.get("/v1/environments", &with_crit).await.problem(401, "unauthenticated");
+
+    // The scheme in any case; other schemes get a challenge without an error code; 403 says insufficient_scope.
+    let token = jwt(full, header);
+    for scheme in ["BEARER", "bearer", "BeArEr"] {
+        let value = format!("{scheme} {token}");
+        let a = s.call(Method::GET, "/v1/environments", None, None, &[("authorization", &value)]).await;
+        assert_eq!(a.status, StatusCode::OK, "{scheme}");
+    }
+    let basic = s.call(Method::GET, "/v1/environments", None, None, &[("authorization", "Basic YTpi")]).await;
+    basic.problem(401, "unauthenticated");
+    assert_eq!(basic.header("www-authenticate"), Some("Bearer realm=\"deploy\""));
+    let none = s.call(Method::GET, "/v1/environments", None, None, &[]).await;
+    assert_eq!(none.header("www-authenticate"), Some("Bearer realm=\"deploy\""));
+    let denied = s.post("/v1/deployments", &token, json!({"environment": "e", "service": "s", "version": "1"})).await;
+    denied.problem(403, "forbidden");
+    assert!(denied.header("www-authenticate").unwrap().contains("error=\"insufficient_scope\""));
+
+    s.key("ci-bot", "deployer", &["*"]).await;
+    let twice = s.post("/v1/api-keys", ADMIN, json!({"name": "ci-bot", "role": "admin", "environments": ["*"]})).await;
+    twice.problem(400, "validation");
+    assert!(twice.body.to_string().contains("ci-bot"));
+}
+
+/// Finding: the data directory and the SQLite files were readable by every user (webhook secrets in clear).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_data_directory_and_its_database_are_private_to_deployd() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut s = Server::start("edge-perms").await;
+    s.sim_env("prod", 1, "queue", json!({})).await;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&s.data_dir), 0o700, "the data directory");
+    let mut files = 0;
+    for entry in std::fs::read_dir(&s.data_dir).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(deploy_sql::DATABASE_FILE) {
+            files += 1;
+            assert_eq!(mode(&entry.path()) & 0o077, 0, "{name} is readable by others");
+        }
+    }
+    assert!(files >= 1);
+    s.stop().await;
+}
+
+/// Finding: webhook URLs could point at cloud metadata addresses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_to_metadata_addresses_are_refused_at_creation_and_at_connect_time() {
+    let s = Server::with(deploy_server::Settings {
+        webhook_deny_cidrs: "127.0.0.0/8".into(),
+        webhook_allow_cidrs: "127.0.0.7".into(),
+        webhook_retry_schedule: "50ms,50ms".into(),
+        ..settings("edge-ssrf")
+    })
+    .await;
+    for url in [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[fd00:ec2::254]/",
+        "http://100.100.100.200/",
+        "http://[::ffff:169.254.169.254]/",
+        "http://127.0.0.1:9/",
+        "http://localhost:9/",
+    ] {
+        let a = s.post("/v1/webhooks", ADMIN, json!({"url": url, "events": ["*"]})).await;
+        a.problem(400, "validation");
+        assert!(a.body.to_string().contains("may not"), "{url}: {:?}", a.body);
+    }
+
+    // A subscription whose name resolved elsewhere when it was made: the delivery's connection is refused.
+    let receiver = Receiver::answering(Mode::Status(204)).await;
+    let store = deploy_sql::SqlStore::sqlite(&s.data_dir).await.unwrap();
+    let mut sub = deploy_testkit::fixtures::subscription(&format!("http://localhost:{}/", receiver.addr.port()));
+    sub.events = vec!["*".into()];
+    deploy_core::Store::create_webhook(&store, sub.clone()).await.unwrap();
+    s.sim_env("prod", 1, "queue", json!({})).await;
+    let a = s.post("/v1/deployments", ADMIN, json!({"environment": "prod", "service": "s", "version": "2.0"})).await;
+    s.wait_terminal(a.body["id"].as_str().unwrap()).await;
+    let mut settled = false;
+    for _ in 0..100 {
+        let d = s.get(&format!("/v1/webhooks/{}/deliveries", sub.id), ADMIN).await.body;
+        let items = d["items"].as_array().unwrap().clone();
+        if !items.is_empty() && items.iter().all(|i| i["status"] == "failed") {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(settled, "every delivery failed");
+    assert!(receiver.log().is_empty(), "nothing reached the refused address");
+    // An explicitly allowed address is reached.
+    let allowed = s.post("/v1/webhooks", ADMIN, json!({"url": "http://127.0.0.7:9/", "events": ["*"]})).await;
+    assert_eq!(allowed.status, StatusCode::CREATED, "{:?}", allowed.body);
+}
+
+/// A throwaway CA and what it signs, as PEM.
+struct Ca {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl Ca {
+    fn new(name: &str) -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        Self { issuer: rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap() }
+    }
+
+    fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    /// A certificate for `names` and its key, in one PEM each.
+    fn sign(&self, names: &[&str]) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// Finding: there was no TLS anywhere, and clients sent bearer keys over plain HTTP to any host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_end_to_end_with_reloaded_certificates_and_client_certificates() {
+    let dir = common::temp_dir("edge-tls-files");
+    let (ca, clients) = (Ca::new("deploy test CA"), Ca::new("deploy agents CA"));
+    let (cert, key) = ca.sign(&["localhost", "127.0.0.1"]);
+    let (cert_file, key_file, clients_file) = (dir.join("cert.pem"), dir.join("key.pem"), dir.join("clients.pem"));
+    std::fs::write(&cert_file, &cert).unwrap();
+    std::fs::write(&key_file, &key).unwrap();
+    std::fs::write(&clients_file, clients.pem()).unwrap();
+    let s = Server::with(deploy_server::Settings {
+        tls_cert: Some(cert_file.clone()),
+        tls_key: Some(key_file.clone()),
+        tls_client_ca: Some(clients_file),
+        ..settings("edge-tls")
+    })
+    .await;
+    let running = s.running.as_ref().unwrap();
+    assert!(running.tls);
+    let https = format!("https://localhost:{}", running.addr.port());
+    let client = |roots: &str| {
+        deploy_client::Client::builder(&https)
+            .token(ADMIN)
+            .retry(deploy_client::RetryPolicy::none())
+            .root_certificates_pem(roots.as_bytes())
+            .build()
+            .unwrap()
+    };
+    assert!(
+        client(&ca.pem()).list_environments(&deploy_core::PageRequest { limit: 10, cursor: None }).await.is_ok(),
+        "HTTPS with the CA"
+    );
+    let stranger =
+        deploy_client::Client::builder(&https).token(ADMIN).retry(deploy_client::RetryPolicy::none()).build().unwrap();
+    assert!(
+        stranger.list_environments(&deploy_core::PageRequest { limit: 10, cursor: None }).await.is_err(),
+        "a certificate the client does not trust"
+    );
+    let plain = reqwest::get(format!("http://localhost:{}/healthz", running.addr.port())).await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success(), "no plain HTTP on a TLS port");
+
+    // A client certificate from the agents' CA is accepted; one from elsewhere fails the handshake.
+    let (agent_cert, agent_key) = clients.sign(&["agent-web-1"]);
+    let with_identity = deploy_client::Client::builder(&https)
+        .token(ADMIN)
+        .root_certificates_pem(ca.pem().as_bytes())
+        .identity_pem(format!("{agent_cert}{agent_key}").into_bytes())
+        .build()
+        .unwrap();
+    assert!(with_identity.list_environments(&deploy_core::PageRequest { limit: 10, cursor: None }).await.is_ok());
+    let (forged_cert, forged_key) = Ca::new("someone else").sign(&["agent-web-1"]);
+    let forged = deploy_client::Client::builder(&https)
+        .token(ADMIN)
+        .retry(deploy_client::RetryPolicy::none())
+        .root_certificates_pem(ca.pem().as_bytes())
+        .identity_pem(format!("{forged_cert}{forged_key}").into_bytes())
+        .build()
+        .unwrap();
+    assert!(
+        forged.list_environments(&deploy_core::PageRequest { limit: 10, cursor: None }).await.is_err(),
+        "a client certificate from another CA"
+    );
+
+    // Renewal: new files from another CA are picked up without a restart.
+    let renewed_ca = Ca::new("renewed CA");
+    let (cert, key) = renewed_ca.sign(&["localhost"]);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    std::fs::write(&key_file, key).unwrap();
+    std::fs::write(&cert_file, cert).unwrap();
+    let mut reloaded = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if client(&renewed_ca.pem())
+            .list_environments(&deploy_core::PageRequest { limit: 10, cursor: None })
+            .await
+            .is_ok()
+        {
+            reloaded = true;
+            break;
+        }
+    }
+    assert!(reloaded, "the renewed certificate is served");
+}
