@@ -82,6 +82,7 @@ pub(crate) struct Inner {
     pub(crate) ip_limiter: Option<IpLimiter>,
     pub(crate) streams: crate::streams::Streams,
     pub(crate) webhook_guard: crate::webhooks::guard::GuardedResolver,
+    pub(crate) webhook_key: Option<Arc<crate::SecretsKey>>,
 }
 
 /// The per-address rate limiter, keyed by client IP (GCRA, from `governor`).
@@ -141,6 +142,7 @@ impl AppState {
                 ip_limiter,
                 streams,
                 webhook_guard: crate::webhooks::guard::GuardedResolver::new(Arc::default()),
+                webhook_key: None,
             }),
         }
     }
@@ -162,6 +164,16 @@ impl AppState {
     pub fn with_webhook_addresses(mut self, policy: Arc<crate::AddressPolicy>) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.webhook_guard = crate::webhooks::guard::GuardedResolver::new(policy);
+        }
+        self
+    }
+
+    /// Seals new webhook subscriptions' signing secrets with `key` before they are stored (give the
+    /// [`crate::Dispatcher`] the same key). Call it right after [`AppState::new`], before the state is shared.
+    #[must_use]
+    pub fn with_webhook_secrets_key(mut self, key: Arc<crate::SecretsKey>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.webhook_key = Some(key);
         }
         self
     }

@@ -45,3 +45,4 @@ pub use server::{Running, Settings, StartError, start, terminated};
 pub use webhooks::api::{SECRET_PREFIX, generate_secret};
 pub use webhooks::dispatch::{Dispatcher, DispatcherConfig, DispatcherError};
 pub use webhooks::guard::{AddressPolicy, CidrError};
+pub use webhooks::sealed::{SealError, SecretsKey};

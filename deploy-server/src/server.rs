@@ -106,6 +106,8 @@ pub struct Settings {
     pub webhook_allow_cidrs: String,
     /// Webhooks may not reach these CIDR blocks (comma-separated), besides link-local and metadata addresses.
     pub webhook_deny_cidrs: String,
+    /// A file holding 32 random bytes (hex or base64): webhook signing secrets are stored sealed with it (AES-256-GCM).
+    pub webhook_secrets_key_file: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -151,6 +153,7 @@ impl Default for Settings {
             tls_require_client_cert: false,
             webhook_allow_cidrs: String::new(),
             webhook_deny_cidrs: String::new(),
+            webhook_secrets_key_file: None,
         }
     }
 }
@@ -363,6 +366,12 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         ));
     }
     let secrets = settings.secret_resolver();
+    let webhook_key = match &settings.webhook_secrets_key_file {
+        Some(path) => {
+            Some(Arc::new(crate::SecretsKey::from_file(path).map_err(|e| StartError::Settings(e.to_string()))?))
+        }
+        None => None,
+    };
     let webhook_addresses = Arc::new(
         crate::AddressPolicy::new(&settings.webhook_allow_cidrs, &settings.webhook_deny_cidrs)
             .map_err(|e| StartError::Settings(format!("webhook CIDRs: {e}")))?,
@@ -440,6 +449,10 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     )
     .with_agent_watch(agent_watch)
     .with_webhook_addresses(Arc::clone(&webhook_addresses));
+    let state = match &webhook_key {
+        Some(key) => state.with_webhook_secrets_key(Arc::clone(key)),
+        None => state,
+    };
     let dispatcher = Dispatcher::new(
         Arc::clone(&store),
         Arc::clone(orchestrator.clock()),
@@ -449,6 +462,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
             concurrency: settings.webhook_concurrency.max(1),
             per_subscription: settings.webhook_concurrency_per_subscription.max(1),
             addresses: webhook_addresses,
+            secrets_key: webhook_key,
             ..DispatcherConfig::default()
         },
     )?

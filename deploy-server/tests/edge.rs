@@ -418,3 +418,39 @@ async fn tls_end_to_end_with_reloaded_certificates_and_client_certificates() {
     }
     assert!(reloaded, "the renewed certificate is served");
 }
+
+/// Finding: webhook signing secrets were stored in clear. With a key file they are sealed: deliveries still verify,
+/// and the database holds no secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_secrets_are_sealed_at_rest_when_a_key_is_configured() {
+    let keys = common::temp_dir("edge-sealed-key");
+    let key_file = keys.join("webhooks.key");
+    std::fs::write(&key_file, "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\n").unwrap();
+    let mut s =
+        Server::with(deploy_server::Settings { webhook_secrets_key_file: Some(key_file), ..settings("edge-sealed") })
+            .await;
+    let receiver = Receiver::answering(Mode::Status(204)).await;
+    let created = s.post("/v1/webhooks", ADMIN, json!({"url": receiver.url(), "events": ["*"]})).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+    let secret = created.body["secret"].as_str().unwrap().to_owned();
+    receiver.set_secret(&secret);
+    s.sim_env("prod", 1, "queue", json!({})).await;
+    let a = s.post("/v1/deployments", ADMIN, json!({"environment": "prod", "service": "s", "version": "2.0"})).await;
+    s.wait_terminal(a.body["id"].as_str().unwrap()).await;
+    for _ in 0..100 {
+        if receiver.log().len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = receiver.log();
+    assert!(log.len() >= 3 && log.iter().all(|r| r.event.is_some()), "signed with the secret shown once: {log:?}");
+    s.stop().await;
+    let encoded = secret.trim_start_matches("whsec_");
+    let mut found = false;
+    for entry in std::fs::read_dir(&s.data_dir).unwrap().flatten() {
+        let bytes = std::fs::read(entry.path()).unwrap_or_default();
+        found |= bytes.windows(encoded.len()).any(|w| w == encoded.as_bytes());
+    }
+    assert!(!found, "the database holds the signing secret");
+}

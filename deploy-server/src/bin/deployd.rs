@@ -140,6 +140,9 @@ struct ServeArgs {
     /// Webhooks may not reach these CIDR blocks (comma-separated); link-local and metadata addresses never.
     #[arg(long, env = "DEPLOYD_WEBHOOK_DENY_CIDRS")]
     webhook_deny_cidrs: Option<String>,
+    /// Seal webhook signing secrets at rest with the key in this file (32 random bytes, hex or base64).
+    #[arg(long, env = "DEPLOYD_WEBHOOK_SECRETS_KEY_FILE")]
+    webhook_secrets_key_file: Option<PathBuf>,
     /// Serve HTTPS with this certificate chain (PEM; reloaded when the file changes). Needs --tls-key.
     #[arg(long, env = "DEPLOYD_TLS_CERT")]
     tls_cert: Option<PathBuf>,
@@ -195,7 +198,7 @@ impl ServeArgs {
         take!(webhook_concurrency_per_subscription, executors, agent_heartbeat_timeout, secret_env_prefix);
         take_opt!(database_url, jwt_hs256_secret, jwt_eddsa_public_key, jwt_issuer, jwt_audience, bootstrap_admin_key);
         take_opt!(database_url_file, jwt_hs256_secret_file, bootstrap_admin_key_file, secrets_dir);
-        take_opt!(tls_cert, tls_key, tls_client_ca);
+        take_opt!(tls_cert, tls_key, tls_client_ca, webhook_secrets_key_file);
         take!(webhook_allow_cidrs, webhook_deny_cidrs, tls_require_client_cert, ip_rate_limit, ip_rate_limit_burst);
         take!(header_read_timeout, max_connections, max_connections_per_ip, max_streams, max_streams_per_principal);
         Ok(s)

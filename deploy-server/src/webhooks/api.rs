@@ -140,15 +140,20 @@ pub(crate) async fn create_webhook(
         return Err(Problem::invalid_field("url", why));
     }
     let secret = generate_secret().map_err(|e| Problem::internal(&e))?;
+    let id = Uuid::now_v7();
+    let stored_secret = match &state.inner.webhook_key {
+        Some(key) => key.seal(id, &secret).map_err(|e| Problem::internal(&e))?,
+        None => secret.clone(),
+    };
     let subscription = WebhookSubscription {
-        id: Uuid::now_v7(),
+        id,
         url: new.url,
         events: new.events,
         environments: new.environments,
         active: true,
         disabled_reason: None,
         created_at: state.inner.orchestrator.clock().now(),
-        secret: secret.clone(),
+        secret: stored_secret,
     };
     let created = state.inner.store.create_webhook(subscription).await?;
     caller.audit.set("webhook.create", format!("webhooks/{}", created.id), None);

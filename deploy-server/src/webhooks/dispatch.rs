@@ -53,6 +53,8 @@ pub struct DispatcherConfig {
     pub poll_interval: Duration,
     /// The addresses deliveries may connect to (checked after DNS resolution, at every connection).
     pub addresses: Arc<crate::webhooks::guard::AddressPolicy>,
+    /// Opens signing secrets sealed at rest.
+    pub secrets_key: Option<Arc<crate::SecretsKey>>,
 }
 
 impl Default for DispatcherConfig {
@@ -64,6 +66,7 @@ impl Default for DispatcherConfig {
             per_subscription: 8,
             poll_interval: Duration::from_millis(250),
             addresses: Arc::default(),
+            secrets_key: None,
         }
     }
 }
@@ -289,7 +292,13 @@ impl Dispatcher {
             crate::webhooks::guard::check_url(&self.resolver, &url).await.map_err(SendError::Refused)?;
         }
         let body = delivery.payload.as_str().to_owned();
-        let headers = signed_headers(&subscription.secret, &delivery.id, timestamp, body.as_bytes())?;
+        let secret =
+            crate::webhooks::sealed::reveal(self.config.secrets_key.as_deref(), subscription.id, &subscription.secret)
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "webhook secret unusable");
+                    SendError::Secret
+                })?;
+        let headers = signed_headers(&secret, &delivery.id, timestamp, body.as_bytes())?;
         let response =
             self.client.post(&subscription.url).headers(headers).body(body).send().await.map_err(SendError::Http)?;
         let status = response.status().as_u16();

@@ -3,3 +3,4 @@
 pub(crate) mod api;
 pub(crate) mod dispatch;
 pub(crate) mod guard;
+pub(crate) mod sealed;
