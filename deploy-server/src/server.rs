@@ -21,7 +21,7 @@ use crate::webhooks::dispatch::{Dispatcher, DispatcherConfig};
 
 /// `deployd`'s settings. Every field can come from a flag, a `DEPLOYD_*` variable or the `--config` TOML file (in that
 /// order of precedence); this is the merged result.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     /// Where to listen (`127.0.0.1:8080`; port 0 picks a free port).
@@ -176,6 +176,30 @@ impl Settings {
             poll_interval: HumanDuration::from_millis(50),
             ..Self::default()
         }
+    }
+}
+
+/// Secrets are never printed: the database URL (its password), the JWT secret and the bootstrap key show as `***`.
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |v: &Option<String>| v.as_ref().map(|_| "***");
+        f.debug_struct("Settings")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("database_url", &hidden(&self.database_url))
+            .field("database_url_file", &self.database_url_file)
+            .field("dev", &self.dev)
+            .field("executors", &self.executors)
+            .field("jwt_hs256_secret", &hidden(&self.jwt_hs256_secret))
+            .field("jwt_eddsa_public_key", &self.jwt_eddsa_public_key)
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("jwt_audience", &self.jwt_audience)
+            .field("bootstrap_admin_key", &hidden(&self.bootstrap_admin_key))
+            .field("secret_env_prefix", &self.secret_env_prefix)
+            .field("secrets_dir", &self.secrets_dir)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_client_ca", &self.tls_client_ca)
+            .finish_non_exhaustive()
     }
 }
 
@@ -539,5 +563,41 @@ pub async fn terminated() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn settings_never_print_their_secrets() {
+        let s = Settings {
+            database_url: Some("postgres://app:hunter2@db/app".into()),
+            jwt_hs256_secret: Some("jwt-secret-value".into()),
+            bootstrap_admin_key: Some("dk_bootstrapvalue".into()),
+            ..Settings::default()
+        };
+        let shown = format!("{s:?}");
+        for secret in ["hunter2", "jwt-secret-value", "dk_bootstrapvalue"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(shown.contains("***"));
+    }
+
+    #[test]
+    fn secrets_given_as_files_are_read_and_never_both_ways() {
+        let dir = deploy_testkit::fixtures::temp_dir("settings-files");
+        std::fs::write(dir.join("key"), "dk_fromfile\n").unwrap();
+        let s = Settings { bootstrap_admin_key_file: Some(dir.join("key")), ..Settings::default() };
+        assert_eq!(s.read_secret_files().unwrap().bootstrap_admin_key.as_deref(), Some("dk_fromfile"));
+        let both = Settings {
+            bootstrap_admin_key: Some("dk_x".into()),
+            bootstrap_admin_key_file: Some(dir.join("key")),
+            ..Settings::default()
+        };
+        assert!(matches!(both.read_secret_files(), Err(StartError::Settings(_))));
     }
 }
