@@ -269,3 +269,106 @@ async fn secrets_are_recognised_by_name_and_shape_everywhere_in_a_payload() {
     service["service"] = json!("a..b");
     s.post("/v1/deployments", ADMIN, service).await.problem(400, "validation");
 }
+
+/// The same leak through the `deployd` binary with debug logs: nothing it logs holds the value; and `--help` never
+/// shows the values of secret settings (the database URL's password among them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployds_logs_and_help_hold_no_secret() {
+    use tokio::io::{AsyncBufReadExt as _, BufReader};
+    let dir = temp_dir("sec-logs");
+    let secrets = dir.join("secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::write(secrets.join("token"), SECRET).unwrap();
+    let key_file = dir.join("admin.key");
+    std::fs::write(&key_file, format!("{ADMIN}\n")).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_deployd"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.join("data"))
+        .arg("--secrets-dir")
+        .arg(&secrets)
+        .arg("--bootstrap-admin-key-file")
+        .arg(&key_file)
+        .env("DEPLOYD_LOG", "debug")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let stderr = child.stderr.take().unwrap();
+    let logs = tokio::spawn(async move {
+        let mut all = String::new();
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let mut base = None;
+    while let Some(line) = stdout.next_line().await.unwrap() {
+        if let Some((_, addr)) = line.split_once("listening on ") {
+            base = Some(addr.split_whitespace().next().unwrap().to_owned());
+            break;
+        }
+    }
+    let base = base.expect("deployd listens");
+    let http = reqwest::Client::new();
+    let leak = "echo \"token=$DEPLOY_SECRET_TOKEN\"; printf %s \"$DEPLOY_SECRET_TOKEN\" | base64; exit 4";
+    let env = json!({"targets": [command_target("l-1", json!({"install": leak}))]});
+    let put = http.put(format!("{base}/v1/environments/logs")).bearer_auth(ADMIN).json(&env).send().await.unwrap();
+    assert!(put.status().is_success());
+    let mut body = request("logs", "1.0");
+    body["secrets"] = json!({"TOKEN": {"ref": "file://token"}});
+    let accepted: Value = http
+        .post(format!("{base}/v1/deployments"))
+        .bearer_auth(ADMIN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = accepted["id"].as_str().unwrap();
+    let mut status = String::new();
+    for _ in 0..200 {
+        let d: Value = http
+            .get(format!("{base}/v1/deployments/{id}"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        status = d["status"].as_str().unwrap_or_default().to_owned();
+        if status == "failed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, "failed");
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    let logs = logs.await.unwrap();
+    assert!(logs.contains("token=***"), "the hook's output is logged, scrubbed: {logs}");
+    for form in leaked_forms(SECRET) {
+        assert!(!logs.contains(&form), "the log holds {form:?}");
+    }
+    assert!(!logs.contains(ADMIN), "the bootstrap key is not logged");
+
+    let help = tokio::process::Command::new(env!("CARGO_BIN_EXE_deployd"))
+        .args(["serve", "--help"])
+        .env("DEPLOYD_DATABASE_URL", "postgres://app:hunter2@db/app")
+        .env("DEPLOYD_JWT_HS256_SECRET", "jwt-secret-in-the-environment")
+        .env("DEPLOYD_BOOTSTRAP_ADMIN_KEY", ADMIN)
+        .output()
+        .await
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("--database-url") && help.contains("--tls-cert"), "{help}");
+    for secret in ["hunter2", "jwt-secret-in-the-environment", ADMIN] {
+        assert!(!help.contains(secret), "--help shows {secret}");
+    }
+}
