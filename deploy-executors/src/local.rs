@@ -3,6 +3,7 @@
 //! gives a process.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -115,6 +116,7 @@ pub(crate) async fn spawn_child(
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(log)
         .map_err(|e| ExecutorError::retryable(format!("cannot open {}: {e}", log.display())))?;
     let err = out.try_clone().map_err(|e| ExecutorError::retryable(format!("cannot open {}: {e}", log.display())))?;
@@ -134,6 +136,13 @@ pub(crate) async fn spawn_child(
     Ok((Proc::of(pid).await, child))
 }
 
+/// Writes a new file readable by its owner only (0600): what executors keep (state, hook output) is deployd's alone.
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    file.write_all(bytes)
+}
+
 /// Rewrites a log file with every secret value `scrubber` knows replaced (a no-op without secrets or a file).
 pub(crate) fn scrub_file(path: &Path, scrubber: &Scrubber) {
     if scrubber.is_empty() {
@@ -144,7 +153,7 @@ pub(crate) fn scrub_file(path: &Path, scrubber: &Scrubber) {
     let clean = scrubber.scrub(&text);
     if clean != text {
         let tmp = path.with_extension("scrub");
-        if std::fs::write(&tmp, clean).is_ok() && std::fs::rename(&tmp, path).is_err() {
+        if write_private(&tmp, clean.as_bytes()).is_ok() && std::fs::rename(&tmp, path).is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
     }
@@ -313,7 +322,7 @@ pub(crate) fn save<T: Serialize>(path: &Path, value: &T) -> Result<(), ExecutorE
     }
     let bytes = serde_json::to_vec_pretty(value).map_err(|e| ExecutorError::permanent(e.to_string()))?;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(fail)?;
+    write_private(&tmp, &bytes).map_err(fail)?;
     std::fs::rename(&tmp, path).map_err(fail)
 }
 

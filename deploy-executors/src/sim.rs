@@ -140,7 +140,7 @@ impl SimExecutor {
                     std::fs::create_dir_all(parent)?;
                 }
                 let tmp = path.with_extension("json.tmp");
-                std::fs::write(&tmp, serde_json::to_vec(&state).map_err(std::io::Error::other)?)?;
+                crate::local::write_private(&tmp, &serde_json::to_vec(&state).map_err(std::io::Error::other)?)?;
                 std::fs::rename(&tmp, &path)
             };
             write().map_err(|e| ExecutorError::retryable(format!("writing sim state of {}: {e}", target.id)))?;

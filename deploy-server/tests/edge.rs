@@ -246,18 +246,31 @@ async fn a_new_data_directory_and_its_database_are_private_to_deployd() {
     use std::os::unix::fs::PermissionsExt as _;
     let mut s = Server::start("edge-perms").await;
     s.sim_env("prod", 1, "queue", json!({})).await;
+    let hooks = json!({"targets": [{"id": "c-1", "executor": "command", "config": {"hooks": {"install": "echo hi"}}}]});
+    assert!(s.put("/v1/environments/hooks", ADMIN, hooks).await.status.is_success());
+    for env in ["prod", "hooks"] {
+        let a = s.post("/v1/deployments", ADMIN, json!({"environment": env, "service": "s", "version": "2.0"})).await;
+        assert_eq!(s.wait_terminal(a.body["id"].as_str().unwrap()).await["status"], "succeeded");
+    }
+    s.stop().await;
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&s.data_dir), 0o700, "the data directory");
-    let mut files = 0;
-    for entry in std::fs::read_dir(&s.data_dir).unwrap().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with(deploy_sql::DATABASE_FILE) {
-            files += 1;
-            assert_eq!(mode(&entry.path()) & 0o077, 0, "{name} is readable by others");
+    // Every file deployd wrote: the database, the executors' state and hook output.
+    fn files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() { files(&path, out) } else { out.push(path) }
         }
     }
-    assert!(files >= 1);
-    s.stop().await;
+    let mut all = Vec::new();
+    files(&s.data_dir, &mut all);
+    assert!(all.iter().any(|p| p.ends_with(deploy_sql::DATABASE_FILE)), "{all:?}");
+    assert!(
+        all.iter().any(|p| p.ends_with("install.log")) && all.iter().any(|p| p.to_string_lossy().contains("/sim/"))
+    );
+    for path in &all {
+        assert_eq!(mode(path) & 0o077, 0, "{} is readable by others", path.display());
+    }
 }
 
 /// Finding: webhook URLs could point at cloud metadata addresses.
