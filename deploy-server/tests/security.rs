@@ -313,42 +313,17 @@ async fn deployds_logs_and_help_hold_no_secret() {
         }
     }
     let base = base.expect("deployd listens");
-    let http = reqwest::Client::new();
+    let client = deploy_client::Client::builder(&base).token(ADMIN).build().unwrap();
     let leak = "echo \"token=$DEPLOY_SECRET_TOKEN\"; printf %s \"$DEPLOY_SECRET_TOKEN\" | base64; exit 4";
-    let env = json!({"targets": [command_target("l-1", json!({"install": leak}))]});
-    let put = http.put(format!("{base}/v1/environments/logs")).bearer_auth(ADMIN).json(&env).send().await.unwrap();
-    assert!(put.status().is_success());
+    let env: deploy_core::EnvironmentSpec =
+        serde_json::from_value(json!({"targets": [command_target("l-1", json!({"install": leak}))]})).unwrap();
+    client.put_environment("logs", &env, None).await.unwrap();
     let mut body = request("logs", "1.0");
     body["secrets"] = json!({"TOKEN": {"ref": "file://token"}});
-    let accepted: Value = http
-        .post(format!("{base}/v1/deployments"))
-        .bearer_auth(ADMIN)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = accepted["id"].as_str().unwrap();
-    let mut status = String::new();
-    for _ in 0..200 {
-        let d: Value = http
-            .get(format!("{base}/v1/deployments/{id}"))
-            .bearer_auth(ADMIN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        status = d["status"].as_str().unwrap_or_default().to_owned();
-        if status == "failed" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(status, "failed");
+    let body: deploy_core::DeploymentRequest = serde_json::from_value(body).unwrap();
+    let submitted = client.submit(&body, deploy_client::SubmitOptions::default()).await.unwrap();
+    let done = client.wait(submitted.deployment.id(), Duration::from_secs(30)).await.unwrap();
+    assert_eq!(done.status(), deploy_core::DeploymentStatus::Failed);
     let _ = child.start_kill();
     let _ = child.wait().await;
     let logs = logs.await.unwrap();

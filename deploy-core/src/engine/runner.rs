@@ -544,7 +544,13 @@ async fn flush_polling<'p>(
     }
 }
 
-/// Marks every unsettled target among `indices` with `status` in one write.
+/// What an interrupted target may run: the reason recorded for a target whose change may have started.
+const MAY_HAVE_CHANGED: &str = "interrupted while being changed: it may run either version";
+
+/// Settles every unsettled target among `indices` in one write, by what may have happened to it, never by what was
+/// last recorded alone: a target still `pending` provably never started (its intent was never written) and becomes
+/// `status`; a target `in_progress` or `verifying` had its intent written, so its change may have started (or ended,
+/// unseen by a controller that died): it becomes `failed`, which keeps it restorable, so a rollback restores it.
 async fn mark_interrupted(rec: &Recorder<'_>, indices: &[usize], status: TargetStatus, why: &str) -> Result<(), Abort> {
     let now = rec.now();
     let mut update = ProgressUpdate { now: Some(now), ..ProgressUpdate::default() };
@@ -555,14 +561,17 @@ async fn mark_interrupted(rec: &Recorder<'_>, indices: &[usize], status: TargetS
             let message = if t.status == TargetStatus::Pending {
                 format!("{}: not attempted", t.id)
             } else {
-                format!("{}: {why}", t.id)
+                format!("{}: {why}; {MAY_HAVE_CHANGED}", t.id)
             };
-            if t.status != TargetStatus::Pending {
-                t.error = Some(why.to_owned());
-            }
-            t.status = status;
+            let settled = if t.status == TargetStatus::Pending {
+                status
+            } else {
+                t.error = Some(format!("{why}; {MAY_HAVE_CHANGED}"));
+                TargetStatus::Failed
+            };
+            t.status = settled;
             t.updated_at = now;
-            update.events.push(NewEvent::target(now, t.id.clone(), status, message));
+            update.events.push(NewEvent::target(now, t.id.clone(), settled, message));
             update.targets.push((i, t));
         }
     }
