@@ -236,7 +236,7 @@ impl Agent {
         let result = match deploy_core::resolve_for(self.secrets.as_ref(), desired).await {
             Ok(secrets) => {
                 let deployment = slot.deployment.unwrap_or_default();
-                let ctx = ApplyContext { deployment, desired, secrets: &secrets };
+                let ctx = ApplyContext { deployment, desired, secrets: &secrets, fencing_token: 0 };
                 // Nothing the server records may hold a secret resolved here: scrubbed before it is reported.
                 let scrubber = Scrubber::of(&secrets);
                 match self.executor.apply_with_output(&target, ctx).await {

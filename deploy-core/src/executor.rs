@@ -51,6 +51,11 @@ pub struct ApplyContext<'a> {
     pub desired: &'a DesiredState,
     /// Secrets resolved for this call only; never store or log them.
     pub secrets: &'a ResolvedSecrets,
+    /// The lease token of the controller making the call: strictly increasing per deployment, so an executor that
+    /// remembers the largest token it has seen for a target can refuse a smaller one (a controller that lost its lease
+    /// while paused or cut off, and has not noticed yet). 0 when no lease stands behind the call (an agent applying
+    /// its assignment, a test).
+    pub fencing_token: u64,
 }
 
 /// How the engine should treat an executor error.

@@ -26,7 +26,11 @@ fn desired(version: &str) -> DesiredState {
 async fn apply(sim: &SimExecutor, target: &Target, version: &str) -> Result<(), deploy_core::ExecutorError> {
     let want = desired(version);
     let secrets = ResolvedSecrets::new();
-    sim.apply(target, ApplyContext { deployment: DeploymentId::new(), desired: &want, secrets: &secrets }).await
+    sim.apply(
+        target,
+        ApplyContext { deployment: DeploymentId::new(), desired: &want, secrets: &secrets, fencing_token: 0 },
+    )
+    .await
 }
 
 async fn step(
@@ -38,7 +42,7 @@ async fn step(
     let want = desired(version);
     let secrets = ResolvedSecrets::new();
     let step = ImperativeStep { action: action.into(), args: Default::default() };
-    let ctx = ApplyContext { deployment: DeploymentId::new(), desired: &want, secrets: &secrets };
+    let ctx = ApplyContext { deployment: DeploymentId::new(), desired: &want, secrets: &secrets, fencing_token: 0 };
     sim.run_step(target, &step, ctx).await.map(|o| o.output)
 }
 

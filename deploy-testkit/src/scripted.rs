@@ -58,6 +58,9 @@ struct State {
     changing: HashSet<TargetId>,
     concurrent: usize,
     max_concurrent: usize,
+    /// The largest fencing token each target has seen, and the calls refused for carrying a smaller one.
+    tokens: HashMap<TargetId, u64>,
+    stale: Vec<(TargetId, u64, u64)>,
 }
 
 /// A fault-injecting [`Executor`] over registered targets.
@@ -190,6 +193,32 @@ impl ScriptedExecutor {
             .collect()
     }
 
+    /// Refuses a change whose fencing token is smaller than one this target has seen (a controller that lost its
+    /// lease), and remembers it; 0 (no lease behind the call) is never refused.
+    fn check_token(&self, target: &Target, token: u64) -> Result<(), ExecutorError> {
+        if token == 0 {
+            return Ok(());
+        }
+        let mut st = self.lock();
+        let seen = st.tokens.get(&target.id).copied().unwrap_or(0);
+        if token < seen {
+            st.stale.push((target.id.clone(), token, seen));
+            return Err(ExecutorError::permanent(format!(
+                "{}: stale fencing token {token} (a newer controller holds {seen})",
+                target.id
+            )));
+        }
+        st.tokens.insert(target.id.clone(), token);
+        Ok(())
+    }
+
+    /// Changes refused for a stale fencing token: (target, its token, the larger one seen before). A scenario in which
+    /// a controller kept working after losing its lease shows here.
+    #[must_use]
+    pub fn stale_calls(&self) -> Vec<(TargetId, u64, u64)> {
+        self.lock().stale.clone()
+    }
+
     fn record(&self, op: &str, target: &Target, version: Option<&Version>) -> State2 {
         let mut st = self.lock();
         if !st.actual.contains_key(&target.id) {
@@ -278,6 +307,7 @@ impl Executor for ScriptedExecutor {
 
     async fn apply(&self, target: &Target, ctx: ApplyContext<'_>) -> Result<(), ExecutorError> {
         let version = &ctx.desired.version;
+        self.check_token(target, ctx.fencing_token)?;
         let st = self.record("apply", target, Some(version));
         self.lock().requested.insert(target.id.clone(), version.clone());
         if st.unreachable {
@@ -319,6 +349,7 @@ impl Executor for ScriptedExecutor {
         ctx: ApplyContext<'_>,
     ) -> Result<StepOutput, ExecutorError> {
         let version = &ctx.desired.version;
+        self.check_token(target, ctx.fencing_token)?;
         let st = self.record(&format!("step:{}", step.action), target, Some(version));
         self.lock().requested.insert(target.id.clone(), version.clone());
         if st.unreachable {

@@ -1018,3 +1018,38 @@ async fn a_crash_while_a_target_verifies_never_records_it_as_untouched() {
     })
     .await;
 }
+
+/// Issue 16, finding 2: a controller paused past its lease (SIGSTOP, a long GC) wakes up between two retries of an
+/// apply; another controller has claimed the deployment meanwhile. Retries need no store write, so only the lease
+/// check before each executor call keeps the paused one from touching the target again: the scripted executor refuses
+/// and records any change carrying an older fencing token.
+#[tokio::test(start_paused = true)]
+async fn a_paused_replica_starts_nothing_after_its_lease_lapsed() {
+    within(async {
+        let h = Harness::new("prod", &FOUR, ConcurrencyPolicy::Queue).await;
+        h.executor.add_fault("web-1", Some("2.0"), Fault::FailTimes(3));
+        let d = h.submit(DeploymentRequest { strategy: rolling(1), ..request("prod", "web", "2.0") }).await.unwrap();
+        let (t1, a) = spawn_controller(&h.orchestrator);
+        for _ in 0..1000 {
+            if h.executor.count("apply", "web-1") >= 1 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(h.executor.count("apply", "web-1"), 1, "A made its first attempt and waits to retry");
+        // A was paused past its lease: everyone's clock moved on while A's timers did not fire.
+        h.clock.advance(Duration::from_secs(60));
+        let b = h.replica("controller-2");
+        let (t2, bt) = spawn_controller(&b);
+        let done = wait_terminal(&h, d.id()).await;
+        t1.fire();
+        t2.fire();
+        a.await.unwrap();
+        bt.await.unwrap();
+        assert_eq!(done.status(), DeploymentStatus::Succeeded, "{:?}", target_states(&done));
+        assert_consistent(&done);
+        assert_eq!(h.executor.stale_calls(), vec![], "the paused controller changed nothing after its lease lapsed");
+        assert_eq!(versions(&h), vec![Some("2.0".to_owned()); 4]);
+    })
+    .await;
+}

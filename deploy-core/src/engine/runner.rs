@@ -60,6 +60,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Recorder<'a> {
     shared: &'a Shared,
     lease: Mutex<Lease>,
+    /// Until when the lease is known to be held, on both clocks; see [`Recorder::fence`].
+    valid: tokio::sync::watch::Sender<Validity>,
+    /// Asks the renewal task to renew now (a call found too little of the lease left).
+    renew_now: tokio::sync::Notify,
     local: Mutex<Deployment>,
     control: Mutex<Control>,
     buffered: Mutex<Option<ProgressUpdate>>,
@@ -71,14 +75,46 @@ impl<'a> Recorder<'a> {
     fn new(shared: &'a Shared, lease: Lease, deployment: Deployment) -> Self {
         let control =
             Control { cancel_requested: deployment.cancel_requested(), superseded_by: deployment.superseded_by() };
+        let valid = tokio::sync::watch::Sender::new(Validity::of(shared, &lease));
         Self {
             shared,
             lease: Mutex::new(lease),
+            valid,
+            renew_now: tokio::sync::Notify::new(),
             local: Mutex::new(deployment),
             control: Mutex::new(control),
             buffered: Mutex::new(None),
             result_waiting: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Returns once the lease is known to be held for at least the safety margin (a third of the lease) on the
+    /// monotonic clock *and* on the wall clock the store and other replicas judge expiry by. Called before every
+    /// executor call: a controller that was paused (SIGSTOP, a long GC, a frozen VM) or cut off past its lease must not
+    /// start work on a target another controller may own by now. When the margin is short it asks for a renewal and
+    /// waits; a refused renewal ends the whole run (the renewal task returns `LostLease`, and the runner's future,
+    /// this wait included, is dropped), so no call is made. The remaining window: a call that starts with the margin
+    /// left runs on after the lease lapses if it takes longer than the margin (executors that can should refuse
+    /// stale fencing tokens: [`ApplyContext::fencing_token`]), plus the clock skew between replicas.
+    async fn fence(&self) {
+        let margin = self.shared.config.lease / 3;
+        let mut valid = self.valid.subscribe();
+        loop {
+            let held = valid.borrow_and_update().holds_for(self.shared, margin);
+            if held {
+                return;
+            }
+            self.renew_now.notify_one();
+            if valid.changed().await.is_err() {
+                // The renewal task is gone: the run is ending.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// The fencing token of the lease held now.
+    fn token(&self) -> u64 {
+        lock(&self.lease).token
     }
 
     fn merge(&self, c: Control) {
@@ -266,12 +302,26 @@ pub(super) async fn drive(shared: Arc<Shared>, claim: Claim, mut shutdown: Shutd
 
 async fn renew(rec: &Recorder<'_>) -> Abort {
     let shared = rec.shared;
+    let mut failed = false;
     loop {
-        shared.clock.sleep(shared.config.lease / 3).await;
+        if failed {
+            // A failed renewal is tried again soon, whether or not a call is waiting for it.
+            shared.clock.sleep(shared.config.lease / 10).await;
+        } else {
+            tokio::select! {
+                () = shared.clock.sleep(shared.config.lease / 3) => {}
+                () = rec.renew_now.notified() => {}
+            }
+        }
+        // Measured from before the request: the lease is held for no longer than this from the monotonic clock's view.
+        let asked_at = tokio::time::Instant::now();
         let lease = lock(&rec.lease).clone();
         match shared.store.renew(&lease, shared.clock.now(), shared.config.lease).await {
             Ok((renewed, control)) => {
+                failed = false;
+                let validity = Validity::renewed(asked_at, shared, &renewed);
                 *lock(&rec.lease) = renewed;
+                rec.valid.send_replace(validity);
                 rec.merge(control);
             }
             Err(
@@ -280,8 +330,39 @@ async fn renew(rec: &Recorder<'_>) -> Abort {
                 tracing::warn!(error = %e, "lease renewal refused");
                 return Abort::LostLease;
             }
-            Err(e) => tracing::warn!(error = %e, "lease renewal failed; trying again"),
+            Err(e) => {
+                failed = true;
+                tracing::warn!(error = %e, "lease renewal failed; trying again");
+            }
         }
+    }
+}
+
+/// Until when a lease is known to be held: on the monotonic clock (which counts time this process was paused) and on
+/// the wall clock (which other replicas judge expiry by, and which tests jump).
+#[derive(Debug, Clone, Copy)]
+struct Validity {
+    monotonic: tokio::time::Instant,
+    wall: crate::clock::Timestamp,
+}
+
+impl Validity {
+    /// A lease just claimed: as long as its expiry leaves from now.
+    fn of(shared: &Shared, lease: &Lease) -> Self {
+        let left = elapsed_between(shared.clock.now(), lease.expires_at);
+        Self { monotonic: tokio::time::Instant::now() + left, wall: lease.expires_at }
+    }
+
+    /// A lease renewed by a request sent at `asked_at`.
+    fn renewed(asked_at: tokio::time::Instant, shared: &Shared, lease: &Lease) -> Self {
+        Self { monotonic: asked_at + shared.config.lease, wall: lease.expires_at }
+    }
+
+    /// Whether at least `margin` of the lease is left on both clocks.
+    fn holds_for(&self, shared: &Shared, margin: Duration) -> bool {
+        let mono_left = self.monotonic.saturating_duration_since(tokio::time::Instant::now());
+        let wall_left = elapsed_between(shared.clock.now(), self.wall);
+        mono_left >= margin && wall_left >= margin
     }
 }
 
@@ -694,6 +775,8 @@ async fn verify_health(
     let mut last_problem = "never reported healthy".to_owned();
     let mut unreachable_streak;
     loop {
+        rec.fence().await;
+        now = clock.now();
         let remaining = elapsed_between(now, give_up);
         let mut call = executor_for(rec, target).verify(target, desired);
         let probe = match (&mut call).now_or_never() {
@@ -732,7 +815,6 @@ async fn verify_health(
         }
         let wait = policy.interval.as_std().min(elapsed_between(now, give_up)).max(Duration::from_millis(1));
         clock.sleep(wait).await;
-        now = clock.now();
     }
 }
 
@@ -772,6 +854,7 @@ async fn prepare_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
     let wait_secs = spec.on_unreachable().wait.as_std().as_secs();
     let observed = policy
         .run(&mut calls, || async {
+            rec.fence().await;
             let result = executor.observe(&target).await;
             if let Err(e) = &result
                 && e.class() == crate::executor::ErrorClass::Unreachable
@@ -930,8 +1013,13 @@ async fn execute(
             let applied = policy
                 .run(&mut attempts, || async {
                     let secrets = resolve_secrets(rec, desired).await?;
+                    rec.fence().await;
+                    let fencing_token = rec.token();
                     let out = executor_for(rec, target)
-                        .apply_with_output(target, ApplyContext { deployment, desired, secrets: &secrets })
+                        .apply_with_output(
+                            target,
+                            ApplyContext { deployment, desired, secrets: &secrets, fencing_token },
+                        )
                         .await;
                     scrubbed(out, &secrets)
                 })
@@ -956,9 +1044,10 @@ async fn execute(
                 let out = policy
                     .run(&mut attempts, || async {
                         let secrets = resolve_secrets(rec, desired).await?;
-                        let out = executor_for(rec, target)
-                            .run_step(target, step, ApplyContext { deployment, desired, secrets: &secrets })
-                            .await;
+                        rec.fence().await;
+                        let fencing_token = rec.token();
+                        let ctx = ApplyContext { deployment, desired, secrets: &secrets, fencing_token };
+                        let out = executor_for(rec, target).run_step(target, step, ctx).await;
                         scrubbed(out, &secrets)
                     })
                     .await;
@@ -1005,6 +1094,7 @@ async fn watch_canary(plan: &Plan<'_>, batch: &Batch, watch_for: Duration) -> Re
             }
             let Some((target, _)) = target_of(plan, i) else { continue };
             let desired = plan.desired(&entry.to_version);
+            rec.fence().await;
             let healthy = matches!(executor_for(rec, &target).verify(&target, &desired).await, Ok(Health::Healthy));
             if !healthy {
                 let now = rec.now();
@@ -1062,9 +1152,10 @@ async fn restore_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
     let applied = policy
         .run(&mut attempts, || async {
             let secrets = resolve_secrets(rec, &desired).await?;
-            let out = executor_for(rec, &target)
-                .apply(&target, ApplyContext { deployment, desired: &desired, secrets: &secrets })
-                .await;
+            rec.fence().await;
+            let fencing_token = rec.token();
+            let ctx = ApplyContext { deployment, desired: &desired, secrets: &secrets, fencing_token };
+            let out = executor_for(rec, &target).apply(&target, ctx).await;
             scrubbed(out, &secrets)
         })
         .await;

@@ -33,7 +33,7 @@ pub async fn run_all(executor: &dyn Executor, target: &Target, v1: &Version, v2:
     for version in [v1, v1, v2, v2, v1] {
         let want = desired(version);
         executor
-            .apply(target, ApplyContext { deployment: id, desired: &want, secrets: &secrets })
+            .apply(target, ApplyContext { deployment: id, desired: &want, secrets: &secrets, fencing_token: 0 })
             .await
             .unwrap_or_else(|e| panic!("apply {version} failed: {e}"));
         assert!(healthy_within(executor, target, &want, timeout).await, "{version} never became healthy");
