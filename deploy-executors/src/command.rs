@@ -11,7 +11,7 @@ use deploy_core::{
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
-use crate::local::{self, EnvValue, ProgramEnv};
+use crate::local::{self, EnvValue, Proc, ProgramEnv};
 
 /// The stages a declarative apply runs, in order (each only if the target configures it).
 pub const APPLY_STAGES: [&str; 5] = ["stop", "before_install", "install", "after_install", "start"];
@@ -137,8 +137,17 @@ impl CommandExecutor {
         let _ = std::fs::remove_file(&log);
         let mut vars = env.vars.clone();
         vars.insert("DEPLOY_STAGE".into(), stage.to_owned());
+        // A hook a previous owner left running (deployd killed, its lease lost) must not overlap this one.
+        let record = dir.join(RUNNING_HOOK);
+        end_leftover(&record, &target.id).await;
         let (proc, mut child) = local::spawn_child(&argv, &workdir, &vars, &log).await?;
+        // Until it exits, the hook is recorded (so a successor can end it) and ends with this call: a call dropped
+        // because the lease was lost or deployd shuts down kills the hook's process group.
+        let mut running = RunningHook::start(proc.clone(), record)?;
         let finished = tokio::time::timeout(cfg.timeout.as_std(), child.wait()).await;
+        if finished.is_ok() {
+            running.exited();
+        }
         // What a hook printed is kept (in events, errors, the store, its log file) only once its secrets are
         // scrubbed.
         let output = || {
@@ -183,6 +192,52 @@ impl CommandExecutor {
     fn failed(target: &Target, stage: &str, ran: &Ran) -> ExecutorError {
         ExecutorError::permanent(format!("hook {stage} on {} failed{}", target.id, with_output(&ran.output)))
     }
+}
+
+/// The file that records the hook running on a target (its pid and start time) while it runs.
+const RUNNING_HOOK: &str = "running-hook.json";
+
+/// A hook that has not exited yet: recorded on disk, and killed with its process group if the call that started it is
+/// dropped before it exits.
+struct RunningHook {
+    proc: Option<Proc>,
+    record: PathBuf,
+}
+
+impl RunningHook {
+    fn start(proc: Option<Proc>, record: PathBuf) -> Result<Self, ExecutorError> {
+        if let Some(p) = &proc {
+            local::save(&record, p)?;
+        }
+        Ok(Self { proc, record })
+    }
+
+    /// It exited by itself: nothing to kill (what it left running, a daemon a `start` hook launched, stays).
+    fn exited(&mut self) {
+        self.proc = None;
+        let _ = std::fs::remove_file(&self.record);
+    }
+}
+
+impl Drop for RunningHook {
+    fn drop(&mut self) {
+        if let Some(p) = self.proc.take() {
+            tracing::warn!(pid = p.pid, "the call running this hook was abandoned; killing the hook");
+            p.kill();
+            let _ = std::fs::remove_file(&self.record);
+        }
+    }
+}
+
+/// Ends the hook a previous owner of the target left running (recorded by pid and kernel start time, so a reused pid
+/// is never killed), before another starts.
+async fn end_leftover(record: &std::path::Path, target: &deploy_core::TargetId) {
+    let Ok(Some(left)) = local::load::<Option<Proc>>(record) else { return };
+    if left.alive() {
+        tracing::warn!(pid = left.pid, %target, "a previous owner's hook is still running; ending it first");
+        left.stop(std::time::Duration::from_secs(2)).await;
+    }
+    let _ = std::fs::remove_file(record);
 }
 
 fn with_output(output: &str) -> String {
@@ -258,5 +313,97 @@ impl Executor for CommandExecutor {
             }
             Some(ran) => Err(Self::failed(target, &step.action, &ran)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::time::Duration;
+
+    use deploy_core::{DeploymentId, EnvironmentName, ResolvedSecrets, ServiceName, TargetId};
+
+    use super::*;
+
+    fn target(hook: &str) -> Target {
+        Target {
+            environment: EnvironmentName::new("prod").unwrap(),
+            id: TargetId::new("h-1").unwrap(),
+            labels: BTreeMap::new(),
+            executor: "command".into(),
+            config: serde_json::json!({"hooks": {"install": hook}, "timeout": "60s"}),
+        }
+    }
+
+    fn alive(pid: u32) -> bool {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().chars().next());
+        !stat.is_empty() && !matches!(state, Some(Some('Z' | 'X')))
+    }
+
+    async fn wait_for_pid(file: &std::path::Path) -> u32 {
+        for _ in 0..500 {
+            if let Some(pid) = std::fs::read_to_string(file).ok().and_then(|s| s.trim().parse().ok()) {
+                return pid;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the hook never started");
+    }
+
+    async fn gone(pid: u32) -> bool {
+        for _ in 0..300 {
+            if !alive(pid) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    /// Issue 16: a hook dies with the call that started it (the lease was lost, deployd is shutting down), and a hook
+    /// a killed owner left running is ended before the next owner's starts.
+    #[tokio::test]
+    async fn hooks_end_with_their_call_and_a_dead_owners_hook_before_the_next() {
+        let dir = std::env::temp_dir().join(format!("deploy-exec-hooks-{}", uuid_like()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pidfile = dir.join("hook.pid");
+        let hook = format!("echo $$ > {}; exec sleep 30", pidfile.display());
+        let t = target(&hook);
+        let desired = DesiredState::bare(ServiceName::new("s").unwrap(), Version::new("2.0").unwrap());
+        let secrets = ResolvedSecrets::new();
+        let ctx =
+            ApplyContext { deployment: DeploymentId::new(), desired: &desired, secrets: &secrets, fencing_token: 1 };
+
+        // The call is dropped while its hook runs: the hook is killed.
+        let first = CommandExecutor::new(dir.join("state"));
+        let call = tokio::time::timeout(Duration::from_secs(1), first.apply(&t, ctx));
+        let (pid, _) = tokio::join!(wait_for_pid(&pidfile), call);
+        assert!(gone(pid).await, "the abandoned call's hook was killed");
+
+        // The owner dies without dropping anything (the future is leaked, as a SIGKILL would leave it): its hook runs on.
+        std::fs::remove_file(&pidfile).unwrap();
+        let mut leaked = Box::pin(first.apply(&t, ctx));
+        let leftover = tokio::select! {
+            pid = wait_for_pid(&pidfile) => pid,
+            _ = &mut leaked => panic!("the hook ended early"),
+        };
+        std::mem::forget(leaked);
+        assert!(alive(leftover));
+        std::fs::remove_file(&pidfile).unwrap();
+        // The next owner (another process on the same host: another executor over the same state) ends it first.
+        let next = CommandExecutor::new(dir.join("state"));
+        let call = tokio::time::timeout(Duration::from_secs(2), next.apply(&t, ctx));
+        let (pid, _) = tokio::join!(wait_for_pid(&pidfile), call);
+        assert!(gone(leftover).await, "the dead owner's hook was ended before the new one started");
+        assert_ne!(pid, leftover);
+        assert!(gone(pid).await);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn uuid_like() -> String {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        format!("{}-{nanos}", std::process::id())
     }
 }
