@@ -87,6 +87,6 @@ pub use state::{ActualState, DesiredState, Health, Observation};
 pub use store::{
     Acceptance, Accepted, Claim, Control, DeliveryOutcome, DeliveryStatus, DeploymentFilter, EnvironmentWrite,
     IdempotencyRecord, Lease, Page, PageRequest, Store, StoreError, WebhookDelivery, WebhookPayload,
-    WebhookSubscription,
+    WebhookSubscription, restarted_owner,
 };
 pub use webhook::{RetrySchedule, RetryScheduleError};

@@ -517,7 +517,10 @@ pub trait Store: Send + Sync {
     /// Asks for a deployment to be cancelled.
     async fn request_cancel(&self, id: DeploymentId, now: Timestamp) -> Result<Deployment, StoreError>;
 
-    /// Claims the next runnable deployment, if any, for `lease` from `now`.
+    /// Claims the next runnable deployment, if any, for `lease` from `now`: the head of an environment's queue whose
+    /// lease has lapsed, or whose live lease an earlier incarnation of the same replica holds ([`restarted_owner`]:
+    /// an owner written `replica#incarnation` takes over at once what `replica#<another incarnation>` held, since
+    /// that process is gone; a replica proves that with a lock on its data directory before it uses a stable name).
     async fn claim(&self, owner: &str, now: Timestamp, lease: Duration) -> Result<Option<Claim>, StoreError>;
 
     /// Extends a lease.
@@ -650,4 +653,23 @@ pub trait Store: Send + Sync {
 
     /// Audit entries, newest first; the cursor is the last entry's id.
     async fn list_audit(&self, filter: &AuditFilter, page: &PageRequest) -> Result<Page<AuditEntry>, StoreError>;
+}
+
+/// Whether a lease held by `holder` may be claimed at once by `claimant` because both name the same replica
+/// (`replica#incarnation`) and the claimant is a later incarnation of it: the process that held it has restarted. An
+/// owner without `#` never matches, and an incarnation never takes over its own leases (it is driving them).
+///
+/// ```
+/// use deploy_core::restarted_owner;
+/// assert!(restarted_owner("deployd-a1#one", "deployd-a1#two"));
+/// assert!(!restarted_owner("deployd-a1#one", "deployd-a1#one"));
+/// assert!(!restarted_owner("deployd-a1#one", "deployd-b2#two"));
+/// assert!(!restarted_owner("replica-1", "replica-1"));
+/// ```
+#[must_use]
+pub fn restarted_owner(holder: &str, claimant: &str) -> bool {
+    match (holder.split_once('#'), claimant.split_once('#')) {
+        (Some((a, one)), Some((b, two))) => !a.is_empty() && a == b && one != two,
+        _ => false,
+    }
 }

@@ -349,6 +349,49 @@ fn jwt_config(settings: &Settings) -> Result<Option<JwtConfig>, StartError> {
     Ok(Some(config.issuer(settings.jwt_issuer.clone()).audience(settings.jwt_audience.clone())))
 }
 
+/// This replica's owner name in leases: `deployd-<id>#<incarnation>`, where the id is kept in the data directory, so
+/// a restarted deployd (after kill -9, a crash, a reboot) takes over its own unexpired leases at once instead of
+/// waiting them out ([`deploy_core::restarted_owner`]). The name is used only while an exclusive lock on
+/// `replica.lock` is held, which the kernel releases when the process dies: a second deployd on the same data
+/// directory gets a name of its own (and the first keeps its work).
+fn replica_owner(data_dir: &std::path::Path) -> Result<(String, Option<std::fs::File>), StartError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let incarnation = uuid::Uuid::now_v7().simple().to_string();
+    let fail = |path: &std::path::Path| {
+        let path = path.display().to_string();
+        move |source| StartError::Read { path, source }
+    };
+    let lock_path = data_dir.join("replica.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(fail(&lock_path))?;
+    if lock.try_lock().is_err() {
+        tracing::warn!(dir = %data_dir.display(), "another deployd uses this data directory; leasing under a name of its own");
+        return Ok((format!("deployd-{incarnation}"), None));
+    }
+    let id_path = data_dir.join("replica-id");
+    let id = match std::fs::read_to_string(&id_path) {
+        Ok(text) if !text.trim().is_empty() => text.trim().to_owned(),
+        _ => {
+            let id = uuid::Uuid::now_v7().simple().to_string();
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .mode(0o600)
+                .open(&id_path)
+                .map_err(fail(&id_path))?;
+            std::io::Write::write_all(&mut file, id.as_bytes()).map_err(fail(&id_path))?;
+            id
+        }
+    };
+    Ok((format!("deployd-{id}#{incarnation}"), Some(lock)))
+}
+
 /// Creates the first admin key when the store has none; returns it when it was generated here.
 async fn bootstrap(store: &dyn Store, settings: &Settings) -> Result<Option<String>, StartError> {
     if !store.list_api_keys().await?.is_empty() {
@@ -439,8 +482,9 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         executors = executors.with("sim", Arc::new(SimExecutor::persistent(settings.data_dir.join("sim"))));
     }
     let metrics = Arc::new(Metrics::default());
+    let (owner, replica_lock) = replica_owner(&settings.data_dir)?;
     let config = OrchestratorConfig {
-        owner: format!("deployd-{}", uuid::Uuid::now_v7()),
+        owner,
         lease: settings.lease.as_std(),
         poll_interval: settings.poll_interval.as_std(),
         max_concurrent_deployments: settings.max_concurrent_deployments.max(1),
@@ -524,6 +568,8 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let drain = settings.request_timeout.as_std();
     let app = router(state);
     let task = tokio::spawn(async move {
+        // Held while this process serves: proof to a restart that no other process uses this replica's name.
+        let _replica_lock = replica_lock;
         let controller = {
             let orchestrator = orchestrator.clone();
             let shutdown = shutdown.clone();

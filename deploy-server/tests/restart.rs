@@ -382,3 +382,30 @@ async fn on_postgresql_a_replica_killed_mid_rollout_is_replaced_by_another() {
     check_finished(&http, &second, &id).await;
     drop(second);
 }
+
+/// Issue 16: a single deployd restarted after kill -9 waited out its own previous lease (each process had a new owner
+/// name). Its name is now kept in the data directory (guarded by a lock), so the restart takes its work over at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_deployd_takes_over_its_own_work_at_once() {
+    let dir = temp_dir("sigkill-own-lease");
+    let http = reqwest::Client::new();
+    let command = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_deployd"));
+        cmd.args(["serve", "--dev", "--listen", "127.0.0.1:0", "--lease", "60s", "--poll-interval", "50ms"])
+            .arg("--data-dir")
+            .arg(&*dir)
+            .env("DEPLOYD_BOOTSTRAP_ADMIN_KEY", ADMIN);
+        cmd
+    };
+    let (mut first, _) = spawn_with(command()).await;
+    let id = setup(&http, &first).await;
+    let mid = wait_for(&http, &first, &id, |v| v["summary"]["succeeded"].as_u64().unwrap_or(0) >= 1).await;
+    assert!(!terminal(&mid), "killed mid-rollout: {mid}");
+    first.child.kill().await.unwrap(); // SIGKILL: the 60 s lease stays in the store
+    let restarted_at = std::time::Instant::now();
+    let (second, _) = spawn_with(command()).await;
+    check_finished(&http, &second, &id).await;
+    let took = restarted_at.elapsed();
+    assert!(took < Duration::from_secs(30), "finished {took:?} after the restart: it did not wait out its old lease");
+    drop(second);
+}

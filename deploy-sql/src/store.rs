@@ -1796,17 +1796,29 @@ impl Store for SqlStore {
             Backend::Sqlite => "",
             Backend::Postgres => " FOR UPDATE OF d SKIP LOCKED",
         };
+        // A later incarnation of the same replica (`replica#incarnation`) takes over its own live leases at once.
+        let replica = owner.split_once('#').map(|(name, _)| format!("{name}#")).filter(|p| p.len() > 1);
+        let own = if replica.is_some() {
+            " OR (substr(d.lease_owner, 1, CAST($2 AS INTEGER)) = $3 AND d.lease_owner <> $4)"
+        } else {
+            ""
+        };
         let sql = format!(
             "SELECT d.id FROM deploy_environments e JOIN deploy_deployments d ON d.id = \
                (SELECT o.id FROM deploy_deployments o WHERE o.environment = e.name AND o.terminal = 0 \
                 ORDER BY o.revision LIMIT 1) \
-             WHERE d.lease_expires IS NULL OR d.lease_expires <= $1 ORDER BY d.id LIMIT 1{lock}"
+             WHERE d.lease_expires IS NULL OR d.lease_expires <= $1{own} ORDER BY d.id LIMIT 1{lock}"
         );
+        let bind_own = |q: sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments>| match &replica {
+            Some(prefix) => {
+                q.bind(i64::try_from(prefix.chars().count()).unwrap_or(0)).bind(prefix.clone()).bind(owner.to_owned())
+            }
+            None => q,
+        };
         if self.backend == Backend::Sqlite {
             // Look before taking SQLite's write lock: an idle controller polls often and usually finds nothing.
             let mut conn = self.pool.acquire().await.map_err(unavailable)?;
-            let found = sqlx::query(AssertSqlSafe(sql.clone()))
-                .bind(ms(now))
+            let found = bind_own(sqlx::query(AssertSqlSafe(sql.clone())).bind(ms(now)))
                 .fetch_optional(&mut *conn)
                 .await
                 .map_err(unavailable)?;
@@ -1815,24 +1827,35 @@ impl Store for SqlStore {
             }
         }
         let mut tx = self.begin().await?;
-        let row = sqlx::query(AssertSqlSafe(sql)).bind(ms(now)).fetch_optional(&mut *tx).await.map_err(unavailable)?;
+        let row = bind_own(sqlx::query(AssertSqlSafe(sql)).bind(ms(now)))
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(unavailable)?;
         let Some(row) = row else {
             tx.commit().await.map_err(unavailable)?;
             return Ok(None);
         };
         let id: DeploymentId = get::<String>(&row, "id")?.parse().map_err(|e| corrupt("deployment id", e))?;
         let expires = deploy_core::add_duration(now, lease);
-        let updated = sqlx::query(
+        let own_update = if replica.is_some() {
+            " OR (substr(lease_owner, 1, CAST($5 AS INTEGER)) = $6 AND lease_owner <> $1)"
+        } else {
+            ""
+        };
+        let update = format!(
             "UPDATE deploy_deployments SET lease_owner = $1, lease_token = lease_token + 1, lease_expires = $2 \
-             WHERE id = $3 AND terminal = 0 AND (lease_expires IS NULL OR lease_expires <= $4) RETURNING lease_token",
-        )
-        .bind(owner)
-        .bind(ms(expires))
-        .bind(id.to_string())
-        .bind(ms(now))
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(unavailable)?;
+             WHERE id = $3 AND terminal = 0 AND (lease_expires IS NULL OR lease_expires <= $4{own_update}) \
+             RETURNING lease_token"
+        );
+        let mut query = sqlx::query(AssertSqlSafe(update))
+            .bind(owner.to_owned())
+            .bind(ms(expires))
+            .bind(id.to_string())
+            .bind(ms(now));
+        if let Some(prefix) = &replica {
+            query = query.bind(i64::try_from(prefix.chars().count()).unwrap_or(0)).bind(prefix.clone());
+        }
+        let updated = query.fetch_optional(&mut *tx).await.map_err(unavailable)?;
         let Some(updated) = updated else {
             tx.commit().await.map_err(unavailable)?;
             return Ok(None);

@@ -422,10 +422,9 @@ impl Store for MemoryStore {
         for env in inner.environments.values() {
             let Some(head) = env.pending.front() else { continue };
             let Some(state) = inner.deployments.get(head) else { continue };
-            if !state.deployment.status().is_terminal()
-                && !lease_live(state.lease.as_ref(), now)
-                && best.is_none_or(|b| *head < b)
-            {
+            let held = lease_live(state.lease.as_ref(), now)
+                && !state.lease.as_ref().is_some_and(|l| deploy_core::restarted_owner(&l.owner, owner));
+            if !state.deployment.status().is_terminal() && !held && best.is_none_or(|b| *head < b) {
                 best = Some(*head);
             }
         }

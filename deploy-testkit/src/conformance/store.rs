@@ -67,6 +67,7 @@ pub async fn run_all(store: &dyn Store) {
     preconditions_and_planning(store).await;
     concurrency_policies(store).await;
     claims_are_fenced(store).await;
+    a_restarted_replica_takes_over_its_own_leases_at_once(store).await;
     records_are_atomic_and_terminal_is_final(store).await;
     cancel_requests(store).await;
     listings_page_with_cursors(store).await;
@@ -174,6 +175,35 @@ pub async fn concurrency_policies(store: &dyn Store) {
     let a = store.accept(acceptance(&env, "1", None, now)).await.expect("a");
     let b = store.accept(acceptance(&env, "2", None, now)).await.expect("b");
     assert_eq!(store.get_environment(&env).await.expect("env").queued, vec![a.deployment.id(), b.deployment.id()]);
+}
+
+/// An owner `replica#incarnation` takes over at once a live lease of `replica#<another incarnation>` (the same
+/// replica, restarted), with a larger token that fences the old holder out; nobody else may, and an incarnation never
+/// re-claims what it holds.
+pub async fn a_restarted_replica_takes_over_its_own_leases_at_once(store: &dyn Store) {
+    let now = t0();
+    let env = env_with(store, "restart", ConcurrencyPolicy::Queue).await;
+    let id = store.accept(acceptance(&env, "1", None, now)).await.expect("accept").deployment.id();
+    let lease = Duration::from_secs(30);
+    let claim_ours = |owner: &'static str| async move {
+        for _ in 0..64 {
+            match store.claim(owner, now, lease).await.expect("claim") {
+                Some(c) if c.deployment.id() == id => return Some(c),
+                Some(_) => {}
+                None => return None,
+            }
+        }
+        None
+    };
+    let first = claim_ours("node-a#1").await.expect("the head of the queue");
+    assert!(claim_ours("node-a#1").await.is_none(), "an incarnation never re-claims what it drives");
+    assert!(claim_ours("node-b#9").await.is_none(), "another replica waits for the lease to lapse");
+    assert!(claim_ours("node-a").await.is_none(), "an owner without an incarnation takes over nothing");
+    let restarted = claim_ours("node-a#2").await.expect("the same replica, restarted, takes over at once");
+    assert!(restarted.lease.token > first.lease.token);
+    let stale = store.renew(&first.lease, now, lease).await;
+    assert!(matches!(stale, Err(StoreError::StaleToken { .. })), "the old incarnation is fenced out: {stale:?}");
+    store.release(&restarted.lease).await.expect("release");
 }
 
 /// Claims hand out the head of an environment's queue once per lease; tokens grow; stale tokens never write.
