@@ -42,13 +42,15 @@ pub enum ProblemKind {
     RateLimited,
     /// 409: the webhook subscription was disabled.
     WebhookDisabled,
+    /// 503: the store cannot be reached or written right now; retry after `Retry-After`.
+    StoreUnavailable,
     /// 500 or 503: the server failed; the body says nothing more.
     Internal,
 }
 
 impl ProblemKind {
     /// Every kind, in the order the documentation lists them.
-    pub const ALL: [Self; 17] = [
+    pub const ALL: [Self; 18] = [
         Self::Validation,
         Self::Unauthenticated,
         Self::Forbidden,
@@ -65,6 +67,7 @@ impl ProblemKind {
         Self::UnsupportedMediaType,
         Self::RateLimited,
         Self::WebhookDisabled,
+        Self::StoreUnavailable,
         Self::Internal,
     ];
 
@@ -88,6 +91,7 @@ impl ProblemKind {
             Self::UnsupportedMediaType => "unsupported-media-type",
             Self::RateLimited => "rate-limited",
             Self::WebhookDisabled => "webhook-disabled",
+            Self::StoreUnavailable => "store-unavailable",
             Self::Internal => "internal",
         }
     }
@@ -115,6 +119,7 @@ impl ProblemKind {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -139,6 +144,7 @@ impl ProblemKind {
             Self::UnsupportedMediaType => "Unsupported media type",
             Self::RateLimited => "Too many requests",
             Self::WebhookDisabled => "Webhook subscription disabled",
+            Self::StoreUnavailable => "Store unavailable",
             Self::Internal => "Internal server error",
         }
     }
@@ -193,6 +199,10 @@ impl ProblemKind {
                  it. Create a new subscription for the receiver, then redeliver through it."
             }
             Self::RateLimited => "Too many requests from these credentials. Wait for `Retry-After` seconds.",
+            Self::StoreUnavailable => {
+                "The database cannot be reached or written right now (an outage, a full disk, a timeout). Nothing was \
+                 accepted or changed by this request; retry after `Retry-After` seconds with the same idempotency key."
+            }
             Self::Internal => {
                 "The server failed to answer. Nothing about the cause is shown here; the server's log has it under the \
                  request's `X-Request-Id`. The request may be retried."
@@ -293,9 +303,8 @@ impl Problem {
     #[must_use]
     pub fn unavailable(cause: &dyn std::error::Error) -> Self {
         tracing::error!(error = %cause, source = ?cause.source(), "store unavailable");
-        Self::new(ProblemKind::Internal, "the server is temporarily unable to answer; retry later")
-            .with_status(StatusCode::SERVICE_UNAVAILABLE)
-            .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+        Self::new(ProblemKind::StoreUnavailable, "the store cannot be reached or written right now; retry later")
+            .with_header(header::RETRY_AFTER, HeaderValue::from_static("2"))
     }
 }
 

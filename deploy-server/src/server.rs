@@ -32,6 +32,9 @@ pub struct Settings {
     pub database_url: Option<String>,
     /// A file holding the PostgreSQL URL (its first line), so the password is in no variable or flag.
     pub database_url_file: Option<PathBuf>,
+    /// PostgreSQL: the longest a statement, or a wait for a connection, may take; an outage answers 503
+    /// `store-unavailable` within it.
+    pub database_timeout: HumanDuration,
     /// Enables the `sim` executor.
     pub dev: bool,
     /// The executor kinds that run real things, comma-separated: `process`, `command` (both by default; empty for
@@ -117,6 +120,7 @@ impl Default for Settings {
             data_dir: PathBuf::from("deployd-data"),
             database_url: None,
             database_url_file: None,
+            database_timeout: HumanDuration::from_secs(5),
             dev: false,
             executors: "process,command".to_owned(),
             require_idempotency_key: false,
@@ -328,7 +332,7 @@ async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, StartError> {
         std::fs::set_permissions(&settings.data_dir, std::fs::Permissions::from_mode(0o700)).map_err(fail)?;
     }
     Ok(match &settings.database_url {
-        Some(url) => Arc::new(SqlStore::postgres(url).await?),
+        Some(url) => Arc::new(SqlStore::postgres_with_timeout(url, settings.database_timeout.as_std()).await?),
         None => Arc::new(SqlStore::sqlite(&settings.data_dir).await?),
     })
 }

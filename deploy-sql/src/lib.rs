@@ -25,4 +25,4 @@ pub mod testing;
 pub use cache::RECENT_TTL;
 pub use error::OpenError;
 pub use schema::LATEST as SCHEMA_VERSION;
-pub use store::{Backend, DATABASE_FILE, PostgresStore, SqlStore, SqliteStore};
+pub use store::{Backend, DATABASE_FILE, DEFAULT_PG_TIMEOUT, PostgresStore, SqlStore, SqliteStore};

@@ -130,6 +130,9 @@ pub type PostgresStore = SqlStore;
 /// The database file `deployd` keeps in a data directory.
 pub const DATABASE_FILE: &str = "deploy.sqlite";
 
+/// How long a PostgreSQL statement, or a wait for a pooled connection, may take by default.
+pub const DEFAULT_PG_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The database holds webhook signing secrets and the digests of API keys: it is created readable by its owner only
 /// (0600), and so are SQLite's `-wal` and `-shm` files, which take the database file's mode. An existing file is
 /// narrowed to 0600 too.
@@ -201,10 +204,28 @@ impl SqlStore {
     /// # Errors
     /// [`OpenError::SchemaTooNew`] or [`OpenError::Database`].
     pub async fn postgres(url: &str) -> Result<Self, OpenError> {
+        Self::postgres_with_timeout(url, DEFAULT_PG_TIMEOUT).await
+    }
+
+    /// [`SqlStore::postgres`] where every statement, and every wait for a pooled connection, gives up after `timeout`
+    /// (a lost database answers as unavailable within it instead of holding requests for as long as TCP takes).
+    ///
+    /// # Errors
+    /// [`OpenError::SchemaTooNew`] or [`OpenError::Database`].
+    pub async fn postgres_with_timeout(url: &str, timeout: Duration) -> Result<Self, OpenError> {
         sqlx::any::install_default_drivers();
+        let statement_ms = timeout.as_millis().max(1);
         let pool = AnyPoolOptions::new()
             .max_connections(16)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(timeout)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    // Also bounds lock waits; set per session, so every pooled connection has it.
+                    let set = format!("SET statement_timeout = {statement_ms}");
+                    sqlx::query(AssertSqlSafe(set)).execute(&mut *conn).await?;
+                    Ok(())
+                })
+            })
             .connect(url)
             .await
             .map_err(OpenError::Database)?;

@@ -65,6 +65,9 @@ struct ServeArgs {
     /// A file whose first line is the PostgreSQL URL.
     #[arg(long, env = "DEPLOYD_DATABASE_URL_FILE")]
     database_url_file: Option<PathBuf>,
+    /// PostgreSQL: the longest a statement or a wait for a connection may take [default: 5s].
+    #[arg(long, env = "DEPLOYD_DATABASE_TIMEOUT")]
+    database_timeout: Option<HumanDuration>,
     /// Enable the `sim` executor (for demos and tests).
     #[arg(long, env = "DEPLOYD_DEV", num_args = 0..=1, default_missing_value = "true")]
     dev: Option<bool>,
@@ -201,6 +204,7 @@ impl ServeArgs {
         take_opt!(tls_cert, tls_key, tls_client_ca, webhook_secrets_key_file);
         take!(webhook_allow_cidrs, webhook_deny_cidrs, tls_require_client_cert, ip_rate_limit, ip_rate_limit_burst);
         take!(header_read_timeout, max_connections, max_connections_per_ip, max_streams, max_streams_per_principal);
+        take!(database_timeout);
         Ok(s)
     }
 }
