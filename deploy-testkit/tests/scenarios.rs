@@ -941,41 +941,44 @@ async fn a_long_controller_outage_does_not_count_against_the_progress_deadline()
     .await;
 }
 
+/// Four targets rolled two at a time with `on_failure`; web-3 fails at once while web-4 verifies for 20 s, and the
+/// controller is killed at that moment (no release, no last write); a second controller resumes once the lease lapsed.
+/// Returns the harness and the finished deployment.
+async fn killed_while_web4_verifies_and_web3_failed(on_failure: &str) -> (Harness, deploy_core::Deployment) {
+    let h = Harness::new("prod", &FOUR, ConcurrencyPolicy::Queue).await;
+    h.executor.add_fault("web-3", Some("2.0"), Fault::FailPermanently);
+    let mut req =
+        DeploymentRequest { strategy: rolling(2), failure: failure("0", on_failure), ..request("prod", "web", "2.0") };
+    req.verify = Some(deploy_core::spec::VerifyRequest {
+        timeout: Some("1m".into()),
+        interval: Some("1s".into()),
+        healthy_for: Some("20s".into()),
+    });
+    let d = h.submit(req).await.unwrap();
+    let (_trigger, crashed) = spawn_controller(&h.orchestrator);
+    let at_crash = wait_for(&h, d.id(), |d| {
+        d.targets()[2].status == TargetStatus::Failed && d.targets()[3].status == TargetStatus::Verifying
+    })
+    .await;
+    assert_eq!(at_crash.status(), DeploymentStatus::InProgress);
+    crashed.abort();
+    let _ = crashed.await;
+    assert_eq!(h.executor.version_of("web-4").as_deref(), Some("2.0"), "web-4 was changed before the crash");
+    h.clock.advance(Duration::from_secs(60));
+    h.replica("controller-2").run_until_idle().await.unwrap();
+    let done = h.get(d.id()).await;
+    assert_consistent(&done);
+    (h, done)
+}
+
 /// Issue 16, finding 1: a controller dies while one target of a batch has failed and another is verifying. The
 /// verifying target was changed (its intent is durable), so whoever resumes must restore it: it may not be written
 /// off as `cancelled` and skipped by the rollback.
 #[tokio::test(start_paused = true)]
 async fn a_crash_while_a_target_verifies_and_another_failed_still_rolls_every_changed_target_back() {
     within(async {
-        let h = Harness::new("prod", &FOUR, ConcurrencyPolicy::Queue).await;
-        h.executor.add_fault("web-3", Some("2.0"), Fault::FailPermanently);
-        let mut req = DeploymentRequest {
-            strategy: rolling(2),
-            failure: failure("0", "rollback"),
-            ..request("prod", "web", "2.0")
-        };
-        req.verify = Some(deploy_core::spec::VerifyRequest {
-            timeout: Some("1m".into()),
-            interval: Some("1s".into()),
-            healthy_for: Some("20s".into()),
-        });
-        let d = h.submit(req).await.unwrap();
-        let (_trigger, crashed) = spawn_controller(&h.orchestrator);
-        let at_crash = wait_for(&h, d.id(), |d| {
-            d.targets()[2].status == TargetStatus::Failed && d.targets()[3].status == TargetStatus::Verifying
-        })
-        .await;
-        assert_eq!(at_crash.status(), DeploymentStatus::InProgress);
-        crashed.abort(); // Killed at this moment: no release, no last write.
-        let _ = crashed.await;
-        assert_eq!(h.executor.version_of("web-4").as_deref(), Some("2.0"), "web-4 was changed before the crash");
-
-        h.clock.advance(Duration::from_secs(60));
-        let replica = h.replica("controller-2");
-        replica.run_until_idle().await.unwrap();
-        let done = h.get(d.id()).await;
+        let (h, done) = killed_while_web4_verifies_and_web3_failed("rollback").await;
         assert_eq!(done.status(), DeploymentStatus::RolledBack, "{:?}", target_states(&done));
-        assert_consistent(&done);
         assert_eq!(versions(&h), vec![Some("1.0".to_owned()); 4], "every changed target runs 1.0 again");
         let web4 = &done.targets()[3];
         assert_ne!(web4.status, TargetStatus::Cancelled, "web-4 was changed: it never started is not true");
@@ -989,28 +992,8 @@ async fn a_crash_while_a_target_verifies_and_another_failed_still_rolls_every_ch
 #[tokio::test(start_paused = true)]
 async fn a_crash_while_a_target_verifies_never_records_it_as_untouched() {
     within(async {
-        let h = Harness::new("prod", &FOUR, ConcurrencyPolicy::Queue).await;
-        h.executor.add_fault("web-3", Some("2.0"), Fault::FailPermanently);
-        let mut req =
-            DeploymentRequest { strategy: rolling(2), failure: failure("0", "fail"), ..request("prod", "web", "2.0") };
-        req.verify = Some(deploy_core::spec::VerifyRequest {
-            timeout: Some("1m".into()),
-            interval: Some("1s".into()),
-            healthy_for: Some("20s".into()),
-        });
-        let d = h.submit(req).await.unwrap();
-        let (_trigger, crashed) = spawn_controller(&h.orchestrator);
-        wait_for(&h, d.id(), |d| {
-            d.targets()[2].status == TargetStatus::Failed && d.targets()[3].status == TargetStatus::Verifying
-        })
-        .await;
-        crashed.abort();
-        let _ = crashed.await;
-        h.clock.advance(Duration::from_secs(60));
-        h.replica("controller-2").run_until_idle().await.unwrap();
-        let done = h.get(d.id()).await;
+        let (_h, done) = killed_while_web4_verifies_and_web3_failed("fail").await;
         assert_eq!(done.status(), DeploymentStatus::Failed);
-        assert_consistent(&done);
         let web4 = &done.targets()[3];
         assert_eq!(web4.status, TargetStatus::Failed, "{web4:?}");
         assert!(web4.error.as_deref().is_some_and(|e| e.contains("may run")), "{web4:?}");
