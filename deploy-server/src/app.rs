@@ -80,6 +80,7 @@ pub(crate) struct Inner {
     pub(crate) webhooks_wake: Arc<tokio::sync::Notify>,
     pub(crate) agent_watch: Arc<crate::agents::AgentWatch>,
     pub(crate) ip_limiter: Option<IpLimiter>,
+    pub(crate) ip_checks: std::sync::atomic::AtomicU64,
     pub(crate) streams: crate::streams::Streams,
     pub(crate) webhook_guard: crate::webhooks::guard::GuardedResolver,
     pub(crate) webhook_key: Option<Arc<crate::SecretsKey>>,
@@ -140,6 +141,7 @@ impl AppState {
                 webhooks_wake: Arc::new(tokio::sync::Notify::new()),
                 agent_watch: Arc::default(),
                 ip_limiter,
+                ip_checks: std::sync::atomic::AtomicU64::new(0),
                 streams,
                 webhook_guard: crate::webhooks::guard::GuardedResolver::new(Arc::default()),
                 webhook_key: None,
@@ -290,6 +292,15 @@ pub fn router(state: AppState) -> Router {
 async fn limit_by_address(State(state): State<AppState>, request: Request<Body>, next: Next) -> Response {
     if let Some(limiter) = &state.inner.ip_limiter
         && request.uri().path() != "/healthz"
+        && {
+            // Forget addresses whose bucket is full again, now and then: the map stays as large as the clients
+            // seen recently, however many addresses (an IPv6 prefix holds many) have come and gone.
+            if state.inner.ip_checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 4096 == 4095 {
+                limiter.retain_recent();
+                limiter.shrink_to_fit();
+            }
+            true
+        }
         && let Some(axum::extract::ConnectInfo(peer)) =
             request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         && let Err(not_until) = limiter.check_key(&peer.ip())
