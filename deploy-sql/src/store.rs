@@ -133,6 +133,20 @@ pub const DATABASE_FILE: &str = "deploy.sqlite";
 /// How long a PostgreSQL statement, or a wait for a pooled connection, may take by default.
 pub const DEFAULT_PG_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Whether a pooled connection may be handed out (or kept) as it is. A connection that still believes it is inside a
+/// transaction is closed instead: SQLite rolls a transaction back by itself on a full disk or an I/O error
+/// (`SQLITE_FULL`, `SQLITE_IOERR`), and the `ROLLBACK` sqlx then sends fails, so sqlx keeps counting the transaction
+/// and every later `BEGIN` on that connection failed (`InvalidSavePointStatement`) until a restart; a PostgreSQL
+/// connection abandoned mid-transaction (a lost lease, a cancelled request) is in the same state.
+fn usable(conn: &mut sqlx::AnyConnection) -> bool {
+    use sqlx::Connection as _;
+    let in_transaction = conn.is_in_transaction();
+    if in_transaction {
+        tracing::warn!("closing a pooled database connection left inside a transaction");
+    }
+    !in_transaction
+}
+
 /// The database holds webhook signing secrets and the digests of API keys: it is created readable by its owner only
 /// (0600), and so are SQLite's `-wal` and `-shm` files, which take the database file's mode. An existing file is
 /// narrowed to 0600 too.
@@ -173,6 +187,8 @@ impl SqlStore {
             .max_connections(4)
             // A local file: no connection goes stale, so skip the ping sqlx would send before every use.
             .test_before_acquire(false)
+            .before_acquire(|conn, _| Box::pin(async move { Ok(usable(conn)) }))
+            .after_release(|conn, _| Box::pin(async move { Ok(usable(conn)) }))
             .after_connect(|conn, _| {
                 Box::pin(async move {
                     sqlx::query("PRAGMA busy_timeout = 10000").execute(&mut *conn).await?;
@@ -218,6 +234,8 @@ impl SqlStore {
         let pool = AnyPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(timeout)
+            .before_acquire(|conn, _| Box::pin(async move { Ok(usable(conn)) }))
+            .after_release(|conn, _| Box::pin(async move { Ok(usable(conn)) }))
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     // Also bounds lock waits; set per session, so every pooled connection has it.
