@@ -94,8 +94,10 @@ proptest! {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
 
-    /// Invariant 6 through crashes: a controller dies at a random moment (no release, no last write), another resumes
-    /// after the lease lapses, and every deployment still ends terminal and consistent.
+    /// Invariants 6 and 16 through crashes: a controller dies at a random moment (no release, no last write), another
+    /// resumes after the lease lapses, and every deployment still ends terminal and consistent, with a record that
+    /// agrees with what the targets run: nothing a change reached is recorded cancelled, and a rollback leaves every
+    /// target it reached on its earlier version.
     #[test]
     fn deployments_survive_a_controller_crash_at_any_moment(
         fleet in strategies::fleet(1..=10),
@@ -146,6 +148,24 @@ proptest! {
                 for t in d.targets() {
                     let runs = h.executor.version_of(t.id.as_str());
                     prop_assert_eq!(runs.as_deref(), Some(t.to_version.as_str()), "succeeded means it runs");
+                }
+            }
+            // Invariant 16: the record is decided by what may have happened, not by the last status seen.
+            let calls = h.executor.calls();
+            for t in d.targets() {
+                let changed = calls.iter().any(|c| c.target == t.id && (c.op == "apply" || c.op.starts_with("step:")));
+                if t.status == deploy_core::TargetStatus::Cancelled {
+                    prop_assert!(!changed, "{} is recorded cancelled, yet a change was started on it", t.id);
+                }
+                // Rolled back means every target a change reached runs what it ran before (a target that ran nothing
+                // before has nothing to go back to).
+                if d.status() == DeploymentStatus::RolledBack && changed && t.from_version.is_some() {
+                    let runs = h.executor.version_of(t.id.as_str());
+                    prop_assert_eq!(
+                        runs.as_deref(),
+                        t.from_version.as_ref().map(deploy_core::Version::as_str),
+                        "{} after a rollback ({:?})", t.id, t.status
+                    );
                 }
             }
             Ok(())
