@@ -138,8 +138,8 @@ impl CommandExecutor {
         let mut vars = env.vars.clone();
         vars.insert("DEPLOY_STAGE".into(), stage.to_owned());
         // A hook a previous owner left running (deployd killed, its lease lost) must not overlap this one.
-        let record = dir.join(RUNNING_HOOK);
-        end_leftover(&record, &target.id).await;
+        end_leftovers(&dir, &target.id).await;
+        let record = dir.join(format!("{RUNNING_PREFIX}{stage}.json"));
         let (proc, mut child) = local::spawn_child(&argv, &workdir, &vars, &log).await?;
         // Until it exits, the hook is recorded (so a successor can end it) and ends with this call: a call dropped
         // because the lease was lost or deployd shuts down kills the hook's process group.
@@ -194,8 +194,16 @@ impl CommandExecutor {
     }
 }
 
-/// The file that records the hook running on a target (its pid and start time) while it runs.
-const RUNNING_HOOK: &str = "running-hook.json";
+/// Files `running-<stage>.json` record the hooks running on a target while they run.
+const RUNNING_PREFIX: &str = "running-";
+
+/// What is recorded of a running hook: the hook (pid and kernel start time, so a reused pid is never taken for it) and
+/// the process that started it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct HookRecord {
+    hook: Proc,
+    owner: Option<Proc>,
+}
 
 /// A hook that has not exited yet: recorded on disk, and killed with its process group if the call that started it is
 /// dropped before it exits.
@@ -207,7 +215,7 @@ struct RunningHook {
 impl RunningHook {
     fn start(proc: Option<Proc>, record: PathBuf) -> Result<Self, ExecutorError> {
         if let Some(p) = &proc {
-            local::save(&record, p)?;
+            local::save(&record, &HookRecord { hook: p.clone(), owner: Proc::current() })?;
         }
         Ok(Self { proc, record })
     }
@@ -229,15 +237,27 @@ impl Drop for RunningHook {
     }
 }
 
-/// Ends the hook a previous owner of the target left running (recorded by pid and kernel start time, so a reused pid
-/// is never killed), before another starts.
-async fn end_leftover(record: &std::path::Path, target: &deploy_core::TargetId) {
-    let Ok(Some(left)) = local::load::<Option<Proc>>(record) else { return };
-    if left.alive() {
-        tracing::warn!(pid = left.pid, %target, "a previous owner's hook is still running; ending it first");
-        left.stop(std::time::Duration::from_secs(2)).await;
+/// Ends the hooks another process left running on the target (a deployd killed, or one that lost its lease), before
+/// this one starts a hook there. Hooks this process runs are its own business: an agent's health probe runs the
+/// `validate` hook while an `install` runs, by design.
+async fn end_leftovers(dir: &std::path::Path, target: &deploy_core::TargetId) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let me = Proc::current();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with(RUNNING_PREFIX) && name.ends_with(".json")) {
+            continue;
+        }
+        let Ok(Some(left)) = local::load::<Option<HookRecord>>(&entry.path()) else { continue };
+        if left.owner.is_some() && left.owner == me {
+            continue;
+        }
+        if left.hook.alive() {
+            tracing::warn!(pid = left.hook.pid, %target, "a previous owner's hook is still running; ending it first");
+            left.hook.stop(std::time::Duration::from_secs(2)).await;
+        }
+        let _ = std::fs::remove_file(entry.path());
     }
-    let _ = std::fs::remove_file(record);
 }
 
 fn with_output(output: &str) -> String {
@@ -392,12 +412,37 @@ mod tests {
         std::mem::forget(leaked);
         assert!(alive(leftover));
         std::fs::remove_file(&pidfile).unwrap();
+        // That owner was another process, now dead: its record names it (here, a process that no longer runs).
+        let record = local::target_dir(&dir.join("state"), &t).join("running-install.json");
+        let mut left: HookRecord = local::load::<Option<HookRecord>>(&record).unwrap().expect("the hook is recorded");
+        left.owner = Some(Proc { pid: std::process::id(), start_time: 1 });
+        local::save(&record, &left).unwrap();
         // The next owner (another process on the same host: another executor over the same state) ends it first.
         let next = CommandExecutor::new(dir.join("state"));
         let call = tokio::time::timeout(Duration::from_secs(2), next.apply(&t, ctx));
         let (pid, _) = tokio::join!(wait_for_pid(&pidfile), call);
         assert!(gone(leftover).await, "the dead owner's hook was ended before the new one started");
         assert_ne!(pid, leftover);
+        assert!(gone(pid).await);
+
+        // A hook this process runs is not a leftover: a health probe (`validate`) while `install` runs leaves it be.
+        std::fs::remove_file(&pidfile).unwrap();
+        let mut both = target(&hook);
+        both.config["hooks"]["validate"] = serde_json::json!("true");
+        let mut installing = Box::pin(tokio::time::timeout(Duration::from_secs(3), next.apply(&both, ctx)));
+        let pid = tokio::select! {
+            pid = wait_for_pid(&pidfile) => pid,
+            _ = &mut installing => panic!("the hook ended early"),
+        };
+        std::fs::write(dir.join("state/prod/h-1/installed.json"), "{\"version\": \"2.0\"}").unwrap();
+        let probe = tokio::select! {
+            probe = next.verify(&both, &desired) => probe,
+            _ = &mut installing => panic!("the install ended before the probe"),
+        };
+        assert_eq!(probe.unwrap(), Health::Healthy);
+        assert!(alive(pid), "the probe did not end this process's own install hook");
+        let _ = (&mut installing).await;
+        drop(installing); // the call is abandoned: its hook goes with it
         assert!(gone(pid).await);
         let _ = std::fs::remove_dir_all(&dir);
     }

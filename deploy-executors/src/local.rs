@@ -37,6 +37,12 @@ fn start_time(pid: u32) -> Option<u64> {
 }
 
 impl Proc {
+    /// This process.
+    pub(crate) fn current() -> Option<Self> {
+        let pid = std::process::id();
+        start_time(pid).map(|start_time| Self { pid, start_time })
+    }
+
     /// The process just spawned with `pid`.
     pub(crate) async fn of(pid: u32) -> Option<Self> {
         for _ in 0..50 {
