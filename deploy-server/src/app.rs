@@ -44,6 +44,9 @@ pub struct ApiConfig {
     pub max_streams: usize,
     /// Event streams open at once per principal.
     pub max_streams_per_principal: usize,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (CIDR blocks); from anyone else the header is
+    /// ignored, so a client cannot pick the address it is limited as.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for ApiConfig {
@@ -58,6 +61,7 @@ impl Default for ApiConfig {
             ip_rate_limit_burst: 400.0,
             max_streams: 1024,
             max_streams_per_principal: 32,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -303,7 +307,8 @@ async fn limit_by_address(State(state): State<AppState>, request: Request<Body>,
         }
         && let Some(axum::extract::ConnectInfo(peer)) =
             request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        && let Err(not_until) = limiter.check_key(&peer.ip())
+        && let Err(not_until) =
+            limiter.check_key(&client_address(peer.ip(), request.headers(), &state.inner.config.trusted_proxies))
     {
         state.inner.metrics.rejected("ip_rate_limited");
         let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
@@ -353,6 +358,31 @@ async fn observe(State(state): State<AppState>, mut request: Request, next: Next
     state.inner.metrics.request(method.as_str(), &route, status, started.elapsed());
     span.in_scope(|| tracing::debug!(status, elapsed_ms = started.elapsed().as_millis() as u64, "answered"));
     response
+}
+
+/// The client a request comes from: the peer, or, when the peer is a trusted proxy, the last address in
+/// `X-Forwarded-For` that is not itself a trusted proxy (each proxy appends the address it received from, so only the
+/// right end of the list is trustworthy).
+pub(crate) fn client_address(
+    peer: std::net::IpAddr,
+    headers: &axum::http::HeaderMap,
+    trusted: &[ipnet::IpNet],
+) -> std::net::IpAddr {
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let forwarded = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>();
+    let mut client = peer;
+    for hop in forwarded.iter().flat_map(|v| v.split(',')).rev() {
+        match hop.trim().parse::<std::net::IpAddr>() {
+            Ok(ip) if is_trusted(&ip) => client = ip,
+            Ok(ip) => return ip,
+            // An entry that is no address: stop at the last trustworthy one.
+            Err(_) => return client,
+        }
+    }
+    client
 }
 
 /// The longest text an audit field keeps.
@@ -411,4 +441,25 @@ async fn audit_and_time(State(state): State<AppState>, mut request: Request<Body
         }
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn forwarded_addresses_count_only_through_trusted_proxies() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6, 203.0.113.5, 10.0.0.9"));
+        assert_eq!(client_address(ip("10.0.0.1"), &headers, &trusted), ip("203.0.113.5"), "the last untrusted hop");
+        assert_eq!(client_address(ip("198.51.100.7"), &headers, &trusted), ip("198.51.100.7"), "a client's own header");
+        assert_eq!(client_address(ip("10.0.0.1"), &headers, &[]), ip("10.0.0.1"), "nobody trusted");
+        headers.insert("x-forwarded-for", HeaderValue::from_static("junk, 10.0.0.9"));
+        assert_eq!(client_address(ip("10.0.0.1"), &headers, &trusted), ip("10.0.0.9"), "stops at what it cannot read");
+        assert_eq!(client_address(ip("10.0.0.1"), &axum::http::HeaderMap::new(), &trusted), ip("10.0.0.1"));
+    }
 }

@@ -87,6 +87,9 @@ pub struct Settings {
     pub ip_rate_limit: f64,
     /// Burst per client address.
     pub ip_rate_limit_burst: f64,
+    /// Reverse proxies (CIDR blocks, comma-separated) whose `X-Forwarded-For` names the client for the per-address
+    /// rate limit; the header of anyone else is ignored.
+    pub trusted_proxies: String,
     /// A connection that has not sent a whole request head by then is closed.
     pub header_read_timeout: HumanDuration,
     /// Connections open at once.
@@ -146,6 +149,7 @@ impl Default for Settings {
             agent_heartbeat_timeout: HumanDuration::from_secs(15),
             ip_rate_limit: 200.0,
             ip_rate_limit_burst: 400.0,
+            trusted_proxies: String::new(),
             header_read_timeout: HumanDuration::from_secs(10),
             max_connections: 4096,
             max_connections_per_ip: 512,
@@ -509,6 +513,8 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         ip_rate_limit_burst: settings.ip_rate_limit_burst.max(1.0),
         max_streams: settings.max_streams.max(1),
         max_streams_per_principal: settings.max_streams_per_principal.max(1),
+        trusted_proxies: crate::AddressPolicy::parse_cidrs(&settings.trusted_proxies)
+            .map_err(|e| StartError::Settings(format!("trusted_proxies: {e}")))?,
         ..ApiConfig::default()
     };
     let (trigger, shutdown) = ShutdownSignal::new();

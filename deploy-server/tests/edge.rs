@@ -467,3 +467,31 @@ async fn webhook_secrets_are_sealed_at_rest_when_a_key_is_configured() {
     }
     assert!(!found, "the database holds the signing secret");
 }
+
+/// Behind a trusted reverse proxy every client shares the proxy's address: `X-Forwarded-For` from the proxies named in
+/// `trusted_proxies` tells clients apart; from anyone else it is ignored (a client cannot pick its own bucket).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_behind_a_trusted_proxy_are_limited_one_by_one() {
+    let limited = |trusted: &str| deploy_server::Settings {
+        ip_rate_limit: 0.5,
+        ip_rate_limit_burst: 2.0,
+        trusted_proxies: trusted.to_owned(),
+        ..settings("edge-proxy")
+    };
+    let via = |s: &Server, client: &'static str| {
+        let url = s.url("/v1/environments");
+        let http = s.http.clone();
+        async move { http.get(url).bearer_auth(ADMIN).header("x-forwarded-for", client).send().await.unwrap().status() }
+    };
+    let s = Server::with(limited("127.0.0.1/32")).await;
+    assert_eq!(via(&s, "203.0.113.5").await, StatusCode::OK);
+    assert_eq!(via(&s, "203.0.113.5").await, StatusCode::OK);
+    assert_eq!(via(&s, "203.0.113.5").await, StatusCode::TOO_MANY_REQUESTS, "that client's burst is spent");
+    assert_eq!(via(&s, "203.0.113.6").await, StatusCode::OK, "another client behind the same proxy is not");
+
+    // Without trust the header means nothing: every request counts against the peer's address.
+    let s = Server::with(limited("")).await;
+    assert_eq!(via(&s, "203.0.113.5").await, StatusCode::OK);
+    assert_eq!(via(&s, "203.0.113.6").await, StatusCode::OK);
+    assert_eq!(via(&s, "203.0.113.7").await, StatusCode::TOO_MANY_REQUESTS, "spoofed headers share one bucket");
+}

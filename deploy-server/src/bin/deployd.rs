@@ -164,6 +164,9 @@ struct ServeArgs {
     /// Request burst per client address [default: 400].
     #[arg(long, env = "DEPLOYD_IP_RATE_LIMIT_BURST")]
     ip_rate_limit_burst: Option<f64>,
+    /// Reverse proxies whose X-Forwarded-For names the client for the per-address limit (CIDRs, comma-separated).
+    #[arg(long, env = "DEPLOYD_TRUSTED_PROXIES")]
+    trusted_proxies: Option<String>,
     /// A connection must send a whole request head within this [default: 10s].
     #[arg(long, env = "DEPLOYD_HEADER_READ_TIMEOUT")]
     header_read_timeout: Option<HumanDuration>,
@@ -204,7 +207,7 @@ impl ServeArgs {
         take_opt!(tls_cert, tls_key, tls_client_ca, webhook_secrets_key_file);
         take!(webhook_allow_cidrs, webhook_deny_cidrs, tls_require_client_cert, ip_rate_limit, ip_rate_limit_burst);
         take!(header_read_timeout, max_connections, max_connections_per_ip, max_streams, max_streams_per_principal);
-        take!(database_timeout);
+        take!(database_timeout, trusted_proxies);
         Ok(s)
     }
 }

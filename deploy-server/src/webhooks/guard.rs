@@ -43,6 +43,14 @@ const METADATA: [IpAddr; 3] = [
 ];
 
 impl AddressPolicy {
+    /// Comma-separated CIDR blocks or addresses (other settings share this syntax).
+    ///
+    /// # Errors
+    /// [`CidrError`] naming the entry that is neither.
+    pub fn parse_cidrs(list: &str) -> Result<Vec<IpNet>, CidrError> {
+        parse_list(list)
+    }
+
     /// The default policy with `allow` and `deny`, comma-separated CIDR blocks or addresses.
     ///
     /// # Errors
