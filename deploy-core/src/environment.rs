@@ -276,8 +276,18 @@ impl Environment {
         self.targets.iter().find(|t| &t.id == id)
     }
 
-    /// The environment as someone who may read it but not administer it sees it: the values of every target's `env`
-    /// are replaced by `"***"` (references are kept).
+    /// The environment as `principal` may see it: whole to those who may administer it; to everyone else with the
+    /// values of every target's `env` replaced by `"***"` (references are kept). Reading is authorized elsewhere.
+    #[must_use]
+    pub fn shown_to(self, principal: &crate::auth::Principal) -> Self {
+        if principal.authorize(crate::auth::Action::ManageEnvironments, &self.name).is_ok() {
+            self
+        } else {
+            self.redacted()
+        }
+    }
+
+    /// The environment with the values of every target's `env` replaced by `"***"` (references are kept).
     #[must_use]
     pub fn redacted(mut self) -> Self {
         for t in &mut self.targets {

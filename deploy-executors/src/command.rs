@@ -386,8 +386,7 @@ mod tests {
     /// a killed owner left running is ended before the next owner's starts.
     #[tokio::test]
     async fn hooks_end_with_their_call_and_a_dead_owners_hook_before_the_next() {
-        let dir = std::env::temp_dir().join(format!("deploy-exec-hooks-{}", uuid_like()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = deploy_testkit::fixtures::temp_dir("exec-hooks");
         let pidfile = dir.join("hook.pid");
         let hook = format!("echo $$ > {}; exec sleep 30", pidfile.display());
         let t = target(&hook);
@@ -444,11 +443,5 @@ mod tests {
         let _ = (&mut installing).await;
         drop(installing); // the call is abandoned: its hook goes with it
         assert!(gone(pid).await);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    fn uuid_like() -> String {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
-        format!("{}-{nanos}", std::process::id())
     }
 }

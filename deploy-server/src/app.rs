@@ -208,6 +208,20 @@ impl AppState {
         }
     }
 
+    /// Takes one request from `address`'s budget (before authentication), or says how long to wait. Now and then the
+    /// limiter forgets addresses whose budget is full again, so its map stays as large as the clients seen recently,
+    /// however many addresses (an IPv6 prefix holds many) have come and gone.
+    pub(crate) fn limit_address(&self, address: std::net::IpAddr) -> Result<(), Duration> {
+        let Some(limiter) = &self.inner.ip_limiter else { return Ok(()) };
+        if self.inner.ip_checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 4096 == 4095 {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+        limiter.check_key(&address).map_err(|not_until| {
+            not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()))
+        })
+    }
+
     /// Marks an idempotency key as being accepted; `None` when it already is.
     pub(crate) fn begin_key(&self, scope: &str, key: &str) -> Option<InFlightKey> {
         let entry = (scope.to_owned(), key.to_owned());
@@ -294,34 +308,15 @@ pub fn router(state: AppState) -> Router {
 /// the server even while it is being flooded); without a known address (a router used without [`crate::start`]'s
 /// listener) nothing is limited here.
 async fn limit_by_address(State(state): State<AppState>, request: Request<Body>, next: Next) -> Response {
-    if let Some(limiter) = &state.inner.ip_limiter
+    let peer = request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    if let Some(peer) = peer
         && request.uri().path() != "/healthz"
-        && {
-            // Forget addresses whose bucket is full again, now and then: the map stays as large as the clients
-            // seen recently, however many addresses (an IPv6 prefix holds many) have come and gone.
-            if state.inner.ip_checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 4096 == 4095 {
-                limiter.retain_recent();
-                limiter.shrink_to_fit();
-            }
-            true
-        }
-        && let Some(axum::extract::ConnectInfo(peer)) =
-            request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        && let Err(not_until) =
-            limiter.check_key(&client_address(peer.ip(), request.headers(), &state.inner.config.trusted_proxies))
+        && let Err(wait) =
+            state.limit_address(client_address(peer, request.headers(), &state.inner.config.trusted_proxies))
     {
         state.inner.metrics.rejected("ip_rate_limited");
-        let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
-        let secs = wait.as_secs_f64().ceil().max(1.0);
-        return Problem::new(
-            ProblemKind::RateLimited,
-            format!("too many requests from this address; retry in {secs} s"),
-        )
-        .with_header(
-            header::RETRY_AFTER,
-            HeaderValue::from_str(&format!("{secs}")).unwrap_or(HeaderValue::from_static("1")),
-        )
-        .into_response();
+        return Problem::rate_limited(wait, |secs| format!("too many requests from this address; retry in {secs} s"))
+            .into_response();
     }
     next.run(request).await
 }

@@ -28,15 +28,9 @@ impl FromRequestParts<AppState> for Caller {
         if let Err(wait) = state.rate_limit(&principal) {
             // Turned away before acting: counted, not audited (a key's own flood must not grow the log).
             state.inner.metrics.rejected("principal_rate_limited");
-            let secs = wait.as_secs_f64().ceil().max(1.0);
-            return Err(Problem::new(
-                ProblemKind::RateLimited,
-                format!("{} made too many requests; retry in {secs} s", principal.id()),
-            )
-            .with_header(
-                header::RETRY_AFTER,
-                HeaderValue::from_str(&format!("{secs}")).unwrap_or(HeaderValue::from_static("1")),
-            ));
+            return Err(Problem::rate_limited(wait, |secs| {
+                format!("{} made too many requests; retry in {secs} s", principal.id())
+            }));
         }
         audit.actor(principal.id());
         Ok(Self { principal, audit })

@@ -299,6 +299,16 @@ impl Problem {
         Self::new(ProblemKind::Internal, "the server could not complete the request; it may be retried")
     }
 
+    /// 429 with `Retry-After`: `wait` in whole seconds (at least 1), which `detail` is given to say so.
+    #[must_use]
+    pub(crate) fn rate_limited(wait: std::time::Duration, detail: impl FnOnce(f64) -> String) -> Self {
+        let secs = wait.as_secs_f64().ceil().max(1.0);
+        Self::new(ProblemKind::RateLimited, detail(secs)).with_header(
+            header::RETRY_AFTER,
+            HeaderValue::from_str(&format!("{secs}")).unwrap_or(HeaderValue::from_static("1")),
+        )
+    }
+
     /// The store is unreachable: 503, retryable.
     #[must_use]
     pub fn unavailable(cause: &dyn std::error::Error) -> Self {

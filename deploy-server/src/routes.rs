@@ -159,11 +159,7 @@ pub(crate) async fn list_environments(State(state): State<AppState>, caller: Cal
     let page = params.page()?;
     let mut out = state.inner.store.list_environments(&page).await?;
     out.items.retain(|e| caller.principal.authorize(Action::Read, &e.name).is_ok());
-    let items: Vec<deploy_core::Environment> = out
-        .items
-        .into_iter()
-        .map(|e| if caller.principal.authorize(Action::ManageEnvironments, &e.name).is_ok() { e } else { e.redacted() })
-        .collect();
+    let items: Vec<deploy_core::Environment> = out.items.into_iter().map(|e| e.shown_to(&caller.principal)).collect();
     Ok(list_body(&items, out.next_cursor))
 }
 

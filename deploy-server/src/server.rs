@@ -513,7 +513,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         ip_rate_limit_burst: settings.ip_rate_limit_burst.max(1.0),
         max_streams: settings.max_streams.max(1),
         max_streams_per_principal: settings.max_streams_per_principal.max(1),
-        trusted_proxies: crate::AddressPolicy::parse_cidrs(&settings.trusted_proxies)
+        trusted_proxies: crate::webhooks::guard::parse_list(&settings.trusted_proxies)
             .map_err(|e| StartError::Settings(format!("trusted_proxies: {e}")))?,
         ..ApiConfig::default()
     };

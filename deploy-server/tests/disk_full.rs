@@ -3,15 +3,13 @@
 //! a typed 503, keeps serving reads, and once the cap is lifted serves writes again, without a restart.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::process::Stdio;
+mod common;
+
 use std::time::Duration;
 
-use deploy_testkit::fixtures::temp_dir;
+use common::{ADMIN, temp_dir};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::Command;
-
-const ADMIN: &str = "dk_diskfulldiskfulldiskfulldiskfulldiskfull012";
 
 fn environment(targets: usize) -> Value {
     let targets: Vec<Value> = (0..targets)
@@ -44,27 +42,14 @@ async fn sqlite_recovers_from_a_full_disk_without_a_restart() {
     }
     let dir = temp_dir("disk-full");
     // SIGXFSZ ignored, as deployd under a real full disk gets no signal: a write past the cap fails instead.
-    let mut child = Command::new("sh")
-        .args(["-c", "trap '' XFSZ; exec \"$0\" \"$@\"", env!("CARGO_BIN_EXE_deployd")])
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "trap '' XFSZ; exec \"$0\" \"$@\"", env!("CARGO_BIN_EXE_deployd")])
         .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&*dir)
         .env("DEPLOYD_BOOTSTRAP_ADMIN_KEY", ADMIN)
-        .env("DEPLOYD_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+        .env("DEPLOYD_LOG", "warn");
+    let (mut child, base) = common::binary::listening(cmd).await;
     let pid = child.id().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut base = None;
-    while let Some(line) = lines.next_line().await.unwrap() {
-        if let Some((_, addr)) = line.split_once("listening on ") {
-            base = Some(addr.split_whitespace().next().unwrap().to_owned());
-            break;
-        }
-    }
-    let base = base.expect("deployd listens");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let http = reqwest::Client::new();
     let put = |body: Value| http.put(format!("{base}/v1/environments/prod")).bearer_auth(ADMIN).json(&body).send();
     assert!(put(environment(2)).await.unwrap().status().is_success());
@@ -89,33 +74,13 @@ async fn sqlite_recovers_from_a_full_disk_without_a_restart() {
         statuses.push(put(environment(4)).await.unwrap().status().as_u16());
     }
     assert!(statuses.iter().all(|s| *s == 200), "every write after the disk has room: {statuses:?}");
-    let submitted = http
-        .post(format!("{base}/v1/deployments"))
-        .bearer_auth(ADMIN)
-        .json(&json!({"environment": "prod", "service": "s", "version": "2.0",
-                      "verify": {"timeout": "3s", "interval": "20ms", "healthy_for": "0s"}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(submitted.status().as_u16(), 202);
-    let id = submitted.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
-    let mut status = Value::Null;
-    for _ in 0..200 {
-        let d: Value = http
-            .get(format!("{base}/v1/deployments/{id}"))
-            .bearer_auth(ADMIN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        status = d["status"].clone();
-        if status == "succeeded" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(status, "succeeded", "the controller works again too");
+    let client = deploy_client::Client::builder(&base).token(ADMIN).build().unwrap();
+    let request: deploy_core::DeploymentRequest = serde_json::from_value(json!({
+        "environment": "prod", "service": "s", "version": "2.0",
+        "verify": {"timeout": "3s", "interval": "20ms", "healthy_for": "0s"}}))
+    .unwrap();
+    let submitted = client.submit(&request, deploy_client::SubmitOptions::default()).await.unwrap();
+    let done = client.wait(submitted.deployment.id(), Duration::from_secs(10)).await.unwrap();
+    assert_eq!(done.status(), deploy_core::DeploymentStatus::Succeeded, "the controller works again too");
     let _ = child.start_kill();
 }

@@ -281,20 +281,16 @@ async fn deployds_logs_and_help_hold_no_secret() {
     std::fs::write(secrets.join("token"), SECRET).unwrap();
     let key_file = dir.join("admin.key");
     std::fs::write(&key_file, format!("{ADMIN}\n")).unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_deployd"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_deployd"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.join("data"))
         .arg("--secrets-dir")
         .arg(&secrets)
         .arg("--bootstrap-admin-key-file")
         .arg(&key_file)
         .env("DEPLOYD_LOG", "debug")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        .stderr(std::process::Stdio::piped());
+    let (mut child, base) = common::binary::listening(cmd).await;
     let stderr = child.stderr.take().unwrap();
     let logs = tokio::spawn(async move {
         let mut all = String::new();
@@ -305,14 +301,6 @@ async fn deployds_logs_and_help_hold_no_secret() {
         }
         all
     });
-    let mut base = None;
-    while let Some(line) = stdout.next_line().await.unwrap() {
-        if let Some((_, addr)) = line.split_once("listening on ") {
-            base = Some(addr.split_whitespace().next().unwrap().to_owned());
-            break;
-        }
-    }
-    let base = base.expect("deployd listens");
     let client = deploy_client::Client::builder(&base).token(ADMIN).build().unwrap();
     let leak = "echo \"token=$DEPLOY_SECRET_TOKEN\"; printf %s \"$DEPLOY_SECRET_TOKEN\" | base64; exit 4";
     let env: deploy_core::EnvironmentSpec =

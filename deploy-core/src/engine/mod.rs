@@ -321,12 +321,7 @@ impl Orchestrator {
     /// [`Error::Forbidden`] or the store's `NotFound`.
     pub async fn environment(&self, principal: &Principal, name: &EnvironmentName) -> Result<Environment, Error> {
         principal.authorize(Action::Read, name)?;
-        let environment = self.shared.store.get_environment(name).await?;
-        Ok(if principal.authorize(Action::ManageEnvironments, name).is_ok() {
-            environment
-        } else {
-            environment.redacted()
-        })
+        Ok(self.shared.store.get_environment(name).await?.shown_to(principal))
     }
 
     /// Validates, authorizes and durably accepts a deployment. Returns as soon as it is queued; the controller does

@@ -96,13 +96,14 @@ impl<'a> Recorder<'a> {
     /// this wait included, is dropped), so no call is made. The remaining window: a call that starts with the margin
     /// left runs on after the lease lapses if it takes longer than the margin (executors that can should refuse
     /// stale fencing tokens: [`ApplyContext::fencing_token`]), plus the clock skew between replicas.
-    async fn fence(&self) {
+    /// Returns the fencing token of the lease it found held, for the call about to be made.
+    async fn fence(&self) -> u64 {
         let margin = self.shared.config.lease / 3;
         let mut valid = self.valid.subscribe();
         loop {
             let held = valid.borrow_and_update().holds_for(self.shared, margin);
             if held {
-                return;
+                return lock(&self.lease).token;
             }
             self.renew_now.notify_one();
             if valid.changed().await.is_err() {
@@ -110,11 +111,6 @@ impl<'a> Recorder<'a> {
                 std::future::pending::<()>().await;
             }
         }
-    }
-
-    /// The fencing token of the lease held now.
-    fn token(&self) -> u64 {
-        lock(&self.lease).token
     }
 
     fn merge(&self, c: Control) {
@@ -1013,8 +1009,7 @@ async fn execute(
             let applied = policy
                 .run(&mut attempts, || async {
                     let secrets = resolve_secrets(rec, desired).await?;
-                    rec.fence().await;
-                    let fencing_token = rec.token();
+                    let fencing_token = rec.fence().await;
                     let out = executor_for(rec, target)
                         .apply_with_output(
                             target,
@@ -1044,8 +1039,7 @@ async fn execute(
                 let out = policy
                     .run(&mut attempts, || async {
                         let secrets = resolve_secrets(rec, desired).await?;
-                        rec.fence().await;
-                        let fencing_token = rec.token();
+                        let fencing_token = rec.fence().await;
                         let ctx = ApplyContext { deployment, desired, secrets: &secrets, fencing_token };
                         let out = executor_for(rec, target).run_step(target, step, ctx).await;
                         scrubbed(out, &secrets)
@@ -1152,8 +1146,7 @@ async fn restore_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
     let applied = policy
         .run(&mut attempts, || async {
             let secrets = resolve_secrets(rec, &desired).await?;
-            rec.fence().await;
-            let fencing_token = rec.token();
+            let fencing_token = rec.fence().await;
             let ctx = ApplyContext { deployment, desired: &desired, secrets: &secrets, fencing_token };
             let out = executor_for(rec, &target).apply(&target, ctx).await;
             scrubbed(out, &secrets)

@@ -25,7 +25,8 @@ pub struct AddressPolicy {
 #[error("{0:?} is not a CIDR block (e.g. 10.0.0.0/8, fd00::/8) or an address")]
 pub struct CidrError(String);
 
-fn parse_list(list: &str) -> Result<Vec<IpNet>, CidrError> {
+/// Comma-separated CIDR blocks or addresses (the trusted proxies share this syntax).
+pub(crate) fn parse_list(list: &str) -> Result<Vec<IpNet>, CidrError> {
     list.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
@@ -43,14 +44,6 @@ const METADATA: [IpAddr; 3] = [
 ];
 
 impl AddressPolicy {
-    /// Comma-separated CIDR blocks or addresses (other settings share this syntax).
-    ///
-    /// # Errors
-    /// [`CidrError`] naming the entry that is neither.
-    pub fn parse_cidrs(list: &str) -> Result<Vec<IpNet>, CidrError> {
-        parse_list(list)
-    }
-
     /// The default policy with `allow` and `deny`, comma-separated CIDR blocks or addresses.
     ///
     /// # Errors

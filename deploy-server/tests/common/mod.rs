@@ -13,6 +13,7 @@ pub(crate) const ADMIN: &str = "dk_adminadminadminadminadminadminadminadmin012";
 
 pub(crate) use deploy_testkit::fixtures::temp_dir;
 
+pub(crate) mod binary;
 pub(crate) mod pg;
 pub(crate) mod receiver;
 pub(crate) mod slots;
