@@ -140,7 +140,8 @@ impl CommandExecutor {
         // A hook a previous owner left running (deployd killed, its lease lost) must not overlap this one.
         end_leftovers(&dir, &target.id).await;
         let record = dir.join(format!("{RUNNING_PREFIX}{stage}.json"));
-        let (proc, mut child) = local::spawn_child(&argv, &workdir, &vars, &log).await?;
+        let (proc, mut child) =
+            local::spawn_child(&argv, &workdir, &vars, &log, local::Lifetime::DiesWithParent).await?;
         // Until it exits, the hook is recorded (so a successor can end it) and ends with this call: a call dropped
         // because the lease was lost or deployd shuts down kills the hook's process group.
         let mut running = RunningHook::start(proc.clone(), record)?;

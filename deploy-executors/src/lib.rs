@@ -17,7 +17,7 @@
 //! executor's own process (`deployd`'s or `deploy-agent`'s, with their keys) is inherited. It holds, later entries
 //! winning:
 //! 1. `PATH` ([`DEFAULT_PATH`]) and the facts `DEPLOY_ENVIRONMENT`, `DEPLOY_TARGET`, `DEPLOY_SERVICE`,
-//!    `DEPLOY_VERSION`, `DEPLOY_DEPLOYMENT` (and `DEPLOY_STAGE`, `DEPLOY_PREVIOUS_VERSION` for hooks, `PORT` for
+//!    `DEPLOY_VERSION`, `DEPLOY_DEPLOYMENT`, `DEPLOY_FENCING_TOKEN` (and `DEPLOY_STAGE`, `DEPLOY_PREVIOUS_VERSION` for hooks, `PORT` for
 //!    processes);
 //! 2. the deployment's `config` as `DEPLOY_CONFIG_<KEY>` and its `secrets` as `DEPLOY_SECRET_<NAME>` (`-` and `.` in
 //!    a key become `_`): a deployer never chooses the name of a variable, so `LD_PRELOAD`, `BASH_ENV` or `PATH` in a

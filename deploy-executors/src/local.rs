@@ -102,7 +102,7 @@ pub(crate) async fn spawn(
     env: &BTreeMap<String, String>,
     log: &Path,
 ) -> Result<Proc, ExecutorError> {
-    let (proc, mut child) = spawn_child(argv, workdir, env, log).await?;
+    let (proc, mut child) = spawn_child(argv, workdir, env, log, Lifetime::Detached).await?;
     // Reap it whenever it exits, so it never lingers as a zombie.
     tokio::spawn(async move {
         let _ = child.wait().await;
@@ -111,12 +111,24 @@ pub(crate) async fn spawn(
     proc.ok_or_else(|| ExecutorError::permanent(format!("{program:?} exited at once (see {})", log.display())))
 }
 
+/// What becomes of a spawned program when the process that started it dies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lifetime {
+    /// It outlives its starter: a service the `process` executor adopts again after a restart.
+    Detached,
+    /// It is killed (SIGKILL) when its starter dies, kill -9 included: a one-shot hook, whose work belongs to the
+    /// controller that started it. What the hook itself started is not reached by this; a successor ends the hook's
+    /// process group before it runs a hook on the target (see the `command` executor).
+    DiesWithParent,
+}
+
 /// [`spawn`], handing the child to the caller to wait for; no [`Proc`] when it exited before it could be looked at.
 pub(crate) async fn spawn_child(
     argv: &[String],
     workdir: &Path,
     env: &BTreeMap<String, String>,
     log: &Path,
+    lifetime: Lifetime,
 ) -> Result<(Option<Proc>, tokio::process::Child), ExecutorError> {
     let (program, args) = argv.split_first().ok_or_else(|| ExecutorError::permanent("the command is empty"))?;
     let out = std::fs::OpenOptions::new()
@@ -137,9 +149,32 @@ pub(crate) async fn spawn_child(
         .stderr(err)
         .process_group(0)
         .kill_on_drop(false);
+    if lifetime == Lifetime::DiesWithParent {
+        dies_with_parent(cmd.as_std_mut());
+    }
     let child = cmd.spawn().map_err(|e| ExecutorError::permanent(format!("cannot start {program:?}: {e}")))?;
     let pid = child.id().ok_or_else(|| ExecutorError::retryable("the process exited at once"))?;
     Ok((Proc::of(pid).await, child))
+}
+
+/// Makes the program receive SIGKILL when the thread that spawns it ends: the process, for async code (tokio spawns
+/// from a worker thread, which lives as long as the runtime). The one `unsafe` of the workspace.
+#[allow(unsafe_code)]
+fn dies_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt as _;
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe calls are allowed:
+    // prctl(2) and getppid(2) are plain system calls, and nothing here allocates or takes a lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+            // The parent died between fork and prctl: the signal will never come, so do not start at all.
+            if nix::unistd::getppid() != parent {
+                return Err(std::io::Error::other("the process that started this hook is gone"));
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Writes a new file readable by its owner only (0600): what executors keep (state, hook output) is deployd's alone.
@@ -221,7 +256,7 @@ fn prefixed(prefix: &str, key: &str) -> String {
 /// The environment of a program an executor starts, built from nothing: none of the executor's own process is
 /// inherited. In order, later entries winning:
 /// 1. `PATH` ([`DEFAULT_PATH`]) and the `DEPLOY_*` facts (`DEPLOY_ENVIRONMENT`, `DEPLOY_TARGET`, `DEPLOY_SERVICE`,
-///    `DEPLOY_VERSION`, `DEPLOY_DEPLOYMENT`);
+///    `DEPLOY_VERSION`, `DEPLOY_DEPLOYMENT`, `DEPLOY_FENCING_TOKEN`);
 /// 2. the deployment's `config` as `DEPLOY_CONFIG_<KEY>` and its `secrets` as `DEPLOY_SECRET_<NAME>` (resolved for
 ///    this call only), never under a name the caller chose;
 /// 3. the target's own `env`, which only an admin sets: what the admin sets always wins. Its references are resolved
@@ -244,6 +279,8 @@ pub(crate) async fn environment(
     let mut scrubber = Scrubber::default();
     if let Some(ctx) = call {
         vars.insert("DEPLOY_DEPLOYMENT".into(), ctx.deployment.to_string());
+        // A hook that changes shared state can keep the largest token it has seen and refuse a smaller one.
+        vars.insert("DEPLOY_FENCING_TOKEN".into(), ctx.fencing_token.to_string());
         let mut from_caller = BTreeMap::new();
         let mut add = |name: String, key: &str, value: String| match from_caller.insert(name.clone(), value) {
             None => Ok(()),

@@ -40,6 +40,10 @@ pub struct Settings {
     /// The executor kinds that run real things, comma-separated: `process`, `command` (both by default; empty for
     /// none). They run what an admin puts in an environment, as `deployd`'s user.
     pub executors: String,
+    /// Where the `process` and `command` executors keep what they know of each target (installed versions, running
+    /// hooks, logs): the data directory unless set. Replicas that act on the same hosts share it, so a replica that
+    /// takes over finds and ends the hooks another left running.
+    pub executor_state_dir: Option<PathBuf>,
     /// Refuse submissions without `Idempotency-Key`.
     pub require_idempotency_key: bool,
     /// Requests per second per principal.
@@ -126,6 +130,7 @@ impl Default for Settings {
             database_timeout: HumanDuration::from_secs(5),
             dev: false,
             executors: "process,command".to_owned(),
+            executor_state_dir: None,
             require_idempotency_key: false,
             rate_limit: 100.0,
             rate_limit_burst: 200.0,
@@ -198,6 +203,7 @@ impl std::fmt::Debug for Settings {
             .field("database_url_file", &self.database_url_file)
             .field("dev", &self.dev)
             .field("executors", &self.executors)
+            .field("executor_state_dir", &self.executor_state_dir)
             .field("jwt_hs256_secret", &hidden(&self.jwt_hs256_secret))
             .field("jwt_eddsa_public_key", &self.jwt_eddsa_public_key)
             .field("jwt_issuer", &self.jwt_issuer)
@@ -460,15 +466,16 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let jwt = jwt_config(&settings)?;
     // `process` and `command` run what an admin puts in an environment, as deployd's user: only those enabled.
     let mut executors = ExecutorRouter::new();
+    let state_dir = settings.executor_state_dir.as_ref().unwrap_or(&settings.data_dir);
     for kind in settings.executors.split(',').map(str::trim).filter(|k| !k.is_empty()) {
         executors = match kind {
             "process" => executors.with(
                 "process",
-                Arc::new(ProcessExecutor::new(settings.data_dir.join("process")).secrets(Arc::clone(&secrets))),
+                Arc::new(ProcessExecutor::new(state_dir.join("process")).secrets(Arc::clone(&secrets))),
             ),
             "command" => executors.with(
                 "command",
-                Arc::new(CommandExecutor::new(settings.data_dir.join("command")).secrets(Arc::clone(&secrets))),
+                Arc::new(CommandExecutor::new(state_dir.join("command")).secrets(Arc::clone(&secrets))),
             ),
             other => {
                 return Err(StartError::Settings(format!(

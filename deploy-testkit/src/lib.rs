@@ -6,6 +6,9 @@
 //! - [`ScriptedExecutor`]: per target and version it can fail permanently, fail N times, turn unhealthy, be
 //!   unreachable, be slow, hang, or crash after its side effect; it records every call.
 //! - [`TestClock`]: time that moves with tokio's paused timers.
+//! - [`SeededRng`]: random choices that replay exactly from a seed.
+//! - [`faulty::FaultyStore`]: any store behind a switch that fails its calls or loses their answers.
+//! - [`sim`]: a deterministic simulation of the engine under crashes, store faults and clock jumps, one seed a run.
 //! - [`mocks`]: `mockall` mocks of the core traits.
 //! - [`strategies`]: `proptest` strategies for requests, fleets and fault scripts.
 //! - [`fixtures`]: builders and a ready-wired [`Harness`].
@@ -26,13 +29,17 @@
 
 mod clock;
 pub mod conformance;
+pub mod faulty;
 pub mod fixtures;
 mod memory;
 pub mod mocks;
+mod rng;
 mod scripted;
+pub mod sim;
 pub mod strategies;
 
 pub use clock::TestClock;
 pub use fixtures::Harness;
 pub use memory::MemoryStore;
-pub use scripted::{Call, Fault, ScriptedExecutor, misuses};
+pub use rng::SeededRng;
+pub use scripted::{Call, Fault, Owner, ScriptedExecutor, misuses};

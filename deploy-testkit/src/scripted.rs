@@ -1,13 +1,13 @@
 //! [`ScriptedExecutor`]: a fault-injecting executor that records every call.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use deploy_core::{
-    ApplyContext, Clock, DesiredState, Executor, ExecutorError, Health, ImperativeStep, Observation, StepOutput,
-    Target, TargetId, Version,
+    ApplyContext, Clock, DeploymentId, DesiredState, Executor, ExecutorError, Health, ImperativeStep, Observation,
+    StepOutput, Target, TargetId, Version,
 };
 
 /// A fault for a target (and optionally only for one version).
@@ -55,11 +55,16 @@ struct State {
     applies: HashMap<(TargetId, Version), u32>,
     unreachable_calls: HashMap<TargetId, u32>,
     calls: Vec<Call>,
-    changing: HashSet<TargetId>,
+    /// The change in flight on each target: who makes it, and how to end it early.
+    changing: HashMap<TargetId, InFlight>,
+    next_change: u64,
     concurrent: usize,
     max_concurrent: usize,
-    /// The largest fencing token each target has seen, and the calls refused for carrying a smaller one.
-    tokens: HashMap<TargetId, u64>,
+    /// Changes ended early because another owner started one on the same target.
+    preempted: Vec<(TargetId, Owner, Owner)>,
+    /// The largest fencing token seen per target and deployment (tokens count per deployment), and the calls refused
+    /// for carrying a smaller one.
+    tokens: HashMap<(TargetId, DeploymentId), u64>,
     stale: Vec<(TargetId, u64, u64)>,
 }
 
@@ -193,14 +198,17 @@ impl ScriptedExecutor {
             .collect()
     }
 
-    /// Refuses a change whose fencing token is smaller than one this target has seen (a controller that lost its
-    /// lease), and remembers it; 0 (no lease behind the call) is never refused.
-    fn check_token(&self, target: &Target, token: u64) -> Result<(), ExecutorError> {
+    /// Refuses a change whose fencing token is smaller than one this target has seen from the same deployment (a
+    /// controller that lost its lease; tokens grow per deployment), and remembers it; 0 (no lease behind the call) is
+    /// never refused.
+    fn check_token(&self, target: &Target, ctx: &ApplyContext<'_>) -> Result<(), ExecutorError> {
+        let token = ctx.fencing_token;
         if token == 0 {
             return Ok(());
         }
         let mut st = self.lock();
-        let seen = st.tokens.get(&target.id).copied().unwrap_or(0);
+        let key = (target.id.clone(), ctx.deployment);
+        let seen = st.tokens.get(&key).copied().unwrap_or(0);
         if token < seen {
             st.stale.push((target.id.clone(), token, seen));
             return Err(ExecutorError::permanent(format!(
@@ -208,7 +216,7 @@ impl ScriptedExecutor {
                 target.id
             )));
         }
-        st.tokens.insert(target.id.clone(), token);
+        st.tokens.insert(key, token);
         Ok(())
     }
 
@@ -236,19 +244,47 @@ impl ScriptedExecutor {
         State2 { faults, unreachable }
     }
 
-    fn begin_change(&self, target: &TargetId) {
+    /// Starts a change on `target` for `owner`. A change in flight there for another owner is ended first (it fails
+    /// without taking effect), as the `command` executor ends a previous owner's leftover hook: a controller that
+    /// started a call before it lost its lease does not run on beside its successor. Two changes at once for the same
+    /// owner are a bug in the engine, and a misuse.
+    fn begin_change(&self, target: &TargetId, owner: Owner) -> (u64, Arc<tokio::sync::Notify>) {
         let mut st = self.lock();
-        if !st.changing.insert(target.clone()) {
-            report(&self.name, &format!("two changes to target {target} at once"));
+        st.next_change += 1;
+        let id = st.next_change;
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let previous = st.changing.insert(target.clone(), InFlight { id, owner, stop: Arc::clone(&stop) });
+        match previous {
+            Some(p) if p.owner == owner => {
+                drop(st);
+                report(&self.name, &format!("two changes to target {target} at once"));
+            }
+            Some(p) => {
+                p.stop.notify_one();
+                st.preempted.push((target.clone(), p.owner, owner));
+            }
+            None => {
+                st.concurrent += 1;
+                st.max_concurrent = st.max_concurrent.max(st.concurrent);
+            }
         }
-        st.concurrent += 1;
-        st.max_concurrent = st.max_concurrent.max(st.concurrent);
+        (id, stop)
     }
 
-    fn end_change(&self, target: &TargetId) {
+    fn end_change(&self, target: &TargetId, id: u64) {
         let mut st = self.lock();
-        st.changing.remove(target);
-        st.concurrent = st.concurrent.saturating_sub(1);
+        if st.changing.get(target).is_some_and(|c| c.id == id) {
+            st.changing.remove(target);
+            st.concurrent = st.concurrent.saturating_sub(1);
+        }
+    }
+
+    /// Changes ended early because another owner started one on the same target: (target, the owner it was ended
+    /// for, the owner that started the new one). A controller that kept a call running after losing its lease shows
+    /// here.
+    #[must_use]
+    pub fn preempted(&self) -> Vec<(TargetId, Owner, Owner)> {
+        self.lock().preempted.clone()
     }
 
     fn set_running(&self, target: &TargetId, version: &Version, faults: &[Fault]) {
@@ -259,12 +295,26 @@ impl ScriptedExecutor {
         st.healthy_since.insert(target.clone(), now);
     }
 
-    async fn change(&self, target: &Target, version: &Version, st: &State2) -> Result<(), ExecutorError> {
-        for f in &st.faults {
-            match f {
-                Fault::Slow(d) => self.clock.sleep(*d).await,
-                Fault::Hang => futures::future::pending::<()>().await,
-                _ => {}
+    async fn change(
+        &self,
+        target: &Target,
+        version: &Version,
+        st: &State2,
+        stop: &tokio::sync::Notify,
+    ) -> Result<(), ExecutorError> {
+        let work = async {
+            for f in &st.faults {
+                match f {
+                    Fault::Slow(d) => self.clock.sleep(*d).await,
+                    Fault::Hang => futures::future::pending::<()>().await,
+                    _ => {}
+                }
+            }
+        };
+        tokio::select! {
+            () = work => {}
+            () = stop.notified() => {
+                return Err(ExecutorError::permanent(format!("{}: ended: another owner changes this target", target.id)));
             }
         }
         if st.faults.contains(&Fault::FailPermanently) {
@@ -307,15 +357,15 @@ impl Executor for ScriptedExecutor {
 
     async fn apply(&self, target: &Target, ctx: ApplyContext<'_>) -> Result<(), ExecutorError> {
         let version = &ctx.desired.version;
-        self.check_token(target, ctx.fencing_token)?;
+        self.check_token(target, &ctx)?;
         let st = self.record("apply", target, Some(version));
         self.lock().requested.insert(target.id.clone(), version.clone());
         if st.unreachable {
             return Err(ExecutorError::unreachable(format!("{}: no route to host", target.id)));
         }
-        self.begin_change(&target.id);
-        let guard = ChangeGuard { executor: self, target: &target.id };
-        let result = self.change(target, version, &st).await;
+        let (id, stop) = self.begin_change(&target.id, (ctx.deployment, ctx.fencing_token));
+        let guard = ChangeGuard { executor: self, target: &target.id, id };
+        let result = self.change(target, version, &st, &stop).await;
         drop(guard);
         result
     }
@@ -349,7 +399,7 @@ impl Executor for ScriptedExecutor {
         ctx: ApplyContext<'_>,
     ) -> Result<StepOutput, ExecutorError> {
         let version = &ctx.desired.version;
-        self.check_token(target, ctx.fencing_token)?;
+        self.check_token(target, &ctx)?;
         let st = self.record(&format!("step:{}", step.action), target, Some(version));
         self.lock().requested.insert(target.id.clone(), version.clone());
         if st.unreachable {
@@ -358,8 +408,8 @@ impl Executor for ScriptedExecutor {
         if st.faults.iter().any(|f| matches!(f, Fault::FailStep(a) if *a == step.action)) {
             return Err(ExecutorError::permanent(format!("step {} exited with status 1", step.action)));
         }
-        self.begin_change(&target.id);
-        let guard = ChangeGuard { executor: self, target: &target.id };
+        let (id, stop) = self.begin_change(&target.id, (ctx.deployment, ctx.fencing_token));
+        let guard = ChangeGuard { executor: self, target: &target.id, id };
         let result = match step.action.as_str() {
             "stop" => {
                 if let Some(entry) = self.lock().actual.get_mut(&target.id) {
@@ -369,7 +419,8 @@ impl Executor for ScriptedExecutor {
             }
             "fetch" => Ok(StepOutput { output: format!("fetched {version}") }),
             "start" => {
-                self.change(target, version, &st).await.map(|()| StepOutput { output: format!("started {version}") })
+                let started = self.change(target, version, &st, &stop).await;
+                started.map(|()| StepOutput { output: format!("started {version}") })
             }
             other => Err(ExecutorError::permanent(format!("unknown step action {other:?}"))),
         };
@@ -382,10 +433,22 @@ impl Executor for ScriptedExecutor {
 struct ChangeGuard<'a> {
     executor: &'a ScriptedExecutor,
     target: &'a TargetId,
+    id: u64,
 }
 
 impl Drop for ChangeGuard<'_> {
     fn drop(&mut self) {
-        self.executor.end_change(self.target);
+        self.executor.end_change(self.target, self.id);
     }
+}
+
+/// Who makes a change: the deployment and the fencing token of the lease behind the call.
+pub type Owner = (DeploymentId, u64);
+
+/// A change in flight on a target.
+#[derive(Debug)]
+struct InFlight {
+    id: u64,
+    owner: Owner,
+    stop: Arc<tokio::sync::Notify>,
 }

@@ -225,15 +225,19 @@ impl<'a> Recorder<'a> {
 
     async fn set_status(&self, status: DeploymentStatus, reason: String) -> Result<(), Abort> {
         let now = self.now();
-        self.write(ProgressUpdate {
+        self.write(self.status_update(status, reason, now)).await
+    }
+
+    /// The write of a status change, with its event.
+    fn status_update(&self, status: DeploymentStatus, reason: String, now: crate::clock::Timestamp) -> ProgressUpdate {
+        ProgressUpdate {
             now: Some(now),
             status: Some(StatusChange { status, reason: Some(reason.clone()) }),
             events: vec![NewEvent::deployment(now, status, reason)],
             // Starting and starting to roll back both restart the progress clock: each phase gets the whole deadline.
             progressed: matches!(status, DeploymentStatus::InProgress | DeploymentStatus::RollingBack),
             ..ProgressUpdate::default()
-        })
-        .await
+        }
     }
 
     /// Why the deployment must stop now, if it must.
@@ -328,6 +332,15 @@ async fn renew(rec: &Recorder<'_>) -> Abort {
             }
             Err(e) => {
                 failed = true;
+                // Cut off from the store (a partition, an outage) until the lease lapsed on this process's own
+                // monotonic clock: another replica may claim the deployment from now on, so the work in flight stops
+                // here (the run's future is dropped, and with it every executor call, which ends the hooks they ran).
+                // The successor judges expiry by the store's clock, which cannot see it sooner: the lease counted from
+                // before the last successful renewal was sent.
+                if rec.valid.borrow().lapsed(shared) {
+                    tracing::warn!(error = %e, "the lease lapsed while the store was unreachable; stopping the work");
+                    return Abort::LostLease;
+                }
                 tracing::warn!(error = %e, "lease renewal failed; trying again");
             }
         }
@@ -352,6 +365,11 @@ impl Validity {
     /// A lease renewed by a request sent at `asked_at`.
     fn renewed(asked_at: tokio::time::Instant, shared: &Shared, lease: &Lease) -> Self {
         Self { monotonic: asked_at + shared.config.lease, wall: lease.expires_at }
+    }
+
+    /// Whether the lease has run out on either clock.
+    fn lapsed(&self, shared: &Shared) -> bool {
+        !self.holds_for(shared, Duration::from_millis(1))
     }
 
     /// Whether at least `margin` of the lease is left on both clocks.
@@ -401,11 +419,11 @@ async fn run(rec: &Recorder<'_>) -> Result<(), Abort> {
                 return stop_now(rec, stop, reason).await;
             }
             let (total, strategy) = rec.with(|d| (d.targets().len(), describe(d.spec().strategy())));
-            rec.set_status(
-                DeploymentStatus::InProgress,
-                format!("started by {}: {total} target(s), {strategy}", rec.shared.config.owner),
-            )
-            .await?;
+            let reason = format!("started by {}: {total} target(s), {strategy}", rec.shared.config.owner);
+            let now = rec.now();
+            let mut start = rec.status_update(DeploymentStatus::InProgress, reason, now);
+            start.targets = rec.with(|d| refreshed_from_versions(d, &plan.environment, &plan.env_index, now));
+            rec.write(start).await?;
         }
         DeploymentStatus::RollingBack => return rollback(&plan, None).await,
         _ => {
@@ -417,6 +435,34 @@ async fn run(rec: &Recorder<'_>) -> Result<(), Abort> {
         }
     }
     roll_out(&plan).await
+}
+
+/// The pending targets whose `from_version` the environment now contradicts, corrected. A deployment's targets are
+/// drafted at acceptance from the environment's actual state as the accepting replica knew it; by the time it starts,
+/// the deployments queued before it (or another replica's writes that snapshot missed) may have changed them. A
+/// target that is reached later takes its `from_version` from its own observation; one that never is (cancelled,
+/// skipped by a stop) keeps this one, which is what it ran when the deployment started.
+fn refreshed_from_versions(
+    d: &Deployment,
+    env: &Environment,
+    env_index: &[Option<usize>],
+    now: crate::clock::Timestamp,
+) -> Vec<(usize, TargetProgress)> {
+    let mut out = Vec::new();
+    for (i, t) in d.targets().iter().enumerate() {
+        if t.status != TargetStatus::Pending {
+            continue;
+        }
+        let Some(actual) = env_index.get(i).copied().flatten().and_then(|j| env.targets.get(j)) else { continue };
+        let version = actual.actual.as_ref().and_then(|a| a.version.clone());
+        if version != t.from_version {
+            let mut fresh = t.clone();
+            fresh.from_version = version;
+            fresh.updated_at = now;
+            out.push((i, fresh));
+        }
+    }
+    out
 }
 
 fn describe(strategy: &RolloutStrategy) -> String {
@@ -644,6 +690,13 @@ async fn mark_interrupted(rec: &Recorder<'_>, indices: &[usize], status: TargetS
                 status
             } else {
                 t.error = Some(format!("{why}; {MAY_HAVE_CHANGED}"));
+                // What it runs is not known any more: the environment stops claiming the version it ran before, so
+                // nothing later (a deployment's `from_version`, a reader of the environment) takes that for a fact.
+                update.observations.push(TargetObservation {
+                    target: t.id.clone(),
+                    desired: None,
+                    actual: Some(ActualState { version: None, health: Health::Unknown, observed_at: now }),
+                });
                 TargetStatus::Failed
             };
             t.status = settled;

@@ -125,6 +125,10 @@ struct ServeArgs {
     /// Executor kinds that run real things, comma-separated (default `process,command`; empty for none).
     #[arg(long, env = "DEPLOYD_EXECUTORS")]
     executors: Option<String>,
+    /// Where the process and command executors keep their state [default: the data directory]. Replicas acting on
+    /// the same hosts share it.
+    #[arg(long, env = "DEPLOYD_EXECUTOR_STATE_DIR")]
+    executor_state_dir: Option<PathBuf>,
     /// Delays between webhook delivery attempts, comma-separated (default `1s,5s,5m,30m,2h,5h,10h,14h,20h,24h`).
     #[arg(long, env = "DEPLOYD_WEBHOOK_RETRY_SCHEDULE")]
     webhook_retry_schedule: Option<String>,
@@ -203,7 +207,7 @@ impl ServeArgs {
         take!(poll_interval, max_concurrent_deployments, webhook_retry_schedule, webhook_timeout, webhook_concurrency);
         take!(webhook_concurrency_per_subscription, executors, agent_heartbeat_timeout, secret_env_prefix);
         take_opt!(database_url, jwt_hs256_secret, jwt_eddsa_public_key, jwt_issuer, jwt_audience, bootstrap_admin_key);
-        take_opt!(database_url_file, jwt_hs256_secret_file, bootstrap_admin_key_file, secrets_dir);
+        take_opt!(database_url_file, jwt_hs256_secret_file, bootstrap_admin_key_file, secrets_dir, executor_state_dir);
         take_opt!(tls_cert, tls_key, tls_client_ca, webhook_secrets_key_file);
         take!(webhook_allow_cidrs, webhook_deny_cidrs, tls_require_client_cert, ip_rate_limit, ip_rate_limit_burst);
         take!(header_read_timeout, max_connections, max_connections_per_ip, max_streams, max_streams_per_principal);
