@@ -1,6 +1,7 @@
 //! The `command` executor: the team's own hook scripts, run per target for each lifecycle stage.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::PathBuf;
 
 use async_trait::async_trait;
@@ -69,10 +70,13 @@ impl CommandConfig {
     }
 }
 
-/// What the executor recorded of a target: the version its last successful apply installed.
+/// What the executor recorded of a target: the version its last successful apply installed, and how many changes
+/// were recorded so far (so a change recorded by another owner meanwhile is noticed: see [`CommandExecutor::commit`]).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Installed {
     version: Option<String>,
+    #[serde(default)]
+    generation: u64,
 }
 
 /// The `command` executor: how teams plug in tools this project does not know. A non-zero exit fails the target with
@@ -112,6 +116,42 @@ impl CommandExecutor {
 
     fn installed_file(&self, target: &Target) -> PathBuf {
         local::target_dir(&self.root, target).join("installed.json")
+    }
+
+    /// The generation of the target's record now, before a change starts.
+    fn generation(&self, target: &Target) -> Result<u64, ExecutorError> {
+        Ok(local::load::<Installed>(&self.installed_file(target))?.generation)
+    }
+
+    /// Records `version` as installed, unless another change was recorded since generation `seen` was read: an owner
+    /// that was paused or cut off while its hooks ran, and whose target another owner has changed since, must not
+    /// overwrite what that owner recorded (its result is discarded, and a retry starts over from what is there). The
+    /// check and the write hold the target's lock file, so they are one step for every process sharing the state.
+    async fn commit(&self, target: &Target, seen: u64, version: &Version) -> Result<(), ExecutorError> {
+        let file = self.installed_file(target);
+        let lock_path = file.with_extension("lock");
+        let fail = |e: std::io::Error| ExecutorError::retryable(format!("cannot lock {}: {e}", lock_path.display()));
+        if let Some(dir) = lock_path.parent() {
+            std::fs::create_dir_all(dir).map_err(fail)?;
+        }
+        let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&lock_path);
+        let lock = lock.map_err(fail)?;
+        // Blocking: another process may hold it for the moment its own commit takes (longer if it is paused there).
+        let lock = tokio::task::spawn_blocking(move || lock.lock().map(|()| lock))
+            .await
+            .map_err(|e| ExecutorError::retryable(format!("cannot lock {}: {e}", lock_path.display())))?
+            .map_err(fail)?;
+        let current: Installed = local::load(&file)?;
+        if current.generation != seen {
+            return Err(ExecutorError::retryable(format!(
+                "{}: another owner recorded {} on this target while this change ran; its result is discarded",
+                target.id,
+                current.version.as_deref().unwrap_or("a change")
+            )));
+        }
+        local::save(&file, &Installed { version: Some(version.to_string()), generation: seen + 1 })?;
+        drop(lock);
+        Ok(())
     }
 
     /// Runs the hook of `stage`, if configured (`None` otherwise), in its own process group, bounded by the timeout.
@@ -285,6 +325,7 @@ impl Executor for CommandExecutor {
     /// Runs the stages in order; the output of each (`[stage] ...`) is returned for the deployment's events.
     async fn apply_with_output(&self, target: &Target, ctx: ApplyContext<'_>) -> Result<StepOutput, ExecutorError> {
         let cfg = CommandConfig::of(target)?;
+        let seen = self.generation(target)?;
         let env = self.env(&cfg, target, ctx.desired, Some(ctx)).await?;
         let mut output = String::new();
         for stage in APPLY_STAGES {
@@ -296,7 +337,7 @@ impl Executor for CommandExecutor {
                 output.push_str(&format!("[{stage}] {}\n", ran.output));
             }
         }
-        local::save(&self.installed_file(target), &Installed { version: Some(ctx.desired.version.to_string()) })?;
+        self.commit(target, seen, &ctx.desired.version).await?;
         Ok(StepOutput { output: local::tail_of(&output, OUTPUT_LIMIT) })
     }
 
@@ -322,13 +363,13 @@ impl Executor for CommandExecutor {
         ctx: ApplyContext<'_>,
     ) -> Result<StepOutput, ExecutorError> {
         let cfg = CommandConfig::of(target)?;
+        let seen = self.generation(target)?;
         let env = self.env(&cfg, target, ctx.desired, Some(ctx)).await?;
         match self.run_hook(&cfg, target, &step.action, &env).await? {
             None => Err(ExecutorError::permanent(format!("target {} has no {:?} hook", target.id, step.action))),
             Some(ran) if ran.ok => {
                 if step.action == "start" || step.action == "install" {
-                    let installed = Installed { version: Some(ctx.desired.version.to_string()) };
-                    local::save(&self.installed_file(target), &installed)?;
+                    self.commit(target, seen, &ctx.desired.version).await?;
                 }
                 Ok(StepOutput { output: ran.output })
             }
@@ -381,6 +422,41 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         false
+    }
+
+    /// Issue 16: an owner whose hooks ran while another owner changed the target (it was paused, or cut off, and lost
+    /// its lease meanwhile) does not overwrite what that owner recorded: its result is discarded with a retryable error.
+    #[tokio::test]
+    async fn a_change_recorded_by_another_owner_meanwhile_wins() {
+        let dir = deploy_testkit::fixtures::temp_dir("exec-commit");
+        let (started, go) = (dir.join("started"), dir.join("go"));
+        let hook = format!(
+            "if [ \"$DEPLOY_VERSION\" = 2.0 ]; then touch {}; while [ ! -f {} ]; do sleep 0.02; done; fi",
+            started.display(),
+            go.display()
+        );
+        let t = target(&hook);
+        let secrets = ResolvedSecrets::new();
+        let service = ServiceName::new("s").unwrap();
+        let (slow, fast) = (
+            DesiredState::bare(service.clone(), Version::new("2.0").unwrap()),
+            DesiredState::bare(service, Version::new("1.5").unwrap()),
+        );
+        let ctx =
+            |desired| ApplyContext { deployment: DeploymentId::new(), desired, secrets: &secrets, fencing_token: 1 };
+        let (stale, successor) = (CommandExecutor::new(dir.join("state")), CommandExecutor::new(dir.join("state")));
+        let mut first = Box::pin(stale.apply(&t, ctx(&slow)));
+        tokio::select! {
+            () = async { while !started.exists() { tokio::time::sleep(Duration::from_millis(10)).await } } => {}
+            r = &mut first => panic!("the slow apply ended early: {r:?}"),
+        }
+        successor.apply(&t, ctx(&fast)).await.unwrap();
+        std::fs::write(&go, b"").unwrap();
+        let refused = first.await.unwrap_err();
+        assert_eq!(refused.class(), deploy_core::ErrorClass::Retryable, "{refused}");
+        assert!(refused.message().contains("another owner recorded 1.5"), "{refused}");
+        let now = successor.observe(&t).await.unwrap();
+        assert_eq!(now.version.map(|v| v.to_string()).as_deref(), Some("1.5"), "the successor's record stands");
     }
 
     /// Issue 16: a hook dies with the call that started it (the lease was lost, deployd is shutting down), and a hook

@@ -200,3 +200,55 @@ async fn executors_that_run_real_things_can_be_turned_off() {
     assert!(refused.body.to_string().contains("process"), "names the executor: {:?}", refused.body);
     assert!(slots.health(0).await.is_none(), "nothing was started");
 }
+
+/// Whether process `pid` still runs (a zombie waiting to be reaped does not).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
+}
+
+/// Issue 16: a `command` hook dies with the deployd that started it, kill -9 included (a parent-death signal), so
+/// the install of an owner that is gone never runs on beside its successor's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_dies_with_the_deployd_that_started_it() {
+    let dir = temp_dir("hook-dies");
+    let pid_file = dir.join("hook.pid");
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_deployd"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--executors", "command", "--data-dir"])
+        .arg(dir.join("data"))
+        .env("DEPLOYD_BOOTSTRAP_ADMIN_KEY", ADMIN)
+        .env("DEPLOYD_LOG", "warn");
+    let (mut deployd, base) = common::binary::listening(cmd).await;
+    let http = reqwest::Client::new();
+    let hook = format!("echo $$ > {}; exec sleep 600", pid_file.display());
+    let env = json!({"targets": [{"id": "host-1", "executor": "command", "config": {"hooks": {"install": hook}}}]});
+    let put = http.put(format!("{base}/v1/environments/prod")).bearer_auth(ADMIN).json(&env).send().await.unwrap();
+    assert!(put.status().is_success());
+    let post =
+        http.post(format!("{base}/v1/deployments")).bearer_auth(ADMIN).json(&request("prod", "2.0", json!(null)));
+    assert_eq!(post.send().await.unwrap().status(), StatusCode::ACCEPTED);
+    let mut pid = None;
+    for _ in 0..200 {
+        pid = std::fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse::<u32>().ok());
+        if pid.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = pid.expect("the install hook started");
+    assert!(running(pid), "the hook runs while deployd does");
+
+    deployd.kill().await.unwrap();
+    let mut gone = false;
+    for _ in 0..100 {
+        if !running(pid) {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if !gone {
+        let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    assert!(gone, "the hook (pid {pid}) outlived the deployd that started it");
+}

@@ -279,6 +279,12 @@ impl ScriptedExecutor {
         }
     }
 
+    /// Changes in flight now, on every target.
+    #[must_use]
+    pub fn changes_in_flight(&self) -> usize {
+        self.lock().concurrent
+    }
+
     /// Changes ended early because another owner started one on the same target: (target, the owner it was ended
     /// for, the owner that started the new one). A controller that kept a call running after losing its lease shows
     /// here.

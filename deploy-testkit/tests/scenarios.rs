@@ -4,15 +4,17 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{assert_consistent, spawn_controller, target_states, wait_for, wait_terminal, within};
 use deploy_core::spec::{FailureRequest, StepRequest, StrategyRequest, TargetsRequest, UnreachableRequest};
 use deploy_core::{
-    ConcurrencyPolicy, DeploymentRequest, DeploymentStatus, Error, EventType, IdempotencyKey, Revision, StoreError,
-    Submission, TargetStatus,
+    ConcurrencyPolicy, DeploymentRequest, DeploymentStatus, Error, EventType, ExecutorRouter, IdempotencyKey,
+    Orchestrator, Revision, StoreError, Submission, TargetStatus,
 };
-use deploy_testkit::fixtures::request;
+use deploy_testkit::faulty::FaultyStore;
+use deploy_testkit::fixtures::{fast_config, request};
 use deploy_testkit::{Fault, Harness};
 
 const FOUR: [(&str, Option<&str>); 4] =
@@ -1033,6 +1035,47 @@ async fn a_paused_replica_starts_nothing_after_its_lease_lapsed() {
         assert_consistent(&done);
         assert_eq!(h.executor.stale_calls(), vec![], "the paused controller changed nothing after its lease lapsed");
         assert_eq!(versions(&h), vec![Some("2.0".to_owned()); 4]);
+    })
+    .await;
+}
+
+/// Issue 16: a controller cut off from its store (a partition, an outage) stops the work in flight before its lease
+/// lapses on its own clock, so before any other controller may claim the deployment: the apply it was waiting for is
+/// dropped (a `command` hook is killed with it). Once the store is back the deployment is claimed again and the change
+/// made once more, from the start, with nothing of the old call left running.
+#[tokio::test(start_paused = true)]
+async fn a_controller_cut_off_from_its_store_stops_its_work_before_the_lease_lapses() {
+    within(async {
+        let h = Harness::new("prod", &[("web-1", Some("1.0"))], ConcurrencyPolicy::Queue).await;
+        h.executor.add_fault("web-1", Some("2.0"), Fault::Slow(Duration::from_secs(60)));
+        let store = Arc::new(FaultyStore::new(h.store.clone()));
+        let router = ExecutorRouter::new().with("scripted", h.executor.clone());
+        let cut_off = Orchestrator::builder(store.clone(), h.executor.clone())
+            .router(router)
+            .clock(h.clock.clone())
+            .config(fast_config("cut-off"))
+            .build();
+        let d = h.submit(request("prod", "web", "2.0")).await.unwrap();
+        let (trigger, task) = spawn_controller(&cut_off);
+        for _ in 0..1000 {
+            if h.executor.changes_in_flight() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(h.executor.changes_in_flight(), 1, "the apply is under way");
+        store.faults().set_down(true);
+        // The lease is 10 s: the slow apply would run for a minute, but the work stops before the lease is out.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(h.executor.changes_in_flight(), 0, "the call in flight was dropped when the lease ran short");
+        store.faults().set_down(false);
+        let done = wait_terminal(&h, d.id()).await;
+        trigger.fire();
+        task.await.unwrap();
+        assert_eq!(done.status(), DeploymentStatus::Succeeded, "{:?}", target_states(&done));
+        assert_eq!(h.executor.count("apply", "web-1"), 2, "made again from the start once the store was back");
+        assert_eq!(h.executor.preempted(), vec![], "no call of the first claim was left running beside the second");
+        assert_eq!(h.executor.stale_calls(), vec![]);
     })
     .await;
 }

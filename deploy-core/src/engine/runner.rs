@@ -332,13 +332,13 @@ async fn renew(rec: &Recorder<'_>) -> Abort {
             }
             Err(e) => {
                 failed = true;
-                // Cut off from the store (a partition, an outage) until the lease lapsed on this process's own
-                // monotonic clock: another replica may claim the deployment from now on, so the work in flight stops
-                // here (the run's future is dropped, and with it every executor call, which ends the hooks they ran).
-                // The successor judges expiry by the store's clock, which cannot see it sooner: the lease counted from
-                // before the last successful renewal was sent.
-                if rec.valid.borrow().lapsed(shared) {
-                    tracing::warn!(error = %e, "the lease lapsed while the store was unreachable; stopping the work");
+                // Cut off from the store (a partition, an outage): when the lease would lapse before the next try, on
+                // this process's own monotonic clock, the work in flight stops now (the run's future is dropped, and
+                // with it every executor call, which ends the hooks they ran). Another replica may claim the
+                // deployment only once the store's clock has passed the expiry, which is no sooner: the lease was
+                // counted from before the last successful renewal was sent.
+                if !rec.valid.borrow().holds_for(shared, shared.config.lease / 10) {
+                    tracing::warn!(error = %e, "the lease lapses before the store can be reached again; stopping the work");
                     return Abort::LostLease;
                 }
                 tracing::warn!(error = %e, "lease renewal failed; trying again");
@@ -365,11 +365,6 @@ impl Validity {
     /// A lease renewed by a request sent at `asked_at`.
     fn renewed(asked_at: tokio::time::Instant, shared: &Shared, lease: &Lease) -> Self {
         Self { monotonic: asked_at + shared.config.lease, wall: lease.expires_at }
-    }
-
-    /// Whether the lease has run out on either clock.
-    fn lapsed(&self, shared: &Shared) -> bool {
-        !self.holds_for(shared, Duration::from_millis(1))
     }
 
     /// Whether at least `margin` of the lease is left on both clocks.
