@@ -236,7 +236,9 @@ impl Agent {
         let result = match deploy_core::resolve_for(self.secrets.as_ref(), desired).await {
             Ok(secrets) => {
                 let deployment = slot.deployment.unwrap_or_default();
-                let ctx = ApplyContext { deployment, desired, secrets: &secrets, fencing_token: 0 };
+                // The token of the controller's lease behind the assignment: the server fences the assignment
+                // itself, and the executor here (a `command` hook, as DEPLOY_FENCING_TOKEN) gets it too.
+                let ctx = ApplyContext { deployment, desired, secrets: &secrets, fencing_token: slot.fencing_token };
                 // Nothing the server records may hold a secret resolved here: scrubbed before it is reported.
                 let scrubber = Scrubber::of(&secrets);
                 match self.executor.apply_with_output(&target, ctx).await {

@@ -39,6 +39,9 @@ pub struct AgentSlot {
     pub desired: Option<DesiredState>,
     /// The deployment that asked for it.
     pub deployment: Option<DeploymentId>,
+    /// The fencing token of the lease behind the assignment (0: none); the agent passes it to its executors.
+    #[serde(default)]
+    pub fencing_token: u64,
     /// When it was assigned.
     #[serde(with = "time::serde::rfc3339::option")]
     pub assigned_at: Option<Timestamp>,
@@ -59,21 +62,24 @@ impl AgentSlot {
             generation: 0,
             desired: None,
             deployment: None,
+            fencing_token: 0,
             assigned_at: None,
             report: None,
             last_seen: None,
         }
     }
 
-    /// Assigns `desired` for `deployment`: a new generation, unless exactly that is assigned already (a retried
-    /// apply does not make the agent apply again).
-    pub fn assign(&mut self, desired: DesiredState, deployment: DeploymentId, now: Timestamp) {
+    /// Assigns `desired` for `deployment` under the lease of `fencing_token`: a new generation, unless exactly that is
+    /// assigned already (a retried apply does not make the agent apply again; a successor's token is kept).
+    pub fn assign(&mut self, desired: DesiredState, deployment: DeploymentId, fencing_token: u64, now: Timestamp) {
         if self.desired.as_ref() == Some(&desired) && self.deployment == Some(deployment) {
+            self.fencing_token = self.fencing_token.max(fencing_token);
             return;
         }
         self.generation = self.generation.saturating_add(1);
         self.desired = Some(desired);
         self.deployment = Some(deployment);
+        self.fencing_token = fencing_token;
         self.assigned_at = Some(now);
     }
 

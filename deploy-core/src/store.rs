@@ -629,13 +629,17 @@ pub trait Store: Send + Sync {
     ) -> Result<Option<AgentSlot>, StoreError>;
 
     /// Assigns `desired` to a target's agent ([`AgentSlot::assign`]: a new generation unless that very assignment is
-    /// already there).
+    /// already there). A write fenced like [`Store::record`]: with a `fencing_token` above 0 it is refused
+    /// ([`StoreError::StaleToken`], [`StoreError::AlreadyFinished`]) unless that token is the deployment's current
+    /// lease, so a controller that lost its lease (paused, cut off) cannot replace its successor's assignment. 0
+    /// assigns without a lease (tools, tests).
     async fn assign_agent(
         &self,
         environment: &EnvironmentName,
         target: &TargetId,
         desired: DesiredState,
         deployment: DeploymentId,
+        fencing_token: u64,
         now: Timestamp,
     ) -> Result<AgentSlot, StoreError>;
 

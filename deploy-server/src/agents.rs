@@ -140,9 +140,22 @@ impl Executor for AgentExecutor {
         // The agent resolves secret references itself, on its host: only references travel.
         let assigned = self
             .store
-            .assign_agent(&target.environment, &target.id, ctx.desired.clone(), ctx.deployment, self.clock.now())
+            .assign_agent(
+                &target.environment,
+                &target.id,
+                ctx.desired.clone(),
+                ctx.deployment,
+                ctx.fencing_token,
+                self.clock.now(),
+            )
             .await
-            .map_err(|e| ExecutorError::retryable(format!("cannot assign to the agent: {e}")))?;
+            .map_err(|e| match e {
+                // This controller's lease is gone: its successor's assignment stands.
+                deploy_core::StoreError::StaleToken { .. } | deploy_core::StoreError::AlreadyFinished { .. } => {
+                    ExecutorError::permanent(format!("not assigned to the agent: {e}"))
+                }
+                e => ExecutorError::retryable(format!("cannot assign to the agent: {e}")),
+            })?;
         self.watch.assigned.wake(&target.environment, &target.id);
         let generation = assigned.generation;
         let reported = self.watch.reported.notify_for(&target.environment, &target.id);

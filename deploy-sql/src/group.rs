@@ -43,7 +43,7 @@ pub(crate) struct AgentChange {
 /// What changes in the slot.
 pub(crate) enum AgentUpdate {
     /// A new assignment.
-    Assign(DesiredState, DeploymentId, Timestamp),
+    Assign(DesiredState, DeploymentId, u64, Timestamp),
     /// A report (heartbeat).
     Report(AgentReport, Timestamp),
 }
@@ -51,7 +51,7 @@ pub(crate) enum AgentUpdate {
 impl AgentChange {
     pub(crate) fn apply(self, slot: &mut AgentSlot) {
         match self.change {
-            AgentUpdate::Assign(desired, deployment, now) => slot.assign(desired, deployment, now),
+            AgentUpdate::Assign(desired, deployment, token, now) => slot.assign(desired, deployment, token, now),
             AgentUpdate::Report(report, now) => slot.record(report, now),
         }
     }

@@ -313,6 +313,22 @@ impl SqlStore {
         conn: &mut AnyConnection,
         change: crate::group::AgentChange,
     ) -> Result<AgentSlot, StoreError> {
+        // A fenced assignment holds only under the deployment's current lease (its row locked, as a claim locks it).
+        if let crate::group::AgentUpdate::Assign(_, deployment, token, _) = &change.change
+            && *token > 0
+        {
+            let (deployment, token) = (*deployment, *token);
+            let row = load_header(conn, Some(self.backend), deployment)
+                .await?
+                .ok_or_else(|| not_found("deployment", deployment))?;
+            if u64::try_from(row.lease_token).ok() != Some(token) {
+                return Err(StoreError::StaleToken { deployment, token });
+            }
+            let status = row.header.status();
+            if status.is_terminal() {
+                return Err(StoreError::AlreadyFinished { deployment, status });
+            }
+        }
         let sql = format!(
             "SELECT doc FROM deploy_agents WHERE environment = $1 AND target = $2{}",
             self.backend.for_update()
@@ -2199,12 +2215,13 @@ impl Store for SqlStore {
         target: &deploy_core::TargetId,
         desired: deploy_core::DesiredState,
         deployment: DeploymentId,
+        fencing_token: u64,
         now: Timestamp,
     ) -> Result<deploy_core::AgentSlot, StoreError> {
         let change = crate::group::AgentChange {
             environment: environment.clone(),
             target: target.clone(),
-            change: crate::group::AgentUpdate::Assign(desired, deployment, now),
+            change: crate::group::AgentUpdate::Assign(desired, deployment, fencing_token, now),
         };
         self.agent_grouped(change).await
     }

@@ -268,9 +268,10 @@ impl<S: Store> Store for FaultyStore<S> {
         target: &TargetId,
         desired: DesiredState,
         deployment: DeploymentId,
+        fencing_token: u64,
         now: Timestamp,
     ) -> Result<AgentSlot, StoreError> {
-        self.inner.assign_agent(environment, target, desired, deployment, now).await
+        self.inner.assign_agent(environment, target, desired, deployment, fencing_token, now).await
     }
 
     async fn record_agent_report(

@@ -112,19 +112,32 @@ impl MemoryStore {
     }
 
     /// Changes a target's agent slot (made empty first if it has none); the slot as it is then.
+    /// Changes a slot; when `fenced` (a deployment and its lease token), only while that token is the deployment's
+    /// current lease and the deployment runs, checked under the same lock.
     fn change_agent_slot(
         &self,
         environment: &EnvironmentName,
         target: &deploy_core::TargetId,
+        fenced: Option<(DeploymentId, u64)>,
         change: impl FnOnce(&mut deploy_core::AgentSlot),
-    ) -> deploy_core::AgentSlot {
+    ) -> Result<deploy_core::AgentSlot, StoreError> {
         let mut inner = self.lock();
+        if let Some((deployment, token)) = fenced {
+            let state = inner.deployments.get(&deployment).ok_or_else(|| not_found("deployment", deployment))?;
+            if state.token != token {
+                return Err(StoreError::StaleToken { deployment, token });
+            }
+            let status = state.deployment.status();
+            if status.is_terminal() {
+                return Err(StoreError::AlreadyFinished { deployment, status });
+            }
+        }
         let slot = inner
             .agents
             .entry((environment.to_string(), target.to_string()))
             .or_insert_with(|| deploy_core::AgentSlot::new(environment.clone(), target.clone()));
         change(slot);
-        slot.clone()
+        Ok(slot.clone())
     }
 
     /// The number of deployments, of events and of webhook deliveries held.
@@ -652,9 +665,11 @@ impl Store for MemoryStore {
         target: &deploy_core::TargetId,
         desired: deploy_core::DesiredState,
         deployment: DeploymentId,
+        fencing_token: u64,
         now: Timestamp,
     ) -> Result<deploy_core::AgentSlot, StoreError> {
-        Ok(self.change_agent_slot(environment, target, |slot| slot.assign(desired, deployment, now)))
+        let fenced = (fencing_token > 0).then_some((deployment, fencing_token));
+        self.change_agent_slot(environment, target, fenced, |slot| slot.assign(desired, deployment, fencing_token, now))
     }
 
     async fn record_agent_report(
@@ -664,7 +679,7 @@ impl Store for MemoryStore {
         report: deploy_core::AgentReport,
         now: Timestamp,
     ) -> Result<deploy_core::AgentSlot, StoreError> {
-        Ok(self.change_agent_slot(environment, target, |slot| slot.record(report, now)))
+        self.change_agent_slot(environment, target, None, |slot| slot.record(report, now))
     }
 
     async fn append_audit(&self, entry: AuditEntry) -> Result<(), StoreError> {

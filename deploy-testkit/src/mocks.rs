@@ -187,6 +187,7 @@ mockall::mock! {
             target: &deploy_core::TargetId,
             desired: deploy_core::DesiredState,
             deployment: deploy_core::DeploymentId,
+            fencing_token: u64,
             now: Timestamp,
         ) -> Result<deploy_core::AgentSlot, deploy_core::StoreError>;
         async fn record_agent_report(

@@ -75,6 +75,7 @@ pub async fn run_all(store: &dyn Store) {
     idempotency_keys_expire(store).await;
     api_keys_by_digest(store).await;
     audit_log_pages_newest_first(store).await;
+    agent_slots(store).await;
 }
 
 /// Creating bumps to revision 1, replacing bumps again, a stale expected revision is refused.
@@ -246,6 +247,15 @@ pub async fn claims_are_fenced(store: &dyn Store) {
     }
     let second = second.expect("an expired lease is claimable again");
     assert!(second.lease.token > first.lease.token, "tokens grow with every claim");
+    // An agent's assignment is a fenced write too: the controller that lost the lease cannot replace it.
+    let host = deploy_core::TargetId::new("host-1").expect("target id");
+    let want = deploy_core::DesiredState::bare("svc".parse().expect("service"), "1".parse().expect("version"));
+    let stale = store.assign_agent(&env, &host, want.clone(), a, first.lease.token, later).await;
+    assert!(matches!(stale, Err(StoreError::StaleToken { .. })), "stale assignment: {stale:?}");
+    assert_eq!(store.agent_slot(&env, &host).await.expect("read"), None, "nothing was assigned");
+    let slot =
+        store.assign_agent(&env, &host, want, a, second.lease.token, later).await.expect("current token assigns");
+    assert_eq!((slot.deployment, slot.fencing_token), (Some(a), second.lease.token));
     let start = ProgressUpdate {
         now: Some(later),
         status: Some(StatusChange { status: DeploymentStatus::InProgress, reason: None }),
@@ -607,9 +617,9 @@ pub async fn agent_slots(store: &dyn Store) {
     let now = t0();
     let want = |v: &str| deploy_core::DesiredState::bare("svc".parse().expect("service"), v.parse().expect("version"));
     let first = DeploymentId::new();
-    let slot = store.assign_agent(&env, &target, want("1.0"), first, now).await.expect("assign");
+    let slot = store.assign_agent(&env, &target, want("1.0"), first, 0, now).await.expect("assign");
     assert_eq!((slot.generation, slot.deployment), (1, Some(first)));
-    let again = store.assign_agent(&env, &target, want("1.0"), first, now).await.expect("assign again");
+    let again = store.assign_agent(&env, &target, want("1.0"), first, 0, now).await.expect("assign again");
     assert_eq!(again.generation, 1, "the same assignment again is not a new generation");
     let report = deploy_core::AgentReport {
         generation: 1,
@@ -622,7 +632,7 @@ pub async fn agent_slots(store: &dyn Store) {
     let seen = store.record_agent_report(&env, &target, report.clone(), later).await.expect("report");
     assert_eq!((seen.report.as_ref(), seen.last_seen), (Some(&report), Some(later)));
     assert_eq!(seen.current_report(), Some(&report));
-    let next = store.assign_agent(&env, &target, want("2.0"), DeploymentId::new(), later).await.expect("assign 2.0");
+    let next = store.assign_agent(&env, &target, want("2.0"), DeploymentId::new(), 0, later).await.expect("assign 2.0");
     assert_eq!(next.generation, 2);
     assert_eq!(next.current_report(), None, "the report is about an older assignment");
     let stored = store.agent_slot(&env, &target).await.expect("read").expect("slot");
