@@ -190,6 +190,25 @@ impl World {
         None
     }
 
+    /// Waits for the replica driving deployment `id` to start work; then the fault about to strike it: the replica's
+    /// index, when, and for how long (between `low` and `high` leases). `None` when no replica could be named.
+    async fn strike_owner(&mut self, id: &str, low: f64, high: f64) -> Option<(usize, Fault, Duration)> {
+        let owner = self.owner(id).await?;
+        let i = self.replicas.iter().position(|d| d.pid == owner)?;
+        let lease = self.cfg.lease;
+        let lasts = self.rng.between(lease.mul_f64(low), lease.mul_f64(high));
+        Some((i, Fault::now(owner), lasts))
+    }
+
+    /// Finishes a round whose fault also met side submissions: the round's checks, then every side answer's, then a
+    /// clean slate for the next round.
+    async fn finish_with_side(&mut self, round: Round, fault: Fault, answers: Vec<(Answer, String)>) {
+        self.finish(round, Some(fault)).await;
+        self.check_side(answers).await;
+        self.settle_hooks().await;
+        self.host.take_runs("side");
+    }
+
     /// Waits for a deployment to finish and checks the round: lost, stuck, orphaned hooks, overlapping and stale
     /// work, the record against the hosts, and the takeover time: from `fault` (when, in ns since the epoch, and the
     /// replica it struck) to the first hook another replica started.
@@ -376,18 +395,13 @@ pub async fn pause(cfg: &Config, db: &Database, rounds: u32) -> Tally {
         for _ in 0..rounds {
             let bad = w.rng.chance(0.3);
             let round = w.submit(bad).await?;
-            let mut fault = None;
-            if let Some(owner) = w.owner(&round.id).await
-                && let Some(i) = w.replicas.iter().position(|d| d.pid == owner)
-            {
-                let lease = w.cfg.lease;
-                let pause = w.rng.between(lease.mul_f64(1.25), lease.mul_f64(2.5));
-                fault = Some(Fault::now(owner));
+            let fault = w.strike_owner(&round.id, 1.25, 2.5).await;
+            if let Some((i, _, pause)) = fault {
                 w.replicas[i].signal(Signal::SIGSTOP);
                 tokio::time::sleep(pause).await;
                 w.replicas[i].signal(Signal::SIGCONT);
             }
-            w.finish(round, fault).await;
+            w.finish(round, fault.map(|(_, f, _)| f)).await;
         }
         Ok(())
     })
@@ -411,18 +425,13 @@ pub async fn partition(cfg: &Config, db: &Database, rounds: u32) -> Tally {
         for _ in 0..rounds {
             let bad = w.rng.chance(0.3);
             let round = w.submit(bad).await?;
-            let mut fault = None;
-            if let Some(owner) = w.owner(&round.id).await
-                && let Some(i) = w.replicas.iter().position(|d| d.pid == owner)
-            {
-                let lease = w.cfg.lease;
-                let cut = w.rng.between(lease.mul_f64(1.5), lease.mul_f64(3.0));
-                fault = Some(Fault::now(owner));
+            let fault = w.strike_owner(&round.id, 1.5, 3.0).await;
+            if let Some((i, _, cut)) = fault {
                 links[i].cut();
                 tokio::time::sleep(cut).await;
                 links[i].heal();
             }
-            w.finish(round, fault).await;
+            w.finish(round, fault.map(|(_, f, _)| f)).await;
         }
         Ok(())
     })
@@ -450,10 +459,7 @@ pub async fn database_restart(cfg: &Config, db: &Database, rounds: u32) -> Tally
             tokio::time::sleep(Duration::from_millis(500)).await;
             stop.store(true, Ordering::SeqCst);
             let answers = side_task.await.unwrap_or_default();
-            w.finish(round, Some(fault)).await;
-            w.check_side(answers).await;
-            w.settle_hooks().await;
-            w.host.take_runs("side");
+            w.finish_with_side(round, fault, answers).await;
         }
         Ok(())
     })
@@ -493,10 +499,7 @@ pub async fn disk_full(cfg: &Config, rounds: u32) -> Tally {
             stop.store(true, Ordering::SeqCst);
             let answers = side_task.await.unwrap_or_default();
             w.replicas[0].cap_file_size(None).await?;
-            w.finish(round, Some(fault)).await;
-            w.check_side(answers).await;
-            w.settle_hooks().await;
-            w.host.take_runs("side");
+            w.finish_with_side(round, fault, answers).await;
         }
         Ok(())
     })
