@@ -10,6 +10,7 @@
 //! `deploy-chaos --long` is the long run (RELIABILITY.md has its figures); `deploy-server`'s `tests/chaos.rs` runs
 //! [`Plan::short`] in CI.
 
+pub mod disk;
 pub mod fleet;
 pub mod history;
 pub mod postgres;

@@ -67,6 +67,8 @@ pub struct Tally {
     pub takeovers: Vec<Duration>,
     /// Why the scenario did not run, when it did not.
     pub skipped: Option<String>,
+    /// How it ran, when that varies with the machine (the disk-full scenario's filesystem).
+    pub note: Option<String>,
     /// How long it took.
     pub elapsed: Duration,
 }
@@ -134,6 +136,9 @@ impl Report {
             let _ = write!(out, " {:>12} {:>12} {:>7}s", ms(t.percentile(0.5)), ms(max), t.elapsed.as_secs());
             if let Some(why) = &t.skipped {
                 let _ = write!(out, "  skipped: {why}");
+            }
+            if let Some(note) = &t.note {
+                let _ = write!(out, "  ({note})");
             }
             let _ = writeln!(out);
         }

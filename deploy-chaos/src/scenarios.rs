@@ -118,8 +118,20 @@ impl World {
     }
 
     async fn start_replica(&mut self, name: &str, database: Option<&str>, ignore_xfsz: bool) -> anyhow::Result<()> {
+        let data = self.dir().join(name);
+        self.start_replica_in(name, &data, database, ignore_xfsz).await
+    }
+
+    /// [`World::start_replica`] with its data directory at `data`.
+    async fn start_replica_in(
+        &mut self,
+        name: &str,
+        data: &Path,
+        database: Option<&str>,
+        ignore_xfsz: bool,
+    ) -> anyhow::Result<()> {
         let dir = self.dir();
-        let args = replica_args(&dir.join(name), &dir.join("state"), self.cfg.lease, database);
+        let args = replica_args(data, &dir.join("state"), self.cfg.lease, database);
         let d = Deployd::start(&self.cfg.deployd, args, &dir.join(format!("{name}.log")), ignore_xfsz).await?;
         self.replicas.push(d);
         Ok(())
@@ -473,34 +485,64 @@ fn largest_file(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// A single deployd on SQLite whose disk fills (no file may grow: a file-size limit on the process) at a random
-/// moment of a deployment, for a while, as submissions keep coming; then space is freed. No 202 while writes fail,
-/// every 202 kept, and the deployment finishes without a restart.
+/// How the disk fills.
+enum Filling {
+    /// A small tmpfs holding the data directory is filled up: writes fail with ENOSPC (SQLITE_FULL).
+    Tmpfs(crate::disk::SmallDisk),
+    /// No file of the process may grow past its size now (a file-size limit): writes fail with EFBIG.
+    FileSizeLimit(PathBuf),
+}
+
+/// A single deployd on SQLite whose disk fills at a random moment of a deployment, for a while, as submissions keep
+/// coming; then space is freed. The disk is a small tmpfs where mounting one is permitted, else a file-size limit on
+/// the process. No 202 while writes fail, every 202 kept, and the deployment finishes without a restart.
 pub async fn disk_full(cfg: &Config, rounds: u32) -> Tally {
     scenario(cfg, "disk-full", 5, async |w: &mut World| {
-        if std::process::Command::new("prlimit").arg("--version").output().is_err() {
-            w.tally.skipped = Some("no prlimit (util-linux) on this machine".into());
-            return Ok(());
-        }
-        w.start_replica("replica", None, true).await?;
+        let filling = match crate::disk::SmallDisk::mount(&w.dir().join("disk"), 64) {
+            Ok(disk) => {
+                let data = disk.path().join("replica");
+                w.start_replica_in("replica", &data, None, false).await?;
+                w.tally.note = Some("a 64 MiB tmpfs, filled".into());
+                Filling::Tmpfs(disk)
+            }
+            Err(why) => {
+                if std::process::Command::new("prlimit").arg("--version").output().is_err() {
+                    w.tally.skipped = Some(format!("{why}; and no prlimit (util-linux) on this machine"));
+                    return Ok(());
+                }
+                w.start_replica("replica", None, true).await?;
+                w.tally.note = Some(format!("a file-size limit ({why})"));
+                Filling::FileSizeLimit(w.dir().join("replica"))
+            }
+        };
         w.setup(4, 4).await?;
         let side = "disk-full-side";
         w.api.put_environment(&w.bases()[0], side, &w.host.environment(side, 1, "queue", 1)).await?;
-        let data = w.dir().join("replica");
         for _ in 0..rounds {
             let bad = w.rng.chance(0.3);
             let round = w.submit(bad).await?;
             tokio::time::sleep(w.rng.between(Duration::ZERO, Duration::from_millis(800))).await;
             let fault = Fault::now(0);
-            w.replicas[0].cap_file_size(Some(largest_file(&data) + 4096)).await?;
+            match &filling {
+                Filling::Tmpfs(disk) => disk.fill()?,
+                Filling::FileSizeLimit(data) => w.replicas[0].cap_file_size(Some(largest_file(data) + 4096)).await?,
+            }
             let stop = Arc::new(AtomicBool::new(false));
             let side_task = w.side_submissions(side, Arc::clone(&stop));
             tokio::time::sleep(w.rng.between(Duration::from_millis(300), Duration::from_millis(1500))).await;
             stop.store(true, Ordering::SeqCst);
             let answers = side_task.await.unwrap_or_default();
-            w.replicas[0].cap_file_size(None).await?;
+            match &filling {
+                Filling::Tmpfs(disk) => disk.free()?,
+                Filling::FileSizeLimit(_) => w.replicas[0].cap_file_size(None).await?,
+            }
             w.finish_with_side(round, fault, answers).await;
         }
+        // Stopped before the disk is unmounted under it.
+        for r in &mut w.replicas {
+            r.kill9().await;
+        }
+        drop(filling);
         Ok(())
     })
     .await
