@@ -33,6 +33,12 @@ pub enum Fault {
     CrashAfterApply,
     /// This imperative step action fails permanently.
     FailStep(String),
+    /// Every health probe takes this long to answer.
+    SlowVerify(Duration),
+    /// Once the version has been healthy for this long, health probes never answer (a probe that hangs).
+    VerifyHangsAfter(Duration),
+    /// Apply panics (an executor's bug).
+    PanicOnApply,
 }
 
 /// One recorded call.
@@ -323,6 +329,12 @@ impl ScriptedExecutor {
                 return Err(ExecutorError::permanent(format!("{}: ended: another owner changes this target", target.id)));
             }
         }
+        if st.faults.contains(&Fault::PanicOnApply) {
+            #[allow(clippy::panic)] // The fault asked for: an executor with a bug.
+            {
+                panic!("{}: the scripted executor was told to panic", target.id);
+            }
+        }
         if st.faults.contains(&Fault::FailPermanently) {
             return Err(ExecutorError::permanent(format!("{}: {version} refused by {}", target.id, self.name)));
         }
@@ -382,17 +394,30 @@ impl Executor for ScriptedExecutor {
             return Err(ExecutorError::unreachable(format!("{}: no route to host", target.id)));
         }
         let now = self.clock.now();
-        let s = self.lock();
-        let (version, mut health) = s.actual.get(&target.id).cloned().unwrap_or((None, Health::Unknown));
-        if version.as_ref() != Some(&desired.version) {
-            return Ok(Health::Unhealthy);
+        let (health, hangs) = {
+            let s = self.lock();
+            let (version, mut health) = s.actual.get(&target.id).cloned().unwrap_or((None, Health::Unknown));
+            let since = s.healthy_since.get(&target.id).copied().unwrap_or(now);
+            let healthy_for = deploy_core::elapsed_between(since, now);
+            if version.as_ref() != Some(&desired.version) {
+                health = Health::Unhealthy;
+            }
+            let mut hangs = false;
+            for f in &st.faults {
+                match f {
+                    Fault::UnhealthyAfter(d) if healthy_for >= *d => health = Health::Unhealthy,
+                    Fault::VerifyHangsAfter(d) if healthy_for >= *d => hangs = true,
+                    _ => {}
+                }
+            }
+            (health, hangs)
+        };
+        if hangs {
+            futures::future::pending::<()>().await;
         }
         for f in &st.faults {
-            if let Fault::UnhealthyAfter(d) = f {
-                let since = s.healthy_since.get(&target.id).copied().unwrap_or(now);
-                if deploy_core::elapsed_between(since, now) >= *d {
-                    health = Health::Unhealthy;
-                }
+            if let Fault::SlowVerify(d) = f {
+                self.clock.sleep(*d).await;
             }
         }
         Ok(health)

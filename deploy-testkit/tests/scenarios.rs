@@ -1079,3 +1079,130 @@ async fn a_controller_cut_off_from_its_store_stops_its_work_before_the_lease_lap
     })
     .await;
 }
+
+fn verify(timeout: &str, interval: &str, healthy_for: &str) -> Option<deploy_core::spec::VerifyRequest> {
+    Some(deploy_core::spec::VerifyRequest {
+        timeout: Some(timeout.into()),
+        interval: Some(interval.into()),
+        healthy_for: Some(healthy_for.into()),
+    })
+}
+
+/// Issue 17: the last probe of a verification, made when its time is nearly out, had 1 ms to answer, so any probe
+/// slower than that reported "timed out" instead of its verdict. A probe now gets at least an interval.
+#[tokio::test(start_paused = true)]
+async fn a_slow_health_probe_is_heard_at_the_end_of_the_verification() {
+    within(async {
+        let h = Harness::new("prod", &[("web-1", Some("1.0"))], ConcurrencyPolicy::Queue).await;
+        h.executor.add_fault("web-1", Some("2.0"), Fault::SlowVerify(Duration::from_millis(100)));
+        // Probes at 0 s and 1.1 s answer healthy 0.1 s later; the third starts at the 1.5 s deadline and must be heard
+        // to see healthy for 1.4 s.
+        let d = DeploymentRequest { verify: verify("1500ms", "1s", "1400ms"), ..request("prod", "web", "2.0") };
+        let d = h.submit(d).await.unwrap();
+        h.settle().await;
+        let d = h.get(d.id()).await;
+        assert_eq!(d.status(), DeploymentStatus::Succeeded, "{:?} {:?}", d.status_reason(), target_states(&d));
+        assert_eq!(h.executor.count("verify", "web-1"), 3);
+    })
+    .await;
+}
+
+/// Issue 17: a canary probe that hangs held the environment for ever (the watch awaited it without a bound, outside
+/// the progress deadline). It is now a failed probe: the canary fails and the deployment rolls back.
+#[tokio::test(start_paused = true)]
+async fn a_hung_canary_probe_fails_the_canary_instead_of_holding_the_environment() {
+    within(async {
+        let targets: Vec<(String, Option<&str>)> = (1..=10).map(|i| (format!("c-{i}"), Some("1.0"))).collect();
+        let refs: Vec<(&str, Option<&str>)> = targets.iter().map(|(id, v)| (id.as_str(), *v)).collect();
+        let h = Harness::new("prod", &refs, ConcurrencyPolicy::Queue).await;
+        h.executor.add_fault("c-1", Some("2.0"), Fault::VerifyHangsAfter(Duration::from_secs(5)));
+        let canary = Some(StrategyRequest::Canary {
+            steps: vec![
+                deploy_core::spec::CanaryStepRequest { percent: 10, verify_for: Some("60s".into()) },
+                deploy_core::spec::CanaryStepRequest { percent: 100, verify_for: None },
+            ],
+        });
+        let d = h.submit(DeploymentRequest { strategy: canary, ..request("prod", "web", "2.0") }).await.unwrap();
+        h.settle().await;
+        let d = h.get(d.id()).await;
+        assert_eq!(d.status(), DeploymentStatus::RolledBack, "{:?}", d.status_reason());
+        let c1 = d.targets().iter().find(|t| t.id.as_str() == "c-1").unwrap();
+        assert!(c1.error.as_deref().is_some_and(|e| e.contains("did not answer")), "{:?}", c1.error);
+        assert_eq!(h.executor.count("apply", "c-2"), 0, "the 100% step never started");
+        assert_eq!(h.executor.version_of("c-1").as_deref(), Some("1.0"));
+    })
+    .await;
+}
+
+/// Issue 17: an executor that panicked took the controller's task down with it, silently, and the deployment waited
+/// for its lease to lapse, again and again. The panic is now the target's permanent failure, with an event, and the
+/// controller goes on.
+#[tokio::test(start_paused = true)]
+async fn an_executor_that_panics_fails_its_target_and_the_controller_goes_on() {
+    within(async {
+        let h = Harness::new("prod", &FOUR, ConcurrencyPolicy::Queue).await;
+        h.executor.add_fault("web-2", Some("2.0"), Fault::PanicOnApply);
+        let d = h.submit(DeploymentRequest { strategy: rolling(2), ..request("prod", "web", "2.0") }).await.unwrap();
+        h.settle().await;
+        let d = h.get(d.id()).await;
+        assert_eq!(d.status(), DeploymentStatus::RolledBack, "{:?}", d.status_reason());
+        let web2 = d.targets().iter().find(|t| t.id.as_str() == "web-2").unwrap();
+        assert!(web2.error.as_deref().is_some_and(|e| e.contains("the executor panicked")), "{:?}", web2.error);
+        let events = h.events(d.id()).await;
+        assert!(events.iter().any(|e| e.message.contains("the executor panicked")), "an event says so");
+        let applies_of_2: Vec<_> = h
+            .executor
+            .calls()
+            .into_iter()
+            .filter(|c| {
+                c.op == "apply"
+                    && c.target.as_str() == "web-2"
+                    && c.version.as_ref().is_some_and(|v| v.as_str() == "2.0")
+            })
+            .collect();
+        assert_eq!(applies_of_2.len(), 1, "a panic is permanent: not retried");
+        let next = h.submit(request("prod", "web", "2.1")).await.unwrap();
+        h.settle().await;
+        assert_eq!(h.get(next.id()).await.status(), DeploymentStatus::Succeeded, "the controller went on");
+    })
+    .await;
+}
+
+/// Issue 17: retries and takeovers left no event. Each retry of a retryable error is now an event of its target, and a
+/// controller resuming another's work says so.
+#[tokio::test(start_paused = true)]
+async fn retries_and_takeovers_are_events() {
+    within(async {
+        let h = Harness::new("prod", &FOUR, ConcurrencyPolicy::Queue).await;
+        h.executor.add_fault("web-1", Some("2.0"), Fault::FailTimes(2));
+        h.executor.add_fault("web-3", Some("2.0"), Fault::Slow(Duration::from_secs(30)));
+        let d = h.submit(DeploymentRequest { strategy: rolling(1), ..request("prod", "web", "2.0") }).await.unwrap();
+        let (t1, a) = spawn_controller(&h.orchestrator);
+        wait_for(&h, d.id(), |d| {
+            d.targets().iter().any(|t| t.id.as_str() == "web-3" && t.status == TargetStatus::InProgress)
+        })
+        .await;
+        // The first controller dies mid-flight; a second one takes over once its lease lapsed.
+        a.abort();
+        drop(t1);
+        h.clock.advance(Duration::from_secs(60));
+        let b = h.replica("controller-2");
+        let (t2, bt) = spawn_controller(&b);
+        let done = wait_terminal(&h, d.id()).await;
+        t2.fire();
+        bt.await.unwrap();
+        assert_eq!(done.status(), DeploymentStatus::Succeeded, "{:?}", target_states(&done));
+        let events = h.events(d.id()).await;
+        let retries: Vec<&str> = events
+            .iter()
+            .filter(|e| {
+                e.target_id.as_ref().is_some_and(|t| t.as_str() == "web-1") && e.message.contains("retrying in")
+            })
+            .map(|e| e.message.as_str())
+            .collect();
+        assert_eq!(retries.len(), 2, "{retries:?}");
+        assert!(retries[0].contains("attempt 1 failed") && retries[1].contains("attempt 2 failed"), "{retries:?}");
+        assert!(events.iter().any(|e| e.message.contains("resumed by controller-2")), "the takeover is an event");
+    })
+    .await;
+}

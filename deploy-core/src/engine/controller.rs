@@ -102,13 +102,22 @@ pub(super) async fn run(shared: Arc<Shared>, mut shutdown: ShutdownSignal) {
         let poll = shared.clock.sleep(shared.config.poll_interval);
         tokio::select! {
             () = shutdown.fired() => break,
-            Some(_) = running.join_next(), if !running.is_empty() => {}
+            Some(done) = running.join_next(), if !running.is_empty() => {
+                // Executor panics are caught at each call; a panic here is the engine's own, and never silent.
+                if let Err(e) = done {
+                    tracing::error!(error = %e, "a deployment's driver panicked; its lease lapses and another claim resumes it");
+                }
+            }
             Ok(()) = changed.changed() => {}
             () = poll => {}
         }
     }
     // Drivers see the same signal, stop at their next await, and release their leases.
-    while running.join_next().await.is_some() {}
+    while let Some(done) = running.join_next().await {
+        if let Err(e) = done {
+            tracing::error!(error = %e, "a deployment's driver panicked");
+        }
+    }
     tracing::info!(owner = %shared.config.owner, "controller stopped");
 }
 

@@ -1,7 +1,10 @@
 //! Bounded retries with exponential backoff and jitter, and the unreachable wait.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
+
+use futures::FutureExt as _;
 
 use crate::clock::{Clock, elapsed_between};
 use crate::executor::{ErrorClass, ExecutorError};
@@ -21,6 +24,25 @@ pub(super) struct RetryPolicy<'a> {
     pub(super) base: Duration,
     pub(super) cap: Duration,
     pub(super) unreachable_wait: Duration,
+    /// Told of each retry of a retryable error, with what happened and how long until the next attempt.
+    pub(super) on_retry: Option<Box<dyn Fn(String) + Send + Sync + 'a>>,
+}
+
+/// Awaits an executor call, turning a panic inside it into a permanent error naming the panic: an executor's bug
+/// fails its target (with an event saying so) instead of the controller's task.
+pub(super) async fn caught<T>(call: impl Future<Output = Result<T, ExecutorError>>) -> Result<T, ExecutorError> {
+    match AssertUnwindSafe(call).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_owned());
+            tracing::error!(panic = %what, "an executor panicked; its target fails");
+            Err(ExecutorError::permanent(format!("the executor panicked: {what}")))
+        }
+    }
 }
 
 impl RetryPolicy<'_> {
@@ -48,7 +70,7 @@ impl RetryPolicy<'_> {
         let mut unreachable_since = None;
         loop {
             *attempts = attempts.saturating_add(1);
-            let err = match op().await {
+            let err = match caught(op()).await {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
@@ -63,7 +85,16 @@ impl RetryPolicy<'_> {
                             err.message()
                         )));
                     }
-                    self.clock.sleep(self.backoff(retries)).await;
+                    let wait = self.backoff(retries);
+                    if let Some(note) = &self.on_retry {
+                        note(format!(
+                            "attempt {} failed ({}); retrying in {} ms",
+                            retries + 1,
+                            err.message(),
+                            wait.as_millis()
+                        ));
+                    }
+                    self.clock.sleep(wait).await;
                     retries += 1;
                 }
                 ErrorClass::Unreachable => {

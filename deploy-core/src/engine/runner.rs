@@ -11,7 +11,7 @@ use tracing::Instrument;
 
 use super::Shared;
 use super::controller::ShutdownSignal;
-use super::retry::{CallError, RetryPolicy};
+use super::retry::{CallError, RetryPolicy, caught};
 use super::rollout::{self, Batch};
 use crate::clock::{add, elapsed_between};
 use crate::deployment::{
@@ -426,7 +426,9 @@ async fn run(rec: &Recorder<'_>) -> Result<(), Abort> {
             // (its controller crashed, the lease had to lapse) does not count against it.
             tracing::info!("resuming from stored progress");
             let now = rec.now();
-            rec.write(ProgressUpdate { now: Some(now), progressed: true, ..ProgressUpdate::default() }).await?;
+            let reason = format!("resumed by {} from stored progress", rec.shared.config.owner);
+            let events = vec![NewEvent::deployment(now, status, reason)];
+            rec.write(ProgressUpdate { now: Some(now), progressed: true, events, ..ProgressUpdate::default() }).await?;
         }
     }
     roll_out(&plan).await
@@ -721,14 +723,23 @@ async fn fail(plan: &Plan<'_>, reason: String, wants_rollback: bool) -> Result<(
     }
 }
 
-fn retry_policy<'a>(rec: &'a Recorder<'_>, unreachable_wait: Duration) -> RetryPolicy<'a> {
+/// The retry policy of target `index`'s calls: each retry is an event of the target.
+fn retry_policy<'a>(rec: &'a Recorder<'_>, unreachable_wait: Duration, index: usize) -> RetryPolicy<'a> {
     let c = &rec.shared.config;
+    let note = move |what: String| {
+        if let Some(entry) = rec.target(index) {
+            let message = format!("{}: {what}", entry.id);
+            // An event only: the target's status does not change.
+            let _ = rec.result(index, entry, message, None);
+        }
+    };
     RetryPolicy {
         clock: rec.shared.clock.as_ref(),
         max_retries: c.max_retries,
         base: c.retry_base,
         cap: c.retry_cap,
         unreachable_wait,
+        on_retry: Some(Box::new(note)),
     }
 }
 
@@ -821,14 +832,16 @@ async fn verify_health(
     loop {
         rec.fence().await;
         now = clock.now();
-        let remaining = elapsed_between(now, give_up);
-        let mut call = executor_for(rec, target).verify(target, desired);
+        // A probe may take what is left of the timeout, and never less than an interval: the last probe, made when the
+        // time is nearly out, gets its verdict heard instead of a timeout of its own.
+        let budget = elapsed_between(now, give_up).max(policy.interval.as_std()).max(Duration::from_millis(1));
+        let mut call = caught(executor_for(rec, target).verify(target, desired)).boxed();
         let probe = match (&mut call).now_or_never() {
             Some(r) => r,
             None => tokio::select! {
                 r = call => r,
-                () = clock.sleep(remaining.max(Duration::from_millis(1))) => {
-                    Err(ExecutorError::retryable("health probe timed out"))
+                () = clock.sleep(budget) => {
+                    Err(ExecutorError::retryable(format!("the health probe did not answer within {} ms", budget.as_millis())))
                 }
             },
         };
@@ -886,7 +899,7 @@ async fn prepare_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
         return rec.result(index, fail_entry(entry, TargetStatus::Failed, msg.clone(), now), msg, None);
     };
     let desired = plan.desired(&entry.to_version);
-    let policy = retry_policy(rec, spec.on_unreachable().wait.as_std());
+    let policy = retry_policy(rec, spec.on_unreachable().wait.as_std(), index);
     let resumed = entry.status != TargetStatus::Pending;
     let id = entry.id.clone();
 
@@ -985,7 +998,7 @@ async fn change_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
     let (spec, deployment_id) = (plan.spec.as_ref(), plan.deployment_id);
     let Some((target, _)) = target_of(plan, index) else { return Ok(()) };
     let desired = plan.desired(&entry.to_version);
-    let policy = retry_policy(rec, spec.on_unreachable().wait.as_std());
+    let policy = retry_policy(rec, spec.on_unreachable().wait.as_std(), index);
     let id = entry.id.clone();
 
     // Apply (or run the steps), with secrets resolved for this call only.
@@ -1123,6 +1136,7 @@ async fn execute(
 async fn watch_canary(plan: &Plan<'_>, batch: &Batch, watch_for: Duration) -> Result<Option<String>, Abort> {
     let rec = plan.rec;
     let interval = plan.spec.verify().interval.as_std();
+    let probe_timeout = plan.spec.verify().timeout.as_std().max(interval);
     let clock = rec.shared.clock.as_ref();
     let until = add(clock.now(), watch_for);
     loop {
@@ -1137,10 +1151,24 @@ async fn watch_canary(plan: &Plan<'_>, batch: &Batch, watch_for: Duration) -> Re
             let Some((target, _)) = target_of(plan, i) else { continue };
             let desired = plan.desired(&entry.to_version);
             rec.fence().await;
-            let healthy = matches!(executor_for(rec, &target).verify(&target, &desired).await, Ok(Health::Healthy));
-            if !healthy {
+            // Bounded like any probe: a probe that hangs is a failed probe, and the watch goes on (a cancel, the next
+            // check) instead of holding the environment.
+            let probe = caught(executor_for(rec, &target).verify(&target, &desired));
+            let verdict = tokio::select! {
+                r = probe => r.map_err(|e| e.message().to_owned()),
+                () = clock.sleep(probe_timeout) => Err(format!("the health probe did not answer within {}s", probe_timeout.as_secs())),
+            };
+            let trouble = match verdict {
+                Ok(Health::Healthy) => None,
+                Ok(h) => Some(format!("health was {h:?}").to_lowercase()),
+                Err(e) => Some(e),
+            };
+            if let Some(trouble) = trouble {
                 let now = rec.now();
-                let why = format!("became unhealthy while the canary step was watched for {}s", watch_for.as_secs());
+                let why = format!(
+                    "became unhealthy while the canary step was watched for {}s ({trouble})",
+                    watch_for.as_secs()
+                );
                 let msg = format!("{}: {why}", entry.id);
                 rec.result(i, fail_entry(entry, TargetStatus::Failed, why, now), msg, None)?;
                 return Ok(Some("a canary target became unhealthy during its observation window".to_owned()));
@@ -1188,7 +1216,7 @@ async fn restore_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
     let Some(from) = entry.from_version.clone() else { return Ok(()) };
     let Some((target, _)) = target_of(plan, index) else { return Ok(()) };
     let desired = entry.previous.clone().unwrap_or_else(|| Arc::new(DesiredState::bare(service, from.clone())));
-    let policy = retry_policy(rec, unreachable_wait);
+    let policy = retry_policy(rec, unreachable_wait, index);
     let id = entry.id.clone();
     let mut attempts = entry.attempts;
     let applied = policy
