@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 use deploy_core::{
-    ApplyContext, DesiredState, EnvSecretResolver, Executor, ExecutorError, Health, HumanDuration, ImperativeStep,
-    Observation, SecretResolver, StepOutput, Target, Version,
+    ApplyContext, DeploymentId, DesiredState, EnvSecretResolver, Executor, ExecutorError, Health, HumanDuration,
+    ImperativeStep, Observation, SecretResolver, StepOutput, Target, Version,
 };
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -118,6 +118,45 @@ impl CommandExecutor {
         local::target_dir(&self.root, target).join("installed.json")
     }
 
+    /// Takes the target's lock file (released when the file is dropped), shared by every process over this state:
+    /// what a change records, and which owner may start hooks, are decided under it.
+    async fn lock(&self, target: &Target) -> Result<std::fs::File, ExecutorError> {
+        let lock_path = local::target_dir(&self.root, target).join("installed.lock");
+        let fail = |e: std::io::Error| ExecutorError::retryable(format!("cannot lock {}: {e}", lock_path.display()));
+        if let Some(dir) = lock_path.parent() {
+            std::fs::create_dir_all(dir).map_err(fail)?;
+        }
+        let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&lock_path);
+        let lock = lock.map_err(fail)?;
+        // Blocking: another process may hold it for the moment its own step takes (longer if it is paused there).
+        tokio::task::spawn_blocking(move || lock.lock().map(|()| lock))
+            .await
+            .map_err(|e| ExecutorError::retryable(format!("cannot lock {}: {e}", lock_path.display())))?
+            .map_err(fail)
+    }
+
+    /// Admits `owner` (a deployment and its lease's fencing token) to start a hook on the target, unless a larger token
+    /// of the same deployment started one before: a controller that lost its lease while it was about to start a hook
+    /// (paused between its lease check and the spawn) does not start it after its successor did. Tokens count per
+    /// deployment, so owners of different deployments are not compared here (one deployment of an environment holds a
+    /// lease at a time). Called under the target's lock.
+    fn admit(&self, target: &Target, owner: (DeploymentId, u64)) -> Result<(), ExecutorError> {
+        let file = local::target_dir(&self.root, target).join("owner.json");
+        let (deployment, token) = owner;
+        if token == 0 {
+            // No lease stands behind the call (an agent's own apply, a test): nothing to compare.
+            return Ok(());
+        }
+        let last: HookOwner = local::load(&file)?;
+        if last.deployment == Some(deployment) && last.token > token {
+            return Err(ExecutorError::permanent(format!(
+                "{}: stale fencing token {token} of deployment {deployment}: an owner with token {} acts on this target",
+                target.id, last.token
+            )));
+        }
+        local::save(&file, &HookOwner { deployment: Some(deployment), token })
+    }
+
     /// The generation of the target's record now, before a change starts.
     fn generation(&self, target: &Target) -> Result<u64, ExecutorError> {
         Ok(local::load::<Installed>(&self.installed_file(target))?.generation)
@@ -129,18 +168,7 @@ impl CommandExecutor {
     /// check and the write hold the target's lock file, so they are one step for every process sharing the state.
     async fn commit(&self, target: &Target, seen: u64, version: &Version) -> Result<(), ExecutorError> {
         let file = self.installed_file(target);
-        let lock_path = file.with_extension("lock");
-        let fail = |e: std::io::Error| ExecutorError::retryable(format!("cannot lock {}: {e}", lock_path.display()));
-        if let Some(dir) = lock_path.parent() {
-            std::fs::create_dir_all(dir).map_err(fail)?;
-        }
-        let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&lock_path);
-        let lock = lock.map_err(fail)?;
-        // Blocking: another process may hold it for the moment its own commit takes (longer if it is paused there).
-        let lock = tokio::task::spawn_blocking(move || lock.lock().map(|()| lock))
-            .await
-            .map_err(|e| ExecutorError::retryable(format!("cannot lock {}: {e}", lock_path.display())))?
-            .map_err(fail)?;
+        let lock = self.lock(target).await?;
         let current: Installed = local::load(&file)?;
         if current.generation != seen {
             return Err(ExecutorError::retryable(format!(
@@ -155,12 +183,17 @@ impl CommandExecutor {
     }
 
     /// Runs the hook of `stage`, if configured (`None` otherwise), in its own process group, bounded by the timeout.
+    ///
+    /// `owner` (the deployment and fencing token of a change; `None` for a health probe) is admitted first
+    /// ([`CommandExecutor::admit`]); the admission, the ending of a previous owner's leftover hook and the spawn happen
+    /// under the target's lock.
     async fn run_hook(
         &self,
         cfg: &CommandConfig,
         target: &Target,
         stage: &str,
         env: &ProgramEnv,
+        owner: Option<(DeploymentId, u64)>,
     ) -> Result<Option<Ran>, ExecutorError> {
         let Some(hook) = cfg.hooks.get(stage) else { return Ok(None) };
         let argv = match hook {
@@ -177,14 +210,23 @@ impl CommandExecutor {
         let _ = std::fs::remove_file(&log);
         let mut vars = env.vars.clone();
         vars.insert("DEPLOY_STAGE".into(), stage.to_owned());
-        // A hook a previous owner left running (deployd killed, its lease lost) must not overlap this one.
-        end_leftovers(&dir, &target.id).await;
+        let lock = match owner {
+            Some(owner) => {
+                let lock = self.lock(target).await?;
+                self.admit(target, owner)?;
+                // A hook a previous owner left running (deployd killed, its lease lost) must not overlap this one.
+                end_leftovers(&dir, &target.id).await;
+                Some(lock)
+            }
+            None => None,
+        };
         let record = dir.join(format!("{RUNNING_PREFIX}{stage}.json"));
         let (proc, mut child) =
             local::spawn_child(&argv, &workdir, &vars, &log, local::Lifetime::DiesWithParent).await?;
         // Until it exits, the hook is recorded (so a successor can end it) and ends with this call: a call dropped
         // because the lease was lost or deployd shuts down kills the hook's process group.
         let mut running = RunningHook::start(proc.clone(), record)?;
+        drop(lock);
         let finished = tokio::time::timeout(cfg.timeout.as_std(), child.wait()).await;
         if finished.is_ok() {
             running.exited();
@@ -233,6 +275,13 @@ impl CommandExecutor {
     fn failed(target: &Target, stage: &str, ran: &Ran) -> ExecutorError {
         ExecutorError::permanent(format!("hook {stage} on {} failed{}", target.id, with_output(&ran.output)))
     }
+}
+
+/// `owner.json`: the deployment and fencing token of the latest owner admitted to start a hook on the target.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct HookOwner {
+    deployment: Option<DeploymentId>,
+    token: u64,
 }
 
 /// Files `running-<stage>.json` record the hooks running on a target while they run.
@@ -329,7 +378,8 @@ impl Executor for CommandExecutor {
         let env = self.env(&cfg, target, ctx.desired, Some(ctx)).await?;
         let mut output = String::new();
         for stage in APPLY_STAGES {
-            let Some(ran) = self.run_hook(&cfg, target, stage, &env).await? else { continue };
+            let owner = Some((ctx.deployment, ctx.fencing_token));
+            let Some(ran) = self.run_hook(&cfg, target, stage, &env, owner).await? else { continue };
             if !ran.ok {
                 return Err(Self::failed(target, stage, &ran));
             }
@@ -348,7 +398,7 @@ impl Executor for CommandExecutor {
             return Ok(Health::Unhealthy);
         }
         let env = self.env(&cfg, target, desired, None).await?;
-        match self.run_hook(&cfg, target, VALIDATE_STAGE, &env).await {
+        match self.run_hook(&cfg, target, VALIDATE_STAGE, &env, None).await {
             Ok(None) => Ok(Health::Healthy),
             Ok(Some(ran)) => Ok(if ran.ok { Health::Healthy } else { Health::Unhealthy }),
             // A validate hook that hangs is a failed probe, not a broken target.
@@ -365,7 +415,7 @@ impl Executor for CommandExecutor {
         let cfg = CommandConfig::of(target)?;
         let seen = self.generation(target)?;
         let env = self.env(&cfg, target, ctx.desired, Some(ctx)).await?;
-        match self.run_hook(&cfg, target, &step.action, &env).await? {
+        match self.run_hook(&cfg, target, &step.action, &env, Some((ctx.deployment, ctx.fencing_token))).await? {
             None => Err(ExecutorError::permanent(format!("target {} has no {:?} hook", target.id, step.action))),
             Some(ran) if ran.ok => {
                 if step.action == "start" || step.action == "install" {
@@ -457,6 +507,35 @@ mod tests {
         assert!(refused.message().contains("another owner recorded 1.5"), "{refused}");
         let now = successor.observe(&t).await.unwrap();
         assert_eq!(now.version.map(|v| v.to_string()).as_deref(), Some("1.5"), "the successor's record stands");
+    }
+
+    /// Issue 16 (found by the chaos suite): a controller paused between its lease check and a hook's spawn started the
+    /// hook after its successor had started one for the same deployment. A hook now starts only for the largest token
+    /// of its deployment seen on the target; other deployments and calls without a lease are not compared.
+    #[tokio::test]
+    async fn a_hook_of_a_stale_fencing_token_never_starts() {
+        let dir = deploy_testkit::fixtures::temp_dir("exec-admit");
+        let ran = dir.join("ran");
+        let t = target(&format!("echo \"$DEPLOY_VERSION $DEPLOY_FENCING_TOKEN\" >> {}", ran.display()));
+        let secrets = ResolvedSecrets::new();
+        let desired = DesiredState::bare(ServiceName::new("s").unwrap(), Version::new("2.0").unwrap());
+        let (d, other) = (DeploymentId::new(), DeploymentId::new());
+        let ctx = |deployment, fencing_token| ApplyContext {
+            deployment,
+            desired: &desired,
+            secrets: &secrets,
+            fencing_token,
+        };
+        let (stale, successor) = (CommandExecutor::new(dir.join("state")), CommandExecutor::new(dir.join("state")));
+        successor.apply(&t, ctx(d, 2)).await.unwrap();
+        let refused = stale.apply(&t, ctx(d, 1)).await.unwrap_err();
+        assert_eq!(refused.class(), deploy_core::ErrorClass::Permanent, "{refused}");
+        assert!(refused.message().contains("stale fencing token 1"), "{refused}");
+        successor.apply(&t, ctx(d, 2)).await.unwrap();
+        stale.apply(&t, ctx(other, 1)).await.unwrap();
+        stale.apply(&t, ctx(d, 0)).await.unwrap();
+        let lines = std::fs::read_to_string(&ran).unwrap();
+        assert_eq!(lines.lines().collect::<Vec<_>>(), ["2.0 2", "2.0 2", "2.0 1", "2.0 0"], "the stale hook never ran");
     }
 
     /// Issue 16: a hook dies with the call that started it (the lease was lost, deployd is shutting down), and a hook
