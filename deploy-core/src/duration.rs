@@ -112,14 +112,14 @@ impl fmt::Display for HumanDuration {
         let ms = self.0.as_millis();
         let units: [(u128, &str); 4] = [(86_400_000, "d"), (3_600_000, "h"), (60_000, "m"), (1_000, "s")];
         if ms == 0 {
-            return f.write_str("0s");
+            return f.pad("0s");
         }
-        for (factor, unit) in units {
-            if ms.is_multiple_of(factor) {
-                return write!(f, "{}{unit}", ms / factor);
-            }
-        }
-        write!(f, "{ms}ms")
+        // Written whole first, so width and alignment apply to all of it.
+        let text = units
+            .iter()
+            .find(|(factor, _)| ms.is_multiple_of(*factor))
+            .map_or_else(|| format!("{ms}ms"), |(factor, unit)| format!("{}{unit}", ms / factor));
+        f.pad(&text)
     }
 }
 

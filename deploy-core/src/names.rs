@@ -75,8 +75,9 @@ macro_rules! string_name {
         }
 
         impl fmt::Display for $name {
+            /// Honours width, fill and alignment (`{:>12}`), as `str` does.
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                f.pad(&self.0)
             }
         }
 
@@ -195,8 +196,10 @@ impl Default for DeploymentId {
 }
 
 impl fmt::Display for DeploymentId {
+    /// The hyphenated lowercase form, honouring width, fill and alignment.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
+        let mut buf = uuid::Uuid::encode_buffer();
+        f.pad(self.0.hyphenated().encode_lower(&mut buf))
     }
 }
 
@@ -280,6 +283,27 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 17: `Display` impls ignored width and alignment, so tables of names, ids, statuses and durations (the
+    /// CLI's, an embedder's log lines) came out ragged.
+    #[test]
+    fn displays_honour_width_fill_and_alignment() {
+        let env = EnvironmentName::new("prod").unwrap();
+        assert_eq!(format!("[{env:>6}][{env:<6}][{env:^8}][{env:.2}]"), "[  prod][prod  ][  prod  ][pr]");
+        let id = DeploymentId::new();
+        let wide = format!("{id:>40}");
+        assert_eq!(wide.len(), 40);
+        assert_eq!(wide.trim_start(), id.to_string());
+        let status = crate::DeploymentStatus::RolledBack;
+        assert_eq!(format!("{status:-<13}|"), "rolled_back--|");
+        assert_eq!(format!("{:>5}", crate::TargetStatus::Failed), "failed", "never cut below its length");
+        let kind = crate::EventType::Succeeded.to_string();
+        assert_eq!(format!("{:>30}", crate::EventType::Succeeded), format!("{kind:>30}"));
+        assert_eq!(format!("{:>4}", crate::CountOrPercent::Percent(25)), " 25%");
+        assert_eq!(format!("{:>6}", crate::HumanDuration::from_secs(90)), "   90s");
+        assert_eq!(format!("{:<5}|", crate::HumanDuration::from_secs(0)), "0s   |");
+        assert_eq!(format!("{:>4}", crate::Principal::system("ci")), "  ci");
+    }
 
     #[test]
     fn names_follow_their_rules() {

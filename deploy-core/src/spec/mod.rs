@@ -263,10 +263,11 @@ impl CountOrPercent {
 
 impl fmt::Display for CountOrPercent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Count(n) => write!(f, "{n}"),
-            Self::Percent(p) => write!(f, "{p}%"),
-        }
+        let text = match self {
+            Self::Count(n) => n.to_string(),
+            Self::Percent(p) => format!("{p}%"),
+        };
+        f.pad(&text)
     }
 }
 
