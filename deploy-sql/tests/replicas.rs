@@ -69,11 +69,7 @@ async fn two_replicas_share_the_work_and_take_over_from_a_dead_one() {
         let a = a.clone();
         async move { a.run(signal_a).await }
     });
-    let task_b = tokio::spawn({
-        let b = b.clone();
-        async move { b.run(signal_b).await }
-    });
-    // Let both replicas work, then kill A while it holds a deployment in the middle of its rollout.
+    // Let A work, start B, then kill A while it holds a deployment in the middle of its rollout.
     let held_by_a = || async {
         let rows = sqlx::query(
             "SELECT id FROM deploy_deployments WHERE lease_owner = 'replica-a' AND status = 'in_progress' AND terminal = 0",
@@ -92,6 +88,12 @@ async fn two_replicas_share_the_work_and_take_over_from_a_dead_one() {
         }
     };
     tokio::time::timeout(Duration::from_secs(30), a_busy).await.expect("replica A took work");
+    // B starts once A holds work: started together on a loaded machine, B could claim every environment's head first
+    // and leave A nothing to die holding.
+    let task_b = tokio::spawn({
+        let b = b.clone();
+        async move { b.run(signal_b).await }
+    });
     task_a.abort();
     let _ = task_a.await;
     drop(stop_a);
