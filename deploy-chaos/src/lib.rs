@@ -66,7 +66,7 @@ pub async fn run(cfg: &Config, plan: Plan) -> Report {
     }
     let wants_database = plan.pause + plan.partition + plan.database_restart + plan.race > 0;
     if wants_database {
-        match scenarios::Database::start().await {
+        match postgres::Cluster::start().await {
             Ok(db) => {
                 if plan.pause > 0 {
                     tallies.push(scenarios::pause(cfg, &db, plan.pause).await);

@@ -1,7 +1,7 @@
 //! A PostgreSQL cluster of the suite's own (initdb in a temporary directory, its own port), so restarting it disturbs
 //! nothing else on the machine.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 use tokio::process::Command;
@@ -100,12 +100,6 @@ impl Cluster {
             bail!("create database {name}: {}", String::from_utf8_lossy(&out.stderr).trim());
         }
         Ok(format!("postgres://postgres@127.0.0.1:{}/{name}", self.port))
-    }
-
-    /// Where it keeps its files.
-    #[must_use]
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 }
 

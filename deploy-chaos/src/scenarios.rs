@@ -202,14 +202,39 @@ impl World {
         None
     }
 
-    /// Waits for the replica driving deployment `id` to start work; then the fault about to strike it: the replica's
-    /// index, when, and for how long (between `low` and `high` leases). `None` when no replica could be named.
-    async fn strike_owner(&mut self, id: &str, low: f64, high: f64) -> Option<(usize, Fault, Duration)> {
-        let owner = self.owner(id).await?;
-        let i = self.replicas.iter().position(|d| d.pid == owner)?;
-        let lease = self.cfg.lease;
-        let lasts = self.rng.between(lease.mul_f64(low), lease.mul_f64(high));
-        Some((i, Fault::now(owner), lasts))
+    /// Replicas `a` and `b` on a new database `name` of the cluster.
+    async fn two_replicas_on(&mut self, db: &Cluster, name: &str) -> anyhow::Result<()> {
+        let url = db.database(name).await?;
+        self.start_replica("a", Some(&url), false).await?;
+        self.start_replica("b", Some(&url), false).await
+    }
+
+    /// Rounds in which the replica driving the deployment (once it has started work) is struck: `begin` for between
+    /// `leases.0` and `leases.1` leases, then `end`.
+    async fn strike_owners(
+        &mut self,
+        rounds: u32,
+        leases: (f64, f64),
+        begin: impl Fn(&Self, usize),
+        end: impl Fn(&Self, usize),
+    ) -> anyhow::Result<()> {
+        for _ in 0..rounds {
+            let bad = self.rng.chance(0.3);
+            let round = self.submit(bad).await?;
+            let mut fault = None;
+            if let Some(owner) = self.owner(&round.id).await
+                && let Some(i) = self.replicas.iter().position(|d| d.pid == owner)
+            {
+                let lease = self.cfg.lease;
+                let lasts = self.rng.between(lease.mul_f64(leases.0), lease.mul_f64(leases.1));
+                fault = Some(Fault::now(owner));
+                begin(self, i);
+                tokio::time::sleep(lasts).await;
+                end(self, i);
+            }
+            self.finish(round, fault).await;
+        }
+        Ok(())
     }
 
     /// Finishes a round whose fault also met side submissions: the round's checks, then every side answer's, then a
@@ -384,79 +409,47 @@ pub async fn kill(cfg: &Config, rounds: u32) -> Tally {
     .await
 }
 
-/// Where the PostgreSQL scenarios keep their data: a private cluster (so it can be restarted).
-pub struct Database {
-    cluster: Cluster,
-}
-
-impl Database {
-    /// Starts the private cluster.
-    pub async fn start() -> anyhow::Result<Self> {
-        Ok(Self { cluster: Cluster::start().await? })
-    }
-}
-
 /// Two replicas on PostgreSQL sharing the hosts; the one driving the deployment is paused (SIGSTOP) past its lease,
 /// then resumed. The other takes over; the paused one must start nothing after it wakes.
-pub async fn pause(cfg: &Config, db: &Database, rounds: u32) -> Tally {
+pub async fn pause(cfg: &Config, db: &Cluster, rounds: u32) -> Tally {
     scenario(cfg, "pause", 2, async |w: &mut World| {
-        let url = db.cluster.database("chaos_pause").await?;
-        w.start_replica("a", Some(&url), false).await?;
-        w.start_replica("b", Some(&url), false).await?;
+        w.two_replicas_on(db, "chaos_pause").await?;
         w.setup(4, 4).await?;
-        for _ in 0..rounds {
-            let bad = w.rng.chance(0.3);
-            let round = w.submit(bad).await?;
-            let fault = w.strike_owner(&round.id, 1.25, 2.5).await;
-            if let Some((i, _, pause)) = fault {
-                w.replicas[i].signal(Signal::SIGSTOP);
-                tokio::time::sleep(pause).await;
+        let (pause, resume) = (
+            |w: &World, i: usize| w.replicas[i].signal(Signal::SIGSTOP),
+            |w: &World, i: usize| {
                 w.replicas[i].signal(Signal::SIGCONT);
-            }
-            w.finish(round, fault.map(|(_, f, _)| f)).await;
-        }
-        Ok(())
+            },
+        );
+        w.strike_owners(rounds, (1.25, 2.5), pause, resume).await
     })
     .await
 }
 
 /// Two replicas on PostgreSQL, each through a relay; the one driving the deployment is cut off from the database
 /// for longer than its lease, then the link heals. It must stop its work when its lease lapses; the other takes over.
-pub async fn partition(cfg: &Config, db: &Database, rounds: u32) -> Tally {
+pub async fn partition(cfg: &Config, db: &Cluster, rounds: u32) -> Tally {
     scenario(cfg, "partition", 3, async |w: &mut World| {
-        let url = db.cluster.database("chaos_partition").await?;
-        let upstream: std::net::SocketAddr = format!("127.0.0.1:{}", db.cluster.port).parse()?;
+        let url = db.database("chaos_partition").await?;
+        let upstream: std::net::SocketAddr = format!("127.0.0.1:{}", db.port).parse()?;
         let mut links = Vec::new();
         for name in ["a", "b"] {
             let link = Partition::to(upstream).await?;
-            let through = url.replace(&format!(":{}/", db.cluster.port), &format!(":{}/", link.addr.port()));
+            let through = url.replace(&format!(":{}/", db.port), &format!(":{}/", link.addr.port()));
             w.start_replica(name, Some(&through), false).await?;
             links.push(link);
         }
         w.setup(4, 4).await?;
-        for _ in 0..rounds {
-            let bad = w.rng.chance(0.3);
-            let round = w.submit(bad).await?;
-            let fault = w.strike_owner(&round.id, 1.5, 3.0).await;
-            if let Some((i, _, cut)) = fault {
-                links[i].cut();
-                tokio::time::sleep(cut).await;
-                links[i].heal();
-            }
-            w.finish(round, fault.map(|(_, f, _)| f)).await;
-        }
-        Ok(())
+        w.strike_owners(rounds, (1.5, 3.0), |_, i| links[i].cut(), |_, i| links[i].heal()).await
     })
     .await
 }
 
 /// Two replicas on PostgreSQL; the database restarts (fast shutdown) at a random moment of a deployment while
 /// submissions keep coming. Every answer is a 202 or a typed 503, and every 202 finishes.
-pub async fn database_restart(cfg: &Config, db: &Database, rounds: u32) -> Tally {
+pub async fn database_restart(cfg: &Config, db: &Cluster, rounds: u32) -> Tally {
     scenario(cfg, "pg-restart", 4, async |w: &mut World| {
-        let url = db.cluster.database("chaos_restart").await?;
-        w.start_replica("a", Some(&url), false).await?;
-        w.start_replica("b", Some(&url), false).await?;
+        w.two_replicas_on(db, "chaos_restart").await?;
         w.setup(4, 4).await?;
         let side = "pg-restart-side";
         w.api.put_environment(&w.bases()[0], side, &w.host.environment(side, 1, "queue", 1)).await?;
@@ -467,7 +460,7 @@ pub async fn database_restart(cfg: &Config, db: &Database, rounds: u32) -> Tally
             let stop = Arc::new(AtomicBool::new(false));
             let side_task = w.side_submissions(side, Arc::clone(&stop));
             let fault = Fault::now(0);
-            db.cluster.restart().await?;
+            db.restart().await?;
             tokio::time::sleep(Duration::from_millis(500)).await;
             stop.store(true, Ordering::SeqCst);
             let answers = side_task.await.unwrap_or_default();
@@ -550,11 +543,9 @@ pub async fn disk_full(cfg: &Config, rounds: u32) -> Tally {
 
 /// Fifty submissions at once per concurrency policy (25 keys, each sent twice, to both replicas on PostgreSQL): one
 /// deployment per key, never two deployments at once on an environment, and each policy's outcome.
-pub async fn race(cfg: &Config, db: &Database, rounds: u32) -> Tally {
+pub async fn race(cfg: &Config, db: &Cluster, rounds: u32) -> Tally {
     scenario(cfg, "race", 6, async |w: &mut World| {
-        let url = db.cluster.database("chaos_race").await?;
-        w.start_replica("a", Some(&url), false).await?;
-        w.start_replica("b", Some(&url), false).await?;
+        w.two_replicas_on(db, "chaos_race").await?;
         for policy in ["queue", "reject", "supersede"] {
             let env = format!("race-{policy}");
             w.api.put_environment(&w.bases()[0], &env, &w.host.environment(&env, 2, policy, 1)).await?;

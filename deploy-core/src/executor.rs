@@ -53,8 +53,8 @@ pub struct ApplyContext<'a> {
     pub secrets: &'a ResolvedSecrets,
     /// The lease token of the controller making the call: strictly increasing per deployment, so an executor that
     /// remembers the largest token it has seen for a target can refuse a smaller one (a controller that lost its lease
-    /// while paused or cut off, and has not noticed yet). 0 when no lease stands behind the call (an agent applying
-    /// its assignment, a test).
+    /// while paused or cut off, and has not noticed yet). An agent passes on the token of its assignment's lease. 0 when
+    /// no lease stands behind the call (a tool or a test calling an executor directly).
     pub fencing_token: u64,
 }
 

@@ -590,8 +590,7 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> ApiResult {
     match tokio::time::timeout(Duration::from_secs(5), probe).await {
         Ok(Ok(_)) => Ok(Json(json!({"status": "ready"})).into_response()),
         Ok(Err(e)) => Err(Problem::unavailable(&e)),
-        Err(_) => Err(Problem::new(ProblemKind::StoreUnavailable, "the store did not answer in time")
-            .with_header(header::RETRY_AFTER, HeaderValue::from_static("2"))),
+        Err(elapsed) => Err(Problem::unavailable(&elapsed)),
     }
 }
 

@@ -164,6 +164,24 @@ pub fn fast_config(owner: &str) -> OrchestratorConfig {
     }
 }
 
+/// An orchestrator named `owner` over `store` (any store: a [`MemoryStore`], a
+/// [`FaultyStore`](crate::faulty::FaultyStore) around one), with `executor` behind kind `scripted`, `clock`, and
+/// [`fast_config`]: what [`Harness`] builds, for tests that need a store or a replica of their own.
+#[must_use]
+pub fn orchestrator(
+    store: Arc<dyn deploy_core::Store>,
+    executor: &Arc<ScriptedExecutor>,
+    clock: &Arc<TestClock>,
+    owner: &str,
+) -> Orchestrator {
+    let router = deploy_core::ExecutorRouter::new().with("scripted", executor.clone());
+    Orchestrator::builder(store, executor.clone())
+        .router(router)
+        .clock(clock.clone())
+        .config(fast_config(owner))
+        .build()
+}
+
 /// A [`MemoryStore`], a [`ScriptedExecutor`] (kind `scripted`), a [`TestClock`] and an [`Orchestrator`] over them,
 /// with one environment already created. Run scenarios under `#[tokio::test(start_paused = true)]`.
 pub struct Harness {
@@ -196,7 +214,7 @@ impl Harness {
             executor.add_target(id, *version);
         }
         let store = Arc::new(MemoryStore::new());
-        let orchestrator = Self::orchestrator_over(&store, &executor, &clock, "controller-1");
+        let orchestrator = orchestrator(store.clone(), &executor, &clock, "controller-1");
         let admin = Principal::system("test:admin");
         let environment = env_name(name);
         let ids: Vec<&str> = targets.iter().map(|(id, _)| *id).collect();
@@ -211,21 +229,7 @@ impl Harness {
     /// Another orchestrator (a second replica, or the same one after a restart) over the same store and executor.
     #[must_use]
     pub fn replica(&self, owner: &str) -> Orchestrator {
-        Self::orchestrator_over(&self.store, &self.executor, &self.clock, owner)
-    }
-
-    fn orchestrator_over(
-        store: &Arc<MemoryStore>,
-        executor: &Arc<ScriptedExecutor>,
-        clock: &Arc<TestClock>,
-        owner: &str,
-    ) -> Orchestrator {
-        let router = deploy_core::ExecutorRouter::new().with("scripted", executor.clone());
-        Orchestrator::builder(store.clone(), executor.clone())
-            .router(router)
-            .clock(clock.clone())
-            .config(fast_config(owner))
-            .build()
+        orchestrator(self.store.clone(), &self.executor, &self.clock, owner)
     }
 
     /// Submits `request` as the admin.

@@ -14,13 +14,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deploy_core::{
-    ConcurrencyPolicy, DeploymentId, DeploymentRequest, DeploymentStatus, EnvironmentName, ExecutorRouter,
-    Orchestrator, Principal, ShutdownSignal, ShutdownTrigger, Store, Submission,
+    ConcurrencyPolicy, DeploymentId, DeploymentRequest, DeploymentStatus, EnvironmentName, Orchestrator, Principal,
+    ShutdownSignal, ShutdownTrigger, Store, Submission,
 };
 use serde_json::json;
 
 use crate::faulty::{FaultyStore, StoreFaults};
-use crate::fixtures::{env_name, environment, fast_config};
+use crate::fixtures::{env_name, environment};
 use crate::{Fault, MemoryStore, ScriptedExecutor, SeededRng, TestClock};
 
 /// What a run did.
@@ -134,12 +134,7 @@ impl Sim {
     }
 
     fn orchestrator(&self, owner: &str) -> Orchestrator {
-        let router = ExecutorRouter::new().with("scripted", self.executor.clone());
-        Orchestrator::builder(self.store.clone(), self.executor.clone())
-            .router(router)
-            .clock(self.clock.clone())
-            .config(fast_config(owner))
-            .build()
+        crate::fixtures::orchestrator(self.store.clone(), &self.executor, &self.clock, owner)
     }
 
     /// Starts replica `i` (again), as a new incarnation of the same replica name.

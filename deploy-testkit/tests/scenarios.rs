@@ -10,11 +10,11 @@ use std::time::Duration;
 use common::{assert_consistent, spawn_controller, target_states, wait_for, wait_terminal, within};
 use deploy_core::spec::{FailureRequest, StepRequest, StrategyRequest, TargetsRequest, UnreachableRequest};
 use deploy_core::{
-    ConcurrencyPolicy, DeploymentRequest, DeploymentStatus, Error, EventType, ExecutorRouter, IdempotencyKey,
-    Orchestrator, Revision, StoreError, Submission, TargetStatus,
+    ConcurrencyPolicy, DeploymentRequest, DeploymentStatus, Error, EventType, IdempotencyKey, Revision, StoreError,
+    Submission, TargetStatus,
 };
 use deploy_testkit::faulty::FaultyStore;
-use deploy_testkit::fixtures::{fast_config, request};
+use deploy_testkit::fixtures::request;
 use deploy_testkit::{Fault, Harness};
 
 const FOUR: [(&str, Option<&str>); 4] =
@@ -1049,12 +1049,7 @@ async fn a_controller_cut_off_from_its_store_stops_its_work_before_the_lease_lap
         let h = Harness::new("prod", &[("web-1", Some("1.0"))], ConcurrencyPolicy::Queue).await;
         h.executor.add_fault("web-1", Some("2.0"), Fault::Slow(Duration::from_secs(60)));
         let store = Arc::new(FaultyStore::new(h.store.clone()));
-        let router = ExecutorRouter::new().with("scripted", h.executor.clone());
-        let cut_off = Orchestrator::builder(store.clone(), h.executor.clone())
-            .router(router)
-            .clock(h.clock.clone())
-            .config(fast_config("cut-off"))
-            .build();
+        let cut_off = deploy_testkit::fixtures::orchestrator(store.clone(), &h.executor, &h.clock, "cut-off");
         let d = h.submit(request("prod", "web", "2.0")).await.unwrap();
         let (trigger, task) = spawn_controller(&cut_off);
         for _ in 0..1000 {

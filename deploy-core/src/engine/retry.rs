@@ -25,7 +25,7 @@ pub(super) struct RetryPolicy<'a> {
     pub(super) cap: Duration,
     pub(super) unreachable_wait: Duration,
     /// Told of each retry of a retryable error, with what happened and how long until the next attempt.
-    pub(super) on_retry: Option<Box<dyn Fn(String) + Send + Sync + 'a>>,
+    pub(super) on_retry: Box<dyn Fn(String) + Send + Sync + 'a>,
 }
 
 /// Awaits an executor call, turning a panic inside it into a permanent error naming the panic: an executor's bug
@@ -86,14 +86,12 @@ impl RetryPolicy<'_> {
                         )));
                     }
                     let wait = self.backoff(retries);
-                    if let Some(note) = &self.on_retry {
-                        note(format!(
-                            "attempt {} failed ({}); retrying in {} ms",
-                            retries + 1,
-                            err.message(),
-                            wait.as_millis()
-                        ));
-                    }
+                    (self.on_retry)(format!(
+                        "attempt {} failed ({}); retrying in {} ms",
+                        retries + 1,
+                        err.message(),
+                        wait.as_millis()
+                    ));
                     self.clock.sleep(wait).await;
                     retries += 1;
                 }

@@ -739,7 +739,7 @@ fn retry_policy<'a>(rec: &'a Recorder<'_>, unreachable_wait: Duration, index: us
         base: c.retry_base,
         cap: c.retry_cap,
         unreachable_wait,
-        on_retry: Some(Box::new(note)),
+        on_retry: Box::new(note),
     }
 }
 
@@ -817,6 +817,28 @@ enum Verified {
 
 /// Polls `verify` until health holds for `healthy_for`, giving up at `timeout`. Returns the verdict and the time it
 /// was reached.
+/// One health probe, bounded by `budget` (at least 1 ms): a probe that does not answer in time is a retryable error,
+/// and one that panics a permanent one.
+async fn probe(
+    rec: &Recorder<'_>,
+    target: &Target,
+    desired: &DesiredState,
+    budget: Duration,
+) -> Result<Health, ExecutorError> {
+    let budget = budget.max(Duration::from_millis(1));
+    let mut call = caught(executor_for(rec, target).verify(target, desired)).boxed();
+    // Answered at once (most probes of in-process executors): no timer.
+    if let Some(r) = (&mut call).now_or_never() {
+        return r;
+    }
+    tokio::select! {
+        r = call => r,
+        () = rec.shared.clock.sleep(budget) => {
+            Err(ExecutorError::retryable(format!("the health probe did not answer within {} ms", budget.as_millis())))
+        }
+    }
+}
+
 async fn verify_health(
     rec: &Recorder<'_>,
     policy: crate::spec::VerifyPolicy,
@@ -834,17 +856,8 @@ async fn verify_health(
         now = clock.now();
         // A probe may take what is left of the timeout, and never less than an interval: the last probe, made when the
         // time is nearly out, gets its verdict heard instead of a timeout of its own.
-        let budget = elapsed_between(now, give_up).max(policy.interval.as_std()).max(Duration::from_millis(1));
-        let mut call = caught(executor_for(rec, target).verify(target, desired)).boxed();
-        let probe = match (&mut call).now_or_never() {
-            Some(r) => r,
-            None => tokio::select! {
-                r = call => r,
-                () = clock.sleep(budget) => {
-                    Err(ExecutorError::retryable(format!("the health probe did not answer within {} ms", budget.as_millis())))
-                }
-            },
-        };
+        let budget = elapsed_between(now, give_up).max(policy.interval.as_std());
+        let probe = probe(rec, target, desired, budget).await;
         now = clock.now();
         match probe {
             Ok(Health::Healthy) => {
@@ -1153,15 +1166,10 @@ async fn watch_canary(plan: &Plan<'_>, batch: &Batch, watch_for: Duration) -> Re
             rec.fence().await;
             // Bounded like any probe: a probe that hangs is a failed probe, and the watch goes on (a cancel, the next
             // check) instead of holding the environment.
-            let probe = caught(executor_for(rec, &target).verify(&target, &desired));
-            let verdict = tokio::select! {
-                r = probe => r.map_err(|e| e.message().to_owned()),
-                () = clock.sleep(probe_timeout) => Err(format!("the health probe did not answer within {}s", probe_timeout.as_secs())),
-            };
-            let trouble = match verdict {
+            let trouble = match probe(rec, &target, &desired, probe_timeout).await {
                 Ok(Health::Healthy) => None,
                 Ok(h) => Some(format!("health was {h:?}").to_lowercase()),
-                Err(e) => Some(e),
+                Err(e) => Some(e.message().to_owned()),
             };
             if let Some(trouble) = trouble {
                 let now = rec.now();
