@@ -337,9 +337,12 @@ async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, StartError> {
     // and only deployd's user may enter it: it holds the database, the executors' state and hook output.
     {
         use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
-        let fail = |source| StartError::Read { path: settings.data_dir.display().to_string(), source };
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&settings.data_dir).map_err(fail)?;
-        std::fs::set_permissions(&settings.data_dir, std::fs::Permissions::from_mode(0o700)).map_err(fail)?;
+        // The executors' own directory, when it is elsewhere, holds the same (state, hook output): as private.
+        for dir in std::iter::once(&settings.data_dir).chain(settings.executor_state_dir.as_ref()) {
+            let fail = |source| StartError::Read { path: dir.display().to_string(), source };
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(fail)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(fail)?;
+        }
     }
     Ok(match &settings.database_url {
         Some(url) => Arc::new(SqlStore::postgres_with_timeout(url, settings.database_timeout.as_std()).await?),

@@ -14,10 +14,15 @@ async fn the_short_chaos_run_finds_nothing() {
     let cfg = Config { deployd: env!("CARGO_BIN_EXE_deployd").into(), work: work.to_path_buf(), seed, lease: LEASE };
     let report = deploy_chaos::run(&cfg, Plan::short()).await;
     println!("{}", report.table());
+    // CI (which sets DEPLOY_TEST_PG_URL) has PostgreSQL's server programs and prlimit, so every scenario must run
+    // there; elsewhere a scenario a machine cannot run is reported skipped, as deploy-sql's PostgreSQL tests are.
+    let required = std::env::var_os("DEPLOY_TEST_PG_URL").is_some();
     for t in &report.tallies {
-        // The scenarios need prlimit and PostgreSQL's server programs, both on every machine this project runs CI on.
-        assert!(t.skipped.is_none(), "{} did not run: {:?}", t.scenario, t.skipped);
-        assert!(t.rounds > 0, "{} ran no round", t.scenario);
+        match &t.skipped {
+            Some(why) if required => panic!("{} did not run: {why}", t.scenario),
+            Some(why) => println!("skipped {}: {why}", t.scenario),
+            None => assert!(t.rounds > 0, "{} ran no round", t.scenario),
+        }
     }
     assert_eq!(
         report.failures(),

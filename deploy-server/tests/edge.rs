@@ -495,3 +495,28 @@ async fn clients_behind_a_trusted_proxy_are_limited_one_by_one() {
     assert_eq!(via(&s, "203.0.113.6").await, StatusCode::OK);
     assert_eq!(via(&s, "203.0.113.7").await, StatusCode::TOO_MANY_REQUESTS, "spoofed headers share one bucket");
 }
+
+/// `--executor-state-dir` (an operator's setting, read at start only): the executors keep their state and hook output
+/// there, in a directory as private as the data directory, and nothing of a hook lands in the data directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_executor_state_directory_elsewhere_is_private_too() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let state = common::temp_dir("edge-state");
+    let elsewhere = state.join("executors");
+    let mut s = Server::with(deploy_server::Settings {
+        executor_state_dir: Some(elsewhere.clone()),
+        ..settings("edge-state-data")
+    })
+    .await;
+    let hooks = json!({"targets": [{"id": "c-1", "executor": "command", "config": {"hooks": {"install": "echo hi"}}}]});
+    assert!(s.put("/v1/environments/hooks", ADMIN, hooks).await.status.is_success());
+    let a = s.post("/v1/deployments", ADMIN, json!({"environment": "hooks", "service": "s", "version": "2.0"})).await;
+    assert_eq!(s.wait_terminal(a.body["id"].as_str().unwrap()).await["status"], "succeeded");
+    s.stop().await;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&elsewhere), 0o700, "the executors' directory");
+    let log = elsewhere.join("command/hooks/c-1/install.log");
+    assert!(log.exists(), "the hook's output is kept in the executors' directory");
+    assert_eq!(mode(&log) & 0o077, 0, "readable by deployd's user only");
+    assert!(!s.data_dir.join("command").exists(), "nothing of the executors in the data directory");
+}
