@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::post;
-use deploy_core::{EnvironmentName, PageRequest, Store, SystemClock, WebhookSubscription};
+use deploy_core::{EnvironmentName, FullStore, PageRequest, SystemClock, WebhookStore, WebhookSubscription};
 use deploy_server::{Dispatcher, DispatcherConfig};
 use deploy_sql::SqlStore;
 
@@ -56,12 +56,12 @@ async fn receiver() -> (String, Arc<AtomicUsize>) {
 async fn outbox(url: &str, n: usize) -> (Arc<SqlStore>, String) {
     let dir = std::env::temp_dir().join(format!("deploy-bench-webhooks-{}", uuid::Uuid::now_v7().simple()));
     let store = Arc::new(SqlStore::sqlite(&dir).await.unwrap());
-    let body = fill(Arc::clone(&store) as Arc<dyn Store>, url, n).await;
+    let body = fill(Arc::clone(&store) as Arc<dyn FullStore>, url, n).await;
     (store, body)
 }
 
 /// `store` with one subscription to `url` and `n` pending deliveries; the body of one.
-async fn fill(store: Arc<dyn Store>, url: &str, n: usize) -> String {
+async fn fill(store: Arc<dyn FullStore>, url: &str, n: usize) -> String {
     let env = EnvironmentName::new("prod").unwrap();
     store.put_environment(&env, deploy_benches::fleet(4), None, time::OffsetDateTime::now_utc()).await.unwrap();
     let sub = store
@@ -134,7 +134,7 @@ impl Setup<'_> {
     ) -> (Run, Run)
     where
         F: Fn() -> Fut,
-        Fut: std::future::Future<Output = Arc<dyn Store>>,
+        Fut: std::future::Future<Output = Arc<dyn WebhookStore>>,
     {
         let n = self.n;
         let mut runs = Vec::with_capacity(self.pairs);
@@ -170,7 +170,7 @@ impl Setup<'_> {
 }
 
 /// Delivers everything in the outbox; the time until every outcome is recorded.
-async fn dispatch(store: Arc<dyn Store>, count: &AtomicUsize, n: usize, per_subscription: usize) -> Duration {
+async fn dispatch(store: Arc<dyn WebhookStore>, count: &AtomicUsize, n: usize, per_subscription: usize) -> Duration {
     let start = count.load(Ordering::Relaxed);
     let config = DispatcherConfig { concurrency: CONCURRENCY, per_subscription, ..DispatcherConfig::default() };
     let dispatcher = Dispatcher::new(store, Arc::new(SystemClock), config).unwrap();
@@ -187,13 +187,13 @@ async fn dispatch(store: Arc<dyn Store>, count: &AtomicUsize, n: usize, per_subs
 
 /// An outbox that costs nothing: the testkit's `MockStore` hands out `deliveries` (claimed from a filled in-memory
 /// store) and drops outcomes, so a run measures the dispatcher, signing and HTTP alone.
-async fn scripted_outbox(url: &str, n: usize) -> Arc<dyn Store> {
-    let memory: Arc<dyn Store> = Arc::new(deploy_testkit::MemoryStore::new());
+async fn scripted_outbox(url: &str, n: usize) -> Arc<dyn WebhookStore> {
+    let memory: Arc<dyn FullStore> = Arc::new(deploy_testkit::MemoryStore::new());
     fill(Arc::clone(&memory), url, n).await;
     let all = memory.claim_deliveries(time::OffsetDateTime::now_utc(), n, n, Duration::from_secs(3600)).await.unwrap();
     assert_eq!(all.len(), n);
     let queue = std::sync::Mutex::new(std::collections::VecDeque::from(all));
-    let mut store = deploy_testkit::mocks::MockStore::new();
+    let mut store = deploy_testkit::mocks::MockWebhookStore::new();
     store.expect_claim_deliveries().returning(move |_, limit, _, _| {
         let mut queue = queue.lock().unwrap();
         let take = limit.min(queue.len());
@@ -278,10 +278,10 @@ fn main() {
         }
         if std::env::var("WEBHOOK_PROFILE").is_ok() {
             // For a profiler: fill several outboxes, say so, wait, then only dispatch.
-            let mut stores: Vec<Arc<dyn Store>> = vec![store];
+            let mut stores: Vec<Arc<dyn WebhookStore>> = vec![store];
             for _ in 0..3 {
                 if std::env::var("WEBHOOK_PROFILE").is_ok_and(|v| v == "memory") {
-                    let memory: Arc<dyn Store> = Arc::new(deploy_testkit::MemoryStore::new());
+                    let memory: Arc<dyn FullStore> = Arc::new(deploy_testkit::MemoryStore::new());
                     fill(Arc::clone(&memory), &url, n).await;
                     stores.push(memory);
                 } else {
@@ -306,7 +306,7 @@ fn main() {
         // Warm the receiver and the client's connections.
         plain(&url, &body, 500, CONCURRENCY).await;
         let setup = Setup { url: &url, body: &body, count: &count, n, pairs };
-        let durable = || async { outbox(&url, n).await.0 as Arc<dyn Store> };
+        let durable = || async { outbox(&url, n).await.0 as Arc<dyn WebhookStore> };
         let scripted = || scripted_outbox(&url, n);
         let outbox_64 = setup.compare("signed from the outbox", CONCURRENCY, CONCURRENCY, durable).await;
         let no_store = setup.compare("signed, no store (scripted outbox)", CONCURRENCY, CONCURRENCY, scripted).await;

@@ -6,8 +6,8 @@ use async_trait::async_trait;
 use deploy_core::spec::{StrategyRequest, VerifyRequest};
 use deploy_core::{
     ApplyContext, ConcurrencyPolicy, DeploymentRequest, DesiredState, EnvironmentName, EnvironmentSpec, Executor,
-    ExecutorError, ExecutorRouter, Health, Observation, Orchestrator, OrchestratorConfig, Principal, Submission,
-    Target, TargetDefinition, TargetId,
+    ExecutorError, ExecutorRouter, Health, Observation, Orchestrator, OrchestratorConfig, Outcome, Principal,
+    Submission, Target, TargetDefinition, TargetId,
 };
 use deploy_testkit::MemoryStore;
 
@@ -17,11 +17,11 @@ pub struct NoopExecutor;
 
 #[async_trait]
 impl Executor for NoopExecutor {
-    async fn observe(&self, _: &Target) -> Result<Observation, ExecutorError> {
+    async fn observe(&self, _: &Target, _: Option<&DesiredState>) -> Result<Observation, ExecutorError> {
         Ok(Observation { version: None, health: Health::Unknown })
     }
-    async fn apply(&self, _: &Target, _: ApplyContext<'_>) -> Result<(), ExecutorError> {
-        Ok(())
+    async fn apply(&self, _: &Target, _: ApplyContext<'_>) -> Result<Outcome, ExecutorError> {
+        Ok(Outcome::quiet())
     }
     async fn verify(&self, _: &Target, _: &DesiredState) -> Result<Health, ExecutorError> {
         Ok(Health::Healthy)
@@ -104,8 +104,7 @@ pub fn rolling_request() -> DeploymentRequest {
 pub async fn prepared(n: usize) -> Result<(Arc<MemoryStore>, Orchestrator), String> {
     let store = Arc::new(MemoryStore::new());
     let executor = Arc::new(NoopExecutor);
-    let orchestrator = Orchestrator::builder(store.clone(), executor.clone())
-        .router(ExecutorRouter::new().with("noop", executor))
+    let orchestrator = Orchestrator::builder(store.clone(), ExecutorRouter::new().with("noop", executor))
         .config(OrchestratorConfig { owner: "bench".into(), ..OrchestratorConfig::default() })
         .build();
     let admin = Principal::system("bench");

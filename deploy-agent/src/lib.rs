@@ -195,7 +195,7 @@ impl Agent {
     /// What runs now, as a report about the generation last applied.
     async fn report(&self) -> AgentReport {
         let applied = lock(&self.applied).clone();
-        let observed = self.executor.observe(&self.config.target()).await;
+        let observed = self.executor.observe(&self.config.target(), applied.desired.as_ref()).await;
         let (version, health) = match observed {
             // What was applied still runs: its health is the executor's verdict on it (a `command` target's validate
             // hook, a `process` target's health check).
@@ -241,7 +241,7 @@ impl Agent {
                 let ctx = ApplyContext { deployment, desired, secrets: &secrets, fencing_token: slot.fencing_token };
                 // Nothing the server records may hold a secret resolved here: scrubbed before it is reported.
                 let scrubber = Scrubber::of(&secrets);
-                match self.executor.apply_with_output(&target, ctx).await {
+                match self.executor.apply(&target, ctx).await {
                     Ok(mut out) => {
                         scrubber.scrub_in_place(&mut out.output);
                         Ok(out)

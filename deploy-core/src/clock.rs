@@ -52,3 +52,19 @@ pub fn elapsed_between(earlier: Timestamp, later: Timestamp) -> Duration {
 pub fn add(t: Timestamp, d: Duration) -> Timestamp {
     time::Duration::try_from(d).ok().and_then(|d| t.checked_add(d)).unwrap_or(time::PrimitiveDateTime::MAX.assume_utc())
 }
+
+macro_rules! forward_clock {
+    ($($ptr:ty),*) => {$(
+        #[async_trait::async_trait]
+        impl<T: Clock + ?Sized> Clock for $ptr {
+            fn now(&self) -> Timestamp {
+                (**self).now()
+            }
+            async fn sleep(&self, duration: Duration) {
+                (**self).sleep(duration).await;
+            }
+        }
+    )*};
+}
+
+forward_clock!(std::sync::Arc<T>, Box<T>, &T);

@@ -111,41 +111,83 @@ impl ExecutorError {
     }
 }
 
-/// What an imperative step printed, kept in the deployment's events.
+/// What an apply or an imperative step printed, kept in the deployment's events.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StepOutput {
-    /// The output, already trimmed to a sensible size by the executor.
+pub struct Outcome {
+    /// The output (hook output, a tool's summary), already trimmed to a sensible size by the executor. Secret values
+    /// resolved for the call are scrubbed by the engine before it is recorded.
     pub output: String,
+}
+
+impl Outcome {
+    /// An outcome with nothing to report.
+    #[must_use]
+    pub fn quiet() -> Self {
+        Self::default()
+    }
+
+    /// An outcome carrying `output`.
+    #[must_use]
+    pub fn with_output(output: impl Into<String>) -> Self {
+        Self { output: output.into() }
+    }
 }
 
 /// Changes and observes targets of one kind (processes, containers, hosts behind an agent, ...).
 ///
 /// # Contract
-/// - `observe` has no side effects and may be called at any time, concurrently for different targets.
-/// - `apply` brings the target to `desired` and is **idempotent**: applying what already runs succeeds without
-///   disruption, and an apply interrupted half-way can be applied again. It returns once the change is made, not once
-///   the target is healthy; the engine then calls `verify` until health holds. The engine never runs two calls that
-///   change the same target at once.
-/// - `verify` is one health probe of the desired version; the engine polls it at the spec's interval.
-/// - `run_step` runs one imperative step; steps are run in order and may be retried when they fail retryably, so
-///   they should be idempotent too. Executors that do not support imperative mode keep the default, which refuses.
-/// - Errors carry an [`ErrorClass`]: retryable errors are retried with bounded backoff, permanent errors fail the
-///   target, unreachable errors start the unreachable policy's wait.
+///
+/// Every method may be called concurrently for *different* targets; the engine never runs two calls that change the
+/// same target at once (`apply`, `run_step`), but may observe or verify a target while nothing changes it.
+///
+/// - [`observe`](Executor::observe) has no side effects. It is told what is wanted (`None` when nothing is, as for an
+///   agent that has not been assigned anything yet), so a host running several services reports the one asked about.
+///   It returns the version running (`None` when nothing is installed) and a health hint.
+/// - [`apply`](Executor::apply) brings the target to `ctx.desired` and is **idempotent**: applying what already runs
+///   succeeds without disruption, and an apply interrupted half-way (its future dropped, its process killed) can be
+///   applied again and completes the change. It returns once the change is made, not once the target is healthy.
+///   What it printed comes back in the [`Outcome`].
+/// - [`verify`](Executor::verify) is one health probe of `desired`. When another version runs on the target, it
+///   answers [`Health::Unhealthy`] (never `Healthy` for a version that is not the one asked about).
+/// - [`run_step`](Executor::run_step) runs one imperative step; steps run in order and may be retried when they fail
+///   retryably, so they should be idempotent too. Executors that do not support imperative mode keep the default,
+///   which refuses with a permanent error.
+/// - **Time**: the engine bounds every call. `verify` gets the spec's probe interval (at least one second) and a call
+///   that overruns counts as a failed probe; `apply` and `run_step` are bounded by the deployment's progress deadline
+///   and abandoned (their future dropped) on cancel, lease loss or shutdown. An executor never needs its own overall
+///   timeout, but must bound each network or process wait it starts, and must tolerate its future being dropped at
+///   any `.await`.
+/// - **Errors** carry an [`ErrorClass`]: retryable errors are retried with bounded backoff, permanent errors fail the
+///   target, unreachable errors start the unreachable policy's wait. A panic is caught and treated as permanent.
+/// - **Secrets** arrive resolved in [`ApplyContext::secrets`] for that call only; never store or log them. The engine
+///   scrubs their values from outcomes and errors, but an executor must not write them elsewhere.
+/// - **Fencing**: `ctx.fencing_token` grows with every new owner of a deployment; an executor that acts on a shared
+///   target should refuse a token smaller than the largest it has seen for that target and deployment.
+///
+/// `deploy_testkit::conformance::executor` checks this contract against any implementation.
 #[async_trait]
 pub trait Executor: Send + Sync {
-    /// What runs on `target` now.
-    async fn observe(&self, target: &Target) -> Result<Observation, ExecutorError>;
+    /// What runs on `target` now, as far as `wanted` (the service and version asked for, if any) is concerned.
+    async fn observe(&self, target: &Target, wanted: Option<&DesiredState>) -> Result<Observation, ExecutorError>;
 
-    /// Brings `target` to `ctx.desired`.
-    async fn apply(&self, target: &Target, ctx: ApplyContext<'_>) -> Result<(), ExecutorError>;
+    /// Brings `target` to `ctx.desired`, returning what the change printed.
+    async fn apply(&self, target: &Target, ctx: ApplyContext<'_>) -> Result<Outcome, ExecutorError>;
 
     /// One health probe of `desired` on `target`.
     async fn verify(&self, target: &Target, desired: &DesiredState) -> Result<Health, ExecutorError>;
 
-    /// [`Executor::apply`], returning what the change printed (hook output, say), which the engine keeps in the
-    /// deployment's events. Executors with nothing to report keep the default, which calls `apply`.
-    async fn apply_with_output(&self, target: &Target, ctx: ApplyContext<'_>) -> Result<StepOutput, ExecutorError> {
-        self.apply(target, ctx).await.map(|()| StepOutput::default())
+    /// Runs one imperative step on `target`.
+    async fn run_step(
+        &self,
+        target: &Target,
+        step: &ImperativeStep,
+        ctx: ApplyContext<'_>,
+    ) -> Result<Outcome, ExecutorError> {
+        let _ = (target, ctx);
+        Err(ExecutorError::permanent(format!(
+            "this executor does not support imperative steps (asked for {:?})",
+            step.action
+        )))
     }
 
     /// Whether this executor makes the host it runs on start programs that a target's configuration names (hooks,
@@ -154,91 +196,98 @@ pub trait Executor: Send + Sync {
     fn runs_host_programs(&self) -> bool {
         false
     }
-
-    /// For routers: the executor that serves `target`, so the engine can call it directly for each of its calls.
-    /// Everything else keeps the default, `None`, and is called itself.
-    fn route(&self, target: &Target) -> Option<&dyn Executor> {
-        let _ = target;
-        None
-    }
-
-    /// Runs one imperative step on `target`.
-    async fn run_step(
-        &self,
-        target: &Target,
-        step: &ImperativeStep,
-        ctx: ApplyContext<'_>,
-    ) -> Result<StepOutput, ExecutorError> {
-        let _ = (target, ctx);
-        Err(ExecutorError::permanent(format!(
-            "this executor does not support imperative steps (asked for {:?})",
-            step.action
-        )))
-    }
 }
 
-#[async_trait]
-impl<T: Executor + ?Sized> Executor for Arc<T> {
-    async fn observe(&self, target: &Target) -> Result<Observation, ExecutorError> {
-        (**self).observe(target).await
-    }
-    async fn apply(&self, target: &Target, ctx: ApplyContext<'_>) -> Result<(), ExecutorError> {
-        (**self).apply(target, ctx).await
-    }
-    async fn apply_with_output(&self, target: &Target, ctx: ApplyContext<'_>) -> Result<StepOutput, ExecutorError> {
-        (**self).apply_with_output(target, ctx).await
-    }
-    async fn verify(&self, target: &Target, desired: &DesiredState) -> Result<Health, ExecutorError> {
-        (**self).verify(target, desired).await
-    }
-    fn route(&self, target: &Target) -> Option<&dyn Executor> {
-        (**self).route(target)
-    }
-    fn runs_host_programs(&self) -> bool {
-        (**self).runs_host_programs()
-    }
-    async fn run_step(
-        &self,
-        target: &Target,
-        step: &ImperativeStep,
-        ctx: ApplyContext<'_>,
-    ) -> Result<StepOutput, ExecutorError> {
-        (**self).run_step(target, step, ctx).await
-    }
+macro_rules! forward_executor {
+    ($($ptr:ty),*) => {$(
+        #[async_trait]
+        impl<T: Executor + ?Sized> Executor for $ptr {
+            async fn observe(&self, target: &Target, wanted: Option<&DesiredState>) -> Result<Observation, ExecutorError> {
+                (**self).observe(target, wanted).await
+            }
+            async fn apply(&self, target: &Target, ctx: ApplyContext<'_>) -> Result<Outcome, ExecutorError> {
+                (**self).apply(target, ctx).await
+            }
+            async fn verify(&self, target: &Target, desired: &DesiredState) -> Result<Health, ExecutorError> {
+                (**self).verify(target, desired).await
+            }
+            async fn run_step(
+                &self,
+                target: &Target,
+                step: &ImperativeStep,
+                ctx: ApplyContext<'_>,
+            ) -> Result<Outcome, ExecutorError> {
+                (**self).run_step(target, step, ctx).await
+            }
+            fn runs_host_programs(&self) -> bool {
+                (**self).runs_host_programs()
+            }
+        }
+    )*};
 }
 
-/// The gateway pattern: one [`Executor`] in front of many, sending each target to the executor its environment names.
+forward_executor!(Arc<T>, Box<T>, &T);
+
+/// Which executor serves which target: the gateway pattern. The engine resolves each target's executor once, when
+/// it plans a deployment, and calls it directly from then on.
+///
+/// A router either sends every target to one executor ([`ExecutorRouter::single`]) or sends each to the executor its
+/// environment names by kind ([`ExecutorRouter::with`]); an orchestrator with a router of kinds refuses environments
+/// naming a kind it does not know.
 ///
 /// ```
 /// use std::sync::Arc;
 /// use deploy_core::ExecutorRouter;
-/// # use deploy_core::{Executor, Target, ApplyContext, ExecutorError, Observation, Health, DesiredState};
+/// # use deploy_core::{Executor, Target, ApplyContext, ExecutorError, Observation, Health, DesiredState, Outcome};
 /// # struct Noop;
-/// # #[async_trait::async_trait]
+/// # #[deploy_core::async_trait]
 /// # impl Executor for Noop {
-/// #     async fn observe(&self, _: &Target) -> Result<Observation, ExecutorError> { Ok(Observation { version: None, health: Health::Unknown }) }
-/// #     async fn apply(&self, _: &Target, _: ApplyContext<'_>) -> Result<(), ExecutorError> { Ok(()) }
+/// #     async fn observe(&self, _: &Target, _: Option<&DesiredState>) -> Result<Observation, ExecutorError> { Ok(Observation { version: None, health: Health::Unknown }) }
+/// #     async fn apply(&self, _: &Target, _: ApplyContext<'_>) -> Result<Outcome, ExecutorError> { Ok(Outcome::quiet()) }
 /// #     async fn verify(&self, _: &Target, _: &DesiredState) -> Result<Health, ExecutorError> { Ok(Health::Healthy) }
 /// # }
 /// let router = ExecutorRouter::new().with("vm", Arc::new(Noop)).with("k8s", Arc::new(Noop));
-/// assert_eq!(router.kinds(), ["k8s", "vm"]);
+/// assert_eq!(router.kinds(), Some(vec!["k8s".to_owned(), "vm".to_owned()]));
+/// assert_eq!(ExecutorRouter::single(Arc::new(Noop)).kinds(), None, "one executor for every kind");
 /// ```
 #[derive(Clone, Default)]
 pub struct ExecutorRouter {
     routes: BTreeMap<String, Arc<dyn Executor>>,
+    every: Option<Arc<dyn Executor>>,
 }
 
 impl fmt::Debug for ExecutorRouter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ExecutorRouter").field("kinds", &self.kinds()).finish()
+        f.debug_struct("ExecutorRouter")
+            .field("kinds", &self.routes.keys().collect::<Vec<_>>())
+            .field("every_kind", &self.every.is_some())
+            .finish()
+    }
+}
+
+impl From<Arc<dyn Executor>> for ExecutorRouter {
+    fn from(executor: Arc<dyn Executor>) -> Self {
+        Self::single(executor)
+    }
+}
+
+impl<E: Executor + 'static> From<Arc<E>> for ExecutorRouter {
+    fn from(executor: Arc<E>) -> Self {
+        Self::single(executor)
     }
 }
 
 impl ExecutorRouter {
-    /// A router with no routes.
+    /// A router with no routes: every target fails with "no executor".
     #[must_use]
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A router sending every target, whatever kind its environment names, to `executor`.
+    #[must_use]
+    pub fn single(executor: Arc<dyn Executor>) -> Self {
+        Self { routes: BTreeMap::new(), every: Some(executor) }
     }
 
     /// Adds (or replaces) the executor for targets whose `executor` is `kind`.
@@ -248,42 +297,19 @@ impl ExecutorRouter {
         self
     }
 
-    /// The kinds this router knows, sorted.
+    /// The kinds this router knows, sorted; `None` when one executor serves every kind.
     #[must_use]
-    pub fn kinds(&self) -> Vec<String> {
-        self.routes.keys().cloned().collect()
+    pub fn kinds(&self) -> Option<Vec<String>> {
+        if self.every.is_some() { None } else { Some(self.routes.keys().cloned().collect()) }
     }
 
-    fn lookup(&self, target: &Target) -> Result<&Arc<dyn Executor>, ExecutorError> {
-        self.routes.get(&target.executor).ok_or_else(|| {
+    /// The executor serving `target`.
+    ///
+    /// # Errors
+    /// A permanent [`ExecutorError`] naming the kind when no executor serves it.
+    pub fn resolve(&self, target: &Target) -> Result<Arc<dyn Executor>, ExecutorError> {
+        self.routes.get(&target.executor).or(self.every.as_ref()).cloned().ok_or_else(|| {
             ExecutorError::permanent(format!("no executor named {:?} for target {}", target.executor, target.id))
         })
-    }
-}
-
-#[async_trait]
-impl Executor for ExecutorRouter {
-    async fn observe(&self, target: &Target) -> Result<Observation, ExecutorError> {
-        self.lookup(target)?.observe(target).await
-    }
-    async fn apply(&self, target: &Target, ctx: ApplyContext<'_>) -> Result<(), ExecutorError> {
-        self.lookup(target)?.apply(target, ctx).await
-    }
-    async fn apply_with_output(&self, target: &Target, ctx: ApplyContext<'_>) -> Result<StepOutput, ExecutorError> {
-        self.lookup(target)?.apply_with_output(target, ctx).await
-    }
-    async fn verify(&self, target: &Target, desired: &DesiredState) -> Result<Health, ExecutorError> {
-        self.lookup(target)?.verify(target, desired).await
-    }
-    fn route(&self, target: &Target) -> Option<&dyn Executor> {
-        self.routes.get(&target.executor).map(|e| e.as_ref() as &dyn Executor)
-    }
-    async fn run_step(
-        &self,
-        target: &Target,
-        step: &ImperativeStep,
-        ctx: ApplyContext<'_>,
-    ) -> Result<StepOutput, ExecutorError> {
-        self.lookup(target)?.run_step(target, step, ctx).await
     }
 }

@@ -54,6 +54,8 @@ mod webhook;
 
 pub use access::{ApiKeyRecord, AuditEntry, AuditFilter};
 pub use agent::{AgentReport, AgentSlot};
+/// Re-exported so implementations of [`Executor`], [`Store`] and the other traits need no dependency of their own.
+pub use async_trait::async_trait;
 pub use auth::{Action, EnvironmentPattern, Forbidden, PatternError, Principal, Role};
 pub use clock::{Clock, SystemClock, Timestamp, add as add_duration, elapsed_between};
 pub use deployment::{
@@ -70,7 +72,7 @@ pub use environment::{
 };
 pub use error::Error;
 pub use event::{Event, EventType, NewEvent};
-pub use executor::{ApplyContext, ErrorClass, Executor, ExecutorError, ExecutorRouter, StepOutput, Target};
+pub use executor::{ApplyContext, ErrorClass, Executor, ExecutorError, ExecutorRouter, Outcome, Target};
 pub use names::{
     DeploymentId, EnvironmentName, Fingerprint, IdempotencyKey, NameError, Revision, ServiceName, TargetId, Version,
 };
@@ -85,8 +87,8 @@ pub use spec::{
 };
 pub use state::{ActualState, DesiredState, Health, Observation};
 pub use store::{
-    Acceptance, Accepted, Claim, Control, DeliveryOutcome, DeliveryStatus, DeploymentFilter, EnvironmentWrite,
-    IdempotencyRecord, Lease, Page, PageRequest, Store, StoreError, WebhookDelivery, WebhookPayload,
-    WebhookSubscription, restarted_owner,
+    Acceptance, Accepted, AgentStore, AuditLog, Claim, Control, DeliveryOutcome, DeliveryStatus, DeploymentFilter,
+    EnvironmentWrite, FullStore, IdempotencyRecord, KeyStore, Lease, Page, PageRequest, Store, StoreError,
+    WebhookDelivery, WebhookPayload, WebhookStore, WebhookSubscription, restarted_owner,
 };
 pub use webhook::{RetrySchedule, RetryScheduleError};

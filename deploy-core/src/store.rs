@@ -534,7 +534,16 @@ pub trait Store: Send + Sync {
 
     /// Forgets idempotency keys that expired before `now`; returns how many.
     async fn purge_idempotency_keys(&self, now: Timestamp) -> Result<u64, StoreError>;
+}
 
+/// Webhook subscriptions and their deliveries: the transactional outbox of a [`Store`].
+///
+/// A store that implements it enqueues, in the same transaction as each [`Store::accept`] and [`Store::record`], one
+/// pending [`WebhookDelivery`] per subscription matching each event appended ([`WebhookSubscription::matches`]), and
+/// applies every transition of a delivery through [`WebhookDelivery`]'s own methods, so the delivery state machine is
+/// decided in one place.
+#[async_trait]
+pub trait WebhookStore: Send + Sync {
     /// Adds a webhook subscription.
     async fn create_webhook(&self, subscription: WebhookSubscription) -> Result<WebhookSubscription, StoreError>;
 
@@ -566,8 +575,8 @@ pub trait Store: Send + Sync {
         now: Timestamp,
     ) -> Result<(), StoreError>;
 
-    /// One round of a dispatcher's bookkeeping: records `outcomes` (as [`Store::complete_deliveries`]), then claims up
-    /// to `limit` deliveries (as [`Store::claim_deliveries`]). Recording first frees the claims those outcomes held, so
+    /// One round of a dispatcher's bookkeeping: records `outcomes` (as [`WebhookStore::complete_deliveries`]), then
+    /// claims up to `limit` deliveries (as [`WebhookStore::claim_deliveries`]). Recording first frees the claims those outcomes held, so
     /// the claim can take their places. The SQL stores do both in one transaction. This default does them one after
     /// the other; when the claim fails after the outcomes were recorded, it logs the error and claims nothing (the
     /// next round claims again), so that no outcome is ever recorded twice.
@@ -608,7 +617,11 @@ pub trait Store: Send + Sync {
         subscription: Uuid,
         page: &PageRequest,
     ) -> Result<Page<WebhookDelivery>, StoreError>;
+}
 
+/// API keys, kept as digests: the key itself is shown once, at creation, and never stored.
+#[async_trait]
+pub trait KeyStore: Send + Sync {
     /// Stores an API key record (its digest, never the key).
     async fn create_api_key(&self, record: ApiKeyRecord) -> Result<(), StoreError>;
 
@@ -620,7 +633,11 @@ pub trait Store: Send + Sync {
 
     /// Revokes an API key: it authenticates nobody from now on.
     async fn delete_api_key(&self, id: Uuid) -> Result<(), StoreError>;
+}
 
+/// The slots through which agents on target hosts pull their assignments and report back.
+#[async_trait]
+pub trait AgentStore: Send + Sync {
     /// The agent slot of a target, if it ever had an assignment or a report.
     async fn agent_slot(
         &self,
@@ -651,13 +668,23 @@ pub trait Store: Send + Sync {
         report: AgentReport,
         now: Timestamp,
     ) -> Result<AgentSlot, StoreError>;
+}
 
+/// The append-only audit log of who changed what.
+#[async_trait]
+pub trait AuditLog: Send + Sync {
     /// Appends an entry to the audit log.
     async fn append_audit(&self, entry: AuditEntry) -> Result<(), StoreError>;
 
     /// Audit entries, newest first; the cursor is the last entry's id.
     async fn list_audit(&self, filter: &AuditFilter, page: &PageRequest) -> Result<Page<AuditEntry>, StoreError>;
 }
+
+/// Everything `deployd` keeps: the engine's [`Store`] and the server's tables. Implemented by every type that
+/// implements all five traits; an embedder that runs only the engine implements [`Store`] alone.
+pub trait FullStore: Store + WebhookStore + KeyStore + AgentStore + AuditLog {}
+
+impl<T: Store + WebhookStore + KeyStore + AgentStore + AuditLog + ?Sized> FullStore for T {}
 
 /// Whether a lease held by `holder` may be claimed at once by `claimant` because both name the same replica
 /// (`replica#incarnation`) and the claimant is a later incarnation of it: the process that held it has restarted. An
@@ -677,3 +704,145 @@ pub fn restarted_owner(holder: &str, claimant: &str) -> bool {
         _ => false,
     }
 }
+macro_rules! forward_store {
+    ($($ptr:ty),*) => {$(
+        #[async_trait]
+        impl<T: Store + ?Sized> Store for $ptr {
+            async fn put_environment(&self, name: &EnvironmentName, spec: EnvironmentSpec, expected: Option<Revision>, now: Timestamp) -> Result<EnvironmentWrite, StoreError> {
+                (**self).put_environment(name, spec, expected, now).await
+            }
+            async fn get_environment(&self, name: &EnvironmentName) -> Result<Environment, StoreError> {
+                (**self).get_environment(name).await
+            }
+            async fn list_environments(&self, page: &PageRequest) -> Result<Page<Environment>, StoreError> {
+                (**self).list_environments(page).await
+            }
+            async fn accept(&self, acceptance: Acceptance) -> Result<Accepted, StoreError> {
+                (**self).accept(acceptance).await
+            }
+            async fn get_deployment(&self, id: DeploymentId) -> Result<Deployment, StoreError> {
+                (**self).get_deployment(id).await
+            }
+            async fn list_deployments(&self, filter: &DeploymentFilter, page: &PageRequest) -> Result<Page<Deployment>, StoreError> {
+                (**self).list_deployments(filter, page).await
+            }
+            async fn count_deployments(&self, filter: &DeploymentFilter) -> Result<u64, StoreError> {
+                (**self).count_deployments(filter).await
+            }
+            async fn events(&self, id: DeploymentId, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+                (**self).events(id, after, limit).await
+            }
+            async fn request_cancel(&self, id: DeploymentId, now: Timestamp) -> Result<Deployment, StoreError> {
+                (**self).request_cancel(id, now).await
+            }
+            async fn claim(&self, owner: &str, now: Timestamp, lease: Duration) -> Result<Option<Claim>, StoreError> {
+                (**self).claim(owner, now, lease).await
+            }
+            async fn renew(&self, lease: &Lease, now: Timestamp, duration: Duration) -> Result<(Lease, Control), StoreError> {
+                (**self).renew(lease, now, duration).await
+            }
+            async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+                (**self).release(lease).await
+            }
+            async fn record(&self, lease: &Lease, update: ProgressUpdate) -> Result<Control, StoreError> {
+                (**self).record(lease, update).await
+            }
+            async fn purge_idempotency_keys(&self, now: Timestamp) -> Result<u64, StoreError> {
+                (**self).purge_idempotency_keys(now).await
+            }
+        }
+    )*};
+}
+
+forward_store!(std::sync::Arc<T>, Box<T>, &T);
+
+macro_rules! forward_webhookstore {
+    ($($ptr:ty),*) => {$(
+        #[async_trait]
+        impl<T: WebhookStore + ?Sized> WebhookStore for $ptr {
+            async fn create_webhook(&self, subscription: WebhookSubscription) -> Result<WebhookSubscription, StoreError> {
+                (**self).create_webhook(subscription).await
+            }
+            async fn list_webhooks(&self) -> Result<Vec<WebhookSubscription>, StoreError> {
+                (**self).list_webhooks().await
+            }
+            async fn delete_webhook(&self, id: Uuid) -> Result<(), StoreError> {
+                (**self).delete_webhook(id).await
+            }
+            async fn claim_deliveries(&self, now: Timestamp, limit: usize, per_subscription: usize, lease: Duration) -> Result<Vec<(WebhookDelivery, WebhookSubscription)>, StoreError> {
+                (**self).claim_deliveries(now, limit, per_subscription, lease).await
+            }
+            async fn complete_deliveries(&self, outcomes: &[(String, DeliveryOutcome)], now: Timestamp) -> Result<(), StoreError> {
+                (**self).complete_deliveries(outcomes, now).await
+            }
+            async fn complete_and_claim(&self, outcomes: &[(String, DeliveryOutcome)], now: Timestamp, limit: usize, per_subscription: usize, lease: Duration) -> Result<Vec<(WebhookDelivery, WebhookSubscription)>, StoreError> {
+                (**self).complete_and_claim(outcomes, now, limit, per_subscription, lease).await
+            }
+            async fn redeliver(&self, subscription: Uuid, id: &str, now: Timestamp) -> Result<WebhookDelivery, StoreError> {
+                (**self).redeliver(subscription, id, now).await
+            }
+            async fn list_deliveries(&self, subscription: Uuid, page: &PageRequest) -> Result<Page<WebhookDelivery>, StoreError> {
+                (**self).list_deliveries(subscription, page).await
+            }
+        }
+    )*};
+}
+
+forward_webhookstore!(std::sync::Arc<T>, Box<T>, &T);
+
+macro_rules! forward_keystore {
+    ($($ptr:ty),*) => {$(
+        #[async_trait]
+        impl<T: KeyStore + ?Sized> KeyStore for $ptr {
+            async fn create_api_key(&self, record: ApiKeyRecord) -> Result<(), StoreError> {
+                (**self).create_api_key(record).await
+            }
+            async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+                (**self).api_key_by_hash(key_hash).await
+            }
+            async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
+                (**self).list_api_keys().await
+            }
+            async fn delete_api_key(&self, id: Uuid) -> Result<(), StoreError> {
+                (**self).delete_api_key(id).await
+            }
+        }
+    )*};
+}
+
+forward_keystore!(std::sync::Arc<T>, Box<T>, &T);
+
+macro_rules! forward_agentstore {
+    ($($ptr:ty),*) => {$(
+        #[async_trait]
+        impl<T: AgentStore + ?Sized> AgentStore for $ptr {
+            async fn agent_slot(&self, environment: &EnvironmentName, target: &TargetId) -> Result<Option<AgentSlot>, StoreError> {
+                (**self).agent_slot(environment, target).await
+            }
+            async fn assign_agent(&self, environment: &EnvironmentName, target: &TargetId, desired: DesiredState, deployment: DeploymentId, fencing_token: u64, now: Timestamp) -> Result<AgentSlot, StoreError> {
+                (**self).assign_agent(environment, target, desired, deployment, fencing_token, now).await
+            }
+            async fn record_agent_report(&self, environment: &EnvironmentName, target: &TargetId, report: AgentReport, now: Timestamp) -> Result<AgentSlot, StoreError> {
+                (**self).record_agent_report(environment, target, report, now).await
+            }
+        }
+    )*};
+}
+
+forward_agentstore!(std::sync::Arc<T>, Box<T>, &T);
+
+macro_rules! forward_auditlog {
+    ($($ptr:ty),*) => {$(
+        #[async_trait]
+        impl<T: AuditLog + ?Sized> AuditLog for $ptr {
+            async fn append_audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
+                (**self).append_audit(entry).await
+            }
+            async fn list_audit(&self, filter: &AuditFilter, page: &PageRequest) -> Result<Page<AuditEntry>, StoreError> {
+                (**self).list_audit(filter, page).await
+            }
+        }
+    )*};
+}
+
+forward_auditlog!(std::sync::Arc<T>, Box<T>, &T);

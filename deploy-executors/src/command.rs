@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 use deploy_core::{
     ApplyContext, DeploymentId, DesiredState, EnvSecretResolver, Executor, ExecutorError, Health, HumanDuration,
-    ImperativeStep, Observation, SecretResolver, StepOutput, Target, Version,
+    ImperativeStep, Observation, Outcome, SecretResolver, Target, Version,
 };
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -361,18 +361,14 @@ impl Executor for CommandExecutor {
         true
     }
 
-    async fn observe(&self, target: &Target) -> Result<Observation, ExecutorError> {
+    async fn observe(&self, target: &Target, _: Option<&DesiredState>) -> Result<Observation, ExecutorError> {
         CommandConfig::of(target)?;
         let installed: Installed = local::load(&self.installed_file(target))?;
         Ok(Observation { version: installed.version.and_then(|v| Version::new(v).ok()), health: Health::Unknown })
     }
 
-    async fn apply(&self, target: &Target, ctx: ApplyContext<'_>) -> Result<(), ExecutorError> {
-        self.apply_with_output(target, ctx).await.map(drop)
-    }
-
     /// Runs the stages in order; the output of each (`[stage] ...`) is returned for the deployment's events.
-    async fn apply_with_output(&self, target: &Target, ctx: ApplyContext<'_>) -> Result<StepOutput, ExecutorError> {
+    async fn apply(&self, target: &Target, ctx: ApplyContext<'_>) -> Result<Outcome, ExecutorError> {
         let cfg = CommandConfig::of(target)?;
         let seen = self.generation(target)?;
         let env = self.env(&cfg, target, ctx.desired, Some(ctx)).await?;
@@ -388,7 +384,7 @@ impl Executor for CommandExecutor {
             }
         }
         self.commit(target, seen, &ctx.desired.version).await?;
-        Ok(StepOutput { output: local::tail_of(&output, OUTPUT_LIMIT) })
+        Ok(Outcome::with_output(local::tail_of(&output, OUTPUT_LIMIT)))
     }
 
     async fn verify(&self, target: &Target, desired: &DesiredState) -> Result<Health, ExecutorError> {
@@ -411,7 +407,7 @@ impl Executor for CommandExecutor {
         target: &Target,
         step: &ImperativeStep,
         ctx: ApplyContext<'_>,
-    ) -> Result<StepOutput, ExecutorError> {
+    ) -> Result<Outcome, ExecutorError> {
         let cfg = CommandConfig::of(target)?;
         let seen = self.generation(target)?;
         let env = self.env(&cfg, target, ctx.desired, Some(ctx)).await?;
@@ -421,7 +417,7 @@ impl Executor for CommandExecutor {
                 if step.action == "start" || step.action == "install" {
                     self.commit(target, seen, &ctx.desired.version).await?;
                 }
-                Ok(StepOutput { output: ran.output })
+                Ok(Outcome::with_output(ran.output))
             }
             Some(ran) => Err(Self::failed(target, &step.action, &ran)),
         }
@@ -505,7 +501,7 @@ mod tests {
         let refused = first.await.unwrap_err();
         assert_eq!(refused.class(), deploy_core::ErrorClass::Retryable, "{refused}");
         assert!(refused.message().contains("another owner recorded 1.5"), "{refused}");
-        let now = successor.observe(&t).await.unwrap();
+        let now = successor.observe(&t, None).await.unwrap();
         assert_eq!(now.version.map(|v| v.to_string()).as_deref(), Some("1.5"), "the successor's record stands");
     }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deploy_core::{
     ApplyContext, DesiredState, EnvSecretResolver, Executor, ExecutorError, Health, HumanDuration, Observation,
-    SecretResolver, Target, Version,
+    Outcome, SecretResolver, Target, Version,
 };
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -251,29 +251,11 @@ impl ProcessExecutor {
     }
 }
 
-#[async_trait]
-impl Executor for ProcessExecutor {
-    /// The command is a program an admin names: host-level power.
-    fn runs_host_programs(&self) -> bool {
-        true
-    }
-
-    async fn observe(&self, target: &Target) -> Result<Observation, ExecutorError> {
+impl ProcessExecutor {
+    /// Brings the target to `ctx.desired` (see [`Executor::apply`]).
+    async fn install(&self, target: &Target, ctx: ApplyContext<'_>) -> Result<(), ExecutorError> {
         let cfg = ProcessConfig::of(target)?;
-        let state: SlotState = local::load(&self.state_file(target))?;
-        let Some(current) = state.processes.iter().rev().find(|p| p.proc.alive()) else {
-            return Ok(Observation { version: None, health: Health::Unknown });
-        };
-        let version = Version::new(current.version.clone()).ok();
-        let health = match self.probe(current.port, &cfg.health_path).await {
-            p if Self::healthy_as(&p, &current.version) => Health::Healthy,
-            _ => Health::Unhealthy,
-        };
-        Ok(Observation { version, health })
-    }
 
-    async fn apply(&self, target: &Target, ctx: ApplyContext<'_>) -> Result<(), ExecutorError> {
-        let cfg = ProcessConfig::of(target)?;
         let version = ctx.desired.version.as_str().to_owned();
         let dir = local::target_dir(&self.root, target);
         let workdir = cfg.workdir.clone().unwrap_or_else(|| dir.clone());
@@ -334,6 +316,32 @@ impl Executor for ProcessExecutor {
                 )))
             }
         }
+    }
+}
+
+#[async_trait]
+impl Executor for ProcessExecutor {
+    /// The command is a program an admin names: host-level power.
+    fn runs_host_programs(&self) -> bool {
+        true
+    }
+
+    async fn observe(&self, target: &Target, _: Option<&DesiredState>) -> Result<Observation, ExecutorError> {
+        let cfg = ProcessConfig::of(target)?;
+        let state: SlotState = local::load(&self.state_file(target))?;
+        let Some(current) = state.processes.iter().rev().find(|p| p.proc.alive()) else {
+            return Ok(Observation { version: None, health: Health::Unknown });
+        };
+        let version = Version::new(current.version.clone()).ok();
+        let health = match self.probe(current.port, &cfg.health_path).await {
+            p if Self::healthy_as(&p, &current.version) => Health::Healthy,
+            _ => Health::Unhealthy,
+        };
+        Ok(Observation { version, health })
+    }
+
+    async fn apply(&self, target: &Target, ctx: ApplyContext<'_>) -> Result<Outcome, ExecutorError> {
+        self.install(target, ctx).await.map(|()| Outcome::quiet())
     }
 
     async fn verify(&self, target: &Target, desired: &DesiredState) -> Result<Health, ExecutorError> {

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deploy_core::{
-    ApplyContext, DesiredState, Executor, ExecutorError, Health, ImperativeStep, Observation, StepOutput, Target,
-    Version,
+    ApplyContext, DesiredState, Executor, ExecutorError, Health, ImperativeStep, Observation, Outcome, Target, Version,
 };
 use serde::{Deserialize, Serialize};
 
@@ -80,7 +79,7 @@ struct SimState {
 ///     executor: "sim".into(),
 ///     config: serde_json::json!({"initial_version": "1.0", "apply_ms": 0}),
 /// };
-/// assert_eq!(sim.observe(&target).await?.version.unwrap().as_str(), "1.0");
+/// assert_eq!(sim.observe(&target, None).await?.version.unwrap().as_str(), "1.0");
 /// # Ok(()) }
 /// ```
 #[derive(Debug)]
@@ -169,7 +168,7 @@ fn version(v: &str, target: &Target) -> Result<Version, ExecutorError> {
 
 #[async_trait]
 impl Executor for SimExecutor {
-    async fn observe(&self, target: &Target) -> Result<Observation, ExecutorError> {
+    async fn observe(&self, target: &Target, _: Option<&DesiredState>) -> Result<Observation, ExecutorError> {
         let config = SimConfig::of(target)?;
         let state = self.load(target)?;
         Self::check_reachable(&config, &state, target)?;
@@ -182,7 +181,7 @@ impl Executor for SimExecutor {
         Ok(Observation { version: running.map(|v| version(&v, target)).transpose()?, health })
     }
 
-    async fn apply(&self, target: &Target, ctx: ApplyContext<'_>) -> Result<(), ExecutorError> {
+    async fn apply(&self, target: &Target, ctx: ApplyContext<'_>) -> Result<Outcome, ExecutorError> {
         let config = SimConfig::of(target)?;
         let wanted = ctx.desired.version.to_string();
         let attempt = self.update(target, |s| {
@@ -210,7 +209,8 @@ impl Executor for SimExecutor {
         self.update(target, |s| {
             s.actual = Some(wanted);
             s.stopped = false;
-        })
+        })?;
+        Ok(Outcome::quiet())
     }
 
     async fn verify(&self, target: &Target, desired: &DesiredState) -> Result<Health, ExecutorError> {
@@ -230,7 +230,7 @@ impl Executor for SimExecutor {
         target: &Target,
         step: &ImperativeStep,
         ctx: ApplyContext<'_>,
-    ) -> Result<StepOutput, ExecutorError> {
+    ) -> Result<Outcome, ExecutorError> {
         let config = SimConfig::of(target)?;
         let wanted = ctx.desired.version.to_string();
         let output = match step.action.as_str() {
@@ -260,6 +260,6 @@ impl Executor for SimExecutor {
             }
         };
         tokio::time::sleep(Duration::from_millis(config.apply_ms)).await;
-        Ok(StepOutput { output })
+        Ok(Outcome { output })
     }
 }

@@ -31,6 +31,7 @@ async fn apply(sim: &SimExecutor, target: &Target, version: &str) -> Result<(), 
         ApplyContext { deployment: DeploymentId::new(), desired: &want, secrets: &secrets, fencing_token: 0 },
     )
     .await
+    .map(drop)
 }
 
 async fn step(
@@ -46,33 +47,73 @@ async fn step(
     sim.run_step(target, &step, ctx).await.map(|o| o.output)
 }
 
+/// The `sim` executor, with a target whose installs fail, one that stops answering, and its three steps.
+struct SimFixture {
+    sim: SimExecutor,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl SimFixture {
+    fn target(&self, config: serde_json::Value) -> Target {
+        let mut t = target(config);
+        t.id = deploy_core::TargetId::new(format!("s-{}", self.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst)))
+            .unwrap();
+        t
+    }
+}
+
+#[deploy_core::async_trait]
+impl deploy_testkit::conformance::executor::ExecutorFixture for SimFixture {
+    fn executor(&self) -> &dyn deploy_core::Executor {
+        &self.sim
+    }
+    async fn fresh_target(&self) -> Target {
+        self.target(json!({"apply_ms": 1}))
+    }
+    async fn broken_target(&self) -> Option<Target> {
+        Some(self.target(json!({"apply_ms": 1, "fail_versions": ["1.0.0", "2.0.0"]})))
+    }
+    async fn unreachable_target(&self) -> Option<Target> {
+        let t = self.target(json!({"apply_ms": 1, "unreachable_versions": ["1.0.0", "2.0.0"]}));
+        // It stops answering once one of those versions is wanted.
+        let _ = step(&self.sim, &t, "fetch", "1.0.0").await;
+        let want = desired("1.0.0");
+        let secrets = ResolvedSecrets::new();
+        let ctx = ApplyContext { deployment: DeploymentId::new(), desired: &want, secrets: &secrets, fencing_token: 0 };
+        let _ = self.sim.apply(&t, ctx).await;
+        Some(t)
+    }
+    fn steps(&self) -> Option<Vec<ImperativeStep>> {
+        Some(
+            ["stop", "fetch", "start"]
+                .into_iter()
+                .map(|a| ImperativeStep { action: a.into(), args: Default::default() })
+                .collect(),
+        )
+    }
+}
+
 #[tokio::test]
 async fn passes_the_executor_conformance_suite() {
-    let sim = SimExecutor::in_memory();
-    let t = target(json!({"initial_version": "1.0", "apply_ms": 1}));
-    deploy_testkit::conformance::executor::run_all(
-        &sim,
-        &t,
-        &"2.0".parse().unwrap(),
-        &"3.0".parse().unwrap(),
-        Duration::from_secs(2),
-    )
-    .await;
+    let fixture = SimFixture { sim: SimExecutor::in_memory(), next: std::sync::atomic::AtomicUsize::new(0) };
+    let report = deploy_testkit::conformance::executor::run_all(&fixture).await;
+    report.assert_conforms();
+    assert_eq!(report.not_applicable.len(), 1, "only fencing does not apply: {report}");
 }
 
 #[tokio::test]
 async fn reports_the_initial_version_then_what_was_applied() {
     let sim = SimExecutor::in_memory();
     let t = target(json!({"initial_version": "1.0", "apply_ms": 0}));
-    let seen = sim.observe(&t).await.unwrap();
+    let seen = sim.observe(&t, None).await.unwrap();
     assert_eq!(seen.version.unwrap().as_str(), "1.0");
     assert_eq!(seen.health, Health::Healthy);
     apply(&sim, &t, "2.0").await.unwrap();
-    assert_eq!(sim.observe(&t).await.unwrap().version.unwrap().as_str(), "2.0");
+    assert_eq!(sim.observe(&t, None).await.unwrap().version.unwrap().as_str(), "2.0");
     assert_eq!(sim.verify(&t, &desired("2.0")).await.unwrap(), Health::Healthy);
     assert_eq!(sim.verify(&t, &desired("1.0")).await.unwrap(), Health::Unhealthy, "another version runs");
     let empty = target(json!({"apply_ms": 0}));
-    let nothing = SimExecutor::in_memory().observe(&empty).await.unwrap();
+    let nothing = SimExecutor::in_memory().observe(&empty, None).await.unwrap();
     assert_eq!((nothing.version, nothing.health), (None, Health::Unknown));
 }
 
@@ -85,18 +126,22 @@ async fn scripted_faults_have_their_classes() {
     }));
     let failed = apply(&sim, &t, "6.6.6").await.unwrap_err();
     assert_eq!(failed.class(), ErrorClass::Permanent);
-    assert_eq!(sim.observe(&t).await.unwrap().version.unwrap().as_str(), "1.0", "a failed apply changes nothing");
+    assert_eq!(sim.observe(&t, None).await.unwrap().version.unwrap().as_str(), "1.0", "a failed apply changes nothing");
 
     apply(&sim, &t, "3.0").await.unwrap();
     assert_eq!(sim.verify(&t, &desired("3.0")).await.unwrap(), Health::Unhealthy);
-    assert_eq!(sim.observe(&t).await.unwrap().health, Health::Unhealthy);
+    assert_eq!(sim.observe(&t, None).await.unwrap().health, Health::Unhealthy);
 
     let gone = apply(&sim, &t, "9.9").await.unwrap_err();
     assert_eq!(gone.class(), ErrorClass::Unreachable);
-    assert_eq!(sim.observe(&t).await.unwrap_err().class(), ErrorClass::Unreachable, "observe too, while 9.9 is wanted");
+    assert_eq!(
+        sim.observe(&t, None).await.unwrap_err().class(),
+        ErrorClass::Unreachable,
+        "observe too, while 9.9 is wanted"
+    );
     apply(&sim, &t, "1.0").await.unwrap();
     assert_eq!(
-        sim.observe(&t).await.unwrap().version.unwrap().as_str(),
+        sim.observe(&t, None).await.unwrap().version.unwrap().as_str(),
         "1.0",
         "reachable again once 9.9 is not wanted"
     );
@@ -121,7 +166,7 @@ async fn invalid_config_is_a_permanent_error() {
     assert_eq!(e.class(), ErrorClass::Permanent);
     assert!(e.message().contains("invalid sim config"), "{e}");
     let unknown = target(json!({"initial_versions": "1.0"}));
-    assert!(sim.observe(&unknown).await.is_err(), "unknown keys are refused");
+    assert!(sim.observe(&unknown, None).await.is_err(), "unknown keys are refused");
 }
 
 #[tokio::test]
@@ -129,10 +174,10 @@ async fn imperative_steps_stop_fetch_start_and_refuse_others() {
     let sim = SimExecutor::in_memory();
     let t = target(json!({"initial_version": "1.0", "apply_ms": 0}));
     assert_eq!(step(&sim, &t, "stop", "2.0").await.unwrap(), "stopped 1.0");
-    assert_eq!(sim.observe(&t).await.unwrap().version, None, "nothing runs after stop");
+    assert_eq!(sim.observe(&t, None).await.unwrap().version, None, "nothing runs after stop");
     assert_eq!(step(&sim, &t, "fetch", "2.0").await.unwrap(), "fetched 2.0");
     assert_eq!(step(&sim, &t, "start", "2.0").await.unwrap(), "started 2.0");
-    assert_eq!(sim.observe(&t).await.unwrap().version.unwrap().as_str(), "2.0");
+    assert_eq!(sim.observe(&t, None).await.unwrap().version.unwrap().as_str(), "2.0");
     let unknown = step(&sim, &t, "reboot", "2.0").await.unwrap_err();
     assert_eq!(unknown.class(), ErrorClass::Permanent);
     assert!(unknown.message().contains("reboot"));
@@ -147,11 +192,11 @@ async fn state_survives_a_new_executor_on_the_same_directory() {
         apply(&sim, &t, "2.0").await.unwrap();
     }
     let restarted = SimExecutor::persistent(&dir);
-    assert_eq!(restarted.observe(&t).await.unwrap().version.unwrap().as_str(), "2.0");
+    assert_eq!(restarted.observe(&t, None).await.unwrap().version.unwrap().as_str(), "2.0");
     let _ = apply(&restarted, &t, "5.0").await;
     let again = SimExecutor::persistent(&dir);
     assert_eq!(
-        again.observe(&t).await.unwrap_err().class(),
+        again.observe(&t, None).await.unwrap_err().class(),
         ErrorClass::Unreachable,
         "the wanted version persists too"
     );

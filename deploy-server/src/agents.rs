@@ -13,8 +13,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
 use deploy_core::{
-    AgentReport, AgentSlot, ApplyContext, Clock, DesiredState, EnvironmentName, Executor, ExecutorError, Health,
-    Observation, StepOutput, Store, Target, TargetId, Timestamp, elapsed_between,
+    AgentReport, AgentSlot, AgentStore, ApplyContext, Clock, DesiredState, EnvironmentName, Executor, ExecutorError,
+    Health, Observation, Outcome, Target, TargetId, Timestamp, elapsed_between,
 };
 use tokio::sync::Notify;
 
@@ -63,7 +63,7 @@ impl Waiters {
 /// deployment's `on_unreachable` policy decides.
 #[derive(Clone)]
 pub struct AgentExecutor {
-    store: Arc<dyn Store>,
+    store: Arc<dyn AgentStore>,
     clock: Arc<dyn Clock>,
     heartbeat_timeout: Duration,
     watch: Arc<AgentWatch>,
@@ -78,7 +78,7 @@ impl std::fmt::Debug for AgentExecutor {
 impl AgentExecutor {
     /// An executor over `store`; an agent silent for longer than `heartbeat_timeout` is unreachable.
     #[must_use]
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, heartbeat_timeout: Duration) -> Self {
+    pub fn new(store: Arc<dyn AgentStore>, clock: Arc<dyn Clock>, heartbeat_timeout: Duration) -> Self {
         Self { store, clock, heartbeat_timeout, watch: Arc::default() }
     }
 
@@ -119,7 +119,7 @@ impl AgentExecutor {
 
 #[async_trait]
 impl Executor for AgentExecutor {
-    async fn observe(&self, target: &Target) -> Result<Observation, ExecutorError> {
+    async fn observe(&self, target: &Target, _: Option<&DesiredState>) -> Result<Observation, ExecutorError> {
         let Some(slot) = self.slot(target).await? else {
             return Ok(Observation { version: None, health: Health::Unknown });
         };
@@ -132,11 +132,7 @@ impl Executor for AgentExecutor {
         })
     }
 
-    async fn apply(&self, target: &Target, ctx: ApplyContext<'_>) -> Result<(), ExecutorError> {
-        self.apply_with_output(target, ctx).await.map(drop)
-    }
-
-    async fn apply_with_output(&self, target: &Target, ctx: ApplyContext<'_>) -> Result<StepOutput, ExecutorError> {
+    async fn apply(&self, target: &Target, ctx: ApplyContext<'_>) -> Result<Outcome, ExecutorError> {
         // The agent resolves secret references itself, on its host: only references travel.
         let assigned = self
             .store
@@ -174,7 +170,7 @@ impl Executor for AgentExecutor {
                     return Err(ExecutorError::permanent(format!("the agent could not apply: {error}{output}")));
                 }
                 if report.version.as_ref() == Some(&ctx.desired.version) {
-                    return Ok(StepOutput { output: report.output.clone() });
+                    return Ok(Outcome::with_output(report.output.clone()));
                 }
             }
             if let Some(why) = self.silent(&slot, self.clock.now()) {

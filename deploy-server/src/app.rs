@@ -11,7 +11,7 @@ use axum::http::{HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use deploy_core::{AuditEntry, Orchestrator, Principal, Store};
+use deploy_core::{AuditEntry, FullStore, Orchestrator, Principal};
 use tracing::Instrument as _;
 
 use crate::auth::Authenticator;
@@ -74,7 +74,7 @@ pub struct AppState {
 
 pub(crate) struct Inner {
     pub(crate) orchestrator: Orchestrator,
-    pub(crate) store: Arc<dyn Store>,
+    pub(crate) store: Arc<dyn FullStore>,
     pub(crate) auth: Authenticator,
     pub(crate) config: ApiConfig,
     pub(crate) metrics: Arc<Metrics>,
@@ -119,17 +119,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl AppState {
-    /// State over an orchestrator (built with [`Metrics`] as its observer, to count target outcomes), an authenticator
-    /// and a configuration. `shutdown` ends event streams when the server stops.
+    /// State over an orchestrator (built with [`Metrics`] as its observer, to count target outcomes) and the store it
+    /// runs on (which also keeps the server's webhooks, keys, agents and audit log), an authenticator and a
+    /// configuration. `shutdown` ends event streams when the server stops.
     #[must_use]
     pub fn new(
         orchestrator: Orchestrator,
+        store: Arc<dyn FullStore>,
         auth: Authenticator,
         config: ApiConfig,
         metrics: Arc<Metrics>,
         shutdown: deploy_core::ShutdownSignal,
     ) -> Self {
-        let store = Arc::clone(orchestrator.store());
         let ip_limiter = ip_limiter(&config);
         let streams = crate::streams::Streams::new(config.max_streams, config.max_streams_per_principal);
         Self {

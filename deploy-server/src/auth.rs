@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderValue, header};
 use base64::Engine as _;
-use deploy_core::{ApiKeyRecord, EnvironmentPattern, Principal, Role, Store};
+use deploy_core::{ApiKeyRecord, EnvironmentPattern, KeyStore, Principal, Role};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -122,7 +122,7 @@ const KEY_CACHE_MAX: usize = 10_000;
 /// Turns `Authorization` headers into principals.
 #[derive(Clone)]
 pub struct Authenticator {
-    store: Arc<dyn Store>,
+    store: Arc<dyn KeyStore>,
     jwt: Option<JwtConfig>,
     keys: Arc<Mutex<HashMap<String, (ApiKeyRecord, Instant)>>>,
 }
@@ -145,7 +145,7 @@ fn unauthenticated(detail: &str, invalid: bool) -> Problem {
 impl Authenticator {
     /// API keys from `store`; JWTs only when `jwt` is given.
     #[must_use]
-    pub fn new(store: Arc<dyn Store>, jwt: Option<JwtConfig>) -> Self {
+    pub fn new(store: Arc<dyn KeyStore>, jwt: Option<JwtConfig>) -> Self {
         Self { store, jwt, keys: Arc::new(Mutex::new(HashMap::new())) }
     }
 

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use deploy_core::{
-    EnvironmentPattern, ExecutorRouter, HumanDuration, Orchestrator, OrchestratorConfig, RetrySchedule, Role,
-    ShutdownSignal, ShutdownTrigger, Store,
+    EnvironmentPattern, ExecutorRouter, FullStore, HumanDuration, Orchestrator, OrchestratorConfig, RetrySchedule,
+    Role, ShutdownSignal, ShutdownTrigger,
 };
 use deploy_executors::{CommandExecutor, ProcessExecutor, SimExecutor};
 use deploy_sql::SqlStore;
@@ -332,7 +332,7 @@ impl Running {
     }
 }
 
-async fn open_store(settings: &Settings) -> Result<Arc<dyn Store>, StartError> {
+async fn open_store(settings: &Settings) -> Result<Arc<dyn FullStore>, StartError> {
     // The data directory is a directory even before anything is in it (a missing path would be taken for a file),
     // and only deployd's user may enter it: it holds the database, the executors' state and hook output.
     {
@@ -410,7 +410,7 @@ fn replica_owner(data_dir: &std::path::Path) -> Result<(String, Option<std::fs::
 }
 
 /// Creates the first admin key when the store has none; returns it when it was generated here.
-async fn bootstrap(store: &dyn Store, settings: &Settings) -> Result<Option<String>, StartError> {
+async fn bootstrap(store: &dyn FullStore, settings: &Settings) -> Result<Option<String>, StartError> {
     if !store.list_api_keys().await?.is_empty() {
         return Ok(None);
     }
@@ -490,7 +490,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     // Agents run nothing here: they only wait for the agent on the target's host.
     let agent_watch = Arc::new(crate::agents::AgentWatch::default());
     let agent_executor = AgentExecutor::new(
-        Arc::clone(&store),
+        Arc::clone(&store) as Arc<dyn deploy_core::AgentStore>,
         Arc::new(deploy_core::SystemClock),
         settings.agent_heartbeat_timeout.as_std(),
     )
@@ -508,8 +508,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         max_concurrent_deployments: settings.max_concurrent_deployments.max(1),
         ..OrchestratorConfig::default()
     };
-    let orchestrator = Orchestrator::builder(Arc::clone(&store), Arc::new(ExecutorRouter::new()))
-        .router(executors)
+    let orchestrator = Orchestrator::builder(Arc::clone(&store) as Arc<dyn deploy_core::Store>, executors)
         .secrets(secrets)
         .config(config)
         .observer(Arc::clone(&metrics) as Arc<dyn deploy_core::EngineObserver>)
@@ -530,7 +529,8 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let (trigger, shutdown) = ShutdownSignal::new();
     let state = AppState::new(
         orchestrator.clone(),
-        Authenticator::new(Arc::clone(&store), jwt),
+        Arc::clone(&store),
+        Authenticator::new(Arc::clone(&store) as Arc<dyn deploy_core::KeyStore>, jwt),
         api,
         metrics,
         shutdown.clone(),
@@ -542,7 +542,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         None => state,
     };
     let dispatcher = Dispatcher::new(
-        Arc::clone(&store),
+        Arc::clone(&store) as Arc<dyn deploy_core::WebhookStore>,
         Arc::clone(orchestrator.clock()),
         DispatcherConfig {
             schedule,

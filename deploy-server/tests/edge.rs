@@ -301,7 +301,7 @@ async fn webhooks_to_metadata_addresses_are_refused_at_creation_and_at_connect_t
     let store = deploy_sql::SqlStore::sqlite(&s.data_dir).await.unwrap();
     let mut sub = deploy_testkit::fixtures::subscription(&format!("http://localhost:{}/", receiver.addr.port()));
     sub.events = vec!["*".into()];
-    deploy_core::Store::create_webhook(&store, sub.clone()).await.unwrap();
+    deploy_core::WebhookStore::create_webhook(&store, sub.clone()).await.unwrap();
     s.sim_env("prod", 1, "queue", json!({})).await;
     let a = s.post("/v1/deployments", ADMIN, json!({"environment": "prod", "service": "s", "version": "2.0"})).await;
     s.wait_terminal(a.body["id"].as_str().unwrap()).await;

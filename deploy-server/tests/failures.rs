@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
-use deploy_core::{ExecutorRouter, Orchestrator, Role, ShutdownSignal, StoreError};
+use deploy_core::{ExecutorRouter, KeyStore, Orchestrator, Role, ShutdownSignal, Store, StoreError};
 use deploy_server::{ApiConfig, AppState, Authenticator, Metrics, router};
+use deploy_testkit::Composite;
 use deploy_testkit::mocks::MockStore;
 
 const KEY: &str = "dk_failfailfailfailfailfailfailfailfailfailfai";
@@ -23,15 +24,17 @@ async fn store_failures_are_503_problems_without_internal_detail() {
         created_by: "test".into(),
         created_at: time::OffsetDateTime::now_utc(),
     };
-    store.expect_api_key_by_hash().returning(move |_| Ok(Some(record.clone())));
     store.expect_get_deployment().returning(|_| Err(StoreError::Unavailable(SECRET_CAUSE.into())));
     store.expect_list_environments().returning(|_| Err(StoreError::Unavailable(SECRET_CAUSE.into())));
     store.expect_get_environment().returning(|_| Err(StoreError::Corrupt(format!("row 7: {SECRET_CAUSE}"))));
-    store.expect_append_audit().returning(|_| Ok(()));
-    let store: Arc<dyn deploy_core::Store> = Arc::new(store);
-    let orchestrator = Orchestrator::builder(Arc::clone(&store), Arc::new(ExecutorRouter::new())).build();
+    // The engine's store fails; the server's tables (the key, the audit log) work.
+    let tables = deploy_testkit::MemoryStore::new();
+    tables.create_api_key(record).await.unwrap();
+    let store = Arc::new(Composite { engine: store, tables });
+    let orchestrator = Orchestrator::builder(Arc::clone(&store) as Arc<dyn Store>, ExecutorRouter::new()).build();
     let state = AppState::new(
         orchestrator,
+        Arc::clone(&store) as Arc<dyn deploy_core::FullStore>,
         Authenticator::new(store, None),
         ApiConfig::default(),
         Arc::new(Metrics::default()),

@@ -14,7 +14,7 @@ const KEY: &str = "dk_keepalivekeepalivekeepalivekeepalivekeepa12";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_streams_send_keep_alive_comments_and_end_on_shutdown() {
-    let store: Arc<dyn deploy_core::Store> = Arc::new(MemoryStore::new());
+    let store = Arc::new(MemoryStore::new());
     let now = time::OffsetDateTime::now_utc();
     let record = deploy_core::ApiKeyRecord {
         target: None,
@@ -26,10 +26,13 @@ async fn idle_streams_send_keep_alive_comments_and_end_on_shutdown() {
         created_by: "test".into(),
         created_at: now,
     };
-    store.create_api_key(record).await.unwrap();
+    deploy_core::KeyStore::create_api_key(&*store, record).await.unwrap();
     let sim = Arc::new(SimExecutor::in_memory());
-    let orchestrator =
-        Orchestrator::builder(Arc::clone(&store), sim.clone()).router(ExecutorRouter::new().with("sim", sim)).build();
+    let orchestrator = Orchestrator::builder(
+        Arc::clone(&store) as Arc<dyn deploy_core::Store>,
+        ExecutorRouter::new().with("sim", sim),
+    )
+    .build();
     let spec: deploy_core::EnvironmentSpec = serde_json::from_value(serde_json::json!({"targets": [
         {"id": "slow-1", "executor": "sim", "config": {"initial_version": "1.0", "apply_ms": 60000}}]}))
     .unwrap();
@@ -46,8 +49,14 @@ async fn idle_streams_send_keep_alive_comments_and_end_on_shutdown() {
         tokio::spawn(async move { o.run(s).await })
     };
     let config = ApiConfig { sse_keep_alive: Duration::from_millis(50), ..ApiConfig::default() };
-    let state =
-        AppState::new(orchestrator, Authenticator::new(store, None), config, Arc::new(Metrics::default()), shutdown);
+    let state = AppState::new(
+        orchestrator,
+        store.clone(),
+        Authenticator::new(store, None),
+        config,
+        Arc::new(Metrics::default()),
+        shutdown,
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/v1/deployments/{id}/events", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router(state)).await });

@@ -27,17 +27,43 @@ async fn events_text(s: &Server, id: &str) -> String {
     s.get(&format!("/v1/deployments/{id}/events?limit=500"), ADMIN).await.body.to_string()
 }
 
+/// The `process` executor over slots running `deployd demo-app`, one fresh slot per target the suite asks for.
+struct ProcessFixture {
+    slots: Slots,
+    executor: deploy_executors::ProcessExecutor,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+#[deploy_core::async_trait]
+impl deploy_testkit::conformance::executor::ExecutorFixture for ProcessFixture {
+    fn executor(&self) -> &dyn deploy_core::Executor {
+        &self.executor
+    }
+    async fn fresh_target(&self) -> deploy_core::Target {
+        self.slots.target(self.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
+    }
+    async fn broken_target(&self) -> Option<deploy_core::Target> {
+        // A configuration the executor refuses: no command to run.
+        let mut target = self.slots.target(self.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+        target.config["command"] = serde_json::json!([]);
+        Some(target)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_process_executor_passes_the_executor_conformance_suite() {
     let dir = temp_dir("process-conformance");
-    let slots = Slots::new(1, &dir, "conf");
+    let slots = Slots::new(16, &dir, "conf");
     let executor = deploy_executors::ProcessExecutor::new(&slots.state_dir);
-    let (v1, v2) = (deploy_core::Version::new("1.0").unwrap(), deploy_core::Version::new("2.0").unwrap());
-    deploy_testkit::conformance::executor::run_all(&executor, &slots.target(0), &v1, &v2, Duration::from_secs(10))
-        .await;
-    assert_eq!(slots.running(0).len(), 1, "one process per slot");
-    executor.stop(&slots.target(0)).await.unwrap();
-    assert!(slots.health(0).await.is_none(), "stopped");
+    let fixture = ProcessFixture { slots, executor, next: std::sync::atomic::AtomicUsize::new(0) };
+    let report = deploy_testkit::conformance::executor::run_all(&fixture).await;
+    report.assert_conforms();
+    let used = fixture.next.load(std::sync::atomic::Ordering::SeqCst);
+    for i in 0..used {
+        assert!(fixture.slots.running(i).len() <= 1, "at most one process per slot");
+        let _ = fixture.executor.stop(&fixture.slots.target(i)).await;
+    }
+    assert!(fixture.slots.health(0).await.is_none(), "stopped");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -368,7 +368,7 @@ async fn outcomes_and_the_claims_they_make_room_for_share_one_store_operation() 
             .collect(),
         ..Outbox::default()
     }));
-    let mut store = deploy_testkit::mocks::MockStore::new();
+    let mut store = deploy_testkit::mocks::MockWebhookStore::new();
     let claims = std::sync::Arc::clone(&outbox);
     store.expect_claim_deliveries().returning(move |_, limit, per_subscription, _| {
         let mut o = claims.lock().unwrap();

@@ -27,9 +27,9 @@ const MAX_BATCH: usize = 256;
 pub(crate) enum Write {
     /// [`deploy_core::Store::accept`].
     Accept(Box<Acceptance>),
-    /// [`deploy_core::Store::append_audit`].
+    /// [`deploy_core::AuditLog::append_audit`].
     Audit(Box<AuditEntry>),
-    /// [`deploy_core::Store::assign_agent`] or [`deploy_core::Store::record_agent_report`].
+    /// [`deploy_core::AgentStore::assign_agent`] or [`deploy_core::AgentStore::record_agent_report`].
     Agent(Box<AgentChange>),
 }
 

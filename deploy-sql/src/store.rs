@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deploy_core::{
-    Acceptance, Accepted, ActualState, AgentSlot, ApiKeyRecord, AuditEntry, AuditFilter, Claim, ConcurrencyPolicy,
-    Control, DeliveryOutcome, DeliveryStatus, Deployment, DeploymentFilter, DeploymentId, DeploymentStatus,
-    DesiredState, Environment, EnvironmentName, EnvironmentSpec, EnvironmentTarget, EnvironmentWrite, Event, Lease,
-    NewEvent, Page, PageRequest, ProgressUpdate, Revision, Store, StoreError, TargetDefinition, TargetProgress,
-    Timestamp, UpdateError, ValidationErrors, WebhookDelivery, WebhookSubscription,
+    Acceptance, Accepted, ActualState, AgentSlot, AgentStore, ApiKeyRecord, AuditEntry, AuditFilter, AuditLog, Claim,
+    ConcurrencyPolicy, Control, DeliveryOutcome, DeliveryStatus, Deployment, DeploymentFilter, DeploymentId,
+    DeploymentStatus, DesiredState, Environment, EnvironmentName, EnvironmentSpec, EnvironmentTarget, EnvironmentWrite,
+    Event, KeyStore, Lease, NewEvent, Page, PageRequest, ProgressUpdate, Revision, Store, StoreError, TargetDefinition,
+    TargetProgress, Timestamp, UpdateError, ValidationErrors, WebhookDelivery, WebhookStore, WebhookSubscription,
 };
 use serde::de::DeserializeOwned;
 use sqlx::any::AnyPoolOptions;
@@ -1985,7 +1985,10 @@ impl Store for SqlStore {
             .map_err(unavailable)?;
         Ok(done.rows_affected())
     }
+}
 
+#[async_trait]
+impl WebhookStore for SqlStore {
     async fn create_webhook(&self, subscription: WebhookSubscription) -> Result<WebhookSubscription, StoreError> {
         sqlx::query("INSERT INTO deploy_webhooks (id, doc, secret) VALUES ($1, $2, $3)")
             .bind(subscription.id.to_string())
@@ -2145,7 +2148,10 @@ impl Store for SqlStore {
         let items: Vec<WebhookDelivery> = rows.iter().map(read_delivery).collect::<Result<_, _>>()?;
         Ok(Page::from_overfetch(items, limit, |d| d.id.clone()))
     }
+}
 
+#[async_trait]
+impl KeyStore for SqlStore {
     async fn create_api_key(&self, record: ApiKeyRecord) -> Result<(), StoreError> {
         let mut doc = serde_json::to_value(&record).map_err(|e| corrupt("encoding", e))?;
         if let Some(map) = doc.as_object_mut() {
@@ -2194,7 +2200,10 @@ impl Store for SqlStore {
             .map_err(unavailable)?;
         if done.rows_affected() == 0 { Err(not_found("api key", id)) } else { Ok(()) }
     }
+}
 
+#[async_trait]
+impl AgentStore for SqlStore {
     async fn agent_slot(
         &self,
         environment: &EnvironmentName,
@@ -2240,7 +2249,10 @@ impl Store for SqlStore {
         };
         self.agent_grouped(change).await
     }
+}
 
+#[async_trait]
+impl AuditLog for SqlStore {
     async fn append_audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
         self.grouped(crate::group::Write::Audit(Box::new(entry))).await.map(drop)
     }

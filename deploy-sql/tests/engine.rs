@@ -149,15 +149,17 @@ async fn targets_that_read_the_store_while_the_engine_writes_never_starve_it() {
     }
     let reading =
         Arc::new(ReadingExecutor { inner: scripted.clone(), store: store.clone(), failed_reads: Default::default() });
-    let o = deploy_core::Orchestrator::builder(Arc::new(store.clone()), reading.clone())
-        .router(deploy_core::ExecutorRouter::new().with("scripted", reading.clone()))
-        .config(deploy_core::OrchestratorConfig {
-            owner: "reader".into(),
-            lease: Duration::from_secs(5),
-            poll_interval: Duration::from_millis(50),
-            ..deploy_core::OrchestratorConfig::default()
-        })
-        .build();
+    let o = deploy_core::Orchestrator::builder(
+        Arc::new(store.clone()),
+        deploy_core::ExecutorRouter::new().with("scripted", reading.clone()),
+    )
+    .config(deploy_core::OrchestratorConfig {
+        owner: "reader".into(),
+        lease: Duration::from_secs(5),
+        poll_interval: Duration::from_millis(50),
+        ..deploy_core::OrchestratorConfig::default()
+    })
+    .build();
     let admin = Principal::system("t");
     o.put_environment(&admin, &env_name("prod"), environment(&id_refs, "scripted", ConcurrencyPolicy::Queue), None)
         .await

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deploy_core::{
-    Acceptance, Accepted, AgentReport, AgentSlot, ApiKeyRecord, AuditEntry, AuditFilter, Claim, Control,
-    DeliveryOutcome, Deployment, DeploymentFilter, DeploymentId, DesiredState, Environment, EnvironmentName,
-    EnvironmentSpec, EnvironmentWrite, Event, Lease, Page, PageRequest, ProgressUpdate, Revision, Store, StoreError,
-    TargetId, Timestamp, WebhookDelivery, WebhookSubscription,
+    Acceptance, Accepted, AgentReport, AgentSlot, AgentStore, ApiKeyRecord, AuditEntry, AuditFilter, AuditLog, Claim,
+    Control, DeliveryOutcome, Deployment, DeploymentFilter, DeploymentId, DesiredState, Environment, EnvironmentName,
+    EnvironmentSpec, EnvironmentWrite, Event, KeyStore, Lease, Page, PageRequest, ProgressUpdate, Revision, Store,
+    StoreError, TargetId, Timestamp, WebhookDelivery, WebhookStore, WebhookSubscription,
 };
 use uuid::Uuid;
 
@@ -195,7 +195,10 @@ impl<S: Store> Store for FaultyStore<S> {
         self.faults.refuse()?;
         self.inner.purge_idempotency_keys(now).await
     }
+}
 
+#[async_trait]
+impl<S: WebhookStore> WebhookStore for FaultyStore<S> {
     async fn create_webhook(&self, subscription: WebhookSubscription) -> Result<WebhookSubscription, StoreError> {
         self.inner.create_webhook(subscription).await
     }
@@ -237,7 +240,10 @@ impl<S: Store> Store for FaultyStore<S> {
     ) -> Result<Page<WebhookDelivery>, StoreError> {
         self.inner.list_deliveries(subscription, page).await
     }
+}
 
+#[async_trait]
+impl<S: KeyStore> KeyStore for FaultyStore<S> {
     async fn create_api_key(&self, record: ApiKeyRecord) -> Result<(), StoreError> {
         self.inner.create_api_key(record).await
     }
@@ -253,7 +259,10 @@ impl<S: Store> Store for FaultyStore<S> {
     async fn delete_api_key(&self, id: Uuid) -> Result<(), StoreError> {
         self.inner.delete_api_key(id).await
     }
+}
 
+#[async_trait]
+impl<S: AgentStore> AgentStore for FaultyStore<S> {
     async fn agent_slot(
         &self,
         environment: &EnvironmentName,
@@ -283,12 +292,179 @@ impl<S: Store> Store for FaultyStore<S> {
     ) -> Result<AgentSlot, StoreError> {
         self.inner.record_agent_report(environment, target, report, now).await
     }
+}
 
+#[async_trait]
+impl<S: AuditLog> AuditLog for FaultyStore<S> {
     async fn append_audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
         self.inner.append_audit(entry).await
     }
 
     async fn list_audit(&self, filter: &AuditFilter, page: &PageRequest) -> Result<Page<AuditEntry>, StoreError> {
         self.inner.list_audit(filter, page).await
+    }
+}
+
+/// An executor call, as [`FaultyExecutor`]'s faults name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Op {
+    /// [`Executor::observe`](deploy_core::Executor::observe).
+    Observe,
+    /// [`Executor::apply`](deploy_core::Executor::apply).
+    Apply,
+    /// [`Executor::verify`](deploy_core::Executor::verify).
+    Verify,
+    /// [`Executor::run_step`](deploy_core::Executor::run_step).
+    Step,
+}
+
+/// What a [`FaultyExecutor`] does to calls of one [`Op`].
+#[derive(Debug, Clone, Default)]
+struct OpFaults {
+    /// The next calls fail with these classes, in order, without reaching the executor.
+    fail: std::collections::VecDeque<deploy_core::ErrorClass>,
+    /// Every call waits this long (on the executor's clock) before it reaches the executor.
+    delay: Duration,
+    /// Every call hangs (until its future is dropped).
+    hang: bool,
+}
+
+/// The switch of a [`FaultyExecutor`]; clones share it.
+#[derive(Debug, Clone, Default)]
+pub struct ExecutorFaults {
+    ops: Arc<std::sync::Mutex<std::collections::BTreeMap<Op, OpFaults>>>,
+    injected: Arc<AtomicU64>,
+}
+
+impl ExecutorFaults {
+    fn with<R>(&self, op: Op, f: impl FnOnce(&mut OpFaults) -> R) -> R {
+        let mut ops = self.ops.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(ops.entry(op).or_default())
+    }
+
+    /// The next `n` calls of `op` fail with an error of `class`, and reach nothing.
+    pub fn fail_next(&self, op: Op, n: usize, class: deploy_core::ErrorClass) {
+        self.with(op, |f| f.fail.extend(std::iter::repeat_n(class, n)));
+    }
+
+    /// Every call of `op` waits `delay` first (on the clock the executor was given: virtual time in tests).
+    pub fn delay(&self, op: Op, delay: Duration) {
+        self.with(op, |f| f.delay = delay);
+    }
+
+    /// While `hang`, every call of `op` never answers (the engine must bound it or drop it).
+    pub fn hang(&self, op: Op, hang: bool) {
+        self.with(op, |f| f.hang = hang);
+    }
+
+    /// Ends every fault.
+    pub fn heal(&self) {
+        self.ops.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+    }
+
+    /// How many calls failed or hung because of this switch.
+    #[must_use]
+    pub fn injected(&self) -> u64 {
+        self.injected.load(Ordering::SeqCst)
+    }
+
+    async fn before(&self, op: Op, clock: &dyn deploy_core::Clock) -> Result<(), deploy_core::ExecutorError> {
+        let (fail, delay, hang) = self.with(op, |f| (f.fail.pop_front(), f.delay, f.hang));
+        if let Some(class) = fail {
+            self.injected.fetch_add(1, Ordering::SeqCst);
+            let message = format!("{op:?} failed (injected)");
+            return Err(match class {
+                deploy_core::ErrorClass::Retryable => deploy_core::ExecutorError::retryable(message),
+                deploy_core::ErrorClass::Permanent => deploy_core::ExecutorError::permanent(message),
+                deploy_core::ErrorClass::Unreachable => deploy_core::ExecutorError::unreachable(message),
+            });
+        }
+        if hang {
+            self.injected.fetch_add(1, Ordering::SeqCst);
+            futures::future::pending::<()>().await;
+        }
+        if !delay.is_zero() {
+            clock.sleep(delay).await;
+        }
+        Ok(())
+    }
+}
+
+/// Any [`Executor`](deploy_core::Executor) behind a switch ([`ExecutorFaults`]) that makes its calls fail with a
+/// chosen class, wait, or hang: to see how the engine treats an executor of one's own when its infrastructure
+/// misbehaves, without making the infrastructure misbehave.
+///
+/// ```
+/// # use std::sync::Arc;
+/// use deploy_core::ErrorClass;
+/// use deploy_testkit::faulty::{FaultyExecutor, Op};
+/// use deploy_testkit::{ScriptedExecutor, TestClock};
+/// let clock = Arc::new(TestClock::new());
+/// let executor = FaultyExecutor::new(ScriptedExecutor::new("mine", clock.clone()), clock);
+/// executor.faults().fail_next(Op::Apply, 2, ErrorClass::Retryable);
+/// ```
+#[derive(Debug)]
+pub struct FaultyExecutor<E> {
+    inner: E,
+    clock: Arc<dyn deploy_core::Clock>,
+    faults: ExecutorFaults,
+}
+
+impl<E> FaultyExecutor<E> {
+    /// `inner` behind a switch that is off; delays are measured on `clock`.
+    pub fn new(inner: E, clock: Arc<dyn deploy_core::Clock>) -> Self {
+        Self { inner, clock, faults: ExecutorFaults::default() }
+    }
+
+    /// The switch.
+    #[must_use]
+    pub fn faults(&self) -> &ExecutorFaults {
+        &self.faults
+    }
+
+    /// The executor behind the switch.
+    #[must_use]
+    pub fn inner(&self) -> &E {
+        &self.inner
+    }
+}
+
+#[async_trait]
+impl<E: deploy_core::Executor> deploy_core::Executor for FaultyExecutor<E> {
+    async fn observe(
+        &self,
+        target: &deploy_core::Target,
+        wanted: Option<&DesiredState>,
+    ) -> Result<deploy_core::Observation, deploy_core::ExecutorError> {
+        self.faults.before(Op::Observe, self.clock.as_ref()).await?;
+        self.inner.observe(target, wanted).await
+    }
+    async fn apply(
+        &self,
+        target: &deploy_core::Target,
+        ctx: deploy_core::ApplyContext<'_>,
+    ) -> Result<deploy_core::Outcome, deploy_core::ExecutorError> {
+        self.faults.before(Op::Apply, self.clock.as_ref()).await?;
+        self.inner.apply(target, ctx).await
+    }
+    async fn verify(
+        &self,
+        target: &deploy_core::Target,
+        desired: &DesiredState,
+    ) -> Result<deploy_core::Health, deploy_core::ExecutorError> {
+        self.faults.before(Op::Verify, self.clock.as_ref()).await?;
+        self.inner.verify(target, desired).await
+    }
+    async fn run_step(
+        &self,
+        target: &deploy_core::Target,
+        step: &deploy_core::ImperativeStep,
+        ctx: deploy_core::ApplyContext<'_>,
+    ) -> Result<deploy_core::Outcome, deploy_core::ExecutorError> {
+        self.faults.before(Op::Step, self.clock.as_ref()).await?;
+        self.inner.run_step(target, step, ctx).await
+    }
+    fn runs_host_programs(&self) -> bool {
+        self.inner.runs_host_programs()
     }
 }

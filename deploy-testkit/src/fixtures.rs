@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deploy_core::{
-    ConcurrencyPolicy, Deployment, DeploymentId, DeploymentRequest, EnvironmentName, EnvironmentSpec, Orchestrator,
-    OrchestratorConfig, Principal, Submission, TargetDefinition, TargetId, WebhookSubscription,
+    ConcurrencyPolicy, Deployment, DeploymentId, DeploymentRequest, EnvironmentName, EnvironmentSpec, Executor,
+    Orchestrator, OrchestratorConfig, Principal, Submission, TargetDefinition, TargetId, WebhookSubscription,
 };
 
 use crate::clock::TestClock;
@@ -168,27 +168,42 @@ pub fn fast_config(owner: &str) -> OrchestratorConfig {
 /// [`FaultyStore`](crate::faulty::FaultyStore) around one), with `executor` behind kind `scripted`, `clock`, and
 /// [`fast_config`]: what [`Harness`] builds, for tests that need a store or a replica of their own.
 #[must_use]
-pub fn orchestrator(
+pub fn orchestrator<E: Executor + 'static>(
     store: Arc<dyn deploy_core::Store>,
-    executor: &Arc<ScriptedExecutor>,
+    executor: &Arc<E>,
     clock: &Arc<TestClock>,
     owner: &str,
 ) -> Orchestrator {
-    let router = deploy_core::ExecutorRouter::new().with("scripted", executor.clone());
-    Orchestrator::builder(store, executor.clone())
-        .router(router)
-        .clock(clock.clone())
-        .config(fast_config(owner))
-        .build()
+    orchestrator_for(store, SCRIPTED, executor, clock, owner)
 }
 
-/// A [`MemoryStore`], a [`ScriptedExecutor`] (kind `scripted`), a [`TestClock`] and an [`Orchestrator`] over them,
-/// with one environment already created. Run scenarios under `#[tokio::test(start_paused = true)]`.
-pub struct Harness {
+/// The executor kind the [`Harness`]'s environment names.
+pub const SCRIPTED: &str = "scripted";
+
+/// [`orchestrator`] with `executor` behind kind `kind`.
+#[must_use]
+pub fn orchestrator_for<E: Executor + 'static>(
+    store: Arc<dyn deploy_core::Store>,
+    kind: &str,
+    executor: &Arc<E>,
+    clock: &Arc<TestClock>,
+    owner: &str,
+) -> Orchestrator {
+    let router = deploy_core::ExecutorRouter::new().with(kind, executor.clone());
+    Orchestrator::builder(store, router).clock(clock.clone()).config(fast_config(owner)).build()
+}
+
+/// A [`MemoryStore`], an executor (by default a [`ScriptedExecutor`]) behind kind `scripted`, a [`TestClock`] and an
+/// [`Orchestrator`] over them, with one environment already created. Run scenarios under
+/// `#[tokio::test(start_paused = true)]`.
+///
+/// Any executor works ([`Harness::with_executor`]): your own, or one wrapped in a
+/// [`FaultyExecutor`](crate::faulty::FaultyExecutor) to see how the engine treats its errors, delays and hangs.
+pub struct Harness<E: Executor + 'static = ScriptedExecutor> {
     /// The store.
     pub store: Arc<MemoryStore>,
     /// The executor behind every target.
-    pub executor: Arc<ScriptedExecutor>,
+    pub executor: Arc<E>,
     /// The clock.
     pub clock: Arc<TestClock>,
     /// The orchestrator.
@@ -199,13 +214,13 @@ pub struct Harness {
     pub environment: EnvironmentName,
 }
 
-impl std::fmt::Debug for Harness {
+impl<E: Executor + 'static> std::fmt::Debug for Harness<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Harness").field("environment", &self.environment).finish_non_exhaustive()
     }
 }
 
-impl Harness {
+impl Harness<ScriptedExecutor> {
     /// A harness whose environment `name` has `targets` (id, running version) under `concurrency`.
     pub async fn new(name: &str, targets: &[(&str, Option<&str>)], concurrency: ConcurrencyPolicy) -> Self {
         let clock = Arc::new(TestClock::new());
@@ -213,14 +228,28 @@ impl Harness {
         for (id, version) in targets {
             executor.add_target(id, *version);
         }
+        let ids: Vec<&str> = targets.iter().map(|(id, _)| *id).collect();
+        Harness::with_executor(name, &ids, executor, clock, concurrency).await
+    }
+}
+
+impl<E: Executor + 'static> Harness<E> {
+    /// A harness over `executor`, whose environment `name` has the targets `ids` (all of kind `scripted`, served by
+    /// `executor`) under `concurrency`. `clock` is the engine's; give `executor` the same one if it waits.
+    pub async fn with_executor(
+        name: &str,
+        ids: &[&str],
+        executor: Arc<E>,
+        clock: Arc<TestClock>,
+        concurrency: ConcurrencyPolicy,
+    ) -> Self {
         let store = Arc::new(MemoryStore::new());
         let orchestrator = orchestrator(store.clone(), &executor, &clock, "controller-1");
         let admin = Principal::system("test:admin");
         let environment = env_name(name);
-        let ids: Vec<&str> = targets.iter().map(|(id, _)| *id).collect();
         fixture(
             orchestrator
-                .put_environment(&admin, &environment, self::environment(&ids, "scripted", concurrency), None)
+                .put_environment(&admin, &environment, self::environment(ids, SCRIPTED, concurrency), None)
                 .await,
         );
         Self { store, executor, clock, orchestrator, admin, environment }

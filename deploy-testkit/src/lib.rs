@@ -28,6 +28,7 @@
 //! ```
 
 mod clock;
+mod composite;
 pub mod conformance;
 pub mod faulty;
 pub mod fixtures;
@@ -39,6 +40,7 @@ pub mod sim;
 pub mod strategies;
 
 pub use clock::TestClock;
+pub use composite::Composite;
 pub use fixtures::Harness;
 pub use memory::MemoryStore;
 pub use rng::SeededRng;

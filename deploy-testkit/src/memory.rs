@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deploy_core::{
-    Acceptance, Accepted, ApiKeyRecord, AuditEntry, AuditFilter, Claim, ConcurrencyPolicy, Control, DeliveryOutcome,
-    DeliveryStatus, Deployment, DeploymentFilter, DeploymentId, Environment, EnvironmentName, EnvironmentSpec,
-    EnvironmentWrite, Event, Fingerprint, IdempotencyKey, Lease, Page, PageRequest, ProgressUpdate, Revision, Store,
-    StoreError, Timestamp, UpdateError, ValidationErrors, WebhookDelivery, WebhookSubscription, add_duration,
+    Acceptance, Accepted, AgentStore, ApiKeyRecord, AuditEntry, AuditFilter, AuditLog, Claim, ConcurrencyPolicy,
+    Control, DeliveryOutcome, DeliveryStatus, Deployment, DeploymentFilter, DeploymentId, Environment, EnvironmentName,
+    EnvironmentSpec, EnvironmentWrite, Event, Fingerprint, IdempotencyKey, KeyStore, Lease, Page, PageRequest,
+    ProgressUpdate, Revision, Store, StoreError, Timestamp, UpdateError, ValidationErrors, WebhookDelivery,
+    WebhookStore, WebhookSubscription, add_duration,
 };
 use uuid::Uuid;
 
@@ -490,7 +491,10 @@ impl Store for MemoryStore {
         inner.idempotency.retain(|_, k| k.expires_at > now);
         Ok((before - inner.idempotency.len()) as u64)
     }
+}
 
+#[async_trait]
+impl WebhookStore for MemoryStore {
     async fn create_webhook(&self, subscription: WebhookSubscription) -> Result<WebhookSubscription, StoreError> {
         let mut inner = self.lock();
         inner.webhooks.insert(subscription.id, subscription.clone());
@@ -627,7 +631,10 @@ impl Store for MemoryStore {
             .collect();
         Ok(Page::from_overfetch(items, limit, |d| d.id.clone()))
     }
+}
 
+#[async_trait]
+impl KeyStore for MemoryStore {
     async fn create_api_key(&self, record: ApiKeyRecord) -> Result<(), StoreError> {
         let mut inner = self.lock();
         if inner.api_keys.values().any(|k| k.key_hash == record.key_hash) {
@@ -650,7 +657,10 @@ impl Store for MemoryStore {
     async fn delete_api_key(&self, id: Uuid) -> Result<(), StoreError> {
         self.lock().api_keys.remove(&id).map(drop).ok_or_else(|| not_found("api key", id))
     }
+}
 
+#[async_trait]
+impl AgentStore for MemoryStore {
     async fn agent_slot(
         &self,
         environment: &EnvironmentName,
@@ -681,7 +691,10 @@ impl Store for MemoryStore {
     ) -> Result<deploy_core::AgentSlot, StoreError> {
         self.change_agent_slot(environment, target, None, |slot| slot.record(report, now))
     }
+}
 
+#[async_trait]
+impl AuditLog for MemoryStore {
     async fn append_audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
         self.lock().audit.insert(entry.id, entry);
         Ok(())

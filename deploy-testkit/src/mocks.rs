@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deploy_core::{
-    ApplyContext, Clock, DesiredState, Executor, ExecutorError, Health, ImperativeStep, Observation, SecretError,
-    SecretRef, SecretResolver, SecretValue, StepOutput, Target, Timestamp,
+    ApplyContext, Clock, DesiredState, Executor, ExecutorError, Health, ImperativeStep, Observation, Outcome,
+    SecretError, SecretRef, SecretResolver, SecretValue, Target, Timestamp,
 };
 
 /// The calls of an [`Executor`] in a form `mockall` can script: synchronous, with the desired state in place of the
@@ -14,9 +14,9 @@ use deploy_core::{
 #[mockall::automock]
 pub trait ExecutorCalls {
     /// See [`Executor::observe`].
-    fn observe(&self, target: &Target) -> Result<Observation, ExecutorError>;
+    fn observe(&self, target: &Target, wanted: Option<DesiredState>) -> Result<Observation, ExecutorError>;
     /// See [`Executor::apply`].
-    fn apply(&self, target: &Target, desired: &DesiredState) -> Result<(), ExecutorError>;
+    fn apply(&self, target: &Target, desired: &DesiredState) -> Result<Outcome, ExecutorError>;
     /// See [`Executor::verify`].
     fn verify(&self, target: &Target, desired: &DesiredState) -> Result<Health, ExecutorError>;
     /// See [`Executor::run_step`].
@@ -25,7 +25,7 @@ pub trait ExecutorCalls {
         target: &Target,
         step: &ImperativeStep,
         desired: &DesiredState,
-    ) -> Result<StepOutput, ExecutorError>;
+    ) -> Result<Outcome, ExecutorError>;
 }
 
 /// A mock [`Executor`]: script it through [`ExecutorCalls`]' expectations (`expect_apply()`, ...).
@@ -33,10 +33,10 @@ pub type MockExecutor = MockExecutorCalls;
 
 #[async_trait]
 impl Executor for MockExecutorCalls {
-    async fn observe(&self, target: &Target) -> Result<Observation, ExecutorError> {
-        ExecutorCalls::observe(self, target)
+    async fn observe(&self, target: &Target, wanted: Option<&DesiredState>) -> Result<Observation, ExecutorError> {
+        ExecutorCalls::observe(self, target, wanted.cloned())
     }
-    async fn apply(&self, target: &Target, ctx: ApplyContext<'_>) -> Result<(), ExecutorError> {
+    async fn apply(&self, target: &Target, ctx: ApplyContext<'_>) -> Result<Outcome, ExecutorError> {
         ExecutorCalls::apply(self, target, ctx.desired)
     }
     async fn verify(&self, target: &Target, desired: &DesiredState) -> Result<Health, ExecutorError> {
@@ -47,7 +47,7 @@ impl Executor for MockExecutorCalls {
         target: &Target,
         step: &ImperativeStep,
         ctx: ApplyContext<'_>,
-    ) -> Result<StepOutput, ExecutorError> {
+    ) -> Result<Outcome, ExecutorError> {
         ExecutorCalls::run_step(self, target, step, ctx.desired)
     }
 }
@@ -140,6 +140,16 @@ mockall::mock! {
             update: deploy_core::ProgressUpdate,
         ) -> Result<deploy_core::Control, deploy_core::StoreError>;
         async fn purge_idempotency_keys(&self, now: Timestamp) -> Result<u64, deploy_core::StoreError>;
+    }
+}
+
+mockall::mock! {
+    /// A mock [`WebhookStore`](deploy_core::WebhookStore): an outbox that answers what a test scripts (a dispatcher's
+    /// benchmark without a database, a claim that fails once).
+    pub WebhookStore {}
+
+    #[async_trait]
+    impl deploy_core::WebhookStore for WebhookStore {
         async fn create_webhook(
             &self,
             subscription: deploy_core::WebhookSubscription,
@@ -169,39 +179,5 @@ mockall::mock! {
             subscription: uuid::Uuid,
             page: &deploy_core::PageRequest,
         ) -> Result<deploy_core::Page<deploy_core::WebhookDelivery>, deploy_core::StoreError>;
-        async fn create_api_key(&self, record: deploy_core::ApiKeyRecord) -> Result<(), deploy_core::StoreError>;
-        async fn api_key_by_hash(
-            &self,
-            key_hash: &str,
-        ) -> Result<Option<deploy_core::ApiKeyRecord>, deploy_core::StoreError>;
-        async fn list_api_keys(&self) -> Result<Vec<deploy_core::ApiKeyRecord>, deploy_core::StoreError>;
-        async fn delete_api_key(&self, id: uuid::Uuid) -> Result<(), deploy_core::StoreError>;
-        async fn agent_slot(
-            &self,
-            environment: &deploy_core::EnvironmentName,
-            target: &deploy_core::TargetId,
-        ) -> Result<Option<deploy_core::AgentSlot>, deploy_core::StoreError>;
-        async fn assign_agent(
-            &self,
-            environment: &deploy_core::EnvironmentName,
-            target: &deploy_core::TargetId,
-            desired: deploy_core::DesiredState,
-            deployment: deploy_core::DeploymentId,
-            fencing_token: u64,
-            now: Timestamp,
-        ) -> Result<deploy_core::AgentSlot, deploy_core::StoreError>;
-        async fn record_agent_report(
-            &self,
-            environment: &deploy_core::EnvironmentName,
-            target: &deploy_core::TargetId,
-            report: deploy_core::AgentReport,
-            now: Timestamp,
-        ) -> Result<deploy_core::AgentSlot, deploy_core::StoreError>;
-        async fn append_audit(&self, entry: deploy_core::AuditEntry) -> Result<(), deploy_core::StoreError>;
-        async fn list_audit(
-            &self,
-            filter: &deploy_core::AuditFilter,
-            page: &deploy_core::PageRequest,
-        ) -> Result<deploy_core::Page<deploy_core::AuditEntry>, deploy_core::StoreError>;
     }
 }

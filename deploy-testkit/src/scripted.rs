@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deploy_core::{
     ApplyContext, Clock, DeploymentId, DesiredState, Executor, ExecutorError, Health, ImperativeStep, Observation,
-    StepOutput, Target, TargetId, Version,
+    Outcome, Target, TargetId, Version,
 };
 
 /// A fault for a target (and optionally only for one version).
@@ -364,7 +364,7 @@ struct State2 {
 
 #[async_trait]
 impl Executor for ScriptedExecutor {
-    async fn observe(&self, target: &Target) -> Result<Observation, ExecutorError> {
+    async fn observe(&self, target: &Target, _: Option<&DesiredState>) -> Result<Observation, ExecutorError> {
         let st = self.record("observe", target, None);
         if st.unreachable {
             return Err(ExecutorError::unreachable(format!("{}: no route to host", target.id)));
@@ -373,7 +373,7 @@ impl Executor for ScriptedExecutor {
         Ok(Observation { version, health })
     }
 
-    async fn apply(&self, target: &Target, ctx: ApplyContext<'_>) -> Result<(), ExecutorError> {
+    async fn apply(&self, target: &Target, ctx: ApplyContext<'_>) -> Result<Outcome, ExecutorError> {
         let version = &ctx.desired.version;
         self.check_token(target, &ctx)?;
         let st = self.record("apply", target, Some(version));
@@ -385,7 +385,7 @@ impl Executor for ScriptedExecutor {
         let guard = ChangeGuard { executor: self, target: &target.id, id };
         let result = self.change(target, version, &st, &stop).await;
         drop(guard);
-        result
+        result.map(|()| Outcome::quiet())
     }
 
     async fn verify(&self, target: &Target, desired: &DesiredState) -> Result<Health, ExecutorError> {
@@ -428,7 +428,7 @@ impl Executor for ScriptedExecutor {
         target: &Target,
         step: &ImperativeStep,
         ctx: ApplyContext<'_>,
-    ) -> Result<StepOutput, ExecutorError> {
+    ) -> Result<Outcome, ExecutorError> {
         let version = &ctx.desired.version;
         self.check_token(target, &ctx)?;
         let st = self.record(&format!("step:{}", step.action), target, Some(version));
@@ -446,12 +446,12 @@ impl Executor for ScriptedExecutor {
                 if let Some(entry) = self.lock().actual.get_mut(&target.id) {
                     entry.1 = Health::Unknown;
                 }
-                Ok(StepOutput { output: "stopped".to_owned() })
+                Ok(Outcome::with_output("stopped"))
             }
-            "fetch" => Ok(StepOutput { output: format!("fetched {version}") }),
+            "fetch" => Ok(Outcome::with_output(format!("fetched {version}"))),
             "start" => {
                 let started = self.change(target, version, &st, &stop).await;
-                started.map(|()| StepOutput { output: format!("started {version}") })
+                started.map(|()| Outcome::with_output(format!("started {version}")))
             }
             other => Err(ExecutorError::permanent(format!("unknown step action {other:?}"))),
         };

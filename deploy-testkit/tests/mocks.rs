@@ -16,11 +16,11 @@ use deploy_testkit::{MemoryStore, TestClock};
 
 async fn run(mock: MockExecutor) -> deploy_core::Deployment {
     let mock = Arc::new(mock);
-    let orchestrator = Orchestrator::builder(Arc::new(MemoryStore::new()), mock.clone())
-        .router(ExecutorRouter::new().with("scripted", mock))
-        .clock(Arc::new(TestClock::new()))
-        .config(fast_config("c"))
-        .build();
+    let orchestrator =
+        Orchestrator::builder(Arc::new(MemoryStore::new()), ExecutorRouter::new().with("scripted", mock))
+            .clock(Arc::new(TestClock::new()))
+            .config(fast_config("c"))
+            .build();
     let admin = Principal::system("t");
     orchestrator
         .put_environment(&admin, &env_name("prod"), environment(&["a"], "scripted", ConcurrencyPolicy::Queue), None)

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use common::within;
 use deploy_core::{
     ApplyContext, ConcurrencyPolicy, DeploymentStatus, DesiredState, Executor, ExecutorError, ExecutorRouter, Health,
-    Observation, Orchestrator, Principal, SecretValue, Store, Submission, Target, TargetStatus,
+    Observation, Orchestrator, Outcome, Principal, SecretValue, Store, Submission, Target, TargetStatus,
 };
 use deploy_testkit::fixtures::{env_name, environment, fast_config, request};
 use deploy_testkit::mocks::MockSecretResolver;
@@ -24,14 +24,14 @@ struct Capturing {
 
 #[async_trait]
 impl Executor for Capturing {
-    async fn observe(&self, _: &Target) -> Result<Observation, ExecutorError> {
+    async fn observe(&self, _: &Target, _: Option<&DesiredState>) -> Result<Observation, ExecutorError> {
         let v = self.running.lock().unwrap().clone();
         Ok(Observation { version: v.map(|v| deploy_core::Version::new(v).unwrap()), health: Health::Healthy })
     }
-    async fn apply(&self, _: &Target, ctx: ApplyContext<'_>) -> Result<(), ExecutorError> {
+    async fn apply(&self, _: &Target, ctx: ApplyContext<'_>) -> Result<Outcome, ExecutorError> {
         self.seen.lock().unwrap().extend(ctx.secrets.values().map(|v| v.expose().to_owned()));
         *self.running.lock().unwrap() = Some(ctx.desired.version.to_string());
-        Ok(())
+        Ok(Outcome::quiet())
     }
     async fn verify(&self, _: &Target, _: &DesiredState) -> Result<Health, ExecutorError> {
         Ok(Health::Healthy)
@@ -50,12 +50,12 @@ async fn resolved_secrets_reach_the_executor_and_nothing_else() {
             .expect_resolve()
             .withf(|r| r.as_str() == "vault://kv/checkout/db#password")
             .returning(|_| Ok(SecretValue::new(SECRET)));
-        let orchestrator = Orchestrator::builder(store.clone(), executor.clone())
-            .router(ExecutorRouter::new().with("scripted", executor.clone()))
-            .secrets(Arc::new(resolver))
-            .clock(Arc::new(TestClock::new()))
-            .config(fast_config("c"))
-            .build();
+        let orchestrator =
+            Orchestrator::builder(store.clone(), ExecutorRouter::new().with("scripted", executor.clone()))
+                .secrets(Arc::new(resolver))
+                .clock(Arc::new(TestClock::new()))
+                .config(fast_config("c"))
+                .build();
         let admin = Principal::system("test");
         orchestrator
             .put_environment(&admin, &env_name("prod"), environment(&["a"], "scripted", ConcurrencyPolicy::Queue), None)

@@ -11,7 +11,7 @@ use common::within;
 use deploy_core::spec::StrategyRequest;
 use deploy_core::{
     ApplyContext, ConcurrencyPolicy, DeploymentRequest, DeploymentStatus, DesiredState, Executor, ExecutorError,
-    ExecutorRouter, Health, Observation, Orchestrator, Principal, Store, Submission, Target, TargetStatus,
+    ExecutorRouter, Health, Observation, Orchestrator, Outcome, Principal, Store, Submission, Target, TargetStatus,
 };
 use deploy_testkit::fixtures::{env_name, environment, fast_config, request};
 use deploy_testkit::{MemoryStore, ScriptedExecutor, TestClock};
@@ -24,10 +24,10 @@ struct Checking {
 
 #[async_trait]
 impl Executor for Checking {
-    async fn observe(&self, t: &Target) -> Result<Observation, ExecutorError> {
-        self.inner.observe(t).await
+    async fn observe(&self, t: &Target, wanted: Option<&DesiredState>) -> Result<Observation, ExecutorError> {
+        self.inner.observe(t, wanted).await
     }
-    async fn apply(&self, t: &Target, ctx: ApplyContext<'_>) -> Result<(), ExecutorError> {
+    async fn apply(&self, t: &Target, ctx: ApplyContext<'_>) -> Result<Outcome, ExecutorError> {
         let stored = self.store.get_deployment(ctx.deployment).await.expect("deployment stored");
         let entry = stored.targets().iter().find(|e| e.id == t.id).expect("target in the record");
         assert_eq!(entry.status, TargetStatus::InProgress, "{}: touched before its intent was written", t.id);
@@ -50,8 +50,7 @@ async fn every_change_is_preceded_by_a_durable_intent_and_batches_are_written_to
             scripted.add_target(id, Some("1.0"));
         }
         let executor = Arc::new(Checking { inner: scripted, store: store.clone() });
-        let o = Orchestrator::builder(store.clone(), executor.clone())
-            .router(ExecutorRouter::new().with("scripted", executor.clone()))
+        let o = Orchestrator::builder(store.clone(), ExecutorRouter::new().with("scripted", executor.clone()))
             .clock(clock)
             .config(fast_config("c"))
             .build();

@@ -108,7 +108,7 @@ pub struct Submitted {
 
 pub(crate) struct Shared {
     pub(crate) store: Arc<dyn Store>,
-    pub(crate) executor: Arc<dyn Executor>,
+    pub(crate) executors: ExecutorRouter,
     pub(crate) secrets: Arc<dyn SecretResolver>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) config: OrchestratorConfig,
@@ -165,11 +165,10 @@ impl std::fmt::Debug for Orchestrator {
 #[must_use]
 pub struct OrchestratorBuilder {
     store: Arc<dyn Store>,
-    executor: Arc<dyn Executor>,
+    executors: ExecutorRouter,
     secrets: Arc<dyn SecretResolver>,
     clock: Arc<dyn Clock>,
     config: OrchestratorConfig,
-    known_executors: Option<Vec<String>>,
     observer: Option<Arc<dyn EngineObserver>>,
 }
 
@@ -189,13 +188,6 @@ impl OrchestratorBuilder {
         self.config = config;
         self
     }
-    /// Routes targets through `router`, and refuses environments naming executors it does not know.
-    pub fn router(mut self, router: ExecutorRouter) -> Self {
-        self.known_executors = Some(router.kinds());
-        self.executor = Arc::new(router);
-        self
-    }
-
     /// Tells `observer` of every change the engine writes (metrics, logs).
     pub fn observer(mut self, observer: Arc<dyn EngineObserver>) -> Self {
         self.observer = Some(observer);
@@ -208,11 +200,11 @@ impl OrchestratorBuilder {
         Orchestrator {
             shared: Arc::new(Shared {
                 store: self.store,
-                executor: self.executor,
+                known_executors: self.executors.kinds(),
+                executors: self.executors,
                 secrets: self.secrets,
                 clock: self.clock,
                 config: self.config,
-                known_executors: self.known_executors,
                 observer: self.observer,
                 changed,
             }),
@@ -221,15 +213,16 @@ impl OrchestratorBuilder {
 }
 
 impl Orchestrator {
-    /// Starts building an orchestrator over `store` and `executor` (often an [`ExecutorRouter`]).
-    pub fn builder(store: Arc<dyn Store>, executor: Arc<dyn Executor>) -> OrchestratorBuilder {
+    /// Starts building an orchestrator over `store` and `executors`: one executor for every target (an
+    /// `Arc<YourExecutor>`), or an [`ExecutorRouter`] sending each target to the executor of the kind its environment
+    /// names, in which case environments naming a kind the router does not know are refused.
+    pub fn builder(store: Arc<dyn Store>, executors: impl Into<ExecutorRouter>) -> OrchestratorBuilder {
         OrchestratorBuilder {
             store,
-            executor,
+            executors: executors.into(),
             secrets: Arc::new(EnvSecretResolver::default()),
             clock: Arc::new(SystemClock),
             config: OrchestratorConfig::default(),
-            known_executors: None,
             observer: None,
         }
     }
@@ -289,8 +282,7 @@ impl Orchestrator {
                     executor: t.executor.clone(),
                     config: t.config.clone(),
                 };
-                let executor = self.shared.executor.as_ref();
-                executor.route(&target).unwrap_or(executor).runs_host_programs()
+                self.shared.executors.resolve(&target).is_ok_and(|e| e.runs_host_programs())
             })
             .collect();
         if host_level.is_empty() {

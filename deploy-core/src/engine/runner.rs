@@ -386,6 +386,9 @@ struct Plan<'a> {
     deployment_id: crate::names::DeploymentId,
     /// The desired state at the spec's own version, shared by every target that goes there.
     desired: Arc<DesiredState>,
+    /// For each target of the deployment still in the environment: what the executor sees of it, and the executor
+    /// that serves it, resolved once here (an unknown kind resolves to an executor that refuses every call).
+    routes: Vec<Option<(Target, Arc<dyn Executor>)>>,
 }
 
 impl Plan<'_> {
@@ -407,7 +410,16 @@ async fn run(rec: &Recorder<'_>) -> Result<(), Abort> {
     let env_index = rec.with(|d| align(d, &environment));
     let (spec, deployment_id) = rec.with(|d| (Arc::new(d.spec().clone()), d.id()));
     let desired = Arc::new(DesiredState::from_spec(&spec, spec.version()));
-    let plan = Plan { rec, environment, env_index, spec, deployment_id, desired };
+    let routes = env_index
+        .iter()
+        .map(|i| {
+            let t = i.and_then(|i| environment.targets.get(i))?;
+            let target = Target::of(&environment.name, t);
+            let executor = rec.shared.executors.resolve(&target).unwrap_or_else(|e| Arc::new(Unrouted(e)));
+            Some((target, executor))
+        })
+        .collect();
+    let plan = Plan { rec, environment, env_index, spec, deployment_id, desired, routes };
     match status {
         DeploymentStatus::Queued => {
             if let Some((stop, reason)) = rec.stop_reason() {
@@ -765,13 +777,36 @@ fn align(d: &Deployment, env: &Environment) -> Vec<Option<usize>> {
     out
 }
 
-fn executor_for<'a>(rec: &'a Recorder<'_>, target: &Target) -> &'a dyn Executor {
-    rec.shared.executor.route(target).unwrap_or(rec.shared.executor.as_ref())
+/// Stands in for the executor of a target whose kind no executor serves: every call fails permanently, naming it.
+struct Unrouted(ExecutorError);
+
+#[async_trait::async_trait]
+impl Executor for Unrouted {
+    async fn observe(&self, _: &Target, _: Option<&DesiredState>) -> Result<Observation, ExecutorError> {
+        Err(self.0.clone())
+    }
+    async fn apply(&self, _: &Target, _: ApplyContext<'_>) -> Result<crate::executor::Outcome, ExecutorError> {
+        Err(self.0.clone())
+    }
+    async fn verify(&self, _: &Target, _: &DesiredState) -> Result<Health, ExecutorError> {
+        Err(self.0.clone())
+    }
+    async fn run_step(
+        &self,
+        _: &Target,
+        _: &crate::spec::ImperativeStep,
+        _: ApplyContext<'_>,
+    ) -> Result<crate::executor::Outcome, ExecutorError> {
+        Err(self.0.clone())
+    }
 }
 
-fn target_of(plan: &Plan<'_>, index: usize) -> Option<(Target, Option<Arc<DesiredState>>)> {
+/// A target of the plan: what its executor sees of it, what the environment last recorded as desired there, and the
+/// executor serving it.
+fn target_of<'p>(plan: &'p Plan<'_>, index: usize) -> Option<(Target, Option<Arc<DesiredState>>, &'p dyn Executor)> {
     let t = plan.env_index.get(index).copied().flatten().and_then(|i| plan.environment.targets.get(i))?;
-    Some((Target::of(&plan.environment.name, t), t.desired.clone()))
+    let (target, executor) = plan.routes.get(index)?.as_ref()?;
+    Some((target.clone(), t.desired.clone(), executor.as_ref()))
 }
 
 /// An executor's answer with every secret value resolved for the call scrubbed from its output and its error, before
@@ -799,7 +834,7 @@ impl Scrub for () {
     fn scrub(&mut self, _: &crate::secrets::Scrubber) {}
 }
 
-impl Scrub for crate::executor::StepOutput {
+impl Scrub for crate::executor::Outcome {
     fn scrub(&mut self, scrubber: &crate::secrets::Scrubber) {
         scrubber.scrub_in_place(&mut self.output);
     }
@@ -821,12 +856,13 @@ enum Verified {
 /// and one that panics a permanent one.
 async fn probe(
     rec: &Recorder<'_>,
+    executor: &dyn Executor,
     target: &Target,
     desired: &DesiredState,
     budget: Duration,
 ) -> Result<Health, ExecutorError> {
     let budget = budget.max(Duration::from_millis(1));
-    let mut call = caught(executor_for(rec, target).verify(target, desired)).boxed();
+    let mut call = caught(executor.verify(target, desired)).boxed();
     // Answered at once (most probes of in-process executors): no timer.
     if let Some(r) = (&mut call).now_or_never() {
         return r;
@@ -841,6 +877,7 @@ async fn probe(
 
 async fn verify_health(
     rec: &Recorder<'_>,
+    executor: &dyn Executor,
     policy: crate::spec::VerifyPolicy,
     target: &Target,
     desired: &DesiredState,
@@ -857,7 +894,7 @@ async fn verify_health(
         // A probe may take what is left of the timeout, and never less than an interval: the last probe, made when the
         // time is nearly out, gets its verdict heard instead of a timeout of its own.
         let budget = elapsed_between(now, give_up).max(policy.interval.as_std());
-        let probe = probe(rec, target, desired, budget).await;
+        let probe = probe(rec, executor, target, desired, budget).await;
         now = clock.now();
         match probe {
             Ok(Health::Healthy) => {
@@ -906,7 +943,7 @@ async fn prepare_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
     let rec = plan.rec;
     let Some(mut entry) = rec.target(index) else { return Ok(()) };
     let spec = plan.spec.as_ref();
-    let Some((target, env_desired)) = target_of(plan, index) else {
+    let Some((target, env_desired, executor)) = target_of(plan, index) else {
         let now = rec.now();
         let msg = format!("{}: no longer in the environment", entry.id);
         return rec.result(index, fail_entry(entry, TargetStatus::Failed, msg.clone(), now), msg, None);
@@ -918,14 +955,13 @@ async fn prepare_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
 
     // Observe first: the difference between desired and actual is what gets executed.
     let mut calls = 0;
-    let executor = executor_for(rec, &target);
     // The first time the target turns out unreachable, say so at once: the wait may be long.
     let noted = std::sync::atomic::AtomicBool::new(false);
     let wait_secs = spec.on_unreachable().wait.as_std().as_secs();
     let observed = policy
         .run(&mut calls, || async {
             rec.fence().await;
-            let result = executor.observe(&target).await;
+            let result = executor.observe(&target, Some(&desired)).await;
             if let Err(e) = &result
                 && e.class() == crate::executor::ErrorClass::Unreachable
                 && !noted.swap(true, std::sync::atomic::Ordering::Relaxed)
@@ -1009,13 +1045,14 @@ async fn change_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
         return Ok(());
     }
     let (spec, deployment_id) = (plan.spec.as_ref(), plan.deployment_id);
-    let Some((target, _)) = target_of(plan, index) else { return Ok(()) };
+    let Some((target, _, executor)) = target_of(plan, index) else { return Ok(()) };
     let desired = plan.desired(&entry.to_version);
     let policy = retry_policy(rec, spec.on_unreachable().wait.as_std(), index);
     let id = entry.id.clone();
 
     // Apply (or run the steps), with secrets resolved for this call only.
-    let applied = execute(rec, &policy, &target, &desired, spec, deployment_id, &mut entry, index).await?;
+    let call = Call { rec, executor, target: &target, desired: &desired, deployment: deployment_id };
+    let applied = execute(&call, &policy, spec, &mut entry, index).await?;
     if let Err(e) = applied {
         let now = rec.now();
         let (status, error) = match e {
@@ -1032,7 +1069,7 @@ async fn change_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
     let msg = [id.as_str(), ": verifying health of ", entry.to_version.as_str()].concat();
     rec.result(index, entry.clone(), msg, None)?;
 
-    let (verdict, now) = verify_health(rec, *spec.verify(), &target, &desired).await;
+    let (verdict, now) = verify_health(rec, executor, *spec.verify(), &target, &desired).await;
     match verdict {
         Verified::Healthy => {
             entry.status = TargetStatus::Succeeded;
@@ -1065,70 +1102,91 @@ async fn change_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
     }
 }
 
-/// Applies the desired state, or runs each imperative step in order, recording each step's output as an event.
-#[allow(clippy::too_many_arguments)]
-async fn execute(
-    rec: &Recorder<'_>,
-    policy: &RetryPolicy<'_>,
-    target: &Target,
-    desired: &DesiredState,
-    spec: &crate::spec::DeploymentSpec,
+/// One target's calls: the executor serving it, the target as it sees it, what should run there and the deployment.
+struct Call<'c> {
+    rec: &'c Recorder<'c>,
+    executor: &'c dyn Executor,
+    target: &'c Target,
+    desired: &'c DesiredState,
     deployment: crate::names::DeploymentId,
+}
+
+impl Call<'_> {
+    /// One attempt at `apply` (or at imperative step `step`): resolves the secrets for this attempt only, fences, calls
+    /// the executor, and scrubs the answer of every secret value resolved for it.
+    async fn attempt(
+        &self,
+        step: Option<&crate::spec::ImperativeStep>,
+    ) -> Result<crate::executor::Outcome, ExecutorError> {
+        let secrets = resolve_secrets(self.rec, self.desired).await?;
+        let fencing_token = self.rec.fence().await;
+        let ctx = ApplyContext { deployment: self.deployment, desired: self.desired, secrets: &secrets, fencing_token };
+        let out = match step {
+            None => self.executor.apply(self.target, ctx).await,
+            Some(step) => self.executor.run_step(self.target, step, ctx).await,
+        };
+        scrubbed(out, &secrets)
+    }
+}
+
+/// Records what a call printed as an event of its target (nothing when it printed nothing).
+fn record_output(
+    rec: &Recorder<'_>,
+    entry: &mut TargetProgress,
+    index: usize,
+    what: &str,
+    outcome: &crate::executor::Outcome,
+) -> Result<(), Abort> {
+    let text: String = outcome.output.chars().take(4096).collect();
+    if text.trim().is_empty() {
+        return Ok(());
+    }
+    entry.updated_at = rec.now();
+    rec.result(index, entry.clone(), format!("{what}: {}", text.trim()), None)
+}
+
+/// Applies the desired state, or runs each imperative step in order, recording what each printed as an event.
+async fn execute(
+    call: &Call<'_>,
+    policy: &RetryPolicy<'_>,
+    spec: &crate::spec::DeploymentSpec,
     entry: &mut TargetProgress,
     index: usize,
 ) -> Result<Result<(), CallError>, Abort> {
+    let (rec, target) = (call.rec, call.target);
     let mut attempts = entry.attempts;
     let result = match spec.mode() {
         ExecutionMode::Declarative => {
-            let applied = policy
-                .run(&mut attempts, || async {
-                    let secrets = resolve_secrets(rec, desired).await?;
-                    let fencing_token = rec.fence().await;
-                    let out = executor_for(rec, target)
-                        .apply_with_output(
-                            target,
-                            ApplyContext { deployment, desired, secrets: &secrets, fencing_token },
-                        )
-                        .await;
-                    scrubbed(out, &secrets)
-                })
-                .await;
+            let applied = policy.run(&mut attempts, || call.attempt(None)).await;
+            entry.attempts = attempts;
             match applied {
-                Ok(output) => {
-                    let text: String = output.output.chars().take(4096).collect();
-                    if !text.trim().is_empty() {
-                        entry.attempts = attempts;
-                        entry.updated_at = rec.now();
-                        let message = format!("{}: applied {}: {}", target.id, desired.version, text.trim());
-                        rec.result(index, entry.clone(), message, None)?;
-                    }
+                Ok(outcome) => {
+                    record_output(
+                        rec,
+                        entry,
+                        index,
+                        &format!("{}: applied {}", target.id, call.desired.version),
+                        &outcome,
+                    )?;
                     Ok(())
                 }
                 Err(e) => Err(e),
             }
         }
         ExecutionMode::Imperative { steps } => {
-            let mut outcome = Ok(());
+            let mut result = Ok(());
             for (n, step) in steps.iter().enumerate() {
-                let out = policy
-                    .run(&mut attempts, || async {
-                        let secrets = resolve_secrets(rec, desired).await?;
-                        let fencing_token = rec.fence().await;
-                        let ctx = ApplyContext { deployment, desired, secrets: &secrets, fencing_token };
-                        let out = executor_for(rec, target).run_step(target, step, ctx).await;
-                        scrubbed(out, &secrets)
-                    })
-                    .await;
+                let out = policy.run(&mut attempts, || call.attempt(Some(step))).await;
+                entry.attempts = attempts;
                 match out {
-                    Ok(output) => {
-                        entry.attempts = attempts;
+                    Ok(outcome) => {
                         entry.updated_at = rec.now();
-                        let text: String = output.output.chars().take(4096).collect();
+                        let text: String = outcome.output.chars().take(4096).collect();
                         let message = format!("{}: step {} ({}) done: {}", target.id, n + 1, step.action, text.trim());
                         rec.result(index, entry.clone(), message, None)?;
                     }
                     Err(e) => {
-                        outcome = Err(match e {
+                        result = Err(match e {
                             CallError::Failed(m) => CallError::Failed(format!("step {} ({}): {m}", n + 1, step.action)),
                             CallError::Unreachable(m) => {
                                 CallError::Unreachable(format!("step {} ({}): {m}", n + 1, step.action))
@@ -1138,7 +1196,7 @@ async fn execute(
                     }
                 }
             }
-            outcome
+            result
         }
     };
     entry.attempts = attempts;
@@ -1161,12 +1219,12 @@ async fn watch_canary(plan: &Plan<'_>, batch: &Batch, watch_for: Duration) -> Re
             if entry.status != TargetStatus::Succeeded {
                 continue;
             }
-            let Some((target, _)) = target_of(plan, i) else { continue };
+            let Some((target, _, executor)) = target_of(plan, i) else { continue };
             let desired = plan.desired(&entry.to_version);
             rec.fence().await;
             // Bounded like any probe: a probe that hangs is a failed probe, and the watch goes on (a cancel, the next
             // check) instead of holding the environment.
-            let trouble = match probe(rec, &target, &desired, probe_timeout).await {
+            let trouble = match probe(rec, executor, &target, &desired, probe_timeout).await {
                 Ok(Health::Healthy) => None,
                 Ok(h) => Some(format!("health was {h:?}").to_lowercase()),
                 Err(e) => Some(e.message().to_owned()),
@@ -1222,24 +1280,20 @@ async fn restore_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
     let (service, deployment, unreachable_wait) =
         (plan.spec.service().clone(), plan.deployment_id, plan.spec.on_unreachable().wait.as_std());
     let Some(from) = entry.from_version.clone() else { return Ok(()) };
-    let Some((target, _)) = target_of(plan, index) else { return Ok(()) };
+    let Some((target, _, executor)) = target_of(plan, index) else { return Ok(()) };
     let desired = entry.previous.clone().unwrap_or_else(|| Arc::new(DesiredState::bare(service, from.clone())));
     let policy = retry_policy(rec, unreachable_wait, index);
     let id = entry.id.clone();
     let mut attempts = entry.attempts;
-    let applied = policy
-        .run(&mut attempts, || async {
-            let secrets = resolve_secrets(rec, &desired).await?;
-            let fencing_token = rec.fence().await;
-            let ctx = ApplyContext { deployment, desired: &desired, secrets: &secrets, fencing_token };
-            let out = executor_for(rec, &target).apply(&target, ctx).await;
-            scrubbed(out, &secrets)
-        })
-        .await;
+    let call = Call { rec, executor, target: &target, desired: &desired, deployment };
+    let applied = policy.run(&mut attempts, || call.attempt(None)).await;
     entry.attempts = attempts;
     let verify = *plan.spec.verify();
     let (verdict, now) = match applied {
-        Ok(()) => verify_health(rec, verify, &target, &desired).await,
+        Ok(outcome) => {
+            record_output(rec, &mut entry, index, &format!("{id}: restored {from}"), &outcome)?;
+            verify_health(rec, executor, verify, &target, &desired).await
+        }
         Err(CallError::Failed(e)) => (Verified::Unhealthy(e), rec.now()),
         Err(CallError::Unreachable(e)) => (Verified::Unreachable(e), rec.now()),
     };

@@ -152,6 +152,19 @@ pub trait SecretResolver: Send + Sync {
     async fn resolve(&self, reference: &SecretRef) -> Result<SecretValue, SecretError>;
 }
 
+macro_rules! forward_resolver {
+    ($($ptr:ty),*) => {$(
+        #[async_trait]
+        impl<T: SecretResolver + ?Sized> SecretResolver for $ptr {
+            async fn resolve(&self, reference: &SecretRef) -> Result<SecretValue, SecretError> {
+                (**self).resolve(reference).await
+            }
+        }
+    )*};
+}
+
+forward_resolver!(std::sync::Arc<T>, Box<T>, &T);
+
 /// Resolves every secret a desired state refers to (its `secrets`, and `config` values that are references), keyed by
 /// name, for one call to an executor. An unavailable resolver is a retryable error; an unknown or refused reference a
 /// permanent one.

@@ -20,7 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deploy_core::{
-    Clock, DeliveryOutcome, RetrySchedule, ShutdownSignal, Store, StoreError, WebhookDelivery, WebhookSubscription,
+    Clock, DeliveryOutcome, RetrySchedule, ShutdownSignal, StoreError, WebhookDelivery, WebhookStore,
+    WebhookSubscription,
 };
 use futures::future::BoxFuture;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
@@ -74,7 +75,7 @@ impl Default for DispatcherConfig {
 /// Sends the outbox's deliveries; see the module documentation.
 #[derive(Clone)]
 pub struct Dispatcher {
-    store: Arc<dyn Store>,
+    store: Arc<dyn WebhookStore>,
     clock: Arc<dyn Clock>,
     client: reqwest::Client,
     resolver: crate::webhooks::guard::GuardedResolver,
@@ -100,7 +101,7 @@ impl Dispatcher {
     /// # Errors
     /// [`DispatcherError`] when the HTTP client cannot be built (no TLS roots, say).
     pub fn new(
-        store: Arc<dyn Store>,
+        store: Arc<dyn WebhookStore>,
         clock: Arc<dyn Clock>,
         config: DispatcherConfig,
     ) -> Result<Self, DispatcherError> {

@@ -32,16 +32,18 @@ pub(crate) fn orchestrator(
     lease: std::time::Duration,
 ) -> deploy_core::Orchestrator {
     use std::time::Duration;
-    deploy_core::Orchestrator::builder(std::sync::Arc::new(store.clone()), executor.clone())
-        .router(deploy_core::ExecutorRouter::new().with("scripted", executor.clone()))
-        .config(deploy_core::OrchestratorConfig {
-            owner: owner.into(),
-            lease,
-            poll_interval: Duration::from_millis(50),
-            retry_base: Duration::from_millis(10),
-            retry_cap: Duration::from_millis(50),
-            watch_poll_interval: Duration::from_millis(50),
-            ..deploy_core::OrchestratorConfig::default()
-        })
-        .build()
+    deploy_core::Orchestrator::builder(
+        std::sync::Arc::new(store.clone()),
+        deploy_core::ExecutorRouter::new().with("scripted", executor.clone()),
+    )
+    .config(deploy_core::OrchestratorConfig {
+        owner: owner.into(),
+        lease,
+        poll_interval: Duration::from_millis(50),
+        retry_base: Duration::from_millis(10),
+        retry_cap: Duration::from_millis(50),
+        watch_poll_interval: Duration::from_millis(50),
+        ..deploy_core::OrchestratorConfig::default()
+    })
+    .build()
 }

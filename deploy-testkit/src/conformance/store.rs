@@ -1,17 +1,18 @@
 //! The [`Store`] contract, checked. Every function uses its own uniquely named environment, so all of them can run
 //! against one store, concurrently.
-#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)] // A suite reports violations by panicking.
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)] // A check reports a violation by panicking.
 
 use std::time::Duration;
 
 use deploy_core::{
     Acceptance, ConcurrencyPolicy, DeliveryOutcome, DeliveryStatus, DeploymentDraft, DeploymentFilter, DeploymentId,
-    DeploymentRequest, DeploymentStatus, EnvironmentName, EventType, Fingerprint, IdempotencyKey, IdempotencyRecord,
-    PageRequest, Principal, ProgressUpdate, Revision, StatusChange, Store, StoreError, TargetPlan, TargetStatus,
-    Timestamp, WebhookSubscription, add_duration,
+    DeploymentRequest, DeploymentStatus, EnvironmentName, EventType, Fingerprint, FullStore, IdempotencyKey,
+    IdempotencyRecord, PageRequest, Principal, ProgressUpdate, Revision, StatusChange, Store, StoreError, TargetPlan,
+    TargetStatus, Timestamp, WebhookSubscription, add_duration,
 };
 use uuid::Uuid;
 
+use super::{Ran, Report, run_table, table};
 use crate::fixtures::environment;
 
 fn unique_env(prefix: &str) -> EnvironmentName {
@@ -60,26 +61,29 @@ async fn env_with(store: &dyn Store, prefix: &str, policy: ConcurrencyPolicy) ->
     name
 }
 
-/// Runs every check of this suite.
-pub async fn run_all(store: &dyn Store) {
-    environments_have_revisions(store).await;
-    idempotent_acceptance(store).await;
-    preconditions_and_planning(store).await;
-    concurrency_policies(store).await;
-    claims_are_fenced(store).await;
-    a_restarted_replica_takes_over_its_own_leases_at_once(store).await;
-    records_are_atomic_and_terminal_is_final(store).await;
-    cancel_requests(store).await;
-    listings_page_with_cursors(store).await;
-    webhook_outbox_follows_changes(store).await;
-    idempotency_keys_expire(store).await;
-    api_keys_by_digest(store).await;
-    audit_log_pages_newest_first(store).await;
-    agent_slots(store).await;
+table!(ENGINE_CHECKS: dyn Store; environments_have_revisions, idempotent_acceptance, preconditions_and_planning, concurrency_policies, a_restarted_replica_takes_over_its_own_leases_at_once, claims_are_fenced, records_are_atomic_and_terminal_is_final, cancel_requests, listings_page_with_cursors, idempotency_keys_expire, environments_are_listed_by_name, unknown_ids_are_not_found,
+    concurrent_accepts_with_one_key_make_one_deployment, concurrent_claims_hand_out_one_lease,
+    events_are_numbered_without_gaps, released_leases_are_claimable_at_once);
+table!(SERVER_CHECKS: dyn FullStore; agent_assignments_are_fenced, webhook_outbox_follows_changes, api_keys_by_digest, audit_log_pages_newest_first, agent_slots);
+
+/// Runs every check of [`ENGINE_CHECKS`]: the contract of the engine's [`Store`], all an embedder must implement.
+pub async fn run_all(store: &(dyn Store + 'static)) -> Report {
+    run_table(ENGINE_CHECKS, store).await
+}
+
+/// Runs every check of [`ENGINE_CHECKS`] and [`SERVER_CHECKS`]: the contract of a store `deployd` can run on
+/// ([`FullStore`]: webhooks, API keys, agents and the audit log as well).
+pub async fn run_full(store: &(dyn FullStore + 'static)) -> Report {
+    let mut report = run_table(ENGINE_CHECKS, store).await;
+    let server = run_table(SERVER_CHECKS, store).await;
+    report.passed.extend(server.passed);
+    report.not_applicable.extend(server.not_applicable);
+    report.violations.extend(server.violations);
+    report
 }
 
 /// Creating bumps to revision 1, replacing bumps again, a stale expected revision is refused.
-pub async fn environments_have_revisions(store: &dyn Store) {
+pub async fn environments_have_revisions(store: &dyn Store) -> Ran {
     let name = unique_env("envrev");
     let spec = environment(&["x-1"], "scripted", ConcurrencyPolicy::Queue);
     let created = store.put_environment(&name, spec.clone(), None, t0()).await.expect("create");
@@ -92,10 +96,11 @@ pub async fn environments_have_revisions(store: &dyn Store) {
     assert!(matches!(stale, Err(StoreError::PreconditionFailed { .. })), "stale revision: {stale:?}");
     let missing = store.get_environment(&unique_env("missing")).await;
     assert!(matches!(missing, Err(StoreError::NotFound { .. })), "unknown environment: {missing:?}");
+    Ran::Checked
 }
 
 /// Same key + same request → one deployment; same key + other request → reuse error; another scope → independent.
-pub async fn idempotent_acceptance(store: &dyn Store) {
+pub async fn idempotent_acceptance(store: &dyn Store) -> Ran {
     let env = env_with(store, "idem", ConcurrencyPolicy::Queue).await;
     let now = t0();
     let first = store.accept(acceptance(&env, "2.0", Some(("ci", "k-1")), now)).await.expect("first");
@@ -115,11 +120,12 @@ pub async fn idempotent_acceptance(store: &dyn Store) {
         .await
         .expect("list");
     assert_eq!(page.items.len(), 2, "exactly two deployments were created");
+    Ran::Checked
 }
 
 /// `require_if_match`, stale revisions, unknown environments and empty selections are refused; acceptance bumps the
 /// revision and writes the queued event as seq 1.
-pub async fn preconditions_and_planning(store: &dyn Store) {
+pub async fn preconditions_and_planning(store: &dyn Store) -> Ran {
     let now = t0();
     let missing = store.accept(acceptance(&unique_env("nope"), "1", None, now)).await;
     assert!(matches!(missing, Err(StoreError::NotFound { .. })), "unknown environment: {missing:?}");
@@ -149,10 +155,11 @@ pub async fn preconditions_and_planning(store: &dyn Store) {
         .spec
         .with_targets(deploy_core::TargetSelector::Ids(vec![deploy_core::TargetId::new("ghost").expect("id")]));
     assert!(matches!(store.accept(none).await, Err(StoreError::Invalid(_))), "unknown target ids are refused");
+    Ran::Checked
 }
 
 /// `reject` refuses while busy, `supersede` replaces queued work, `queue` runs in acceptance order.
-pub async fn concurrency_policies(store: &dyn Store) {
+pub async fn concurrency_policies(store: &dyn Store) -> Ran {
     let now = t0();
     let env = env_with(store, "reject", ConcurrencyPolicy::Reject).await;
     let first = store.accept(acceptance(&env, "1", None, now)).await.expect("first");
@@ -176,12 +183,13 @@ pub async fn concurrency_policies(store: &dyn Store) {
     let a = store.accept(acceptance(&env, "1", None, now)).await.expect("a");
     let b = store.accept(acceptance(&env, "2", None, now)).await.expect("b");
     assert_eq!(store.get_environment(&env).await.expect("env").queued, vec![a.deployment.id(), b.deployment.id()]);
+    Ran::Checked
 }
 
 /// An owner `replica#incarnation` takes over at once a live lease of `replica#<another incarnation>` (the same
 /// replica, restarted), with a larger token that fences the old holder out; nobody else may, and an incarnation never
 /// re-claims what it holds.
-pub async fn a_restarted_replica_takes_over_its_own_leases_at_once(store: &dyn Store) {
+pub async fn a_restarted_replica_takes_over_its_own_leases_at_once(store: &dyn Store) -> Ran {
     let now = t0();
     let env = env_with(store, "restart", ConcurrencyPolicy::Queue).await;
     let id = store.accept(acceptance(&env, "1", None, now)).await.expect("accept").deployment.id();
@@ -205,10 +213,11 @@ pub async fn a_restarted_replica_takes_over_its_own_leases_at_once(store: &dyn S
     let stale = store.renew(&first.lease, now, lease).await;
     assert!(matches!(stale, Err(StoreError::StaleToken { .. })), "the old incarnation is fenced out: {stale:?}");
     store.release(&restarted.lease).await.expect("release");
+    Ran::Checked
 }
 
 /// Claims hand out the head of an environment's queue once per lease; tokens grow; stale tokens never write.
-pub async fn claims_are_fenced(store: &dyn Store) {
+pub async fn claims_are_fenced(store: &dyn Store) -> Ran {
     let now = t0();
     let env = env_with(store, "fence", ConcurrencyPolicy::Queue).await;
     let a = store.accept(acceptance(&env, "1", None, now)).await.expect("a").deployment.id();
@@ -247,15 +256,6 @@ pub async fn claims_are_fenced(store: &dyn Store) {
     }
     let second = second.expect("an expired lease is claimable again");
     assert!(second.lease.token > first.lease.token, "tokens grow with every claim");
-    // An agent's assignment is a fenced write too: the controller that lost the lease cannot replace it.
-    let host = deploy_core::TargetId::new("host-1").expect("target id");
-    let want = deploy_core::DesiredState::bare("svc".parse().expect("service"), "1".parse().expect("version"));
-    let stale = store.assign_agent(&env, &host, want.clone(), a, first.lease.token, later).await;
-    assert!(matches!(stale, Err(StoreError::StaleToken { .. })), "stale assignment: {stale:?}");
-    assert_eq!(store.agent_slot(&env, &host).await.expect("read"), None, "nothing was assigned");
-    let slot =
-        store.assign_agent(&env, &host, want, a, second.lease.token, later).await.expect("current token assigns");
-    assert_eq!((slot.deployment, slot.fencing_token), (Some(a), second.lease.token));
     let start = ProgressUpdate {
         now: Some(later),
         status: Some(StatusChange { status: DeploymentStatus::InProgress, reason: None }),
@@ -270,10 +270,11 @@ pub async fn claims_are_fenced(store: &dyn Store) {
     let (renewed, _) = store.renew(&second.lease, later, lease).await.expect("renew");
     assert!(renewed.expires_at > later);
     store.release(&renewed).await.expect("release");
+    Ran::Checked
 }
 
 /// Events are numbered from 1 without gaps, the summary follows the targets, and a terminal status is final.
-pub async fn records_are_atomic_and_terminal_is_final(store: &dyn Store) {
+pub async fn records_are_atomic_and_terminal_is_final(store: &dyn Store) -> Ran {
     let now = t0();
     let env = env_with(store, "record", ConcurrencyPolicy::Queue).await;
     let id = store.accept(acceptance(&env, "2", None, now)).await.expect("accept").deployment.id();
@@ -330,6 +331,7 @@ pub async fn records_are_atomic_and_terminal_is_final(store: &dyn Store) {
     );
     assert_eq!(store.get_deployment(id).await.expect("get").status(), DeploymentStatus::Failed);
     assert_eq!(store.get_environment(&env).await.expect("env").active_deployment, None);
+    Ran::Checked
 }
 
 async fn claim_of(store: &dyn Store, id: DeploymentId, now: Timestamp) -> deploy_core::Claim {
@@ -344,7 +346,7 @@ async fn claim_of(store: &dyn Store, id: DeploymentId, now: Timestamp) -> deploy
 }
 
 /// A queued deployment nobody holds is cancelled at once; a held one gets the request through `Control`.
-pub async fn cancel_requests(store: &dyn Store) {
+pub async fn cancel_requests(store: &dyn Store) -> Ran {
     let now = t0();
     let env = env_with(store, "cancel", ConcurrencyPolicy::Queue).await;
     let a = store.accept(acceptance(&env, "1", None, now)).await.expect("a").deployment.id();
@@ -362,10 +364,11 @@ pub async fn cancel_requests(store: &dyn Store) {
     assert!(held.cancel_requested());
     let (_, control) = store.renew(&claim.lease, now, Duration::from_secs(30)).await.expect("renew");
     assert!(control.cancel_requested, "the holder learns of the request");
+    Ran::Checked
 }
 
 /// Listings are newest first and cursors visit every item exactly once.
-pub async fn listings_page_with_cursors(store: &dyn Store) {
+pub async fn listings_page_with_cursors(store: &dyn Store) -> Ran {
     let now = t0();
     let env = env_with(store, "list", ConcurrencyPolicy::Queue).await;
     let mut ids = Vec::new();
@@ -395,12 +398,13 @@ pub async fn listings_page_with_cursors(store: &dyn Store) {
     let bad =
         store.list_deployments(&DeploymentFilter::default(), &PageRequest { limit: 5, cursor: Some("§".into()) }).await;
     assert!(matches!(bad, Err(StoreError::Invalid(_))), "a cursor the store never made: {bad:?}");
+    Ran::Checked
 }
 
 /// A change and the webhook deliveries it matches are written together; deliveries are claimed exclusively, at most
 /// `per_subscription` at a time for one subscription; late completions are ignored; a delivery can be redelivered; 410
 /// disables the subscription and fails its other pending deliveries.
-pub async fn webhook_outbox_follows_changes(store: &dyn Store) {
+pub async fn webhook_outbox_follows_changes(store: &dyn FullStore) -> Ran {
     let now = t0();
     let env = env_with(store, "hook", ConcurrencyPolicy::Queue).await;
     let sub = store
@@ -524,10 +528,11 @@ pub async fn webhook_outbox_follows_changes(store: &dyn Store) {
     assert!(claimed.is_empty(), "nothing of a disabled subscription is claimed");
     store.delete_webhook(sub.id).await.expect("delete");
     assert!(matches!(store.delete_webhook(sub.id).await, Err(StoreError::NotFound { .. })));
+    Ran::Checked
 }
 
 /// Keys are forgotten after their retention: the same key then creates a new deployment.
-pub async fn idempotency_keys_expire(store: &dyn Store) {
+pub async fn idempotency_keys_expire(store: &dyn Store) -> Ran {
     let now = t0();
     let env = env_with(store, "expire", ConcurrencyPolicy::Queue).await;
     let first = store.accept(acceptance(&env, "1", Some(("ci", "old-key")), now)).await.expect("first");
@@ -538,10 +543,11 @@ pub async fn idempotency_keys_expire(store: &dyn Store) {
     assert!(!again.replayed);
     assert_ne!(again.deployment.id(), first.deployment.id());
     let _ = Fingerprint::of(b"");
+    Ran::Checked
 }
 
 /// Keys are found by digest only, listed, and gone once deleted; a digest is registered once.
-pub async fn api_keys_by_digest(store: &dyn Store) {
+pub async fn api_keys_by_digest(store: &dyn FullStore) -> Ran {
     let digest = format!("{:064x}", Uuid::now_v7().as_u128());
     let record = deploy_core::ApiKeyRecord {
         target: None,
@@ -565,10 +571,11 @@ pub async fn api_keys_by_digest(store: &dyn Store) {
     assert!(!store.list_api_keys().await.expect("list").iter().any(|k| k.id == record.id));
     let again = store.delete_api_key(record.id).await;
     assert!(matches!(again, Err(StoreError::NotFound { .. })), "deleting twice: {again:?}");
+    Ran::Checked
 }
 
 /// The audit log lists newest first, filters by actor and environment, and pages with cursors.
-pub async fn audit_log_pages_newest_first(store: &dyn Store) {
+pub async fn audit_log_pages_newest_first(store: &dyn FullStore) -> Ran {
     let actor = format!("key:auditor-{}", Uuid::now_v7().simple());
     let env = unique_env("audit");
     let mut ids = Vec::new();
@@ -607,10 +614,11 @@ pub async fn audit_log_pages_newest_first(store: &dyn Store) {
     assert_eq!(got, vec![ids[4], ids[2], ids[0]], "only that environment's entries");
     let bad = store.list_audit(&filter, &PageRequest { limit: 3, cursor: Some("nonsense".into()) }).await;
     assert!(matches!(bad, Err(StoreError::Invalid(_))), "a cursor the store never handed out: {bad:?}");
+    Ran::Checked
 }
 
 /// An agent slot keeps its assignment (a new generation only for a new assignment) and the agent's last report.
-pub async fn agent_slots(store: &dyn Store) {
+pub async fn agent_slots(store: &dyn FullStore) -> Ran {
     let env = unique_env("agent");
     let target = deploy_core::TargetId::new("host-1").expect("target id");
     assert_eq!(store.agent_slot(&env, &target).await.expect("read"), None, "no slot before anything happened");
@@ -639,4 +647,165 @@ pub async fn agent_slots(store: &dyn Store) {
     assert_eq!(stored, next, "what the store keeps is what it answered");
     let other = deploy_core::TargetId::new("host-2").expect("target id");
     assert_eq!(store.agent_slot(&env, &other).await.expect("read"), None, "slots are per target");
+    Ran::Checked
+}
+
+/// Environments are listed in name order, paged by cursor, each with its revision.
+pub async fn environments_are_listed_by_name(store: &dyn Store) -> Ran {
+    let prefix = format!("ls-{}", Uuid::now_v7().simple());
+    for suffix in ["c", "a", "b"] {
+        let name = EnvironmentName::new(format!("{prefix}-{suffix}")).expect("valid name");
+        store
+            .put_environment(&name, environment(&["t-1"], "scripted", ConcurrencyPolicy::Queue), None, t0())
+            .await
+            .expect("create");
+    }
+    let mut seen = Vec::new();
+    let mut page = PageRequest { limit: 2, cursor: None };
+    loop {
+        let got = store.list_environments(&page).await.expect("list");
+        assert!(got.items.len() <= 2, "a page holds at most its limit");
+        seen.extend(got.items.iter().map(|e| e.name.to_string()).filter(|n| n.starts_with(&prefix)));
+        for pair in got.items.windows(2) {
+            assert!(pair[0].name < pair[1].name, "environments come in name order");
+        }
+        match got.next_cursor {
+            Some(c) => page.cursor = Some(c),
+            None => break,
+        }
+    }
+    let want: Vec<String> = ["a", "b", "c"].iter().map(|s| format!("{prefix}-{s}")).collect();
+    assert_eq!(seen, want, "every environment once, in name order, across pages");
+    Ran::Checked
+}
+
+/// Reading what does not exist is [`StoreError::NotFound`], never a default.
+pub async fn unknown_ids_are_not_found(store: &dyn Store) -> Ran {
+    let env = unique_env("missing");
+    assert!(matches!(store.get_environment(&env).await, Err(StoreError::NotFound { .. })), "unknown environment");
+    let id = DeploymentId::new();
+    assert!(matches!(store.get_deployment(id).await, Err(StoreError::NotFound { .. })), "unknown deployment");
+    assert!(
+        matches!(store.request_cancel(id, t0()).await, Err(StoreError::NotFound { .. })),
+        "cancel of an unknown deployment"
+    );
+    Ran::Checked
+}
+
+/// Many acceptances racing with one idempotency key make one deployment; every other answer is its replay (or says
+/// the key is in flight), none is a second deployment.
+pub async fn concurrent_accepts_with_one_key_make_one_deployment(store: &dyn Store) -> Ran {
+    let env = env_with(store, "race", ConcurrencyPolicy::Queue).await;
+    let now = t0();
+    let answers = futures::future::join_all(
+        (0..16).map(|_| store.accept(acceptance(&env, "1.0", Some(("ci", "race-key")), now))),
+    )
+    .await;
+    let mut ids = std::collections::BTreeSet::new();
+    for answer in answers {
+        match answer {
+            Ok(accepted) => {
+                ids.insert(accepted.deployment.id());
+            }
+            Err(StoreError::IdempotencyKeyInFlight { .. }) => {}
+            Err(e) => panic!("a racing acceptance failed: {e}"),
+        }
+    }
+    assert_eq!(ids.len(), 1, "one key, one deployment: {ids:?}");
+    let filter = DeploymentFilter { environment: Some(env), ..DeploymentFilter::default() };
+    assert_eq!(store.count_deployments(&filter).await.expect("count"), 1, "one deployment stored");
+    Ran::Checked
+}
+
+/// Controllers claiming at once get one lease on an environment's head between them.
+pub async fn concurrent_claims_hand_out_one_lease(store: &dyn Store) -> Ran {
+    let env = env_with(store, "claims", ConcurrencyPolicy::Queue).await;
+    let now = t0();
+    let accepted = store.accept(acceptance(&env, "1.0", None, now)).await.expect("accept");
+    let id = accepted.deployment.id();
+    // Each racer claims until it gets this deployment or nothing is left (other checks' work may come first).
+    let racer = |i: usize| async move {
+        let owner = format!("racer-{i}-{}", Uuid::now_v7().simple());
+        for _ in 0..64 {
+            match store.claim(&owner, now, Duration::from_secs(30)).await.expect("claim") {
+                Some(c) if c.lease.deployment == id => return Some(c.lease.owner),
+                Some(_) => {}
+                None => return None,
+            }
+        }
+        None
+    };
+    let holders: Vec<String> = futures::future::join_all((0..8).map(racer)).await.into_iter().flatten().collect();
+    assert_eq!(holders.len(), 1, "one deployment, one live lease: {holders:?}");
+    Ran::Checked
+}
+
+/// Events are numbered from 1 without gaps, and read back in order from any point.
+pub async fn events_are_numbered_without_gaps(store: &dyn Store) -> Ran {
+    let env = env_with(store, "events", ConcurrencyPolicy::Queue).await;
+    let now = t0();
+    let id = store.accept(acceptance(&env, "1.0", None, now)).await.expect("accept").deployment.id();
+    let claim = claim_for(store, id, now).await;
+    for _ in 0..3 {
+        let update = ProgressUpdate {
+            events: vec![deploy_core::NewEvent::deployment(now, DeploymentStatus::InProgress, "step".to_owned())],
+            ..ProgressUpdate::default()
+        };
+        let _ = store.record(&claim.lease, update).await.expect("record");
+    }
+    let all = store.events(id, 0, 100).await.expect("events");
+    let seqs: Vec<u64> = all.iter().map(|e| e.seq).collect();
+    let want: Vec<u64> = (1..=seqs.len() as u64).collect();
+    assert_eq!(seqs, want, "numbered from 1 without gaps");
+    assert!(seqs.len() >= 4, "the queued event and three more: {seqs:?}");
+    let tail = store.events(id, 2, 100).await.expect("events after 2");
+    assert_eq!(tail.first().map(|e| e.seq), Some(3), "reading after 2 starts at 3");
+    assert_eq!(store.events(id, 0, 2).await.expect("limited").len(), 2, "the limit holds");
+    Ran::Checked
+}
+
+/// A released lease can be claimed by another controller at once, with a larger token; the old token is stale.
+pub async fn released_leases_are_claimable_at_once(store: &dyn Store) -> Ran {
+    let env = env_with(store, "release", ConcurrencyPolicy::Queue).await;
+    let now = t0();
+    let id = store.accept(acceptance(&env, "1.0", None, now)).await.expect("accept").deployment.id();
+    let first = claim_for(store, id, now).await;
+    store.release(&first.lease).await.expect("release");
+    let second = claim_for(store, id, now).await;
+    assert!(second.lease.token > first.lease.token, "a new lease has a larger token");
+    let stale = store.record(&first.lease, ProgressUpdate::default()).await;
+    assert!(matches!(stale, Err(StoreError::StaleToken { .. })), "the released token is stale: {stale:?}");
+    Ran::Checked
+}
+
+/// Claims until the claim of deployment `id` comes (other checks' deployments may come first), within 64 tries.
+async fn claim_for(store: &dyn Store, id: DeploymentId, now: Timestamp) -> deploy_core::Claim {
+    for _ in 0..64 {
+        let owner = format!("claimer-{}", Uuid::now_v7().simple());
+        match store.claim(&owner, now, Duration::from_secs(30)).await.expect("claim") {
+            Some(c) if c.lease.deployment == id => return c,
+            Some(_) => continue,
+            None => break,
+        }
+    }
+    panic!("deployment {id} could not be claimed");
+}
+
+/// An agent's assignment is a fenced write: the controller that lost its lease cannot replace its successor's.
+pub async fn agent_assignments_are_fenced(store: &dyn FullStore) -> Ran {
+    let now = t0();
+    let env = env_with(store, "agent-fence", ConcurrencyPolicy::Queue).await;
+    let a = store.accept(acceptance(&env, "1", None, now)).await.expect("accept").deployment.id();
+    let first = claim_for(store, a, now).await;
+    let later = add_duration(now, Duration::from_secs(31));
+    let second = claim_for(store, a, later).await;
+    let host = deploy_core::TargetId::new("host-1").expect("target id");
+    let want = deploy_core::DesiredState::bare("svc".parse().expect("service"), "1".parse().expect("version"));
+    let stale = store.assign_agent(&env, &host, want.clone(), a, first.lease.token, later).await;
+    assert!(matches!(stale, Err(StoreError::StaleToken { .. })), "stale assignment: {stale:?}");
+    assert_eq!(store.agent_slot(&env, &host).await.expect("read"), None, "nothing was assigned");
+    let slot =
+        store.assign_agent(&env, &host, want, a, second.lease.token, later).await.expect("current token assigns");
+    assert_eq!((slot.deployment, slot.fencing_token), (Some(a), second.lease.token));
+    Ran::Checked
 }

@@ -102,10 +102,10 @@ async fn main() -> anyhow::Result<()> {
                 .collect(),
         ),
     });
-    let orchestrator = Orchestrator::builder(Arc::new(MemoryStore::new()), fleet.clone())
-        .router(ExecutorRouter::new().with("fleet", fleet.clone()))
-        .config(OrchestratorConfig { poll_interval: Duration::from_millis(50), ..OrchestratorConfig::default() })
-        .build();
+    let orchestrator =
+        Orchestrator::builder(Arc::new(MemoryStore::new()), ExecutorRouter::new().with("fleet", fleet.clone()))
+            .config(OrchestratorConfig { poll_interval: Duration::from_millis(50), ..OrchestratorConfig::default() })
+            .build();
     let me = Principal::system("svc:release-bot");
     let prod = EnvironmentName::new("prod")?;
     let targets = hosts
