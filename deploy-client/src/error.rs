@@ -46,6 +46,20 @@ impl Problem {
         self.type_uri.rsplit('/').next().unwrap_or(&self.type_uri)
     }
 
+    /// Its kind, when the server answered one this client knows (the same enum the server answers from).
+    ///
+    /// ```
+    /// use deploy_client::{Problem, ProblemKind};
+    /// let p: Problem = serde_json::from_str(
+    ///     r#"{"type": "/problems/environment-busy", "title": "Environment busy", "status": 409}"#,
+    /// ).unwrap();
+    /// assert_eq!(p.kind(), Some(ProblemKind::EnvironmentBusy));
+    /// ```
+    #[must_use]
+    pub fn kind(&self) -> Option<deploy_core::ProblemKind> {
+        deploy_core::ProblemKind::from_slug(self.slug())
+    }
+
     /// Whether it is of the type with this slug.
     #[must_use]
     pub fn is(&self, slug: &str) -> bool {

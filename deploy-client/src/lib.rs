@@ -48,6 +48,7 @@ mod types;
 pub mod webhooks;
 
 pub use client::{Client, ClientBuilder, RetryPolicy};
+pub use deploy_core::ProblemKind;
 pub use error::{Error, FieldError, Problem};
 pub use types::{
     ApiKey, AuditQuery, Delivery, DeploymentQuery, EventPage, NewWebhook, SubmitOptions, Submitted, Webhook,

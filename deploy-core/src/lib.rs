@@ -46,6 +46,7 @@ mod error;
 mod event;
 mod executor;
 mod names;
+mod problem;
 mod secrets;
 pub mod spec;
 mod state;
@@ -76,6 +77,7 @@ pub use executor::{ApplyContext, ErrorClass, Executor, ExecutorError, ExecutorRo
 pub use names::{
     DeploymentId, EnvironmentName, Fingerprint, IdempotencyKey, NameError, Revision, ServiceName, TargetId, Version,
 };
+pub use problem::ProblemKind;
 pub use secrets::{
     DEFAULT_ENV_PREFIX, EnvSecretResolver, FileSecretResolver, REDACTED, ResolvedSecrets, SchemeResolver, Scrubber,
     SecretError, SecretRef, SecretRefError, SecretResolver, SecretValue, is_sensitive_key, resolve_for, secret_shape,

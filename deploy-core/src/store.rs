@@ -64,7 +64,7 @@ pub enum StoreError {
         environment: EnvironmentName,
     },
     /// The request does not fit the environment (unknown targets, empty selection).
-    #[error("invalid request")]
+    #[error("invalid request: {0}")]
     Invalid(#[source] ValidationErrors),
     /// The fencing token is stale: another controller claimed the deployment since.
     #[error("lease on deployment {deployment} is stale (token {token})")]
@@ -83,10 +83,10 @@ pub enum StoreError {
         status: DeploymentStatus,
     },
     /// The update does not fit the record (illegal transition, unknown target).
-    #[error("update refused")]
+    #[error("update refused: {0}")]
     Update(#[source] UpdateError),
     /// The backend could not be reached or failed; the operation may be retried.
-    #[error("store unavailable")]
+    #[error("store unavailable: {0}")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Stored data could not be read back.
     #[error("stored data is corrupt: {0}")]

@@ -1,9 +1,7 @@
 //! The `command` executor against the executor contract, with hooks that record what they were asked.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::time::Duration;
-
-use deploy_core::{EnvironmentName, EnvironmentTarget, Target, Version};
+use deploy_core::{EnvironmentName, EnvironmentTarget, Target};
 use deploy_executors::CommandExecutor;
 use serde_json::json;
 

@@ -1,8 +1,6 @@
 //! The `sim` executor: the executor contract, each scripted fault, imperative steps and state that survives a restart.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::time::Duration;
-
 use deploy_core::{
     ApplyContext, DeploymentId, DesiredState, ErrorClass, Executor, Health, ImperativeStep, ResolvedSecrets, Target,
 };

@@ -656,7 +656,7 @@ pub(crate) async fn problem(Path(slug): Path<String>) -> ApiResult {
     Ok(Json(json!({
         "type": format!("/problems/{}", kind.slug()),
         "title": kind.title(),
-        "status": kind.status().as_u16(),
+        "status": kind.status(),
         "description": kind.description(),
     }))
     .into_response())

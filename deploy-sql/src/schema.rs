@@ -109,7 +109,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use deploy_core::{DeliveryStatus, PageRequest, Store, WebhookSubscription};
+    use deploy_core::{DeliveryStatus, PageRequest, WebhookStore, WebhookSubscription};
 
     /// Version 7 moved a delivery's state out of its document into columns: deliveries written by a version-6 binary
     /// keep their state, and a claim such a binary held still hides its delivery until it lapses.

@@ -106,17 +106,18 @@ impl deploy_core::Executor for ReadingExecutor {
     async fn observe(
         &self,
         target: &deploy_core::Target,
+        wanted: Option<&deploy_core::DesiredState>,
     ) -> Result<deploy_core::Observation, deploy_core::ExecutorError> {
-        self.inner.observe(target).await
+        self.inner.observe(target, wanted).await
     }
 
     async fn apply(
         &self,
         target: &deploy_core::Target,
         ctx: deploy_core::ApplyContext<'_>,
-    ) -> Result<(), deploy_core::ExecutorError> {
+    ) -> Result<deploy_core::Outcome, deploy_core::ExecutorError> {
         for _ in 0..20 {
-            if self.store.agent_slot(&target.environment, &target.id).await.is_err() {
+            if deploy_core::AgentStore::agent_slot(&self.store, &target.environment, &target.id).await.is_err() {
                 self.failed_reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             tokio::time::sleep(Duration::from_millis(1)).await;

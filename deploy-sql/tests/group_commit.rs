@@ -4,6 +4,7 @@
 
 mod common;
 
+use deploy_core::AuditLog;
 use std::sync::Arc;
 use std::time::Duration;
 

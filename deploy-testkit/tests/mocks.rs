@@ -41,7 +41,7 @@ fn running(v: &str) -> Result<Observation, ExecutorError> {
 async fn a_permanent_apply_error_is_never_retried() {
     within(async {
         let mut mock = MockExecutor::new();
-        mock.expect_observe().returning(|_| running("1.0"));
+        mock.expect_observe().returning(|_, _| running("1.0"));
         mock.expect_apply()
             .withf(|t, d| t.id.as_str() == "a" && d.version.as_str() == "2.0")
             .times(1)
@@ -58,8 +58,8 @@ async fn a_permanent_apply_error_is_never_retried() {
 async fn health_is_polled_until_it_holds_for_healthy_for() {
     within(async {
         let mut mock = MockExecutor::new();
-        mock.expect_observe().returning(|_| running("1.0"));
-        mock.expect_apply().times(1).returning(|_, _| Ok(()));
+        mock.expect_observe().returning(|_, _| running("1.0"));
+        mock.expect_apply().times(1).returning(|_, _| Ok(deploy_core::Outcome::quiet()));
         let mut seq = mockall::Sequence::new();
         mock.expect_verify().times(2).in_sequence(&mut seq).returning(|_, _| Ok(Health::Unhealthy));
         // healthy_for 1s at a 500ms interval: healthy at t, t+0.5s and t+1s.

@@ -96,6 +96,37 @@ pub struct Submission {
     pub expected_revision: Option<Revision>,
 }
 
+impl Submission {
+    /// A submission of a typed spec (see [`DeploymentSpec::builder`](crate::DeploymentSpec::builder)), without an
+    /// idempotency key or an expected revision.
+    ///
+    /// ```
+    /// use deploy_core::{DeploymentSpec, IdempotencyKey, Submission};
+    /// let spec = DeploymentSpec::builder("prod".parse()?, "checkout".parse()?, "2.0.1".parse()?).build()?;
+    /// let submission = Submission::new(&spec).idempotency_key(IdempotencyKey::new("release-2.0.1")?);
+    /// assert_eq!(submission.request.version, "2.0.1");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn new(spec: &crate::spec::DeploymentSpec) -> Self {
+        Self { request: spec.to_request(), idempotency_key: None, expected_revision: None }
+    }
+
+    /// The same submission with an idempotency key.
+    #[must_use]
+    pub fn idempotency_key(mut self, key: IdempotencyKey) -> Self {
+        self.idempotency_key = Some(key);
+        self
+    }
+
+    /// The same submission, refused unless the environment is at `revision`.
+    #[must_use]
+    pub fn expected_revision(mut self, revision: Revision) -> Self {
+        self.expected_revision = Some(revision);
+        self
+    }
+}
+
 /// What a submission produced.
 #[derive(Debug, Clone)]
 #[must_use]

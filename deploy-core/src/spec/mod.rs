@@ -5,6 +5,7 @@
 //! field. Serializing a spec writes the request shape back with every default filled in, so what is stored is exactly
 //! what will run.
 
+mod builder;
 mod request;
 mod validate;
 pub(crate) use validate::shaped_like;
@@ -15,6 +16,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use builder::DeploymentSpecBuilder;
 pub use request::{
     ArtifactRequest, CanaryStepRequest, DeploymentRequest, FailureRequest, StepRequest, StrategyRequest,
     TargetsRequest, UnreachableRequest, VerifyRequest,

@@ -13,7 +13,7 @@ use deploy_core::spec::{FailureRequest, StrategyRequest, VerifyRequest};
 use deploy_core::{
     ApplyContext, ConcurrencyPolicy, DeploymentRequest, DeploymentStatus, DesiredState, EnvironmentName,
     EnvironmentSpec, Executor, ExecutorError, ExecutorRouter, Health, Observation, Orchestrator, OrchestratorConfig,
-    Principal, ShutdownSignal, Submission, Target, TargetDefinition, TargetId, Version,
+    Outcome, Principal, ShutdownSignal, Submission, Target, TargetDefinition, TargetId, Version,
 };
 use deploy_testkit::MemoryStore;
 use futures::StreamExt;
@@ -27,26 +27,30 @@ struct Fleet {
 
 #[async_trait]
 impl Executor for Fleet {
-    async fn observe(&self, target: &Target) -> Result<Observation, ExecutorError> {
+    async fn observe(&self, target: &Target, _: Option<&DesiredState>) -> Result<Observation, ExecutorError> {
         let running = self.running.lock().map_err(|_| ExecutorError::permanent("fleet state poisoned"))?;
         let version = running.get(target.id.as_str()).map(|v| Version::new(v.as_str())).transpose();
         let version = version.map_err(|e| ExecutorError::permanent(e.to_string()))?;
         Ok(Observation { version, health: Health::Healthy })
     }
 
-    async fn apply(&self, target: &Target, ctx: ApplyContext<'_>) -> Result<(), ExecutorError> {
+    async fn apply(&self, target: &Target, ctx: ApplyContext<'_>) -> Result<Outcome, ExecutorError> {
         tokio::time::sleep(Duration::from_millis(120)).await;
         self.running
             .lock()
             .map_err(|_| ExecutorError::permanent("fleet state poisoned"))?
             .insert(target.id.to_string(), ctx.desired.version.to_string());
-        Ok(())
+        Ok(Outcome::quiet())
     }
 
     async fn verify(&self, target: &Target, desired: &DesiredState) -> Result<Health, ExecutorError> {
+        let runs =
+            self.running.lock().map_err(|_| ExecutorError::permanent("fleet state poisoned"))?.get(target.id.as_str())
+                == Some(&desired.version.to_string());
         let broken = self.broken.lock().map_err(|_| ExecutorError::permanent("fleet state poisoned"))?;
         let key = (target.id.to_string(), desired.version.to_string());
-        Ok(if broken.contains(&key) { Health::Unhealthy } else { Health::Healthy })
+        // Healthy only for the version that runs, and not for a broken one.
+        Ok(if runs && !broken.contains(&key) { Health::Healthy } else { Health::Unhealthy })
     }
 }
 
