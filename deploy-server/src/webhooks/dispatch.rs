@@ -138,7 +138,7 @@ impl Dispatcher {
     ///
     /// A pipeline: sending never waits for the store. Up to [`DispatcherConfig::concurrency`] attempts are in flight
     /// while the next rounds (eight in all) wait, already claimed, in a local queue; meanwhile one store operation at
-    /// a time ([`Store::complete_and_claim`], one transaction on the SQL stores) records every outcome that finished
+    /// a time ([`WebhookStore::complete_and_claim`], one transaction on the SQL stores) records every outcome that finished
     /// since the last one and claims more. The store lets a subscription hold eight times its in-flight cap in claims;
     /// the dispatcher keeps the cap on what is in flight.
     ///

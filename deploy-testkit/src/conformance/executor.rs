@@ -5,7 +5,7 @@
 //!
 //! ```no_run
 //! # use deploy_testkit::conformance::executor::ExecutorFixture;
-//! # async fn t(fixture: &dyn ExecutorFixture) {
+//! # async fn t(fixture: &(dyn ExecutorFixture + 'static)) {
 //! let report = deploy_testkit::conformance::executor::run_all(fixture).await;
 //! report.assert_conforms();
 //! # }
