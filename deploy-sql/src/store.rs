@@ -166,16 +166,37 @@ fn restrict(file: &Path) -> Result<(), OpenError> {
 }
 
 impl SqlStore {
-    /// Opens (creating if needed) an SQLite database at `path`, or `path/deploy.sqlite` when `path` is a directory, in
-    /// WAL mode with a busy timeout, and applies migrations.
+    /// Opens (creating if needed) the SQLite database of the data directory `path` (`path/deploy.sqlite`), or the
+    /// database file `path` itself, in WAL mode with a busy timeout, and applies migrations.
+    ///
+    /// `path` is a file when it is an existing file or its name ends in `.sqlite`, `.sqlite3` or `.db`; otherwise it is
+    /// a data directory, created if missing (so a directory that does not exist yet is never taken for a file). Use
+    /// [`SqlStore::sqlite_file`] to name a file whatever its name.
     ///
     /// # Errors
     /// [`OpenError::NotADatabase`] for a file that is not SQLite, [`OpenError::SchemaTooNew`] for a database written by
     /// a newer binary, [`OpenError::DataDir`] or [`OpenError::Database`] otherwise.
     pub async fn sqlite(path: impl AsRef<Path>) -> Result<Self, OpenError> {
-        sqlx::any::install_default_drivers();
         let path = path.as_ref();
-        let file = if path.is_dir() { path.join(DATABASE_FILE) } else { path.to_path_buf() };
+        let named_as_file = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| ["sqlite", "sqlite3", "db"].contains(&e));
+        if path.is_file() || (!path.is_dir() && named_as_file) {
+            Self::sqlite_file(path).await
+        } else {
+            Self::sqlite_file(path.join(DATABASE_FILE)).await
+        }
+    }
+
+    /// Opens (creating if needed) the SQLite database file `file`, creating its directory if missing; as
+    /// [`SqlStore::sqlite`] otherwise.
+    ///
+    /// # Errors
+    /// As [`SqlStore::sqlite`].
+    pub async fn sqlite_file(file: impl AsRef<Path>) -> Result<Self, OpenError> {
+        sqlx::any::install_default_drivers();
+        let file = file.as_ref().to_path_buf();
         if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)
                 .map_err(|source| OpenError::DataDir { path: parent.display().to_string(), source })?;

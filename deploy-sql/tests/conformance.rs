@@ -82,3 +82,26 @@ async fn a_database_from_a_newer_binary_is_refused() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn sqlite_takes_a_missing_path_for_a_data_directory_and_a_db_name_for_a_file() {
+    within(async {
+        let dir = common::temp_dir("sqlite-paths");
+        // A data directory that does not exist yet is created, with the database inside; never a file in its place.
+        let data = dir.join("new-data-dir");
+        drop(SqlStore::sqlite(&data).await.unwrap());
+        assert!(data.is_dir(), "{} is a directory", data.display());
+        assert!(data.join(deploy_sql::DATABASE_FILE).is_file());
+        // A name ending in .db is a file, and so is one opened explicitly as a file.
+        let named = dir.join("elsewhere/state.db");
+        drop(SqlStore::sqlite(&named).await.unwrap());
+        assert!(named.is_file());
+        let explicit = dir.join("plain-name");
+        drop(SqlStore::sqlite_file(&explicit).await.unwrap());
+        assert!(explicit.is_file());
+        // An existing file stays a file, whatever its name.
+        drop(SqlStore::sqlite(&explicit).await.unwrap());
+        assert!(explicit.is_file());
+    })
+    .await;
+}

@@ -1201,3 +1201,21 @@ async fn retries_and_takeovers_are_events() {
     })
     .await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn wait_returns_a_deployment_once_it_is_terminal_whoever_drives_it() {
+    within(async {
+        let h = Harness::new("waiting", &FOUR, ConcurrencyPolicy::Queue).await;
+        let d = h.submit(request("waiting", "web", "2.0")).await.unwrap();
+        let waiter = tokio::spawn({
+            let (o, admin) = (h.orchestrator.clone(), h.admin.clone());
+            async move { o.wait(&admin, d.id()).await }
+        });
+        // Another replica drives it; the waiter learns of the end from the store.
+        h.replica("controller-2").run_until_idle().await.unwrap();
+        let done = waiter.await.unwrap().unwrap();
+        assert_eq!(done.status(), DeploymentStatus::Succeeded);
+        assert_eq!(done.summary().succeeded, 4);
+    })
+    .await;
+}

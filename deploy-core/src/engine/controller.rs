@@ -20,8 +20,11 @@ pub struct ShutdownSignal {
     rx: Option<watch::Receiver<bool>>,
 }
 
-/// Fires a [`ShutdownSignal`]. Clones fire the same signal.
+/// Fires a [`ShutdownSignal`]. Clones fire the same signal. Dropping every trigger does not fire it: a signal whose
+/// triggers are all gone never fires (so `let (_, signal) = ShutdownSignal::new()` is a signal that runs forever, not
+/// one that stops at once).
 #[derive(Debug, Clone)]
+#[must_use = "the signal fires only through its trigger"]
 pub struct ShutdownTrigger {
     tx: watch::Sender<bool>,
 }
@@ -53,14 +56,15 @@ impl ShutdownSignal {
         self.rx.as_ref().is_some_and(|rx| *rx.borrow())
     }
 
-    /// Completes when the signal fires (or its trigger is dropped, which counts as firing).
+    /// Completes when the signal fires. A signal whose triggers were all dropped without firing never completes.
     pub async fn fired(&mut self) {
         let Some(rx) = self.rx.as_mut() else {
             return std::future::pending().await;
         };
         while !*rx.borrow_and_update() {
             if rx.changed().await.is_err() {
-                return;
+                // Every trigger is gone and none fired: nothing can fire it any more.
+                return std::future::pending().await;
             }
         }
     }
@@ -179,4 +183,27 @@ pub(super) fn watch(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::ShutdownSignal;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_trigger_does_not_fire_its_signal_and_a_fired_one_does() {
+        let (trigger, mut signal) = ShutdownSignal::new();
+        drop(trigger);
+        assert!(!signal.is_fired());
+        let waited = tokio::time::timeout(Duration::from_secs(3600), signal.fired()).await;
+        assert!(waited.is_err(), "dropping the trigger is not firing it");
+
+        let (trigger, mut signal) = ShutdownSignal::new();
+        let clone = trigger.clone();
+        drop(trigger);
+        clone.fire();
+        assert!(tokio::time::timeout(Duration::from_secs(1), signal.fired()).await.is_ok(), "a fired trigger fires it");
+        assert!(signal.is_fired());
+    }
 }

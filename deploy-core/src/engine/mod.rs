@@ -452,6 +452,20 @@ impl Orchestrator {
         Ok(controller::watch(Arc::clone(&self.shared), id, after).boxed())
     }
 
+    /// Waits until a deployment is terminal and returns it as it ended (the controller that drives it may be this
+    /// orchestrator's or another replica's). Bound it with a timeout of your own if the wait may be long.
+    ///
+    /// # Errors
+    /// As [`Orchestrator::watch`] and [`Orchestrator::get`].
+    pub async fn wait(&self, principal: &Principal, id: DeploymentId) -> Result<Deployment, Error> {
+        let mut events = self.watch(principal, id, 0).await?;
+        // The stream ends after the terminal event.
+        while let Some(event) = events.next().await {
+            event?;
+        }
+        self.get(principal, id).await
+    }
+
     /// Asks for a deployment to stop. Idempotent while it is not terminal.
     ///
     /// # Errors
