@@ -164,6 +164,11 @@ impl ClientBuilder {
                 self.base
             )));
         }
+        #[cfg(feature = "rustls-ring")]
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            // Lost only to another thread installing one at the same moment, whose provider then serves.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         let mut http = reqwest::Client::builder()
             .connect_timeout(self.connect_timeout)
             // Per read, so a long event stream lives while the server's keep-alive comments arrive.

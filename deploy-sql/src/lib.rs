@@ -7,6 +7,9 @@
 //!
 //! Schemas are versioned and migrated on open; a database written by a newer binary is refused.
 //!
+//! Features: `sqlite` and `postgres` (both by default) choose the drivers built; `testing` adds [`testing`]-style
+//! helpers that make a fresh PostgreSQL database per test.
+//!
 //! ```no_run
 //! # async fn open() -> Result<(), deploy_sql::OpenError> {
 //! let embedded = deploy_sql::SqlStore::sqlite("./deployd-data").await?;
@@ -20,6 +23,7 @@ mod error;
 mod group;
 mod schema;
 mod store;
+#[cfg(feature = "testing")]
 pub mod testing;
 
 pub use cache::RECENT_TTL;

@@ -1,5 +1,6 @@
 //! [`SqlStore`]: the [`Store`] contract over SQLite or PostgreSQL.
 
+#[cfg(feature = "sqlite")]
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -147,6 +148,7 @@ fn usable(conn: &mut sqlx::AnyConnection) -> bool {
     !in_transaction
 }
 
+#[cfg(feature = "sqlite")]
 /// The database holds webhook signing secrets and the digests of API keys: it is created readable by its owner only
 /// (0600), and so are SQLite's `-wal` and `-shm` files, which take the database file's mode. An existing file is
 /// narrowed to 0600 too.
@@ -166,6 +168,7 @@ fn restrict(file: &Path) -> Result<(), OpenError> {
 }
 
 impl SqlStore {
+    #[cfg(feature = "sqlite")]
     /// Opens (creating if needed) the SQLite database of the data directory `path` (`path/deploy.sqlite`), or the
     /// database file `path` itself, in WAL mode with a busy timeout, and applies migrations.
     ///
@@ -189,6 +192,7 @@ impl SqlStore {
         }
     }
 
+    #[cfg(feature = "sqlite")]
     /// Opens (creating if needed) the SQLite database file `file`, creating its directory if missing; as
     /// [`SqlStore::sqlite`] otherwise.
     ///
@@ -236,6 +240,7 @@ impl SqlStore {
         })
     }
 
+    #[cfg(feature = "postgres")]
     /// Connects to PostgreSQL at `url` and applies migrations (under an advisory lock, so replicas may start together).
     ///
     /// # Errors
@@ -244,6 +249,7 @@ impl SqlStore {
         Self::postgres_with_timeout(url, DEFAULT_PG_TIMEOUT).await
     }
 
+    #[cfg(feature = "postgres")]
     /// [`SqlStore::postgres`] where every statement, and every wait for a pooled connection, gives up after `timeout`
     /// (a lost database answers as unavailable within it instead of holding requests for as long as TCP takes).
     ///
@@ -504,6 +510,7 @@ impl SqlStore {
     }
 }
 
+#[cfg(feature = "sqlite")]
 fn not_a_database(path: &str, e: sqlx::Error) -> OpenError {
     let says_so = e.as_database_error().is_some_and(|d| {
         let m = d.message();

@@ -9,8 +9,8 @@
 //! - [`SeededRng`]: random choices that replay exactly from a seed.
 //! - [`faulty::FaultyStore`]: any store behind a switch that fails its calls or loses their answers.
 //! - [`sim`]: a deterministic simulation of the engine under crashes, store faults and clock jumps, one seed a run.
-//! - [`mocks`]: `mockall` mocks of the core traits.
-//! - [`strategies`]: `proptest` strategies for requests, fleets and fault scripts.
+//! - `mocks` (feature `mocks`): `mockall` mocks of the core traits.
+//! - `strategies` (feature `proptest`): `proptest` strategies for requests, fleets and fault scripts.
 //! - [`fixtures`]: builders and a ready-wired [`Harness`].
 //! - [`conformance`]: suites any `Store` or `Executor` implementation can run.
 //!
@@ -33,10 +33,12 @@ pub mod conformance;
 pub mod faulty;
 pub mod fixtures;
 mod memory;
+#[cfg(feature = "mocks")]
 pub mod mocks;
 mod rng;
 mod scripted;
 pub mod sim;
+#[cfg(feature = "proptest")]
 pub mod strategies;
 
 pub use clock::TestClock;
