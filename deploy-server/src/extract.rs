@@ -69,10 +69,17 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     }
 }
 
-/// Parses a JSON body; a problem names the path of the offending field when serde knows it.
+/// Parses a JSON body; a problem names the path of the offending field when serde knows it. A field the body's type
+/// does not know is refused with its path (`strategy.paused`), though the types themselves read tolerantly.
 pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = serde::Deserialize::deserialize(&mut de).and_then(|v: T| de.end().map(|()| v));
+    let mut unknown: Vec<String> = Vec::new();
+    let value = serde_ignored::deserialize(&mut de, |path| unknown.push(field_path(&path.to_string())))
+        .and_then(|v: T| de.end().map(|()| v));
+    if let (Ok(_), Some(path)) = (&value, unknown.first()) {
+        let name = path.rsplit('.').next().unwrap_or(path);
+        return Err(Problem::invalid_field(path, format!("unknown field `{name}`")));
+    }
     value.map_err(|e| {
         let message = e.to_string();
         let field = ["unknown field `", "missing field `"]
@@ -82,6 +89,22 @@ pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem
             .map_or_else(|| "body".to_owned(), |(name, _)| name.to_owned());
         Problem::invalid_field(&field, clean_serde_message(&message))
     })
+}
+
+/// A path as `serde_ignored` writes it (`strategy.?.steps.0.pauze`) in the API's form (`strategy.steps[0].pauze`).
+fn field_path(raw: &str) -> String {
+    let mut out = String::new();
+    for segment in raw.split('.').filter(|s| *s != "?") {
+        if !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit()) {
+            out.push_str(&format!("[{segment}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(segment);
+        }
+    }
+    out
 }
 
 /// Serde's message without the line and column of a body the caller cannot see formatted.
@@ -162,4 +185,29 @@ pub(crate) fn not_modified(headers: &HeaderMap, revision: Revision) -> bool {
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|t| t.trim().trim_start_matches("W/") == tag || t.trim() == "*"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::{field_path, parse_json};
+
+    #[test]
+    fn ignored_paths_read_as_the_apis_field_names() {
+        assert_eq!(field_path("colour"), "colour");
+        assert_eq!(field_path("strategy.?.pauze"), "strategy.pauze");
+        assert_eq!(field_path("strategy.?.steps.1.wait"), "strategy.steps[1].wait");
+    }
+
+    #[test]
+    fn an_unknown_field_in_a_canary_step_is_refused_with_its_index() {
+        let body = br#"{"environment": "prod", "service": "web", "version": "1",
+            "strategy": {"type": "canary", "steps": [{"percent": 10}, {"percent": 50, "wait": "1m"}]}}"#;
+        let refused = parse_json::<deploy_core::DeploymentRequest>(body).unwrap_err();
+        assert_eq!(refused.errors[0].field, "strategy.steps[1].wait");
+        let known = br#"{"environment": "prod", "service": "web", "version": "1",
+            "strategy": {"type": "canary", "steps": [{"percent": 10, "verify_for": "1m"}]}}"#;
+        assert!(parse_json::<deploy_core::DeploymentRequest>(known).is_ok());
+    }
 }

@@ -326,7 +326,6 @@ impl Running {
     }
 
     /// The trigger that starts a graceful shutdown.
-    #[must_use]
     pub fn trigger(&self) -> ShutdownTrigger {
         self.trigger.clone()
     }

@@ -152,6 +152,25 @@ async fn environments_put_get_list_with_etags() {
 }
 
 #[tokio::test]
+async fn a_submission_with_an_unknown_field_is_refused_with_its_path() {
+    let s = Server::start("unknown-fields").await;
+    s.sim_env("prod", 2, "queue", json!({})).await;
+    let mut body = deploy("prod", "2.0.1");
+    body["strategy"] = json!({"type": "rolling", "batch_size": 1, "pauze": "10s"});
+    let refused = s.post("/v1/deployments", ADMIN, body).await;
+    refused.problem(400, "validation");
+    assert_eq!(refused.body["errors"][0]["field"], "strategy.pauze", "{}", refused.body);
+    assert!(refused.body["errors"][0]["message"].as_str().unwrap().contains("unknown field `pauze`"));
+    let mut top = deploy("prod", "2.0.1");
+    top["colour"] = json!("blue");
+    let refused = s.post("/v1/deployments", ADMIN, top).await;
+    assert_eq!(refused.body["errors"][0]["field"], "colour", "{}", refused.body);
+    // Nothing was accepted.
+    let listed = s.get("/v1/deployments?environment=prod", ADMIN).await;
+    assert_eq!(listed.body["items"].as_array().map(Vec::len), Some(0), "{}", listed.body);
+}
+
+#[tokio::test]
 async fn submit_get_list_and_events() {
     let s = Server::start("deploy").await;
     s.sim_env("prod", 4, "queue", json!({})).await;

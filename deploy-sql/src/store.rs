@@ -181,10 +181,8 @@ impl SqlStore {
     /// a newer binary, [`OpenError::DataDir`] or [`OpenError::Database`] otherwise.
     pub async fn sqlite(path: impl AsRef<Path>) -> Result<Self, OpenError> {
         let path = path.as_ref();
-        let named_as_file = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| ["sqlite", "sqlite3", "db"].contains(&e));
+        let named_as_file =
+            path.extension().and_then(|e| e.to_str()).is_some_and(|e| ["sqlite", "sqlite3", "db"].contains(&e));
         if path.is_file() || (!path.is_dir() && named_as_file) {
             Self::sqlite_file(path).await
         } else {

@@ -105,3 +105,60 @@ async fn sqlite_takes_a_missing_path_for_a_data_directory_and_a_db_name_for_a_fi
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_row_written_by_a_newer_binary_under_looser_rules_still_reads() {
+    within(async {
+        use deploy_core::Store;
+        let (store, dir) = common::sqlite("tolerant-rows").await;
+        let now = time::OffsetDateTime::now_utc();
+        let name = deploy_testkit::fixtures::env_name("prod");
+        let spec = deploy_testkit::fixtures::environment(&["a"], "scripted", Default::default());
+        store.put_environment(&name, spec, None, now).await.unwrap();
+        let request = deploy_testkit::fixtures::request("prod", "svc", "2.0");
+        let draft = deploy_core::DeploymentDraft {
+            id: deploy_core::DeploymentId::new(),
+            spec: request.validate().unwrap(),
+            created_by: "test".into(),
+            plan: deploy_core::TargetPlan::FromSpec,
+            rollback_of: None,
+        };
+        let accepted = store
+            .accept(deploy_core::Acceptance { draft, idempotency: None, expected_revision: None, now })
+            .await
+            .unwrap();
+        let id = accepted.deployment.id();
+        store.close().await;
+
+        // Rewrite the stored header as a newer binary would have left it: fields unknown here, at the top and in the
+        // spec, and a label longer than today's rules allow.
+        sqlx::any::install_default_drivers();
+        let url = format!("sqlite://{}", dir.join(deploy_sql::DATABASE_FILE).display());
+        let pool = sqlx::any::AnyPoolOptions::new().max_connections(1).connect(&url).await.unwrap();
+        let header: String = sqlx::Row::get(
+            &sqlx::query("SELECT header FROM deploy_deployments WHERE id = $1")
+                .bind(id.to_string())
+                .fetch_one(&pool)
+                .await
+                .unwrap(),
+            "header",
+        );
+        let mut doc: serde_json::Value = serde_json::from_str(&header).unwrap();
+        doc["owner_team"] = serde_json::json!("payments");
+        doc["spec"]["approvals"] = serde_json::json!({"required": 2});
+        doc["spec"]["labels"] = serde_json::json!({"note": "x".repeat(300)});
+        sqlx::query("UPDATE deploy_deployments SET header = $1 WHERE id = $2")
+            .bind(doc.to_string())
+            .bind(id.to_string())
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+
+        let store = SqlStore::sqlite(&dir).await.unwrap();
+        let read = store.get_deployment(id).await.expect("the row reads");
+        assert_eq!(read.spec().labels()["note"].len(), 300);
+        assert_eq!(read.version().as_str(), "2.0");
+    })
+    .await;
+}

@@ -38,7 +38,6 @@ impl ShutdownTrigger {
 
 impl ShutdownSignal {
     /// A signal and its trigger.
-    #[must_use]
     pub fn new() -> (ShutdownTrigger, Self) {
         let (tx, rx) = watch::channel(false);
         (ShutdownTrigger { tx }, Self { rx: Some(rx) })

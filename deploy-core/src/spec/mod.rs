@@ -198,9 +198,14 @@ impl Serialize for DeploymentSpec {
     }
 }
 
+/// Reads a spec as recorded (a stored row, the `spec` of a served deployment): fields this version does not know are
+/// ignored, and the rules are not applied again, only what it takes to build the spec, so a document accepted under
+/// earlier rules still reads after a rule was tightened. What is *submitted* goes through
+/// [`DeploymentRequest::validate`] instead.
 impl<'de> Deserialize<'de> for DeploymentSpec {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        DeploymentRequest::deserialize(deserializer)?.validate().map_err(serde::de::Error::custom)
+        let request = DeploymentRequest::deserialize(deserializer)?;
+        validate::validate(&request, validate::Rules::Recorded).map_err(serde::de::Error::custom)
     }
 }
 
@@ -472,7 +477,7 @@ impl DeploymentRequest {
     /// [`ValidationErrors`] with every problem found, each with its field. Literal secrets are reported with
     /// [`FieldError::hardcoded_secret`] set.
     pub fn validate(&self) -> Result<DeploymentSpec, ValidationErrors> {
-        validate::validate(self)
+        validate::validate(self, validate::Rules::Enforced)
     }
 }
 

@@ -6,10 +6,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// A deployment request exactly as submitted (the `POST /v1/deployments` body). Every field but `environment`,
-/// `service` and `version` may be omitted. Turn it into a [`DeploymentSpec`](super::DeploymentSpec) with
+/// `service` and `version` may be omitted.
+///
+/// Reading is tolerant: fields this version does not know are ignored, so documents written by a newer server (a
+/// deployment's `spec`, a stored row) still read. The API refuses unknown fields in what it is *sent*, naming their
+/// path (`deploy-server`'s body extractor), so a typo in a submission is still an error. Turn it into a [`DeploymentSpec`](super::DeploymentSpec) with
 /// [`DeploymentRequest::validate`], which reports every problem at once.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DeploymentRequest {
     /// The environment to deploy to.
     pub environment: String,
@@ -57,7 +60,6 @@ pub struct DeploymentRequest {
 
 /// `artifact` of a request.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ArtifactRequest {
     /// Where to fetch it.
     pub uri: String,
@@ -68,7 +70,6 @@ pub struct ArtifactRequest {
 
 /// `targets` of a request: exactly one of the fields.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TargetsRequest {
     /// Every target of the environment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -82,8 +83,11 @@ pub struct TargetsRequest {
 }
 
 /// `strategy` of a request.
+///
+/// Read through [`StrategyFields`] (a plain struct), not as an internally tagged enum, so that a field no strategy
+/// knows is seen as unknown (and refused in a submission, ignored in a document) like anywhere else in a request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case", try_from = "StrategyFields")]
 pub enum StrategyRequest {
     /// Every target at once.
     AllAtOnce,
@@ -103,9 +107,50 @@ pub enum StrategyRequest {
     },
 }
 
+/// The fields of a `strategy` as written, whatever its `type`; [`StrategyRequest`] is read through it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct StrategyFields {
+    /// `all_at_once`, `rolling` or `canary`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Of `rolling`.
+    #[serde(default)]
+    pub batch_size: Option<Value>,
+    /// Of `rolling`.
+    #[serde(default)]
+    pub pause: Option<String>,
+    /// Of `canary`.
+    #[serde(default)]
+    pub steps: Option<Vec<CanaryStepRequest>>,
+}
+
+impl TryFrom<StrategyFields> for StrategyRequest {
+    type Error = String;
+
+    fn try_from(f: StrategyFields) -> Result<Self, String> {
+        let only = |allowed: &[&str]| -> Result<(), String> {
+            let given =
+                [("batch_size", f.batch_size.is_some()), ("pause", f.pause.is_some()), ("steps", f.steps.is_some())];
+            match given.iter().find(|(name, set)| *set && !allowed.contains(name)) {
+                Some((name, _)) => Err(format!("`{name}` does not apply to a {} strategy", f.kind)),
+                None => Ok(()),
+            }
+        };
+        match f.kind.as_str() {
+            "all_at_once" => only(&[]).map(|()| Self::AllAtOnce),
+            "rolling" => only(&["batch_size", "pause"])
+                .map(|()| Self::Rolling { batch_size: f.batch_size.clone(), pause: f.pause.clone() }),
+            "canary" => {
+                only(&["steps"])?;
+                f.steps.clone().map(|steps| Self::Canary { steps }).ok_or_else(|| "missing field `steps`".to_owned())
+            }
+            other => Err(format!("unknown variant `{other}`, expected one of `all_at_once`, `rolling`, `canary`")),
+        }
+    }
+}
+
 /// One step of a canary request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CanaryStepRequest {
     /// Share of the selected targets running the new version after this step.
     pub percent: i64,
@@ -116,7 +161,6 @@ pub struct CanaryStepRequest {
 
 /// `verify` of a request.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct VerifyRequest {
     /// Give up on a target that is not healthy for `healthy_for` within this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -131,7 +175,6 @@ pub struct VerifyRequest {
 
 /// `failure` of a request.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct FailureRequest {
     /// Failed targets tolerated: a count (`1`, `"1"`) or a percentage (`"10%"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -143,7 +186,6 @@ pub struct FailureRequest {
 
 /// `on_unreachable` of a request.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct UnreachableRequest {
     /// How long to keep trying an unreachable target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -155,7 +197,6 @@ pub struct UnreachableRequest {
 
 /// One imperative step.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct StepRequest {
     /// The action (`stop`, `fetch`, `start`, ...), interpreted by the executor.
     pub action: String,

@@ -21,7 +21,17 @@ const MAX_STEPS: usize = 64;
 const MAX_CANARY_STEPS: usize = 20;
 const MAX_TARGET_IDS: usize = 100_000;
 
-pub(super) fn validate(req: &DeploymentRequest) -> Result<DeploymentSpec, ValidationErrors> {
+/// How a request is held to the rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Rules {
+    /// Every rule: what is submitted.
+    Enforced,
+    /// Only what it takes to build a spec: a document already accepted (a stored row, a server's answer) is read even
+    /// when a later version tightened a rule it met when it was accepted.
+    Recorded,
+}
+
+pub(super) fn validate(req: &DeploymentRequest, rules: Rules) -> Result<DeploymentSpec, ValidationErrors> {
     let mut errs = ValidationErrors::default();
 
     let environment = name(&mut errs, "environment", EnvironmentName::new(req.environment.as_str()));
@@ -60,7 +70,7 @@ pub(super) fn validate(req: &DeploymentRequest) -> Result<DeploymentSpec, Valida
             Some(failure),
             Some(on_unreachable),
             Some(mode),
-        ) if errs.is_empty() => Ok(DeploymentSpec {
+        ) if errs.is_empty() || rules == Rules::Recorded => Ok(DeploymentSpec {
             environment,
             service,
             version,
