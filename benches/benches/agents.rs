@@ -104,7 +104,7 @@ fn main() {
         let targets: Vec<serde_json::Value> =
             (0..n).map(|i| json!({"id": format!("host-{i:04}"), "executor": "agent"})).collect();
         let spec = serde_json::from_value(json!({"targets": targets})).unwrap();
-        client.put_environment("fleet", &spec, None).await.unwrap();
+        client.put_environment(&"fleet".parse().unwrap(), &spec, None).await.unwrap();
 
         let heartbeats = Arc::new(AtomicU64::new(0));
         for i in 0..n {
@@ -155,7 +155,7 @@ fn main() {
                 let h = client.health().await.is_ok();
                 let th = t.elapsed();
                 let t = Instant::now();
-                let e = client.get_environment("fleet").await.is_ok();
+                let e = client.get_environment(&"fleet".parse().unwrap()).await.is_ok();
                 eprintln!("health {h} {th:?}, environment {e} {:?}", t.elapsed());
             }
             if std::env::var("AGENTS_PROGRESS").is_ok() {

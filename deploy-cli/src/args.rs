@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use deploy_core::{EnvironmentName, IdempotencyKey, ServiceName};
 
 /// Deploy through the Deployment API: submit, watch, cancel and roll back deployments, manage environments, keys and
 /// webhooks.
@@ -54,10 +55,10 @@ pub(crate) enum Command {
     List {
         /// Only this environment.
         #[arg(long)]
-        env: Option<String>,
+        env: Option<EnvironmentName>,
         /// Only this service.
         #[arg(long)]
-        service: Option<String>,
+        service: Option<ServiceName>,
         /// Only this status (`queued`, `in_progress`, `succeeded`, ...).
         #[arg(long)]
         status: Option<String>,
@@ -84,7 +85,7 @@ pub(crate) enum Command {
         wait: bool,
         /// The idempotency key (default: generated).
         #[arg(long)]
-        idempotency_key: Option<String>,
+        idempotency_key: Option<IdempotencyKey>,
     },
     /// Environments: their targets, desired and actual state.
     #[command(subcommand)]
@@ -151,7 +152,7 @@ pub(crate) struct DeployArgs {
     pub(crate) labels: Vec<String>,
     /// The idempotency key (default: generated).
     #[arg(long)]
-    pub(crate) idempotency_key: Option<String>,
+    pub(crate) idempotency_key: Option<IdempotencyKey>,
     /// Submit only if the environment is still at this revision.
     #[arg(long)]
     pub(crate) if_match: Option<u64>,
@@ -168,12 +169,12 @@ pub(crate) enum EnvCommand {
     /// Show an environment.
     Get {
         /// Its name.
-        name: String,
+        name: EnvironmentName,
     },
     /// Create or replace an environment from a JSON or YAML file.
     Put {
         /// Its name.
-        name: String,
+        name: EnvironmentName,
         /// The file (`{"concurrency": ..., "targets": [...]}`).
         #[arg(long, short)]
         file: PathBuf,

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use clap::CommandFactory as _;
-use deploy_client::{AuditQuery, Client, DeploymentQuery, NewWebhook, SubmitOptions};
+use deploy_client::{AuditFilter, Client, DeploymentFilter, NewWebhook, Revision, SubmitOptions};
 use deploy_core::{
     Deployment, DeploymentId, DeploymentRequest, DeploymentStatus, EnvironmentPattern, EnvironmentSpec, Event,
     EventType, HumanDuration, PageRequest, Role,
@@ -186,7 +186,7 @@ pub(crate) async fn run(cli: Cli) -> Result<u8> {
                 .map(|s| serde_json::from_value::<DeploymentStatus>(json!(s)))
                 .transpose()
                 .map_err(|_| CliError::Usage("--status: queued, in_progress, succeeded, degraded, failed, rolling_back, rolled_back, cancelled or superseded".into()))?;
-            let query = DeploymentQuery { environment: env, service, status };
+            let query = DeploymentFilter { environment: env, service, status };
             let page = ctx
                 .client
                 .list_deployments(&query, &PageRequest { limit: limit.clamp(1, 500), cursor: None })
@@ -221,7 +221,7 @@ pub(crate) async fn run(cli: Cli) -> Result<u8> {
             let page = ctx
                 .client
                 .audit(
-                    &AuditQuery { actor, environment: env },
+                    &AuditFilter { actor, environment: env },
                     &PageRequest { limit: limit.clamp(1, 500), cursor: None },
                 )
                 .await
@@ -253,7 +253,8 @@ async fn deploy(ctx: &Ctx, args: &DeployArgs) -> Result<u8> {
     let request = deploy_request(args)?;
     let timeout: HumanDuration =
         args.timeout.parse().map_err(|e| CliError::Usage(format!("--timeout {}: {e}", args.timeout)))?;
-    let options = SubmitOptions { idempotency_key: args.idempotency_key.clone(), if_match: args.if_match };
+    let options =
+        SubmitOptions { idempotency_key: args.idempotency_key.clone(), if_match: args.if_match.map(Revision::new) };
     let s = ctx.client.submit(&request, options).await.map_err(ctx.fail())?;
     let id = s.deployment.id();
     if !args.wait {
@@ -389,7 +390,7 @@ async fn env(ctx: &Ctx, cmd: EnvCommand) -> Result<u8> {
         EnvCommand::Put { name, file, if_match } => {
             let spec: EnvironmentSpec = serde_json::from_value(read_document(&file)?)
                 .map_err(|e| CliError::Usage(format!("{}: not an environment: {e}", file.display())))?;
-            let e = ctx.client.put_environment(&name, &spec, if_match).await.map_err(ctx.fail())?;
+            let e = ctx.client.put_environment(&name, &spec, if_match.map(Revision::new)).await.map_err(ctx.fail())?;
             ctx.print(&e, || format!("Environment {} is at revision {}.", e.name, e.revision))?;
         }
         EnvCommand::List => {

@@ -21,10 +21,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         builder = builder.token(token);
     }
     let client = builder.build()?;
-    let request = deploy_core::DeploymentRequest { environment, service, version, ..Default::default() };
-    let key = format!("{}-{}", request.service, request.version);
+    let key = deploy_client::IdempotencyKey::new(format!("{service}-{version}"))?;
+    let spec =
+        deploy_core::DeploymentSpec::builder(environment.parse()?, service.parse()?, version.parse()?).build()?;
     let options = deploy_client::SubmitOptions { idempotency_key: Some(key), if_match: None };
-    let submitted = match client.submit(&request, options).await {
+    let submitted = match client.submit_spec(&spec, options).await {
         Ok(s) => s,
         Err(deploy_client::Error::Problem(p)) => return Err(format!("refused: {p}").into()),
         Err(e) => return Err(e.into()),

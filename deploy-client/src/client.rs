@@ -16,9 +16,8 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::error::{Error, Problem};
-use crate::types::{
-    ApiKey, AuditQuery, Delivery, DeploymentQuery, EventPage, NewWebhook, SubmitOptions, Submitted, Webhook,
-};
+use crate::types::{ApiKey, Delivery, EventPage, NewWebhook, SubmitOptions, Webhook};
+use deploy_core::{AuditFilter, DeploymentFilter, EnvironmentName, IdempotencyKey, Revision, Submitted};
 
 /// How failed calls are retried: exponential backoff with jitter, at least the server's `Retry-After`.
 ///
@@ -381,14 +380,14 @@ impl Client {
     /// [`Error::Problem`] `precondition-failed`, `validation`, `forbidden`, ...; transport errors after retries.
     pub async fn put_environment(
         &self,
-        name: &str,
+        name: &EnvironmentName,
         spec: &EnvironmentSpec,
-        if_match: Option<u64>,
+        if_match: Option<Revision>,
     ) -> Result<Environment, Error> {
         let body = serde_json::to_value(spec).map_err(|e| Error::Protocol(e.to_string()))?;
         let headers: Vec<(HeaderName, String)> =
             if_match.map(|r| (reqwest::header::IF_MATCH, format!("\"{r}\""))).into_iter().collect();
-        let path = format!("/v1/environments/{}", segment(name)?);
+        let path = format!("/v1/environments/{name}");
         self.call(Method::PUT, &path, &[], Some(&body), &headers, Repeat::Safe).await?.json()
     }
 
@@ -396,8 +395,8 @@ impl Client {
     ///
     /// # Errors
     /// [`Error::Problem`] `not-found`, `forbidden`, ...
-    pub async fn get_environment(&self, name: &str) -> Result<Environment, Error> {
-        self.get_json(&format!("/v1/environments/{}", segment(name)?), &[]).await
+    pub async fn get_environment(&self, name: &EnvironmentName) -> Result<Environment, Error> {
+        self.get_json(&format!("/v1/environments/{name}"), &[]).await
     }
 
     /// One page of environments.
@@ -427,9 +426,9 @@ impl Client {
     /// [`Error::Problem`] `validation`, `hardcoded-secret`, `environment-busy`, `precondition-failed`,
     /// `idempotency-key-reuse`, ...; transport errors after retries.
     pub async fn submit(&self, request: &DeploymentRequest, options: SubmitOptions) -> Result<Submitted, Error> {
-        let key = options.idempotency_key.unwrap_or_else(|| Uuid::now_v7().to_string());
+        let key = options.idempotency_key.unwrap_or_else(IdempotencyKey::generate);
         let body = serde_json::to_value(request).map_err(|e| Error::Protocol(e.to_string()))?;
-        let mut headers = vec![(HeaderName::from_static("idempotency-key"), key.clone())];
+        let mut headers = vec![(HeaderName::from_static("idempotency-key"), key.to_string())];
         if let Some(r) = options.if_match {
             headers.push((reqwest::header::IF_MATCH, format!("\"{r}\"")));
         }
@@ -437,8 +436,21 @@ impl Client {
         Ok(Submitted {
             replayed: answer.header("idempotent-replayed") == Some("true"),
             deployment: answer.json()?,
-            idempotency_key: key,
+            idempotency_key: Some(key),
         })
+    }
+
+    /// Submits a typed spec (see [`DeploymentSpec::builder`](deploy_core::DeploymentSpec::builder)); as
+    /// [`Client::submit`].
+    ///
+    /// # Errors
+    /// As [`Client::submit`].
+    pub async fn submit_spec(
+        &self,
+        spec: &deploy_core::DeploymentSpec,
+        options: SubmitOptions,
+    ) -> Result<Submitted, Error> {
+        self.submit(&spec.to_request(), options).await
     }
 
     /// A deployment.
@@ -455,15 +467,15 @@ impl Client {
     /// As every call.
     pub async fn list_deployments(
         &self,
-        query: &DeploymentQuery,
+        query: &DeploymentFilter,
         page: &PageRequest,
     ) -> Result<Page<Deployment>, Error> {
         let mut q = page_query(page);
         if let Some(e) = &query.environment {
-            q.push(("environment", e.clone()));
+            q.push(("environment", e.to_string()));
         }
         if let Some(s) = &query.service {
-            q.push(("service", s.clone()));
+            q.push(("service", s.to_string()));
         }
         if let Some(s) = query.status {
             q.push(("status", s.as_str().to_owned()));
@@ -474,7 +486,7 @@ impl Client {
     /// Every deployment that passes `query`, newest first, page after page.
     pub fn deployments(
         &self,
-        query: DeploymentQuery,
+        query: DeploymentFilter,
     ) -> impl Stream<Item = Result<Deployment, Error>> + Send + 'static {
         let client = self.clone();
         paginate(move |cursor| {
@@ -506,15 +518,19 @@ impl Client {
     ///
     /// # Errors
     /// [`Error::Problem`] `validation` when it is not finished, `not-found`, ...
-    pub async fn rollback(&self, id: DeploymentId, idempotency_key: Option<String>) -> Result<Submitted, Error> {
-        let key = idempotency_key.unwrap_or_else(|| Uuid::now_v7().to_string());
-        let headers = [(HeaderName::from_static("idempotency-key"), key.clone())];
+    pub async fn rollback(
+        &self,
+        id: DeploymentId,
+        idempotency_key: Option<IdempotencyKey>,
+    ) -> Result<Submitted, Error> {
+        let key = idempotency_key.unwrap_or_else(IdempotencyKey::generate);
+        let headers = [(HeaderName::from_static("idempotency-key"), key.to_string())];
         let path = format!("/v1/deployments/{id}/rollback");
         let answer = self.call(Method::POST, &path, &[], None, &headers, Repeat::Safe).await?;
         Ok(Submitted {
             replayed: answer.header("idempotent-replayed") == Some("true"),
             deployment: answer.json()?,
-            idempotency_key: key,
+            idempotency_key: Some(key),
         })
     }
 
@@ -625,7 +641,7 @@ impl Client {
     ///
     /// # Errors
     /// As every call.
-    pub async fn audit(&self, query: &AuditQuery, page: &PageRequest) -> Result<Page<AuditEntry>, Error> {
+    pub async fn audit(&self, query: &AuditFilter, page: &PageRequest) -> Result<Page<AuditEntry>, Error> {
         let mut q = page_query(page);
         if let Some(a) = &query.actor {
             q.push(("actor", a.clone()));

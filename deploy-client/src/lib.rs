@@ -49,7 +49,10 @@ pub mod webhooks;
 
 pub use client::{Client, ClientBuilder, RetryPolicy};
 pub use deploy_core::ProblemKind;
-pub use error::{Error, FieldError, Problem};
-pub use types::{
-    ApiKey, AuditQuery, Delivery, DeploymentQuery, EventPage, NewWebhook, SubmitOptions, Submitted, Webhook,
+/// The core types the client speaks in: names, revisions, keys, filters, pages and the answer to a submission are the
+/// same types an embedded orchestrator uses.
+pub use deploy_core::{
+    AuditFilter, DeploymentFilter, EnvironmentName, IdempotencyKey, Page, PageRequest, Revision, Submitted,
 };
+pub use error::{Error, FieldError, Problem};
+pub use types::{ApiKey, Delivery, EventPage, NewWebhook, SubmitOptions, Webhook};

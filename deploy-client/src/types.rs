@@ -1,49 +1,18 @@
 //! Shapes of the API that `deploy-core` has no type for (administration), and the options of some calls.
 
 use deploy_core::{
-    DeliveryStatus, Deployment, DeploymentId, DeploymentStatus, EnvironmentPattern, Event, EventType, Role, Timestamp,
+    DeliveryStatus, DeploymentId, EnvironmentPattern, Event, EventType, IdempotencyKey, Revision, Role, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
-
-/// An accepted submission or rollback.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Submitted {
-    /// The deployment as the server answered it (status `queued`, or its current state for a replay).
-    pub deployment: Deployment,
-    /// Whether the server answered from an earlier request with the same key (`Idempotent-Replayed: true`).
-    pub replayed: bool,
-    /// The idempotency key that was sent (generated when the caller gave none): send it again to retry safely.
-    pub idempotency_key: String,
-}
 
 /// Options of [`crate::Client::submit`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SubmitOptions {
     /// The idempotency key; a random one is generated when `None`. Every retry of the call reuses it.
-    pub idempotency_key: Option<String>,
+    pub idempotency_key: Option<IdempotencyKey>,
     /// Submit only if the environment is still at this revision (`If-Match`).
-    pub if_match: Option<u64>,
-}
-
-/// Filters of [`crate::Client::list_deployments`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DeploymentQuery {
-    /// Only this environment.
-    pub environment: Option<String>,
-    /// Only this service.
-    pub service: Option<String>,
-    /// Only this status.
-    pub status: Option<DeploymentStatus>,
-}
-
-/// Filters of [`crate::Client::audit`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AuditQuery {
-    /// Only this actor (`key:ci-bot`).
-    pub actor: Option<String>,
-    /// Only this environment.
-    pub environment: Option<String>,
+    pub if_match: Option<Revision>,
 }
 
 /// A page of events, oldest first.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::proxy::{Fault, Proxy};
 use common::{ADMIN, client, deployd, request, sim_env};
-use deploy_client::{AuditQuery, DeploymentQuery, Error, NewWebhook, SubmitOptions};
+use deploy_client::{AuditFilter, DeploymentFilter, Error, NewWebhook, SubmitOptions};
 use deploy_core::{DeploymentStatus, EnvironmentPattern, PageRequest, Role};
 use futures::StreamExt as _;
 
@@ -28,13 +28,20 @@ async fn every_method_against_a_real_deployd() {
     c.ready().await.unwrap();
 
     // Environments.
-    let env = c.put_environment("prod", &sim_env(2, 5), None).await.unwrap();
+    let env = c.put_environment(&"prod".parse().unwrap(), &sim_env(2, 5), None).await.unwrap();
     assert_eq!((env.name.as_str(), env.targets.len()), ("prod", 2));
-    let stale = c.put_environment("prod", &sim_env(2, 5), Some(env.revision.get() + 7)).await.unwrap_err();
+    let stale = c
+        .put_environment(
+            &"prod".parse().unwrap(),
+            &sim_env(2, 5),
+            Some(deploy_client::Revision::new(env.revision.get() + 7)),
+        )
+        .await
+        .unwrap_err();
     assert_eq!((slug(&stale), stale.problem().unwrap().status), ("precondition-failed", 412));
-    c.put_environment("staging", &sim_env(1, 5), None).await.unwrap();
-    assert_eq!(c.get_environment("prod").await.unwrap().name.as_str(), "prod");
-    assert_eq!(slug(&c.get_environment("nope").await.unwrap_err()), "not-found");
+    c.put_environment(&"staging".parse().unwrap(), &sim_env(1, 5), None).await.unwrap();
+    assert_eq!(c.get_environment(&"prod".parse().unwrap()).await.unwrap().name.as_str(), "prod");
+    assert_eq!(slug(&c.get_environment(&"nope".parse().unwrap()).await.unwrap_err()), "not-found");
     let page = c.list_environments(&PageRequest { limit: 1, cursor: None }).await.unwrap();
     assert_eq!(page.items.len(), 1);
     assert!(page.next_cursor.is_some());
@@ -42,7 +49,7 @@ async fn every_method_against_a_real_deployd() {
     assert_eq!(all.len(), 2);
 
     // Submit, replay, wait, events, watch.
-    let key = SubmitOptions { idempotency_key: Some("release-2.0".into()), if_match: None };
+    let key = SubmitOptions { idempotency_key: Some("release-2.0".parse().unwrap()), if_match: None };
     let first = c.submit(&request("prod", "2.0"), key.clone()).await.unwrap();
     assert!(!first.replayed);
     assert_eq!(first.deployment.status(), DeploymentStatus::Queued);
@@ -77,19 +84,19 @@ async fn every_method_against_a_real_deployd() {
     let rolled = c.wait(rollback.deployment.id(), Duration::from_secs(30)).await.unwrap();
     assert_eq!(rolled.status(), DeploymentStatus::Succeeded);
     let staging = c.submit(&request("staging", "2.0"), SubmitOptions::default()).await.unwrap();
-    let in_prod = DeploymentQuery { environment: Some("prod".into()), ..Default::default() };
+    let in_prod = DeploymentFilter { environment: Some("prod".parse().unwrap()), ..Default::default() };
     let listed = c.list_deployments(&in_prod, &PageRequest { limit: 1, cursor: None }).await.unwrap();
     assert_eq!(listed.items[0].id(), rollback.deployment.id(), "newest first");
     let prod: Vec<_> = c.deployments(in_prod).map(Result::unwrap).collect().await;
     assert_eq!(prod.len(), 2);
-    let every: Vec<_> = c.deployments(DeploymentQuery::default()).map(Result::unwrap).collect().await;
+    let every: Vec<_> = c.deployments(DeploymentFilter::default()).map(Result::unwrap).collect().await;
     assert_eq!(every.len(), 3);
-    let queued = DeploymentQuery { status: Some(DeploymentStatus::Succeeded), ..Default::default() };
+    let queued = DeploymentFilter { status: Some(DeploymentStatus::Succeeded), ..Default::default() };
     let succeeded: Vec<_> = c.deployments(queued).map(Result::unwrap).collect().await;
     assert!(succeeded.iter().all(|d| d.status() == DeploymentStatus::Succeeded) && succeeded.len() >= 2);
     c.wait(staging.deployment.id(), Duration::from_secs(30)).await.unwrap();
     // Cancel: a slow rollout, cancelled while it runs, ends cancelled.
-    c.put_environment("slow", &sim_env(3, 400), None).await.unwrap();
+    c.put_environment(&"slow".parse().unwrap(), &sim_env(3, 400), None).await.unwrap();
     let mut slow = request("slow", "2.0");
     slow.strategy = serde_json::from_value(serde_json::json!({"type": "rolling", "batch_size": 1})).unwrap();
     let running = c.submit(&slow, SubmitOptions::default()).await.unwrap().deployment.id();
@@ -111,7 +118,7 @@ async fn every_method_against_a_real_deployd() {
     assert_eq!(slug(&c.delete_api_key(created.id).await.unwrap_err()), "not-found");
     let audit = c
         .audit(
-            &AuditQuery { actor: Some("key:bootstrap-admin".into()), environment: None },
+            &AuditFilter { actor: Some("key:bootstrap-admin".into()), environment: None },
             &PageRequest { limit: 500, cursor: None },
         )
         .await
@@ -130,7 +137,7 @@ async fn every_method_against_a_real_deployd() {
     assert!(hook.secret.as_deref().unwrap().starts_with("whsec_"));
     assert_eq!(c.get_webhook(hook.id).await.unwrap().secret, None);
     assert_eq!(c.list_webhooks().await.unwrap().len(), 1);
-    c.submit(&request("prod", "4.0"), SubmitOptions::default()).await.unwrap();
+    let _ = c.submit(&request("prod", "4.0"), SubmitOptions::default()).await.unwrap();
     let deliveries = c.deliveries(hook.id, &PageRequest { limit: 50, cursor: None }).await.unwrap();
     assert!(!deliveries.items.is_empty());
     let again = c.redeliver(hook.id, &deliveries.items[0].id).await.unwrap();
@@ -140,7 +147,7 @@ async fn every_method_against_a_real_deployd() {
 
     // A wrong token is a typed problem, not a transport error.
     let stranger = deploy_client::Client::builder(base(&server)).token("dk_nope").build().unwrap();
-    assert_eq!(slug(&stranger.get_environment("prod").await.unwrap_err()), "unauthenticated");
+    assert_eq!(slug(&stranger.get_environment(&"prod".parse().unwrap()).await.unwrap_err()), "unauthenticated");
     server.shutdown().await;
     let _ = ADMIN;
 }
@@ -149,13 +156,13 @@ async fn every_method_against_a_real_deployd() {
 async fn a_submission_whose_answer_is_lost_is_retried_into_exactly_one_deployment() {
     let (server, _dir) = deployd("client-lost").await;
     let direct = client(&base(&server));
-    direct.put_environment("prod", &sim_env(2, 5), None).await.unwrap();
+    direct.put_environment(&"prod".parse().unwrap(), &sim_env(2, 5), None).await.unwrap();
     let proxy = Proxy::start(server.addr, Fault::LoseFirstAnswer).await;
     let via_proxy = client(&proxy.url());
     let submitted = via_proxy.submit(&request("prod", "2.0"), SubmitOptions::default()).await.unwrap();
     assert!(proxy.connections() >= 2, "the first answer was lost and the call retried");
     assert!(submitted.replayed, "the retry got the first attempt's deployment");
-    let all: Vec<_> = direct.deployments(DeploymentQuery::default()).map(Result::unwrap).collect().await;
+    let all: Vec<_> = direct.deployments(DeploymentFilter::default()).map(Result::unwrap).collect().await;
     assert_eq!(all.len(), 1, "exactly one deployment");
     assert_eq!(all[0].id(), submitted.deployment.id());
     server.shutdown().await;
@@ -165,7 +172,7 @@ async fn a_submission_whose_answer_is_lost_is_retried_into_exactly_one_deploymen
 async fn watch_resumes_across_forced_disconnects_without_losing_or_repeating_events() {
     let (server, _dir) = deployd("client-watch").await;
     let direct = client(&base(&server));
-    direct.put_environment("prod", &sim_env(4, 150), None).await.unwrap();
+    direct.put_environment(&"prod".parse().unwrap(), &sim_env(4, 150), None).await.unwrap();
     let mut req = request("prod", "2.0");
     req.strategy = serde_json::from_value(serde_json::json!({"type": "rolling", "batch_size": 1})).unwrap();
     let id = direct.submit(&req, SubmitOptions::default()).await.unwrap().deployment.id();

@@ -164,6 +164,14 @@ string_name!(
     |s| (1..=255).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic())
 );
 
+impl IdempotencyKey {
+    /// A fresh key (a time-ordered UUID), for a caller that has none of its own and will send it again on a retry.
+    #[must_use]
+    pub fn generate() -> Self {
+        Self(Arc::from(Uuid::now_v7().to_string()))
+    }
+}
+
 /// The id of a deployment: a UUIDv7, so ids sort by creation time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]

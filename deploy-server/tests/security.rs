@@ -305,7 +305,7 @@ async fn deployds_logs_and_help_hold_no_secret() {
     let leak = "echo \"token=$DEPLOY_SECRET_TOKEN\"; printf %s \"$DEPLOY_SECRET_TOKEN\" | base64; exit 4";
     let env: deploy_core::EnvironmentSpec =
         serde_json::from_value(json!({"targets": [command_target("l-1", json!({"install": leak}))]})).unwrap();
-    client.put_environment("logs", &env, None).await.unwrap();
+    client.put_environment(&"logs".parse().unwrap(), &env, None).await.unwrap();
     let mut body = request("logs", "1.0");
     body["secrets"] = json!({"TOKEN": {"ref": "file://token"}});
     let body: deploy_core::DeploymentRequest = serde_json::from_value(body).unwrap();

@@ -128,13 +128,16 @@ impl Submission {
 }
 
 /// What a submission produced.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 #[must_use]
 pub struct Submitted {
     /// The deployment, durable and queued (or, for a replay, as it is now).
     pub deployment: Deployment,
     /// Whether this answers an earlier request with the same key.
     pub replayed: bool,
+    /// The idempotency key the submission carried (for `deploy-client`, the one it generated when the caller gave
+    /// none): send it again to retry safely.
+    pub idempotency_key: Option<IdempotencyKey>,
 }
 
 pub(crate) struct Shared {
@@ -370,13 +373,14 @@ impl Orchestrator {
             plan: TargetPlan::FromSpec,
             rollback_of: None,
         };
+        let idempotency_key = submission.idempotency_key.clone();
         let key = submission.idempotency_key.map(|key| (key, fingerprint));
         let accepted = self.accept(principal, draft, key, submission.expected_revision).await?;
         if !accepted.replayed {
             tracing::info!(deployment_id = %accepted.deployment.id(), environment = %environment, "deployment accepted");
             self.shared.poke();
         }
-        Ok(Submitted { deployment: accepted.deployment, replayed: accepted.replayed })
+        Ok(Submitted { deployment: accepted.deployment, replayed: accepted.replayed, idempotency_key })
     }
 
     /// A deployment (viewer).
@@ -513,10 +517,11 @@ impl Orchestrator {
             rollback_of: Some(id),
         };
         // Rolling back the same deployment twice with one key is one rollback.
+        let sent = idempotency_key.clone();
         let key = idempotency_key.map(|key| (key, crate::names::Fingerprint::of(format!("rollback:{id}").as_bytes())));
         let accepted = self.accept(principal, draft, key, None).await?;
         self.shared.poke();
-        Ok(Submitted { deployment: accepted.deployment, replayed: accepted.replayed })
+        Ok(Submitted { deployment: accepted.deployment, replayed: accepted.replayed, idempotency_key: sent })
     }
 
     async fn accept(
