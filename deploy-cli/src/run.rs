@@ -9,7 +9,7 @@ use clap::CommandFactory as _;
 use deploy_client::{AuditFilter, Client, DeploymentFilter, NewWebhook, Revision, SubmitOptions};
 use deploy_core::{
     Deployment, DeploymentId, DeploymentRequest, DeploymentStatus, EnvironmentPattern, EnvironmentSpec, Event,
-    EventType, HumanDuration, PageRequest, Role,
+    EventStatus, EventType, HumanDuration, PageRequest, Role,
 };
 use futures::StreamExt as _;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -310,8 +310,9 @@ struct LiveView {
     tty: bool,
 }
 
-fn finished(status: &str) -> bool {
-    matches!(status, "succeeded" | "failed" | "skipped" | "rolled_back" | "cancelled" | "unreachable")
+/// Whether a target's event says it is done (within this rollout or its rollback).
+fn finished(status: &EventStatus) -> bool {
+    matches!(status, EventStatus::Target(s) if s.is_settled())
 }
 
 impl LiveView {

@@ -135,6 +135,19 @@ pub enum TargetStatus {
 }
 
 impl TargetStatus {
+    /// Every status.
+    pub const ALL: [Self; 9] = [
+        Self::Pending,
+        Self::InProgress,
+        Self::Verifying,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Unreachable,
+        Self::Skipped,
+        Self::RolledBack,
+        Self::Cancelled,
+    ];
+
     /// The wire name.
     #[must_use]
     pub const fn as_str(self) -> &'static str {

@@ -1,6 +1,5 @@
 //! Events: every change to a deployment, numbered per deployment.
 
-use std::borrow::Cow;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -125,8 +124,8 @@ pub struct NewEvent {
     pub event_type: EventType,
     /// The target, for `target.updated`.
     pub target_id: Option<TargetId>,
-    /// The deployment's or the target's new status, as its wire name.
-    pub status: Cow<'static, str>,
+    /// The deployment's or the target's new status.
+    pub status: EventStatus,
     /// A sentence for people.
     pub message: String,
 }
@@ -139,7 +138,7 @@ impl NewEvent {
             at,
             event_type: EventType::for_status(status),
             target_id: None,
-            status: Cow::Borrowed(status.as_str()),
+            status: EventStatus::Deployment(status),
             message: message.into(),
         }
     }
@@ -151,7 +150,7 @@ impl NewEvent {
             at,
             event_type: EventType::TargetUpdated,
             target_id: Some(target),
-            status: Cow::Borrowed(status.as_str()),
+            status: EventStatus::Target(status),
             message: message.into(),
         }
     }
@@ -171,8 +170,63 @@ impl NewEvent {
     }
 }
 
+/// The new status an event reports: its deployment's, or for `target.updated` its target's. On the wire it is the
+/// status's name; a name this version does not know (written by a newer one) reads as [`EventStatus::Unknown`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventStatus {
+    /// The deployment's new status.
+    Deployment(DeploymentStatus),
+    /// The target's new status.
+    Target(TargetStatus),
+    /// A status this version does not know, as written.
+    Unknown(String),
+}
+
+impl EventStatus {
+    /// The status's wire name.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Deployment(s) => s.as_str(),
+            Self::Target(s) => s.as_str(),
+            Self::Unknown(s) => s,
+        }
+    }
+
+    /// The status named `name`, read as the status of a target when `of_target` (a `target.updated` event) and of a
+    /// deployment otherwise.
+    #[must_use]
+    pub fn parse(name: &str, of_target: bool) -> Self {
+        let known = if of_target {
+            TargetStatus::ALL.into_iter().find(|s| s.as_str() == name).map(Self::Target)
+        } else {
+            name.parse::<DeploymentStatus>().ok().map(Self::Deployment)
+        };
+        known.unwrap_or_else(|| Self::Unknown(name.to_owned()))
+    }
+}
+
+impl fmt::Display for EventStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for EventStatus {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl Serialize for EventStatus {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
 /// An event as stored and served: `seq` starts at 1 and has no gaps within a deployment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "EventWire")]
 pub struct Event {
     /// Position in the deployment's history, from 1.
     pub seq: u64,
@@ -187,7 +241,36 @@ pub struct Event {
     /// The target, for `target.updated`.
     pub target_id: Option<TargetId>,
     /// The new status of the deployment or target.
-    pub status: Cow<'static, str>,
+    pub status: EventStatus,
     /// A sentence for people.
     pub message: String,
+}
+
+/// The serialized shape of an [`Event`]: its status is a name, read in the light of its type.
+#[derive(Deserialize)]
+struct EventWire {
+    seq: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    at: Timestamp,
+    #[serde(rename = "type")]
+    event_type: EventType,
+    deployment_id: DeploymentId,
+    #[serde(default)]
+    target_id: Option<TargetId>,
+    status: String,
+    message: String,
+}
+
+impl From<EventWire> for Event {
+    fn from(w: EventWire) -> Self {
+        Self {
+            status: EventStatus::parse(&w.status, w.event_type == EventType::TargetUpdated),
+            seq: w.seq,
+            at: w.at,
+            event_type: w.event_type,
+            deployment_id: w.deployment_id,
+            target_id: w.target_id,
+            message: w.message,
+        }
+    }
 }

@@ -72,7 +72,7 @@ pub use environment::{
     ConcurrencyPolicy, Environment, EnvironmentSpec, EnvironmentTarget, MAX_TARGETS, TargetDefinition,
 };
 pub use error::Error;
-pub use event::{Event, EventType, NewEvent};
+pub use event::{Event, EventStatus, EventType, NewEvent};
 pub use executor::{ApplyContext, ErrorClass, Executor, ExecutorError, ExecutorRouter, Outcome, Target};
 pub use names::{
     DeploymentId, EnvironmentName, Fingerprint, IdempotencyKey, NameError, Revision, ServiceName, TargetId, Version,

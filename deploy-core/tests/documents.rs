@@ -72,7 +72,7 @@ fn the_event_document_is_pinned() {
         event_type: EventType::Queued,
         deployment_id: deployment().id(),
         target_id: None,
-        status: "queued".into(),
+        status: deploy_core::EventStatus::Deployment(deploy_core::DeploymentStatus::Queued),
         message: "queued behind nothing".into(),
     };
     insta::assert_snapshot!("event", pretty(&event));
@@ -98,4 +98,21 @@ fn a_recorded_deployment_reads_with_unknown_fields_and_rules_tightened_since() {
     let submitted: deploy_core::DeploymentRequest = serde_json::from_value(doc["spec"].clone()).unwrap();
     let refused = submitted.validate().unwrap_err();
     assert!(refused.errors().iter().any(|e| e.field == "labels.note"), "{refused}");
+}
+
+#[test]
+fn an_events_status_is_read_in_the_light_of_its_type() {
+    use deploy_core::{DeploymentStatus, EventStatus, TargetStatus};
+    let mut doc = serde_json::json!({"seq": 2, "at": "2026-12-01T10:00:00Z", "type": "target.updated",
+        "deployment_id": "01937a2e-8f00-7000-8000-000000000001", "target_id": "web-1", "status": "succeeded",
+        "message": "web-1: runs 2.0.1, healthy"});
+    let target: Event = serde_json::from_value(doc.clone()).unwrap();
+    assert_eq!(target.status, EventStatus::Target(TargetStatus::Succeeded));
+    doc["type"] = serde_json::json!("deployment.succeeded");
+    let deployment: Event = serde_json::from_value(doc.clone()).unwrap();
+    assert_eq!(deployment.status, EventStatus::Deployment(DeploymentStatus::Succeeded));
+    assert_eq!(serde_json::to_value(&deployment).unwrap()["status"], "succeeded", "written as its name");
+    doc["status"] = serde_json::json!("awaiting_approval");
+    let newer: Event = serde_json::from_value(doc).unwrap();
+    assert_eq!(newer.status, EventStatus::Unknown("awaiting_approval".into()), "a newer server's status still reads");
 }

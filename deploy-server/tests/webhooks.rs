@@ -359,7 +359,7 @@ async fn outcomes_and_the_claims_they_make_room_for_share_one_store_operation() 
         event_type: deploy_core::EventType::Succeeded,
         deployment_id: deploy_core::DeploymentId::new(),
         target_id: None,
-        status: "succeeded".into(),
+        status: deploy_core::EventStatus::Deployment(deploy_core::DeploymentStatus::Succeeded),
         message: "done".into(),
     };
     let outbox = std::sync::Arc::new(std::sync::Mutex::new(Outbox {

@@ -130,7 +130,7 @@ mod tests {
             event_type: deploy_core::EventType::Succeeded,
             at,
             target_id: None,
-            status: "succeeded".into(),
+            status: deploy_core::EventStatus::Deployment(deploy_core::DeploymentStatus::Succeeded),
             message: "done".into(),
         };
         let mut failed = deploy_core::WebhookDelivery::pending(sub, &event, &serde_json::json!({"id": "d-1"}));

@@ -46,4 +46,4 @@ pub use composite::Composite;
 pub use fixtures::Harness;
 pub use memory::MemoryStore;
 pub use rng::SeededRng;
-pub use scripted::{Call, Fault, Owner, ScriptedExecutor, misuses};
+pub use scripted::{Call, CallKind, Fault, Owner, ScriptedExecutor, misuses};

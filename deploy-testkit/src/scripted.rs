@@ -44,12 +44,44 @@ pub enum Fault {
 /// One recorded call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Call {
-    /// `observe`, `apply`, `verify` or `step:<action>`.
-    pub op: String,
+    /// Which call.
+    pub op: CallKind,
     /// The target.
     pub target: TargetId,
     /// The version involved (`None` for observe).
     pub version: Option<Version>,
+}
+
+/// Which [`Executor`] method a recorded [`Call`] was.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CallKind {
+    /// `observe`.
+    Observe,
+    /// `apply`.
+    Apply,
+    /// `verify`.
+    Verify,
+    /// `run_step`, with the step's action.
+    Step(String),
+}
+
+impl CallKind {
+    /// `run_step` of `action`.
+    #[must_use]
+    pub fn step(action: &str) -> Self {
+        Self::Step(action.to_owned())
+    }
+}
+
+impl std::fmt::Display for CallKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Observe => f.pad("observe"),
+            Self::Apply => f.pad("apply"),
+            Self::Verify => f.pad("verify"),
+            Self::Step(action) => f.pad(&format!("step:{action}")),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -184,7 +216,7 @@ impl ScriptedExecutor {
 
     /// How many times `op` was called on `target`.
     #[must_use]
-    pub fn count(&self, op: &str, target: &str) -> usize {
+    pub fn count(&self, op: CallKind, target: &str) -> usize {
         let t = tid(target);
         self.lock().calls.iter().filter(|c| c.op == op && c.target == t).count()
     }
@@ -233,12 +265,12 @@ impl ScriptedExecutor {
         self.lock().stale.clone()
     }
 
-    fn record(&self, op: &str, target: &Target, version: Option<&Version>) -> State2 {
+    fn record(&self, op: CallKind, target: &Target, version: Option<&Version>) -> State2 {
         let mut st = self.lock();
         if !st.actual.contains_key(&target.id) {
             report(&self.name, &format!("{op} called for unregistered target {}", target.id));
         }
-        st.calls.push(Call { op: op.to_owned(), target: target.id.clone(), version: version.cloned() });
+        st.calls.push(Call { op, target: target.id.clone(), version: version.cloned() });
         let requested = st.requested.get(&target.id).cloned();
         let faults = self.fault_for(&st, &target.id, version.or(requested.as_ref()));
         let mut unreachable = faults.contains(&Fault::Unreachable);
@@ -365,7 +397,7 @@ struct State2 {
 #[async_trait]
 impl Executor for ScriptedExecutor {
     async fn observe(&self, target: &Target, _: Option<&DesiredState>) -> Result<Observation, ExecutorError> {
-        let st = self.record("observe", target, None);
+        let st = self.record(CallKind::Observe, target, None);
         if st.unreachable {
             return Err(ExecutorError::unreachable(format!("{}: no route to host", target.id)));
         }
@@ -376,7 +408,7 @@ impl Executor for ScriptedExecutor {
     async fn apply(&self, target: &Target, ctx: ApplyContext<'_>) -> Result<Outcome, ExecutorError> {
         let version = &ctx.desired.version;
         self.check_token(target, &ctx)?;
-        let st = self.record("apply", target, Some(version));
+        let st = self.record(CallKind::Apply, target, Some(version));
         self.lock().requested.insert(target.id.clone(), version.clone());
         if st.unreachable {
             return Err(ExecutorError::unreachable(format!("{}: no route to host", target.id)));
@@ -389,7 +421,7 @@ impl Executor for ScriptedExecutor {
     }
 
     async fn verify(&self, target: &Target, desired: &DesiredState) -> Result<Health, ExecutorError> {
-        let st = self.record("verify", target, Some(&desired.version));
+        let st = self.record(CallKind::Verify, target, Some(&desired.version));
         if st.unreachable {
             return Err(ExecutorError::unreachable(format!("{}: no route to host", target.id)));
         }
@@ -431,7 +463,7 @@ impl Executor for ScriptedExecutor {
     ) -> Result<Outcome, ExecutorError> {
         let version = &ctx.desired.version;
         self.check_token(target, &ctx)?;
-        let st = self.record(&format!("step:{}", step.action), target, Some(version));
+        let st = self.record(CallKind::step(&step.action), target, Some(version));
         self.lock().requested.insert(target.id.clone(), version.clone());
         if st.unreachable {
             return Err(ExecutorError::unreachable(format!("{}: no route to host", target.id)));

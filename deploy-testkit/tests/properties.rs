@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use deploy_core::{ConcurrencyPolicy, DeploymentStatus, EventType, Submission, Summary};
-use deploy_testkit::{Harness, strategies};
+use deploy_testkit::{CallKind, Harness, strategies};
 use proptest::prelude::*;
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -153,7 +153,7 @@ proptest! {
             // Invariant 16: the record is decided by what may have happened, not by the last status seen.
             let calls = h.executor.calls();
             for t in d.targets() {
-                let changed = calls.iter().any(|c| c.target == t.id && (c.op == "apply" || c.op.starts_with("step:")));
+                let changed = calls.iter().any(|c| c.target == t.id && matches!(c.op, CallKind::Apply | CallKind::Step(_)));
                 if t.status == deploy_core::TargetStatus::Cancelled {
                     prop_assert!(!changed, "{} is recorded cancelled, yet a change was started on it", t.id);
                 }

@@ -15,7 +15,7 @@ use deploy_core::{
 };
 use deploy_testkit::faulty::FaultyStore;
 use deploy_testkit::fixtures::request;
-use deploy_testkit::{Fault, Harness};
+use deploy_testkit::{CallKind, Fault, Harness};
 
 const FOUR: [(&str, Option<&str>); 4] =
     [("web-1", Some("1.0")), ("web-2", Some("1.0")), ("web-3", Some("1.0")), ("web-4", Some("1.0"))];
@@ -47,7 +47,7 @@ async fn rolling_update_replaces_every_target_two_at_a_time_and_verifies_each() 
         assert_eq!(versions(&h), vec![Some("2.0".to_owned()); 4]);
         assert!(h.executor.max_concurrent_changes() <= 2, "never more than one batch at once");
         for t in ["web-1", "web-2", "web-3", "web-4"] {
-            assert!(h.executor.count("verify", t) >= 2, "{t} was verified for healthy_for, not once");
+            assert!(h.executor.count(CallKind::Verify, t) >= 2, "{t} was verified for healthy_for, not once");
         }
         let events = h.events(d.id()).await;
         let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
@@ -106,7 +106,7 @@ async fn duplicate_submissions_sent_concurrently_create_one_deployment() {
             "a replay shows the deployment as it is now"
         );
         for t in ["web-1", "web-2", "web-3", "web-4"] {
-            assert_eq!(h.executor.count("apply", t), 1, "{t} deployed once");
+            assert_eq!(h.executor.count(CallKind::Apply, t), 1, "{t} deployed once");
         }
     })
     .await;
@@ -172,7 +172,7 @@ async fn supersede_policy_replaces_the_running_deployment_at_its_next_batch_boun
         assert_consistent(&old);
         assert_eq!(newest.status(), DeploymentStatus::Succeeded);
         assert_eq!(versions(&h), vec![Some("3.0".to_owned()); 4]);
-        assert_eq!(h.executor.count("apply", "web-4"), 1, "web-4 got only the newest version");
+        assert_eq!(h.executor.count(CallKind::Apply, "web-4"), 1, "web-4 got only the newest version");
     })
     .await;
 }
@@ -251,7 +251,7 @@ async fn partial_success_within_tolerance_is_degraded_with_every_target_visible(
         assert_eq!(failed.id.as_str(), "web-3");
         assert!(failed.error.as_deref().unwrap_or_default().contains("refused"), "{:?}", failed.error);
         assert!(d.status_reason().unwrap().contains("1 of 4"), "{:?}", d.status_reason());
-        assert_eq!(h.executor.count("apply", "web-3"), 1, "a permanent error is not retried");
+        assert_eq!(h.executor.count(CallKind::Apply, "web-3"), 1, "a permanent error is not retried");
     })
     .await;
 }
@@ -267,7 +267,7 @@ async fn failure_beyond_the_threshold_rolls_every_changed_target_back() {
         assert_eq!(d.status(), DeploymentStatus::RolledBack, "{:?}", d.status_reason());
         assert_consistent(&d);
         assert_eq!(versions(&h), vec![Some("1.0".to_owned()); 4], "everything runs the previous version again");
-        assert_eq!(h.executor.count("apply", "web-4"), 0, "the batch after the failure never started");
+        assert_eq!(h.executor.count(CallKind::Apply, "web-4"), 0, "the batch after the failure never started");
         let states = target_states(&d);
         assert!(states.contains(&("web-1".into(), "rolled_back".into())));
         assert!(states.contains(&("web-2".into(), "rolled_back".into())), "{states:?}");
@@ -317,7 +317,7 @@ async fn a_target_that_is_unhealthy_after_apply_is_not_a_success() {
         let t = &d.targets()[0];
         assert_eq!(t.status, TargetStatus::Failed, "apply returned Ok, but health never held");
         assert!(t.error.as_deref().unwrap().contains("not healthy for 1s within 10s"), "{:?}", t.error);
-        assert!(h.executor.count("verify", "web-1") >= 10, "verification polled until its timeout");
+        assert!(h.executor.count(CallKind::Verify, "web-1") >= 10, "verification polled until its timeout");
     })
     .await;
 }
@@ -353,7 +353,7 @@ async fn unreachable_target_with_continue_finishes_degraded() {
             deploy_core::elapsed_between(started, t.updated_at) >= Duration::from_secs(30),
             "waited on_unreachable.wait"
         );
-        assert!(h.executor.count("apply", "web-2") > 1, "kept trying during the wait");
+        assert!(h.executor.count(CallKind::Apply, "web-2") > 1, "kept trying during the wait");
     })
     .await;
 }
@@ -393,7 +393,7 @@ async fn unreachable_target_with_rollback_rolls_back_at_once() {
             d.status_reason()
         );
         assert_eq!(h.executor.version_of("web-1").as_deref(), Some("1.0"), "web-1 was rolled back");
-        assert_eq!(h.executor.count("apply", "web-3"), 0, "no later batch ran");
+        assert_eq!(h.executor.count(CallKind::Apply, "web-3"), 0, "no later batch ran");
 
         // A total partition: the target cannot be restored either, and the deployment says so.
         let h = Harness::new("prod", &FOUR, ConcurrencyPolicy::Queue).await;
@@ -493,7 +493,7 @@ async fn cancel_with_a_live_worker_stops_at_the_next_batch_boundary() {
         assert_consistent(&d);
         assert_eq!(d.targets()[0].status, TargetStatus::Succeeded, "the batch in flight finished");
         assert_eq!(d.summary().cancelled, 3);
-        assert_eq!(h.executor.count("apply", "web-2"), 0);
+        assert_eq!(h.executor.count(CallKind::Apply, "web-2"), 0);
     })
     .await;
 }
@@ -520,8 +520,8 @@ async fn a_crashed_controller_is_replaced_and_the_deployment_resumes_from_the_st
         assert_eq!(d.status(), DeploymentStatus::Succeeded, "{:?}", target_states(&d));
         assert_consistent(&d);
         assert_eq!(versions(&h), vec![Some("2.0".to_owned()); 4]);
-        assert_eq!(h.executor.count("apply", "web-1"), 1, "finished targets are not redone");
-        assert_eq!(h.executor.count("apply", "web-4"), 1);
+        assert_eq!(h.executor.count(CallKind::Apply, "web-1"), 1, "finished targets are not redone");
+        assert_eq!(h.executor.count(CallKind::Apply, "web-4"), 1);
     })
     .await;
 }
@@ -622,7 +622,7 @@ async fn a_canary_step_that_degrades_rolls_back_before_the_next_step() {
         assert_eq!(d.status(), DeploymentStatus::RolledBack, "{:?}", d.status_reason());
         assert!(d.status_reason().unwrap().contains("canary"), "{:?}", d.status_reason());
         assert_eq!(h.executor.version_of("c-1").as_deref(), Some("1.0"));
-        assert_eq!(h.executor.count("apply", "c-2"), 0, "the 100% step never started");
+        assert_eq!(h.executor.count(CallKind::Apply, "c-2"), 0, "the 100% step never started");
 
         h.executor.clear_faults("c-1");
         let good = h.submit(DeploymentRequest { strategy: canary, ..request("prod", "web", "2.1") }).await.unwrap();
@@ -650,10 +650,14 @@ async fn imperative_steps_run_in_order_on_each_target() {
         h.settle().await;
         let d = h.get(d.id()).await;
         assert_eq!(d.status(), DeploymentStatus::Succeeded, "{:?}", d.status_reason());
-        let ops: Vec<String> =
-            h.executor.calls().into_iter().filter(|c| c.target.as_str() == "web-1").map(|c| c.op).collect();
-        let steps: Vec<&str> = ops.iter().map(String::as_str).filter(|o| o.starts_with("step:")).collect();
-        assert_eq!(steps, ["step:stop", "step:fetch", "step:start"]);
+        let steps: Vec<CallKind> = h
+            .executor
+            .calls()
+            .into_iter()
+            .filter(|c| c.target.as_str() == "web-1" && matches!(c.op, CallKind::Step(_)))
+            .map(|c| c.op)
+            .collect();
+        assert_eq!(steps, [CallKind::step("stop"), CallKind::step("fetch"), CallKind::step("start")]);
         let outputs = h.events(d.id()).await.iter().filter(|e| e.message.contains("step 2 (fetch) done")).count();
         assert_eq!(outputs, 4, "each step's output is in the events");
         assert_eq!(versions(&h), vec![Some("2.0".to_owned()); 4]);
@@ -675,7 +679,7 @@ async fn a_failing_imperative_step_fails_its_target_and_stops_its_steps() {
         let t = &d.targets()[0];
         assert_eq!(t.status, TargetStatus::Failed);
         assert!(t.error.as_deref().unwrap().contains("step 2 (fetch)"), "{:?}", t.error);
-        assert_eq!(h.executor.count("step:start", "web-1"), 0, "later steps did not run");
+        assert_eq!(h.executor.count(CallKind::step("start"), "web-1"), 0, "later steps did not run");
         let unknown = h.submit(imperative(&["reboot"])).await.unwrap();
         h.settle().await;
         assert_ne!(h.get(unknown.id()).await.status(), DeploymentStatus::Succeeded, "unknown actions are refused");
@@ -693,7 +697,7 @@ async fn redeploying_what_already_runs_is_a_no_op_success() {
         assert_eq!(d.status(), DeploymentStatus::Succeeded);
         assert_eq!(d.summary().skipped, 4);
         for t in ["web-1", "web-2", "web-3", "web-4"] {
-            assert_eq!(h.executor.count("apply", t), 0, "{t} was left alone");
+            assert_eq!(h.executor.count(CallKind::Apply, t), 0, "{t} was left alone");
         }
     })
     .await;
@@ -864,7 +868,7 @@ async fn cancelling_a_deployment_whose_controller_died_takes_effect_when_its_lea
         let d = h.get(d.id()).await;
         assert_eq!(d.status(), DeploymentStatus::Cancelled);
         assert_consistent(&d);
-        assert_eq!(h.executor.count("apply", "web-4"), 0, "the successor did not start new work");
+        assert_eq!(h.executor.count(CallKind::Apply, "web-4"), 0, "the successor did not start new work");
         let next = h.submit(request("prod", "web", "3.0")).await.unwrap();
         h.settle().await;
         assert_eq!(h.get(next.id()).await.status(), DeploymentStatus::Succeeded, "the environment is free again");
@@ -1016,12 +1020,12 @@ async fn a_paused_replica_starts_nothing_after_its_lease_lapsed() {
         let d = h.submit(DeploymentRequest { strategy: rolling(1), ..request("prod", "web", "2.0") }).await.unwrap();
         let (t1, a) = spawn_controller(&h.orchestrator);
         for _ in 0..1000 {
-            if h.executor.count("apply", "web-1") >= 1 {
+            if h.executor.count(CallKind::Apply, "web-1") >= 1 {
                 break;
             }
             tokio::task::yield_now().await;
         }
-        assert_eq!(h.executor.count("apply", "web-1"), 1, "A made its first attempt and waits to retry");
+        assert_eq!(h.executor.count(CallKind::Apply, "web-1"), 1, "A made its first attempt and waits to retry");
         // A was paused past its lease: everyone's clock moved on while A's timers did not fire.
         h.clock.advance(Duration::from_secs(60));
         let b = h.replica("controller-2");
@@ -1068,7 +1072,7 @@ async fn a_controller_cut_off_from_its_store_stops_its_work_before_the_lease_lap
         trigger.fire();
         task.await.unwrap();
         assert_eq!(done.status(), DeploymentStatus::Succeeded, "{:?}", target_states(&done));
-        assert_eq!(h.executor.count("apply", "web-1"), 2, "made again from the start once the store was back");
+        assert_eq!(h.executor.count(CallKind::Apply, "web-1"), 2, "made again from the start once the store was back");
         assert_eq!(h.executor.preempted(), vec![], "no call of the first claim was left running beside the second");
         assert_eq!(h.executor.stale_calls(), vec![]);
     })
@@ -1097,7 +1101,7 @@ async fn a_slow_health_probe_is_heard_at_the_end_of_the_verification() {
         h.settle().await;
         let d = h.get(d.id()).await;
         assert_eq!(d.status(), DeploymentStatus::Succeeded, "{:?} {:?}", d.status_reason(), target_states(&d));
-        assert_eq!(h.executor.count("verify", "web-1"), 3);
+        assert_eq!(h.executor.count(CallKind::Verify, "web-1"), 3);
     })
     .await;
 }
@@ -1123,7 +1127,7 @@ async fn a_hung_canary_probe_fails_the_canary_instead_of_holding_the_environment
         assert_eq!(d.status(), DeploymentStatus::RolledBack, "{:?}", d.status_reason());
         let c1 = d.targets().iter().find(|t| t.id.as_str() == "c-1").unwrap();
         assert!(c1.error.as_deref().is_some_and(|e| e.contains("did not answer")), "{:?}", c1.error);
-        assert_eq!(h.executor.count("apply", "c-2"), 0, "the 100% step never started");
+        assert_eq!(h.executor.count(CallKind::Apply, "c-2"), 0, "the 100% step never started");
         assert_eq!(h.executor.version_of("c-1").as_deref(), Some("1.0"));
     })
     .await;
@@ -1150,7 +1154,7 @@ async fn an_executor_that_panics_fails_its_target_and_the_controller_goes_on() {
             .calls()
             .into_iter()
             .filter(|c| {
-                c.op == "apply"
+                c.op == CallKind::Apply
                     && c.target.as_str() == "web-2"
                     && c.version.as_ref().is_some_and(|v| v.as_str() == "2.0")
             })

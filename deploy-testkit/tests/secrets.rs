@@ -13,7 +13,7 @@ use deploy_core::{
 };
 use deploy_testkit::fixtures::{env_name, environment, fast_config, request};
 use deploy_testkit::mocks::MockSecretResolver;
-use deploy_testkit::{MemoryStore, TestClock};
+use deploy_testkit::{CallKind, MemoryStore, TestClock};
 
 /// Remembers the secret values it was handed, to show they arrived.
 #[derive(Default)]
@@ -99,7 +99,11 @@ async fn an_unresolvable_reference_fails_its_target_with_a_clear_error() {
             "{:?}",
             events.iter().map(|e| &e.message).collect::<Vec<_>>()
         );
-        assert_eq!(h.executor.count("apply", "web-1"), 1, "only the rollback applied; the new version never did");
+        assert_eq!(
+            h.executor.count(CallKind::Apply, "web-1"),
+            1,
+            "only the rollback applied; the new version never did"
+        );
     })
     .await;
 }

@@ -132,7 +132,7 @@ impl TryFrom<StrategyFields> for StrategyRequest {
             let given =
                 [("batch_size", f.batch_size.is_some()), ("pause", f.pause.is_some()), ("steps", f.steps.is_some())];
             match given.iter().find(|(name, set)| *set && !allowed.contains(name)) {
-                Some((name, _)) => Err(format!("`{name}` does not apply to a {} strategy", f.kind)),
+                Some((name, _)) => Err(format!("`{name}` does not apply to the `{}` strategy", f.kind)),
                 None => Ok(()),
             }
         };

@@ -711,16 +711,21 @@ mod tests {
         check(base(json!({"artifact": {"uri": "x", "digest": "md5:abc"}})), &["artifact.digest"]);
     }
 
+    /// Documents read tolerantly: a field this version does not know is ignored, and what it knows is kept. (The API
+    /// refuses unknown fields in what it is sent: `deploy-server`'s `a_submission_with_an_unknown_field_is_refused_...`.)
     #[test]
-    fn unknown_fields_are_refused() {
-        let r = serde_json::from_value::<DeploymentRequest>(
-            json!({"environment": "e", "service": "s", "version": "1", "verison": "2"}),
+    fn unknown_fields_are_ignored_when_reading_and_known_ones_kept() {
+        let r: DeploymentRequest =
+            serde_json::from_value(json!({"environment": "e", "service": "s", "version": "1", "verison": "2",
+                   "strategy": {"type": "rolling", "batch_size": 2, "surge": 1}}))
+            .unwrap();
+        assert_eq!(r.version, "1");
+        assert_eq!(r.strategy, Some(StrategyRequest::Rolling { batch_size: Some(json!(2)), pause: None }));
+        // A field of another strategy is an error, not an unknown field: it would change what the request means.
+        let mixed = serde_json::from_value::<DeploymentRequest>(
+            json!({"environment": "e", "service": "s", "version": "1", "strategy": {"type": "all_at_once", "batch_size": 1}}),
         );
-        assert!(r.is_err());
-        let r = serde_json::from_value::<DeploymentRequest>(
-            json!({"environment": "e", "service": "s", "version": "1", "strategy": {"type": "rolling", "size": 1}}),
-        );
-        assert!(r.is_err());
+        assert!(mixed.unwrap_err().to_string().contains("`batch_size` does not apply to the `all_at_once` strategy"));
     }
 
     #[test]
