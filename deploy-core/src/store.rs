@@ -187,6 +187,66 @@ pub struct Acceptance {
     pub now: Timestamp,
 }
 
+impl IdempotencyRecord {
+    /// What an unexpired key already stored with `fingerprint` means for this request: the same request (a replay of
+    /// the deployment stored with it), or [`StoreError::IdempotencyKeyReuse`].
+    ///
+    /// # Errors
+    /// [`StoreError::IdempotencyKeyReuse`] when the fingerprints differ.
+    pub fn check_replay(&self, fingerprint: &str) -> Result<(), StoreError> {
+        if fingerprint == self.fingerprint.as_str() {
+            Ok(())
+        } else {
+            Err(StoreError::IdempotencyKeyReuse { key: self.key.clone() })
+        }
+    }
+}
+
+/// The acceptance policy, decided here once for every store: the environment's preconditions and its concurrency
+/// policy. A store reads what they need inside its transaction and applies the answer.
+impl Acceptance {
+    /// Refuses unless the environment, at revision `current`, takes a request expecting `expected`: one that requires
+    /// `If-Match`
+    /// ([`StoreError::PreconditionRequired`]) or that moved past the expected revision
+    /// ([`StoreError::PreconditionFailed`]).
+    ///
+    /// # Errors
+    /// As above.
+    pub fn check_revision(
+        expected: Option<Revision>,
+        environment: &EnvironmentName,
+        require_if_match: bool,
+        current: Revision,
+    ) -> Result<(), StoreError> {
+        match expected {
+            None if require_if_match => Err(StoreError::PreconditionRequired { environment: environment.clone() }),
+            Some(expected) if expected != current => Err(StoreError::PreconditionFailed { expected, current }),
+            _ => Ok(()),
+        }
+    }
+
+    /// What the environment's concurrency policy does with its open deployments `older` (the active one first, then
+    /// the queued ones): `queue` leaves them, `supersede` returns them all to be superseded by this one, `reject`
+    /// refuses while any is open.
+    ///
+    /// # Errors
+    /// [`StoreError::EnvironmentBusy`] for `reject` with an open deployment.
+    pub fn superseding(
+        environment: &EnvironmentName,
+        policy: crate::environment::ConcurrencyPolicy,
+        older: &[DeploymentId],
+    ) -> Result<Vec<DeploymentId>, StoreError> {
+        use crate::environment::ConcurrencyPolicy as P;
+        match (policy, older.first()) {
+            (P::Reject, Some(active)) => {
+                Err(StoreError::EnvironmentBusy { environment: environment.clone(), active: *active })
+            }
+            (P::Supersede, _) => Ok(older.to_vec()),
+            (P::Reject | P::Queue, _) => Ok(Vec::new()),
+        }
+    }
+}
+
 /// The result of an acceptance.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Accepted {
@@ -846,3 +906,44 @@ macro_rules! forward_auditlog {
 }
 
 forward_auditlog!(std::sync::Arc<T>, Box<T>, &T);
+
+#[cfg(test)]
+mod tests {
+    use super::{Acceptance, IdempotencyRecord, StoreError};
+    use crate::environment::ConcurrencyPolicy;
+    use crate::names::{DeploymentId, EnvironmentName, Fingerprint, IdempotencyKey, Revision};
+
+    #[test]
+    fn the_acceptance_policy_is_decided_in_one_place() {
+        let env: EnvironmentName = "prod".parse().unwrap_or_else(|_| unreachable!());
+        let at = |n| Revision::new(n);
+        assert!(Acceptance::check_revision(None, &env, false, at(3)).is_ok());
+        assert!(matches!(
+            Acceptance::check_revision(None, &env, true, at(3)),
+            Err(StoreError::PreconditionRequired { .. })
+        ));
+        assert!(Acceptance::check_revision(Some(at(3)), &env, true, at(3)).is_ok());
+        assert!(matches!(
+            Acceptance::check_revision(Some(at(2)), &env, false, at(3)),
+            Err(StoreError::PreconditionFailed { expected, current }) if expected == at(2) && current == at(3)
+        ));
+
+        let (a, b) = (DeploymentId::new(), DeploymentId::new());
+        assert_eq!(Acceptance::superseding(&env, ConcurrencyPolicy::Queue, &[a, b]).ok(), Some(vec![]));
+        assert_eq!(Acceptance::superseding(&env, ConcurrencyPolicy::Supersede, &[a, b]).ok(), Some(vec![a, b]));
+        assert_eq!(Acceptance::superseding(&env, ConcurrencyPolicy::Reject, &[]).ok(), Some(vec![]));
+        assert!(matches!(
+            Acceptance::superseding(&env, ConcurrencyPolicy::Reject, &[a, b]),
+            Err(StoreError::EnvironmentBusy { active, .. }) if active == a
+        ));
+
+        let record = IdempotencyRecord {
+            scope: "key:ci".into(),
+            key: IdempotencyKey::new("k-1").unwrap_or_else(|_| unreachable!()),
+            fingerprint: Fingerprint::of(b"request"),
+            expires_at: time::OffsetDateTime::UNIX_EPOCH,
+        };
+        assert!(record.check_replay(Fingerprint::of(b"request").as_str()).is_ok());
+        assert!(matches!(record.check_replay("other"), Err(StoreError::IdempotencyKeyReuse { .. })));
+    }
+}

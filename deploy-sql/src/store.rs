@@ -1358,9 +1358,7 @@ impl SqlStore {
                     .map_err(unavailable)?
                     .ok_or_else(|| not_found("environment", &env_name))?;
                 if let (Some(rec), Some(fingerprint)) = (idempotency, get::<Option<String>>(&row, "key_fingerprint")?) {
-                    if fingerprint != rec.fingerprint.as_str() {
-                        return Err(StoreError::IdempotencyKeyReuse { key: rec.key.clone() });
-                    }
+                    rec.check_replay(&fingerprint)?;
                     let id: Option<String> = get(&row, "key_deployment")?;
                     let id: DeploymentId = id.unwrap_or_default().parse().map_err(|e| corrupt("deployment id", e))?;
                     let deployment = load_deployment(conn, id).await?.ok_or_else(|| not_found("deployment", id))?;
@@ -1383,13 +1381,7 @@ impl SqlStore {
             }
         };
         let current = env.revision;
-        match expected_revision {
-            None if env.require_if_match => return Err(StoreError::PreconditionRequired { environment: env_name }),
-            Some(expected) if *expected != current => {
-                return Err(StoreError::PreconditionFailed { expected: *expected, current });
-            }
-            _ => {}
-        }
+        Acceptance::check_revision(*expected_revision, &env_name, env.require_if_match, current)?;
         if env.concurrency != ConcurrencyPolicy::Queue || has_webhooks {
             return Ok(Optimistic::Locking);
         }
@@ -1622,9 +1614,7 @@ impl SqlStore {
             .map_err(unavailable)?;
             if let Some(row) = row {
                 let fingerprint: String = get(&row, "fingerprint")?;
-                if fingerprint != rec.fingerprint.as_str() {
-                    return Err(StoreError::IdempotencyKeyReuse { key: rec.key.clone() });
-                }
+                rec.check_replay(&fingerprint)?;
                 let id: DeploymentId =
                     get::<String>(&row, "deployment_id")?.parse().map_err(|e| corrupt("deployment id", e))?;
                 let deployment = load_deployment(tx, id).await?.ok_or_else(|| not_found("deployment", id))?;
@@ -1632,13 +1622,7 @@ impl SqlStore {
                 return Ok(Accepted { deployment, replayed: true });
             }
         }
-        match expected_revision {
-            None if require_if_match => return Err(StoreError::PreconditionRequired { environment: env_name }),
-            Some(expected) if expected != current => {
-                return Err(StoreError::PreconditionFailed { expected, current });
-            }
-            _ => {}
-        }
+        Acceptance::check_revision(expected_revision, &env_name, require_if_match, current)?;
         let (active_deployment, queued) = match concurrency {
             ConcurrencyPolicy::Queue => (None, Vec::new()),
             ConcurrencyPolicy::Reject | ConcurrencyPolicy::Supersede => load_open(tx, &env_name).await?,
@@ -1655,19 +1639,9 @@ impl SqlStore {
         let deployment = Deployment::plan(draft, &env, now).map_err(StoreError::Invalid)?;
         let id = deployment.id();
         let older: Vec<DeploymentId> = env.active_deployment.iter().chain(env.queued.iter()).copied().collect();
-        match env.concurrency {
-            ConcurrencyPolicy::Reject => {
-                if let Some(active) = older.first() {
-                    return Err(StoreError::EnvironmentBusy { environment: env_name, active: *active });
-                }
-            }
-            ConcurrencyPolicy::Queue => {}
-            ConcurrencyPolicy::Supersede => {
-                for old in older {
-                    let Some(row) = load_header(tx, Some(self.backend), old).await? else { continue };
-                    request_stop(tx, row, now, |d, held| d.mark_superseded_by(id, now, held)).await?;
-                }
-            }
+        for old in Acceptance::superseding(&env_name, env.concurrency, &older)? {
+            let Some(row) = load_header(tx, Some(self.backend), old).await? else { continue };
+            request_stop(tx, row, now, |d, held| d.mark_superseded_by(id, now, held)).await?;
         }
         let queued = deployment.queued_event(now).numbered(id, 1);
         insert_new_deployment(tx, self.backend, &deployment, &queued).await?;

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deploy_core::{
-    Acceptance, Accepted, AgentStore, ApiKeyRecord, AuditEntry, AuditFilter, AuditLog, Claim, ConcurrencyPolicy,
-    Control, DeliveryOutcome, DeliveryStatus, Deployment, DeploymentFilter, DeploymentId, Environment, EnvironmentName,
-    EnvironmentSpec, EnvironmentWrite, Event, Fingerprint, IdempotencyKey, KeyStore, Lease, Page, PageRequest,
-    ProgressUpdate, Revision, Store, StoreError, Timestamp, UpdateError, ValidationErrors, WebhookDelivery,
-    WebhookStore, WebhookSubscription, add_duration,
+    Acceptance, Accepted, AgentStore, ApiKeyRecord, AuditEntry, AuditFilter, AuditLog, Claim, Control, DeliveryOutcome,
+    DeliveryStatus, Deployment, DeploymentFilter, DeploymentId, Environment, EnvironmentName, EnvironmentSpec,
+    EnvironmentWrite, Event, Fingerprint, IdempotencyKey, KeyStore, Lease, Page, PageRequest, ProgressUpdate, Revision,
+    Store, StoreError, Timestamp, UpdateError, ValidationErrors, WebhookDelivery, WebhookStore, WebhookSubscription,
+    add_duration,
 };
 use uuid::Uuid;
 
@@ -308,17 +308,15 @@ impl Store for MemoryStore {
 
     async fn accept(&self, acceptance: Acceptance) -> Result<Accepted, StoreError> {
         let mut inner = self.lock();
-        let Acceptance { draft, idempotency, expected_revision, now } = acceptance;
-        let env_name = draft.spec.environment().clone();
+        let env_name = acceptance.draft.spec.environment().clone();
+        let now = acceptance.now;
         if !inner.environments.contains_key(&env_name) {
             return Err(not_found("environment", &env_name));
         }
-        if let Some(rec) = &idempotency {
+        if let Some(rec) = &acceptance.idempotency {
             let slot = (rec.scope.clone(), rec.key.clone());
             if let Some(existing) = inner.idempotency.get(&slot).filter(|k| k.expires_at > now) {
-                if existing.fingerprint != rec.fingerprint {
-                    return Err(StoreError::IdempotencyKeyReuse { key: rec.key.clone() });
-                }
+                rec.check_replay(existing.fingerprint.as_str())?;
                 let d = inner
                     .deployments
                     .get(&existing.deployment)
@@ -327,32 +325,22 @@ impl Store for MemoryStore {
             }
         }
         let env = inner.environments.get(&env_name).ok_or_else(|| not_found("environment", &env_name))?;
-        let current = env.environment.revision;
-        match expected_revision {
-            None if env.environment.require_if_match => {
-                return Err(StoreError::PreconditionRequired { environment: env_name });
-            }
-            Some(expected) if expected != current => return Err(StoreError::PreconditionFailed { expected, current }),
-            _ => {}
-        }
-        let deployment = Deployment::plan(draft, &env.environment, now).map_err(StoreError::Invalid)?;
-        let id = deployment.id();
+        Acceptance::check_revision(
+            acceptance.expected_revision,
+            &env_name,
+            env.environment.require_if_match,
+            env.environment.revision,
+        )?;
         let older: Vec<DeploymentId> = env.pending.iter().copied().collect();
-        match env.environment.concurrency {
-            ConcurrencyPolicy::Reject => {
-                if let Some(active) = older.first() {
-                    return Err(StoreError::EnvironmentBusy { environment: env_name, active: *active });
-                }
-            }
-            ConcurrencyPolicy::Queue => {}
-            ConcurrencyPolicy::Supersede => {
-                for old in older {
-                    let Some(state) = inner.deployments.get_mut(&old) else { continue };
-                    let held = lease_live(state.lease.as_ref(), now);
-                    if let Some(update) = state.deployment.mark_superseded_by(id, now, held) {
-                        let _ = inner.apply(old, update)?;
-                    }
-                }
+        let Acceptance { draft, idempotency, .. } = acceptance;
+        let deployment = Deployment::plan(draft, &env.environment, now).map_err(StoreError::Invalid)?;
+        let superseded = Acceptance::superseding(&env_name, env.environment.concurrency, &older)?;
+        let id = deployment.id();
+        for old in superseded {
+            let Some(state) = inner.deployments.get_mut(&old) else { continue };
+            let held = lease_live(state.lease.as_ref(), now);
+            if let Some(update) = state.deployment.mark_superseded_by(id, now, held) {
+                let _ = inner.apply(old, update)?;
             }
         }
         let env = inner.environments.get_mut(&env_name).ok_or_else(|| not_found("environment", &env_name))?;
