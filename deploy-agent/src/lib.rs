@@ -10,6 +10,15 @@
 //! - **Partition-tolerant**: while the server is unreachable the agent keeps the current version running and retries
 //!   with backoff and jitter; once back, its next report tells the server the truth.
 //!
+//! The configuration is checked before anything runs:
+//!
+//! ```
+//! let refused = deploy_agent::AgentConfig::new("prod", "../etc", "process", serde_json::Value::Null, "/tmp/agent");
+//! assert!(refused.is_err(), "a target id must be a name, never a path");
+//! ```
+//!
+//! A whole agent, as `deploy-agent` runs one:
+//!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
 //! use std::sync::Arc;

@@ -11,6 +11,31 @@
 //!
 //! Put several behind a [`deploy_core::ExecutorRouter`] so one environment can mix them.
 //!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use deploy_core::{ApplyContext, DeploymentId, DesiredState, Executor, ExecutorRouter, ResolvedSecrets, Target};
+//! use deploy_executors::SimExecutor;
+//!
+//! let sim = Arc::new(SimExecutor::in_memory());
+//! let router = ExecutorRouter::new().with("sim", sim.clone());
+//! let target = Target {
+//!     environment: "prod".parse()?,
+//!     id: "web-1".parse()?,
+//!     labels: Default::default(),
+//!     executor: "sim".into(),
+//!     config: serde_json::json!({"initial_version": "1.0", "apply_ms": 0}),
+//! };
+//! let executor = router.resolve(&target)?;
+//! let want = DesiredState::bare("web".parse()?, "2.0".parse()?);
+//! let secrets = ResolvedSecrets::new();
+//! let ctx = ApplyContext { deployment: DeploymentId::new(), desired: &want, secrets: &secrets, fencing_token: 0 };
+//! executor.apply(&target, ctx).await?;
+//! assert_eq!(executor.observe(&target, Some(&want)).await?.version, Some("2.0".parse()?));
+//! # Ok(()) }
+//! ```
+//!
 //! ## The environment of a hook or process
 //!
 //! Every program `process` and `command` start gets an environment **built from nothing**: no variable of the

@@ -9,19 +9,30 @@
 //! - [`Dispatcher`] delivers the store's webhook outbox: signed (Standard Webhooks), retried on a schedule, one
 //!   receiver never slowing the others.
 //!
-//! ```no_run
-//! # async fn demo() -> Result<(), deploy_server::StartError> {
-//! let settings = deploy_server::Settings { dev: true, ..Default::default() };
+//! ```
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let data_dir = std::env::temp_dir().join(format!("deploy-server-doc-{}", std::process::id()));
+//! let settings = deploy_server::Settings {
+//!     listen: "127.0.0.1:0".parse()?, // any free port
+//!     data_dir: data_dir.clone(),     // the embedded SQLite store
+//!     dev: true,
+//!     ..Default::default()
+//! };
 //! let running = deploy_server::start(settings).await?;
-//! println!("listening on {}", running.addr);
+//! let health = reqwest::get(format!("http://{}/healthz", running.addr)).await?;
+//! assert!(health.status().is_success());
 //! running.shutdown().await;
+//! # std::fs::remove_dir_all(&data_dir)?;
 //! # Ok(()) }
 //! ```
 
 mod agents;
 mod app;
 mod auth;
+#[cfg(feature = "demo")]
 pub mod demo;
+#[cfg(feature = "demo")]
 pub mod demo_app;
 mod extract;
 mod listen;

@@ -10,6 +10,23 @@
 //! Features: `sqlite` and `postgres` (both by default) choose the drivers built; `testing` adds [`testing`]-style
 //! helpers that make a fresh PostgreSQL database per test.
 //!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use deploy_core::{ConcurrencyPolicy, EnvironmentSpec, Store};
+//! let dir = std::env::temp_dir().join(format!("deploy-sql-doc-{}", std::process::id()));
+//! let store = deploy_sql::SqlStore::sqlite(&dir).await?; // the data directory is created, with deploy.sqlite in it
+//! let name = "prod".parse()?;
+//! let spec = EnvironmentSpec { concurrency: ConcurrencyPolicy::Queue, ..EnvironmentSpec::default() };
+//! let written = store.put_environment(&name, spec, None, time::OffsetDateTime::now_utc()).await?;
+//! assert_eq!(written.environment.revision.get(), 1);
+//! store.close().await;
+//! # std::fs::remove_dir_all(&dir)?;
+//! # Ok(()) }
+//! ```
+//!
+//! On PostgreSQL, several replicas share one database:
+//!
 //! ```no_run
 //! # async fn open() -> Result<(), deploy_sql::OpenError> {
 //! let embedded = deploy_sql::SqlStore::sqlite("./deployd-data").await?;
