@@ -75,24 +75,37 @@ pub enum ErrorClass {
 pub struct ExecutorError {
     class: ErrorClass,
     message: String,
+    panicked: bool,
 }
 
 impl ExecutorError {
     /// A transient error.
     #[must_use]
     pub fn retryable(message: impl Into<String>) -> Self {
-        Self { class: ErrorClass::Retryable, message: message.into() }
+        Self { class: ErrorClass::Retryable, message: message.into(), panicked: false }
     }
     /// An error retrying will not fix.
     #[must_use]
     pub fn permanent(message: impl Into<String>) -> Self {
-        Self { class: ErrorClass::Permanent, message: message.into() }
+        Self { class: ErrorClass::Permanent, message: message.into(), panicked: false }
     }
     /// The target cannot be reached.
     #[must_use]
     pub fn unreachable(message: impl Into<String>) -> Self {
-        Self { class: ErrorClass::Unreachable, message: message.into() }
+        Self { class: ErrorClass::Unreachable, message: message.into(), panicked: false }
     }
+    /// The permanent error the engine makes of an executor call that panicked.
+    #[must_use]
+    pub(crate) fn from_panic(message: impl Into<String>) -> Self {
+        Self { class: ErrorClass::Permanent, message: message.into(), panicked: true }
+    }
+
+    /// Whether the engine made this error of a call that panicked (an executor's bug, not its verdict).
+    #[must_use]
+    pub fn is_panic(&self) -> bool {
+        self.panicked
+    }
+
     /// Its class.
     #[must_use]
     pub fn class(&self) -> ErrorClass {

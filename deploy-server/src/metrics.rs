@@ -26,6 +26,7 @@ struct Inner {
     deployments: BTreeMap<&'static str, u64>,
     webhook_attempts: BTreeMap<&'static str, u64>,
     rejected: BTreeMap<&'static str, u64>,
+    executor_panics: u64,
 }
 
 /// The server's metrics.
@@ -138,6 +139,12 @@ impl Metrics {
         for (reason, n) in &inner.rejected {
             let _ = writeln!(out, "deploy_http_rejected_total{{reason=\"{reason}\"}} {n}");
         }
+        let _ = writeln!(
+            out,
+            "# HELP deploy_executor_panics_total Executor calls that panicked (each failed its target): executor bugs."
+        );
+        let _ = writeln!(out, "# TYPE deploy_executor_panics_total counter");
+        let _ = writeln!(out, "deploy_executor_panics_total {}", inner.executor_panics);
         out
     }
 }
@@ -147,6 +154,10 @@ fn escape(label: &str) -> String {
 }
 
 impl EngineObserver for Metrics {
+    fn executor_panicked(&self, _deployment: DeploymentId, _target: &deploy_core::TargetId) {
+        self.lock().executor_panics += 1;
+    }
+
     fn recorded(&self, _deployment: DeploymentId, update: &ProgressUpdate) {
         let mut inner = self.lock();
         for (_, target) in &update.targets {
@@ -168,5 +179,22 @@ impl EngineObserver for Metrics {
         {
             *inner.deployments.entry(change.status.as_str()).or_insert(0) += 1;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use deploy_core::EngineObserver as _;
+
+    use super::{Gauges, Metrics};
+
+    #[test]
+    fn executor_panics_are_counted() {
+        let metrics = Metrics::default();
+        assert!(metrics.render(Gauges::default()).contains("deploy_executor_panics_total 0\n"));
+        let target = deploy_core::TargetId::new("web-2").unwrap_or_else(|_| unreachable!());
+        metrics.executor_panicked(deploy_core::DeploymentId::new(), &target);
+        metrics.executor_panicked(deploy_core::DeploymentId::new(), &target);
+        assert!(metrics.render(Gauges::default()).contains("deploy_executor_panics_total 2\n"));
     }
 }

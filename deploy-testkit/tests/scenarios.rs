@@ -1142,7 +1142,18 @@ async fn an_executor_that_panics_fails_its_target_and_the_controller_goes_on() {
         let h = Harness::new("prod", &FOUR, ConcurrencyPolicy::Queue).await;
         h.executor.add_fault("web-2", Some("2.0"), Fault::PanicOnApply);
         let d = h.submit(DeploymentRequest { strategy: rolling(2), ..request("prod", "web", "2.0") }).await.unwrap();
-        h.settle().await;
+        // A controller whose observer counts panics, as the server's metrics do.
+        let panics = Arc::new(PanicCount::default());
+        let observed = deploy_core::Orchestrator::builder(
+            h.store.clone(),
+            deploy_core::ExecutorRouter::new().with("scripted", h.executor.clone()),
+        )
+        .clock(h.clock.clone())
+        .config(deploy_testkit::fixtures::fast_config("observed"))
+        .observer(panics.clone())
+        .build();
+        observed.run_until_idle().await.unwrap();
+        assert_eq!(*panics.0.lock().unwrap(), vec![(d.id(), "web-2".to_owned())], "the observer is told of the panic");
         let d = h.get(d.id()).await;
         assert_eq!(d.status(), DeploymentStatus::RolledBack, "{:?}", d.status_reason());
         let web2 = d.targets().iter().find(|t| t.id.as_str() == "web-2").unwrap();
@@ -1222,4 +1233,15 @@ async fn wait_returns_a_deployment_once_it_is_terminal_whoever_drives_it() {
         assert_eq!(done.summary().succeeded, 4);
     })
     .await;
+}
+
+/// Counts the executor panics an orchestrator reports.
+#[derive(Default)]
+struct PanicCount(std::sync::Mutex<Vec<(deploy_core::DeploymentId, String)>>);
+
+impl deploy_core::EngineObserver for PanicCount {
+    fn recorded(&self, _: deploy_core::DeploymentId, _: &deploy_core::ProgressUpdate) {}
+    fn executor_panicked(&self, deployment: deploy_core::DeploymentId, target: &deploy_core::TargetId) {
+        self.0.lock().unwrap().push((deployment, target.to_string()));
+    }
 }

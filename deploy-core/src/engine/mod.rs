@@ -83,6 +83,12 @@ impl Default for OrchestratorConfig {
 pub trait EngineObserver: Send + Sync {
     /// `update` to `deployment` is durable.
     fn recorded(&self, deployment: DeploymentId, update: &crate::deployment::ProgressUpdate);
+
+    /// An executor call for `target` of `deployment` panicked; its target fails permanently (and an event says so).
+    /// The default does nothing.
+    fn executor_panicked(&self, deployment: DeploymentId, target: &crate::names::TargetId) {
+        let _ = (deployment, target);
+    }
 }
 
 /// A submission: the request, and the caller's idempotency key and expected environment revision.

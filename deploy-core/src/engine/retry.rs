@@ -26,6 +26,8 @@ pub(super) struct RetryPolicy<'a> {
     pub(super) unreachable_wait: Duration,
     /// Told of each retry of a retryable error, with what happened and how long until the next attempt.
     pub(super) on_retry: Box<dyn Fn(String) + Send + Sync + 'a>,
+    /// Told when a call panicked (before the permanent error it became is returned).
+    pub(super) on_panic: Box<dyn Fn() + Send + Sync + 'a>,
 }
 
 /// Awaits an executor call, turning a panic inside it into a permanent error naming the panic: an executor's bug
@@ -40,7 +42,7 @@ pub(super) async fn caught<T>(call: impl Future<Output = Result<T, ExecutorError
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "a panic without a message".to_owned());
             tracing::error!(panic = %what, "an executor panicked; its target fails");
-            Err(ExecutorError::permanent(format!("the executor panicked: {what}")))
+            Err(ExecutorError::from_panic(format!("the executor panicked: {what}")))
         }
     }
 }
@@ -74,6 +76,9 @@ impl RetryPolicy<'_> {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
+            if err.is_panic() {
+                (self.on_panic)();
+            }
             match err.class() {
                 ErrorClass::Permanent => return Err(CallError::Failed(err.message().to_owned())),
                 ErrorClass::Retryable => {

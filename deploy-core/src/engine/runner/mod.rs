@@ -539,6 +539,11 @@ fn retry_policy<'a>(rec: &'a Recorder<'_>, unreachable_wait: Duration, index: us
         cap: c.retry_cap,
         unreachable_wait,
         on_retry: Box::new(note),
+        on_panic: Box::new(move || {
+            if let Some(entry) = rec.target(index) {
+                rec.executor_panicked(&entry.id);
+            }
+        }),
     }
 }
 

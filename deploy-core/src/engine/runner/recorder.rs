@@ -155,6 +155,13 @@ impl<'a> Recorder<'a> {
         Ok(())
     }
 
+    /// Tells the observer that an executor call for `target` panicked.
+    pub(super) fn executor_panicked(&self, target: &TargetId) {
+        if let Some(observer) = self.shared.observer.as_ref() {
+            observer.executor_panicked(self.with(|d| d.id()), target);
+        }
+    }
+
     /// Records a target's change: buffered, written with the next write, when the runner next waits, or at the
     /// barrier between a batch's two phases (intents must be durable before any target of the batch is touched).
     pub(super) fn result(

@@ -22,15 +22,20 @@ pub(super) async fn probe(
     let budget = budget.max(Duration::from_millis(1));
     let mut call = caught(executor.verify(target, desired)).boxed();
     // Answered at once (most probes of in-process executors): no timer.
-    if let Some(r) = (&mut call).now_or_never() {
-        return r;
+    let answer = match (&mut call).now_or_never() {
+        Some(r) => r,
+        None => tokio::select! {
+            r = call => r,
+            () = rec.shared.clock.sleep(budget) => Err(ExecutorError::retryable(format!(
+                "the health probe did not answer within {} ms",
+                budget.as_millis()
+            ))),
+        },
+    };
+    if answer.as_ref().is_err_and(ExecutorError::is_panic) {
+        rec.executor_panicked(&target.id);
     }
-    tokio::select! {
-        r = call => r,
-        () = rec.shared.clock.sleep(budget) => {
-            Err(ExecutorError::retryable(format!("the health probe did not answer within {} ms", budget.as_millis())))
-        }
-    }
+    answer
 }
 
 pub(super) async fn verify_health(
