@@ -42,7 +42,7 @@ fn targets(n: usize) -> Vec<Target> {
                 environment: env.clone()?,
                 id: TargetId::new(format!("t-{i}")).ok()?,
                 labels: Default::default(),
-                executor: "noop".into(),
+                executor: "noop".parse().ok()?,
                 config: serde_json::Value::Null,
             })
         })

@@ -38,11 +38,11 @@ pub fn fleet(n: usize) -> EnvironmentSpec {
         concurrency: ConcurrencyPolicy::Queue,
         require_if_match: false,
         targets: (0..n)
-            .filter_map(|i| TargetId::new(format!("t-{i}")).ok())
-            .map(|id| TargetDefinition {
+            .filter_map(|i| Some((TargetId::new(format!("t-{i}")).ok()?, "noop".parse().ok()?)))
+            .map(|(id, executor)| TargetDefinition {
                 id,
                 labels: Default::default(),
-                executor: "noop".into(),
+                executor,
                 config: serde_json::Value::Null,
             })
             .collect(),

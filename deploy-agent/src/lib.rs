@@ -38,8 +38,8 @@ use std::time::Duration;
 
 use deploy_client::Client;
 use deploy_core::{
-    AgentReport, AgentSlot, ApplyContext, DesiredState, EnvSecretResolver, EnvironmentName, Executor, Health, Scrubber,
-    SecretResolver, ShutdownSignal, Target, TargetId, Version,
+    AgentReport, AgentSlot, ApplyContext, DesiredState, EnvSecretResolver, EnvironmentName, Executor, ExecutorKind,
+    Health, Scrubber, SecretResolver, ShutdownSignal, Target, TargetId, Version,
 };
 use serde::{Deserialize, Serialize};
 
@@ -54,7 +54,7 @@ pub struct AgentConfig {
     /// Its target.
     pub target: TargetId,
     /// The local executor's kind (`process`, `command`).
-    pub executor: String,
+    pub executor: ExecutorKind,
     /// The local executor's configuration for the target (as an environment's target `config`).
     pub executor_config: serde_json::Value,
     /// Where the agent keeps what it applied.
@@ -99,7 +99,7 @@ impl AgentConfig {
         Ok(Self {
             environment: EnvironmentName::new(environment).map_err(|e| AgentError::Config(e.to_string()))?,
             target: TargetId::new(target).map_err(|e| AgentError::Config(e.to_string()))?,
-            executor: executor.to_owned(),
+            executor: ExecutorKind::new(executor).map_err(|e| AgentError::Config(e.to_string()))?,
             executor_config,
             state_dir: state_dir.into(),
             heartbeat: Duration::from_secs(2),

@@ -189,7 +189,7 @@ pub(crate) fn environment(e: &Environment) -> String {
         .map(|t| {
             vec![
                 t.id.to_string(),
-                t.executor.clone(),
+                t.executor.to_string(),
                 t.desired.as_ref().map_or_else(|| "-".to_owned(), |d| d.version.to_string()),
                 t.actual.as_ref().and_then(|a| a.version.as_ref()).map_or_else(|| "-".to_owned(), ToString::to_string),
                 t.actual.as_ref().map_or_else(|| "-".to_owned(), |a| word(&a.health)),

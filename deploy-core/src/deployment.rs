@@ -838,7 +838,7 @@ mod tests {
                     .map(|id| TargetDefinition {
                         id: TargetId::new(*id).unwrap(),
                         labels: Default::default(),
-                        executor: "x".into(),
+                        executor: "x".parse().unwrap(),
                         config: serde_json::Value::Null,
                     })
                     .collect(),

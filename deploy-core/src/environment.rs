@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::names::ExecutorKind;
 use crate::names::{DeploymentId, EnvironmentName, Revision, TargetId};
 use crate::spec::{TargetSelector, ValidationErrors};
 use crate::state::{ActualState, DesiredState};
@@ -36,7 +37,7 @@ pub struct TargetDefinition {
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     /// The executor kind that drives this target (`sim`, `process`, `command`, or your own).
-    pub executor: String,
+    pub executor: ExecutorKind,
     /// Executor-specific configuration.
     #[serde(default)]
     pub config: Value,
@@ -72,12 +73,9 @@ impl EnvironmentSpec {
             if !seen.insert(&t.id) {
                 errs.push(format!("targets[{i}].id"), format!("{} is listed twice", t.id));
             }
-            let name_ok = (1..=64).contains(&t.executor.len())
-                && t.executor.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-            if !name_ok {
-                errs.push(format!("targets[{i}].executor"), "use 1 to 64 lowercase letters, digits, '-' or '_'");
-            } else if let Some(known) = known_executors
-                && !known.iter().any(|k| k == &t.executor)
+            // The kind's spelling is checked when it is read (`ExecutorKind`); here, whether anything serves it.
+            if let Some(known) = known_executors
+                && !known.iter().any(|k| k == t.executor.as_str())
             {
                 errs.push(
                     format!("targets[{i}].executor"),
@@ -178,7 +176,7 @@ pub struct EnvironmentTarget {
     /// Labels.
     pub labels: BTreeMap<String, String>,
     /// The executor kind.
-    pub executor: String,
+    pub executor: ExecutorKind,
     /// Executor-specific configuration.
     #[serde(default, skip_serializing_if = "Value::is_null")]
     pub config: Value,
@@ -311,7 +309,7 @@ mod tests {
         TargetDefinition {
             id: TargetId::new(id).unwrap(),
             labels: [("zone".to_owned(), zone.to_owned())].into(),
-            executor: "sim".into(),
+            executor: "sim".parse().unwrap(),
             config: Value::Null,
         }
     }
@@ -361,10 +359,10 @@ mod tests {
     fn definitions_are_validated() {
         let spec = EnvironmentSpec { targets: vec![def("a", "x"), def("a", "y")], ..EnvironmentSpec::default() };
         assert!(spec.validate(None).unwrap_err().has_field("targets[1].id"));
-        let mut bad = def("b", "x");
-        bad.executor = "Not Valid".into();
-        let spec = EnvironmentSpec { targets: vec![bad], ..EnvironmentSpec::default() };
-        assert!(spec.validate(None).unwrap_err().has_field("targets[0].executor"));
+        // A kind's spelling is checked when it is read: one that is not a name never reaches validation.
+        assert!("Not Valid".parse::<ExecutorKind>().is_err());
+        let bad = serde_json::from_str::<EnvironmentSpec>(r#"{"targets": [{"id": "b", "executor": "Not Valid"}]}"#);
+        assert!(bad.unwrap_err().to_string().contains("executor kind"));
         let spec = EnvironmentSpec { targets: vec![def("c", "x")], ..EnvironmentSpec::default() };
         assert!(spec.validate(Some(&["sim".to_owned()])).is_ok());
         assert!(spec.validate(Some(&["process".to_owned()])).is_err());

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use crate::environment::EnvironmentTarget;
-use crate::names::{DeploymentId, EnvironmentName, TargetId};
+use crate::names::{DeploymentId, EnvironmentName, ExecutorKind, TargetId};
 use crate::secrets::ResolvedSecrets;
 use crate::spec::ImperativeStep;
 use crate::state::{DesiredState, Health, Observation};
@@ -23,7 +23,7 @@ pub struct Target {
     /// Its labels.
     pub labels: BTreeMap<String, String>,
     /// The executor kind the environment names for it.
-    pub executor: String,
+    pub executor: ExecutorKind,
     /// Executor-specific configuration from the environment.
     pub config: Value,
 }
@@ -321,7 +321,7 @@ impl ExecutorRouter {
     /// # Errors
     /// A permanent [`ExecutorError`] naming the kind when no executor serves it.
     pub fn resolve(&self, target: &Target) -> Result<Arc<dyn Executor>, ExecutorError> {
-        self.routes.get(&target.executor).or(self.every.as_ref()).cloned().ok_or_else(|| {
+        self.routes.get(target.executor.as_str()).or(self.every.as_ref()).cloned().ok_or_else(|| {
             ExecutorError::permanent(format!("no executor named {:?} for target {}", target.executor, target.id))
         })
     }

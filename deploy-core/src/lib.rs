@@ -75,7 +75,8 @@ pub use error::Error;
 pub use event::{Event, EventStatus, EventType, NewEvent};
 pub use executor::{ApplyContext, ErrorClass, Executor, ExecutorError, ExecutorRouter, Outcome, Target};
 pub use names::{
-    DeploymentId, EnvironmentName, Fingerprint, IdempotencyKey, NameError, Revision, ServiceName, TargetId, Version,
+    DeploymentId, EnvironmentName, ExecutorKind, Fingerprint, IdempotencyKey, NameError, Revision, ServiceName,
+    TargetId, Version,
 };
 pub use problem::ProblemKind;
 pub use secrets::{

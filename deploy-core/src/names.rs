@@ -157,6 +157,15 @@ string_name!(
 );
 
 string_name!(
+    /// The kind of executor a target names (`process`, `command`, `agent`, `sim`, or one's own): what an
+    /// [`ExecutorRouter`](crate::ExecutorRouter) routes on.
+    ExecutorKind,
+    "executor kind",
+    "use 1 to 64 lowercase letters, digits, '-' or '_'",
+    |s: &str| (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+);
+
+string_name!(
     /// A caller's idempotency key: 1 to 255 visible ASCII characters.
     IdempotencyKey,
     "idempotency key",

@@ -18,7 +18,7 @@ fn environment() -> Environment {
     let target = |id: &str| TargetDefinition {
         id: TargetId::new(id).unwrap(),
         labels: BTreeMap::from([("zone".to_owned(), "eu-1".to_owned())]),
-        executor: "vm".into(),
+        executor: "vm".parse().unwrap(),
         config: serde_json::Value::Null,
     };
     let spec = EnvironmentSpec { targets: vec![target("web-1"), target("web-2")], ..EnvironmentSpec::default() };

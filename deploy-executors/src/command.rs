@@ -439,7 +439,7 @@ mod tests {
             environment: EnvironmentName::new("prod").unwrap(),
             id: TargetId::new("h-1").unwrap(),
             labels: BTreeMap::new(),
-            executor: "command".into(),
+            executor: "command".parse().unwrap(),
             config: serde_json::json!({"hooks": {"install": hook}, "timeout": "60s"}),
         }
     }

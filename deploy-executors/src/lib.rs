@@ -24,7 +24,7 @@
 //!     environment: "prod".parse()?,
 //!     id: "web-1".parse()?,
 //!     labels: Default::default(),
-//!     executor: "sim".into(),
+//!     executor: "sim".parse().unwrap(),
 //!     config: serde_json::json!({"initial_version": "1.0", "apply_ms": 0}),
 //! };
 //! let executor = router.resolve(&target)?;

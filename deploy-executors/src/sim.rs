@@ -76,7 +76,7 @@ struct SimState {
 ///     environment: "prod".parse().unwrap(),
 ///     id: "web-1".parse().unwrap(),
 ///     labels: Default::default(),
-///     executor: "sim".into(),
+///     executor: "sim".parse().unwrap(),
 ///     config: serde_json::json!({"initial_version": "1.0", "apply_ms": 0}),
 /// };
 /// assert_eq!(sim.observe(&target, None).await?.version.unwrap().as_str(), "1.0");

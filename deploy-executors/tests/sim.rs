@@ -12,7 +12,7 @@ fn target(config: serde_json::Value) -> Target {
         environment: "prod".parse().unwrap(),
         id: "web-1".parse().unwrap(),
         labels: Default::default(),
-        executor: "sim".into(),
+        executor: "sim".parse().unwrap(),
         config,
     }
 }

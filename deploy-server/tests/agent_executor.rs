@@ -42,7 +42,7 @@ impl Agents {
             environment: Self::env(),
             id,
             labels: BTreeMap::new(),
-            executor: "agent".into(),
+            executor: "agent".parse().unwrap(),
             config: serde_json::Value::Null,
         }
     }

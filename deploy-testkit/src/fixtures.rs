@@ -126,7 +126,7 @@ pub fn environment(ids: &[&str], executor: &str, concurrency: ConcurrencyPolicy)
                 )]
                 .into_iter()
                 .collect(),
-                executor: executor.to_owned(),
+                executor: fixture(deploy_core::ExecutorKind::new(executor)),
                 config: serde_json::Value::Null,
             })
             .collect(),

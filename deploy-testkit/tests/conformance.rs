@@ -24,7 +24,7 @@ fn target(id: &str, kind: &str) -> Target {
         environment: EnvironmentName::new("suite").unwrap(),
         id: TargetId::new(id).unwrap(),
         labels: BTreeMap::new(),
-        executor: kind.into(),
+        executor: kind.parse().unwrap(),
         config: serde_json::Value::Null,
     }
 }

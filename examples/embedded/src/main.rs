@@ -118,7 +118,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(TargetDefinition {
                 id: TargetId::new(*h)?,
                 labels: BTreeMap::new(),
-                executor: "fleet".into(),
+                executor: "fleet".parse()?,
                 config: serde_json::Value::Null,
             })
         })

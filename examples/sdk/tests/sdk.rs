@@ -33,7 +33,13 @@ struct Fixture {
 impl Fixture {
     fn target(&self, config: serde_json::Value) -> Target {
         let id = TargetId::new(format!("i-{}", self.next.fetch_add(1, Ordering::SeqCst))).unwrap();
-        Target { environment: "suite".parse().unwrap(), id, labels: BTreeMap::new(), executor: KIND.into(), config }
+        Target {
+            environment: "suite".parse().unwrap(),
+            id,
+            labels: BTreeMap::new(),
+            executor: KIND.parse().unwrap(),
+            config,
+        }
     }
 }
 
@@ -77,7 +83,7 @@ fn fleet(n: usize) -> EnvironmentSpec {
             .map(|i| TargetDefinition {
                 id: TargetId::new(format!("web-{i}")).unwrap(),
                 labels: BTreeMap::new(),
-                executor: KIND.into(),
+                executor: KIND.parse().unwrap(),
                 config: serde_json::Value::Null,
             })
             .collect(),

@@ -629,7 +629,7 @@ mod tests {
             .map(|id| TargetDefinition {
                 id: TargetId::new(*id).unwrap(),
                 labels: Default::default(),
-                executor: "vm".into(),
+                executor: "vm".parse().unwrap(),
                 config: serde_json::Value::Null,
             })
             .collect();
