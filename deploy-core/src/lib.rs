@@ -90,8 +90,8 @@ pub use spec::{
 };
 pub use state::{ActualState, DesiredState, Health, Observation};
 pub use store::{
-    Acceptance, Accepted, AgentStore, AuditLog, Claim, Control, DeliveryOutcome, DeliveryStatus, DeploymentFilter,
-    EnvironmentWrite, FullStore, IdempotencyRecord, KeyStore, Lease, Page, PageRequest, Store, StoreError,
-    WebhookDelivery, WebhookPayload, WebhookStore, WebhookSubscription, restarted_owner,
+    Acceptance, Accepted, AgentStore, AuditLog, Claim, Control, DeliveryOutcome, DeliveryStatus, DeliveryTransition,
+    DeploymentFilter, EnvironmentWrite, FullStore, IdempotencyRecord, KeyStore, Lease, Page, PageRequest, Store,
+    StoreError, WebhookDelivery, WebhookPayload, WebhookStore, WebhookSubscription, restarted_owner,
 };
 pub use webhook::{RetrySchedule, RetryScheduleError};

@@ -330,6 +330,49 @@ impl WebhookSubscription {
     }
 }
 
+/// What one attempt's outcome does to a pending delivery (every attempt also counts one more in `attempts`; a
+/// delivery no longer pending is left alone). Decided here, once: `MemoryStore` applies it through
+/// [`WebhookDelivery::record_attempt`], the SQL stores bind its fields into their batched statements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryTransition {
+    /// The delivery's new status.
+    pub status: DeliveryStatus,
+    /// The HTTP status of the answer, if one came.
+    pub last_status_code: Option<u16>,
+    /// When to try again, while still pending.
+    pub next_attempt_at: Option<Timestamp>,
+    /// Whether it was delivered now (`delivered_at` is the time of the attempt).
+    pub delivered: bool,
+    /// Whether the receiver asked for the subscription to end (410): it is disabled, its other pending deliveries
+    /// fail.
+    pub disables_subscription: bool,
+}
+
+impl DeliveryOutcome {
+    /// What this outcome does to a pending delivery.
+    #[must_use]
+    pub fn transition(&self) -> DeliveryTransition {
+        let done = |status, code| DeliveryTransition {
+            status,
+            last_status_code: code,
+            next_attempt_at: None,
+            delivered: false,
+            disables_subscription: false,
+        };
+        match *self {
+            Self::Delivered { status_code } => {
+                DeliveryTransition { delivered: true, ..done(DeliveryStatus::Delivered, Some(status_code)) }
+            }
+            Self::Retry { status_code, next_attempt_at } => DeliveryTransition {
+                next_attempt_at: Some(next_attempt_at),
+                ..done(DeliveryStatus::Pending, status_code)
+            },
+            Self::GiveUp { status_code } => done(DeliveryStatus::Failed, status_code),
+            Self::Gone => DeliveryTransition { disables_subscription: true, ..done(DeliveryStatus::Failed, Some(410)) },
+        }
+    }
+}
+
 /// The state of one webhook delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -437,33 +480,15 @@ impl WebhookDelivery {
         if self.status != DeliveryStatus::Pending {
             return false;
         }
+        let t = outcome.transition();
         self.attempts = self.attempts.saturating_add(1);
-        match outcome {
-            DeliveryOutcome::Delivered { status_code } => {
-                self.status = DeliveryStatus::Delivered;
-                self.last_status_code = Some(status_code);
-                self.delivered_at = Some(now);
-                self.next_attempt_at = None;
-                false
-            }
-            DeliveryOutcome::Retry { status_code, next_attempt_at } => {
-                self.last_status_code = status_code;
-                self.next_attempt_at = Some(next_attempt_at);
-                false
-            }
-            DeliveryOutcome::GiveUp { status_code } => {
-                self.status = DeliveryStatus::Failed;
-                self.last_status_code = status_code;
-                self.next_attempt_at = None;
-                false
-            }
-            DeliveryOutcome::Gone => {
-                self.status = DeliveryStatus::Failed;
-                self.last_status_code = Some(410);
-                self.next_attempt_at = None;
-                true
-            }
+        self.status = t.status;
+        self.last_status_code = t.last_status_code;
+        self.next_attempt_at = t.next_attempt_at;
+        if t.delivered {
+            self.delivered_at = Some(now);
         }
+        t.disables_subscription
     }
 }
 
@@ -945,5 +970,19 @@ mod tests {
         };
         assert!(record.check_replay(Fingerprint::of(b"request").as_str()).is_ok());
         assert!(matches!(record.check_replay("other"), Err(StoreError::IdempotencyKeyReuse { .. })));
+    }
+
+    #[test]
+    fn the_delivery_state_machine_is_decided_in_one_place() {
+        use super::{DeliveryOutcome, DeliveryStatus};
+        let at = time::OffsetDateTime::UNIX_EPOCH;
+        let t = DeliveryOutcome::Delivered { status_code: 204 }.transition();
+        assert_eq!((t.status, t.last_status_code, t.delivered), (DeliveryStatus::Delivered, Some(204), true));
+        let t = DeliveryOutcome::Retry { status_code: Some(503), next_attempt_at: at }.transition();
+        assert_eq!((t.status, t.next_attempt_at, t.delivered), (DeliveryStatus::Pending, Some(at), false));
+        let t = DeliveryOutcome::GiveUp { status_code: None }.transition();
+        assert_eq!((t.status, t.last_status_code, t.disables_subscription), (DeliveryStatus::Failed, None, false));
+        let t = DeliveryOutcome::Gone.transition();
+        assert_eq!((t.status, t.last_status_code, t.disables_subscription), (DeliveryStatus::Failed, Some(410), true));
     }
 }

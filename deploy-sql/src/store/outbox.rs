@@ -142,38 +142,59 @@ pub(super) async fn fail_pending_deliveries(conn: &mut AnyConnection, subscripti
     Ok(())
 }
 
-/// Outcomes to record, sorted by the statement that writes them.
+/// Outcomes to record, sorted by the statement that writes them. What each does is
+/// [`DeliveryOutcome::transition`]'s decision; these statements only write it.
 #[derive(Default)]
 pub(super) struct Outcomes<'a> {
-    /// By status code: each code's deliveries take one statement per chunk.
-    pub(super) delivered: std::collections::BTreeMap<u16, Vec<&'a str>>,
+    /// Deliveries that stay pending, each with its code and next attempt.
     pub(super) retry: Vec<(&'a str, Option<u16>, Timestamp)>,
-    pub(super) give_up: Vec<(&'a str, Option<u16>)>,
-    pub(super) gone: Vec<&'a str>,
+    /// Deliveries that end, grouped by what they end with: each group takes one statement.
+    pub(super) finished: std::collections::BTreeMap<Finish, Vec<&'a str>>,
+}
+
+/// How a delivery ends: its status, the answer's code, whether it was delivered now, and whether its subscription
+/// ends with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Finish {
+    pub(super) status: &'static str,
+    pub(super) code: Option<u16>,
+    pub(super) delivered: bool,
+    pub(super) disables_subscription: bool,
 }
 
 impl<'a> Outcomes<'a> {
     pub(super) fn sort(outcomes: &'a [(String, DeliveryOutcome)]) -> Self {
         let mut sorted = Self::default();
         for (id, outcome) in outcomes {
-            match outcome {
-                DeliveryOutcome::Delivered { status_code } => {
-                    sorted.delivered.entry(*status_code).or_default().push(id);
+            let t = outcome.transition();
+            match (t.status, t.next_attempt_at) {
+                (DeliveryStatus::Pending, Some(next)) => sorted.retry.push((id, t.last_status_code, next)),
+                (status, _) => {
+                    let finish = Finish {
+                        status: status_name(status),
+                        code: t.last_status_code,
+                        delivered: t.delivered,
+                        disables_subscription: t.disables_subscription,
+                    };
+                    sorted.finished.entry(finish).or_default().push(id);
                 }
-                DeliveryOutcome::Retry { status_code, next_attempt_at } => {
-                    sorted.retry.push((id, *status_code, *next_attempt_at));
-                }
-                DeliveryOutcome::GiveUp { status_code } => sorted.give_up.push((id, *status_code)),
-                DeliveryOutcome::Gone => sorted.gone.push(id),
             }
         }
         sorted
     }
 }
 
-/// Records outcomes of pending deliveries (the same transitions as [`WebhookDelivery::record_attempt`]), a statement
-/// per kind of outcome and chunk; a delivery no longer pending is left alone. Returns the subscriptions whose
-/// receivers answered 410.
+fn status_name(status: DeliveryStatus) -> &'static str {
+    match status {
+        DeliveryStatus::Pending => "pending",
+        DeliveryStatus::Delivered => "delivered",
+        DeliveryStatus::Failed => "failed",
+    }
+}
+
+/// Records outcomes of pending deliveries (the transitions of [`DeliveryOutcome::transition`], as
+/// [`WebhookDelivery::record_attempt`] applies them), a statement per kind of outcome and chunk; a delivery no longer
+/// pending is left alone. Returns the subscriptions whose receivers asked for them to end (410).
 ///
 /// Rows are found by id and checked by `status` (always in step with `pending`), never by `pending`: for
 /// `pending = 1` SQLite's planner would take an index partial on it (the `due` index) and scan every pending delivery.
@@ -185,20 +206,29 @@ pub(super) async fn record_outcomes(
 ) -> Result<Vec<Uuid>, StoreError> {
     let sorted = Outcomes::sort(outcomes);
     let now_text = rfc3339(now)?;
-    for (code, ids) in &sorted.delivered {
+    let mut gone = Vec::new();
+    for (finish, ids) in &sorted.finished {
+        let returning = if finish.disables_subscription { " RETURNING subscription_id" } else { "" };
         let sql = format!(
-            "UPDATE deploy_deliveries SET status = 'delivered', attempts = attempts + 1, last_status_code = $1, \
-             delivered_at = $2, next_at = NULL, pending = 0, due = NULL, hidden_until = NULL \
-             WHERE status = 'pending' AND id IN {}",
-            backend.json_strings(3)
+            "UPDATE deploy_deliveries SET status = $1, attempts = attempts + 1, last_status_code = $2, \
+             delivered_at = COALESCE($3, delivered_at), next_at = NULL, pending = 0, due = NULL, hidden_until = NULL \
+             WHERE status = 'pending' AND id IN {}{returning}",
+            backend.json_strings(4)
         );
-        sqlx::query(AssertSqlSafe(sql))
-            .bind(i64::from(*code))
-            .bind(now_text.clone())
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(finish.status)
+            .bind(finish.code.map(i64::from))
+            .bind(finish.delivered.then(|| now_text.clone()))
             .bind(to_json(ids)?)
-            .execute(&mut *conn)
+            .fetch_all(&mut *conn)
             .await
             .map_err(unavailable)?;
+        for row in rows {
+            let id = get::<String>(&row, "subscription_id")?.parse().map_err(|e| corrupt("subscription id", e))?;
+            if !gone.contains(&id) {
+                gone.push(id);
+            }
+        }
     }
     for chunk in sorted.retry.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
@@ -212,40 +242,6 @@ pub(super) async fn record_outcomes(
             q = q.bind(*id).bind(code.map(i64::from)).bind(rfc3339(*at)?).bind(ms(*at));
         }
         q.execute(&mut *conn).await.map_err(unavailable)?;
-    }
-    for chunk in sorted.give_up.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "WITH v (id, code) AS (VALUES {}) \
-             UPDATE deploy_deliveries SET status = 'failed', attempts = attempts + 1, last_status_code = v.code, \
-             next_at = NULL, pending = 0, due = NULL, hidden_until = NULL \
-             FROM v WHERE deploy_deliveries.id = v.id AND deploy_deliveries.status = 'pending'",
-            tuples(chunk.len(), &["TEXT", "BIGINT"], 1)
-        );
-        let mut q = sqlx::query(AssertSqlSafe(sql));
-        for (id, code) in chunk {
-            q = q.bind(*id).bind(code.map(i64::from));
-        }
-        q.execute(&mut *conn).await.map_err(unavailable)?;
-    }
-    let mut gone = Vec::new();
-    if !sorted.gone.is_empty() {
-        let sql = format!(
-            "UPDATE deploy_deliveries SET status = 'failed', attempts = attempts + 1, last_status_code = 410, \
-             next_at = NULL, pending = 0, due = NULL, hidden_until = NULL \
-             WHERE status = 'pending' AND id IN {} RETURNING subscription_id",
-            backend.json_strings(1)
-        );
-        let rows = sqlx::query(AssertSqlSafe(sql))
-            .bind(to_json(&sorted.gone)?)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(unavailable)?;
-        for row in rows {
-            let id = get::<String>(&row, "subscription_id")?.parse().map_err(|e| corrupt("subscription id", e))?;
-            if !gone.contains(&id) {
-                gone.push(id);
-            }
-        }
     }
     Ok(gone)
 }
