@@ -116,3 +116,37 @@ fn an_events_status_is_read_in_the_light_of_its_type() {
     let newer: Event = serde_json::from_value(doc).unwrap();
     assert_eq!(newer.status, EventStatus::Unknown("awaiting_approval".into()), "a newer server's status still reads");
 }
+
+#[test]
+fn the_audit_entry_document_is_pinned() {
+    let entry = deploy_core::AuditEntry {
+        id: "01937a2e-8f00-7000-8000-0000000000a1".parse().unwrap(),
+        at: at(),
+        actor: "key:ci".into(),
+        action: "deployment.submit".into(),
+        resource: "/v1/deployments".into(),
+        environment: Some("prod".into()),
+        request_id: "req-1".into(),
+        outcome: "202".into(),
+    };
+    insta::assert_snapshot!("audit_entry", pretty(&entry));
+}
+
+#[test]
+fn a_webhook_delivery_row_is_pinned() {
+    let event = Event {
+        seq: 1,
+        at: at(),
+        event_type: EventType::Queued,
+        deployment_id: deployment().id(),
+        target_id: None,
+        status: deploy_core::EventStatus::Deployment(deploy_core::DeploymentStatus::Queued),
+        message: "queued".into(),
+    };
+    let sub = "01937a2e-8f00-7000-8000-0000000000b1".parse().unwrap();
+    let mut delivery = deploy_core::WebhookDelivery::pending(sub, &event, &serde_json::json!({"id": "d-1"}));
+    delivery.id = "msg_pinned".into(); // a fresh UUIDv7 otherwise
+    let _ = delivery
+        .record_attempt(deploy_core::DeliveryOutcome::Retry { status_code: Some(503), next_attempt_at: at() }, at());
+    insta::assert_snapshot!("webhook_delivery", pretty(&delivery));
+}
