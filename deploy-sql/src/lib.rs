@@ -7,7 +7,7 @@
 //!
 //! Schemas are versioned and migrated on open; a database written by a newer binary is refused.
 //!
-//! Features: `sqlite` and `postgres` (both by default) choose the drivers built; `testing` adds [`testing`]-style
+//! Features: `sqlite` and `postgres` (both by default) choose the drivers built; `testing` adds `deploy_sql::testing`:
 //! helpers that make a fresh PostgreSQL database per test.
 //!
 //! ```

@@ -18,8 +18,8 @@ use serde_json::Value;
 
 pub use builder::DeploymentSpecBuilder;
 pub use request::{
-    ArtifactRequest, CanaryStepRequest, DeploymentRequest, FailureRequest, StepRequest, StrategyRequest,
-    TargetsRequest, UnreachableRequest, VerifyRequest,
+    ArtifactRequest, CanaryStepRequest, DeploymentRequest, FailureRequest, StepRequest, StrategyFields,
+    StrategyRequest, TargetsRequest, UnreachableRequest, VerifyRequest,
 };
 
 use crate::duration::HumanDuration;
