@@ -64,9 +64,8 @@ fn the_environment_document_is_pinned() {
     insta::assert_snapshot!("environment", pretty(&environment()));
 }
 
-#[test]
-fn the_event_document_is_pinned() {
-    let event = Event {
+fn queued_event() -> Event {
+    Event {
         seq: 1,
         at: at(),
         event_type: EventType::Queued,
@@ -74,8 +73,12 @@ fn the_event_document_is_pinned() {
         target_id: None,
         status: deploy_core::EventStatus::Deployment(deploy_core::DeploymentStatus::Queued),
         message: "queued behind nothing".into(),
-    };
-    insta::assert_snapshot!("event", pretty(&event));
+    }
+}
+
+#[test]
+fn the_event_document_is_pinned() {
+    insta::assert_snapshot!("event", pretty(&queued_event()));
 }
 
 #[test]
@@ -134,15 +137,7 @@ fn the_audit_entry_document_is_pinned() {
 
 #[test]
 fn a_webhook_delivery_row_is_pinned() {
-    let event = Event {
-        seq: 1,
-        at: at(),
-        event_type: EventType::Queued,
-        deployment_id: deployment().id(),
-        target_id: None,
-        status: deploy_core::EventStatus::Deployment(deploy_core::DeploymentStatus::Queued),
-        message: "queued".into(),
-    };
+    let event = queued_event();
     let sub = "01937a2e-8f00-7000-8000-0000000000b1".parse().unwrap();
     let mut delivery = deploy_core::WebhookDelivery::pending(sub, &event, &serde_json::json!({"id": "d-1"}));
     delivery.id = "msg_pinned".into(); // a fresh UUIDv7 otherwise
