@@ -184,6 +184,14 @@ pub(crate) enum EnvCommand {
     },
     /// List environments.
     List,
+    /// The releases that ran in an environment, newest first: who submitted each, how it ended, how long it ran.
+    History {
+        /// Its name.
+        name: EnvironmentName,
+        /// How many (1 to 500).
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -413,6 +413,27 @@ async fn env(ctx: &Ctx, cmd: EnvCommand) -> Result<u8> {
                 render::table(&["name", "revision", "concurrency", "targets", "active"], &rows)
             })?;
         }
+        EnvCommand::History { name, limit } => {
+            let page = PageRequest { limit: limit.clamp(1, 500), cursor: None };
+            let page = ctx.client.history(&name, &page).await.map_err(ctx.fail())?;
+            ctx.print(&page, || {
+                let rows: Vec<Vec<String>> = page
+                    .items
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.deployment_id.to_string(),
+                            r.version.to_string(),
+                            r.status.to_string(),
+                            r.submitted_by.clone(),
+                            render::time(r.started_at),
+                            r.duration_ms.map(|ms| format!("{:.1}s", ms as f64 / 1000.0)).unwrap_or_default(),
+                        ]
+                    })
+                    .collect();
+                render::table(&["deployment", "version", "status", "submitted by", "started", "took"], &rows)
+            })?;
+        }
     }
     Ok(0)
 }

@@ -178,6 +178,15 @@ async fn exit_codes_follow_each_outcome_and_json_is_parseable() {
     assert!(stdout(&audit).contains("deployment.submit"), "{:?} {}{}", audit.status, stdout(&audit), stderr(&audit));
     let envs = deployctl(&url, ADMIN, &["env", "list"]).await;
     assert!(stdout(&envs).contains("slow") && stdout(&envs).contains("prod"));
+    // The releases that ran in prod, newest first, as a table and as JSON.
+    let history = deployctl(&url, ADMIN, &["env", "history", "prod"]).await;
+    assert_eq!(code(&history), 0, "{}", stderr(&history));
+    assert!(stdout(&history).contains("SUBMITTED BY"), "{}", stdout(&history));
+    let history = deployctl(&url, ADMIN, &["env", "history", "prod", "-o", "json"]).await;
+    let history: Value = serde_json::from_str(&stdout(&history)).unwrap();
+    let items = history["items"].as_array().unwrap();
+    assert!(!items.is_empty(), "releases ran in prod");
+    assert!(items.iter().all(|r| r["started_at"].is_string()), "only what started: {history}");
     server.shutdown().await;
 }
 

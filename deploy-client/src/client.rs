@@ -407,6 +407,19 @@ impl Client {
         self.get_json("/v1/environments", &page_query(page)).await
     }
 
+    /// One page of the releases that ran in an environment, newest first: every deployment that started there, with
+    /// who submitted it, how it ended and how long it ran.
+    ///
+    /// # Errors
+    /// [`Error::Problem`] `not-found`, `forbidden`, ...
+    pub async fn history(
+        &self,
+        environment: &EnvironmentName,
+        page: &PageRequest,
+    ) -> Result<Page<deploy_core::Release>, Error> {
+        self.get_json(&format!("/v1/environments/{environment}/history"), &page_query(page)).await
+    }
+
     /// Every environment, page after page.
     pub fn environments(&self) -> impl Stream<Item = Result<Environment, Error>> + Send + 'static {
         let client = self.clone();

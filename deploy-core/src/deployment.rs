@@ -971,3 +971,57 @@ mod tests {
         d.targets.clear();
     }
 }
+
+/// One release in an environment's history: a deployment that started there, with who submitted it, how it ended and
+/// how long it ran (`GET /v1/environments/{env}/history`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Release {
+    /// The deployment.
+    pub deployment_id: DeploymentId,
+    /// The service.
+    pub service: ServiceName,
+    /// The version it deployed.
+    pub version: Version,
+    /// Its status now (terminal once it ended).
+    pub status: DeploymentStatus,
+    /// Who submitted it.
+    pub submitted_by: String,
+    /// When it was accepted.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: Timestamp,
+    /// When it started.
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: Timestamp,
+    /// When it ended, if it has.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<Timestamp>,
+    /// From start to end, in milliseconds, once it ended.
+    #[serde(default)]
+    pub duration_ms: Option<u64>,
+    /// The deployment it rolled back, for a rollback.
+    #[serde(default)]
+    pub rollback_of: Option<DeploymentId>,
+}
+
+impl Release {
+    /// The release `d` is, or `None` when it never started (still queued, or cancelled or superseded before it ran).
+    #[must_use]
+    pub fn of(d: &Deployment) -> Option<Self> {
+        let started_at = d.started_at()?;
+        let duration_ms = d
+            .finished_at()
+            .map(|end| u64::try_from(crate::clock::elapsed_between(started_at, end).as_millis()).unwrap_or(u64::MAX));
+        Some(Self {
+            deployment_id: d.id(),
+            service: d.service().clone(),
+            version: d.version().clone(),
+            status: d.status(),
+            submitted_by: d.created_by().to_owned(),
+            created_at: d.created_at(),
+            started_at,
+            finished_at: d.finished_at(),
+            duration_ms,
+            rollback_of: d.rollback_of(),
+        })
+    }
+}

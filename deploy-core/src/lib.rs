@@ -60,7 +60,7 @@ pub use async_trait::async_trait;
 pub use auth::{Action, EnvironmentPattern, Forbidden, PatternError, Principal, Role};
 pub use clock::{Clock, SystemClock, Timestamp, add as add_duration, elapsed_between};
 pub use deployment::{
-    Deployment, DeploymentDraft, DeploymentStatus, ProgressUpdate, StatusChange, Summary, TargetObservation,
+    Deployment, DeploymentDraft, DeploymentStatus, ProgressUpdate, Release, StatusChange, Summary, TargetObservation,
     TargetPlan, TargetProgress, TargetStatus, UpdateError,
 };
 pub use duration::{DurationParseError, HumanDuration};

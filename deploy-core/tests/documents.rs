@@ -145,3 +145,8 @@ fn a_webhook_delivery_row_is_pinned() {
         .record_attempt(deploy_core::DeliveryOutcome::Retry { status_code: Some(503), next_attempt_at: at() }, at());
     insta::assert_snapshot!("webhook_delivery", pretty(&delivery));
 }
+
+#[test]
+fn a_deployment_that_never_started_is_no_release() {
+    assert_eq!(deploy_core::Release::of(&deployment()), None, "queued: not in the history");
+}

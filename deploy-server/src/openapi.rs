@@ -288,6 +288,42 @@ pub struct DeploymentDoc {
     pub revision: u64,
 }
 
+/// One release in an environment's history: a deployment that started there.
+#[derive(ToSchema)]
+#[schema(as = Release)]
+pub struct ReleaseDoc {
+    /// The deployment.
+    pub deployment_id: String,
+    /// The service.
+    pub service: String,
+    /// The version it deployed.
+    pub version: String,
+    /// Its status now (`queued`, `in_progress`, `succeeded`, ...), terminal once it ended.
+    pub status: String,
+    /// Who submitted it (`key:ci-bot`).
+    pub submitted_by: String,
+    /// When it was accepted (RFC 3339).
+    pub created_at: String,
+    /// When it started (RFC 3339).
+    pub started_at: String,
+    /// When it ended (RFC 3339), if it has.
+    pub finished_at: Option<String>,
+    /// From start to end in milliseconds, once it ended.
+    pub duration_ms: Option<u64>,
+    /// The deployment it rolled back, for a rollback.
+    pub rollback_of: Option<String>,
+}
+
+/// A page of an environment's releases, newest first.
+#[derive(ToSchema)]
+#[schema(as = ReleaseList)]
+pub struct ReleaseListDoc {
+    /// The releases.
+    pub items: Vec<ReleaseDoc>,
+    /// The cursor of the next page.
+    pub next_cursor: Option<String>,
+}
+
 /// A page of deployments, newest first.
 #[derive(ToSchema)]
 #[schema(as = DeploymentList)]
@@ -599,7 +635,7 @@ impl Modify for BearerAuth {
     modifiers(&BearerAuth),
     security(("bearer" = [])),
     paths(
-        routes::put_environment, routes::get_environment, routes::list_environments,
+        routes::put_environment, routes::get_environment, routes::list_environments, routes::history,
         routes::submit, routes::list_deployments, routes::get_deployment, routes::events, routes::cancel,
         routes::rollback, routes::create_key, routes::list_keys, routes::delete_key, routes::audit,
         webhooks::create_webhook, webhooks::list_webhooks, webhooks::get_webhook, webhooks::delete_webhook,
@@ -608,7 +644,7 @@ impl Modify for BearerAuth {
     ),
     components(schemas(
         ProblemDoc, FieldErrorDoc, EnvironmentSpecDoc, EnvironmentDoc, EnvironmentListDoc, DeploymentRequestDoc,
-        DeploymentDoc, DeploymentListDoc, EventDoc, EventListDoc, NewApiKeyDoc, ApiKeyDoc, ApiKeyListDoc,
+        DeploymentDoc, DeploymentListDoc, ReleaseDoc, ReleaseListDoc, EventDoc, EventListDoc, NewApiKeyDoc, ApiKeyDoc, ApiKeyListDoc,
         AuditEntryDoc, AuditListDoc, ProblemTypeDoc, StatusDoc, NewWebhookDoc, WebhookDoc, WebhookListDoc,
         DeliveryDoc, DeliveryListDoc, AgentReportDoc, AgentSlotDoc,
     )),

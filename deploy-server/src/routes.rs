@@ -267,6 +267,30 @@ pub(crate) async fn get_deployment(
 
 #[utoipa::path(
     get,
+    path = "/v1/environments/{env}/history",
+    tag = "environments",
+    params(("env" = String, Path, description = "Environment name"), ("limit" = Option<u32>, Query, description = "1 to 500, default 50"), ("cursor" = Option<String>, Query, description = "From the previous page")),
+    responses(
+        (status = 200, description = "The releases that ran in the environment, newest first: who submitted each, how it ended, how long it ran", body = crate::openapi::ReleaseListDoc),
+        (status = 400, description = "Invalid name or paging", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such environment", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        crate::openapi::CommonProblems,
+    )
+)]
+pub(crate) async fn history(
+    State(state): State<AppState>,
+    Path(env): Path<String>,
+    caller: Caller,
+    params: Params,
+) -> ApiResult {
+    let name = env_name(&env)?;
+    let page = params.page()?;
+    let out = state.inner.orchestrator.history(&caller.principal, &name, &page).await?;
+    Ok(list_body(&out.items, out.next_cursor))
+}
+
+#[utoipa::path(
+    get,
     path = "/v1/deployments",
     tag = "deployments",
     params(("environment" = Option<String>, Query, description = "Only this environment"), ("service" = Option<String>, Query, description = "Only this service"), ("status" = Option<String>, Query, description = "Only this status"), ("limit" = Option<u32>, Query, description = "1 to 500, default 50"), ("cursor" = Option<String>, Query, description = "From the previous page")),

@@ -620,3 +620,38 @@ async fn rate_limits_answer_429_with_retry_after() {
     assert!((1..=2).contains(&wait), "{wait}");
     assert_eq!(s.get("/v1/environments", &other).await.status, StatusCode::OK, "other principals are not limited");
 }
+
+#[tokio::test]
+async fn an_environments_history_lists_the_releases_that_ran_there_newest_first() {
+    let s = Server::start("history").await;
+    s.sim_env("prod", 2, "queue", json!({})).await;
+    s.sim_env("staging", 1, "queue", json!({})).await;
+    for version in ["2.0", "3.0"] {
+        let a = s.post("/v1/deployments", ADMIN, deploy("prod", version)).await;
+        assert_eq!(a.status, StatusCode::ACCEPTED, "{:?}", a.body);
+        s.wait_terminal(a.body["id"].as_str().unwrap()).await;
+    }
+    let h = s.get("/v1/environments/prod/history", ADMIN).await;
+    assert_eq!(h.status, StatusCode::OK, "{:?}", h.body);
+    let items = h.body["items"].as_array().unwrap();
+    let versions: Vec<&str> = items.iter().map(|r| r["version"].as_str().unwrap()).collect();
+    assert_eq!(versions, ["3.0", "2.0"], "newest first");
+    for r in items {
+        assert_eq!(r["status"], "succeeded");
+        assert_eq!(r["submitted_by"], "key:bootstrap-admin");
+        assert!(r["duration_ms"].as_u64().is_some(), "a finished release says how long it ran: {r}");
+        assert!(r["started_at"].is_string() && r["finished_at"].is_string());
+    }
+    // Paged like every listing.
+    let first = s.get("/v1/environments/prod/history?limit=1", ADMIN).await;
+    assert_eq!(first.body["items"].as_array().map(Vec::len), Some(1));
+    assert!(first.body["next_cursor"].is_string());
+
+    // Who may read it: a viewer of prod, not a key limited to staging; an unknown environment is 404.
+    let viewer = s.key("prod-viewer", "viewer", &["prod"]).await;
+    assert_eq!(s.get("/v1/environments/prod/history", &viewer).await.status, StatusCode::OK);
+    let other = s.key("staging-viewer", "viewer", &["staging"]).await;
+    s.get("/v1/environments/prod/history", &other).await.problem(403, "forbidden");
+    s.get("/v1/environments/nowhere/history", ADMIN).await.problem(404, "not-found");
+    assert_eq!(s.get("/v1/environments/staging/history", ADMIN).await.body["items"], json!([]), "nothing ran there");
+}

@@ -432,6 +432,26 @@ impl Orchestrator {
         Ok(Page { items, next_cursor: cursor })
     }
 
+    /// The releases that ran in `environment`, newest first: every deployment that started there (queued ones and
+    /// those that stopped before they ran are left out), with who submitted it, how it ended and how long it ran.
+    ///
+    /// # Errors
+    /// [`Error::Forbidden`] when the principal may not read the environment; the store's `NotFound` when there is no
+    /// such environment.
+    pub async fn history(
+        &self,
+        principal: &Principal,
+        environment: &EnvironmentName,
+        page: &PageRequest,
+    ) -> Result<Page<crate::deployment::Release>, Error> {
+        principal.authorize(Action::Read, environment)?;
+        self.shared.store.get_environment(environment).await?;
+        let filter = DeploymentFilter { environment: Some(environment.clone()), ..DeploymentFilter::default() };
+        let out = self.shared.store.list_deployments(&filter, page).await?;
+        let items = out.items.iter().filter_map(crate::deployment::Release::of).collect();
+        Ok(Page { items, next_cursor: out.next_cursor })
+    }
+
     /// Events of a deployment after `after`, at most `limit`.
     ///
     /// # Errors
