@@ -184,6 +184,20 @@ pub(crate) enum EnvCommand {
     },
     /// List environments.
     List,
+    /// Roll an environment back to a chosen release: a new deployment of it.
+    Rollback {
+        /// Its name.
+        name: EnvironmentName,
+        /// `previous`, a deployment id, or a version.
+        #[arg(long, default_value = "previous")]
+        to: deploy_core::RollbackTo,
+        /// Wait for the rollback to finish; the exit code says how it ended.
+        #[arg(long)]
+        wait: bool,
+        /// The idempotency key (one rollback per key).
+        #[arg(long)]
+        idempotency_key: Option<IdempotencyKey>,
+    },
     /// The releases that ran in an environment, newest first: who submitted each, how it ended, how long it ran.
     History {
         /// Its name.

@@ -413,6 +413,17 @@ async fn env(ctx: &Ctx, cmd: EnvCommand) -> Result<u8> {
                 render::table(&["name", "revision", "concurrency", "targets", "active"], &rows)
             })?;
         }
+        EnvCommand::Rollback { name, to, wait, idempotency_key } => {
+            let s = ctx.client.rollback_environment(&name, &to, idempotency_key).await.map_err(ctx.fail())?;
+            let new = s.deployment.id();
+            if wait {
+                let d = follow(ctx, new, false).await?;
+                return Ok(render::exit_code(d.status()));
+            }
+            ctx.print(&s.deployment, || {
+                format!("Rollback {new} of {name} to {} accepted ({to}).", s.deployment.version())
+            })?;
+        }
         EnvCommand::History { name, limit } => {
             let page = PageRequest { limit: limit.clamp(1, 500), cursor: None };
             let page = ctx.client.history(&name, &page).await.map_err(ctx.fail())?;

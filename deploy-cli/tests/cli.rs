@@ -187,6 +187,12 @@ async fn exit_codes_follow_each_outcome_and_json_is_parseable() {
     let items = history["items"].as_array().unwrap();
     assert!(!items.is_empty(), "releases ran in prod");
     assert!(items.iter().all(|r| r["started_at"].is_string()), "only what started: {history}");
+    // Back to a chosen release; a version that never succeeded there is an error naming `to`.
+    let back = deployctl(&url, ADMIN, &["env", "rollback", "prod", "--to", "1.0", "--wait"]).await;
+    assert_eq!(code(&back), 0, "{}{}", stdout(&back), stderr(&back));
+    let none = deployctl(&url, ADMIN, &["env", "rollback", "prod", "--to", "9.9"]).await;
+    assert_eq!(code(&none), 1);
+    assert!(stderr(&none).contains("to"), "{}", stderr(&none));
     server.shutdown().await;
 }
 

@@ -547,6 +547,30 @@ impl Client {
         })
     }
 
+    /// Rolls an environment back to a chosen release (`previous`, a deployment, a version): a new deployment of that
+    /// release, with `rollback_of` naming the release that ran last. Like [`Client::submit`], it carries an
+    /// idempotency key on every retry.
+    ///
+    /// # Errors
+    /// [`Error::Problem`] `validation` (field `to`) when no release that succeeded matches, `not-found`, `forbidden`.
+    pub async fn rollback_environment(
+        &self,
+        environment: &EnvironmentName,
+        to: &deploy_core::RollbackTo,
+        idempotency_key: Option<IdempotencyKey>,
+    ) -> Result<Submitted, Error> {
+        let key = idempotency_key.unwrap_or_else(IdempotencyKey::generate);
+        let headers = [(HeaderName::from_static("idempotency-key"), key.to_string())];
+        let body = json!({"to": to.to_wire()});
+        let path = format!("/v1/environments/{environment}/rollback");
+        let answer = self.call(Method::POST, &path, &[], Some(&body), &headers, Repeat::Safe).await?;
+        Ok(Submitted {
+            replayed: answer.header("idempotent-replayed") == Some("true"),
+            deployment: answer.json()?,
+            idempotency_key: Some(key),
+        })
+    }
+
     /// Polls a deployment until it is terminal, as often as the server's `Retry-After` says (1 s by default), for at
     /// most `timeout`.
     ///

@@ -66,7 +66,8 @@ pub use deployment::{
 pub use duration::{DurationParseError, HumanDuration};
 pub use engine::ShutdownTrigger;
 pub use engine::{
-    EngineObserver, Orchestrator, OrchestratorBuilder, OrchestratorConfig, ShutdownSignal, Submission, Submitted,
+    EngineObserver, Orchestrator, OrchestratorBuilder, OrchestratorConfig, RollbackTo, ShutdownSignal, Submission,
+    Submitted,
 };
 pub use environment::{
     ConcurrencyPolicy, Environment, EnvironmentSpec, EnvironmentTarget, MAX_TARGETS, TargetDefinition,

@@ -277,6 +277,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/environments", get(routes::list_environments))
         .route("/v1/environments/{env}", put(routes::put_environment).get(routes::get_environment))
         .route("/v1/environments/{env}/history", get(routes::history))
+        .route("/v1/environments/{env}/rollback", post(routes::rollback_environment))
         .route("/v1/deployments", post(routes::submit).get(routes::list_deployments))
         .route("/v1/deployments/{id}", get(routes::get_deployment))
         .route("/v1/deployments/{id}/events", get(routes::events))

@@ -314,6 +314,15 @@ pub struct ReleaseDoc {
     pub rollback_of: Option<String>,
 }
 
+/// The body of an environment's rollback: which release to return to.
+#[derive(ToSchema)]
+#[schema(as = EnvironmentRollback)]
+pub struct EnvironmentRollbackDoc {
+    /// `previous` (the newest release that succeeded with another version than the last one), a deployment id, or a
+    /// version.
+    pub to: String,
+}
+
 /// A page of an environment's releases, newest first.
 #[derive(ToSchema)]
 #[schema(as = ReleaseList)]
@@ -636,6 +645,7 @@ impl Modify for BearerAuth {
     security(("bearer" = [])),
     paths(
         routes::put_environment, routes::get_environment, routes::list_environments, routes::history,
+        routes::rollback_environment,
         routes::submit, routes::list_deployments, routes::get_deployment, routes::events, routes::cancel,
         routes::rollback, routes::create_key, routes::list_keys, routes::delete_key, routes::audit,
         webhooks::create_webhook, webhooks::list_webhooks, webhooks::get_webhook, webhooks::delete_webhook,
@@ -644,7 +654,7 @@ impl Modify for BearerAuth {
     ),
     components(schemas(
         ProblemDoc, FieldErrorDoc, EnvironmentSpecDoc, EnvironmentDoc, EnvironmentListDoc, DeploymentRequestDoc,
-        DeploymentDoc, DeploymentListDoc, ReleaseDoc, ReleaseListDoc, EventDoc, EventListDoc, NewApiKeyDoc, ApiKeyDoc, ApiKeyListDoc,
+        DeploymentDoc, DeploymentListDoc, ReleaseDoc, ReleaseListDoc, EnvironmentRollbackDoc, EventDoc, EventListDoc, NewApiKeyDoc, ApiKeyDoc, ApiKeyListDoc,
         AuditEntryDoc, AuditListDoc, ProblemTypeDoc, StatusDoc, NewWebhookDoc, WebhookDoc, WebhookListDoc,
         DeliveryDoc, DeliveryListDoc, AgentReportDoc, AgentSlotDoc,
     )),

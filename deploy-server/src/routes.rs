@@ -448,6 +448,42 @@ pub(crate) async fn rollback(
     Ok(accepted(&submitted.deployment, submitted.replayed))
 }
 
+/// The body of `POST /v1/environments/{env}/rollback`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RollbackBody {
+    /// `previous`, a deployment id, or a version.
+    to: String,
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/environments/{env}/rollback",
+    tag = "environments",
+    params(("env" = String, Path, description = "Environment name"), ("Idempotency-Key" = Option<String>, Header, description = "One rollback per key")),
+    request_body(content = crate::openapi::EnvironmentRollbackDoc, content_type = "application/json"),
+    responses(
+        (status = 202, description = "A new deployment of the chosen release, with `rollback_of` naming the release that ran last", body = crate::openapi::DeploymentDoc),
+        (status = 400, description = "`to` names no release that succeeded there", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such environment", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        crate::openapi::CommonProblems,
+    )
+)]
+pub(crate) async fn rollback_environment(
+    State(state): State<AppState>,
+    Path(env): Path<String>,
+    caller: Caller,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<RollbackBody>,
+) -> ApiResult {
+    let name = env_name(&env)?;
+    caller.audit.set("environment.rollback", format!("environments/{name}"), Some(name.to_string()));
+    let to: deploy_core::RollbackTo =
+        body.to.parse().map_err(|_| Problem::invalid_field("to", "\"previous\", a deployment id or a version"))?;
+    let key = idempotency_key(&headers)?;
+    let submitted = state.inner.orchestrator.rollback_environment(&caller.principal, &name, &to, key).await?;
+    Ok(accepted(&submitted.deployment, submitted.replayed))
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // API keys and audit
 

@@ -655,3 +655,69 @@ async fn an_environments_history_lists_the_releases_that_ran_there_newest_first(
     s.get("/v1/environments/nowhere/history", ADMIN).await.problem(404, "not-found");
     assert_eq!(s.get("/v1/environments/staging/history", ADMIN).await.body["items"], json!([]), "nothing ran there");
 }
+
+#[tokio::test]
+async fn an_environment_rolls_back_to_the_previous_release_a_version_or_a_deployment() {
+    let s = Server::start("env-rollback").await;
+    s.sim_env("prod", 2, "queue", json!({})).await;
+    let mut ids = Vec::new();
+    for version in ["2.0", "3.0"] {
+        let a = s.post("/v1/deployments", ADMIN, deploy("prod", version)).await;
+        assert_eq!(a.status, StatusCode::ACCEPTED, "{:?}", a.body);
+        ids.push(a.body["id"].as_str().unwrap().to_owned());
+        s.wait_terminal(&ids[ids.len() - 1]).await;
+    }
+    let rollback = |to: &str| json!({"to": to});
+
+    // `previous`: the newest release that succeeded with another version than the last one.
+    let back = s
+        .call(
+            Method::POST,
+            "/v1/environments/prod/rollback",
+            Some(ADMIN),
+            Some(rollback("previous")),
+            &[("idempotency-key", "rb-1")],
+        )
+        .await;
+    assert_eq!(back.status, StatusCode::ACCEPTED, "{:?}", back.body);
+    assert_eq!(back.body["version"], "2.0");
+    assert_eq!(back.body["rollback_of"], ids[1].as_str(), "it records the release that ran last");
+    let done = s.wait_terminal(back.body["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "succeeded");
+    let again = s
+        .call(
+            Method::POST,
+            "/v1/environments/prod/rollback",
+            Some(ADMIN),
+            Some(rollback("previous")),
+            &[("idempotency-key", "rb-1")],
+        )
+        .await;
+    assert_eq!(again.body["id"], back.body["id"], "one key, one rollback");
+
+    // A version, and a deployment id.
+    let to_version = s.post("/v1/environments/prod/rollback", ADMIN, rollback("3.0")).await;
+    assert_eq!(to_version.body["version"], "3.0", "{:?}", to_version.body);
+    s.wait_terminal(to_version.body["id"].as_str().unwrap()).await;
+    let to_id = s.post("/v1/environments/prod/rollback", ADMIN, rollback(&ids[0])).await;
+    assert_eq!(to_id.body["version"], "2.0", "{:?}", to_id.body);
+    s.wait_terminal(to_id.body["id"].as_str().unwrap()).await;
+    let history = s.get("/v1/environments/prod/history", ADMIN).await;
+    let versions: Vec<&str> =
+        history.body["items"].as_array().unwrap().iter().map(|r| r["version"].as_str().unwrap()).collect();
+    assert_eq!(versions, ["2.0", "3.0", "2.0", "3.0", "2.0"]);
+
+    // What cannot be done, and who may not.
+    let none = s.post("/v1/environments/prod/rollback", ADMIN, rollback("9.9")).await;
+    none.problem(400, "validation");
+    assert_eq!(none.body["errors"][0]["field"], "to");
+    s.post("/v1/environments/prod/rollback", ADMIN, rollback("not a version!")).await.problem(400, "validation");
+    s.post("/v1/environments/nowhere/rollback", ADMIN, rollback("previous")).await.problem(404, "not-found");
+    let viewer = s.key("prod-reader", "viewer", &["prod"]).await;
+    s.post("/v1/environments/prod/rollback", &viewer, rollback("previous")).await.problem(403, "forbidden");
+    let audit = s.get("/v1/audit?limit=500", ADMIN).await;
+    assert!(
+        audit.body["items"].as_array().unwrap().iter().any(|e| e["action"] == "environment.rollback"),
+        "each rollback is audited"
+    );
+}

@@ -91,6 +91,60 @@ pub trait EngineObserver: Send + Sync {
     }
 }
 
+/// Which release [`Orchestrator::rollback_environment`] returns an environment to. On the wire it is one string:
+/// `previous`, a deployment id, or a version.
+///
+/// ```
+/// use deploy_core::RollbackTo;
+/// assert_eq!("previous".parse::<RollbackTo>().unwrap(), RollbackTo::Previous);
+/// assert!(matches!("2.0.1".parse::<RollbackTo>().unwrap(), RollbackTo::Version(v) if v.as_str() == "2.0.1"));
+/// assert!(matches!("01937a2e-8f00-7000-8000-000000000001".parse::<RollbackTo>().unwrap(), RollbackTo::Deployment(_)));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RollbackTo {
+    /// The newest release that succeeded with a version other than the last release's.
+    Previous,
+    /// The release of this deployment (it must have succeeded).
+    Deployment(DeploymentId),
+    /// The newest release of this version that succeeded.
+    Version(Version),
+}
+
+impl RollbackTo {
+    /// The string the API takes for it (`previous`, the id, the version).
+    #[must_use]
+    pub fn to_wire(&self) -> String {
+        match self {
+            Self::Previous => "previous".to_owned(),
+            Self::Deployment(id) => id.to_string(),
+            Self::Version(v) => v.to_string(),
+        }
+    }
+}
+
+impl std::str::FromStr for RollbackTo {
+    type Err = crate::names::NameError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "previous" {
+            return Ok(Self::Previous);
+        }
+        if let Ok(id) = s.parse::<DeploymentId>() {
+            return Ok(Self::Deployment(id));
+        }
+        Version::new(s).map(Self::Version)
+    }
+}
+
+impl std::fmt::Display for RollbackTo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Previous => f.pad("previous"),
+            Self::Deployment(id) => f.pad(&format!("deployment {id}")),
+            Self::Version(v) => f.pad(&format!("version {v}")),
+        }
+    }
+}
+
 /// A submission: the request, and the caller's idempotency key and expected environment revision.
 #[derive(Debug, Clone, Default)]
 pub struct Submission {
@@ -506,6 +560,64 @@ impl Orchestrator {
         let d = self.shared.store.request_cancel(id, self.shared.clock.now()).await?;
         self.shared.poke();
         Ok(d)
+    }
+
+    /// Rolls `environment` back to a chosen release: a new deployment of that release's spec (its version, artifact,
+    /// configuration, targets and strategy), recording in `rollback_of` the release that ran last. Only releases that
+    /// succeeded are candidates; [`RollbackTo::Previous`] is the newest one whose version differs from the last
+    /// release's. One key, one rollback.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] (field `to`) when no release matches; [`Error::Forbidden`] without `rollback` on the
+    /// environment; the store's `NotFound` for an unknown environment; else as [`Orchestrator::submit`].
+    pub async fn rollback_environment(
+        &self,
+        principal: &Principal,
+        environment: &EnvironmentName,
+        to: &RollbackTo,
+        idempotency_key: Option<IdempotencyKey>,
+    ) -> Result<Submitted, Error> {
+        principal.authorize(Action::Rollback, environment)?;
+        let mut releases = Vec::new();
+        let mut cursor = None;
+        for _ in 0..LIST_SCAN_PAGES {
+            let page = self.history(principal, environment, &PageRequest { limit: 500, cursor }).await?;
+            releases.extend(page.items);
+            cursor = page.next_cursor;
+            if cursor.is_none() {
+                break;
+            }
+        }
+        let nothing = |why: String| {
+            let mut errs = ValidationErrors::default();
+            errs.push("to", why);
+            Error::Invalid(errs)
+        };
+        let last = releases.first().ok_or_else(|| nothing(format!("nothing has run in {environment} yet")))?;
+        let succeeded = |r: &&crate::deployment::Release| r.status == crate::deployment::DeploymentStatus::Succeeded;
+        let chosen = match to {
+            RollbackTo::Previous => releases.iter().filter(succeeded).find(|r| r.version != last.version),
+            RollbackTo::Deployment(id) => releases.iter().filter(succeeded).find(|r| r.deployment_id == *id),
+            RollbackTo::Version(v) => releases.iter().filter(succeeded).find(|r| r.version == *v),
+        }
+        .ok_or_else(|| nothing(format!("no release of {environment} that succeeded matches {to}")))?;
+        let original = self.shared.store.get_deployment(chosen.deployment_id).await?;
+        let draft = DeploymentDraft {
+            id: DeploymentId::new(),
+            spec: original.spec().clone(),
+            created_by: principal.id().to_owned(),
+            plan: TargetPlan::FromSpec,
+            rollback_of: Some(last.deployment_id),
+        };
+        let sent = idempotency_key.clone();
+        // The request, not what it resolved to: sent again after more releases ran, it is still the same request.
+        let fingerprint = format!("rollback:{environment}:{to}");
+        let key = idempotency_key.map(|key| (key, crate::names::Fingerprint::of(fingerprint.as_bytes())));
+        let accepted = self.accept(principal, draft, key, None).await?;
+        if !accepted.replayed {
+            self.shared.poke();
+        }
+        Ok(Submitted { deployment: accepted.deployment, replayed: accepted.replayed, idempotency_key: sent })
     }
 
     /// Submits a new deployment that returns every target `id` changed to its `from_version`.
