@@ -385,6 +385,21 @@ pub enum DeliveryStatus {
     Failed,
 }
 
+impl DeliveryStatus {
+    /// Every status.
+    pub const ALL: [Self; 3] = [Self::Pending, Self::Delivered, Self::Failed];
+
+    /// Its name, as in JSON and in the SQL stores' `status` column.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Delivered => "delivered",
+            Self::Failed => "failed",
+        }
+    }
+}
+
 /// A webhook body: JSON text, kept as text from the moment it is written to the outbox, so what is stored is what is
 /// signed and sent, byte for byte, and sending it never parses or re-encodes it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -970,6 +985,13 @@ mod tests {
         };
         assert!(record.check_replay(Fingerprint::of(b"request").as_str()).is_ok());
         assert!(matches!(record.check_replay("other"), Err(StoreError::IdempotencyKeyReuse { .. })));
+    }
+
+    #[test]
+    fn delivery_status_names_are_their_json() {
+        for status in super::DeliveryStatus::ALL {
+            assert_eq!(serde_json::to_value(status).ok(), Some(serde_json::json!(status.as_str())));
+        }
     }
 
     #[test]

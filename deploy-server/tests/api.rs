@@ -721,3 +721,45 @@ async fn an_environment_rolls_back_to_the_previous_release_a_version_or_a_deploy
         "each rollback is audited"
     );
 }
+
+/// Who may call the history and the environment rollback, what they make the host do, and what they record: the
+/// history is a read (no spec, so no configuration or secret reference in it); a rollback needs `rollback` on that
+/// environment (a deployer there, not one of another environment) and runs only a release that already ran there;
+/// its audit entry names the environment and nothing of the body.
+#[tokio::test]
+async fn history_and_environment_rollback_answer_who_what_and_which_secret() {
+    let s = Server::start("history-rbac").await;
+    s.sim_env("prod", 1, "queue", json!({})).await;
+    for version in ["2.0", "3.0"] {
+        let mut body = deploy("prod", version);
+        body["config"] = json!({"LOG_LEVEL": "debug"});
+        let a = s.post("/v1/deployments", ADMIN, body).await;
+        s.wait_terminal(a.body["id"].as_str().unwrap()).await;
+    }
+    let history = s.get("/v1/environments/prod/history", ADMIN).await;
+    for release in history.body["items"].as_array().unwrap() {
+        for field in ["spec", "config", "secrets", "targets"] {
+            assert!(release.get(field).is_none(), "the history holds no {field}: {release}");
+        }
+    }
+
+    let elsewhere = s.key("staging-deployer", "deployer", &["staging"]).await;
+    s.post("/v1/environments/prod/rollback", &elsewhere, json!({"to": "previous"})).await.problem(403, "forbidden");
+    let deployer = s.key("prod-deployer", "deployer", &["prod"]).await;
+    let back = s.post("/v1/environments/prod/rollback", &deployer, json!({"to": "previous"})).await;
+    assert_eq!(back.status, StatusCode::ACCEPTED, "{:?}", back.body);
+    assert_eq!(back.body["spec"]["config"], json!({"LOG_LEVEL": "debug"}), "the release's own spec, nothing new");
+    assert_eq!(back.body["created_by"], "key:prod-deployer");
+    s.wait_terminal(back.body["id"].as_str().unwrap()).await;
+
+    let audit = s.get("/v1/audit?limit=500", ADMIN).await;
+    let entry = audit.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "environment.rollback" && e["actor"] == "key:prod-deployer")
+        .cloned()
+        .expect("audited");
+    assert_eq!(entry["environment"], "prod");
+    assert!(!entry.to_string().contains("debug") && !entry.to_string().contains("previous"), "no body: {entry}");
+}

@@ -578,29 +578,42 @@ impl Orchestrator {
         idempotency_key: Option<IdempotencyKey>,
     ) -> Result<Submitted, Error> {
         principal.authorize(Action::Rollback, environment)?;
-        let mut releases = Vec::new();
-        let mut cursor = None;
-        for _ in 0..LIST_SCAN_PAGES {
-            let page = self.history(principal, environment, &PageRequest { limit: 500, cursor }).await?;
-            releases.extend(page.items);
-            cursor = page.next_cursor;
-            if cursor.is_none() {
-                break;
-            }
-        }
+        self.shared.store.get_environment(environment).await?;
         let nothing = |why: String| {
             let mut errs = ValidationErrors::default();
             errs.push("to", why);
             Error::Invalid(errs)
         };
-        let last = releases.first().ok_or_else(|| nothing(format!("nothing has run in {environment} yet")))?;
-        let succeeded = |r: &&crate::deployment::Release| r.status == crate::deployment::DeploymentStatus::Succeeded;
-        let chosen = match to {
-            RollbackTo::Previous => releases.iter().filter(succeeded).find(|r| r.version != last.version),
-            RollbackTo::Deployment(id) => releases.iter().filter(succeeded).find(|r| r.deployment_id == *id),
-            RollbackTo::Version(v) => releases.iter().filter(succeeded).find(|r| r.version == *v),
+        let matches = |last: &crate::deployment::Release, r: &crate::deployment::Release| {
+            r.status == crate::deployment::DeploymentStatus::Succeeded
+                && match to {
+                    RollbackTo::Previous => r.version != last.version,
+                    RollbackTo::Deployment(id) => r.deployment_id == *id,
+                    RollbackTo::Version(v) => r.version == *v,
+                }
+        };
+        // Newest first, page by page, stopping at the first match: the usual case reads one page.
+        let filter = DeploymentFilter { environment: Some(environment.clone()), ..DeploymentFilter::default() };
+        let mut last = None;
+        let mut chosen = None;
+        let mut cursor = None;
+        for _ in 0..LIST_SCAN_PAGES {
+            let page = self.shared.store.list_deployments(&filter, &PageRequest { limit: 100, cursor }).await?;
+            for release in page.items.iter().filter_map(crate::deployment::Release::of) {
+                let last = last.get_or_insert_with(|| release.clone());
+                if matches(last, &release) {
+                    chosen = Some(release);
+                    break;
+                }
+            }
+            cursor = page.next_cursor;
+            if chosen.is_some() || cursor.is_none() {
+                break;
+            }
         }
-        .ok_or_else(|| nothing(format!("no release of {environment} that succeeded matches {to}")))?;
+        let last = last.ok_or_else(|| nothing(format!("nothing has run in {environment} yet")))?;
+        let chosen =
+            chosen.ok_or_else(|| nothing(format!("no release of {environment} that succeeded matches {to}")))?;
         let original = self.shared.store.get_deployment(chosen.deployment_id).await?;
         let draft = DeploymentDraft {
             id: DeploymentId::new(),

@@ -36,7 +36,8 @@ use crate::secrets::SecretRef;
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct DeploymentSpecBuilder {
-    request: DeploymentRequest,
+    /// The spec so far; the rules are applied once, by `build`.
+    spec: Result<DeploymentSpec, ValidationErrors>,
 }
 
 impl DeploymentSpec {
@@ -48,18 +49,15 @@ impl DeploymentSpec {
             version: version.to_string(),
             ..DeploymentRequest::default()
         };
-        // Every default written out, so each setter replaces one field of a complete request.
-        let request = base.validate().map(|spec| spec.to_request()).unwrap_or(base);
-        DeploymentSpecBuilder { request }
+        // Typed names always validate; every other field starts at its documented default.
+        DeploymentSpecBuilder { spec: base.validate() }
     }
 }
 
 impl DeploymentSpecBuilder {
-    /// Replaces the fields of the spec with `f` applied to them, through the one conversion to the request shape.
     fn with(mut self, f: impl FnOnce(&mut DeploymentSpec)) -> Self {
-        if let Ok(mut spec) = self.request.validate() {
-            f(&mut spec);
-            self.request = spec.to_request();
+        if let Ok(spec) = &mut self.spec {
+            f(spec);
         }
         self
     }
@@ -71,13 +69,11 @@ impl DeploymentSpecBuilder {
 
     /// One configuration value. A value under a sensitive key (`*_PASSWORD`, `*_TOKEN`, ...) must be
     /// [`ConfigValue::Secret`]; a literal there is refused at [`build`](Self::build).
-    pub fn config(mut self, key: impl Into<String>, value: ConfigValue) -> Self {
-        let value = match value {
-            ConfigValue::Secret(r) => serde_json::json!({"ref": r.as_str()}),
-            ConfigValue::Literal(v) => v,
-        };
-        self.request.config.insert(key.into(), value);
-        self
+    pub fn config(self, key: impl Into<String>, value: ConfigValue) -> Self {
+        let key = key.into();
+        self.with(|s| {
+            s.config.insert(key, value);
+        })
     }
 
     /// One secret, as a reference resolved at apply time.
@@ -124,15 +120,16 @@ impl DeploymentSpecBuilder {
     }
 
     /// One label of the deployment.
-    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.request.labels.insert(key.into(), value.into());
-        self
+    pub fn label(self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        let (key, value) = (key.into(), value.into());
+        self.with(|s| {
+            s.labels.insert(key, value);
+        })
     }
 
     /// Every label of the deployment, replacing those set before.
-    pub fn labels(mut self, labels: BTreeMap<String, String>) -> Self {
-        self.request.labels = labels;
-        self
+    pub fn labels(self, labels: BTreeMap<String, String>) -> Self {
+        self.with(|s| s.labels = labels)
     }
 
     /// The spec, checked by the rules of the API.
@@ -140,6 +137,7 @@ impl DeploymentSpecBuilder {
     /// # Errors
     /// Every rule the spec breaks, each with its field, as a JSON request would get them.
     pub fn build(self) -> Result<DeploymentSpec, ValidationErrors> {
-        self.request.validate()
+        // Through the request shape, so the rules are exactly the wire's.
+        self.spec?.to_request().validate()
     }
 }

@@ -105,12 +105,11 @@ pub(super) struct DueState(pub(super) u32, pub(super) Option<u16>, pub(super) Op
 /// A delivery from a row of [`DELIVERY_COLUMNS`].
 pub(super) fn read_delivery(row: &sqlx::any::AnyRow) -> Result<WebhookDelivery, StoreError> {
     let mut d: WebhookDelivery = from_json("delivery", &get::<String>(row, "doc")?)?;
-    d.status = match get::<String>(row, "status")?.as_str() {
-        "pending" => DeliveryStatus::Pending,
-        "delivered" => DeliveryStatus::Delivered,
-        "failed" => DeliveryStatus::Failed,
-        other => return Err(corrupt("delivery status", other)),
-    };
+    let status = get::<String>(row, "status")?;
+    d.status = DeliveryStatus::ALL
+        .into_iter()
+        .find(|s| s.as_str() == status)
+        .ok_or_else(|| corrupt("delivery status", &status))?;
     d.attempts = u32::try_from(get::<i64>(row, "attempts")?).map_err(|e| corrupt("attempts", e))?;
     d.last_status_code = get::<Option<i64>>(row, "last_status_code")?
         .map(u16::try_from)
@@ -171,7 +170,7 @@ impl<'a> Outcomes<'a> {
                 (DeliveryStatus::Pending, Some(next)) => sorted.retry.push((id, t.last_status_code, next)),
                 (status, _) => {
                     let finish = Finish {
-                        status: status_name(status),
+                        status: status.as_str(),
                         code: t.last_status_code,
                         delivered: t.delivered,
                         disables_subscription: t.disables_subscription,
@@ -181,14 +180,6 @@ impl<'a> Outcomes<'a> {
             }
         }
         sorted
-    }
-}
-
-fn status_name(status: DeliveryStatus) -> &'static str {
-    match status {
-        DeliveryStatus::Pending => "pending",
-        DeliveryStatus::Delivered => "delivered",
-        DeliveryStatus::Failed => "failed",
     }
 }
 
