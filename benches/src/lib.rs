@@ -73,6 +73,7 @@ pub fn acceptance(
             created_by: Principal::system("bench").id().to_owned(),
             plan: deploy_core::TargetPlan::FromSpec,
             rollback_of: None,
+            retry_of: None,
         },
         idempotency: None,
         expected_revision: None,

@@ -87,6 +87,46 @@ pub(crate) enum Command {
         #[arg(long)]
         idempotency_key: Option<IdempotencyKey>,
     },
+    /// Pause a deployment at its next safe point (between batches or canary steps); it keeps the environment.
+    Pause {
+        /// The deployment id.
+        id: String,
+    },
+    /// Resume a paused deployment.
+    Resume {
+        /// The deployment id.
+        id: String,
+    },
+    /// Promote a canary: the step that waits to be promoted goes on.
+    Promote {
+        /// The deployment id.
+        id: String,
+        /// Skip every remaining step: the rest of the targets go in one batch.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Abort a deployment at its next safe point.
+    Abort {
+        /// The deployment id.
+        id: String,
+        /// Roll changed targets back (default: as the deployment's failure policy says).
+        #[arg(long, conflicts_with = "no_rollback")]
+        rollback: bool,
+        /// Leave changed targets as they are.
+        #[arg(long)]
+        no_rollback: bool,
+    },
+    /// Retry the failed and unreachable targets of a degraded or failed deployment (a new deployment).
+    Retry {
+        /// The deployment id.
+        id: String,
+        /// Follow the retry until it finishes.
+        #[arg(long)]
+        wait: bool,
+        /// The idempotency key (default: generated).
+        #[arg(long)]
+        idempotency_key: Option<IdempotencyKey>,
+    },
     /// Environments: their targets, desired and actual state.
     #[command(subcommand)]
     Env(EnvCommand),

@@ -214,6 +214,30 @@ pub(crate) async fn run(cli: Cli) -> Result<u8> {
             ctx.print(&s.deployment, || format!("Rollback {new} accepted: it returns the targets {id} changed."))?;
             Ok(0)
         }
+        Command::Pause { id } => operate(&ctx, &id, deploy_core::OperatorAction::Pause).await,
+        Command::Resume { id } => operate(&ctx, &id, deploy_core::OperatorAction::Resume).await,
+        Command::Promote { id, full } => operate(&ctx, &id, deploy_core::OperatorAction::Promote { full }).await,
+        Command::Abort { id, rollback, no_rollback } => {
+            let rollback = if rollback {
+                Some(true)
+            } else if no_rollback {
+                Some(false)
+            } else {
+                None
+            };
+            operate(&ctx, &id, deploy_core::OperatorAction::Abort { rollback }).await
+        }
+        Command::Retry { id, wait, idempotency_key } => {
+            let s = ctx.client.retry(deployment_id(&id)?, idempotency_key).await.map_err(ctx.fail())?;
+            let new = s.deployment.id();
+            if wait {
+                let d = follow(&ctx, new, false).await?;
+                return Ok(render::exit_code(d.status()));
+            }
+            let n = s.deployment.targets().len();
+            ctx.print(&s.deployment, || format!("Retry {new} accepted: {n} failed target(s) of {id} again."))?;
+            Ok(0)
+        }
         Command::Env(cmd) => env(&ctx, cmd).await,
         Command::Keys(cmd) => keys(&ctx, cmd).await,
         Command::Webhooks(cmd) => webhooks(&ctx, cmd).await,
@@ -582,4 +606,18 @@ mod tests {
         assert!(strategy("canary:ten").is_err());
         assert!(strategy("blue-green").is_err());
     }
+}
+
+/// Records an operator's request and prints the deployment as the server answered it.
+async fn operate(ctx: &Ctx, id: &str, action: deploy_core::OperatorAction) -> Result<u8> {
+    let d = ctx.client.control(deployment_id(id)?, action).await.map_err(ctx.fail())?;
+    ctx.print(&d, || {
+        format!(
+            "{} requested for {} (now {}); it takes effect at the next safe point.",
+            action.name(),
+            d.id(),
+            d.status()
+        )
+    })?;
+    Ok(0)
 }

@@ -526,6 +526,74 @@ impl Client {
         self.call(Method::POST, &path, &[], None, &[], Repeat::Safe).await?.json()
     }
 
+    /// Asks for an operator action on a running deployment: pause, resume, promote or abort. The server records it
+    /// (202) and the deployment acts on it at its next safe point, between batches or canary steps. Each action is
+    /// idempotent, so it is retried like a read.
+    ///
+    /// # Errors
+    /// [`Error::Problem`] `already-finished`, `not-now` (nothing waits to be promoted, a rollback cannot be paused),
+    /// `not-found`, `forbidden`.
+    pub async fn control(&self, id: DeploymentId, action: deploy_core::OperatorAction) -> Result<Deployment, Error> {
+        use deploy_core::OperatorAction as A;
+        let body = match action {
+            A::Pause | A::Resume => None,
+            A::Promote { full } => Some(json!({ "full": full })),
+            A::Abort { rollback } => Some(rollback.map_or_else(|| json!({}), |r| json!({ "rollback": r }))),
+        };
+        let path = format!("/v1/deployments/{id}/{}", action.name());
+        self.call(Method::POST, &path, &[], body.as_ref(), &[], Repeat::Safe).await?.json()
+    }
+
+    /// Pauses a deployment at its next safe point ([`Client::control`]).
+    ///
+    /// # Errors
+    /// As [`Client::control`].
+    pub async fn pause(&self, id: DeploymentId) -> Result<Deployment, Error> {
+        self.control(id, deploy_core::OperatorAction::Pause).await
+    }
+
+    /// Resumes a paused deployment ([`Client::control`]).
+    ///
+    /// # Errors
+    /// As [`Client::control`].
+    pub async fn resume(&self, id: DeploymentId) -> Result<Deployment, Error> {
+        self.control(id, deploy_core::OperatorAction::Resume).await
+    }
+
+    /// Promotes a canary: the step that waits goes on, or with `full` every remaining step is skipped
+    /// ([`Client::control`]).
+    ///
+    /// # Errors
+    /// As [`Client::control`].
+    pub async fn promote(&self, id: DeploymentId, full: bool) -> Result<Deployment, Error> {
+        self.control(id, deploy_core::OperatorAction::Promote { full }).await
+    }
+
+    /// Aborts a deployment at its next safe point; `rollback` overrides its failure policy ([`Client::control`]).
+    ///
+    /// # Errors
+    /// As [`Client::control`].
+    pub async fn abort(&self, id: DeploymentId, rollback: Option<bool>) -> Result<Deployment, Error> {
+        self.control(id, deploy_core::OperatorAction::Abort { rollback }).await
+    }
+
+    /// Retries the failed and unreachable targets of a `degraded` or `failed` deployment: a new deployment, with
+    /// `retry_of` naming the first. Like [`Client::submit`], it carries an idempotency key on every retry.
+    ///
+    /// # Errors
+    /// [`Error::Problem`] `not-now` when it is not degraded or failed or nothing failed, `not-found`, `forbidden`.
+    pub async fn retry(&self, id: DeploymentId, idempotency_key: Option<IdempotencyKey>) -> Result<Submitted, Error> {
+        let key = idempotency_key.unwrap_or_else(IdempotencyKey::generate);
+        let headers = [(HeaderName::from_static("idempotency-key"), key.to_string())];
+        let path = format!("/v1/deployments/{id}/retry");
+        let answer = self.call(Method::POST, &path, &[], None, &headers, Repeat::Safe).await?;
+        Ok(Submitted {
+            replayed: answer.header("idempotent-replayed") == Some("true"),
+            deployment: answer.json()?,
+            idempotency_key: Some(key),
+        })
+    }
+
     /// Rolls a finished deployment back: a new deployment returning each target it changed to its former version.
     /// Like [`Client::submit`], it carries an idempotency key on every retry.
     ///

@@ -13,7 +13,7 @@ use crate::names::EnvironmentName;
 pub enum Role {
     /// Reads environments, deployments and events.
     Viewer,
-    /// Reads, submits, cancels and rolls back deployments.
+    /// Reads, submits, cancels and rolls back deployments, and operates them (pause, resume, promote, abort, retry).
     Deployer,
     /// Everything, including environments, API keys, webhooks and the audit log.
     Admin,
@@ -33,6 +33,8 @@ pub enum Action {
     Cancel,
     /// Roll a deployment back.
     Rollback,
+    /// Pause, resume, promote, abort or retry a deployment (operator controls).
+    Operate,
     /// Create or replace an environment.
     ManageEnvironments,
     /// Manage API keys, webhooks and read the audit log.
@@ -50,7 +52,9 @@ impl Role {
     pub const fn allows(self, action: Action) -> bool {
         match action {
             Action::Read => !matches!(self, Self::Agent),
-            Action::Deploy | Action::Cancel | Action::Rollback => matches!(self, Self::Deployer | Self::Admin),
+            Action::Deploy | Action::Cancel | Action::Rollback | Action::Operate => {
+                matches!(self, Self::Deployer | Self::Admin)
+            }
             Action::ManageEnvironments | Action::Administer | Action::DefineHostTargets => matches!(self, Self::Admin),
             Action::ActAsAgent => matches!(self, Self::Agent | Self::Admin),
         }

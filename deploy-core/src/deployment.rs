@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Timestamp;
+use crate::control::{AbortRequest, Controls, OperatorAction, OperatorRequest, RequestError};
 use crate::environment::Environment;
 use crate::names::{DeploymentId, EnvironmentName, Revision, ServiceName, TargetId, Version};
 use crate::spec::{DeploymentSpec, ValidationErrors};
@@ -19,6 +20,9 @@ pub enum DeploymentStatus {
     Queued,
     /// A controller is rolling it out.
     InProgress,
+    /// Held at a safe point, by an operator or by a canary step that waits to be promoted; still holds the
+    /// environment.
+    Paused,
     /// Every selected target runs the new version, verified (or already did).
     Succeeded,
     /// Finished with failed or unreachable targets within the tolerance.
@@ -37,9 +41,10 @@ pub enum DeploymentStatus {
 
 impl DeploymentStatus {
     /// Every status, in lifecycle order.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Queued,
         Self::InProgress,
+        Self::Paused,
         Self::Succeeded,
         Self::Degraded,
         Self::Failed,
@@ -55,6 +60,7 @@ impl DeploymentStatus {
         match self {
             Self::Queued => "queued",
             Self::InProgress => "in_progress",
+            Self::Paused => "paused",
             Self::Succeeded => "succeeded",
             Self::Degraded => "degraded",
             Self::Failed => "failed",
@@ -68,7 +74,7 @@ impl DeploymentStatus {
     /// Whether nothing will change this status again.
     #[must_use]
     pub const fn is_terminal(self) -> bool {
-        !matches!(self, Self::Queued | Self::InProgress | Self::RollingBack)
+        !matches!(self, Self::Queued | Self::InProgress | Self::Paused | Self::RollingBack)
     }
 
     /// Whether a controller is changing targets under this status.
@@ -90,7 +96,11 @@ impl DeploymentStatus {
                     | Self::RollingBack
                     | Self::Cancelled
                     | Self::Superseded
+                    | Self::Paused
             ),
+            Self::Paused => {
+                matches!(next, Self::InProgress | Self::Failed | Self::RollingBack | Self::Cancelled | Self::Superseded)
+            }
             Self::RollingBack => matches!(next, Self::RolledBack | Self::Failed),
             _ => false,
         }
@@ -297,6 +307,8 @@ pub struct ProgressUpdate {
     pub observations: Vec<TargetObservation>,
     /// Whether this change counts as progress for the progress deadline.
     pub progressed: bool,
+    /// With a change to `paused`: the canary step (numbered from 1) that waits to be promoted.
+    pub awaiting_promotion: Option<u32>,
 }
 
 /// An update of the environment's view of one target.
@@ -359,7 +371,15 @@ pub struct Deployment {
     summary: Summary,
     rollback_of: Option<DeploymentId>,
     superseded_by: Option<DeploymentId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_of: Option<DeploymentId>,
     cancel_requested: bool,
+    #[serde(skip_serializing_if = "Controls::is_empty")]
+    controls: Controls,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    awaiting_promotion: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    paused_at: Option<Timestamp>,
     revision: Revision,
 }
 
@@ -390,7 +410,15 @@ struct Wire {
     #[serde(default)]
     superseded_by: Option<DeploymentId>,
     #[serde(default)]
+    retry_of: Option<DeploymentId>,
+    #[serde(default)]
     cancel_requested: bool,
+    #[serde(default)]
+    controls: Controls,
+    #[serde(default)]
+    awaiting_promotion: Option<u32>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    paused_at: Option<Timestamp>,
     revision: Revision,
 }
 
@@ -414,7 +442,11 @@ impl From<Wire> for Deployment {
             targets: w.targets,
             rollback_of: w.rollback_of,
             superseded_by: w.superseded_by,
+            retry_of: w.retry_of,
             cancel_requested: w.cancel_requested,
+            controls: w.controls,
+            awaiting_promotion: w.awaiting_promotion,
+            paused_at: w.paused_at,
             revision: w.revision,
         }
     }
@@ -442,6 +474,8 @@ pub struct DeploymentDraft {
     pub plan: TargetPlan,
     /// The deployment this one rolls back.
     pub rollback_of: Option<DeploymentId>,
+    /// The deployment whose failed targets this one retries.
+    pub retry_of: Option<DeploymentId>,
 }
 
 impl Deployment {
@@ -503,7 +537,11 @@ impl Deployment {
             targets,
             rollback_of: draft.rollback_of,
             superseded_by: None,
+            retry_of: draft.retry_of,
             cancel_requested: false,
+            controls: Controls::default(),
+            awaiting_promotion: None,
+            paused_at: None,
             revision: environment.revision.next(),
             spec: draft.spec,
         })
@@ -599,6 +637,26 @@ impl Deployment {
     pub fn cancel_requested(&self) -> bool {
         self.cancel_requested
     }
+    /// The deployment whose failed targets this one retries.
+    #[must_use]
+    pub fn retry_of(&self) -> Option<DeploymentId> {
+        self.retry_of
+    }
+    /// The operator requests standing on it (pause, promotions, abort).
+    #[must_use]
+    pub fn controls(&self) -> &Controls {
+        &self.controls
+    }
+    /// While it is `paused` at a canary step that waits to be promoted: that step, numbered from 1.
+    #[must_use]
+    pub fn awaiting_promotion(&self) -> Option<u32> {
+        self.awaiting_promotion
+    }
+    /// While it is `paused`: since when.
+    #[must_use]
+    pub fn paused_at(&self) -> Option<Timestamp> {
+        self.paused_at
+    }
     /// The environment revision its acceptance produced.
     #[must_use]
     pub fn revision(&self) -> Revision {
@@ -627,7 +685,7 @@ impl Deployment {
     /// [`UpdateError::AlreadyFinished`] or [`UpdateError::IllegalTransition`]; the header is then unchanged.
     pub fn apply_to_header(&mut self, update: &ProgressUpdate) -> Result<(), UpdateError> {
         self.check_status(update)?;
-        self.finish_apply(update.now, update.status.as_ref(), update.progressed);
+        self.finish_apply(update.now, update.status.as_ref(), update.progressed, update.awaiting_promotion);
         Ok(())
     }
 
@@ -655,6 +713,96 @@ impl Deployment {
                 now,
             )
         })
+    }
+
+    /// Records an operator's request (see [`crate::control`]). Like [`Deployment::request_cancel`], an abort of a
+    /// deployment that has not started and that nobody holds stops it at once. The returned update carries the
+    /// request's event (naming who asked) and, for such an abort, the stop; the store writes it in the same
+    /// transaction.
+    ///
+    /// # Errors
+    /// [`RequestError::AlreadyFinished`] for a terminal deployment; [`RequestError::NotNow`] when the request does not
+    /// apply now: anything but abort or cancel while rolling back, a promotion of a deployment that is not a canary, or
+    /// of one where no step waits to be promoted.
+    pub fn request(
+        &mut self,
+        request: &OperatorRequest,
+        now: Timestamp,
+        held: bool,
+    ) -> Result<ProgressUpdate, RequestError> {
+        if self.status.is_terminal() {
+            return Err(RequestError::AlreadyFinished(self.status));
+        }
+        let rolling_back = self.status == DeploymentStatus::RollingBack;
+        let by = &request.by;
+        let mut event_type = crate::event::EventType::Requested;
+        let message = match request.action {
+            OperatorAction::Pause => {
+                if rolling_back {
+                    return Err(RequestError::NotNow("a rollback cannot be paused".into()));
+                }
+                self.controls.pause_requested = true;
+                format!("pause requested by {by}")
+            }
+            OperatorAction::Resume => {
+                if rolling_back {
+                    return Err(RequestError::NotNow("a rollback is never paused".into()));
+                }
+                self.controls.pause_requested = false;
+                format!("resume requested by {by}")
+            }
+            OperatorAction::Promote { full } => {
+                if !matches!(self.spec.strategy(), crate::spec::RolloutStrategy::Canary { .. }) {
+                    return Err(RequestError::NotNow("only a canary rollout can be promoted".into()));
+                }
+                if rolling_back {
+                    return Err(RequestError::NotNow("a rollback cannot be promoted".into()));
+                }
+                event_type = crate::event::EventType::Promoted;
+                if full {
+                    self.controls.promote_full = true;
+                    format!("promoted by {by}: every remaining step is skipped")
+                } else {
+                    let Some(step) = self.awaiting_promotion.filter(|_| self.status == DeploymentStatus::Paused) else {
+                        return Err(RequestError::NotNow(
+                            "no canary step waits to be promoted (promote with full to skip the remaining steps)"
+                                .into(),
+                        ));
+                    };
+                    self.controls.promoted_through = self.controls.promoted_through.max(step);
+                    format!("canary step {step} promoted by {by}")
+                }
+            }
+            OperatorAction::Abort { rollback } => {
+                if rolling_back {
+                    return Err(RequestError::NotNow("already rolling back".into()));
+                }
+                self.controls.abort = Some(AbortRequest { rollback });
+                let how = match rollback {
+                    Some(true) => ", with rollback",
+                    Some(false) => ", without rollback",
+                    None => "",
+                };
+                format!("abort requested by {by}{how}")
+            }
+        };
+        self.updated_at = now;
+        let mut update = if matches!(request.action, OperatorAction::Abort { .. }) && self.stops_at_once(held) {
+            self.stop_update(DeploymentStatus::Cancelled, format!("aborted by {by} before it started"), now)
+        } else {
+            ProgressUpdate { now: Some(now), ..ProgressUpdate::default() }
+        };
+        update.events.insert(
+            0,
+            crate::event::NewEvent {
+                at: now,
+                event_type,
+                target_id: None,
+                status: crate::event::EventStatus::Deployment(self.status),
+                message,
+            },
+        );
+        Ok(update)
     }
 
     fn stops_at_once(&self, held: bool) -> bool {
@@ -713,7 +861,7 @@ impl Deployment {
                 *slot = entry.clone();
             }
         }
-        self.finish_apply(update.now, update.status.as_ref(), update.progressed);
+        self.finish_apply(update.now, update.status.as_ref(), update.progressed, update.awaiting_promotion);
         Ok(())
     }
 
@@ -727,14 +875,14 @@ impl Deployment {
         update: ProgressUpdate,
     ) -> Result<(Vec<crate::event::NewEvent>, Vec<TargetObservation>), UpdateError> {
         self.check(&update)?;
-        let ProgressUpdate { now, status, targets, events, observations, progressed } = update;
+        let ProgressUpdate { now, status, targets, events, observations, progressed, awaiting_promotion } = update;
         for (index, entry) in targets {
             if let Some(slot) = self.targets.get_mut(index) {
                 self.summary.moved(slot.status, entry.status);
                 *slot = entry;
             }
         }
-        self.finish_apply(now, status.as_ref(), progressed);
+        self.finish_apply(now, status.as_ref(), progressed, awaiting_promotion);
         Ok((events, observations))
     }
 
@@ -759,7 +907,7 @@ impl Deployment {
             }
             _ => return Err(UpdateError::UnknownTarget { index }),
         }
-        self.finish_apply(Some(now), None, progressed);
+        self.finish_apply(Some(now), None, progressed, None);
         Ok(())
     }
 
@@ -788,9 +936,22 @@ impl Deployment {
         Ok(())
     }
 
-    fn finish_apply(&mut self, now: Option<Timestamp>, status: Option<&StatusChange>, progressed: bool) {
+    fn finish_apply(
+        &mut self,
+        now: Option<Timestamp>,
+        status: Option<&StatusChange>,
+        progressed: bool,
+        awaiting_promotion: Option<u32>,
+    ) {
         let now = now.unwrap_or(self.updated_at);
         if let Some(change) = status {
+            let paused = change.status == DeploymentStatus::Paused;
+            self.awaiting_promotion = awaiting_promotion.filter(|_| paused);
+            if !paused {
+                self.paused_at = None;
+            } else if self.status != DeploymentStatus::Paused || self.paused_at.is_none() {
+                self.paused_at = Some(now);
+            }
             if change.status == DeploymentStatus::InProgress && self.started_at.is_none() {
                 self.started_at = Some(now);
             }
@@ -859,6 +1020,7 @@ mod tests {
             created_by: "t".into(),
             plan: TargetPlan::FromSpec,
             rollback_of: None,
+            retry_of: None,
         };
         Deployment::plan(draft, &env, time::OffsetDateTime::UNIX_EPOCH).unwrap()
     }

@@ -21,6 +21,9 @@ pub enum Error {
     /// Only a terminal deployment can be rolled back, and only one that changed something.
     #[error("deployment {0} cannot be rolled back: {1}")]
     NotRollbackable(crate::names::DeploymentId, String),
+    /// Only a `degraded` or `failed` deployment with failed or unreachable targets can be retried.
+    #[error("deployment {0} cannot be retried: {1}")]
+    NotRetryable(crate::names::DeploymentId, String),
 }
 
 impl From<Forbidden> for Error {
@@ -52,6 +55,7 @@ impl Error {
         match self {
             Self::Invalid(e) if e.has_hardcoded_secret() => K::HardcodedSecret,
             Self::Invalid(_) | Self::NotRollbackable(..) => K::Validation,
+            Self::NotRetryable(..) => K::NotNow,
             Self::Forbidden(_) => K::Forbidden,
             Self::Store(e) => e.kind(),
         }
@@ -82,6 +86,7 @@ impl StoreError {
             Self::Invalid(e) if e.has_hardcoded_secret() => K::HardcodedSecret,
             Self::Invalid(_) => K::Validation,
             Self::AlreadyFinished { .. } => K::AlreadyFinished,
+            Self::NotNow { .. } => K::NotNow,
             Self::Unavailable(_) => K::StoreUnavailable,
             Self::StaleToken { .. } | Self::Update(_) | Self::Corrupt(_) => K::Internal,
         }

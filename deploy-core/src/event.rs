@@ -39,6 +39,18 @@ pub enum EventType {
     /// Replaced by a newer deployment.
     #[serde(rename = "deployment.superseded")]
     Superseded,
+    /// Held at a safe point (by an operator, or a canary step waiting to be promoted).
+    #[serde(rename = "deployment.paused")]
+    Paused,
+    /// Going on after a pause.
+    #[serde(rename = "deployment.resumed")]
+    Resumed,
+    /// An operator promoted a canary (one step, or every remaining step).
+    #[serde(rename = "deployment.promoted")]
+    Promoted,
+    /// An operator asked to pause, resume or abort; the message names who.
+    #[serde(rename = "deployment.requested")]
+    Requested,
     /// A target changed state.
     #[serde(rename = "target.updated")]
     TargetUpdated,
@@ -46,7 +58,7 @@ pub enum EventType {
 
 impl EventType {
     /// Every event type.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 14] = [
         Self::Queued,
         Self::Started,
         Self::Succeeded,
@@ -56,6 +68,10 @@ impl EventType {
         Self::RolledBack,
         Self::Cancelled,
         Self::Superseded,
+        Self::Paused,
+        Self::Resumed,
+        Self::Promoted,
+        Self::Requested,
         Self::TargetUpdated,
     ];
 
@@ -79,6 +95,10 @@ impl EventType {
             Self::RolledBack => "deployment.rolled_back",
             Self::Cancelled => "deployment.cancelled",
             Self::Superseded => "deployment.superseded",
+            Self::Paused => "deployment.paused",
+            Self::Resumed => "deployment.resumed",
+            Self::Promoted => "deployment.promoted",
+            Self::Requested => "deployment.requested",
             Self::TargetUpdated => "target.updated",
         }
     }
@@ -89,6 +109,7 @@ impl EventType {
         match status {
             DeploymentStatus::Queued => Self::Queued,
             DeploymentStatus::InProgress => Self::Started,
+            DeploymentStatus::Paused => Self::Paused,
             DeploymentStatus::Succeeded => Self::Succeeded,
             DeploymentStatus::Degraded => Self::Degraded,
             DeploymentStatus::Failed => Self::Failed,

@@ -38,6 +38,7 @@ mod access;
 mod agent;
 mod auth;
 mod clock;
+pub mod control;
 mod deployment;
 mod duration;
 mod engine;
@@ -59,6 +60,7 @@ pub use agent::{AgentReport, AgentSlot};
 pub use async_trait::async_trait;
 pub use auth::{Action, EnvironmentPattern, Forbidden, PatternError, Principal, Role};
 pub use clock::{Clock, SystemClock, Timestamp, add as add_duration, elapsed_between};
+pub use control::{AbortRequest, Controls, OperatorAction, OperatorRequest, RequestError};
 pub use deployment::{
     Deployment, DeploymentDraft, DeploymentStatus, ProgressUpdate, Release, StatusChange, Summary, TargetObservation,
     TargetPlan, TargetProgress, TargetStatus, UpdateError,

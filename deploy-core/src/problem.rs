@@ -38,6 +38,9 @@ pub enum ProblemKind {
     RateLimited,
     /// 409: the webhook subscription was disabled.
     WebhookDisabled,
+    /// 409: an operator's request does not apply to the deployment now (nothing waits to be promoted, a rollback
+    /// cannot be paused).
+    NotNow,
     /// 503: the store cannot be reached or written right now; retry after `Retry-After`.
     StoreUnavailable,
     /// 500 or 503: the server failed; the body says nothing more.
@@ -46,7 +49,7 @@ pub enum ProblemKind {
 
 impl ProblemKind {
     /// Every kind, in the order the documentation lists them.
-    pub const ALL: [Self; 18] = [
+    pub const ALL: [Self; 19] = [
         Self::Validation,
         Self::Unauthenticated,
         Self::Forbidden,
@@ -63,6 +66,7 @@ impl ProblemKind {
         Self::UnsupportedMediaType,
         Self::RateLimited,
         Self::WebhookDisabled,
+        Self::NotNow,
         Self::StoreUnavailable,
         Self::Internal,
     ];
@@ -87,6 +91,7 @@ impl ProblemKind {
             Self::UnsupportedMediaType => "unsupported-media-type",
             Self::RateLimited => "rate-limited",
             Self::WebhookDisabled => "webhook-disabled",
+            Self::NotNow => "not-now",
             Self::StoreUnavailable => "store-unavailable",
             Self::Internal => "internal",
         }
@@ -106,7 +111,11 @@ impl ProblemKind {
             Self::Unauthenticated => 401,
             Self::Forbidden => 403,
             Self::NotFound => 404,
-            Self::EnvironmentBusy | Self::AlreadyFinished | Self::IdempotencyKeyInFlight | Self::WebhookDisabled => 409,
+            Self::EnvironmentBusy
+            | Self::AlreadyFinished
+            | Self::IdempotencyKeyInFlight
+            | Self::WebhookDisabled
+            | Self::NotNow => 409,
             Self::IdempotencyKeyReuse | Self::HardcodedSecret => 422,
             Self::PreconditionFailed => 412,
             Self::PreconditionRequired => 428,
@@ -138,6 +147,7 @@ impl ProblemKind {
             Self::UnsupportedMediaType => "Unsupported media type",
             Self::RateLimited => "Too many requests",
             Self::WebhookDisabled => "Webhook subscription disabled",
+            Self::NotNow => "Not applicable now",
             Self::StoreUnavailable => "Store unavailable",
             Self::Internal => "Internal server error",
         }
@@ -191,6 +201,10 @@ impl ProblemKind {
             Self::WebhookDisabled => {
                 "The subscription was disabled because its receiver answered 410 Gone; nothing more is delivered to \
                  it. Create a new subscription for the receiver, then redeliver through it."
+            }
+            Self::NotNow => {
+                "The deployment is not in a state where this request applies: no canary step waits to be promoted, or \
+                 it is rolling back, which cannot be paused, promoted or aborted. The detail says which."
             }
             Self::RateLimited => "Too many requests from these credentials. Wait for `Retry-After` seconds.",
             Self::StoreUnavailable => {

@@ -82,6 +82,14 @@ pub enum StoreError {
         /// Its terminal status.
         status: DeploymentStatus,
     },
+    /// An operator's request does not apply to the deployment now.
+    #[error("deployment {deployment}: {reason}")]
+    NotNow {
+        /// The deployment.
+        deployment: DeploymentId,
+        /// Why, for people.
+        reason: String,
+    },
     /// The update does not fit the record (illegal transition, unknown target).
     #[error("update refused: {0}")]
     Update(#[source] UpdateError),
@@ -295,6 +303,30 @@ pub struct Control {
     pub cancel_requested: bool,
     /// A newer deployment replaces this one.
     pub superseded_by: Option<DeploymentId>,
+    /// The operator requests standing on it.
+    pub operator: crate::control::Controls,
+}
+
+impl Control {
+    /// What `deployment`'s record asks of its holder.
+    pub fn of(deployment: &Deployment) -> Self {
+        Self {
+            cancel_requested: deployment.cancel_requested(),
+            superseded_by: deployment.superseded_by(),
+            operator: *deployment.controls(),
+        }
+    }
+}
+
+impl StoreError {
+    /// The store's error for an operator request `deployment`'s record refused.
+    #[must_use]
+    pub fn refused(deployment: DeploymentId, error: crate::control::RequestError) -> Self {
+        match error {
+            crate::control::RequestError::AlreadyFinished(status) => Self::AlreadyFinished { deployment, status },
+            crate::control::RequestError::NotNow(reason) => Self::NotNow { deployment, reason },
+        }
+    }
 }
 
 /// A webhook subscription.
@@ -617,6 +649,20 @@ pub trait Store: Send + Sync {
     /// Asks for a deployment to be cancelled.
     async fn request_cancel(&self, id: DeploymentId, now: Timestamp) -> Result<Deployment, StoreError>;
 
+    /// Records an operator's request (pause, resume, promote, abort) on a deployment, in one transaction:
+    /// [`Deployment::request`] decides, the store writes the record and the update it returns (the request's event,
+    /// and for an abort of a deployment nobody holds before it started, the stop). The holder learns of it through
+    /// [`Control`] at its next write or renewal.
+    ///
+    /// # Errors
+    /// `NotFound`; `AlreadyFinished` for a terminal deployment; `NotNow` when the request does not apply now.
+    async fn request(
+        &self,
+        id: DeploymentId,
+        request: &crate::control::OperatorRequest,
+        now: Timestamp,
+    ) -> Result<Deployment, StoreError>;
+
     /// Claims the next runnable deployment, if any, for `lease` from `now`: the head of an environment's queue whose
     /// lease has lapsed, or whose live lease an earlier incarnation of the same replica holds ([`restarted_owner`]:
     /// an owner written `replica#incarnation` takes over at once what `replica#<another incarnation>` held, since
@@ -834,6 +880,9 @@ macro_rules! forward_store {
             }
             async fn request_cancel(&self, id: DeploymentId, now: Timestamp) -> Result<Deployment, StoreError> {
                 (**self).request_cancel(id, now).await
+            }
+            async fn request(&self, id: DeploymentId, request: &crate::control::OperatorRequest, now: Timestamp) -> Result<Deployment, StoreError> {
+                (**self).request(id, request, now).await
             }
             async fn claim(&self, owner: &str, now: Timestamp, lease: Duration) -> Result<Option<Claim>, StoreError> {
                 (**self).claim(owner, now, lease).await

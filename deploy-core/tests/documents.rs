@@ -41,6 +41,7 @@ fn deployment() -> Deployment {
         created_by: "key:ci".into(),
         plan: TargetPlan::FromSpec,
         rollback_of: None,
+        retry_of: None,
     };
     Deployment::plan(draft, &environment(), at()).unwrap()
 }

@@ -37,6 +37,25 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
+/// An optional JSON body: an empty body is `T::default()`; anything else is read as [`ApiJson`] reads it.
+#[derive(Debug)]
+pub(crate) struct OptionalJson<T>(pub(crate) T);
+
+impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
+    type Rejection = Problem;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Problem> {
+        let empty = request.headers().get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() == b"0")
+            || (request.headers().get(header::CONTENT_TYPE).is_none()
+                && request.headers().get(header::TRANSFER_ENCODING).is_none()
+                && request.headers().get(header::CONTENT_LENGTH).is_none());
+        if empty {
+            return Ok(Self(T::default()));
+        }
+        ApiJson::<T>::from_request(request, state).await.map(|ApiJson(v)| Self(v))
+    }
+}
+
 /// A JSON body: 415 unless `application/json`, 413 over the limit, 400 with the offending field otherwise.
 #[derive(Debug)]
 pub(crate) struct ApiJson<T>(pub(crate) T);

@@ -178,7 +178,8 @@ pub struct DeploymentRequestDoc {
     /// `{"all": true}`, `{"ids": [...]}` or `{"labels": {...}}`.
     pub targets: Option<Value>,
     /// `{"type": "all_at_once"}`, `{"type": "rolling", "batch_size": N or "P%", "pause": d}` or `{"type": "canary",
-    /// "steps": [{"percent": 10, "verify_for": "30s"}, {"percent": 100}]}`.
+    /// "steps": [{"percent": 10, "verify_for": "30s", "pause": "until_promoted"}, {"percent": 100}]}`; a step with
+    /// `"pause": "until_promoted"` waits after it until the deployment is promoted.
     pub strategy: Option<Value>,
     /// `{"timeout": "60s", "interval": "1s", "healthy_for": "3s"}`.
     pub verify: Option<Value>,
@@ -186,8 +187,11 @@ pub struct DeploymentRequestDoc {
     pub failure: Option<Value>,
     /// `{"wait": "30s", "then": "fail" | "continue" | "rollback"}`.
     pub on_unreachable: Option<Value>,
-    /// Fail when nothing progressed for this long (`"10m"`).
+    /// Fail when nothing progressed for this long (`"10m"`). Time spent paused does not count.
     pub progress_deadline: Option<String>,
+    /// Abort the deployment when it stays paused (by an operator, or a canary step waiting to be promoted) this long
+    /// (`"24h"`); default: no limit.
+    pub pause_deadline: Option<String>,
     /// `declarative` (default) or `imperative`.
     pub mode: Option<String>,
     /// Imperative steps, `[{"action": "stop"}, ...]`.
@@ -255,8 +259,8 @@ pub struct DeploymentDoc {
     pub service: String,
     /// The version.
     pub version: String,
-    /// `queued`, `in_progress`, `succeeded`, `degraded`, `failed`, `rolling_back`, `rolled_back`, `cancelled`,
-    /// `superseded`.
+    /// `queued`, `in_progress`, `paused`, `succeeded`, `degraded`, `failed`, `rolling_back`, `rolled_back`,
+    /// `cancelled`, `superseded`.
     pub status: String,
     /// Why, in a sentence.
     pub status_reason: Option<String>,
@@ -284,6 +288,14 @@ pub struct DeploymentDoc {
     pub superseded_by: Option<String>,
     /// Whether a cancel was asked for.
     pub cancel_requested: bool,
+    /// The deployment whose failed targets this one retries.
+    pub retry_of: Option<String>,
+    /// The operator requests standing on it (absent when none).
+    pub controls: Option<ControlsDoc>,
+    /// While `paused` at a canary step that waits to be promoted: that step, numbered from 1.
+    pub awaiting_promotion: Option<u32>,
+    /// While `paused`: since when (RFC 3339).
+    pub paused_at: Option<String>,
     /// The record's revision; the `ETag`.
     pub revision: u64,
 }
@@ -312,6 +324,37 @@ pub struct ReleaseDoc {
     pub duration_ms: Option<u64>,
     /// The deployment it rolled back, for a rollback.
     pub rollback_of: Option<String>,
+}
+
+/// The operator requests standing on a deployment.
+#[derive(ToSchema)]
+#[schema(as = Controls)]
+pub struct ControlsDoc {
+    /// An operator asked to pause and has not asked to resume since.
+    pub pause_requested: Option<bool>,
+    /// Canary steps up to this one (from 1) were promoted.
+    pub promoted_through: Option<u32>,
+    /// Every remaining canary step is skipped.
+    pub promote_full: Option<bool>,
+    /// An abort was asked for; `rollback` as asked (absent: the failure policy decides).
+    pub abort: Option<AbortDoc>,
+}
+
+/// The optional body of `promote`.
+#[derive(ToSchema)]
+#[schema(as = Promote)]
+pub struct PromoteDoc {
+    /// Skip every remaining canary step and pause: the rest of the targets go in one batch. Default false: release
+    /// the step that waits to be promoted.
+    pub full: Option<bool>,
+}
+
+/// The optional body of `abort`.
+#[derive(ToSchema)]
+#[schema(as = Abort)]
+pub struct AbortDoc {
+    /// Roll changed targets back (`true`) or leave them (`false`); absent: as the deployment's failure policy says.
+    pub rollback: Option<bool>,
 }
 
 /// The body of an environment's rollback: which release to return to.
@@ -647,14 +690,15 @@ impl Modify for BearerAuth {
         routes::put_environment, routes::get_environment, routes::list_environments, routes::history,
         routes::rollback_environment,
         routes::submit, routes::list_deployments, routes::get_deployment, routes::events, routes::cancel,
-        routes::rollback, routes::create_key, routes::list_keys, routes::delete_key, routes::audit,
+        routes::rollback, routes::pause, routes::resume, routes::promote, routes::abort, routes::retry,
+        routes::create_key, routes::list_keys, routes::delete_key, routes::audit,
         webhooks::create_webhook, webhooks::list_webhooks, webhooks::get_webhook, webhooks::delete_webhook,
         webhooks::list_deliveries, webhooks::redeliver, crate::agents::assignment, crate::agents::report,
         routes::healthz, routes::readyz, routes::metrics, routes::openapi, routes::problem,
     ),
     components(schemas(
         ProblemDoc, FieldErrorDoc, EnvironmentSpecDoc, EnvironmentDoc, EnvironmentListDoc, DeploymentRequestDoc,
-        DeploymentDoc, DeploymentListDoc, ReleaseDoc, ReleaseListDoc, EnvironmentRollbackDoc, EventDoc, EventListDoc, NewApiKeyDoc, ApiKeyDoc, ApiKeyListDoc,
+        DeploymentDoc, DeploymentListDoc, ReleaseDoc, ReleaseListDoc, EnvironmentRollbackDoc, PromoteDoc, AbortDoc, ControlsDoc, EventDoc, EventListDoc, NewApiKeyDoc, ApiKeyDoc, ApiKeyListDoc,
         AuditEntryDoc, AuditListDoc, ProblemTypeDoc, StatusDoc, NewWebhookDoc, WebhookDoc, WebhookListDoc,
         DeliveryDoc, DeliveryListDoc, AgentReportDoc, AgentSlotDoc,
     )),

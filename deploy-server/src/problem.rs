@@ -210,6 +210,7 @@ pub(crate) fn action_name(action: deploy_core::Action) -> &'static str {
         Action::Deploy => "deploy",
         Action::Cancel => "cancel",
         Action::Rollback => "roll back",
+        Action::Operate => "operate deployments",
         Action::ManageEnvironments => "manage environments",
         Action::Administer => "administer",
         Action::DefineHostTargets => "define targets that run programs on the host",

@@ -18,7 +18,7 @@ use serde_json::json;
 
 use crate::app::AppState;
 use crate::auth::{generate_key, key_record};
-use crate::extract::{ApiJson, Caller, Params, etag, idempotency_key, if_match, not_modified};
+use crate::extract::{ApiJson, Caller, OptionalJson, Params, etag, idempotency_key, if_match, not_modified};
 use crate::metrics::Gauges;
 use crate::problem::{Problem, ProblemKind, action_name};
 
@@ -445,6 +445,152 @@ pub(crate) async fn rollback(
         format!("deployments/{id}"),
         Some(submitted.deployment.environment().to_string()),
     );
+    Ok(accepted(&submitted.deployment, submitted.replayed))
+}
+
+/// The body of `POST /v1/deployments/{id}/promote` (optional).
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct PromoteBody {
+    #[serde(default)]
+    full: bool,
+}
+
+/// The body of `POST /v1/deployments/{id}/abort` (optional).
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct AbortBody {
+    #[serde(default)]
+    rollback: Option<bool>,
+}
+
+/// Records an operator's request and answers 202 with the deployment; the audit entry names the action and the
+/// deployment's environment (from the answer itself, or the refusal naming it).
+async fn operate(state: &AppState, caller: &Caller, id: &str, action: deploy_core::OperatorAction) -> ApiResult {
+    let audit_action = match action {
+        deploy_core::OperatorAction::Pause => "deployment.pause",
+        deploy_core::OperatorAction::Resume => "deployment.resume",
+        deploy_core::OperatorAction::Promote { .. } => "deployment.promote",
+        deploy_core::OperatorAction::Abort { .. } => "deployment.abort",
+    };
+    caller.audit.set(audit_action, format!("deployments/{id}"), None);
+    let id = deployment_id(id)?;
+    let answer = state.inner.orchestrator.control(&caller.principal, id, action).await;
+    let environment = match &answer {
+        Ok(d) => Some(d.environment().to_string()),
+        Err(deploy_core::Error::Forbidden(f)) => Some(f.environment.clone()),
+        Err(_) => None,
+    };
+    caller.audit.set(audit_action, format!("deployments/{id}"), environment);
+    let deployment = answer?;
+    let mut response = (StatusCode::ACCEPTED, Json(&deployment)).into_response();
+    response.headers_mut().insert(header::ETAG, etag(deployment.revision()));
+    Ok(response)
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/deployments/{id}/pause",
+    tag = "deployments",
+    params(("id" = String, Path, description = "Deployment id")),
+    responses(
+        (status = 202, description = "Pause recorded; the deployment becomes `paused` at its next safe point (between batches or canary steps). Idempotent.", body = crate::openapi::DeploymentDoc),
+        (status = 404, description = "No such deployment", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "Already finished, or rolling back (`not-now`)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        crate::openapi::CommonProblems,
+    )
+)]
+pub(crate) async fn pause(State(state): State<AppState>, Path(id): Path<String>, caller: Caller) -> ApiResult {
+    operate(&state, &caller, &id, deploy_core::OperatorAction::Pause).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/deployments/{id}/resume",
+    tag = "deployments",
+    params(("id" = String, Path, description = "Deployment id")),
+    responses(
+        (status = 202, description = "Resume recorded; a deployment paused by an operator goes on (a canary step that waits to be promoted still waits). Idempotent.", body = crate::openapi::DeploymentDoc),
+        (status = 404, description = "No such deployment", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "Already finished, or rolling back (`not-now`)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        crate::openapi::CommonProblems,
+    )
+)]
+pub(crate) async fn resume(State(state): State<AppState>, Path(id): Path<String>, caller: Caller) -> ApiResult {
+    operate(&state, &caller, &id, deploy_core::OperatorAction::Resume).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/deployments/{id}/promote",
+    tag = "deployments",
+    params(("id" = String, Path, description = "Deployment id")),
+    request_body(content = crate::openapi::PromoteDoc, content_type = "application/json", description = "Optional"),
+    responses(
+        (status = 202, description = "Promotion recorded: the canary step that waits goes on; with `full`, every remaining step is skipped. Idempotent.", body = crate::openapi::DeploymentDoc),
+        (status = 404, description = "No such deployment", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "Already finished; not a canary, or no step waits to be promoted (`not-now`)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        crate::openapi::CommonProblems,
+    )
+)]
+pub(crate) async fn promote(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    caller: Caller,
+    OptionalJson(body): OptionalJson<PromoteBody>,
+) -> ApiResult {
+    operate(&state, &caller, &id, deploy_core::OperatorAction::Promote { full: body.full }).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/deployments/{id}/abort",
+    tag = "deployments",
+    params(("id" = String, Path, description = "Deployment id")),
+    request_body(content = crate::openapi::AbortDoc, content_type = "application/json", description = "Optional"),
+    responses(
+        (status = 202, description = "Abort recorded; the deployment stops at its next safe point, rolled back or not as `rollback` (default: its failure policy) says. Idempotent.", body = crate::openapi::DeploymentDoc),
+        (status = 404, description = "No such deployment", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "Already finished, or already rolling back (`not-now`)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        crate::openapi::CommonProblems,
+    )
+)]
+pub(crate) async fn abort(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    caller: Caller,
+    OptionalJson(body): OptionalJson<AbortBody>,
+) -> ApiResult {
+    operate(&state, &caller, &id, deploy_core::OperatorAction::Abort { rollback: body.rollback }).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/deployments/{id}/retry",
+    tag = "deployments",
+    params(("id" = String, Path, description = "Deployment id"), ("Idempotency-Key" = Option<String>, Header, description = "One retry per key")),
+    responses(
+        (status = 202, description = "A new deployment of the same spec to the failed and unreachable targets only, with `retry_of` set", body = crate::openapi::DeploymentDoc),
+        (status = 404, description = "No such deployment", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "Not degraded or failed, or nothing failed (`not-now`)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        crate::openapi::CommonProblems,
+    )
+)]
+pub(crate) async fn retry(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    caller: Caller,
+    headers: HeaderMap,
+) -> ApiResult {
+    caller.audit.set("deployment.retry", format!("deployments/{id}"), None);
+    let id = deployment_id(&id)?;
+    let key = idempotency_key(&headers)?;
+    let submitted = state.inner.orchestrator.retry(&caller.principal, id, key).await;
+    let environment = match &submitted {
+        Ok(s) => Some(s.deployment.environment().to_string()),
+        Err(deploy_core::Error::Forbidden(f)) => Some(f.environment.clone()),
+        Err(_) => None,
+    };
+    caller.audit.set("deployment.retry", format!("deployments/{id}"), environment);
+    let submitted = submitted?;
     Ok(accepted(&submitted.deployment, submitted.replayed))
 }
 

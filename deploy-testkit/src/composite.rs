@@ -65,6 +65,14 @@ impl<E: Store, T: Send + Sync> Store for Composite<E, T> {
     async fn request_cancel(&self, id: DeploymentId, now: Timestamp) -> Result<Deployment, StoreError> {
         self.engine.request_cancel(id, now).await
     }
+    async fn request(
+        &self,
+        id: DeploymentId,
+        request: &deploy_core::OperatorRequest,
+        now: Timestamp,
+    ) -> Result<Deployment, StoreError> {
+        self.engine.request(id, request, now).await
+    }
     async fn claim(&self, owner: &str, now: Timestamp, lease: Duration) -> Result<Option<Claim>, StoreError> {
         self.engine.claim(owner, now, lease).await
     }

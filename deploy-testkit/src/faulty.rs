@@ -171,6 +171,16 @@ impl<S: Store> Store for FaultyStore<S> {
         self.faults.lose(self.inner.request_cancel(id, now).await)
     }
 
+    async fn request(
+        &self,
+        id: DeploymentId,
+        request: &deploy_core::OperatorRequest,
+        now: Timestamp,
+    ) -> Result<Deployment, StoreError> {
+        self.faults.refuse()?;
+        self.faults.lose(self.inner.request(id, request, now).await)
+    }
+
     async fn claim(&self, owner: &str, now: Timestamp, lease: Duration) -> Result<Option<Claim>, StoreError> {
         self.faults.refuse()?;
         self.faults.lose(self.inner.claim(owner, now, lease).await)

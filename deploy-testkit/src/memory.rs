@@ -198,10 +198,7 @@ impl Inner {
             }
             state.events.push(e);
         }
-        let control = Control {
-            cancel_requested: state.deployment.cancel_requested(),
-            superseded_by: state.deployment.superseded_by(),
-        };
+        let control = Control::of(&state.deployment);
         let terminal = state.deployment.status().is_terminal();
         if terminal {
             state.lease = None;
@@ -370,6 +367,22 @@ impl Store for MemoryStore {
         inner.deployments.get(&id).map(|d| d.deployment.clone()).ok_or_else(|| not_found("deployment", id))
     }
 
+    async fn request(
+        &self,
+        id: DeploymentId,
+        request: &deploy_core::OperatorRequest,
+        now: Timestamp,
+    ) -> Result<Deployment, StoreError> {
+        let mut inner = self.lock();
+        let state = inner.deployments.get_mut(&id).ok_or_else(|| not_found("deployment", id))?;
+        let held = lease_live(state.lease.as_ref(), now);
+        let mut changed = state.deployment.clone();
+        let update = changed.request(request, now, held).map_err(|e| StoreError::refused(id, e))?;
+        state.deployment = changed;
+        let _ = inner.apply(id, update)?;
+        inner.deployments.get(&id).map(|d| d.deployment.clone()).ok_or_else(|| not_found("deployment", id))
+    }
+
     async fn list_deployments(
         &self,
         filter: &DeploymentFilter,
@@ -450,10 +463,7 @@ impl Store for MemoryStore {
         }
         let renewed = Lease { expires_at: add_duration(now, duration), ..lease.clone() };
         state.lease = Some(renewed.clone());
-        let control = Control {
-            cancel_requested: state.deployment.cancel_requested(),
-            superseded_by: state.deployment.superseded_by(),
-        };
+        let control = Control::of(&state.deployment);
         Ok((renewed, control))
     }
 

@@ -121,6 +121,12 @@ mockall::mock! {
             id: deploy_core::DeploymentId,
             now: Timestamp,
         ) -> Result<deploy_core::Deployment, deploy_core::StoreError>;
+        async fn request(
+            &self,
+            id: deploy_core::DeploymentId,
+            request: &deploy_core::OperatorRequest,
+            now: Timestamp,
+        ) -> Result<deploy_core::Deployment, deploy_core::StoreError>;
         async fn claim(
             &self,
             owner: &str,

@@ -22,8 +22,8 @@ pub fn strategy() -> impl Strategy<Value = StrategyRequest> {
         (1u8..=100).prop_map(|p| StrategyRequest::Rolling { batch_size: Some(format!("{p}%").into()), pause: None }),
         (1i64..50).prop_map(|first| StrategyRequest::Canary {
             steps: vec![
-                CanaryStepRequest { percent: first, verify_for: Some("2s".into()) },
-                CanaryStepRequest { percent: 100, verify_for: None },
+                CanaryStepRequest { percent: first, verify_for: Some("2s".into()), pause: None },
+                CanaryStepRequest { percent: 100, verify_for: None, pause: None },
             ],
         }),
     ]

@@ -222,6 +222,14 @@ impl Store for BrokenStore {
     async fn request_cancel(&self, id: DeploymentId, now: Timestamp) -> Result<Deployment, StoreError> {
         self.inner.request_cancel(id, now).await
     }
+    async fn request(
+        &self,
+        id: DeploymentId,
+        request: &deploy_core::OperatorRequest,
+        now: Timestamp,
+    ) -> Result<Deployment, StoreError> {
+        self.inner.request(id, request, now).await
+    }
     async fn claim(&self, owner: &str, now: Timestamp, lease: Duration) -> Result<Option<Claim>, StoreError> {
         // Ignores live leases: each claim is made a year after the one before, so it finds every lease lapsed.
         let n = self.claims.fetch_add(1, Ordering::SeqCst) + 1;

@@ -93,6 +93,7 @@ mod store_answers {
             created_by: "t".into(),
             plan: TargetPlan::FromSpec,
             rollback_of: None,
+            retry_of: None,
         };
         let now = time::OffsetDateTime::now_utc();
         let deployment = Deployment::plan(draft, env, now).unwrap();

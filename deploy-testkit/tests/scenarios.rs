@@ -611,8 +611,8 @@ async fn a_canary_step_that_degrades_rolls_back_before_the_next_step() {
         h.executor.add_fault("c-1", Some("2.0"), Fault::UnhealthyAfter(Duration::from_secs(5)));
         let canary = Some(StrategyRequest::Canary {
             steps: vec![
-                deploy_core::spec::CanaryStepRequest { percent: 10, verify_for: Some("30s".into()) },
-                deploy_core::spec::CanaryStepRequest { percent: 100, verify_for: None },
+                deploy_core::spec::CanaryStepRequest { percent: 10, verify_for: Some("30s".into()), pause: None },
+                deploy_core::spec::CanaryStepRequest { percent: 100, verify_for: None, pause: None },
             ],
         });
         let d =
@@ -1117,8 +1117,8 @@ async fn a_hung_canary_probe_fails_the_canary_instead_of_holding_the_environment
         h.executor.add_fault("c-1", Some("2.0"), Fault::VerifyHangsAfter(Duration::from_secs(5)));
         let canary = Some(StrategyRequest::Canary {
             steps: vec![
-                deploy_core::spec::CanaryStepRequest { percent: 10, verify_for: Some("60s".into()) },
-                deploy_core::spec::CanaryStepRequest { percent: 100, verify_for: None },
+                deploy_core::spec::CanaryStepRequest { percent: 10, verify_for: Some("60s".into()), pause: None },
+                deploy_core::spec::CanaryStepRequest { percent: 100, verify_for: None, pause: None },
             ],
         });
         let d = h.submit(DeploymentRequest { strategy: canary, ..request("prod", "web", "2.0") }).await.unwrap();

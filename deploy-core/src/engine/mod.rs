@@ -432,6 +432,7 @@ impl Orchestrator {
             created_by: principal.id().to_owned(),
             plan: TargetPlan::FromSpec,
             rollback_of: None,
+            retry_of: None,
         };
         let idempotency_key = submission.idempotency_key.clone();
         let key = submission.idempotency_key.map(|key| (key, fingerprint));
@@ -621,6 +622,7 @@ impl Orchestrator {
             created_by: principal.id().to_owned(),
             plan: TargetPlan::FromSpec,
             rollback_of: Some(last.deployment_id),
+            retry_of: None,
         };
         let sent = idempotency_key.clone();
         // The request, not what it resolved to: sent again after more releases ran, it is still the same request.
@@ -666,12 +668,83 @@ impl Orchestrator {
             created_by: principal.id().to_owned(),
             plan: TargetPlan::Explicit(changed),
             rollback_of: Some(id),
+            retry_of: None,
         };
         // Rolling back the same deployment twice with one key is one rollback.
         let sent = idempotency_key.clone();
         let key = idempotency_key.map(|key| (key, crate::names::Fingerprint::of(format!("rollback:{id}").as_bytes())));
         let accepted = self.accept(principal, draft, key, None).await?;
         self.shared.poke();
+        Ok(Submitted { deployment: accepted.deployment, replayed: accepted.replayed, idempotency_key: sent })
+    }
+
+    /// Records an operator's request on a deployment: pause, resume, promote or abort. Answers at once with the
+    /// deployment as stored (the request is durable, with an event naming `principal`); the holder acts on it at its
+    /// next safe point, between batches or canary steps, never half-way through a target. Repeating a request is
+    /// harmless: pausing a paused deployment, or promoting a step already promoted, changes nothing more.
+    ///
+    /// # Errors
+    /// [`Error::Forbidden`] without `operate` on its environment; the store's `NotFound`, `AlreadyFinished` (terminal)
+    /// or `NotNow` (see [`Deployment::request`]).
+    pub async fn control(
+        &self,
+        principal: &Principal,
+        id: DeploymentId,
+        action: crate::control::OperatorAction,
+    ) -> Result<Deployment, Error> {
+        let d = self.shared.store.get_deployment(id).await?;
+        principal.authorize(Action::Operate, d.environment())?;
+        let request = crate::control::OperatorRequest { action, by: principal.id().to_owned() };
+        let d = self.shared.store.request(id, &request, self.shared.clock.now()).await?;
+        tracing::info!(deployment_id = %id, action = action.name(), by = principal.id(), "operator request recorded");
+        self.shared.poke();
+        Ok(d)
+    }
+
+    /// Retries the failed and unreachable targets of a `degraded` or `failed` deployment: a new deployment of the
+    /// same spec to those targets only, recording the first in `retry_of`. One key, one retry.
+    ///
+    /// # Errors
+    /// [`Error::NotRetryable`] when `id` is not `degraded` or `failed`, or has no failed or unreachable target;
+    /// [`Error::Forbidden`] without `operate`; else as [`Orchestrator::submit`].
+    pub async fn retry(
+        &self,
+        principal: &Principal,
+        id: DeploymentId,
+        idempotency_key: Option<IdempotencyKey>,
+    ) -> Result<Submitted, Error> {
+        let original = self.shared.store.get_deployment(id).await?;
+        principal.authorize(Action::Operate, original.environment())?;
+        if !matches!(original.status(), crate::DeploymentStatus::Degraded | crate::DeploymentStatus::Failed) {
+            return Err(Error::NotRetryable(
+                id,
+                format!("it is {}; only degraded or failed deployments are retried", original.status()),
+            ));
+        }
+        let failed: Vec<(TargetId, Version)> = original
+            .targets()
+            .iter()
+            .filter(|t| matches!(t.status, crate::TargetStatus::Failed | crate::TargetStatus::Unreachable))
+            .map(|t| (t.id.clone(), t.to_version.clone()))
+            .collect();
+        if failed.is_empty() {
+            return Err(Error::NotRetryable(id, "no target failed or was unreachable".into()));
+        }
+        let spec = original.spec().with_targets(TargetSelector::Ids(failed.iter().map(|(t, _)| t.clone()).collect()));
+        let draft = DeploymentDraft {
+            id: DeploymentId::new(),
+            spec,
+            created_by: principal.id().to_owned(),
+            plan: TargetPlan::Explicit(failed),
+            rollback_of: None,
+            retry_of: Some(id),
+        };
+        let sent = idempotency_key.clone();
+        let key = idempotency_key.map(|key| (key, crate::names::Fingerprint::of(format!("retry:{id}").as_bytes())));
+        let accepted = self.accept(principal, draft, key, None).await?;
+        if !accepted.replayed {
+            self.shared.poke();
+        }
         Ok(Submitted { deployment: accepted.deployment, replayed: accepted.replayed, idempotency_key: sent })
     }
 

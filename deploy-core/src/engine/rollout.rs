@@ -10,6 +10,9 @@ use crate::spec::RolloutStrategy;
 pub(super) struct Batch {
     pub(super) targets: Range<usize>,
     pub(super) watch_for: Option<Duration>,
+    /// For a canary step with `"pause": "until_promoted"`: its number (from 1); the rollout waits after it until the
+    /// step is promoted.
+    pub(super) gate: Option<u32>,
 }
 
 /// The batches of `strategy` over `total` targets, in order, covering every target exactly once.
@@ -18,26 +21,30 @@ pub(super) fn batches(strategy: &RolloutStrategy, total: usize) -> Vec<Batch> {
         return Vec::new();
     }
     match strategy {
-        RolloutStrategy::AllAtOnce => vec![Batch { targets: 0..total, watch_for: None }],
+        RolloutStrategy::AllAtOnce => vec![Batch { targets: 0..total, watch_for: None, gate: None }],
         RolloutStrategy::Rolling { batch_size, .. } => {
             let size = batch_size.of_rounding_up(total).max(1);
             (0..total)
                 .step_by(size)
-                .map(|start| Batch { targets: start..(start + size).min(total), watch_for: None })
+                .map(|start| Batch { targets: start..(start + size).min(total), watch_for: None, gate: None })
                 .collect()
         }
         RolloutStrategy::Canary { steps } => {
             let mut out = Vec::with_capacity(steps.len());
             let mut done = 0;
-            for step in steps {
+            for (n, step) in (1u32..).zip(steps) {
                 let end = (total * usize::from(step.percent)).div_ceil(100).clamp(1, total);
+                let gate = step.until_promoted.then_some(n);
                 if end > done {
-                    out.push(Batch { targets: done..end, watch_for: Some(step.verify_for.as_std()) });
+                    out.push(Batch { targets: done..end, watch_for: Some(step.verify_for.as_std()), gate });
                     done = end;
+                } else if let Some(last) = out.last_mut().filter(|_| gate.is_some()) {
+                    // A step that adds no target (few targets) still waits to be promoted, after the step before it.
+                    last.gate = gate;
                 }
             }
             if done < total {
-                out.push(Batch { targets: done..total, watch_for: None });
+                out.push(Batch { targets: done..total, watch_for: None, gate: None });
             }
             out
         }
@@ -70,7 +77,7 @@ mod tests {
         RolloutStrategy::Canary {
             steps: percents
                 .iter()
-                .map(|&p| CanaryStep { percent: p, verify_for: HumanDuration::from_secs(1) })
+                .map(|&p| CanaryStep { percent: p, verify_for: HumanDuration::from_secs(1), until_promoted: false })
                 .collect(),
         }
     }

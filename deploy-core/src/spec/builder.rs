@@ -114,6 +114,12 @@ impl DeploymentSpecBuilder {
         self.with(|s| s.progress_deadline = deadline)
     }
 
+    /// Abort the deployment when it stays paused this long (default: no limit).
+    #[must_use]
+    pub fn pause_deadline(self, deadline: HumanDuration) -> Self {
+        self.with(|s| s.pause_deadline = Some(deadline))
+    }
+
     /// Declarative (the default) or imperative steps.
     pub fn mode(self, mode: ExecutionMode) -> Self {
         self.with(|s| s.mode = mode)

@@ -54,6 +54,7 @@ pub struct DeploymentSpec {
     failure: FailurePolicy,
     on_unreachable: UnreachablePolicy,
     progress_deadline: HumanDuration,
+    pause_deadline: Option<HumanDuration>,
     mode: ExecutionMode,
     labels: BTreeMap<String, String>,
 }
@@ -118,6 +119,12 @@ impl DeploymentSpec {
     #[must_use]
     pub fn progress_deadline(&self) -> HumanDuration {
         self.progress_deadline
+    }
+    /// How long the deployment may stay paused (by an operator, or waiting to be promoted) before it is aborted;
+    /// `None`: as long as it takes.
+    #[must_use]
+    pub fn pause_deadline(&self) -> Option<HumanDuration> {
+        self.pause_deadline
     }
     /// Declarative or imperative.
     #[must_use]
@@ -304,6 +311,8 @@ pub struct CanaryStep {
     pub percent: u8,
     /// How long the step's targets must stay healthy before the next step.
     pub verify_for: HumanDuration,
+    /// Whether the rollout then waits for an operator to promote it (`"pause": "until_promoted"`).
+    pub until_promoted: bool,
 }
 
 /// Health verification after apply.

@@ -47,6 +47,10 @@ pub struct DeploymentRequest {
     /// Fail the deployment when no target made progress for this long.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress_deadline: Option<String>,
+    /// Abort the deployment when it stays paused (by an operator, or waiting to be promoted) for this long. Default:
+    /// no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_deadline: Option<String>,
     /// `declarative` (default) or `imperative`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
@@ -157,6 +161,9 @@ pub struct CanaryStepRequest {
     /// How long the step's targets must stay healthy before the next step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify_for: Option<String>,
+    /// `"until_promoted"`: after this step, wait for an operator to promote the rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<String>,
 }
 
 /// `verify` of a request.

@@ -47,6 +47,13 @@ pub(super) fn validate(req: &DeploymentRequest, rules: Rules) -> Result<Deployme
     let on_unreachable = unreachable(&mut errs, req.on_unreachable.as_ref());
     let progress_deadline =
         duration(&mut errs, "progress_deadline", req.progress_deadline.as_deref(), defaults::PROGRESS_DEADLINE);
+    let pause_deadline = req.pause_deadline.as_deref().map(|d| {
+        let d = duration(&mut errs, "pause_deadline", Some(d), HumanDuration::ZERO);
+        if d.is_zero() {
+            errs.push("pause_deadline", "must be longer than zero");
+        }
+        d
+    });
     let mode = mode(&mut errs, req.mode.as_deref(), req.steps.as_deref());
     labels(&mut errs, "labels", &req.labels);
 
@@ -83,6 +90,7 @@ pub(super) fn validate(req: &DeploymentRequest, rules: Rules) -> Result<Deployme
             failure,
             on_unreachable,
             progress_deadline,
+            pause_deadline,
             mode,
             labels: req.labels.clone(),
         }),
@@ -337,7 +345,26 @@ fn canary(errs: &mut ValidationErrors, steps: &[CanaryStepRequest]) -> Option<Ro
             step.verify_for.as_deref(),
             defaults::CANARY_VERIFY_FOR,
         );
-        out.push(CanaryStep { percent: u8::try_from(step.percent.clamp(0, 100)).unwrap_or(100), verify_for });
+        let until_promoted = match step.pause.as_deref() {
+            None => false,
+            Some("until_promoted") => {
+                if previous == 100 {
+                    errs.push(format!("strategy.steps[{i}].pause"), "the last step has nothing left to promote");
+                    ok = false;
+                }
+                true
+            }
+            Some(_) => {
+                errs.push(format!("strategy.steps[{i}].pause"), "the only pause is \"until_promoted\"");
+                ok = false;
+                false
+            }
+        };
+        out.push(CanaryStep {
+            percent: u8::try_from(step.percent.clamp(0, 100)).unwrap_or(100),
+            verify_for,
+            until_promoted,
+        });
     }
     if previous != 100 {
         errs.push("strategy.steps", "the last step must reach 100 percent");
@@ -500,6 +527,7 @@ pub(super) fn to_request(spec: &DeploymentSpec) -> DeploymentRequest {
                 .map(|s| CanaryStepRequest {
                     percent: i64::from(s.percent),
                     verify_for: Some(s.verify_for.to_string()),
+                    pause: s.until_promoted.then(|| "until_promoted".to_owned()),
                 })
                 .collect(),
         },
@@ -547,6 +575,7 @@ pub(super) fn to_request(spec: &DeploymentSpec) -> DeploymentRequest {
             ),
         }),
         progress_deadline: Some(spec.progress_deadline.to_string()),
+        pause_deadline: spec.pause_deadline.map(|d| d.to_string()),
         mode: Some(mode.to_owned()),
         steps,
         labels: spec.labels.clone(),

@@ -166,6 +166,24 @@ impl Store for SqlStore {
         Ok(d)
     }
 
+    async fn request(
+        &self,
+        id: DeploymentId,
+        request: &deploy_core::OperatorRequest,
+        now: Timestamp,
+    ) -> Result<Deployment, StoreError> {
+        let mut tx = self.begin().await?;
+        let row = load_header(&mut tx, Some(self.backend), id).await?.ok_or_else(|| not_found("deployment", id))?;
+        let held = row.lease_live(now);
+        let mut full = row.header.with_targets(load_targets(&mut tx, id).await?);
+        let update = full.request(request, now, held).map_err(|e| StoreError::refused(id, e))?;
+        let _ = apply_update(&mut tx, id, full.header(), update).await?;
+        let d = load_deployment(&mut tx, id).await?.ok_or_else(|| not_found("deployment", id))?;
+        tx.commit().await.map_err(unavailable)?;
+        self.reads.forget(id);
+        Ok(d)
+    }
+
     async fn claim(&self, owner: &str, now: Timestamp, lease: Duration) -> Result<Option<Claim>, StoreError> {
         // The head of each environment's queue, if nobody holds it: one ordered index lookup per environment, not a
         // scan of every queued deployment. On PostgreSQL, rows another replica is claiming are skipped rather than
@@ -269,8 +287,7 @@ impl Store for SqlStore {
             .await
             .map_err(unavailable)?;
         tx.commit().await.map_err(unavailable)?;
-        let control =
-            Control { cancel_requested: row.header.cancel_requested(), superseded_by: row.header.superseded_by() };
+        let control = Control::of(&row.header);
         Ok((Lease { expires_at: from_ms(ms(expires)), ..lease.clone() }, control))
     }
 

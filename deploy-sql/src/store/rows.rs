@@ -446,7 +446,7 @@ pub(super) async fn apply_update(
     .map_err(unavailable)?;
     observe_targets(conn, &environment, observations).await?;
     append_events(conn, id, &environment, events, None).await?;
-    Ok(Control { cancel_requested: header.cancel_requested(), superseded_by: header.superseded_by() })
+    Ok(Control::of(&header))
 }
 
 /// Records a cancel or supersede request on a stored deployment, inside the caller's transaction: `request` is

@@ -45,6 +45,7 @@ fn acceptance(env: &EnvironmentName, version: &str, key: Option<(&str, &str)>, n
             created_by: Principal::system("conformance").id().to_owned(),
             plan: TargetPlan::FromSpec,
             rollback_of: None,
+            retry_of: None,
         },
         idempotency,
         expected_revision: None,
@@ -300,6 +301,7 @@ pub async fn records_are_atomic_and_terminal_is_final(store: &dyn Store) -> Ran 
             }),
         }],
         progressed: true,
+        awaiting_promotion: None,
     };
     let _ = store.record(&claim.lease, update).await.expect("record");
     let stored = store.get_deployment(id).await.expect("get");

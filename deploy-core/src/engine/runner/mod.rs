@@ -225,7 +225,11 @@ async fn run(rec: &Recorder<'_>) -> Result<(), Abort> {
             // (its controller crashed, the lease had to lapse) does not count against it.
             tracing::info!("resuming from stored progress");
             let now = rec.now();
-            let reason = format!("resumed by {} from stored progress", rec.shared.config.owner);
+            let reason = if status == DeploymentStatus::Paused {
+                format!("taken over by {} from stored progress; still paused", rec.shared.config.owner)
+            } else {
+                format!("resumed by {} from stored progress", rec.shared.config.owner)
+            };
             let events = vec![NewEvent::deployment(now, status, reason)];
             rec.write(ProgressUpdate { now: Some(now), progressed: true, events, ..ProgressUpdate::default() }).await?;
         }
@@ -285,10 +289,20 @@ async fn roll_out(plan: &Plan<'_>) -> Result<(), Abort> {
     let max_failed = spec.failure().max_failed.of_rounding_down(total) as u64;
     let unreachable_then = spec.on_unreachable().then;
 
+    let wants_rollback = is_canary || spec.failure().on_failure == OnFailure::Rollback;
     for (n, batch) in batches.iter().enumerate() {
-        if let Some((stop, reason)) = rec.stop_reason() {
-            return stop_now(rec, stop, reason).await;
+        if let Some(halt) = safe_point(plan, None).await? {
+            return halted(plan, halt, wants_rollback).await;
         }
+        // A full promotion sends every remaining target in this one batch, with no step, watch or pause after it.
+        let promoted_full = is_canary && rec.controls().promote_full;
+        let full_batch;
+        let batch = if promoted_full {
+            full_batch = Batch { targets: batch.targets.start..total, watch_for: None, gate: None };
+            &full_batch
+        } else {
+            batch
+        };
         let todo: Vec<usize> = batch
             .targets
             .clone()
@@ -316,8 +330,15 @@ async fn roll_out(plan: &Plan<'_>) -> Result<(), Abort> {
             failure = watch_canary(plan, batch, watch_for).await?;
         }
         if let Some(reason) = failure {
-            let wants_rollback = is_canary || unreachable_rollback || spec.failure().on_failure == OnFailure::Rollback;
-            return fail(plan, reason, wants_rollback).await;
+            return fail(plan, reason, wants_rollback || unreachable_rollback).await;
+        }
+        if promoted_full {
+            break;
+        }
+        if let Some(step) = batch.gate.filter(|_| n + 1 < batches.len())
+            && let Some(halt) = safe_point(plan, Some(step)).await?
+        {
+            return halted(plan, halt, wants_rollback).await;
         }
         if !pause.is_zero() && n + 1 < batches.len() {
             pause_between_batches(rec, pause).await;
@@ -367,10 +388,102 @@ async fn roll_batch(plan: &Plan<'_>, todo: Vec<usize>) -> Result<bool, Abort> {
 async fn pause_between_batches(rec: &Recorder<'_>, pause: Duration) {
     let slice = (rec.shared.config.lease / 3).max(Duration::from_millis(10));
     let mut left = pause;
-    while !left.is_zero() && rec.stop_reason().is_none() {
+    while !left.is_zero() && rec.stop_reason().is_none() && !wants_to_halt(rec) {
         let step = left.min(slice);
         rec.shared.clock.sleep(step).await;
         left = left.saturating_sub(step);
+    }
+}
+
+/// Whether an operator asked to pause or abort: what ends a wait early so the next safe point sees it.
+fn wants_to_halt(rec: &Recorder<'_>) -> bool {
+    let c = rec.controls();
+    c.pause_requested || c.abort.is_some()
+}
+
+/// Why a rollout stops at a safe point.
+#[derive(Debug)]
+enum Halt {
+    /// Cancelled or superseded: unsettled targets are cancelled, nothing is rolled back.
+    Stop(DeploymentStatus, String),
+    /// Aborted (on request, or a pause outlived its deadline): `rollback` overrides the failure policy.
+    Abort { rollback: Option<bool>, reason: String },
+}
+
+async fn halted(plan: &Plan<'_>, halt: Halt, policy_rolls_back: bool) -> Result<(), Abort> {
+    match halt {
+        Halt::Stop(status, reason) => stop_now(plan.rec, status, reason).await,
+        Halt::Abort { rollback, reason } => fail(plan, reason, rollback.unwrap_or(policy_rolls_back)).await,
+    }
+}
+
+/// A safe point: between batches (`gate` `None`), or after the canary step numbered `gate` that waits to be
+/// promoted. Returns why the rollout must stop, if it must; otherwise returns once it may go on. While it must wait
+/// (an operator's pause, a step not yet promoted) the deployment is `paused`: no target is touched, the lease is
+/// renewed as usual (so it survives nothing but its holder), and the progress deadline does not run; the pause
+/// deadline does, and aborts a pause that outlives it.
+async fn safe_point(plan: &Plan<'_>, gate: Option<u32>) -> Result<Option<Halt>, Abort> {
+    let rec = plan.rec;
+    loop {
+        if let Some((status, reason)) = rec.stop_reason() {
+            return Ok(Some(Halt::Stop(status, reason)));
+        }
+        let c = rec.controls();
+        if let Some(abort) = c.abort {
+            return Ok(Some(Halt::Abort { rollback: abort.rollback, reason: "aborted on request".to_owned() }));
+        }
+        let promoted = |step: u32| c.promote_full || c.promoted_through >= step;
+        let waits_for = gate.filter(|&step| !promoted(step));
+        let (status, stored_gate, paused_at) = rec.with(|d| (d.status(), d.awaiting_promotion(), d.paused_at()));
+        if !c.pause_requested && waits_for.is_none() {
+            // Passing an earlier safe point of a deployment taken over while it waited at a later step: it stays
+            // paused until that step (every target before it is settled, so nothing is applied meanwhile).
+            let still_waits_later = gate.is_none() && stored_gate.is_some_and(|step| !promoted(step));
+            if status == DeploymentStatus::Paused && !still_waits_later {
+                let now = rec.now();
+                let reason = match gate {
+                    Some(step) => format!("canary step {step} promoted; going on"),
+                    None => "resumed".to_owned(),
+                };
+                let mut update = rec.status_update(DeploymentStatus::InProgress, reason, now);
+                for e in &mut update.events {
+                    e.event_type = crate::event::EventType::Resumed;
+                }
+                rec.write(update).await?;
+            }
+            return Ok(None);
+        }
+        let reason = match waits_for {
+            Some(step) if !c.pause_requested => {
+                format!("canary step {step} waits to be promoted")
+            }
+            _ => "paused on request".to_owned(),
+        };
+        if status != DeploymentStatus::Paused || stored_gate != waits_for {
+            let now = rec.now();
+            let mut update = rec.status_update(DeploymentStatus::Paused, reason, now);
+            update.awaiting_promotion = waits_for;
+            rec.write(update).await?;
+            continue;
+        }
+        let slice = (rec.shared.config.lease / 3).max(Duration::from_millis(10));
+        let wait = match (plan.spec.pause_deadline(), paused_at) {
+            (Some(limit), Some(since)) => {
+                let left = limit.as_std().saturating_sub(elapsed_between(since, rec.now()));
+                if left.is_zero() {
+                    return Ok(Some(Halt::Abort {
+                        rollback: None,
+                        reason: format!("paused for longer than its pause deadline ({limit})"),
+                    }));
+                }
+                left.min(slice)
+            }
+            _ => slice,
+        };
+        tokio::select! {
+            () = rec.control_changed.notified() => {}
+            () = rec.shared.clock.sleep(wait) => {}
+        }
     }
 }
 
@@ -651,6 +764,7 @@ mod tests {
             created_by: "test".into(),
             plan: TargetPlan::FromSpec,
             rollback_of: None,
+            retry_of: None,
         };
         Deployment::plan(draft, env, at()).unwrap()
     }
@@ -688,8 +802,8 @@ mod tests {
         assert_eq!(describe(&rolling), "rolling 25% at a time");
         let canary = RolloutStrategy::Canary {
             steps: vec![
-                CanaryStep { percent: 10, verify_for: Default::default() },
-                CanaryStep { percent: 100, verify_for: Default::default() },
+                CanaryStep { percent: 10, verify_for: Default::default(), until_promoted: false },
+                CanaryStep { percent: 100, verify_for: Default::default(), until_promoted: false },
             ],
         };
         assert_eq!(describe(&canary), "canary 10% → 100%");

@@ -25,12 +25,14 @@ pub(super) struct Recorder<'a> {
     pub(super) buffered: Mutex<Option<ProgressUpdate>>,
     /// Signalled when a result is buffered while the runner waits, so it is written promptly.
     pub(super) result_waiting: tokio::sync::Notify,
+    /// Signalled when a write or renewal brings news of a request (cancel, supersede, an operator's), so a paused
+    /// runner looks again at once.
+    pub(super) control_changed: tokio::sync::Notify,
 }
 
 impl<'a> Recorder<'a> {
     pub(super) fn new(shared: &'a Shared, lease: Lease, deployment: Deployment) -> Self {
-        let control =
-            Control { cancel_requested: deployment.cancel_requested(), superseded_by: deployment.superseded_by() };
+        let control = Control::of(&deployment);
         let valid = tokio::sync::watch::Sender::new(Validity::of(shared, &lease));
         Self {
             shared,
@@ -41,6 +43,7 @@ impl<'a> Recorder<'a> {
             control: Mutex::new(control),
             buffered: Mutex::new(None),
             result_waiting: tokio::sync::Notify::new(),
+            control_changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -70,11 +73,24 @@ impl<'a> Recorder<'a> {
     }
 
     pub(super) fn merge(&self, c: Control) {
-        let mut mine = lock(&self.control);
-        mine.cancel_requested |= c.cancel_requested;
-        if c.superseded_by.is_some() {
-            mine.superseded_by = c.superseded_by;
+        let changed = {
+            let mut mine = lock(&self.control);
+            let before = *mine;
+            mine.cancel_requested |= c.cancel_requested;
+            if c.superseded_by.is_some() {
+                mine.superseded_by = c.superseded_by;
+            }
+            mine.operator.merge(c.operator);
+            before != *mine
+        };
+        if changed {
+            self.control_changed.notify_one();
         }
+    }
+
+    /// The operator requests known so far.
+    pub(super) fn controls(&self) -> crate::control::Controls {
+        lock(&self.control).operator
     }
 
     /// Applies `update` to the mirror, refusing what the record does not allow.
@@ -228,6 +244,7 @@ pub(super) fn merge(earlier: &mut ProgressUpdate, later: ProgressUpdate) {
     }
     if later.status.is_some() {
         earlier.status = later.status;
+        earlier.awaiting_promotion = later.awaiting_promotion;
     }
     earlier.targets.extend(later.targets);
     earlier.events.extend(later.events);
