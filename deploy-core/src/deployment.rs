@@ -1057,6 +1057,49 @@ mod tests {
     }
 
     #[test]
+    fn operator_requests_apply_only_where_they_make_sense() {
+        use crate::control::{OperatorAction as A, OperatorRequest, RequestError};
+        let ask = |action| OperatorRequest { action, by: "key:ops".into() };
+        let now = time::OffsetDateTime::UNIX_EPOCH;
+        let mut d = deployment(&["a", "b"]);
+        d.apply(&status(DeploymentStatus::InProgress)).unwrap();
+        let update = d.request(&ask(A::Pause), now, true).unwrap();
+        assert!(d.controls().pause_requested);
+        assert_eq!(update.status, None, "a held deployment is paused by its holder, not here");
+        assert_eq!(update.events[0].event_type, crate::event::EventType::Requested);
+        assert_eq!(update.events[0].message, "pause requested by key:ops");
+        d.request(&ask(A::Resume), now, true).unwrap();
+        assert!(!d.controls().pause_requested, "resume withdraws the pause");
+        assert!(
+            matches!(d.request(&ask(A::Promote { full: false }), now, true), Err(RequestError::NotNow(_))),
+            "a rolling deployment has nothing to promote"
+        );
+
+        // Paused at a gate: promote names that step, once.
+        let mut paused = status(DeploymentStatus::Paused);
+        paused.awaiting_promotion = Some(2);
+        d.apply(&paused).unwrap();
+        assert_eq!(d.awaiting_promotion(), Some(2));
+        assert!(d.paused_at().is_some());
+        d.apply(&status(DeploymentStatus::InProgress)).unwrap();
+        assert_eq!((d.awaiting_promotion(), d.paused_at()), (None, None), "leaving the pause clears both");
+
+        d.apply(&status(DeploymentStatus::RollingBack)).unwrap();
+        for action in [A::Pause, A::Resume, A::Promote { full: true }, A::Abort { rollback: Some(false) }] {
+            assert!(
+                matches!(d.request(&ask(action), now, true), Err(RequestError::NotNow(_))),
+                "{} while rolling back",
+                action.name()
+            );
+        }
+        d.apply(&status(DeploymentStatus::RolledBack)).unwrap();
+        assert_eq!(
+            d.request(&ask(A::Pause), now, true).unwrap_err(),
+            RequestError::AlreadyFinished(DeploymentStatus::RolledBack)
+        );
+    }
+
+    #[test]
     fn updates_keep_the_summary_equal_to_the_targets() {
         let mut d = deployment(&["a", "b", "c"]);
         d.apply(&status(DeploymentStatus::InProgress)).unwrap();

@@ -62,7 +62,7 @@ async fn env_with(store: &dyn Store, prefix: &str, policy: ConcurrencyPolicy) ->
     name
 }
 
-table!(ENGINE_CHECKS: dyn Store; environments_have_revisions, idempotent_acceptance, preconditions_and_planning, concurrency_policies, a_restarted_replica_takes_over_its_own_leases_at_once, claims_are_fenced, records_are_atomic_and_terminal_is_final, cancel_requests, listings_page_with_cursors, idempotency_keys_expire, environments_are_listed_by_name, unknown_ids_are_not_found,
+table!(ENGINE_CHECKS: dyn Store; environments_have_revisions, idempotent_acceptance, preconditions_and_planning, concurrency_policies, a_restarted_replica_takes_over_its_own_leases_at_once, claims_are_fenced, records_are_atomic_and_terminal_is_final, cancel_requests, operator_requests, listings_page_with_cursors, idempotency_keys_expire, environments_are_listed_by_name, unknown_ids_are_not_found,
     concurrent_accepts_with_one_key_make_one_deployment, concurrent_claims_hand_out_one_lease,
     events_are_numbered_without_gaps, released_leases_are_claimable_at_once);
 table!(SERVER_CHECKS: dyn FullStore; agent_assignments_are_fenced, webhook_outbox_follows_changes, api_keys_by_digest, audit_log_pages_newest_first, agent_slots);
@@ -366,6 +366,50 @@ pub async fn cancel_requests(store: &dyn Store) -> Ran {
     assert!(held.cancel_requested());
     let (_, control) = store.renew(&claim.lease, now, Duration::from_secs(30)).await.expect("renew");
     assert!(control.cancel_requested, "the holder learns of the request");
+    Ran::Checked
+}
+
+/// Operator requests (pause, resume, promote, abort) are recorded with an event naming who asked and reach the
+/// holder through `Control`; an abort of unheld queued work stops it at once; what does not apply now is `NotNow`;
+/// a finished deployment refuses them; an unknown one is not found.
+pub async fn operator_requests(store: &dyn Store) -> Ran {
+    use deploy_core::{OperatorAction, OperatorRequest};
+    let now = t0();
+    let by = |action| OperatorRequest { action, by: "key:ops".to_owned() };
+    let env = env_with(store, "operate", ConcurrencyPolicy::Queue).await;
+    let a = store.accept(acceptance(&env, "1", None, now)).await.expect("a").deployment.id();
+    let b = store.accept(acceptance(&env, "2", None, now)).await.expect("b").deployment.id();
+
+    let aborted = store.request(b, &by(OperatorAction::Abort { rollback: Some(true) }), now).await.expect("abort b");
+    assert_eq!(aborted.status(), DeploymentStatus::Cancelled, "unheld queued work is stopped at once");
+    assert!(aborted.targets().iter().all(|t| t.status == TargetStatus::Cancelled));
+    let events = store.events(b, 0, 100).await.expect("events");
+    assert!(
+        events.iter().any(|e| e.event_type == EventType::Requested && e.message.contains("key:ops")),
+        "the request is an event naming who asked: {events:?}"
+    );
+    assert_eq!(events.last().map(|e| e.event_type), Some(EventType::Cancelled));
+    let late = store.request(b, &by(OperatorAction::Pause), now).await;
+    assert!(matches!(late, Err(StoreError::AlreadyFinished { .. })), "{late:?}");
+
+    let claim = claim_of(store, a, now).await;
+    let paused = store.request(a, &by(OperatorAction::Pause), now).await.expect("pause a");
+    assert!(paused.controls().pause_requested, "recorded in the deployment");
+    assert_eq!(paused.status(), DeploymentStatus::Queued, "a held deployment is paused by its holder");
+    let (_, control) = store.renew(&claim.lease, now, Duration::from_secs(30)).await.expect("renew");
+    assert!(control.operator.pause_requested, "the holder learns of the request");
+    let resumed = store.request(a, &by(OperatorAction::Resume), now).await.expect("resume a");
+    assert!(!resumed.controls().pause_requested);
+    let held_abort = store.request(a, &by(OperatorAction::Abort { rollback: None }), now).await.expect("abort a");
+    assert_eq!(held_abort.status(), DeploymentStatus::Queued, "a held deployment is aborted by its holder");
+    assert_eq!(store.get_deployment(a).await.expect("get").controls().abort.map(|r| r.rollback), Some(None));
+    let (_, control) = store.renew(&claim.lease, now, Duration::from_secs(30)).await.expect("renew");
+    assert!(control.operator.abort.is_some());
+
+    let promote = store.request(a, &by(OperatorAction::Promote { full: true }), now).await;
+    assert!(matches!(promote, Err(StoreError::NotNow { .. })), "a rolling deployment is not promoted: {promote:?}");
+    let unknown = store.request(DeploymentId::new(), &by(OperatorAction::Pause), now).await;
+    assert!(matches!(unknown, Err(StoreError::NotFound { .. })), "{unknown:?}");
     Ran::Checked
 }
 
