@@ -591,6 +591,20 @@ async fn webhooks(ctx: &Ctx, cmd: WebhooksCommand) -> Result<u8> {
     Ok(0)
 }
 
+/// Records an operator's request and prints the deployment as the server answered it.
+async fn operate(ctx: &Ctx, id: &str, action: deploy_core::OperatorAction) -> Result<u8> {
+    let d = ctx.client.control(deployment_id(id)?, action).await.map_err(ctx.fail())?;
+    ctx.print(&d, || {
+        format!(
+            "{} requested for {} (now {}); it takes effect at the next safe point.",
+            action.name(),
+            d.id(),
+            d.status()
+        )
+    })?;
+    Ok(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -606,18 +620,4 @@ mod tests {
         assert!(strategy("canary:ten").is_err());
         assert!(strategy("blue-green").is_err());
     }
-}
-
-/// Records an operator's request and prints the deployment as the server answered it.
-async fn operate(ctx: &Ctx, id: &str, action: deploy_core::OperatorAction) -> Result<u8> {
-    let d = ctx.client.control(deployment_id(id)?, action).await.map_err(ctx.fail())?;
-    ctx.print(&d, || {
-        format!(
-            "{} requested for {} (now {}); it takes effect at the next safe point.",
-            action.name(),
-            d.id(),
-            d.status()
-        )
-    })?;
-    Ok(0)
 }

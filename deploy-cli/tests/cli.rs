@@ -294,3 +294,74 @@ async fn plain_http_to_another_host_is_refused_before_anything_is_sent() {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_pause_resume_abort_and_retry_from_the_command_line() {
+    let (server, dir) = deployd("cli-operate").await;
+    let url = format!("http://{}", server.addr);
+    let slow = write(&dir, "slow.yaml", &ENV_YAML.replace("apply_ms: 10", "apply_ms: 300"));
+    assert_eq!(code(&deployctl(&url, ADMIN, &["env", "put", "prod", "--file", &slow]).await), 0);
+    let request = write(&dir, "request.yaml", FAST_VERIFY);
+    let submit = |version: &'static str, extra: &'static [&'static str]| {
+        let (url, request) = (url.clone(), request.clone());
+        async move {
+            let mut args =
+                vec!["deploy", "--file", &request, "--env", "prod", "--service", "checkout", "--version", version];
+            args.extend_from_slice(extra);
+            deployctl(&url, ADMIN, &args).await
+        }
+    };
+    let status = |id: String| {
+        let url = url.clone();
+        async move {
+            let o = deployctl(&url, ADMIN, &["status", &id, "-o", "json"]).await;
+            serde_json::from_str::<Value>(&stdout(&o)).unwrap()
+        }
+    };
+    let first = submit("2.0", &["--strategy", "rolling:1", "-o", "json"]).await;
+    let id = serde_json::from_str::<Value>(&stdout(&first)).unwrap()["id"].as_str().unwrap().to_owned();
+    let paused = deployctl(&url, ADMIN, &["pause", &id]).await;
+    assert_eq!(code(&paused), 0, "{}", stderr(&paused));
+    assert!(stdout(&paused).contains("pause requested"), "{}", stdout(&paused));
+    let mut seen = Value::Null;
+    for _ in 0..200 {
+        seen = status(id.clone()).await;
+        if seen["status"] == "paused" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen["status"], "paused", "{seen}");
+    assert_eq!(code(&deployctl(&url, ADMIN, &["resume", &id]).await), 0);
+    let watched = deployctl(&url, ADMIN, &["watch", &id]).await;
+    assert_eq!(code(&watched), 0, "{}{}", stdout(&watched), stderr(&watched));
+    let late = deployctl(&url, ADMIN, &["promote", &id]).await;
+    assert_eq!(code(&late), 1, "{}", stdout(&late));
+    assert!(stderr(&late).contains("already"), "{}", stderr(&late));
+
+    // Abort with rollback: exit 3 once it is rolled back.
+    let second = submit("2.5", &["--strategy", "rolling:1", "-o", "json"]).await;
+    let id = serde_json::from_str::<Value>(&stdout(&second)).unwrap()["id"].as_str().unwrap().to_owned();
+    let abort = deployctl(&url, ADMIN, &["abort", &id, "--rollback"]).await;
+    assert_eq!(code(&abort), 0, "{}", stderr(&abort));
+    assert_eq!(code(&deployctl(&url, ADMIN, &["watch", &id]).await), 3);
+    assert_eq!(status(id.clone()).await["status"], "rolled_back");
+
+    // Retry: web-1 refuses 4.0, then is fixed; the retry deploys it alone.
+    let degraded = submit("4.0", &["--max-failed", "1", "--on-failure", "fail", "--wait", "-o", "json"]).await;
+    assert_eq!(code(&degraded), 2, "{}", stdout(&degraded));
+    let listed = deployctl(&url, ADMIN, &["list", "--env", "prod", "--status", "degraded", "-o", "json"]).await;
+    let listed: Value = serde_json::from_str(&stdout(&listed)).unwrap();
+    let degraded_id = listed["items"][0]["id"].as_str().unwrap().to_owned();
+    let fixed = write(&dir, "fixed.yaml", &ENV_YAML.replace(", fail_versions: ['4.0']", ""));
+    assert_eq!(code(&deployctl(&url, ADMIN, &["env", "put", "prod", "--file", &fixed]).await), 0);
+    let retry = deployctl(&url, ADMIN, &["retry", &degraded_id, "-o", "json"]).await;
+    assert_eq!(code(&retry), 0, "{}", stderr(&retry));
+    let retry: Value = serde_json::from_str(&stdout(&retry)).unwrap();
+    assert_eq!(retry["retry_of"], degraded_id.as_str());
+    let targets: Vec<&str> = retry["targets"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect();
+    assert_eq!(targets, ["web-1"]);
+    let retried = deployctl(&url, ADMIN, &["watch", retry["id"].as_str().unwrap()]).await;
+    assert_eq!(code(&retried), 0, "{}", stderr(&retried));
+    server.shutdown().await;
+}

@@ -169,6 +169,9 @@ impl From<StoreError> for Problem {
             StoreError::AlreadyFinished { deployment, status } => {
                 Self::new(ProblemKind::AlreadyFinished, format!("deployment {deployment} is already {status}"))
             }
+            StoreError::NotNow { deployment, reason } => {
+                Self::new(ProblemKind::NotNow, format!("deployment {deployment}: {reason}"))
+            }
             StoreError::Unavailable(_) => Self::unavailable(&e),
             other => Self::internal(&other),
         }
@@ -195,6 +198,9 @@ impl From<Error> for Problem {
             Error::Store(s) => s.into(),
             Error::NotRollbackable(id, why) => {
                 Self::invalid_field("id", format!("deployment {id} cannot be rolled back: {why}"))
+            }
+            Error::NotRetryable(id, why) => {
+                Self::new(ProblemKind::NotNow, format!("deployment {id} cannot be retried: {why}"))
             }
             other => Self::internal(&other),
         }

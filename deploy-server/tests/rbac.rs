@@ -16,10 +16,15 @@ enum Act {
     Submit,
     Cancel,
     Rollback,
+    Pause,
+    Resume,
+    Promote,
+    Abort,
+    Retry,
     PutEnvironment,
 }
 
-const ACTS: [Act; 8] = [
+const ACTS: [Act; 13] = [
     Act::ReadEnvironment,
     Act::ReadDeployment,
     Act::ReadEvents,
@@ -27,6 +32,11 @@ const ACTS: [Act; 8] = [
     Act::Submit,
     Act::Cancel,
     Act::Rollback,
+    Act::Pause,
+    Act::Resume,
+    Act::Promote,
+    Act::Abort,
+    Act::Retry,
     Act::PutEnvironment,
 ];
 
@@ -34,6 +44,7 @@ fn allowed(role: &str, act: Act) -> bool {
     match act {
         Act::ReadEnvironment | Act::ReadDeployment | Act::ReadEvents | Act::ListDeployments => true,
         Act::Submit | Act::Cancel | Act::Rollback => role != "viewer",
+        Act::Pause | Act::Resume | Act::Promote | Act::Abort | Act::Retry => role != "viewer",
         Act::PutEnvironment => role == "admin",
     }
 }
@@ -68,6 +79,10 @@ async fn each_role_each_action_in_and_out_of_its_environments() {
                     Act::Rollback => {
                         s.call(Method::POST, &format!("/v1/deployments/{id}/rollback"), Some(&key), None, &[]).await
                     }
+                    Act::Pause | Act::Resume | Act::Promote | Act::Abort | Act::Retry => {
+                        let action = format!("{act:?}").to_lowercase();
+                        s.call(Method::POST, &format!("/v1/deployments/{id}/{action}"), Some(&key), None, &[]).await
+                    }
                     Act::PutEnvironment => {
                         let current = s.get(&format!("/v1/environments/{env}"), ADMIN).await;
                         let targets: Vec<_> = current.body["targets"]
@@ -81,7 +96,8 @@ async fn each_role_each_action_in_and_out_of_its_environments() {
                 };
                 let expect = allowed(role, act) && inside;
                 if expect {
-                    // Allowed: anything but 401/403 (cancel of a finished deployment is 409 already-finished).
+                    // Allowed: anything but 401/403 (cancel, pause, ... of a finished deployment is 409 already-finished;
+                    // a retry of one that succeeded is 409 not-now).
                     assert!(
                         a.status.is_success() || a.status == StatusCode::CONFLICT,
                         "{role} {act:?} in {env}: {} {:?}",

@@ -409,3 +409,68 @@ async fn a_restarted_deployd_takes_over_its_own_work_at_once() {
     assert!(took < Duration::from_secs(30), "finished {took:?} after the restart: it did not wait out its old lease");
     drop(second);
 }
+
+/// Pauses `id` and waits until it is paused; returns how many targets had been changed by then.
+async fn pause_and_hold(http: &reqwest::Client, d: &Deployd, id: &str) -> u64 {
+    call(http, reqwest::Method::POST, format!("{}/v1/deployments/{id}/pause", d.base), None).await;
+    let paused = wait_for(http, d, id, |v| v["status"] == "paused").await;
+    paused["summary"]["succeeded"].as_u64().unwrap()
+}
+
+/// After a takeover, the deployment stays paused on the new holder: nothing more is applied until resumed.
+async fn still_paused_then_resume(http: &reqwest::Client, d: &Deployd, id: &str, changed: u64) {
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let v = call(http, reqwest::Method::GET, format!("{}/v1/deployments/{id}", d.base), None).await;
+    assert_eq!(v["status"], "paused", "{v}");
+    assert_eq!(v["summary"]["succeeded"].as_u64().unwrap(), changed, "nothing applied while paused: {v}");
+    assert_eq!(v["summary"]["in_progress"], 0, "{v}");
+    let events =
+        call(http, reqwest::Method::GET, format!("{}/v1/deployments/{id}/events?limit=500", d.base), None).await;
+    let taken = events["items"].as_array().unwrap().iter().any(|e| {
+        e["message"].as_str().unwrap_or_default().contains("still paused") && e["type"] == "deployment.paused"
+    });
+    assert!(taken, "the takeover is an event and the deployment stays paused: {events}");
+    call(http, reqwest::Method::POST, format!("{}/v1/deployments/{id}/resume", d.base), None).await;
+    check_finished(http, d, id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_deployment_survives_a_sigkill_of_deployd_and_resumes_after_the_restart() {
+    let dir = temp_dir("sigkill-paused");
+    let http = reqwest::Client::new();
+    let mut first = spawn(&dir).await;
+    let id = setup(&http, &first).await;
+    let changed = pause_and_hold(&http, &first, &id).await;
+    assert!(changed < 4, "paused mid-rollout");
+    first.child.kill().await.unwrap(); // SIGKILL while paused
+    let second = spawn(&dir).await;
+    still_paused_then_resume(&http, &second, &id, changed).await;
+    drop(second);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgresql_a_paused_deployment_stays_paused_through_a_replica_takeover() {
+    let Some(url) = pg::postgres_url("on_postgresql_a_paused_deployment_stays_paused_through_a_replica_takeover").await
+    else {
+        return;
+    };
+    let dir = temp_dir("pg-paused");
+    let replica = |n: u32| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_deployd"));
+        cmd.args(["serve", "--dev", "--listen", "127.0.0.1:0", "--lease", "1s", "--poll-interval", "50ms"])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(["--database-url", &url])
+            .env("DEPLOYD_BOOTSTRAP_ADMIN_KEY", ADMIN)
+            .env("DEPLOYD_TEST_REPLICA", n.to_string());
+        cmd
+    };
+    let http = reqwest::Client::new();
+    let (mut first, _) = spawn_with(replica(1)).await;
+    let id = setup(&http, &first).await;
+    let changed = pause_and_hold(&http, &first, &id).await;
+    let (second, _) = spawn_with(replica(2)).await;
+    first.child.kill().await.unwrap(); // SIGKILL: the paused deployment's lease lapses; replica 2 takes it over
+    still_paused_then_resume(&http, &second, &id, changed).await;
+    drop(second);
+}

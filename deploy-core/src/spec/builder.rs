@@ -115,7 +115,6 @@ impl DeploymentSpecBuilder {
     }
 
     /// Abort the deployment when it stays paused this long (default: no limit).
-    #[must_use]
     pub fn pause_deadline(self, deadline: HumanDuration) -> Self {
         self.with(|s| s.pause_deadline = Some(deadline))
     }

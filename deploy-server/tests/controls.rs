@@ -1,0 +1,248 @@
+//! Operator controls over HTTP: pause, resume, promote, abort and retry as 202 sub-resources of a deployment; their
+//! events on the API and on webhooks, their audit entries, their problems; who may call them, what they make the
+//! host do, and what they record.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::receiver::{Mode, Receiver};
+use common::{ADMIN, Answer, Server, deploy};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+async fn post_empty(s: &Server, path: &str, key: &str) -> Answer {
+    s.call(Method::POST, path, Some(key), None, &[]).await
+}
+
+/// Polls until the deployment's JSON satisfies `pred` (at most 30 s).
+async fn wait_until(s: &Server, id: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..600 {
+        let a = s.get(&format!("/v1/deployments/{id}"), ADMIN).await;
+        if pred(&a.body) {
+            return a.body;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("deployment {id} never got there: {:#}", s.get(&format!("/v1/deployments/{id}"), ADMIN).await.body);
+}
+
+async fn event_types(s: &Server, id: &str) -> Vec<String> {
+    let a = s.get(&format!("/v1/deployments/{id}/events?limit=500"), ADMIN).await;
+    a.body["items"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap().to_owned()).collect()
+}
+
+fn applied(s: &Value) -> u64 {
+    s["summary"]["succeeded"].as_u64().unwrap() + s["summary"]["in_progress"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn a_gated_canary_pauses_until_promoted_and_every_decision_is_an_event_a_webhook_and_an_audit_entry() {
+    // Webhook retries 150 ms apart, as in the webhook tests, so a delivery that races the server's start is soon again.
+    let s = Server::with(deploy_server::Settings {
+        webhook_retry_schedule: vec!["150ms"; 40].join(","),
+        ..common::settings("controls-canary")
+    })
+    .await;
+    let receiver = Receiver::answering(Mode::Status(204)).await;
+    let sub = s
+        .post(
+            "/v1/webhooks",
+            ADMIN,
+            json!({"url": receiver.url(), "events": ["deployment.*"], "environments": ["prod"]}),
+        )
+        .await;
+    receiver.set_secret(sub.body["secret"].as_str().unwrap());
+    s.sim_env("prod", 4, "queue", json!({"apply_ms": 20})).await;
+    let ops = s.key("ops", "deployer", &["prod"]).await;
+    let mut body = deploy("prod", "2.0");
+    body["strategy"] = json!({"type": "canary", "steps": [
+        {"percent": 25, "verify_for": "0s", "pause": "until_promoted"},
+        {"percent": 100, "verify_for": "0s"},
+    ]});
+    let a = s.post("/v1/deployments", &ops, body).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{:?}", a.body);
+    assert_eq!(a.body["spec"]["strategy"]["steps"][0]["pause"], "until_promoted", "the gate is part of the spec");
+    let id = a.body["id"].as_str().unwrap().to_owned();
+    let paused = wait_until(&s, &id, |d| d["status"] == "paused").await;
+    assert_eq!(paused["awaiting_promotion"], 1);
+    assert!(paused["paused_at"].is_string());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let still = s.get(&format!("/v1/deployments/{id}"), ADMIN).await.body;
+    assert_eq!((still["status"].as_str(), applied(&still)), (Some("paused"), 1), "one target until promoted");
+
+    let promoted = post_empty(&s, &format!("/v1/deployments/{id}/promote"), &ops).await;
+    assert_eq!(promoted.status, StatusCode::ACCEPTED, "{:?}", promoted.body);
+    assert_eq!(promoted.body["controls"]["promoted_through"], 1);
+    let done = s.wait_terminal(&id).await;
+    assert_eq!(done["status"], "succeeded", "{done:#}");
+    let types = event_types(&s, &id).await;
+    for t in ["deployment.paused", "deployment.promoted", "deployment.resumed"] {
+        assert!(types.iter().any(|x| x == t), "{t} in {types:?}");
+    }
+    // Promoting a finished deployment is refused; so is one that is not a canary.
+    post_empty(&s, &format!("/v1/deployments/{id}/promote"), &ops).await.problem(409, "already-finished");
+
+    // The webhook receiver got the decisions too, signed, with the deployment.
+    let wanted = ["deployment.paused", "deployment.promoted", "deployment.resumed", "deployment.succeeded"];
+    for _ in 0..600 {
+        let got: Vec<String> =
+            receiver.log().iter().filter_map(|r| r.event.as_ref().map(|e| e.event_type.to_string())).collect();
+        if wanted.iter().all(|t| got.iter().any(|g| g == t)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got: Vec<String> =
+        receiver.log().iter().filter_map(|r| r.event.as_ref().map(|e| e.event_type.to_string())).collect();
+    for t in wanted {
+        assert!(got.iter().any(|g| g == t), "{t} delivered: {got:?}");
+    }
+
+    // The audit log names the actor, the action and the environment.
+    let audit = s.get("/v1/audit?actor=key:ops", ADMIN).await;
+    let promote = audit.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "deployment.promote" && e["outcome"] == "success")
+        .expect("the promotion is audited");
+    assert_eq!(promote["environment"], "prod");
+    assert_eq!(promote["resource"], format!("deployments/{id}"));
+}
+
+#[tokio::test]
+async fn pause_holds_resume_goes_on_and_abort_rolls_back_over_http() {
+    let s = Server::start("controls-pause").await;
+    s.sim_env("prod", 4, "queue", json!({"apply_ms": 150})).await;
+    let mut body = deploy("prod", "2.0");
+    body["strategy"] = json!({"type": "rolling", "batch_size": 1});
+    let id = s.post("/v1/deployments", ADMIN, body.clone()).await.body["id"].as_str().unwrap().to_owned();
+    let asked = post_empty(&s, &format!("/v1/deployments/{id}/pause"), ADMIN).await;
+    assert_eq!(asked.status, StatusCode::ACCEPTED, "{:?}", asked.body);
+    assert_eq!(asked.body["controls"]["pause_requested"], true);
+    assert!(asked.header("etag").is_some());
+    let paused = wait_until(&s, &id, |d| d["status"] == "paused").await;
+    let held = applied(&paused);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let still = s.get(&format!("/v1/deployments/{id}"), ADMIN).await.body;
+    assert_eq!(still["status"], "paused");
+    assert_eq!(applied(&still), held, "nothing is applied while paused");
+    // Idempotent: pausing again is another 202 and changes nothing.
+    assert_eq!(post_empty(&s, &format!("/v1/deployments/{id}/pause"), ADMIN).await.status, StatusCode::ACCEPTED);
+    let resumed = post_empty(&s, &format!("/v1/deployments/{id}/resume"), ADMIN).await;
+    assert_eq!(resumed.status, StatusCode::ACCEPTED);
+    assert_eq!(s.wait_terminal(&id).await["status"], "succeeded");
+
+    // Abort with rollback overrides a failure policy that says "fail".
+    body["version"] = json!("3.0");
+    body["failure"] = json!({"on_failure": "fail"});
+    let id = s.post("/v1/deployments", ADMIN, body).await.body["id"].as_str().unwrap().to_owned();
+    post_empty(&s, &format!("/v1/deployments/{id}/pause"), ADMIN).await;
+    wait_until(&s, &id, |d| d["status"] == "paused").await;
+    let abort = s.post(&format!("/v1/deployments/{id}/abort"), ADMIN, json!({"rollback": true})).await;
+    assert_eq!(abort.status, StatusCode::ACCEPTED, "{:?}", abort.body);
+    let done = s.wait_terminal(&id).await;
+    assert_eq!(done["status"], "rolled_back", "{done:#}");
+    let env = s.get("/v1/environments/prod", ADMIN).await;
+    for t in env.body["targets"].as_array().unwrap() {
+        assert_eq!(t["actual"]["version"], "2.0", "every target is back on 2.0: {t}");
+    }
+    let types = event_types(&s, &id).await;
+    assert!(types.iter().filter(|t| *t == "deployment.requested").count() >= 2, "{types:?}");
+}
+
+#[tokio::test]
+async fn retry_deploys_only_the_failed_targets_again() {
+    let s = Server::start("controls-retry").await;
+    let mut targets: Vec<Value> = (1..=3)
+        .map(|i| json!({"id": format!("prod-{i}"), "executor": "sim", "config": {"initial_version": "1.0", "apply_ms": 5}}))
+        .collect();
+    targets[1]["config"]["fail_versions"] = json!(["2.0"]);
+    assert!(s.put("/v1/environments/prod", ADMIN, json!({"targets": targets})).await.status.is_success());
+    let mut body = deploy("prod", "2.0");
+    body["failure"] = json!({"max_failed": 1, "on_failure": "fail"});
+    let id = s.post("/v1/deployments", ADMIN, body).await.body["id"].as_str().unwrap().to_owned();
+    let first = s.wait_terminal(&id).await;
+    assert_eq!(first["status"], "degraded", "{first:#}");
+
+    targets[1]["config"]["fail_versions"] = json!([]);
+    assert!(s.put("/v1/environments/prod", ADMIN, json!({"targets": targets})).await.status.is_success());
+    let headers = [("idempotency-key", "retry-once")];
+    let r = s.call(Method::POST, &format!("/v1/deployments/{id}/retry"), Some(ADMIN), None, &headers).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+    assert_eq!(r.body["retry_of"], id.as_str());
+    let ids: Vec<&str> = r.body["targets"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["prod-2"], "only the failed target");
+    let again = s.call(Method::POST, &format!("/v1/deployments/{id}/retry"), Some(ADMIN), None, &headers).await;
+    assert_eq!(again.body["id"], r.body["id"], "one key, one retry");
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    let done = s.wait_terminal(r.body["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "succeeded", "{done:#}");
+    let path = format!("/v1/deployments/{}/retry", r.body["id"].as_str().unwrap());
+    post_empty(&s, &path, ADMIN).await.problem(409, "not-now");
+}
+
+#[tokio::test]
+async fn operator_calls_answer_who_may_call_what_they_do_and_what_they_record() {
+    let s = Server::start("controls-security").await;
+    s.sim_env("prod", 2, "queue", json!({"apply_ms": 200})).await;
+    s.sim_env("staging", 2, "queue", json!({"apply_ms": 5})).await;
+    let viewer = s.key("viewer", "viewer", &["*"]).await;
+    let staging = s.key("staging-ops", "deployer", &["staging"]).await;
+    let mut body = deploy("prod", "2.0");
+    body["strategy"] = json!({"type": "rolling", "batch_size": 1});
+    body["config"] = json!({"log_level": "debug"});
+    let id = s.post("/v1/deployments", ADMIN, body).await.body["id"].as_str().unwrap().to_owned();
+
+    // Who: a viewer, and a deployer of another environment, are refused every action, and nothing is recorded.
+    for action in ["pause", "resume", "promote", "abort", "retry"] {
+        for key in [&viewer, &staging] {
+            post_empty(&s, &format!("/v1/deployments/{id}/{action}"), key).await.problem(403, "forbidden");
+        }
+    }
+    let d = s.get(&format!("/v1/deployments/{id}"), ADMIN).await.body;
+    assert!(d.get("controls").is_none(), "a refused request records nothing: {d:#}");
+
+    // Bad input is a problem naming the field, before anything happens.
+    let bad = s.post(&format!("/v1/deployments/{id}/promote"), ADMIN, json!({"ful": true})).await;
+    bad.problem(400, "validation");
+    assert_eq!(bad.body["errors"][0]["field"], "ful");
+    s.post(&format!("/v1/deployments/{id}/abort"), ADMIN, json!({"rollback": "yes"})).await.problem(400, "validation");
+    let text = s
+        .call(
+            Method::POST,
+            &format!("/v1/deployments/{id}/abort"),
+            Some(ADMIN),
+            None,
+            &[("content-type", "text/plain"), ("content-length", "2")],
+        )
+        .await;
+    assert!(text.status == StatusCode::UNSUPPORTED_MEDIA_TYPE || text.status == StatusCode::BAD_REQUEST, "{text:?}");
+    post_empty(&s, &format!("/v1/deployments/{id}/promote"), ADMIN).await.problem(409, "not-now");
+    post_empty(&s, "/v1/deployments/not-an-id/pause", ADMIN).await.problem(400, "validation");
+    let unknown = uuid::Uuid::now_v7();
+    post_empty(&s, &format!("/v1/deployments/{unknown}/pause"), ADMIN).await.problem(404, "not-found");
+    let d = s.get(&format!("/v1/deployments/{id}"), ADMIN).await.body;
+    assert!(d.get("controls").is_none(), "refused input records nothing: {d:#}");
+
+    // What it does: an abort without rollback stops the rollout; targets after the safe point are never touched.
+    let abort = s.post(&format!("/v1/deployments/{id}/abort"), ADMIN, json!({"rollback": false})).await;
+    assert_eq!(abort.status, StatusCode::ACCEPTED, "{:?}", abort.body);
+    let done = s.wait_terminal(&id).await;
+    assert!(["failed", "cancelled"].contains(&done["status"].as_str().unwrap()), "{done:#}");
+    assert!(done["summary"]["cancelled"].as_u64().unwrap() >= 1, "later targets never ran: {done:#}");
+
+    // What it records: the request event names the actor and nothing of the spec; the audit entry has no body.
+    let events = s.get(&format!("/v1/deployments/{id}/events?limit=500"), ADMIN).await.body;
+    let text = events.to_string();
+    assert!(!text.contains(ADMIN) && !text.contains(&viewer) && !text.contains("log_level"), "{text}");
+    let asked: Vec<&Value> =
+        events["items"].as_array().unwrap().iter().filter(|e| e["type"] == "deployment.requested").collect();
+    assert_eq!(asked.len(), 1, "only the accepted request is an event: {asked:?}");
+    assert!(asked[0]["message"].as_str().unwrap().contains("abort requested by key:bootstrap-admin"), "{asked:?}");
+    let audit = s.get("/v1/audit?limit=100", ADMIN).await.body.to_string();
+    assert!(!audit.contains("\"rollback\"") && !audit.contains(ADMIN) && !audit.contains(&staging), "{audit}");
+    assert!(audit.contains("deployment.abort"), "{audit}");
+}
