@@ -87,6 +87,22 @@ pub(crate) enum Command {
         #[arg(long)]
         idempotency_key: Option<IdempotencyKey>,
     },
+    /// Approve a deployment waiting for approval in a protected environment.
+    Approve {
+        /// The deployment id.
+        id: String,
+        /// Why (recorded and shown to every reader).
+        #[arg(long, short = 'm')]
+        comment: Option<String>,
+    },
+    /// Reject a deployment waiting for approval: it ends `rejected`.
+    Reject {
+        /// The deployment id.
+        id: String,
+        /// Why (recorded and shown to every reader).
+        #[arg(long, short = 'm')]
+        comment: Option<String>,
+    },
     /// Pause a deployment at its next safe point (between batches or canary steps); it keeps the environment.
     Pause {
         /// The deployment id.

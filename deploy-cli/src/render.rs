@@ -118,6 +118,17 @@ pub(crate) fn deployment(d: &Deployment) -> String {
     if let Some(r) = d.rollback_of() {
         let _ = writeln!(out, "Rolls back: {r}");
     }
+    if let Some(r) = d.retry_of() {
+        let _ = writeln!(out, "Retries:    {r}");
+    }
+    if let Some(rule) = d.protection() {
+        let approvers: Vec<&str> = d.approved_by().collect();
+        let who = if approvers.is_empty() { String::new() } else { format!(" by {}", approvers.join(", ")) };
+        let _ = writeln!(out, "Approvals:  {} of {}{who}", approvers.len(), rule.required_approvals);
+    }
+    if let Some(step) = d.awaiting_promotion() {
+        let _ = writeln!(out, "Waiting:    canary step {step} waits to be promoted (deployctl promote {})", d.id());
+    }
     if let Some(s) = d.superseded_by() {
         let _ = writeln!(out, "Superseded by: {s}");
     }

@@ -214,6 +214,8 @@ pub(crate) async fn run(cli: Cli) -> Result<u8> {
             ctx.print(&s.deployment, || format!("Rollback {new} accepted: it returns the targets {id} changed."))?;
             Ok(0)
         }
+        Command::Approve { id, comment } => decide(&ctx, &id, false, comment.as_deref()).await,
+        Command::Reject { id, comment } => decide(&ctx, &id, true, comment.as_deref()).await,
         Command::Pause { id } => operate(&ctx, &id, deploy_core::OperatorAction::Pause).await,
         Command::Resume { id } => operate(&ctx, &id, deploy_core::OperatorAction::Resume).await,
         Command::Promote { id, full } => operate(&ctx, &id, deploy_core::OperatorAction::Promote { full }).await,
@@ -461,12 +463,16 @@ async fn env(ctx: &Ctx, cmd: EnvCommand) -> Result<u8> {
                             r.version.to_string(),
                             r.status.to_string(),
                             r.submitted_by.clone(),
+                            r.approved_by.join(", "),
                             render::time(r.started_at),
                             r.duration_ms.map(|ms| format!("{:.1}s", ms as f64 / 1000.0)).unwrap_or_default(),
                         ]
                     })
                     .collect();
-                render::table(&["deployment", "version", "status", "submitted by", "started", "took"], &rows)
+                render::table(
+                    &["deployment", "version", "status", "submitted by", "approved by", "started", "took"],
+                    &rows,
+                )
             })?;
         }
     }
@@ -588,6 +594,20 @@ async fn webhooks(ctx: &Ctx, cmd: WebhooksCommand) -> Result<u8> {
             ctx.print(&d, || format!("Delivery {} is pending again.", d.id))?;
         }
     }
+    Ok(0)
+}
+
+/// Records an approver's decision and prints where the deployment stands.
+async fn decide(ctx: &Ctx, id: &str, reject: bool, comment: Option<&str>) -> Result<u8> {
+    let id = deployment_id(id)?;
+    let d = if reject { ctx.client.reject(id, comment).await } else { ctx.client.approve(id, comment).await };
+    let d = d.map_err(ctx.fail())?;
+    ctx.print(&d, || {
+        let verb = if reject { "Rejected" } else { "Approved" };
+        let rule = d.protection().map_or(0, |p| p.required_approvals);
+        let approvals = d.approved_by().count();
+        format!("{verb} {} ({approvals} of {rule} approval(s)); it is now {}.", d.id(), d.status())
+    })?;
     Ok(0)
 }
 

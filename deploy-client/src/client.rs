@@ -539,9 +539,39 @@ impl Client {
             A::Pause | A::Resume => None,
             A::Promote { full } => Some(json!({ "full": full })),
             A::Abort { rollback } => Some(rollback.map_or_else(|| json!({}), |r| json!({ "rollback": r }))),
+            A::Approve => return self.decide(id, false, None).await,
+            A::Reject => return self.decide(id, true, None).await,
         };
         let path = format!("/v1/deployments/{id}/{}", action.name());
         self.call(Method::POST, &path, &[], body.as_ref(), &[], Repeat::Safe).await?.json()
+    }
+
+    /// Approves a deployment waiting for approval in a protected environment, with an optional comment. Once the
+    /// environment's rule has its count of distinct approvers, the deployment queues (after the rule's wait).
+    ///
+    /// # Errors
+    /// [`Error::Problem`] `forbidden` (not an approver, or its submitter under `prevent_self_approval`), `not-now`
+    /// (not awaiting approval), `already-finished`, `validation` or `hardcoded-secret` (the comment), `not-found`.
+    pub async fn approve(&self, id: DeploymentId, comment: Option<&str>) -> Result<Deployment, Error> {
+        self.decide(id, false, comment).await
+    }
+
+    /// Rejects a deployment waiting for approval: it ends `rejected`.
+    ///
+    /// # Errors
+    /// As [`Client::approve`].
+    pub async fn reject(&self, id: DeploymentId, comment: Option<&str>) -> Result<Deployment, Error> {
+        self.decide(id, true, comment).await
+    }
+
+    async fn decide(&self, id: DeploymentId, reject: bool, comment: Option<&str>) -> Result<Deployment, Error> {
+        let mut body = json!({ "decision": if reject { "reject" } else { "approve" } });
+        if let Some(c) = comment {
+            body["comment"] = json!(c);
+        }
+        let path = format!("/v1/deployments/{id}/approvals");
+        // One decision per approver: repeating it changes nothing, so it is retried like a read.
+        self.call(Method::POST, &path, &[], Some(&body), &[], Repeat::Safe).await?.json()
     }
 
     /// Pauses a deployment at its next safe point ([`Client::control`]).

@@ -17,8 +17,25 @@ pub enum Role {
     Deployer,
     /// Everything, including environments, API keys, webhooks and the audit log.
     Admin,
+    /// Reads, and approves or rejects deployments to protected environments; deploys nothing itself. Apart from the
+    /// ordered roles: approving is a separate duty (admins may approve too; deployers may not).
+    Approver,
     /// The agent on one target's host: fetches that target's assignment and reports on it, nothing else.
     Agent,
+}
+
+impl Role {
+    /// The wire name: `viewer`, `deployer`, `admin`, `agent`, `approver`.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Viewer => "viewer",
+            Self::Deployer => "deployer",
+            Self::Admin => "admin",
+            Self::Agent => "agent",
+            Self::Approver => "approver",
+        }
+    }
 }
 
 /// An action a principal asks to perform.
@@ -35,6 +52,8 @@ pub enum Action {
     Rollback,
     /// Pause, resume, promote, abort or retry a deployment (operator controls).
     Operate,
+    /// Approve or reject a deployment waiting for approval in a protected environment.
+    Approve,
     /// Create or replace an environment.
     ManageEnvironments,
     /// Manage API keys, webhooks and read the audit log.
@@ -57,6 +76,7 @@ impl Role {
             }
             Action::ManageEnvironments | Action::Administer | Action::DefineHostTargets => matches!(self, Self::Admin),
             Action::ActAsAgent => matches!(self, Self::Agent | Self::Admin),
+            Action::Approve => matches!(self, Self::Approver | Self::Admin),
         }
     }
 }
@@ -191,7 +211,7 @@ impl Principal {
         let allowed = match self.role {
             Role::Agent => in_scope && self.target.as_ref() == Some(target),
             Role::Admin => in_scope,
-            Role::Viewer | Role::Deployer => false,
+            Role::Viewer | Role::Deployer | Role::Approver => false,
         };
         if allowed {
             Ok(())
@@ -294,14 +314,19 @@ mod tests {
             Action::Deploy,
             Action::Cancel,
             Action::Rollback,
+            Action::Operate,
+            Action::Approve,
             Action::ManageEnvironments,
             Action::Administer,
         ];
-        for role in [Role::Viewer, Role::Deployer, Role::Admin, Role::Agent] {
+        for role in [Role::Viewer, Role::Deployer, Role::Admin, Role::Agent, Role::Approver] {
             for action in actions {
                 let expected = match role {
                     Role::Viewer => action == Action::Read,
-                    Role::Deployer => !matches!(action, Action::ManageEnvironments | Action::Administer),
+                    Role::Deployer => {
+                        !matches!(action, Action::ManageEnvironments | Action::Administer | Action::Approve)
+                    }
+                    Role::Approver => matches!(action, Action::Read | Action::Approve),
                     Role::Admin => true,
                     Role::Agent => false,
                 };

@@ -29,6 +29,11 @@ pub enum OperatorAction {
         /// Whether to roll back; `None`: as the failure policy says.
         rollback: Option<bool>,
     },
+    /// Approve a deployment waiting for approval (`awaiting_approval`); once the environment's rule has its count of
+    /// distinct approvers, the deployment queues (after the rule's `wait`).
+    Approve,
+    /// Reject a deployment waiting for approval: it ends `rejected`.
+    Reject,
 }
 
 impl OperatorAction {
@@ -40,6 +45,8 @@ impl OperatorAction {
             Self::Resume => "resume",
             Self::Promote { .. } => "promote",
             Self::Abort { .. } => "abort",
+            Self::Approve => "approve",
+            Self::Reject => "reject",
         }
     }
 }
@@ -51,6 +58,65 @@ pub struct OperatorRequest {
     pub action: OperatorAction,
     /// Who asked (the principal's id), recorded in the request's event.
     pub by: String,
+    /// Why, for people (approvals and rejections keep it); checked by [`OperatorRequest::check_comment`].
+    pub comment: Option<String>,
+}
+
+/// The longest comment an approval or rejection may carry.
+pub const MAX_COMMENT: usize = 1000;
+
+impl OperatorRequest {
+    /// A request without comment.
+    #[must_use]
+    pub fn new(action: OperatorAction, by: impl Into<String>) -> Self {
+        Self { action, by: by.into(), comment: None }
+    }
+
+    /// Checks the comment: at most [`MAX_COMMENT`] characters, no control characters but newlines, and nothing shaped
+    /// like a secret (a comment is recorded and shown to every reader).
+    ///
+    /// # Errors
+    /// A validation error on `comment`.
+    pub fn check_comment(&self) -> Result<(), crate::spec::ValidationErrors> {
+        let mut errs = crate::spec::ValidationErrors::default();
+        if let Some(c) = &self.comment {
+            if c.chars().count() > MAX_COMMENT {
+                errs.push("comment", format!("at most {MAX_COMMENT} characters"));
+            } else if c.chars().any(|ch| ch.is_control() && ch != '\n') {
+                errs.push("comment", "no control characters");
+            } else if let Some(kind) =
+                crate::secrets::secret_shape(c).or_else(|| c.split_whitespace().find_map(crate::secrets::secret_shape))
+            {
+                errs.push_secret("comment", crate::spec::shaped_like(kind));
+            }
+        }
+        if errs.is_empty() { Ok(()) } else { Err(errs) }
+    }
+}
+
+/// One approver's decision on a deployment, as its record keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    /// Who decided (the principal's id).
+    pub by: String,
+    /// `approve` or `reject`.
+    pub decision: Decision,
+    /// Why, if they said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: crate::clock::Timestamp,
+}
+
+/// An approver's decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// Approved.
+    Approve,
+    /// Rejected.
+    Reject,
 }
 
 /// The operator requests standing on a deployment, as stored in its record.

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Timestamp;
-use crate::control::{AbortRequest, Controls, OperatorAction, OperatorRequest, RequestError};
+use crate::control::{AbortRequest, Approval, Controls, Decision, OperatorAction, OperatorRequest, RequestError};
 use crate::environment::Environment;
+use crate::environment::Protection;
 use crate::names::{DeploymentId, EnvironmentName, Revision, ServiceName, TargetId, Version};
 use crate::spec::{DeploymentSpec, ValidationErrors};
 use crate::state::DesiredState;
@@ -16,6 +17,8 @@ use crate::state::DesiredState;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeploymentStatus {
+    /// Accepted in a protected environment, waiting for its approvals (and the rule's wait after them).
+    AwaitingApproval,
     /// Accepted, waiting for its turn.
     Queued,
     /// A controller is rolling it out.
@@ -37,11 +40,14 @@ pub enum DeploymentStatus {
     Cancelled,
     /// Replaced by a newer deployment.
     Superseded,
+    /// An approver rejected it before it started.
+    Rejected,
 }
 
 impl DeploymentStatus {
     /// Every status, in lifecycle order.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 12] = [
+        Self::AwaitingApproval,
         Self::Queued,
         Self::InProgress,
         Self::Paused,
@@ -52,12 +58,14 @@ impl DeploymentStatus {
         Self::RolledBack,
         Self::Cancelled,
         Self::Superseded,
+        Self::Rejected,
     ];
 
     /// The wire name.
     #[must_use]
     pub const fn as_str(self) -> &'static str {
         match self {
+            Self::AwaitingApproval => "awaiting_approval",
             Self::Queued => "queued",
             Self::InProgress => "in_progress",
             Self::Paused => "paused",
@@ -68,13 +76,14 @@ impl DeploymentStatus {
             Self::RolledBack => "rolled_back",
             Self::Cancelled => "cancelled",
             Self::Superseded => "superseded",
+            Self::Rejected => "rejected",
         }
     }
 
     /// Whether nothing will change this status again.
     #[must_use]
     pub const fn is_terminal(self) -> bool {
-        !matches!(self, Self::Queued | Self::InProgress | Self::Paused | Self::RollingBack)
+        !matches!(self, Self::AwaitingApproval | Self::Queued | Self::InProgress | Self::Paused | Self::RollingBack)
     }
 
     /// Whether a controller is changing targets under this status.
@@ -87,6 +96,9 @@ impl DeploymentStatus {
     #[must_use]
     pub const fn can_become(self, next: Self) -> bool {
         match self {
+            Self::AwaitingApproval => {
+                matches!(next, Self::Queued | Self::Rejected | Self::Cancelled | Self::Superseded)
+            }
             Self::Queued => matches!(next, Self::InProgress | Self::Cancelled | Self::Superseded),
             Self::InProgress => matches!(
                 next,
@@ -380,6 +392,12 @@ pub struct Deployment {
     awaiting_promotion: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
     paused_at: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    protection: Option<Protection>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    approvals: Vec<Approval>,
+    #[serde(skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    approved_at: Option<Timestamp>,
     revision: Revision,
 }
 
@@ -419,6 +437,12 @@ struct Wire {
     awaiting_promotion: Option<u32>,
     #[serde(default, with = "time::serde::rfc3339::option")]
     paused_at: Option<Timestamp>,
+    #[serde(default)]
+    protection: Option<Protection>,
+    #[serde(default)]
+    approvals: Vec<Approval>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    approved_at: Option<Timestamp>,
     revision: Revision,
 }
 
@@ -447,6 +471,9 @@ impl From<Wire> for Deployment {
             controls: w.controls,
             awaiting_promotion: w.awaiting_promotion,
             paused_at: w.paused_at,
+            protection: w.protection,
+            approvals: w.approvals,
+            approved_at: w.approved_at,
             revision: w.revision,
         }
     }
@@ -520,12 +547,14 @@ impl Deployment {
                 out
             }
         };
+        // A protected environment's rule is kept with the deployment: the one in force when it was accepted.
+        let protection = environment.protection.clone().filter(|p| p.required_approvals > 0);
         Ok(Self {
             id: draft.id,
             environment: draft.spec.environment().clone(),
             service: draft.spec.service().clone(),
             version: draft.spec.version().clone(),
-            status: DeploymentStatus::Queued,
+            status: if protection.is_some() { DeploymentStatus::AwaitingApproval } else { DeploymentStatus::Queued },
             status_reason: None,
             created_by: draft.created_by,
             created_at: now,
@@ -542,6 +571,9 @@ impl Deployment {
             controls: Controls::default(),
             awaiting_promotion: None,
             paused_at: None,
+            protection,
+            approvals: Vec::new(),
+            approved_at: None,
             revision: environment.revision.next(),
             spec: draft.spec,
         })
@@ -652,6 +684,47 @@ impl Deployment {
     pub fn awaiting_promotion(&self) -> Option<u32> {
         self.awaiting_promotion
     }
+    /// The protection rule it was accepted under, for a deployment to a protected environment.
+    #[must_use]
+    pub fn protection(&self) -> Option<&Protection> {
+        self.protection.as_ref()
+    }
+    /// The approvers' decisions, in order.
+    #[must_use]
+    pub fn approvals(&self) -> &[Approval] {
+        &self.approvals
+    }
+    /// When its approvals met the rule.
+    #[must_use]
+    pub fn approved_at(&self) -> Option<Timestamp> {
+        self.approved_at
+    }
+    /// Until when no controller needs to look at it: for one waiting for approval, the end of the wait after its
+    /// approval, or else its expiry, or else [`Deployment::NEVER`] (only a decision moves it, and the decision's
+    /// write changes this). `None` for every other status: claimable as soon as it is its environment's turn. Stores
+    /// keep it where their claim can filter on it, so a waiting deployment costs no controller anything until then.
+    #[must_use]
+    pub fn wake_at(&self) -> Option<Timestamp> {
+        if self.status != DeploymentStatus::AwaitingApproval {
+            return None;
+        }
+        let rule = self.protection.as_ref()?;
+        let at = |from: Timestamp, d: crate::duration::HumanDuration| crate::clock::add(from, d.as_std());
+        Some(match (self.approved_at, rule.wait, rule.expires_after) {
+            (Some(approved), Some(wait), _) => at(approved, wait),
+            (Some(approved), None, _) => approved,
+            (None, _, Some(expires)) => at(self.created_at, expires),
+            (None, _, None) => Self::NEVER,
+        })
+    }
+
+    /// "Not by itself": the wake time of a deployment only a decision can move.
+    pub const NEVER: Timestamp = time::macros::datetime!(9999-01-01 0:00 UTC);
+
+    /// Who approved it, in order.
+    pub fn approved_by(&self) -> impl Iterator<Item = &str> {
+        self.approvals.iter().filter(|a| a.decision == Decision::Approve).map(|a| a.by.as_str())
+    }
     /// While it is `paused`: since when.
     #[must_use]
     pub fn paused_at(&self) -> Option<Timestamp> {
@@ -733,10 +806,14 @@ impl Deployment {
         if self.status.is_terminal() {
             return Err(RequestError::AlreadyFinished(self.status));
         }
+        if let OperatorAction::Approve | OperatorAction::Reject = request.action {
+            return self.decide(request, now, held);
+        }
         let rolling_back = self.status == DeploymentStatus::RollingBack;
         let by = &request.by;
         let mut event_type = crate::event::EventType::Requested;
         let message = match request.action {
+            OperatorAction::Approve | OperatorAction::Reject => String::new(),
             OperatorAction::Pause => {
                 if rolling_back {
                     return Err(RequestError::NotNow("a rollback cannot be paused".into()));
@@ -805,18 +882,80 @@ impl Deployment {
         Ok(update)
     }
 
-    fn stops_at_once(&self, held: bool) -> bool {
-        self.status == DeploymentStatus::Queued && !held
+    /// An approver's decision (see [`Deployment::request`]): one per approver; a rejection ends the deployment
+    /// `rejected`; the approval that meets the rule queues it (or, with the rule's `wait`, starts that wait, which its
+    /// holder ends).
+    fn decide(
+        &mut self,
+        request: &OperatorRequest,
+        now: Timestamp,
+        held: bool,
+    ) -> Result<ProgressUpdate, RequestError> {
+        let by = request.by.as_str();
+        if self.status != DeploymentStatus::AwaitingApproval {
+            return Err(RequestError::NotNow(format!("it is {}, not awaiting approval", self.status)));
+        }
+        let Some(rule) = self.protection.clone() else {
+            return Err(RequestError::NotNow("its environment required no approval".into()));
+        };
+        let decision = if request.action == OperatorAction::Reject { Decision::Reject } else { Decision::Approve };
+        if let Some(earlier) = self.approvals.iter().find(|a| a.by == by) {
+            return if earlier.decision == decision {
+                // The same decision again (a retried request): nothing changes.
+                Ok(ProgressUpdate { now: Some(now), ..ProgressUpdate::default() })
+            } else {
+                Err(RequestError::NotNow(format!("{by} already decided on it")))
+            };
+        }
+        self.approvals.push(Approval { by: by.to_owned(), decision, comment: request.comment.clone(), at: now });
+        self.updated_at = now;
+        let why = request.comment.as_deref().map(|c| format!(": {c}")).unwrap_or_default();
+        if decision == Decision::Reject {
+            let _ = held;
+            return Ok(self.stop_update(DeploymentStatus::Rejected, format!("rejected by {by}{why}"), now));
+        }
+        let count = self.approved_by().count();
+        let required = rule.required_approvals as usize;
+        let mut update = ProgressUpdate { now: Some(now), ..ProgressUpdate::default() };
+        let mut message = format!("approved by {by} ({count} of {required}){why}");
+        let mut status = self.status;
+        if count >= required {
+            self.approved_at = Some(now);
+            match rule.wait {
+                Some(wait) => message.push_str(&format!("; it may start after {wait}")),
+                None => {
+                    status = DeploymentStatus::Queued;
+                    update.status = Some(StatusChange { status, reason: Some(message.clone()) });
+                }
+            }
+        }
+        update.events.push(crate::event::NewEvent {
+            at: now,
+            event_type: crate::event::EventType::Approved,
+            target_id: None,
+            status: crate::event::EventStatus::Deployment(status),
+            message,
+        });
+        Ok(update)
     }
 
-    /// The `deployment.queued` event of a deployment just accepted.
+    fn stops_at_once(&self, held: bool) -> bool {
+        matches!(self.status, DeploymentStatus::Queued | DeploymentStatus::AwaitingApproval) && !held
+    }
+
+    /// The `deployment.queued` event of a deployment just accepted (`deployment.awaiting_approval` in a protected
+    /// environment).
     #[must_use]
     pub fn queued_event(&self, now: Timestamp) -> crate::event::NewEvent {
-        crate::event::NewEvent::deployment(
-            now,
-            DeploymentStatus::Queued,
-            format!("accepted: {} {} to {} target(s)", self.service, self.version, self.targets.len()),
-        )
+        let accepted = format!("accepted: {} {} to {} target(s)", self.service, self.version, self.targets.len());
+        match &self.protection {
+            Some(rule) if self.status == DeploymentStatus::AwaitingApproval => crate::event::NewEvent::deployment(
+                now,
+                DeploymentStatus::AwaitingApproval,
+                format!("{accepted}; waiting for {} approval(s)", rule.required_approvals),
+            ),
+            _ => crate::event::NewEvent::deployment(now, DeploymentStatus::Queued, accepted),
+        }
     }
 
     /// The update that stops this deployment with `status` (`cancelled` or `superseded`) when nobody drives it: every
@@ -1044,8 +1183,11 @@ mod tests {
                 if from.is_terminal() {
                     assert!(!allowed, "{from} is terminal");
                 }
-                if allowed && to == Queued {
-                    panic!("nothing goes back to queued");
+                if allowed && to == Queued && from != AwaitingApproval {
+                    panic!("nothing goes back to queued; only an approval queues");
+                }
+                if allowed && to == AwaitingApproval {
+                    panic!("a deployment is accepted awaiting approval, never sent back to it");
                 }
             }
         }
@@ -1054,12 +1196,16 @@ mod tests {
         );
         assert!(!Queued.can_become(Succeeded), "nothing succeeds without running");
         assert!(!RollingBack.can_become(Succeeded));
+        assert!(AwaitingApproval.can_become(Queued) && AwaitingApproval.can_become(Rejected));
+        assert!(!AwaitingApproval.can_become(InProgress), "nothing starts before it is queued");
+        assert!(InProgress.can_become(Paused) && Paused.can_become(InProgress) && Paused.can_become(RollingBack));
+        assert!(!Paused.can_become(Succeeded), "nothing succeeds while paused");
     }
 
     #[test]
     fn operator_requests_apply_only_where_they_make_sense() {
         use crate::control::{OperatorAction as A, OperatorRequest, RequestError};
-        let ask = |action| OperatorRequest { action, by: "key:ops".into() };
+        let ask = |action| OperatorRequest::new(action, "key:ops");
         let now = time::OffsetDateTime::UNIX_EPOCH;
         let mut d = deployment(&["a", "b"]);
         d.apply(&status(DeploymentStatus::InProgress)).unwrap();
@@ -1206,6 +1352,12 @@ pub struct Release {
     /// The deployment it rolled back, for a rollback.
     #[serde(default)]
     pub rollback_of: Option<DeploymentId>,
+    /// Who approved it, in order (a protected environment's deployments).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approved_by: Vec<String>,
+    /// The deployment whose failed targets it retried, for a retry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<DeploymentId>,
 }
 
 impl Release {
@@ -1227,6 +1379,8 @@ impl Release {
             finished_at: d.finished_at(),
             duration_ms,
             rollback_of: d.rollback_of(),
+            approved_by: d.approved_by().map(str::to_owned).collect(),
+            retry_of: d.retry_of(),
         })
     }
 }

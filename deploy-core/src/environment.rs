@@ -56,6 +56,101 @@ pub struct EnvironmentSpec {
     /// The targets.
     #[serde(default)]
     pub targets: Vec<TargetDefinition>,
+    /// Who must approve a deployment here before it starts; absent: nobody.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protection: Option<Protection>,
+}
+
+/// An environment's protection rule: deployments to it wait in `awaiting_approval` until `required_approvals`
+/// distinct approvers approve (then, after `wait`, they queue as usual), and are cancelled when nobody approves them
+/// within `expires_after`. A deployment keeps the rule that held when it was accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Protection {
+    /// How many distinct approvers must approve (1 to 10).
+    pub required_approvals: u32,
+    /// Who may approve: principal ids (`key:alice`, `jwt:release-manager`) and roles (`role:approver`,
+    /// `role:admin`). Empty: anyone with the `approve` permission on the environment. Either way the approver needs
+    /// that permission (the `approver` or `admin` role).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvers: Vec<String>,
+    /// Whoever submitted a deployment may not approve it. Default: true.
+    #[serde(default = "prevent_self_approval_default")]
+    pub prevent_self_approval: bool,
+    /// After the last approval, wait this long before the deployment may start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<crate::duration::HumanDuration>,
+    /// Cancel a deployment nobody approved within this long of its submission.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_after: Option<crate::duration::HumanDuration>,
+}
+
+const fn prevent_self_approval_default() -> bool {
+    true
+}
+
+/// The most approvals a protection rule may require.
+pub const MAX_REQUIRED_APPROVALS: u32 = 10;
+
+impl Protection {
+    /// Whether `principal` is among the rule's approvers (its id, or its role as `role:<name>`). The `approve`
+    /// permission is checked apart.
+    #[must_use]
+    pub fn names(&self, principal: &crate::auth::Principal) -> bool {
+        let role = format!("role:{}", principal.role().as_str());
+        self.approvers.is_empty() || self.approvers.iter().any(|a| a == principal.id() || *a == role)
+    }
+
+    fn check(&self, errs: &mut ValidationErrors) {
+        if !(1..=MAX_REQUIRED_APPROVALS).contains(&self.required_approvals) {
+            errs.push("protection.required_approvals", format!("must be between 1 and {MAX_REQUIRED_APPROVALS}"));
+        }
+        if self.approvers.len() > 100 {
+            errs.push("protection.approvers", "at most 100 approvers");
+        }
+        let mut seen = BTreeSet::new();
+        let mut people = 0u32;
+        for (i, a) in self.approvers.iter().enumerate() {
+            let field = format!("protection.approvers[{i}]");
+            let well_formed = match a.split_once(':') {
+                Some(("role", role)) => {
+                    let ok = matches!(role, "approver" | "admin");
+                    if !ok {
+                        errs.push(&field, "only the approver and admin roles may approve (role:approver, role:admin)");
+                    }
+                    ok
+                }
+                Some(("key" | "jwt", name)) => {
+                    let ok = !name.is_empty() && name.len() <= 128 && !name.chars().any(char::is_control);
+                    if ok {
+                        people += 1;
+                    } else {
+                        errs.push(&field, "a principal id is key:<name> or jwt:<subject>");
+                    }
+                    ok
+                }
+                _ => {
+                    errs.push(&field, "name a principal (key:<name>, jwt:<subject>) or a role (role:approver)");
+                    false
+                }
+            };
+            if well_formed && !seen.insert(a) {
+                errs.push(&field, format!("{a} is listed twice"));
+            }
+        }
+        let only_people = !self.approvers.is_empty() && self.approvers.iter().all(|a| !a.starts_with("role:"));
+        if only_people && people < self.required_approvals {
+            errs.push(
+                "protection.required_approvals",
+                format!("needs {} approvers but only {people} are named", self.required_approvals),
+            );
+        }
+        for (field, d) in [("protection.wait", self.wait), ("protection.expires_after", self.expires_after)] {
+            if d.is_some_and(|d| d.is_zero()) {
+                errs.push(field, "must be longer than zero");
+            }
+        }
+    }
 }
 
 impl EnvironmentSpec {
@@ -91,6 +186,9 @@ impl EnvironmentSpec {
                 }
             }
             check_config(&mut errs, &format!("targets[{i}].config"), &t.config, 0);
+        }
+        if let Some(p) = &self.protection {
+            p.check(&mut errs);
         }
         if errs.is_empty() { Ok(()) } else { Err(errs) }
     }
@@ -204,6 +302,9 @@ pub struct Environment {
     pub queued: Vec<DeploymentId>,
     /// The targets.
     pub targets: Vec<EnvironmentTarget>,
+    /// Who must approve a deployment here before it starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protection: Option<Protection>,
 }
 
 impl Environment {
@@ -218,6 +319,7 @@ impl Environment {
             active_deployment: None,
             queued: Vec::new(),
             targets: spec.targets.into_iter().map(|t| new_target(t, None)).collect(),
+            protection: spec.protection,
         }
     }
 
@@ -235,6 +337,7 @@ impl Environment {
             .collect();
         self.concurrency = spec.concurrency;
         self.require_if_match = spec.require_if_match;
+        self.protection = spec.protection;
         self.revision = self.revision.next();
     }
 

@@ -24,6 +24,10 @@ pub enum Error {
     /// Only a `degraded` or `failed` deployment with failed or unreachable targets can be retried.
     #[error("deployment {0} cannot be retried: {1}")]
     NotRetryable(crate::names::DeploymentId, String),
+    /// The principal may approve in the environment, but not this deployment: its rule does not name them, or they
+    /// submitted it and the rule prevents self-approval.
+    #[error("deployment {0}: {1}")]
+    NotAnApprover(crate::names::DeploymentId, String),
 }
 
 impl From<Forbidden> for Error {
@@ -56,6 +60,7 @@ impl Error {
             Self::Invalid(e) if e.has_hardcoded_secret() => K::HardcodedSecret,
             Self::Invalid(_) | Self::NotRollbackable(..) => K::Validation,
             Self::NotRetryable(..) => K::NotNow,
+            Self::NotAnApprover(..) => K::Forbidden,
             Self::Forbidden(_) => K::Forbidden,
             Self::Store(e) => e.kind(),
         }

@@ -39,6 +39,15 @@ pub enum EventType {
     /// Replaced by a newer deployment.
     #[serde(rename = "deployment.superseded")]
     Superseded,
+    /// Accepted in a protected environment; waits for approvals.
+    #[serde(rename = "deployment.awaiting_approval")]
+    AwaitingApproval,
+    /// An approver approved it (the message says how many of how many).
+    #[serde(rename = "deployment.approved")]
+    Approved,
+    /// An approver rejected it: it ends here.
+    #[serde(rename = "deployment.rejected")]
+    Rejected,
     /// Held at a safe point (by an operator, or a canary step waiting to be promoted).
     #[serde(rename = "deployment.paused")]
     Paused,
@@ -58,7 +67,7 @@ pub enum EventType {
 
 impl EventType {
     /// Every event type.
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 17] = [
         Self::Queued,
         Self::Started,
         Self::Succeeded,
@@ -68,6 +77,9 @@ impl EventType {
         Self::RolledBack,
         Self::Cancelled,
         Self::Superseded,
+        Self::AwaitingApproval,
+        Self::Approved,
+        Self::Rejected,
         Self::Paused,
         Self::Resumed,
         Self::Promoted,
@@ -95,6 +107,9 @@ impl EventType {
             Self::RolledBack => "deployment.rolled_back",
             Self::Cancelled => "deployment.cancelled",
             Self::Superseded => "deployment.superseded",
+            Self::AwaitingApproval => "deployment.awaiting_approval",
+            Self::Approved => "deployment.approved",
+            Self::Rejected => "deployment.rejected",
             Self::Paused => "deployment.paused",
             Self::Resumed => "deployment.resumed",
             Self::Promoted => "deployment.promoted",
@@ -107,6 +122,8 @@ impl EventType {
     #[must_use]
     pub const fn for_status(status: DeploymentStatus) -> Self {
         match status {
+            DeploymentStatus::AwaitingApproval => Self::AwaitingApproval,
+            DeploymentStatus::Rejected => Self::Rejected,
             DeploymentStatus::Queued => Self::Queued,
             DeploymentStatus::InProgress => Self::Started,
             DeploymentStatus::Paused => Self::Paused,
@@ -125,7 +142,13 @@ impl EventType {
     pub const fn is_terminal(self) -> bool {
         matches!(
             self,
-            Self::Succeeded | Self::Degraded | Self::Failed | Self::RolledBack | Self::Cancelled | Self::Superseded
+            Self::Succeeded
+                | Self::Degraded
+                | Self::Failed
+                | Self::RolledBack
+                | Self::Cancelled
+                | Self::Superseded
+                | Self::Rejected
         )
     }
 }

@@ -60,7 +60,9 @@ pub use agent::{AgentReport, AgentSlot};
 pub use async_trait::async_trait;
 pub use auth::{Action, EnvironmentPattern, Forbidden, PatternError, Principal, Role};
 pub use clock::{Clock, SystemClock, Timestamp, add as add_duration, elapsed_between};
-pub use control::{AbortRequest, Controls, OperatorAction, OperatorRequest, RequestError};
+pub use control::{
+    AbortRequest, Approval, Controls, Decision, MAX_COMMENT, OperatorAction, OperatorRequest, RequestError,
+};
 pub use deployment::{
     Deployment, DeploymentDraft, DeploymentStatus, ProgressUpdate, Release, StatusChange, Summary, TargetObservation,
     TargetPlan, TargetProgress, TargetStatus, UpdateError,
@@ -72,7 +74,8 @@ pub use engine::{
     Submitted,
 };
 pub use environment::{
-    ConcurrencyPolicy, Environment, EnvironmentSpec, EnvironmentTarget, MAX_TARGETS, TargetDefinition,
+    ConcurrencyPolicy, Environment, EnvironmentSpec, EnvironmentTarget, MAX_REQUIRED_APPROVALS, MAX_TARGETS,
+    Protection, TargetDefinition,
 };
 pub use error::Error;
 pub use event::{Event, EventStatus, EventType, NewEvent};

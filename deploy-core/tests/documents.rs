@@ -116,9 +116,9 @@ fn an_events_status_is_read_in_the_light_of_its_type() {
     let deployment: Event = serde_json::from_value(doc.clone()).unwrap();
     assert_eq!(deployment.status, EventStatus::Deployment(DeploymentStatus::Succeeded));
     assert_eq!(serde_json::to_value(&deployment).unwrap()["status"], "succeeded", "written as its name");
-    doc["status"] = serde_json::json!("awaiting_approval");
+    doc["status"] = serde_json::json!("awaiting_quorum");
     let newer: Event = serde_json::from_value(doc).unwrap();
-    assert_eq!(newer.status, EventStatus::Unknown("awaiting_approval".into()), "a newer server's status still reads");
+    assert_eq!(newer.status, EventStatus::Unknown("awaiting_quorum".into()), "a newer server's status still reads");
 }
 
 #[test]

@@ -81,6 +81,9 @@ pub struct EnvironmentSpecDoc {
     pub require_if_match: Option<bool>,
     /// The targets.
     pub targets: Option<Vec<TargetDefinitionDoc>>,
+    /// Who must approve a deployment here before it starts (admins only may set it; audited as
+    /// `environment.put`). Absent: nobody.
+    pub protection: Option<ProtectionDoc>,
 }
 
 /// What a deployment asked a target to run.
@@ -147,6 +150,8 @@ pub struct EnvironmentDoc {
     pub queued: Vec<String>,
     /// The targets.
     pub targets: Vec<EnvironmentTargetDoc>,
+    /// Who must approve a deployment here before it starts.
+    pub protection: Option<ProtectionDoc>,
 }
 
 /// A page of environments.
@@ -290,6 +295,12 @@ pub struct DeploymentDoc {
     pub cancel_requested: bool,
     /// The deployment whose failed targets this one retries.
     pub retry_of: Option<String>,
+    /// For a deployment to a protected environment: the rule it was accepted under.
+    pub protection: Option<ProtectionDoc>,
+    /// The approvers' decisions, in order (absent when none).
+    pub approvals: Option<Vec<ApprovalDoc>>,
+    /// When its approvals met the rule (RFC 3339).
+    pub approved_at: Option<String>,
     /// The operator requests standing on it (absent when none).
     pub controls: Option<ControlsDoc>,
     /// While `paused` at a canary step that waits to be promoted: that step, numbered from 1.
@@ -324,6 +335,51 @@ pub struct ReleaseDoc {
     pub duration_ms: Option<u64>,
     /// The deployment it rolled back, for a rollback.
     pub rollback_of: Option<String>,
+    /// Who approved it, in order (absent when nobody had to).
+    pub approved_by: Option<Vec<String>>,
+    /// The deployment whose failed targets it retried, for a retry.
+    pub retry_of: Option<String>,
+}
+
+/// An approver's decision, as `POST /v1/deployments/{id}/approvals` takes it.
+#[derive(ToSchema)]
+#[schema(as = Decision)]
+pub struct DecisionDoc {
+    /// `approve` or `reject`.
+    pub decision: String,
+    /// Why (at most 1000 characters; nothing shaped like a secret). Recorded and shown to every reader.
+    pub comment: Option<String>,
+}
+
+/// One approver's decision, as a deployment records it.
+#[derive(ToSchema)]
+#[schema(as = Approval)]
+pub struct ApprovalDoc {
+    /// Who decided (`key:alice`).
+    pub by: String,
+    /// `approve` or `reject`.
+    pub decision: String,
+    /// Why, if they said.
+    pub comment: Option<String>,
+    /// When (RFC 3339).
+    pub at: String,
+}
+
+/// An environment's protection rule.
+#[derive(ToSchema)]
+#[schema(as = Protection)]
+pub struct ProtectionDoc {
+    /// How many distinct approvers must approve (1 to 10).
+    pub required_approvals: u32,
+    /// Who may approve: principal ids (`key:alice`, `jwt:release-manager`) and roles (`role:approver`,
+    /// `role:admin`); empty: anyone with the `approve` permission (the `approver` or `admin` role).
+    pub approvers: Option<Vec<String>>,
+    /// Whoever submitted a deployment may not approve it (default true).
+    pub prevent_self_approval: Option<bool>,
+    /// After the last approval, wait this long before the deployment may start (`"10m"`).
+    pub wait: Option<String>,
+    /// Cancel a deployment nobody approved within this long of its submission (`"24h"`).
+    pub expires_after: Option<String>,
 }
 
 /// The operator requests standing on a deployment.
@@ -690,7 +746,7 @@ impl Modify for BearerAuth {
         routes::put_environment, routes::get_environment, routes::list_environments, routes::history,
         routes::rollback_environment,
         routes::submit, routes::list_deployments, routes::get_deployment, routes::events, routes::cancel,
-        routes::rollback, routes::pause, routes::resume, routes::promote, routes::abort, routes::retry,
+        routes::rollback, routes::pause, routes::resume, routes::promote, routes::abort, routes::retry, routes::approvals,
         routes::create_key, routes::list_keys, routes::delete_key, routes::audit,
         webhooks::create_webhook, webhooks::list_webhooks, webhooks::get_webhook, webhooks::delete_webhook,
         webhooks::list_deliveries, webhooks::redeliver, crate::agents::assignment, crate::agents::report,
@@ -698,7 +754,7 @@ impl Modify for BearerAuth {
     ),
     components(schemas(
         ProblemDoc, FieldErrorDoc, EnvironmentSpecDoc, EnvironmentDoc, EnvironmentListDoc, DeploymentRequestDoc,
-        DeploymentDoc, DeploymentListDoc, ReleaseDoc, ReleaseListDoc, EnvironmentRollbackDoc, PromoteDoc, AbortDoc, ControlsDoc, EventDoc, EventListDoc, NewApiKeyDoc, ApiKeyDoc, ApiKeyListDoc,
+        DeploymentDoc, DeploymentListDoc, ReleaseDoc, ReleaseListDoc, EnvironmentRollbackDoc, PromoteDoc, AbortDoc, ControlsDoc, DecisionDoc, ApprovalDoc, ProtectionDoc, EventDoc, EventListDoc, NewApiKeyDoc, ApiKeyDoc, ApiKeyListDoc,
         AuditEntryDoc, AuditListDoc, ProblemTypeDoc, StatusDoc, NewWebhookDoc, WebhookDoc, WebhookListDoc,
         DeliveryDoc, DeliveryListDoc, AgentReportDoc, AgentSlotDoc,
     )),

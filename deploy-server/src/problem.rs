@@ -199,6 +199,9 @@ impl From<Error> for Problem {
             Error::NotRollbackable(id, why) => {
                 Self::invalid_field("id", format!("deployment {id} cannot be rolled back: {why}"))
             }
+            Error::NotAnApprover(id, why) => {
+                Self::new(ProblemKind::Forbidden, format!("may not decide on deployment {id}: {why}"))
+            }
             Error::NotRetryable(id, why) => {
                 Self::new(ProblemKind::NotNow, format!("deployment {id} cannot be retried: {why}"))
             }
@@ -217,6 +220,7 @@ pub(crate) fn action_name(action: deploy_core::Action) -> &'static str {
         Action::Cancel => "cancel",
         Action::Rollback => "roll back",
         Action::Operate => "operate deployments",
+        Action::Approve => "approve deployments",
         Action::ManageEnvironments => "manage environments",
         Action::Administer => "administer",
         Action::DefineHostTargets => "define targets that run programs on the host",

@@ -448,6 +448,53 @@ pub(crate) async fn rollback(
     Ok(accepted(&submitted.deployment, submitted.replayed))
 }
 
+/// The body of `POST /v1/deployments/{id}/approvals`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct DecisionBody {
+    decision: deploy_core::Decision,
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/deployments/{id}/approvals",
+    tag = "deployments",
+    params(("id" = String, Path, description = "Deployment id")),
+    request_body(content = crate::openapi::DecisionDoc, content_type = "application/json"),
+    responses(
+        (status = 202, description = "The decision is recorded: a rejection ends the deployment `rejected`; the approval that meets the environment's rule queues it (after the rule's `wait`). Repeating a decision changes nothing.", body = crate::openapi::DeploymentDoc),
+        (status = 400, description = "Bad body or comment", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "No `approve` permission on the environment, not among the rule's approvers, or the submitter under `prevent_self_approval`", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such deployment", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "Already finished; not awaiting approval, or this approver decided otherwise before (`not-now`)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 422, description = "The comment holds something shaped like a secret", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        crate::openapi::CommonProblems,
+    )
+)]
+pub(crate) async fn approvals(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    caller: Caller,
+    ApiJson(body): ApiJson<DecisionBody>,
+) -> ApiResult {
+    let reject = body.decision == deploy_core::Decision::Reject;
+    let action = if reject { "deployment.reject" } else { "deployment.approve" };
+    caller.audit.set(action, format!("deployments/{id}"), None);
+    let id = deployment_id(&id)?;
+    let answer = state.inner.orchestrator.decide(&caller.principal, id, reject, body.comment).await;
+    let environment = match &answer {
+        Ok(d) => Some(d.environment().to_string()),
+        Err(deploy_core::Error::Forbidden(f)) => Some(f.environment.clone()),
+        Err(_) => None,
+    };
+    caller.audit.set(action, format!("deployments/{id}"), environment);
+    let deployment = answer?;
+    let mut response = (StatusCode::ACCEPTED, Json(&deployment)).into_response();
+    response.headers_mut().insert(header::ETAG, etag(deployment.revision()));
+    Ok(response)
+}
+
 /// The body of `POST /v1/deployments/{id}/promote` (optional).
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct PromoteBody {
@@ -470,6 +517,8 @@ async fn operate(state: &AppState, caller: &Caller, id: &str, action: deploy_cor
         deploy_core::OperatorAction::Resume => "deployment.resume",
         deploy_core::OperatorAction::Promote { .. } => "deployment.promote",
         deploy_core::OperatorAction::Abort { .. } => "deployment.abort",
+        deploy_core::OperatorAction::Approve => "deployment.approve",
+        deploy_core::OperatorAction::Reject => "deployment.reject",
     };
     caller.audit.set(audit_action, format!("deployments/{id}"), None);
     let id = deployment_id(id)?;

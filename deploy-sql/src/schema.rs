@@ -14,6 +14,7 @@ const SQLITE: &[&str] = &[
     include_str!("../migrations/sqlite/0005_delivery_claims_per_subscription.sql"),
     include_str!("../migrations/sqlite/0006_agents.sql"),
     include_str!("../migrations/sqlite/0007_delivery_state_columns.sql"),
+    include_str!("../migrations/sqlite/0008_environment_protection.sql"),
 ];
 const POSTGRES: &[&str] = &[
     include_str!("../migrations/postgres/0001_init.sql"),
@@ -23,10 +24,11 @@ const POSTGRES: &[&str] = &[
     include_str!("../migrations/postgres/0005_delivery_claims_per_subscription.sql"),
     include_str!("../migrations/postgres/0006_agents.sql"),
     include_str!("../migrations/postgres/0007_delivery_state_columns.sql"),
+    include_str!("../migrations/postgres/0008_environment_protection.sql"),
 ];
 
 /// The newest schema version this binary knows.
-pub const LATEST: i64 = 7;
+pub const LATEST: i64 = 8;
 
 /// Brings the schema to [`LATEST`], refusing a database that is newer. Runs in one transaction per migration; on
 /// PostgreSQL an advisory lock keeps replicas that start together from migrating twice.

@@ -116,6 +116,7 @@ pub fn environment(ids: &[&str], executor: &str, concurrency: ConcurrencyPolicy)
     EnvironmentSpec {
         concurrency,
         require_if_match: false,
+        protection: None,
         targets: ids
             .iter()
             .map(|id| TargetDefinition {

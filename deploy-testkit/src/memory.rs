@@ -439,7 +439,8 @@ impl Store for MemoryStore {
             let Some(state) = inner.deployments.get(head) else { continue };
             let held = lease_live(state.lease.as_ref(), now)
                 && !state.lease.as_ref().is_some_and(|l| deploy_core::restarted_owner(&l.owner, owner));
-            if !state.deployment.status().is_terminal() && !held && best.is_none_or(|b| *head < b) {
+            let due = state.deployment.wake_at().is_none_or(|at| at <= now);
+            if !state.deployment.status().is_terminal() && !held && due && best.is_none_or(|b| *head < b) {
                 best = Some(*head);
             }
         }

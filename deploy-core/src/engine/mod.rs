@@ -694,9 +694,50 @@ impl Orchestrator {
     ) -> Result<Deployment, Error> {
         let d = self.shared.store.get_deployment(id).await?;
         principal.authorize(Action::Operate, d.environment())?;
-        let request = crate::control::OperatorRequest { action, by: principal.id().to_owned() };
+        let request = crate::control::OperatorRequest::new(action, principal.id());
         let d = self.shared.store.request(id, &request, self.shared.clock.now()).await?;
         tracing::info!(deployment_id = %id, action = action.name(), by = principal.id(), "operator request recorded");
+        self.shared.poke();
+        Ok(d)
+    }
+
+    /// Approves (or with `reject`, rejects) a deployment waiting for approval in a protected environment, with an
+    /// optional comment. Only principals with the `approve` permission on its environment whom its rule names may
+    /// decide, and never the one who submitted it when the rule prevents self-approval. Each decision is an event and
+    /// counts once per approver; repeating the same decision changes nothing.
+    ///
+    /// # Errors
+    /// [`Error::Forbidden`] without `approve`; [`Error::NotAnApprover`] when the rule does not name the principal, or
+    /// it submitted the deployment; [`Error::Invalid`] for a bad comment; the store's `NotFound`, `AlreadyFinished`,
+    /// or `NotNow` (not awaiting approval, or the principal decided otherwise before).
+    pub async fn decide(
+        &self,
+        principal: &Principal,
+        id: DeploymentId,
+        reject: bool,
+        comment: Option<String>,
+    ) -> Result<Deployment, Error> {
+        let d = self.shared.store.get_deployment(id).await?;
+        principal.authorize(Action::Approve, d.environment())?;
+        let action =
+            if reject { crate::control::OperatorAction::Reject } else { crate::control::OperatorAction::Approve };
+        let request = crate::control::OperatorRequest { action, by: principal.id().to_owned(), comment };
+        request.check_comment()?;
+        // The rule and the submitter never change once accepted, so they are checked here, outside the store's
+        // transaction; the count of distinct approvers is the store's to keep.
+        if let Some(rule) = d.protection() {
+            if !rule.names(principal) {
+                return Err(Error::NotAnApprover(id, format!("{} is not among its approvers", principal.id())));
+            }
+            if rule.prevent_self_approval && d.created_by() == principal.id() {
+                return Err(Error::NotAnApprover(
+                    id,
+                    format!("{} submitted it, and its environment prevents self-approval", principal.id()),
+                ));
+            }
+        }
+        let d = self.shared.store.request(id, &request, self.shared.clock.now()).await?;
+        tracing::info!(deployment_id = %id, action = action.name(), by = principal.id(), "approval decision recorded");
         self.shared.poke();
         Ok(d)
     }

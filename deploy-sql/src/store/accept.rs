@@ -46,7 +46,7 @@ impl SqlStore {
             Some(snapshot) => snapshot,
             None => {
                 let sql = format!(
-                    "SELECT e.revision, e.concurrency, e.require_if_match, \
+                    "SELECT e.revision, e.concurrency, e.require_if_match, e.protection, \
                      (SELECT COUNT(*) FROM deploy_webhooks) AS hooks, {} AS targets, \
                      (SELECT k.fingerprint FROM deploy_idempotency_keys k \
                       WHERE k.scope = $2 AND k.key = $3 AND k.expires > $4) AS key_fingerprint, \
@@ -80,6 +80,7 @@ impl SqlStore {
                     active_deployment: None,
                     queued: Vec::new(),
                     targets: stored.into_iter().map(StoredTarget::decode).collect::<Result<_, _>>()?,
+                    protection: protection_of(get::<Option<String>>(&row, "protection")?)?,
                 };
                 let has_webhooks = get::<i64>(&row, "hooks")? > 0;
                 let env = std::sync::Arc::new(env);
@@ -89,7 +90,7 @@ impl SqlStore {
         };
         let current = env.revision;
         Acceptance::check_revision(*expected_revision, &env_name, env.require_if_match, current)?;
-        if env.concurrency != ConcurrencyPolicy::Queue || has_webhooks {
+        if env.concurrency != ConcurrencyPolicy::Queue || has_webhooks || env.protection.is_some() {
             return Ok(Optimistic::Locking);
         }
         let deployment = Deployment::plan(draft.clone(), &env, *now).map_err(StoreError::Invalid)?;
@@ -294,7 +295,7 @@ impl SqlStore {
         // across replicas; every early return below drops the transaction, which undoes the bump.
         let sql = format!(
             "UPDATE deploy_environments SET revision = revision + 1 WHERE name = $1 \
-             RETURNING revision, concurrency, require_if_match, (SELECT COUNT(*) FROM deploy_webhooks) AS hooks, \
+             RETURNING revision, concurrency, require_if_match, protection, (SELECT COUNT(*) FROM deploy_webhooks) AS hooks, \
              {} AS targets",
             self.backend.env_targets_json()
         );
@@ -307,6 +308,7 @@ impl SqlStore {
         let current = Revision::new(u64::try_from(get::<i64>(&bumped, "revision")?.saturating_sub(1)).unwrap_or(0));
         let concurrency = parse_policy(&get::<String>(&bumped, "concurrency")?)?;
         let require_if_match = get::<i64>(&bumped, "require_if_match")? != 0;
+        let protection = protection_of(get::<Option<String>>(&bumped, "protection")?)?;
         let has_webhooks = get::<i64>(&bumped, "hooks")? > 0;
         let stored: Vec<StoredTarget> = from_json("environment targets", &get::<String>(&bumped, "targets")?)?;
         if let Some(rec) = &idempotency {
@@ -342,6 +344,7 @@ impl SqlStore {
             active_deployment,
             queued,
             targets: stored.into_iter().map(StoredTarget::decode).collect::<Result<_, _>>()?,
+            protection,
         };
         let deployment = Deployment::plan(draft, &env, now).map_err(StoreError::Invalid)?;
         let id = deployment.id();

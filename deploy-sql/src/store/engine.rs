@@ -28,14 +28,18 @@ impl Store for SqlStore {
         };
         let revision = i64::try_from(env.revision.get()).unwrap_or(i64::MAX);
         let sql = if created {
-            "INSERT INTO deploy_environments (revision, concurrency, require_if_match, name) VALUES ($1, $2, $3, $4)"
+            "INSERT INTO deploy_environments (revision, concurrency, require_if_match, protection, name) \
+             VALUES ($1, $2, $3, $4, $5)"
         } else {
-            "UPDATE deploy_environments SET revision = $1, concurrency = $2, require_if_match = $3 WHERE name = $4"
+            "UPDATE deploy_environments SET revision = $1, concurrency = $2, require_if_match = $3, protection = $4 \
+             WHERE name = $5"
         };
+        let protection = env.protection.as_ref().map(to_json).transpose()?;
         sqlx::query(sql)
             .bind(revision)
             .bind(policy_name(env.concurrency))
             .bind(i64::from(env.require_if_match))
+            .bind(protection)
             .bind(name.as_str())
             .execute(&mut *tx)
             .await
@@ -203,7 +207,8 @@ impl Store for SqlStore {
             "SELECT d.id FROM deploy_environments e JOIN deploy_deployments d ON d.id = \
                (SELECT o.id FROM deploy_deployments o WHERE o.environment = e.name AND o.terminal = 0 \
                 ORDER BY o.revision LIMIT 1) \
-             WHERE d.lease_expires IS NULL OR d.lease_expires <= $1{own} ORDER BY d.id LIMIT 1{lock}"
+             WHERE (d.lease_expires IS NULL OR d.lease_expires <= $1{own}) \
+             AND (d.not_before IS NULL OR d.not_before <= $1) ORDER BY d.id LIMIT 1{lock}"
         );
         let bind_own = |q: sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments>| match &replica {
             Some(prefix) => {

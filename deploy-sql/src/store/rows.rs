@@ -110,12 +110,28 @@ pub(super) async fn insert_new_deployment(
             .execute(&mut *conn)
             .await
             .map_err(unavailable)?;
-            return Ok(());
+            return set_not_before(conn, id, deployment.wake_at()).await;
         }
     }
     if deployment.targets().len() > CHUNK {
         insert_targets_from(conn, id, deployment.targets(), CHUNK).await?;
     }
+    set_not_before(conn, id, deployment.wake_at()).await
+}
+
+/// Records until when a new deployment may not be claimed (one waiting for approval), in the caller's transaction.
+async fn set_not_before(
+    conn: &mut AnyConnection,
+    id: DeploymentId,
+    wake_at: Option<Timestamp>,
+) -> Result<(), StoreError> {
+    let Some(at) = wake_at else { return Ok(()) };
+    sqlx::query("UPDATE deploy_deployments SET not_before = $1 WHERE id = $2")
+        .bind(ms(at))
+        .bind(id.to_string())
+        .execute(&mut *conn)
+        .await
+        .map_err(unavailable)?;
     Ok(())
 }
 
@@ -278,7 +294,7 @@ pub(super) async fn load_environment(
     name: &EnvironmentName,
 ) -> Result<Option<Environment>, StoreError> {
     let sql = format!(
-        "SELECT revision, concurrency, require_if_match FROM deploy_environments WHERE name = $1{}",
+        "SELECT revision, concurrency, require_if_match, protection FROM deploy_environments WHERE name = $1{}",
         lock.map_or("", Backend::for_update)
     );
     let row =
@@ -287,6 +303,7 @@ pub(super) async fn load_environment(
     let revision: i64 = get(&row, "revision")?;
     let concurrency: String = get(&row, "concurrency")?;
     let require: i64 = get(&row, "require_if_match")?;
+    let protection = protection_of(get::<Option<String>>(&row, "protection")?)?;
     let targets = load_env_targets(conn, name).await?;
     let (active_deployment, queued) = load_open(conn, name).await?;
     Ok(Some(Environment {
@@ -297,7 +314,13 @@ pub(super) async fn load_environment(
         active_deployment,
         queued,
         targets,
+        protection,
     }))
+}
+
+/// An environment's protection rule from its stored JSON (`NULL`: none).
+pub(super) fn protection_of(stored: Option<String>) -> Result<Option<deploy_core::Protection>, StoreError> {
+    stored.map(|json| from_json("environment protection", &json)).transpose()
 }
 
 pub(super) fn parse_policy(s: &str) -> Result<ConcurrencyPolicy, StoreError> {
@@ -435,11 +458,13 @@ pub(super) async fn apply_update(
     let lease_clause = if terminal { ", lease_owner = NULL, lease_expires = NULL" } else { "" };
     // The only dynamic part is a constant clause chosen above.
     sqlx::query(AssertSqlSafe(format!(
-        "UPDATE deploy_deployments SET header = $1, status = $2, terminal = $3{lease_clause} WHERE id = $4"
+        "UPDATE deploy_deployments SET header = $1, status = $2, terminal = $3, not_before = $4{lease_clause} \
+         WHERE id = $5"
     )))
     .bind(to_json(&header)?)
     .bind(header.status().as_str())
     .bind(i64::from(terminal))
+    .bind(header.wake_at().map(ms))
     .bind(id.to_string())
     .execute(&mut *conn)
     .await

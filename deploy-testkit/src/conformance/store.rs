@@ -62,7 +62,7 @@ async fn env_with(store: &dyn Store, prefix: &str, policy: ConcurrencyPolicy) ->
     name
 }
 
-table!(ENGINE_CHECKS: dyn Store; environments_have_revisions, idempotent_acceptance, preconditions_and_planning, concurrency_policies, a_restarted_replica_takes_over_its_own_leases_at_once, claims_are_fenced, records_are_atomic_and_terminal_is_final, cancel_requests, operator_requests, listings_page_with_cursors, idempotency_keys_expire, environments_are_listed_by_name, unknown_ids_are_not_found,
+table!(ENGINE_CHECKS: dyn Store; environments_have_revisions, idempotent_acceptance, preconditions_and_planning, concurrency_policies, a_restarted_replica_takes_over_its_own_leases_at_once, claims_are_fenced, records_are_atomic_and_terminal_is_final, cancel_requests, operator_requests, approvals_gate_the_queue, listings_page_with_cursors, idempotency_keys_expire, environments_are_listed_by_name, unknown_ids_are_not_found,
     concurrent_accepts_with_one_key_make_one_deployment, concurrent_claims_hand_out_one_lease,
     events_are_numbered_without_gaps, released_leases_are_claimable_at_once);
 table!(SERVER_CHECKS: dyn FullStore; agent_assignments_are_fenced, webhook_outbox_follows_changes, api_keys_by_digest, audit_log_pages_newest_first, agent_slots);
@@ -375,7 +375,7 @@ pub async fn cancel_requests(store: &dyn Store) -> Ran {
 pub async fn operator_requests(store: &dyn Store) -> Ran {
     use deploy_core::{OperatorAction, OperatorRequest};
     let now = t0();
-    let by = |action| OperatorRequest { action, by: "key:ops".to_owned() };
+    let by = |action| OperatorRequest::new(action, "key:ops");
     let env = env_with(store, "operate", ConcurrencyPolicy::Queue).await;
     let a = store.accept(acceptance(&env, "1", None, now)).await.expect("a").deployment.id();
     let b = store.accept(acceptance(&env, "2", None, now)).await.expect("b").deployment.id();
@@ -410,6 +410,77 @@ pub async fn operator_requests(store: &dyn Store) -> Ran {
     assert!(matches!(promote, Err(StoreError::NotNow { .. })), "a rolling deployment is not promoted: {promote:?}");
     let unknown = store.request(DeploymentId::new(), &by(OperatorAction::Pause), now).await;
     assert!(matches!(unknown, Err(StoreError::NotFound { .. })), "{unknown:?}");
+    Ran::Checked
+}
+
+/// Whether `id` is claimable at `now`: claims every claimable head until it finds `id` (released again) or none is
+/// left. Heads of other checks' environments it passes are left leased to this check's owner.
+async fn claimable(store: &dyn Store, id: DeploymentId, now: Timestamp) -> bool {
+    for _ in 0..256 {
+        match store.claim("conformance-approvals", now, Duration::from_secs(3600)).await.expect("claim") {
+            Some(c) if c.deployment.id() == id => {
+                store.release(&c.lease).await.expect("release");
+                return true;
+            }
+            Some(_) => {}
+            None => return false,
+        }
+    }
+    panic!("more than 256 claimable deployments")
+}
+
+/// A protected environment's deployments wait in `awaiting_approval` and are not claimable until their approvals are
+/// in (N distinct approvers, each counted once) or a timer of theirs is due: the wait after approval, or the expiry.
+/// A rejection ends one `rejected`. The environment keeps its rule, and a deployment the rule it was accepted under.
+pub async fn approvals_gate_the_queue(store: &dyn Store) -> Ran {
+    use deploy_core::{HumanDuration, OperatorAction, OperatorRequest, Protection};
+    let now = t0();
+    let name = unique_env("approve");
+    let mut spec = environment(&["a-1", "a-2"], "scripted", ConcurrencyPolicy::Queue);
+    let rule = Protection {
+        required_approvals: 2,
+        approvers: Vec::new(),
+        prevent_self_approval: true,
+        wait: None,
+        expires_after: Some(HumanDuration::from_secs(3600)),
+    };
+    spec.protection = Some(rule.clone());
+    store.put_environment(&name, spec.clone(), None, now).await.expect("create environment");
+    assert_eq!(store.get_environment(&name).await.expect("env").protection.as_ref(), Some(&rule), "kept");
+    let ask = |action, by: &str| OperatorRequest::new(action, by);
+
+    let a = store.accept(acceptance(&name, "1", None, now)).await.expect("accept").deployment;
+    assert_eq!(a.status(), DeploymentStatus::AwaitingApproval);
+    assert_eq!(a.protection(), Some(&rule), "the deployment keeps the rule it was accepted under");
+    let first = store.events(a.id(), 0, 10).await.expect("events");
+    assert_eq!(first[0].event_type, EventType::AwaitingApproval);
+    assert!(!claimable(store, a.id(), now).await, "not claimable before its approvals or its expiry");
+    let one = store.request(a.id(), &ask(OperatorAction::Approve, "key:x"), now).await.expect("approve");
+    let again = store.request(a.id(), &ask(OperatorAction::Approve, "key:x"), now).await.expect("approve again");
+    assert_eq!((one.approved_by().count(), again.approved_by().count()), (1, 1), "one approver counts once");
+    assert_eq!(again.status(), DeploymentStatus::AwaitingApproval);
+    let two = store.request(a.id(), &ask(OperatorAction::Approve, "key:y"), now).await.expect("approve");
+    assert_eq!(two.status(), DeploymentStatus::Queued, "two of two");
+    assert!(claimable(store, a.id(), now).await, "claimable once approved");
+    let events = store.events(a.id(), 0, 10).await.expect("events");
+    let approved = events.iter().filter(|e| e.event_type == EventType::Approved).count();
+    assert_eq!(approved, 2, "each approval is an event: {events:?}");
+    let late = store.request(a.id(), &ask(OperatorAction::Approve, "key:z"), now).await;
+    assert!(matches!(late, Err(StoreError::NotNow { .. })), "no longer awaiting approval: {late:?}");
+
+    // Behind it, one that expires: claimable at its expiry (for its holder to cancel), not before.
+    let b = store.accept(acceptance(&name, "2", None, now)).await.expect("accept").deployment;
+    let rejected = store.accept(acceptance(&name, "3", None, now)).await.expect("accept").deployment;
+    let c = store.request(a.id(), &ask(OperatorAction::Abort { rollback: None }, "key:x"), now).await;
+    assert_eq!(c.expect("abort a").status(), DeploymentStatus::Cancelled, "a leaves the queue");
+    assert!(!claimable(store, b.id(), add_duration(now, Duration::from_secs(3599))).await, "not before its expiry");
+    assert!(claimable(store, b.id(), add_duration(now, Duration::from_secs(3600))).await, "due at its expiry");
+
+    let r = store.request(rejected.id(), &ask(OperatorAction::Reject, "key:x"), now).await.expect("reject");
+    assert_eq!(r.status(), DeploymentStatus::Rejected);
+    assert!(r.targets().iter().all(|t| t.status == TargetStatus::Cancelled));
+    let last = store.events(rejected.id(), 0, 10).await.expect("events").pop().expect("an event");
+    assert_eq!(last.event_type, EventType::Rejected);
     Ran::Checked
 }
 

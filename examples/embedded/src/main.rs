@@ -123,7 +123,7 @@ async fn main() -> anyhow::Result<()> {
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let spec = EnvironmentSpec { concurrency: ConcurrencyPolicy::Queue, require_if_match: false, targets };
+    let spec = EnvironmentSpec { concurrency: ConcurrencyPolicy::Queue, targets, ..EnvironmentSpec::default() };
     orchestrator.put_environment(&me, &prod, spec, None).await?;
 
     let (stop, signal) = ShutdownSignal::new();

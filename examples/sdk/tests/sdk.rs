@@ -79,6 +79,7 @@ fn fleet(n: usize) -> EnvironmentSpec {
     EnvironmentSpec {
         concurrency: ConcurrencyPolicy::Queue,
         require_if_match: false,
+        protection: None,
         targets: (1..=n)
             .map(|i| TargetDefinition {
                 id: TargetId::new(format!("web-{i}")).unwrap(),

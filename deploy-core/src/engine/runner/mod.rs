@@ -189,7 +189,14 @@ impl Plan<'_> {
 }
 
 async fn run(rec: &Recorder<'_>) -> Result<(), Abort> {
-    let (status, env_name) = rec.with(|d| (d.status(), d.environment().clone()));
+    let (mut status, env_name) = rec.with(|d| (d.status(), d.environment().clone()));
+    if status == DeploymentStatus::AwaitingApproval {
+        status = approval_due(rec).await?;
+        if status == DeploymentStatus::AwaitingApproval {
+            // Claimed early (a clock ahead of this one's): released, to be claimed again when due.
+            return Ok(());
+        }
+    }
     if status.is_terminal() {
         return Ok(());
     }
@@ -235,6 +242,34 @@ async fn run(rec: &Recorder<'_>) -> Result<(), Abort> {
         }
     }
     roll_out(&plan).await
+}
+
+/// A deployment waiting for approval is claimed only when one of its timers is due ([`Deployment::wake_at`]): the
+/// wait after its approval is over (it is queued, and started at once), or nobody approved it within the rule's
+/// `expires_after` (it is cancelled). Returns the status to go on from; still `awaiting_approval` when neither is due
+/// yet on this controller's clock.
+async fn approval_due(rec: &Recorder<'_>) -> Result<DeploymentStatus, Abort> {
+    if let Some((stop, reason)) = rec.stop_reason() {
+        stop_now(rec, stop, reason).await?;
+        return Ok(stop);
+    }
+    let now = rec.now();
+    let (rule, created_at, approved_at) = rec.with(|d| (d.protection().cloned(), d.created_at(), d.approved_at()));
+    let Some(rule) = rule else { return Ok(DeploymentStatus::AwaitingApproval) };
+    let elapsed = |since| elapsed_between(since, now);
+    match approved_at {
+        Some(at) if rule.wait.is_none_or(|w| elapsed(at) >= w.as_std()) => {
+            let wait = rule.wait.map(|w| format!(" and the wait of {w} after it is over")).unwrap_or_default();
+            rec.set_status(DeploymentStatus::Queued, format!("approved{wait}; queued")).await?;
+            Ok(DeploymentStatus::Queued)
+        }
+        None if rule.expires_after.is_some_and(|e| elapsed(created_at) >= e.as_std()) => {
+            let limit = rule.expires_after.unwrap_or_default();
+            stop_now(rec, DeploymentStatus::Cancelled, format!("not approved within {limit}: expired")).await?;
+            Ok(DeploymentStatus::Cancelled)
+        }
+        _ => Ok(DeploymentStatus::AwaitingApproval),
+    }
 }
 
 /// The pending targets whose `from_version` the environment now contradicts, corrected. A deployment's targets are
