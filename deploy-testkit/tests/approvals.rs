@@ -46,8 +46,7 @@ async fn submit_as(h: &Harness, p: &Principal, version: &str) -> Deployment {
 }
 
 async fn harness() -> Harness {
-    let h = Harness::new("prod", &IDS.map(|t| (t, Some("1.0"))), ConcurrencyPolicy::Queue).await;
-    h
+    Harness::new("prod", &IDS.map(|t| (t, Some("1.0"))), ConcurrencyPolicy::Queue).await
 }
 
 #[tokio::test(start_paused = true)]
