@@ -8,12 +8,12 @@ use deploy_core::{Deployment, DeploymentStatus, Environment, Timestamp};
 use crate::run::CliError;
 
 /// The exit code of a deployment's outcome: 0 succeeded (or not finished), 2 degraded, 3 failed or rolled back,
-/// 4 cancelled or superseded.
+/// 4 cancelled, superseded or rejected.
 pub(crate) fn exit_code(status: DeploymentStatus) -> u8 {
     match status {
         DeploymentStatus::Degraded => 2,
         DeploymentStatus::Failed | DeploymentStatus::RolledBack => 3,
-        DeploymentStatus::Cancelled | DeploymentStatus::Superseded => 4,
+        DeploymentStatus::Cancelled | DeploymentStatus::Superseded | DeploymentStatus::Rejected => 4,
         _ => 0,
     }
 }

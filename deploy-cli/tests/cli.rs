@@ -365,3 +365,77 @@ async fn operators_pause_resume_abort_and_retry_from_the_command_line() {
     assert_eq!(code(&retried), 0, "{}", stderr(&retried));
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protected_environment_in_a_few_commands() {
+    let (server, dir) = deployd("cli-protected").await;
+    let url = format!("http://{}", server.addr);
+    let protected =
+        format!("{ENV_YAML}protection:\n  required_approvals: 2\n  approvers: [role:approver]\n  expires_after: 24h\n");
+    let env_file = write(&dir, "prod.yaml", &protected);
+    let put = deployctl(&url, ADMIN, &["env", "put", "prod", "--file", &env_file]).await;
+    assert_eq!(code(&put), 0, "{}", stderr(&put));
+    let key = |name: &'static str, role: &'static str| {
+        let url = url.clone();
+        async move {
+            let o = deployctl(
+                &url,
+                ADMIN,
+                &["keys", "create", "--name", name, "--role", role, "--env", "prod", "-o", "json"],
+            )
+            .await;
+            assert_eq!(code(&o), 0, "{}", stderr(&o));
+            serde_json::from_str::<Value>(&stdout(&o)).unwrap()["key"].as_str().unwrap().to_owned()
+        }
+    };
+    let (ci, alice, bob) = (key("ci", "deployer").await, key("alice", "approver").await, key("bob", "approver").await);
+    let request = write(&dir, "request.yaml", FAST_VERIFY);
+    let submit = |version: &'static str| {
+        let (url, request, ci) = (url.clone(), request.clone(), ci.clone());
+        async move {
+            let o = deployctl(
+                &url,
+                &ci,
+                &[
+                    "deploy",
+                    "--file",
+                    &request,
+                    "--env",
+                    "prod",
+                    "--service",
+                    "checkout",
+                    "--version",
+                    version,
+                    "-o",
+                    "json",
+                ],
+            )
+            .await;
+            assert_eq!(code(&o), 0, "{}", stderr(&o));
+            serde_json::from_str::<Value>(&stdout(&o)).unwrap()
+        }
+    };
+    let d = submit("2.0").await;
+    assert_eq!(d["status"], "awaiting_approval");
+    let id = d["id"].as_str().unwrap().to_owned();
+    let own = deployctl(&url, &ci, &["approve", &id]).await;
+    assert_eq!(code(&own), 1, "a deployer may not approve");
+    assert!(stderr(&own).contains("may not approve"), "{}", stderr(&own));
+    let first = deployctl(&url, &alice, &["approve", &id, "-m", "CHG-42 signed off"]).await;
+    assert_eq!(code(&first), 0, "{}", stderr(&first));
+    assert!(stdout(&first).contains("1 of 2"), "{}", stdout(&first));
+    let second = deployctl(&url, &bob, &["approve", &id]).await;
+    assert!(stdout(&second).contains("2 of 2") && stdout(&second).contains("queued"), "{}", stdout(&second));
+    let watched = deployctl(&url, ADMIN, &["watch", &id]).await;
+    assert_eq!(code(&watched), 0, "{}", stderr(&watched));
+    let history = deployctl(&url, ADMIN, &["env", "history", "prod"]).await;
+    assert!(stdout(&history).contains("key:alice, key:bob"), "{}", stdout(&history));
+
+    let next = submit("3.0").await["id"].as_str().unwrap().to_owned();
+    let no = deployctl(&url, &bob, &["reject", &next, "-m", "not during the sale"]).await;
+    assert_eq!(code(&no), 0, "{}", stderr(&no));
+    let status = deployctl(&url, ADMIN, &["status", &next]).await;
+    assert!(stdout(&status).contains("rejected by key:bob: not during the sale"), "{}", stdout(&status));
+    assert_eq!(code(&status), 4, "a rejected deployment exits like a cancelled one");
+    server.shutdown().await;
+}

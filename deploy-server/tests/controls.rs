@@ -246,3 +246,103 @@ async fn operator_calls_answer_who_may_call_what_they_do_and_what_they_record() 
     assert!(!audit.contains("\"rollback\"") && !audit.contains(ADMIN) && !audit.contains(&staging), "{audit}");
     assert!(audit.contains("deployment.abort"), "{audit}");
 }
+
+#[tokio::test]
+async fn a_protected_environment_waits_for_two_approvers_over_http_and_every_decision_is_audited() {
+    let s = Server::start("controls-approvals").await;
+    s.sim_env("prod", 2, "queue", json!({"apply_ms": 5})).await;
+    // Only an admin may protect an environment; the rule is checked.
+    let env = s.get("/v1/environments/prod", ADMIN).await.body;
+    let targets: Vec<Value> = env["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| json!({"id": t["id"], "executor": "sim", "config": t["config"]}))
+        .collect();
+    let deployer = s.key("ci", "deployer", &["prod"]).await;
+    let alice = s.key("alice", "approver", &["prod"]).await;
+    let bob = s.key("bob", "approver", &["prod"]).await;
+    let elsewhere = s.key("eve", "approver", &["staging"]).await;
+    let rule = json!({"required_approvals": 2, "approvers": ["key:alice", "key:bob", "key:ci"], "expires_after": "1h"});
+    s.put("/v1/environments/prod", &deployer, json!({"targets": targets, "protection": rule}))
+        .await
+        .problem(403, "forbidden");
+    let bad = s
+        .put(
+            "/v1/environments/prod",
+            ADMIN,
+            json!({"targets": targets, "protection": {"required_approvals": 0, "approvers": ["bob"]}}),
+        )
+        .await;
+    bad.problem(400, "validation");
+    let fields: Vec<&str> =
+        bad.body["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect();
+    assert!(
+        fields.contains(&"protection.required_approvals") && fields.contains(&"protection.approvers[0]"),
+        "{fields:?}"
+    );
+    let put = s.put("/v1/environments/prod", ADMIN, json!({"targets": targets, "protection": rule})).await;
+    assert!(put.status.is_success(), "{:?}", put.body);
+    assert_eq!(put.body["protection"]["required_approvals"], 2);
+
+    let a = s.post("/v1/deployments", &deployer, deploy("prod", "2.0")).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED);
+    assert_eq!(a.body["status"], "awaiting_approval");
+    let id = a.body["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/deployments/{id}/approvals");
+    // Who: a deployer (even a named one) lacks the approve permission; an approver of another environment too.
+    s.post(&path, &deployer, json!({"decision": "approve"})).await.problem(403, "forbidden");
+    s.post(&path, &elsewhere, json!({"decision": "approve"})).await.problem(403, "forbidden");
+    s.post(&path, &alice, json!({"decision": "maybe"})).await.problem(400, "validation");
+    s.post(&path, &alice, json!({"decision": "approve", "note": "x"})).await.problem(400, "validation");
+    let secret = s.post(&path, &alice, json!({"decision": "approve", "comment": "AKIAIOSFODNN7EXAMPLE"})).await;
+    secret.problem(422, "hardcoded-secret");
+    let one = s.post(&path, &alice, json!({"decision": "approve", "comment": "change CHG-42"})).await;
+    assert_eq!(one.status, StatusCode::ACCEPTED, "{:?}", one.body);
+    assert_eq!(one.body["status"], "awaiting_approval");
+    assert_eq!(one.body["approvals"][0]["by"], "key:alice");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let waiting = s.get(&format!("/v1/deployments/{id}"), ADMIN).await.body;
+    assert_eq!(
+        (waiting["status"].as_str(), waiting["summary"]["succeeded"].as_u64()),
+        (Some("awaiting_approval"), Some(0))
+    );
+    let two = s.post(&path, &bob, json!({"decision": "approve"})).await;
+    assert_eq!(two.body["status"], "queued", "{:?}", two.body);
+    let done = s.wait_terminal(&id).await;
+    assert_eq!(done["status"], "succeeded", "{done:#}");
+
+    let types = event_types(&s, &id).await;
+    assert_eq!(types[0], "deployment.awaiting_approval");
+    assert_eq!(types.iter().filter(|t| *t == "deployment.approved").count(), 2, "{types:?}");
+    let history = s.get("/v1/environments/prod/history", ADMIN).await.body;
+    assert_eq!(history["items"][0]["approved_by"], json!(["key:alice", "key:bob"]));
+
+    // Rejection ends the next one; the audit log has every decision with its actor, and no comment or secret.
+    let b = s.post("/v1/deployments", &deployer, deploy("prod", "3.0")).await.body["id"].as_str().unwrap().to_owned();
+    let no = s
+        .post(&format!("/v1/deployments/{b}/approvals"), &bob, json!({"decision": "reject", "comment": "freeze"}))
+        .await;
+    assert_eq!(no.body["status"], "rejected", "{:?}", no.body);
+    let audit = s.get("/v1/audit?limit=100", ADMIN).await.body;
+    let decisions: Vec<(String, String, String)> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "deployment.approve" || e["action"] == "deployment.reject")
+        .map(|e| {
+            (
+                e["actor"].as_str().unwrap().into(),
+                e["action"].as_str().unwrap().into(),
+                e["outcome"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert!(decisions.contains(&("key:alice".into(), "deployment.approve".into(), "success".into())), "{decisions:?}");
+    assert!(decisions.contains(&("key:bob".into(), "deployment.reject".into(), "success".into())), "{decisions:?}");
+    assert!(decisions.contains(&("key:ci".into(), "deployment.approve".into(), "forbidden".into())), "{decisions:?}");
+    let text = audit.to_string();
+    assert!(!text.contains("AKIAIOSFODNN7EXAMPLE") && !text.contains("CHG-42"), "the audit log keeps no body: {text}");
+    let events = s.get(&format!("/v1/deployments/{id}/events?limit=100"), ADMIN).await.body.to_string();
+    assert!(!events.contains("AKIAIOSFODNN7EXAMPLE"), "a refused comment is recorded nowhere");
+}

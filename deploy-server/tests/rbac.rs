@@ -21,10 +21,11 @@ enum Act {
     Promote,
     Abort,
     Retry,
+    Approve,
     PutEnvironment,
 }
 
-const ACTS: [Act; 13] = [
+const ACTS: [Act; 14] = [
     Act::ReadEnvironment,
     Act::ReadDeployment,
     Act::ReadEvents,
@@ -37,14 +38,16 @@ const ACTS: [Act; 13] = [
     Act::Promote,
     Act::Abort,
     Act::Retry,
+    Act::Approve,
     Act::PutEnvironment,
 ];
 
 fn allowed(role: &str, act: Act) -> bool {
     match act {
         Act::ReadEnvironment | Act::ReadDeployment | Act::ReadEvents | Act::ListDeployments => true,
-        Act::Submit | Act::Cancel | Act::Rollback => role != "viewer",
-        Act::Pause | Act::Resume | Act::Promote | Act::Abort | Act::Retry => role != "viewer",
+        Act::Submit | Act::Cancel | Act::Rollback => matches!(role, "deployer" | "admin"),
+        Act::Pause | Act::Resume | Act::Promote | Act::Abort | Act::Retry => matches!(role, "deployer" | "admin"),
+        Act::Approve => matches!(role, "approver" | "admin"),
         Act::PutEnvironment => role == "admin",
     }
 }
@@ -61,7 +64,7 @@ async fn each_role_each_action_in_and_out_of_its_environments() {
         finished.insert(env, id);
     }
     let mut checked = 0;
-    for role in ["viewer", "deployer", "admin"] {
+    for role in ["viewer", "deployer", "admin", "approver"] {
         let key = s.key(&format!("{role}-prod"), role, &["prod"]).await;
         for env in ["prod", "staging"] {
             let inside = env == "prod";
@@ -82,6 +85,11 @@ async fn each_role_each_action_in_and_out_of_its_environments() {
                     Act::Pause | Act::Resume | Act::Promote | Act::Abort | Act::Retry => {
                         let action = format!("{act:?}").to_lowercase();
                         s.call(Method::POST, &format!("/v1/deployments/{id}/{action}"), Some(&key), None, &[]).await
+                    }
+                    Act::Approve => {
+                        let body = json!({"decision": "approve"});
+                        s.call(Method::POST, &format!("/v1/deployments/{id}/approvals"), Some(&key), Some(body), &[])
+                            .await
                     }
                     Act::PutEnvironment => {
                         let current = s.get(&format!("/v1/environments/{env}"), ADMIN).await;
@@ -119,7 +127,7 @@ async fn each_role_each_action_in_and_out_of_its_environments() {
             envs.body["items"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
         assert_eq!(names, vec!["prod"], "{role} lists only its environments");
     }
-    assert_eq!(checked, 3 * 2 * ACTS.len());
+    assert_eq!(checked, 4 * 2 * ACTS.len());
 }
 
 #[tokio::test]
