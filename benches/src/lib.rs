@@ -38,6 +38,7 @@ pub fn fleet(n: usize) -> EnvironmentSpec {
         concurrency: ConcurrencyPolicy::Queue,
         require_if_match: false,
         protection: None,
+        schedule: None,
         targets: (0..n)
             .filter_map(|i| Some((TargetId::new(format!("t-{i}")).ok()?, "noop".parse().ok()?)))
             .map(|(id, executor)| TargetDefinition {

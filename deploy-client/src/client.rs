@@ -541,6 +541,9 @@ impl Client {
             A::Abort { rollback } => Some(rollback.map_or_else(|| json!({}), |r| json!({ "rollback": r }))),
             A::Approve => return self.decide(id, false, None).await,
             A::Reject => return self.decide(id, true, None).await,
+            A::Override => {
+                return Err(Error::Usage("an override needs a reason: use Client::override_schedule".into()));
+            }
         };
         let path = format!("/v1/deployments/{id}/{}", action.name());
         self.call(Method::POST, &path, &[], body.as_ref(), &[], Repeat::Safe).await?.json()

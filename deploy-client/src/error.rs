@@ -99,6 +99,9 @@ pub enum Error {
     /// The base URL or a path segment is unusable.
     #[error("invalid URL: {0}")]
     Url(String),
+    /// The call was asked in a way it cannot be made (nothing was sent).
+    #[error("{0}")]
+    Usage(String),
     /// [`crate::Client::wait`] gave up before the deployment finished; this is the last state seen.
     #[error("deployment {} was still {} when the wait ended", .0.id(), .0.status())]
     WaitTimedOut(Box<Deployment>),

@@ -273,6 +273,21 @@ impl Principal {
     }
 }
 
+impl Principal {
+    /// Whether this principal may do `action` server-wide: its role allows it and its patterns cover every
+    /// environment (`*`). For what concerns every environment at once (a global freeze).
+    ///
+    /// # Errors
+    /// [`Forbidden`] (environment `*`) otherwise.
+    pub fn authorize_global(&self, action: Action) -> Result<(), Forbidden> {
+        if self.role.allows(action) && self.is_global() {
+            Ok(())
+        } else {
+            Err(Forbidden { principal: self.id.clone(), action, environment: "*".to_owned() })
+        }
+    }
+}
+
 impl fmt::Display for Principal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(&self.id)

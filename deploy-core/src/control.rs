@@ -34,6 +34,9 @@ pub enum OperatorAction {
     Approve,
     /// Reject a deployment waiting for approval: it ends `rejected`.
     Reject,
+    /// Let a deployment that has not started start despite its environment's windows and freezes and a global
+    /// freeze (an admin's emergency lever; the request's comment is the mandatory reason).
+    Override,
 }
 
 impl OperatorAction {
@@ -47,6 +50,7 @@ impl OperatorAction {
             Self::Abort { .. } => "abort",
             Self::Approve => "approve",
             Self::Reject => "reject",
+            Self::Override => "override",
         }
     }
 }
@@ -134,6 +138,9 @@ pub struct Controls {
     /// An operator asked to abort.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub abort: Option<AbortRequest>,
+    /// An admin let it start despite windows and freezes.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub override_schedule: bool,
 }
 
 /// A standing abort request.
@@ -159,6 +166,7 @@ impl Controls {
         if later.abort.is_some() {
             self.abort = later.abort;
         }
+        self.override_schedule |= later.override_schedule;
     }
 }
 

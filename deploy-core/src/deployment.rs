@@ -321,6 +321,9 @@ pub struct ProgressUpdate {
     pub progressed: bool,
     /// With a change to `paused`: the canary step (numbered from 1) that waits to be promoted.
     pub awaiting_promotion: Option<u32>,
+    /// With a change to `queued` (a deployment held by its environment's windows or a freeze): until when no
+    /// controller needs to look at it again.
+    pub hold_until: Option<Timestamp>,
 }
 
 /// An update of the environment's view of one target.
@@ -398,6 +401,8 @@ pub struct Deployment {
     approvals: Vec<Approval>,
     #[serde(skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
     approved_at: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none", with = "time::serde::rfc3339::option")]
+    held_until: Option<Timestamp>,
     revision: Revision,
 }
 
@@ -443,6 +448,8 @@ struct Wire {
     approvals: Vec<Approval>,
     #[serde(default, with = "time::serde::rfc3339::option")]
     approved_at: Option<Timestamp>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    held_until: Option<Timestamp>,
     revision: Revision,
 }
 
@@ -474,6 +481,7 @@ impl From<Wire> for Deployment {
             protection: w.protection,
             approvals: w.approvals,
             approved_at: w.approved_at,
+            held_until: w.held_until,
             revision: w.revision,
         }
     }
@@ -574,6 +582,7 @@ impl Deployment {
             protection,
             approvals: Vec::new(),
             approved_at: None,
+            held_until: None,
             revision: environment.revision.next(),
             spec: draft.spec,
         })
@@ -705,6 +714,9 @@ impl Deployment {
     /// keep it where their claim can filter on it, so a waiting deployment costs no controller anything until then.
     #[must_use]
     pub fn wake_at(&self) -> Option<Timestamp> {
+        if self.status == DeploymentStatus::Queued {
+            return self.held_until;
+        }
         if self.status != DeploymentStatus::AwaitingApproval {
             return None;
         }
@@ -724,6 +736,11 @@ impl Deployment {
     /// Who approved it, in order.
     pub fn approved_by(&self) -> impl Iterator<Item = &str> {
         self.approvals.iter().filter(|a| a.decision == Decision::Approve).map(|a| a.by.as_str())
+    }
+    /// While it is `queued` and held by its environment's windows or a freeze: until when nobody looks at it.
+    #[must_use]
+    pub fn held_until(&self) -> Option<Timestamp> {
+        self.held_until
     }
     /// While it is `paused`: since when.
     #[must_use]
@@ -758,7 +775,12 @@ impl Deployment {
     /// [`UpdateError::AlreadyFinished`] or [`UpdateError::IllegalTransition`]; the header is then unchanged.
     pub fn apply_to_header(&mut self, update: &ProgressUpdate) -> Result<(), UpdateError> {
         self.check_status(update)?;
-        self.finish_apply(update.now, update.status.as_ref(), update.progressed, update.awaiting_promotion);
+        self.finish_apply(
+            update.now,
+            update.status.as_ref(),
+            update.progressed,
+            (update.awaiting_promotion, update.hold_until),
+        );
         Ok(())
     }
 
@@ -809,11 +831,29 @@ impl Deployment {
         if let OperatorAction::Approve | OperatorAction::Reject = request.action {
             return self.decide(request, now, held);
         }
+        if request.action == OperatorAction::Override {
+            if !matches!(self.status, DeploymentStatus::Queued | DeploymentStatus::AwaitingApproval) {
+                return Err(RequestError::NotNow(format!("it is {}: it has started already", self.status)));
+            }
+            self.controls.override_schedule = true;
+            self.held_until = None;
+            self.updated_at = now;
+            let why = request.comment.as_deref().unwrap_or_default();
+            let mut update = ProgressUpdate { now: Some(now), ..ProgressUpdate::default() };
+            update.events.push(crate::event::NewEvent {
+                at: now,
+                event_type: crate::event::EventType::Overridden,
+                target_id: None,
+                status: crate::event::EventStatus::Deployment(self.status),
+                message: format!("windows and freezes overridden by {}: {why}", request.by),
+            });
+            return Ok(update);
+        }
         let rolling_back = self.status == DeploymentStatus::RollingBack;
         let by = &request.by;
         let mut event_type = crate::event::EventType::Requested;
         let message = match request.action {
-            OperatorAction::Approve | OperatorAction::Reject => String::new(),
+            OperatorAction::Approve | OperatorAction::Reject | OperatorAction::Override => String::new(),
             OperatorAction::Pause => {
                 if rolling_back {
                     return Err(RequestError::NotNow("a rollback cannot be paused".into()));
@@ -1000,7 +1040,12 @@ impl Deployment {
                 *slot = entry.clone();
             }
         }
-        self.finish_apply(update.now, update.status.as_ref(), update.progressed, update.awaiting_promotion);
+        self.finish_apply(
+            update.now,
+            update.status.as_ref(),
+            update.progressed,
+            (update.awaiting_promotion, update.hold_until),
+        );
         Ok(())
     }
 
@@ -1014,14 +1059,15 @@ impl Deployment {
         update: ProgressUpdate,
     ) -> Result<(Vec<crate::event::NewEvent>, Vec<TargetObservation>), UpdateError> {
         self.check(&update)?;
-        let ProgressUpdate { now, status, targets, events, observations, progressed, awaiting_promotion } = update;
+        let ProgressUpdate { now, status, targets, events, observations, progressed, awaiting_promotion, hold_until } =
+            update;
         for (index, entry) in targets {
             if let Some(slot) = self.targets.get_mut(index) {
                 self.summary.moved(slot.status, entry.status);
                 *slot = entry;
             }
         }
-        self.finish_apply(now, status.as_ref(), progressed, awaiting_promotion);
+        self.finish_apply(now, status.as_ref(), progressed, (awaiting_promotion, hold_until));
         Ok((events, observations))
     }
 
@@ -1046,7 +1092,7 @@ impl Deployment {
             }
             _ => return Err(UpdateError::UnknownTarget { index }),
         }
-        self.finish_apply(Some(now), None, progressed, None);
+        self.finish_apply(Some(now), None, progressed, (None, None));
         Ok(())
     }
 
@@ -1080,10 +1126,11 @@ impl Deployment {
         now: Option<Timestamp>,
         status: Option<&StatusChange>,
         progressed: bool,
-        awaiting_promotion: Option<u32>,
+        (awaiting_promotion, hold_until): (Option<u32>, Option<Timestamp>),
     ) {
         let now = now.unwrap_or(self.updated_at);
         if let Some(change) = status {
+            self.held_until = hold_until.filter(|_| change.status == DeploymentStatus::Queued);
             let paused = change.status == DeploymentStatus::Paused;
             self.awaiting_promotion = awaiting_promotion.filter(|_| paused);
             if !paused {

@@ -59,6 +59,9 @@ pub struct EnvironmentSpec {
     /// Who must approve a deployment here before it starts; absent: nobody.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protection: Option<Protection>,
+    /// When deployments may start here: deploy windows and freeze periods; absent: any time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<crate::schedule::Schedule>,
 }
 
 /// An environment's protection rule: deployments to it wait in `awaiting_approval` until `required_approvals`
@@ -190,6 +193,9 @@ impl EnvironmentSpec {
         if let Some(p) = &self.protection {
             p.check(&mut errs);
         }
+        if let Some(s) = &self.schedule {
+            s.check(&mut errs);
+        }
         if errs.is_empty() { Ok(()) } else { Err(errs) }
     }
 }
@@ -305,6 +311,9 @@ pub struct Environment {
     /// Who must approve a deployment here before it starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protection: Option<Protection>,
+    /// When deployments may start here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<crate::schedule::Schedule>,
 }
 
 impl Environment {
@@ -320,6 +329,7 @@ impl Environment {
             queued: Vec::new(),
             targets: spec.targets.into_iter().map(|t| new_target(t, None)).collect(),
             protection: spec.protection,
+            schedule: spec.schedule,
         }
     }
 
@@ -338,6 +348,7 @@ impl Environment {
         self.concurrency = spec.concurrency;
         self.require_if_match = spec.require_if_match;
         self.protection = spec.protection;
+        self.schedule = spec.schedule;
         self.revision = self.revision.next();
     }
 

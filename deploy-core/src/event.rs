@@ -48,6 +48,13 @@ pub enum EventType {
     /// An approver rejected it: it ends here.
     #[serde(rename = "deployment.rejected")]
     Rejected,
+    /// Held in `queued`: its environment is outside its deploy windows, in a freeze, or under a global freeze (the
+    /// message says which, and until when).
+    #[serde(rename = "environment.frozen")]
+    Frozen,
+    /// An admin let it start despite windows and freezes (the message has who and why).
+    #[serde(rename = "deployment.overridden")]
+    Overridden,
     /// Held at a safe point (by an operator, or a canary step waiting to be promoted).
     #[serde(rename = "deployment.paused")]
     Paused,
@@ -67,7 +74,7 @@ pub enum EventType {
 
 impl EventType {
     /// Every event type.
-    pub const ALL: [Self; 17] = [
+    pub const ALL: [Self; 19] = [
         Self::Queued,
         Self::Started,
         Self::Succeeded,
@@ -80,6 +87,8 @@ impl EventType {
         Self::AwaitingApproval,
         Self::Approved,
         Self::Rejected,
+        Self::Frozen,
+        Self::Overridden,
         Self::Paused,
         Self::Resumed,
         Self::Promoted,
@@ -110,6 +119,8 @@ impl EventType {
             Self::AwaitingApproval => "deployment.awaiting_approval",
             Self::Approved => "deployment.approved",
             Self::Rejected => "deployment.rejected",
+            Self::Frozen => "environment.frozen",
+            Self::Overridden => "deployment.overridden",
             Self::Paused => "deployment.paused",
             Self::Resumed => "deployment.resumed",
             Self::Promoted => "deployment.promoted",

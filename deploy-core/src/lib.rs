@@ -48,6 +48,7 @@ mod event;
 mod executor;
 mod names;
 mod problem;
+pub mod schedule;
 mod secrets;
 pub mod spec;
 mod state;
@@ -85,6 +86,7 @@ pub use names::{
     TargetId, Version,
 };
 pub use problem::ProblemKind;
+pub use schedule::{Freeze, Hold, Period, Schedule};
 pub use secrets::{
     DEFAULT_ENV_PREFIX, EnvSecretResolver, FileSecretResolver, REDACTED, ResolvedSecrets, SchemeResolver, Scrubber,
     SecretError, SecretRef, SecretRefError, SecretResolver, SecretValue, is_sensitive_key, resolve_for, secret_shape,

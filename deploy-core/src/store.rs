@@ -649,6 +649,12 @@ pub trait Store: Send + Sync {
     /// Asks for a deployment to be cancelled.
     async fn request_cancel(&self, id: DeploymentId, now: Timestamp) -> Result<Deployment, StoreError>;
 
+    /// The global freeze, if one was set (whether it still holds is [`crate::Freeze::holds_at`]'s to say).
+    async fn global_freeze(&self) -> Result<Option<crate::schedule::Freeze>, StoreError>;
+
+    /// Sets (`Some`) or lifts (`None`) the global freeze.
+    async fn set_global_freeze(&self, freeze: Option<crate::schedule::Freeze>) -> Result<(), StoreError>;
+
     /// Records an operator's request (pause, resume, promote, abort) on a deployment, in one transaction:
     /// [`Deployment::request`] decides, the store writes the record and the update it returns (the request's event,
     /// and for an abort of a deployment nobody holds before it started, the stop). The holder learns of it through
@@ -883,6 +889,12 @@ macro_rules! forward_store {
             }
             async fn request(&self, id: DeploymentId, request: &crate::control::OperatorRequest, now: Timestamp) -> Result<Deployment, StoreError> {
                 (**self).request(id, request, now).await
+            }
+            async fn global_freeze(&self) -> Result<Option<crate::schedule::Freeze>, StoreError> {
+                (**self).global_freeze().await
+            }
+            async fn set_global_freeze(&self, freeze: Option<crate::schedule::Freeze>) -> Result<(), StoreError> {
+                (**self).set_global_freeze(freeze).await
             }
             async fn claim(&self, owner: &str, now: Timestamp, lease: Duration) -> Result<Option<Claim>, StoreError> {
                 (**self).claim(owner, now, lease).await

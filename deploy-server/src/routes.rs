@@ -519,6 +519,7 @@ async fn operate(state: &AppState, caller: &Caller, id: &str, action: deploy_cor
         deploy_core::OperatorAction::Abort { .. } => "deployment.abort",
         deploy_core::OperatorAction::Approve => "deployment.approve",
         deploy_core::OperatorAction::Reject => "deployment.reject",
+        deploy_core::OperatorAction::Override => "deployment.override",
     };
     caller.audit.set(audit_action, format!("deployments/{id}"), None);
     let id = deployment_id(id)?;

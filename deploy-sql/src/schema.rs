@@ -15,6 +15,7 @@ const SQLITE: &[&str] = &[
     include_str!("../migrations/sqlite/0006_agents.sql"),
     include_str!("../migrations/sqlite/0007_delivery_state_columns.sql"),
     include_str!("../migrations/sqlite/0008_environment_protection.sql"),
+    include_str!("../migrations/sqlite/0009_schedules_and_freeze.sql"),
 ];
 const POSTGRES: &[&str] = &[
     include_str!("../migrations/postgres/0001_init.sql"),
@@ -25,10 +26,11 @@ const POSTGRES: &[&str] = &[
     include_str!("../migrations/postgres/0006_agents.sql"),
     include_str!("../migrations/postgres/0007_delivery_state_columns.sql"),
     include_str!("../migrations/postgres/0008_environment_protection.sql"),
+    include_str!("../migrations/postgres/0009_schedules_and_freeze.sql"),
 ];
 
 /// The newest schema version this binary knows.
-pub const LATEST: i64 = 8;
+pub const LATEST: i64 = 9;
 
 /// Brings the schema to [`LATEST`], refusing a database that is newer. Runs in one transaction per migration; on
 /// PostgreSQL an advisory lock keeps replicas that start together from migrating twice.

@@ -73,6 +73,12 @@ impl<E: Store, T: Send + Sync> Store for Composite<E, T> {
     ) -> Result<Deployment, StoreError> {
         self.engine.request(id, request, now).await
     }
+    async fn global_freeze(&self) -> Result<Option<deploy_core::Freeze>, StoreError> {
+        self.engine.global_freeze().await
+    }
+    async fn set_global_freeze(&self, freeze: Option<deploy_core::Freeze>) -> Result<(), StoreError> {
+        self.engine.set_global_freeze(freeze).await
+    }
     async fn claim(&self, owner: &str, now: Timestamp, lease: Duration) -> Result<Option<Claim>, StoreError> {
         self.engine.claim(owner, now, lease).await
     }

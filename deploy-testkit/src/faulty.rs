@@ -181,6 +181,16 @@ impl<S: Store> Store for FaultyStore<S> {
         self.faults.lose(self.inner.request(id, request, now).await)
     }
 
+    async fn global_freeze(&self) -> Result<Option<deploy_core::Freeze>, StoreError> {
+        self.faults.refuse()?;
+        self.inner.global_freeze().await
+    }
+
+    async fn set_global_freeze(&self, freeze: Option<deploy_core::Freeze>) -> Result<(), StoreError> {
+        self.faults.refuse()?;
+        self.faults.lose(self.inner.set_global_freeze(freeze).await)
+    }
+
     async fn claim(&self, owner: &str, now: Timestamp, lease: Duration) -> Result<Option<Claim>, StoreError> {
         self.faults.refuse()?;
         self.faults.lose(self.inner.claim(owner, now, lease).await)

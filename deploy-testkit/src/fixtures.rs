@@ -117,6 +117,7 @@ pub fn environment(ids: &[&str], executor: &str, concurrency: ConcurrencyPolicy)
         concurrency,
         require_if_match: false,
         protection: None,
+        schedule: None,
         targets: ids
             .iter()
             .map(|id| TargetDefinition {

@@ -58,6 +58,7 @@ struct Inner {
     api_keys: BTreeMap<Uuid, ApiKeyRecord>,
     agents: BTreeMap<(String, String), deploy_core::AgentSlot>,
     audit: BTreeMap<Uuid, AuditEntry>,
+    freeze: Option<deploy_core::Freeze>,
 }
 
 #[derive(Debug)]
@@ -365,6 +366,15 @@ impl Store for MemoryStore {
     async fn get_deployment(&self, id: DeploymentId) -> Result<Deployment, StoreError> {
         let inner = self.lock();
         inner.deployments.get(&id).map(|d| d.deployment.clone()).ok_or_else(|| not_found("deployment", id))
+    }
+
+    async fn global_freeze(&self) -> Result<Option<deploy_core::Freeze>, StoreError> {
+        Ok(self.lock().freeze.clone())
+    }
+
+    async fn set_global_freeze(&self, freeze: Option<deploy_core::Freeze>) -> Result<(), StoreError> {
+        self.lock().freeze = freeze;
+        Ok(())
     }
 
     async fn request(

@@ -121,6 +121,11 @@ mockall::mock! {
             id: deploy_core::DeploymentId,
             now: Timestamp,
         ) -> Result<deploy_core::Deployment, deploy_core::StoreError>;
+        async fn global_freeze(&self) -> Result<Option<deploy_core::Freeze>, deploy_core::StoreError>;
+        async fn set_global_freeze(
+            &self,
+            freeze: Option<deploy_core::Freeze>,
+        ) -> Result<(), deploy_core::StoreError>;
         async fn request(
             &self,
             id: deploy_core::DeploymentId,

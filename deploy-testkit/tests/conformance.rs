@@ -230,6 +230,12 @@ impl Store for BrokenStore {
     ) -> Result<Deployment, StoreError> {
         self.inner.request(id, request, now).await
     }
+    async fn global_freeze(&self) -> Result<Option<deploy_core::Freeze>, StoreError> {
+        self.inner.global_freeze().await
+    }
+    async fn set_global_freeze(&self, freeze: Option<deploy_core::Freeze>) -> Result<(), StoreError> {
+        self.inner.set_global_freeze(freeze).await
+    }
     async fn claim(&self, owner: &str, now: Timestamp, lease: Duration) -> Result<Option<Claim>, StoreError> {
         // Ignores live leases: each claim is made a year after the one before, so it finds every lease lapsed.
         let n = self.claims.fetch_add(1, Ordering::SeqCst) + 1;

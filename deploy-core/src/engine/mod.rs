@@ -742,6 +742,98 @@ impl Orchestrator {
         Ok(d)
     }
 
+    /// Lets a deployment that has not started start despite its environment's windows and freezes and a global
+    /// freeze: an admin's emergency lever, with a mandatory reason, recorded as an event (and by the API, audited).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] (field `reason`) without a reason; [`Error::Forbidden`] unless the principal may manage the
+    /// environment; the store's `NotFound`, `AlreadyFinished`, or `NotNow` (it started already).
+    pub async fn override_schedule(
+        &self,
+        principal: &Principal,
+        id: DeploymentId,
+        reason: &str,
+    ) -> Result<Deployment, Error> {
+        let d = self.shared.store.get_deployment(id).await?;
+        principal.authorize(Action::ManageEnvironments, d.environment())?;
+        let reason = reason.trim();
+        if reason.is_empty() {
+            let mut errs = ValidationErrors::default();
+            errs.push("reason", "an override needs a reason");
+            return Err(Error::Invalid(errs));
+        }
+        let mut errs = ValidationErrors::default();
+        if reason.chars().count() > crate::control::MAX_COMMENT {
+            errs.push("reason", format!("at most {} characters", crate::control::MAX_COMMENT));
+        } else if crate::secrets::secret_shape(reason).is_some()
+            || reason.split_whitespace().any(|w| crate::secrets::secret_shape(w).is_some())
+        {
+            errs.push_secret("reason", "this looks like a secret; a reason is shown to every reader");
+        }
+        if !errs.is_empty() {
+            return Err(Error::Invalid(errs));
+        }
+        let request = crate::control::OperatorRequest {
+            action: crate::control::OperatorAction::Override,
+            by: principal.id().to_owned(),
+            comment: Some(reason.to_owned()),
+        };
+        let d = self.shared.store.request(id, &request, self.shared.clock.now()).await?;
+        tracing::warn!(deployment_id = %id, by = principal.id(), reason, "windows and freezes overridden");
+        self.shared.poke();
+        Ok(d)
+    }
+
+    /// The global freeze, if one holds now (any principal who may read something may see it).
+    ///
+    /// # Errors
+    /// The store's.
+    pub async fn global_freeze(&self) -> Result<Option<crate::schedule::Freeze>, Error> {
+        let now = self.shared.clock.now();
+        Ok(self.shared.store.global_freeze().await?.filter(|f| f.holds_at(now)))
+    }
+
+    /// Freezes every environment at once (`Some(reason)`), optionally until a time, or lifts the freeze (`None`).
+    /// While it holds no deployment starts anywhere; those running go on. Only an admin of every environment may.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] (field `reason` or `until`) for an empty reason or an end in the past;
+    /// [`Error::Forbidden`] unless an admin over `*`; the store's.
+    pub async fn set_global_freeze(
+        &self,
+        principal: &Principal,
+        freeze: Option<(String, Option<crate::clock::Timestamp>)>,
+    ) -> Result<Option<crate::schedule::Freeze>, Error> {
+        principal.authorize_global(Action::Administer)?;
+        let now = self.shared.clock.now();
+        let freeze = match freeze {
+            None => None,
+            Some((reason, until)) => {
+                let mut errs = ValidationErrors::default();
+                let reason = reason.trim().to_owned();
+                if reason.is_empty() || reason.chars().count() > 500 {
+                    errs.push("reason", "give a reason of 1 to 500 characters");
+                } else if crate::secrets::secret_shape(&reason).is_some() {
+                    errs.push_secret("reason", "this looks like a secret; a reason is shown to every reader");
+                }
+                if until.is_some_and(|u| u <= now) {
+                    errs.push("until", "must be in the future");
+                }
+                if !errs.is_empty() {
+                    return Err(Error::Invalid(errs));
+                }
+                Some(crate::schedule::Freeze { reason, by: principal.id().to_owned(), since: now, until })
+            }
+        };
+        self.shared.store.set_global_freeze(freeze.clone()).await?;
+        match &freeze {
+            Some(f) => tracing::warn!(by = %f.by, reason = %f.reason, "global freeze set"),
+            None => tracing::warn!(by = principal.id(), "global freeze lifted"),
+        }
+        self.shared.poke();
+        Ok(freeze)
+    }
+
     /// Retries the failed and unreachable targets of a `degraded` or `failed` deployment: a new deployment of the
     /// same spec to those targets only, recording the first in `retry_of`. One key, one retry.
     ///

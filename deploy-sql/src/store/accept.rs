@@ -46,7 +46,7 @@ impl SqlStore {
             Some(snapshot) => snapshot,
             None => {
                 let sql = format!(
-                    "SELECT e.revision, e.concurrency, e.require_if_match, e.protection, \
+                    "SELECT e.revision, e.concurrency, e.require_if_match, e.protection, e.schedule, \
                      (SELECT COUNT(*) FROM deploy_webhooks) AS hooks, {} AS targets, \
                      (SELECT k.fingerprint FROM deploy_idempotency_keys k \
                       WHERE k.scope = $2 AND k.key = $3 AND k.expires > $4) AS key_fingerprint, \
@@ -81,6 +81,7 @@ impl SqlStore {
                     queued: Vec::new(),
                     targets: stored.into_iter().map(StoredTarget::decode).collect::<Result<_, _>>()?,
                     protection: protection_of(get::<Option<String>>(&row, "protection")?)?,
+                    schedule: schedule_of(get::<Option<String>>(&row, "schedule")?)?,
                 };
                 let has_webhooks = get::<i64>(&row, "hooks")? > 0;
                 let env = std::sync::Arc::new(env);
@@ -295,7 +296,7 @@ impl SqlStore {
         // across replicas; every early return below drops the transaction, which undoes the bump.
         let sql = format!(
             "UPDATE deploy_environments SET revision = revision + 1 WHERE name = $1 \
-             RETURNING revision, concurrency, require_if_match, protection, (SELECT COUNT(*) FROM deploy_webhooks) AS hooks, \
+             RETURNING revision, concurrency, require_if_match, protection, schedule, (SELECT COUNT(*) FROM deploy_webhooks) AS hooks, \
              {} AS targets",
             self.backend.env_targets_json()
         );
@@ -309,6 +310,7 @@ impl SqlStore {
         let concurrency = parse_policy(&get::<String>(&bumped, "concurrency")?)?;
         let require_if_match = get::<i64>(&bumped, "require_if_match")? != 0;
         let protection = protection_of(get::<Option<String>>(&bumped, "protection")?)?;
+        let schedule = schedule_of(get::<Option<String>>(&bumped, "schedule")?)?;
         let has_webhooks = get::<i64>(&bumped, "hooks")? > 0;
         let stored: Vec<StoredTarget> = from_json("environment targets", &get::<String>(&bumped, "targets")?)?;
         if let Some(rec) = &idempotency {
@@ -345,6 +347,7 @@ impl SqlStore {
             queued,
             targets: stored.into_iter().map(StoredTarget::decode).collect::<Result<_, _>>()?,
             protection,
+            schedule,
         };
         let deployment = Deployment::plan(draft, &env, now).map_err(StoreError::Invalid)?;
         let id = deployment.id();

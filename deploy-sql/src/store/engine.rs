@@ -28,18 +28,20 @@ impl Store for SqlStore {
         };
         let revision = i64::try_from(env.revision.get()).unwrap_or(i64::MAX);
         let sql = if created {
-            "INSERT INTO deploy_environments (revision, concurrency, require_if_match, protection, name) \
-             VALUES ($1, $2, $3, $4, $5)"
+            "INSERT INTO deploy_environments (revision, concurrency, require_if_match, protection, schedule, name) \
+             VALUES ($1, $2, $3, $4, $5, $6)"
         } else {
-            "UPDATE deploy_environments SET revision = $1, concurrency = $2, require_if_match = $3, protection = $4 \
-             WHERE name = $5"
+            "UPDATE deploy_environments SET revision = $1, concurrency = $2, require_if_match = $3, protection = $4, \
+             schedule = $5 WHERE name = $6"
         };
         let protection = env.protection.as_ref().map(to_json).transpose()?;
+        let schedule = env.schedule.as_ref().map(to_json).transpose()?;
         sqlx::query(sql)
             .bind(revision)
             .bind(policy_name(env.concurrency))
             .bind(i64::from(env.require_if_match))
             .bind(protection)
+            .bind(schedule)
             .bind(name.as_str())
             .execute(&mut *tx)
             .await
@@ -168,6 +170,31 @@ impl Store for SqlStore {
         tx.commit().await.map_err(unavailable)?;
         self.reads.forget(id);
         Ok(d)
+    }
+
+    async fn global_freeze(&self) -> Result<Option<deploy_core::Freeze>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
+        let row = sqlx::query("SELECT doc FROM deploy_settings WHERE name = 'freeze'")
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+        row.map(|r| from_json("global freeze", &get::<String>(&r, "doc")?)).transpose()
+    }
+
+    async fn set_global_freeze(&self, freeze: Option<deploy_core::Freeze>) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query("DELETE FROM deploy_settings WHERE name = 'freeze'")
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        if let Some(f) = freeze {
+            sqlx::query("INSERT INTO deploy_settings (name, doc) VALUES ('freeze', $1)")
+                .bind(to_json(&f)?)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        }
+        tx.commit().await.map_err(unavailable)
     }
 
     async fn request(

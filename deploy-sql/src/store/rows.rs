@@ -294,7 +294,7 @@ pub(super) async fn load_environment(
     name: &EnvironmentName,
 ) -> Result<Option<Environment>, StoreError> {
     let sql = format!(
-        "SELECT revision, concurrency, require_if_match, protection FROM deploy_environments WHERE name = $1{}",
+        "SELECT revision, concurrency, require_if_match, protection, schedule FROM deploy_environments WHERE name = $1{}",
         lock.map_or("", Backend::for_update)
     );
     let row =
@@ -304,6 +304,7 @@ pub(super) async fn load_environment(
     let concurrency: String = get(&row, "concurrency")?;
     let require: i64 = get(&row, "require_if_match")?;
     let protection = protection_of(get::<Option<String>>(&row, "protection")?)?;
+    let schedule = schedule_of(get::<Option<String>>(&row, "schedule")?)?;
     let targets = load_env_targets(conn, name).await?;
     let (active_deployment, queued) = load_open(conn, name).await?;
     Ok(Some(Environment {
@@ -315,7 +316,13 @@ pub(super) async fn load_environment(
         queued,
         targets,
         protection,
+        schedule,
     }))
+}
+
+/// An environment's schedule from its stored JSON (`NULL`: none).
+pub(super) fn schedule_of(stored: Option<String>) -> Result<Option<deploy_core::Schedule>, StoreError> {
+    stored.map(|json| from_json("environment schedule", &json)).transpose()
 }
 
 /// An environment's protection rule from its stored JSON (`NULL`: none).

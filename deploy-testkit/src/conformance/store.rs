@@ -302,6 +302,7 @@ pub async fn records_are_atomic_and_terminal_is_final(store: &dyn Store) -> Ran 
         }],
         progressed: true,
         awaiting_promotion: None,
+        hold_until: None,
     };
     let _ = store.record(&claim.lease, update).await.expect("record");
     let stored = store.get_deployment(id).await.expect("get");

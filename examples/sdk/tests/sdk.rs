@@ -80,6 +80,7 @@ fn fleet(n: usize) -> EnvironmentSpec {
         concurrency: ConcurrencyPolicy::Queue,
         require_if_match: false,
         protection: None,
+        schedule: None,
         targets: (1..=n)
             .map(|i| TargetDefinition {
                 id: TargetId::new(format!("web-{i}")).unwrap(),

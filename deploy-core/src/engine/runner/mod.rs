@@ -219,6 +219,14 @@ async fn run(rec: &Recorder<'_>) -> Result<(), Abort> {
             if let Some((stop, reason)) = rec.stop_reason() {
                 return stop_now(rec, stop, reason).await;
             }
+            if !rec.controls().override_schedule && !rec.with(|d| d.controls().override_schedule) {
+                let now = rec.now();
+                let global = rec.shared.store.global_freeze().await?.and_then(|f| f.hold(now));
+                let hold = global.or_else(|| plan.environment.schedule.as_ref().and_then(|s| s.hold(now)));
+                if let Some(hold) = hold {
+                    return hold_queued(rec, hold).await;
+                }
+            }
             let (total, strategy) = rec.with(|d| (d.targets().len(), describe(d.spec().strategy())));
             let reason = format!("started by {}: {total} target(s), {strategy}", rec.shared.config.owner);
             let now = rec.now();
@@ -270,6 +278,42 @@ async fn approval_due(rec: &Recorder<'_>) -> Result<DeploymentStatus, Abort> {
         }
         _ => Ok(DeploymentStatus::AwaitingApproval),
     }
+}
+
+/// How long a held deployment is left alone at most before its rules are read again: a freeze lifted, a window
+/// added or an override is seen within this, a boundary the rules name exactly at it.
+const HOLD_RECHECK: Duration = Duration::from_secs(60);
+
+/// Leaves a queued deployment that may not start now where it is, with a reason that says until when, not claimable
+/// until the hold ends (or [`HOLD_RECHECK`] passes): a deployment waiting for its window costs a controller one
+/// look per boundary, not a poll. Says so in an `environment.frozen` event when the reason is new.
+async fn hold_queued(rec: &Recorder<'_>, hold: crate::schedule::Hold) -> Result<(), Abort> {
+    let now = rec.now();
+    let until = match hold.until {
+        Some(u) => format!("until {}", u.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()),
+        None => "until it is lifted".to_owned(),
+    };
+    let reason = format!("held: {} {until}", hold.reason);
+    let recheck = add(now, HOLD_RECHECK);
+    let next = hold.until.map_or(recheck, |u| u.min(recheck));
+    let is_new = rec.with(|d| d.status_reason() != Some(reason.as_str()));
+    let mut update = ProgressUpdate {
+        now: Some(now),
+        status: Some(StatusChange { status: DeploymentStatus::Queued, reason: Some(reason.clone()) }),
+        hold_until: Some(next),
+        ..ProgressUpdate::default()
+    };
+    if is_new {
+        tracing::info!(%reason, "deployment held");
+        update.events.push(NewEvent {
+            at: now,
+            event_type: crate::event::EventType::Frozen,
+            target_id: None,
+            status: crate::event::EventStatus::Deployment(DeploymentStatus::Queued),
+            message: reason,
+        });
+    }
+    rec.write(update).await
 }
 
 /// The pending targets whose `from_version` the environment now contradicts, corrected. A deployment's targets are

@@ -245,6 +245,7 @@ pub(super) fn merge(earlier: &mut ProgressUpdate, later: ProgressUpdate) {
     if later.status.is_some() {
         earlier.status = later.status;
         earlier.awaiting_promotion = later.awaiting_promotion;
+        earlier.hold_until = later.hold_until;
     }
     earlier.targets.extend(later.targets);
     earlier.events.extend(later.events);
