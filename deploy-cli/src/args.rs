@@ -103,6 +103,17 @@ pub(crate) enum Command {
         #[arg(long, short = 'm')]
         comment: Option<String>,
     },
+    /// Let a deployment that has not started start despite windows and freezes (admins; the reason is recorded).
+    Override {
+        /// The deployment id.
+        id: String,
+        /// Why (required).
+        #[arg(long)]
+        reason: String,
+    },
+    /// The global freeze: show it, set it (no deployment starts anywhere), or lift it.
+    #[command(subcommand)]
+    Freeze(FreezeCommand),
     /// Pause a deployment at its next safe point (between batches or canary steps); it keeps the environment.
     Pause {
         /// The deployment id.
@@ -218,6 +229,24 @@ pub(crate) struct DeployArgs {
     /// With `--wait`: give up after this long (`30m`, `2h`); exit 1.
     #[arg(long, default_value = "1h")]
     pub(crate) timeout: String,
+}
+
+/// `deployctl freeze ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum FreezeCommand {
+    /// Whether a global freeze holds, who set it and why.
+    Show,
+    /// Freeze every environment now (admins of every environment).
+    Set {
+        /// Why (required; shown in every held deployment's reason).
+        #[arg(long)]
+        reason: String,
+        /// When it lifts by itself (RFC 3339); default: when lifted.
+        #[arg(long)]
+        until: Option<String>,
+    },
+    /// Lift the global freeze.
+    Lift,
 }
 
 #[derive(Debug, Subcommand)]

@@ -16,7 +16,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::args::{Cli, Command, DeployArgs, EnvCommand, KeysCommand, Output, WebhooksCommand};
+use crate::args::{Cli, Command, DeployArgs, EnvCommand, FreezeCommand, KeysCommand, Output, WebhooksCommand};
 use crate::render;
 
 /// `println!` that does not panic when standard output is closed (`deployctl list | head`).
@@ -216,6 +216,12 @@ pub(crate) async fn run(cli: Cli) -> Result<u8> {
         }
         Command::Approve { id, comment } => decide(&ctx, &id, false, comment.as_deref()).await,
         Command::Reject { id, comment } => decide(&ctx, &id, true, comment.as_deref()).await,
+        Command::Override { id, reason } => {
+            let d = ctx.client.override_schedule(deployment_id(&id)?, &reason).await.map_err(ctx.fail())?;
+            ctx.print(&d, || format!("{} may start despite windows and freezes (now {}).", d.id(), d.status()))?;
+            Ok(0)
+        }
+        Command::Freeze(cmd) => freeze(&ctx, cmd).await,
         Command::Pause { id } => operate(&ctx, &id, deploy_core::OperatorAction::Pause).await,
         Command::Resume { id } => operate(&ctx, &id, deploy_core::OperatorAction::Resume).await,
         Command::Promote { id, full } => operate(&ctx, &id, deploy_core::OperatorAction::Promote { full }).await,
@@ -592,6 +598,38 @@ async fn webhooks(ctx: &Ctx, cmd: WebhooksCommand) -> Result<u8> {
         WebhooksCommand::Redeliver { id, delivery } => {
             let d = ctx.client.redeliver(uuid(&id, "a webhook")?, &delivery).await.map_err(ctx.fail())?;
             ctx.print(&d, || format!("Delivery {} is pending again.", d.id))?;
+        }
+    }
+    Ok(0)
+}
+
+/// `deployctl freeze show|set|lift`.
+async fn freeze(ctx: &Ctx, cmd: FreezeCommand) -> Result<u8> {
+    let shown = |f: Option<&deploy_core::Freeze>| match f {
+        Some(f) => {
+            let until = f.until.map_or_else(|| "until lifted".to_owned(), |u| format!("until {}", render::time(u)));
+            format!("Frozen since {} by {} ({}), {until}.", render::time(f.since), f.by, f.reason)
+        }
+        None => "Not frozen.".to_owned(),
+    };
+    match cmd {
+        FreezeCommand::Show => {
+            let f = ctx.client.global_freeze().await.map_err(ctx.fail())?;
+            ctx.print(&f, || shown(f.as_ref()))?;
+        }
+        FreezeCommand::Set { reason, until } => {
+            let until = until
+                .map(|u| {
+                    deploy_core::Timestamp::parse(&u, &time::format_description::well_known::Rfc3339)
+                        .map_err(|e| CliError::Usage(format!("--until {u:?} is not an RFC 3339 time: {e}")))
+                })
+                .transpose()?;
+            let f = ctx.client.set_global_freeze(&reason, until).await.map_err(ctx.fail())?;
+            ctx.print(&f, || shown(Some(&f)))?;
+        }
+        FreezeCommand::Lift => {
+            ctx.client.lift_freeze().await.map_err(ctx.fail())?;
+            ctx.print(&json!({"frozen": false}), || "Freeze lifted.".to_owned())?;
         }
     }
     Ok(0)

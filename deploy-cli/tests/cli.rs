@@ -363,6 +363,30 @@ async fn operators_pause_resume_abort_and_retry_from_the_command_line() {
     assert_eq!(targets, ["web-1"]);
     let retried = deployctl(&url, ADMIN, &["watch", retry["id"].as_str().unwrap()]).await;
     assert_eq!(code(&retried), 0, "{}", stderr(&retried));
+
+    // The global freeze: set, shown, a deployment held and overridden, lifted.
+    let set = deployctl(&url, ADMIN, &["freeze", "set", "--reason", "INC-9 failover"]).await;
+    assert_eq!(code(&set), 0, "{}", stderr(&set));
+    let shown = deployctl(&url, ADMIN, &["freeze", "show"]).await;
+    assert!(stdout(&shown).contains("Frozen since") && stdout(&shown).contains("INC-9 failover"), "{}", stdout(&shown));
+    let held = submit("5.0", &["-o", "json"]).await;
+    let held = serde_json::from_str::<Value>(&stdout(&held)).unwrap()["id"].as_str().unwrap().to_owned();
+    let mut seen = Value::Null;
+    for _ in 0..200 {
+        seen = status(held.clone()).await;
+        if seen["held_until"].is_string() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(seen["status_reason"].as_str().unwrap_or_default().contains("global freeze"), "{seen}");
+    let no_reason = deployctl(&url, ADMIN, &["override", &held, "--reason", ""]).await;
+    assert_eq!(code(&no_reason), 1, "an override needs a reason");
+    let overridden = deployctl(&url, ADMIN, &["override", &held, "--reason", "hotfix"]).await;
+    assert_eq!(code(&overridden), 0, "{}", stderr(&overridden));
+    assert_eq!(code(&deployctl(&url, ADMIN, &["watch", &held]).await), 0);
+    assert_eq!(code(&deployctl(&url, ADMIN, &["freeze", "lift"]).await), 0);
+    assert!(stdout(&deployctl(&url, ADMIN, &["freeze", "show"]).await).contains("Not frozen"));
     server.shutdown().await;
 }
 

@@ -577,6 +577,61 @@ impl Client {
         self.call(Method::POST, &path, &[], Some(&body), &[], Repeat::Safe).await?.json()
     }
 
+    /// Lets a deployment that has not started start despite its environment's windows and freezes and a global
+    /// freeze (admins of its environment; the reason is required and recorded).
+    ///
+    /// # Errors
+    /// [`Error::Problem`] `validation` (no reason), `forbidden`, `not-now` (started already), `already-finished`,
+    /// `not-found`.
+    pub async fn override_schedule(&self, id: DeploymentId, reason: &str) -> Result<Deployment, Error> {
+        let path = format!("/v1/deployments/{id}/override");
+        let body = json!({ "reason": reason });
+        self.call(Method::POST, &path, &[], Some(&body), &[], Repeat::Safe).await?.json()
+    }
+
+    /// The global freeze, if one holds now.
+    ///
+    /// # Errors
+    /// As every call.
+    pub async fn global_freeze(&self) -> Result<Option<deploy_core::Freeze>, Error> {
+        let v: serde_json::Value = self.call(Method::GET, "/v1/freeze", &[], None, &[], Repeat::Safe).await?.json()?;
+        if v["frozen"] == serde_json::Value::Bool(true) {
+            serde_json::from_value(v).map(Some).map_err(|e| Error::Protocol(format!("freeze: {e}")))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Freezes every environment (admins of every environment): no deployment starts anywhere until
+    /// [`Client::lift_freeze`] or `until`; running ones go on.
+    ///
+    /// # Errors
+    /// [`Error::Problem`] `validation` (no reason, an end in the past), `forbidden`.
+    pub async fn set_global_freeze(
+        &self,
+        reason: &str,
+        until: Option<deploy_core::Timestamp>,
+    ) -> Result<deploy_core::Freeze, Error> {
+        let mut body = json!({ "reason": reason });
+        if let Some(u) = until {
+            let text = u
+                .format(&time::format_description::well_known::Rfc3339)
+                .map_err(|e| Error::Usage(format!("until: {e}")))?;
+            body["until"] = json!(text);
+        }
+        let v: serde_json::Value =
+            self.call(Method::PUT, "/v1/freeze", &[], Some(&body), &[], Repeat::Safe).await?.json()?;
+        serde_json::from_value(v).map_err(|e| Error::Protocol(format!("freeze: {e}")))
+    }
+
+    /// Lifts the global freeze.
+    ///
+    /// # Errors
+    /// [`Error::Problem`] `forbidden`.
+    pub async fn lift_freeze(&self) -> Result<(), Error> {
+        self.call(Method::DELETE, "/v1/freeze", &[], None, &[], Repeat::Safe).await.map(drop)
+    }
+
     /// Pauses a deployment at its next safe point ([`Client::control`]).
     ///
     /// # Errors

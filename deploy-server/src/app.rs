@@ -289,6 +289,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/deployments/{id}/abort", post(routes::abort))
         .route("/v1/deployments/{id}/retry", post(routes::retry))
         .route("/v1/deployments/{id}/approvals", post(routes::approvals))
+        .route("/v1/deployments/{id}/override", post(routes::override_schedule))
+        .route("/v1/freeze", get(routes::get_freeze).put(routes::put_freeze).delete(routes::delete_freeze))
         .route("/v1/api-keys", post(routes::create_key).get(routes::list_keys))
         .route("/v1/api-keys/{id}", axum::routing::delete(routes::delete_key))
         .route("/v1/audit", get(routes::audit))

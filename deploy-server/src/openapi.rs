@@ -84,6 +84,8 @@ pub struct EnvironmentSpecDoc {
     /// Who must approve a deployment here before it starts (admins only may set it; audited as
     /// `environment.put`). Absent: nobody.
     pub protection: Option<ProtectionDoc>,
+    /// When deployments may start here: deploy windows and freeze periods. Absent: any time.
+    pub schedule: Option<ScheduleDoc>,
 }
 
 /// What a deployment asked a target to run.
@@ -152,6 +154,8 @@ pub struct EnvironmentDoc {
     pub targets: Vec<EnvironmentTargetDoc>,
     /// Who must approve a deployment here before it starts.
     pub protection: Option<ProtectionDoc>,
+    /// When deployments may start here.
+    pub schedule: Option<ScheduleDoc>,
 }
 
 /// A page of environments.
@@ -307,6 +311,8 @@ pub struct DeploymentDoc {
     pub awaiting_promotion: Option<u32>,
     /// While `paused`: since when (RFC 3339).
     pub paused_at: Option<String>,
+    /// While `queued` and held by windows or a freeze: until when nobody looks at it again (RFC 3339).
+    pub held_until: Option<String>,
     /// The record's revision; the `ETag`.
     pub revision: u64,
 }
@@ -363,6 +369,65 @@ pub struct ApprovalDoc {
     pub comment: Option<String>,
     /// When (RFC 3339).
     pub at: String,
+}
+
+/// An environment's deploy windows and freeze periods. Deployments start only inside a window (when any is given) and
+/// never inside a freeze; one that may not start stays `queued`, held with a reason that says until when.
+#[derive(ToSchema)]
+#[schema(as = Schedule)]
+pub struct ScheduleDoc {
+    /// Allowed windows.
+    pub windows: Option<Vec<PeriodDoc>>,
+    /// Freeze periods.
+    pub freezes: Option<Vec<PeriodDoc>>,
+}
+
+/// A recurring period: it opens at each occurrence of `cron` on the local clock of `timezone`, and lasts `duration`.
+#[derive(ToSchema)]
+#[schema(as = Period)]
+pub struct PeriodDoc {
+    /// A cron pattern, `minute hour day-of-month month day-of-week` (`0 9 * * 1-5`).
+    pub cron: String,
+    /// How long it lasts (`8h`).
+    pub duration: String,
+    /// An IANA time zone (`Europe/Berlin`); default `UTC`. Daylight-saving changes move the opening in UTC.
+    pub timezone: Option<String>,
+    /// Why, shown in the reason of a deployment it holds.
+    pub reason: Option<String>,
+}
+
+/// The global freeze.
+#[derive(ToSchema)]
+#[schema(as = Freeze)]
+pub struct FreezeDoc {
+    /// Whether a global freeze holds now.
+    pub frozen: bool,
+    /// Why.
+    pub reason: Option<String>,
+    /// Who froze (`key:oncall`).
+    pub by: Option<String>,
+    /// Since when (RFC 3339).
+    pub since: Option<String>,
+    /// When it lifts by itself (RFC 3339); absent: when lifted.
+    pub until: Option<String>,
+}
+
+/// The body of `PUT /v1/freeze`.
+#[derive(ToSchema)]
+#[schema(as = FreezeRequest)]
+pub struct FreezeRequestDoc {
+    /// Why (required; shown in every held deployment's reason).
+    pub reason: String,
+    /// When it lifts by itself (RFC 3339, in the future); absent: when lifted with `DELETE /v1/freeze`.
+    pub until: Option<String>,
+}
+
+/// The body of `POST /v1/deployments/{id}/override`.
+#[derive(ToSchema)]
+#[schema(as = Override)]
+pub struct OverrideDoc {
+    /// Why (required; recorded in the `deployment.overridden` event).
+    pub reason: String,
 }
 
 /// An environment's protection rule.
@@ -746,7 +811,8 @@ impl Modify for BearerAuth {
         routes::put_environment, routes::get_environment, routes::list_environments, routes::history,
         routes::rollback_environment,
         routes::submit, routes::list_deployments, routes::get_deployment, routes::events, routes::cancel,
-        routes::rollback, routes::pause, routes::resume, routes::promote, routes::abort, routes::retry, routes::approvals,
+        routes::rollback, routes::pause, routes::resume, routes::promote, routes::abort, routes::retry, routes::approvals, routes::override_schedule,
+        routes::get_freeze, routes::put_freeze, routes::delete_freeze,
         routes::create_key, routes::list_keys, routes::delete_key, routes::audit,
         webhooks::create_webhook, webhooks::list_webhooks, webhooks::get_webhook, webhooks::delete_webhook,
         webhooks::list_deliveries, webhooks::redeliver, crate::agents::assignment, crate::agents::report,
@@ -754,7 +820,7 @@ impl Modify for BearerAuth {
     ),
     components(schemas(
         ProblemDoc, FieldErrorDoc, EnvironmentSpecDoc, EnvironmentDoc, EnvironmentListDoc, DeploymentRequestDoc,
-        DeploymentDoc, DeploymentListDoc, ReleaseDoc, ReleaseListDoc, EnvironmentRollbackDoc, PromoteDoc, AbortDoc, ControlsDoc, DecisionDoc, ApprovalDoc, ProtectionDoc, EventDoc, EventListDoc, NewApiKeyDoc, ApiKeyDoc, ApiKeyListDoc,
+        DeploymentDoc, DeploymentListDoc, ReleaseDoc, ReleaseListDoc, EnvironmentRollbackDoc, PromoteDoc, AbortDoc, ControlsDoc, DecisionDoc, ApprovalDoc, ProtectionDoc, ScheduleDoc, PeriodDoc, FreezeDoc, FreezeRequestDoc, OverrideDoc, EventDoc, EventListDoc, NewApiKeyDoc, ApiKeyDoc, ApiKeyListDoc,
         AuditEntryDoc, AuditListDoc, ProblemTypeDoc, StatusDoc, NewWebhookDoc, WebhookDoc, WebhookListDoc,
         DeliveryDoc, DeliveryListDoc, AgentReportDoc, AgentSlotDoc,
     )),

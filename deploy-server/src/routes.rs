@@ -495,6 +495,122 @@ pub(crate) async fn approvals(
     Ok(response)
 }
 
+/// The body of `POST /v1/deployments/{id}/override`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct OverrideBody {
+    #[serde(default)]
+    reason: String,
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/deployments/{id}/override",
+    tag = "deployments",
+    params(("id" = String, Path, description = "Deployment id")),
+    request_body(content = crate::openapi::OverrideDoc, content_type = "application/json"),
+    responses(
+        (status = 202, description = "The deployment may start despite its environment's windows and freezes and a global freeze; recorded as a `deployment.overridden` event", body = crate::openapi::DeploymentDoc),
+        (status = 400, description = "No reason", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Only an admin of the environment may override", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such deployment", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "Already finished, or started already (`not-now`)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        crate::openapi::CommonProblems,
+    )
+)]
+pub(crate) async fn override_schedule(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    caller: Caller,
+    ApiJson(body): ApiJson<OverrideBody>,
+) -> ApiResult {
+    caller.audit.set("deployment.override", format!("deployments/{id}"), None);
+    let id = deployment_id(&id)?;
+    let answer = state.inner.orchestrator.override_schedule(&caller.principal, id, &body.reason).await;
+    let environment = match &answer {
+        Ok(d) => Some(d.environment().to_string()),
+        Err(deploy_core::Error::Forbidden(f)) => Some(f.environment.clone()),
+        Err(_) => None,
+    };
+    caller.audit.set("deployment.override", format!("deployments/{id}"), environment);
+    let deployment = answer?;
+    let mut response = (StatusCode::ACCEPTED, Json(&deployment)).into_response();
+    response.headers_mut().insert(header::ETAG, etag(deployment.revision()));
+    Ok(response)
+}
+
+/// The body of `PUT /v1/freeze`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct FreezeBody {
+    #[serde(default)]
+    reason: String,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    until: Option<deploy_core::Timestamp>,
+}
+
+/// The global freeze as the API shows it.
+fn freeze_view(freeze: Option<&deploy_core::Freeze>) -> serde_json::Value {
+    match freeze {
+        Some(f) => {
+            let mut v = serde_json::to_value(f).unwrap_or_default();
+            v["frozen"] = serde_json::Value::Bool(true);
+            v
+        }
+        None => serde_json::json!({"frozen": false}),
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/freeze",
+    tag = "freeze",
+    responses(
+        (status = 200, description = "Whether a global freeze holds now, and if so who set it, why and until when", body = crate::openapi::FreezeDoc),
+        crate::openapi::CommonProblems,
+    )
+)]
+pub(crate) async fn get_freeze(State(state): State<AppState>, _caller: Caller) -> ApiResult {
+    let freeze = state.inner.orchestrator.global_freeze().await?;
+    Ok(Json(freeze_view(freeze.as_ref())).into_response())
+}
+
+#[utoipa::path(
+    put,
+    path = "/v1/freeze",
+    tag = "freeze",
+    request_body(content = crate::openapi::FreezeRequestDoc, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Frozen: no deployment starts anywhere until lifted (or `until`); running ones go on", body = crate::openapi::FreezeDoc),
+        (status = 400, description = "No reason, or an end in the past", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "Only an admin of every environment may", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        crate::openapi::CommonProblems,
+    )
+)]
+pub(crate) async fn put_freeze(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<FreezeBody>,
+) -> ApiResult {
+    caller.audit.set("freeze.put", "freeze", None);
+    let freeze = state.inner.orchestrator.set_global_freeze(&caller.principal, Some((body.reason, body.until))).await?;
+    Ok(Json(freeze_view(freeze.as_ref())).into_response())
+}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/freeze",
+    tag = "freeze",
+    responses(
+        (status = 204, description = "Lifted: held deployments start within a minute, each when its own rules allow"),
+        (status = 403, description = "Only an admin of every environment may", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        crate::openapi::CommonProblems,
+    )
+)]
+pub(crate) async fn delete_freeze(State(state): State<AppState>, caller: Caller) -> ApiResult {
+    caller.audit.set("freeze.delete", "freeze", None);
+    state.inner.orchestrator.set_global_freeze(&caller.principal, None).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 /// The body of `POST /v1/deployments/{id}/promote` (optional).
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct PromoteBody {

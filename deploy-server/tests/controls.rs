@@ -346,3 +346,82 @@ async fn a_protected_environment_waits_for_two_approvers_over_http_and_every_dec
     let events = s.get(&format!("/v1/deployments/{id}/events?limit=100"), ADMIN).await.body.to_string();
     assert!(!events.contains("AKIAIOSFODNN7EXAMPLE"), "a refused comment is recorded nowhere");
 }
+
+#[tokio::test]
+async fn a_global_freeze_and_an_environment_freeze_hold_starts_and_an_admin_overrides_with_a_reason() {
+    let s = Server::start("controls-freeze").await;
+    s.sim_env("prod", 2, "queue", json!({"apply_ms": 5})).await;
+    let scoped_admin = s.key("prod-admin", "admin", &["prod"]).await;
+    let deployer = s.key("ci", "deployer", &["prod"]).await;
+    assert_eq!(s.get("/v1/freeze", &deployer).await.body, json!({"frozen": false}));
+
+    // Who: only an admin of every environment freezes; a reason is required; the end must be in the future.
+    s.put("/v1/freeze", &scoped_admin, json!({"reason": "incident"})).await.problem(403, "forbidden");
+    s.put("/v1/freeze", ADMIN, json!({"reason": ""})).await.problem(400, "validation");
+    s.put("/v1/freeze", ADMIN, json!({"reason": "x", "until": "2001-01-01T00:00:00Z"}))
+        .await
+        .problem(400, "validation");
+    s.put("/v1/freeze", ADMIN, json!({"reason": "x", "untill": "2001"})).await.problem(400, "validation");
+    let frozen = s.put("/v1/freeze", ADMIN, json!({"reason": "INC-9 failover"})).await;
+    assert_eq!(frozen.status, StatusCode::OK, "{:?}", frozen.body);
+    assert_eq!(
+        (frozen.body["frozen"].as_bool(), frozen.body["by"].as_str()),
+        (Some(true), Some("key:bootstrap-admin"))
+    );
+
+    let id = s.post("/v1/deployments", &deployer, deploy("prod", "2.0")).await.body["id"].as_str().unwrap().to_owned();
+    let held = wait_until(&s, &id, |d| d["held_until"].is_string()).await;
+    assert_eq!(held["status"], "queued");
+    assert!(held["status_reason"].as_str().unwrap().contains("INC-9 failover"), "{held:#}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(s.get(&format!("/v1/deployments/{id}"), ADMIN).await.body["summary"]["succeeded"], 0);
+
+    // Override: admins of the environment only, with a reason.
+    let path = format!("/v1/deployments/{id}/override");
+    s.post(&path, &deployer, json!({"reason": "hotfix"})).await.problem(403, "forbidden");
+    s.post(&path, &scoped_admin, json!({})).await.problem(400, "validation");
+    let o = s.post(&path, &scoped_admin, json!({"reason": "hotfix for INC-9"})).await;
+    assert_eq!(o.status, StatusCode::ACCEPTED, "{:?}", o.body);
+    assert_eq!(s.wait_terminal(&id).await["status"], "succeeded");
+    let types = event_types(&s, &id).await;
+    assert!(types.contains(&"environment.frozen".to_owned()) && types.contains(&"deployment.overridden".to_owned()));
+    assert_eq!(s.call(Method::DELETE, "/v1/freeze", Some(ADMIN), None, &[]).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(s.get("/v1/freeze", ADMIN).await.body["frozen"], false);
+
+    // An environment's own freeze, as a schedule: refused when malformed, held when in force.
+    let env = s.get("/v1/environments/prod", ADMIN).await.body;
+    let targets: Vec<Value> = env["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| json!({"id": t["id"], "executor": "sim", "config": t["config"]}))
+        .collect();
+    let bad = json!({"freezes": [{"cron": "not cron", "duration": "1h", "timezone": "Mars/Base"}]});
+    let refused = s.put("/v1/environments/prod", ADMIN, json!({"targets": targets, "schedule": bad})).await;
+    refused.problem(400, "validation");
+    let always =
+        json!({"freezes": [{"cron": "0 0 * * *", "duration": "24h", "timezone": "UTC", "reason": "quarter close"}]});
+    s.put("/v1/environments/prod", &scoped_admin, json!({"targets": targets, "schedule": always})).await;
+    let next =
+        s.post("/v1/deployments", &deployer, deploy("prod", "3.0")).await.body["id"].as_str().unwrap().to_owned();
+    let held = wait_until(&s, &next, |d| d["held_until"].is_string()).await;
+    assert!(held["status_reason"].as_str().unwrap().contains("in a freeze (quarter close)"), "{held:#}");
+
+    let audit = s.get("/v1/audit?limit=100", ADMIN).await.body;
+    let actions: Vec<(&str, &str)> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap(), e["outcome"].as_str().unwrap()))
+        .collect();
+    for expected in [
+        ("freeze.put", "success"),
+        ("freeze.put", "forbidden"),
+        ("freeze.delete", "success"),
+        ("deployment.override", "success"),
+        ("deployment.override", "validation"),
+    ] {
+        assert!(actions.contains(&expected), "{expected:?} in {actions:?}");
+    }
+    assert!(!audit.to_string().contains("hotfix for INC-9"), "the audit log keeps no body");
+}

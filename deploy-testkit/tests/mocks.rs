@@ -112,6 +112,7 @@ mod store_answers {
                 .expect_claim()
                 .returning(move |_, _, _| Ok((handed.fetch_add(1, Ordering::SeqCst) == 0).then(|| claim.clone())));
             store.expect_get_environment().returning(move |_| Ok(env.clone()));
+            store.expect_global_freeze().returning(|| Ok(None));
             store
                 .expect_record()
                 .times(1)

@@ -62,7 +62,7 @@ async fn env_with(store: &dyn Store, prefix: &str, policy: ConcurrencyPolicy) ->
     name
 }
 
-table!(ENGINE_CHECKS: dyn Store; environments_have_revisions, idempotent_acceptance, preconditions_and_planning, concurrency_policies, a_restarted_replica_takes_over_its_own_leases_at_once, claims_are_fenced, records_are_atomic_and_terminal_is_final, cancel_requests, operator_requests, approvals_gate_the_queue, listings_page_with_cursors, idempotency_keys_expire, environments_are_listed_by_name, unknown_ids_are_not_found,
+table!(ENGINE_CHECKS: dyn Store; environments_have_revisions, idempotent_acceptance, preconditions_and_planning, concurrency_policies, a_restarted_replica_takes_over_its_own_leases_at_once, claims_are_fenced, records_are_atomic_and_terminal_is_final, cancel_requests, operator_requests, approvals_gate_the_queue, holds_and_freezes, listings_page_with_cursors, idempotency_keys_expire, environments_are_listed_by_name, unknown_ids_are_not_found,
     concurrent_accepts_with_one_key_make_one_deployment, concurrent_claims_hand_out_one_lease,
     events_are_numbered_without_gaps, released_leases_are_claimable_at_once);
 table!(SERVER_CHECKS: dyn FullStore; agent_assignments_are_fenced, webhook_outbox_follows_changes, api_keys_by_digest, audit_log_pages_newest_first, agent_slots);
@@ -482,6 +482,50 @@ pub async fn approvals_gate_the_queue(store: &dyn Store) -> Ran {
     assert!(r.targets().iter().all(|t| t.status == TargetStatus::Cancelled));
     let last = store.events(rejected.id(), 0, 10).await.expect("events").pop().expect("an event");
     assert_eq!(last.event_type, EventType::Rejected);
+    Ran::Checked
+}
+
+/// An environment keeps its schedule; the global freeze is kept and lifted; a queued deployment its holder put on
+/// hold (windows, a freeze) is not claimable until the hold ends, and is claimable at once when it does.
+pub async fn holds_and_freezes(store: &dyn Store) -> Ran {
+    use deploy_core::{Freeze, HumanDuration, Period, Schedule};
+    let now = t0();
+    let name = unique_env("hold");
+    let mut spec = environment(&["a-1"], "scripted", ConcurrencyPolicy::Queue);
+    let schedule = Schedule {
+        windows: vec![Period {
+            cron: "0 9 * * 1-5".into(),
+            duration: HumanDuration::from_secs(8 * 3600),
+            timezone: "Europe/Berlin".into(),
+            reason: None,
+        }],
+        freezes: vec![],
+    };
+    spec.schedule = Some(schedule.clone());
+    store.put_environment(&name, spec, None, now).await.expect("create environment");
+    assert_eq!(store.get_environment(&name).await.expect("env").schedule, Some(schedule), "the schedule is kept");
+
+    let freeze = Freeze { reason: "INC-1".into(), by: "key:oncall".into(), since: now, until: None };
+    store.set_global_freeze(Some(freeze.clone())).await.expect("freeze");
+    assert_eq!(store.global_freeze().await.expect("read"), Some(freeze));
+    store.set_global_freeze(None).await.expect("lift");
+    assert_eq!(store.global_freeze().await.expect("read"), None);
+
+    let id = store.accept(acceptance(&name, "1", None, now)).await.expect("accept").deployment.id();
+    let claim = claim_of(store, id, now).await;
+    let until = add_duration(now, Duration::from_secs(3600));
+    let hold = ProgressUpdate {
+        now: Some(now),
+        status: Some(StatusChange { status: DeploymentStatus::Queued, reason: Some("held".into()) }),
+        hold_until: Some(until),
+        ..ProgressUpdate::default()
+    };
+    let _ = store.record(&claim.lease, hold).await.expect("hold");
+    store.release(&claim.lease).await.expect("release");
+    let held = store.get_deployment(id).await.expect("get");
+    assert_eq!((held.status(), held.held_until()), (DeploymentStatus::Queued, Some(until)));
+    assert!(!claimable(store, id, add_duration(now, Duration::from_secs(3599))).await, "not before the hold ends");
+    assert!(claimable(store, id, until).await, "claimable when it ends");
     Ran::Checked
 }
 
