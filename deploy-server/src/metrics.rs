@@ -42,6 +42,10 @@ pub struct Gauges {
     pub queued: u64,
     /// Deployments running or rolling back.
     pub active: u64,
+    /// Deployments held at a safe point (by an operator, or a canary step waiting to be promoted).
+    pub paused: u64,
+    /// Deployments in protected environments waiting for their approvals.
+    pub awaiting_approval: u64,
 }
 
 impl Metrics {
@@ -113,6 +117,12 @@ impl Metrics {
         let _ = writeln!(out, "# HELP deploy_deployments_active Deployments running or rolling back.");
         let _ = writeln!(out, "# TYPE deploy_deployments_active gauge");
         let _ = writeln!(out, "deploy_deployments_active {}", gauges.active);
+        let _ = writeln!(out, "# HELP deploy_deployments_paused Deployments held at a safe point.");
+        let _ = writeln!(out, "# TYPE deploy_deployments_paused gauge");
+        let _ = writeln!(out, "deploy_deployments_paused {}", gauges.paused);
+        let _ = writeln!(out, "# HELP deploy_deployments_awaiting_approval Deployments waiting for their approvals.");
+        let _ = writeln!(out, "# TYPE deploy_deployments_awaiting_approval gauge");
+        let _ = writeln!(out, "deploy_deployments_awaiting_approval {}", gauges.awaiting_approval);
         let _ = writeln!(
             out,
             "# HELP deploy_deployments_finished_total Deployments this replica drove to a terminal status."

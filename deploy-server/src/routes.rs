@@ -389,6 +389,29 @@ async fn stream_events(state: &AppState, caller: &Caller, id: DeploymentId, afte
     Ok(Sse::new(stream).keep_alive(keep_alive).into_response())
 }
 
+/// Names the environment in a request's audit entry from the answer itself: the deployment, or the refusal naming it.
+fn audit_answer<T>(
+    caller: &Caller,
+    action: &'static str,
+    id: deploy_core::DeploymentId,
+    answer: &Result<T, deploy_core::Error>,
+    environment: impl Fn(&T) -> String,
+) {
+    let environment = match answer {
+        Ok(v) => Some(environment(v)),
+        Err(deploy_core::Error::Forbidden(f)) => Some(f.environment.clone()),
+        Err(_) => None,
+    };
+    caller.audit.set(action, format!("deployments/{id}"), environment);
+}
+
+/// 202 with the deployment as stored and its `ETag`: the answer to a request recorded on a deployment.
+fn recorded(deployment: &deploy_core::Deployment) -> Response {
+    let mut response = (StatusCode::ACCEPTED, Json(deployment)).into_response();
+    response.headers_mut().insert(header::ETAG, etag(deployment.revision()));
+    response
+}
+
 #[utoipa::path(
     post,
     path = "/v1/deployments/{id}/cancel",
@@ -405,17 +428,9 @@ pub(crate) async fn cancel(State(state): State<AppState>, Path(id): Path<String>
     caller.audit.set("deployment.cancel", format!("deployments/{id}"), None);
     let id = deployment_id(&id)?;
     let cancelled = state.inner.orchestrator.cancel(&caller.principal, id).await;
-    // The environment for the audit log comes from the answer itself (the deployment, or the refusal naming it).
-    let environment = match &cancelled {
-        Ok(d) => Some(d.environment().to_string()),
-        Err(deploy_core::Error::Forbidden(f)) => Some(f.environment.clone()),
-        Err(_) => None,
-    };
-    caller.audit.set("deployment.cancel", format!("deployments/{id}"), environment);
+    audit_answer(&caller, "deployment.cancel", id, &cancelled, |d| d.environment().to_string());
     let deployment = cancelled?;
-    let mut response = (StatusCode::ACCEPTED, Json(&deployment)).into_response();
-    response.headers_mut().insert(header::ETAG, etag(deployment.revision()));
-    Ok(response)
+    Ok(recorded(&deployment))
 }
 
 #[utoipa::path(
@@ -483,16 +498,9 @@ pub(crate) async fn approvals(
     caller.audit.set(action, format!("deployments/{id}"), None);
     let id = deployment_id(&id)?;
     let answer = state.inner.orchestrator.decide(&caller.principal, id, reject, body.comment).await;
-    let environment = match &answer {
-        Ok(d) => Some(d.environment().to_string()),
-        Err(deploy_core::Error::Forbidden(f)) => Some(f.environment.clone()),
-        Err(_) => None,
-    };
-    caller.audit.set(action, format!("deployments/{id}"), environment);
+    audit_answer(&caller, action, id, &answer, |d| d.environment().to_string());
     let deployment = answer?;
-    let mut response = (StatusCode::ACCEPTED, Json(&deployment)).into_response();
-    response.headers_mut().insert(header::ETAG, etag(deployment.revision()));
-    Ok(response)
+    Ok(recorded(&deployment))
 }
 
 /// The body of `POST /v1/deployments/{id}/override`.
@@ -526,16 +534,9 @@ pub(crate) async fn override_schedule(
     caller.audit.set("deployment.override", format!("deployments/{id}"), None);
     let id = deployment_id(&id)?;
     let answer = state.inner.orchestrator.override_schedule(&caller.principal, id, &body.reason).await;
-    let environment = match &answer {
-        Ok(d) => Some(d.environment().to_string()),
-        Err(deploy_core::Error::Forbidden(f)) => Some(f.environment.clone()),
-        Err(_) => None,
-    };
-    caller.audit.set("deployment.override", format!("deployments/{id}"), environment);
+    audit_answer(&caller, "deployment.override", id, &answer, |d| d.environment().to_string());
     let deployment = answer?;
-    let mut response = (StatusCode::ACCEPTED, Json(&deployment)).into_response();
-    response.headers_mut().insert(header::ETAG, etag(deployment.revision()));
-    Ok(response)
+    Ok(recorded(&deployment))
 }
 
 /// The body of `PUT /v1/freeze`.
@@ -640,16 +641,9 @@ async fn operate(state: &AppState, caller: &Caller, id: &str, action: deploy_cor
     caller.audit.set(audit_action, format!("deployments/{id}"), None);
     let id = deployment_id(id)?;
     let answer = state.inner.orchestrator.control(&caller.principal, id, action).await;
-    let environment = match &answer {
-        Ok(d) => Some(d.environment().to_string()),
-        Err(deploy_core::Error::Forbidden(f)) => Some(f.environment.clone()),
-        Err(_) => None,
-    };
-    caller.audit.set(audit_action, format!("deployments/{id}"), environment);
+    audit_answer(&caller, audit_action, id, &answer, |d| d.environment().to_string());
     let deployment = answer?;
-    let mut response = (StatusCode::ACCEPTED, Json(&deployment)).into_response();
-    response.headers_mut().insert(header::ETAG, etag(deployment.revision()));
-    Ok(response)
+    Ok(recorded(&deployment))
 }
 
 #[utoipa::path(
@@ -750,12 +744,7 @@ pub(crate) async fn retry(
     let id = deployment_id(&id)?;
     let key = idempotency_key(&headers)?;
     let submitted = state.inner.orchestrator.retry(&caller.principal, id, key).await;
-    let environment = match &submitted {
-        Ok(s) => Some(s.deployment.environment().to_string()),
-        Err(deploy_core::Error::Forbidden(f)) => Some(f.environment.clone()),
-        Err(_) => None,
-    };
-    caller.audit.set("deployment.retry", format!("deployments/{id}"), environment);
+    audit_answer(&caller, "deployment.retry", id, &submitted, |s| s.deployment.environment().to_string());
     let submitted = submitted?;
     Ok(accepted(&submitted.deployment, submitted.replayed))
 }
@@ -988,6 +977,8 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     let gauges = Gauges {
         queued: count(&state, DeploymentStatus::Queued).await,
         active: count(&state, DeploymentStatus::InProgress).await + count(&state, DeploymentStatus::RollingBack).await,
+        paused: count(&state, DeploymentStatus::Paused).await,
+        awaiting_approval: count(&state, DeploymentStatus::AwaitingApproval).await,
     };
     let mut response = state.inner.metrics.render(gauges).into_response();
     response

@@ -249,8 +249,21 @@ async fn operator_calls_answer_who_may_call_what_they_do_and_what_they_record() 
 
 #[tokio::test]
 async fn a_protected_environment_waits_for_two_approvers_over_http_and_every_decision_is_audited() {
-    let s = Server::start("controls-approvals").await;
+    let s = Server::with(deploy_server::Settings {
+        webhook_retry_schedule: vec!["150ms"; 40].join(","),
+        ..common::settings("controls-approvals")
+    })
+    .await;
     s.sim_env("prod", 2, "queue", json!({"apply_ms": 5})).await;
+    let receiver = Receiver::answering(Mode::Status(204)).await;
+    let sub = s
+        .post(
+            "/v1/webhooks",
+            ADMIN,
+            json!({"url": receiver.url(), "events": ["deployment.*"], "environments": ["prod"]}),
+        )
+        .await;
+    receiver.set_secret(sub.body["secret"].as_str().unwrap());
     // Only an admin may protect an environment; the rule is checked.
     let env = s.get("/v1/environments/prod", ADMIN).await.body;
     let targets: Vec<Value> = env["targets"]
@@ -302,6 +315,8 @@ async fn a_protected_environment_waits_for_two_approvers_over_http_and_every_dec
     assert_eq!(one.body["status"], "awaiting_approval");
     assert_eq!(one.body["approvals"][0]["by"], "key:alice");
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let metrics_text = reqwest::get(s.url("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics_text.contains("deploy_deployments_awaiting_approval 1"), "{metrics_text}");
     let waiting = s.get(&format!("/v1/deployments/{id}"), ADMIN).await.body;
     assert_eq!(
         (waiting["status"].as_str(), waiting["summary"]["succeeded"].as_u64()),
@@ -345,6 +360,21 @@ async fn a_protected_environment_waits_for_two_approvers_over_http_and_every_dec
     assert!(!text.contains("AKIAIOSFODNN7EXAMPLE") && !text.contains("CHG-42"), "the audit log keeps no body: {text}");
     let events = s.get(&format!("/v1/deployments/{id}/events?limit=100"), ADMIN).await.body.to_string();
     assert!(!events.contains("AKIAIOSFODNN7EXAMPLE"), "a refused comment is recorded nowhere");
+
+    // Every decision reached the webhook receiver, signed.
+    let wanted = ["deployment.awaiting_approval", "deployment.approved", "deployment.rejected"];
+    let mut got: Vec<String> = Vec::new();
+    for _ in 0..600 {
+        got = receiver.log().iter().filter_map(|r| r.event.as_ref().map(|e| e.event_type.clone())).collect();
+        if wanted.iter().all(|t| got.iter().any(|g| g == t)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for t in wanted {
+        assert!(got.iter().any(|g| g == t), "{t} delivered: {got:?}");
+    }
+    assert!(receiver.log().iter().all(|r| !r.body.contains("AKIAIOSFODNN7EXAMPLE")));
 }
 
 #[tokio::test]
