@@ -641,7 +641,7 @@ async fn operate(state: &AppState, caller: &Caller, id: &str, action: deploy_cor
     caller.audit.set(audit_action, format!("deployments/{id}"), None);
     let id = deployment_id(id)?;
     let answer = state.inner.orchestrator.control(&caller.principal, id, action).await;
-    audit_answer(&caller, audit_action, id, &answer, |d| d.environment().to_string());
+    audit_answer(caller, audit_action, id, &answer, |d| d.environment().to_string());
     let deployment = answer?;
     Ok(recorded(&deployment))
 }
