@@ -450,3 +450,34 @@ proptest! {
         })?;
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_resume_through_the_same_orchestrator_is_seen_at_once_not_at_the_next_renewal() {
+    within(async {
+        let h = Harness::new("prod", &FOUR, ConcurrencyPolicy::Queue).await;
+        slow(&h);
+        // Renewals every 100 s: a resume that waited for one would take that long.
+        let config = deploy_core::OrchestratorConfig {
+            lease: Duration::from_secs(300),
+            ..deploy_testkit::fixtures::fast_config("solo")
+        };
+        let router = deploy_core::ExecutorRouter::new().with(deploy_testkit::fixtures::SCRIPTED, h.executor.clone());
+        let store: std::sync::Arc<dyn deploy_core::Store> = h.store.clone();
+        let o = deploy_core::Orchestrator::builder(store, router).clock(h.clock.clone()).config(config).build();
+        let (trigger, task) = spawn_controller(&o);
+        let d = h.submit(DeploymentRequest { strategy: rolling(1), ..request("prod", "web", "2.0") }).await.unwrap();
+        wait_for(&h, d.id(), |d| d.targets()[0].status == TargetStatus::InProgress).await;
+        o.control(&h.admin, d.id(), OperatorAction::Pause).await.unwrap();
+        wait_for(&h, d.id(), |d| d.status() == DeploymentStatus::Paused).await;
+        let asked = tokio::time::Instant::now();
+        o.control(&h.admin, d.id(), OperatorAction::Resume).await.unwrap();
+        wait_for(&h, d.id(), |d| d.status() != DeploymentStatus::Paused).await;
+        let took = asked.elapsed();
+        assert!(took < Duration::from_secs(2), "resumed {took:?} after the request");
+        let done = wait_terminal(&h, d.id()).await;
+        trigger.fire();
+        task.await.unwrap();
+        assert_eq!(done.status(), DeploymentStatus::Succeeded);
+    })
+    .await;
+}

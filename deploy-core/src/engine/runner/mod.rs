@@ -503,6 +503,7 @@ async fn halted(plan: &Plan<'_>, halt: Halt, policy_rolls_back: bool) -> Result<
 /// deadline does, and aborts a pause that outlives it.
 async fn safe_point(plan: &Plan<'_>, gate: Option<u32>) -> Result<Option<Halt>, Abort> {
     let rec = plan.rec;
+    let mut changed = rec.shared.changed.subscribe();
     loop {
         if let Some((status, reason)) = rec.stop_reason() {
             return Ok(Some(Halt::Stop(status, reason)));
@@ -559,12 +560,25 @@ async fn safe_point(plan: &Plan<'_>, gate: Option<u32>) -> Result<Option<Halt>, 
             }
             _ => slice,
         };
+        // A request made through this process pokes its watchers: read the record again at once (at most every
+        // `LOOK_AGAIN`), rather than wait for the next renewal to bring it. Requests made elsewhere come with it.
+        let poked = async {
+            let _ = changed.changed().await;
+            rec.shared.clock.sleep(LOOK_AGAIN).await;
+        };
         tokio::select! {
             () = rec.control_changed.notified() => {}
             () = rec.shared.clock.sleep(wait) => {}
+            () = poked => {
+                let id = rec.with(Deployment::id);
+                rec.merge(Control::of(&rec.shared.store.get_deployment(id).await?));
+            }
         }
     }
 }
+
+/// The least time between two reads of a paused deployment's record prompted by writes in this process.
+const LOOK_AGAIN: Duration = Duration::from_millis(200);
 
 /// Runs `task` for each index with at most `max_parallel_targets` at once, enforcing the progress deadline.
 /// Returns whether the deadline was hit (the unfinished targets are then marked failed).
