@@ -515,7 +515,10 @@ pub struct EventDoc {
     pub seq: u64,
     /// RFC 3339.
     pub at: String,
-    /// `deployment.queued`, ..., `target.updated`; the SSE `event`.
+    /// The SSE `event`: a status change (`deployment.queued`, `.started`, `.succeeded`, `.degraded`, `.failed`,
+    /// `.rolling_back`, `.rolled_back`, `.cancelled`, `.superseded`, `.awaiting_approval`, `.rejected`, `.paused`),
+    /// a decision (`deployment.approved`, `.promoted`, `.resumed`, `.requested` for pause, resume and abort,
+    /// `.overridden`), a hold (`environment.frozen`), or `target.updated`.
     #[schema(rename = "type")]
     pub event_type: String,
     /// The deployment.
