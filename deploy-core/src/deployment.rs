@@ -737,6 +737,11 @@ impl Deployment {
     pub fn approved_by(&self) -> impl Iterator<Item = &str> {
         self.approvals.iter().filter(|a| a.decision == Decision::Approve).map(|a| a.by.as_str())
     }
+    /// Ends a hold at once (its holder looks at the rules again when it claims it): what a store does to every held
+    /// deployment when the global freeze is lifted, so they do not wait for their next look.
+    pub fn lift_hold(&mut self) {
+        self.held_until = None;
+    }
     /// While it is `queued` and held by its environment's windows or a freeze: until when nobody looks at it.
     #[must_use]
     pub fn held_until(&self) -> Option<Timestamp> {

@@ -652,7 +652,8 @@ pub trait Store: Send + Sync {
     /// The global freeze, if one was set (whether it still holds is [`crate::Freeze::holds_at`]'s to say).
     async fn global_freeze(&self) -> Result<Option<crate::schedule::Freeze>, StoreError>;
 
-    /// Sets (`Some`) or lifts (`None`) the global freeze.
+    /// Sets (`Some`) or lifts (`None`) the global freeze. Lifting it also ends every hold at once
+    /// ([`Deployment::lift_hold`]): held deployments become claimable, and their holders read the rules again.
     async fn set_global_freeze(&self, freeze: Option<crate::schedule::Freeze>) -> Result<(), StoreError>;
 
     /// Records an operator's request (pause, resume, promote, abort) on a deployment, in one transaction:

@@ -373,7 +373,15 @@ impl Store for MemoryStore {
     }
 
     async fn set_global_freeze(&self, freeze: Option<deploy_core::Freeze>) -> Result<(), StoreError> {
-        self.lock().freeze = freeze;
+        let mut inner = self.lock();
+        if freeze.is_none() {
+            for state in inner.deployments.values_mut() {
+                if state.deployment.held_until().is_some() {
+                    state.deployment.lift_hold();
+                }
+            }
+        }
+        inner.freeze = freeze;
         Ok(())
     }
 

@@ -187,12 +187,25 @@ impl Store for SqlStore {
             .execute(&mut *tx)
             .await
             .map_err(unavailable)?;
-        if let Some(f) = freeze {
-            sqlx::query("INSERT INTO deploy_settings (name, doc) VALUES ('freeze', $1)")
-                .bind(to_json(&f)?)
+        match freeze {
+            Some(f) => {
+                sqlx::query("INSERT INTO deploy_settings (name, doc) VALUES ('freeze', $1)")
+                    .bind(to_json(&f)?)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+            }
+            None => {
+                // Held deployments become claimable at once; their holders read the rules again (the header's
+                // `held_until` is rewritten by that look).
+                sqlx::query(
+                    "UPDATE deploy_deployments SET not_before = NULL \
+                     WHERE terminal = 0 AND status = 'queued' AND not_before IS NOT NULL",
+                )
                 .execute(&mut *tx)
                 .await
                 .map_err(unavailable)?;
+            }
         }
         tx.commit().await.map_err(unavailable)
     }

@@ -526,6 +526,21 @@ pub async fn holds_and_freezes(store: &dyn Store) -> Ran {
     assert_eq!((held.status(), held.held_until()), (DeploymentStatus::Queued, Some(until)));
     assert!(!claimable(store, id, add_duration(now, Duration::from_secs(3599))).await, "not before the hold ends");
     assert!(claimable(store, id, until).await, "claimable when it ends");
+
+    // Held again, then a lifted global freeze makes it claimable at once.
+    let claim = claim_of(store, id, until).await;
+    let later = add_duration(until, Duration::from_secs(3600));
+    let hold = ProgressUpdate {
+        now: Some(until),
+        status: Some(StatusChange { status: DeploymentStatus::Queued, reason: Some("held by a freeze".into()) }),
+        hold_until: Some(later),
+        ..ProgressUpdate::default()
+    };
+    let _ = store.record(&claim.lease, hold).await.expect("hold");
+    store.release(&claim.lease).await.expect("release");
+    assert!(!claimable(store, id, until).await, "held");
+    store.set_global_freeze(None).await.expect("lift");
+    assert!(claimable(store, id, until).await, "a lifted freeze ends every hold at once");
     Ran::Checked
 }
 
