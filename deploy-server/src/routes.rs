@@ -601,7 +601,7 @@ pub(crate) async fn put_freeze(
     path = "/v1/freeze",
     tag = "freeze",
     responses(
-        (status = 204, description = "Lifted: held deployments start within a minute, each when its own rules allow"),
+        (status = 204, description = "Lifted: every hold ends at once; held deployments start when their own rules allow"),
         (status = 403, description = "Only an admin of every environment may", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
         crate::openapi::CommonProblems,
     )
