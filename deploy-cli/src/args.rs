@@ -111,6 +111,14 @@ pub(crate) enum Command {
         #[arg(long)]
         reason: String,
     },
+    /// The releases that ran in an environment, newest first (the same as `env history`).
+    History {
+        /// The environment.
+        name: EnvironmentName,
+        /// How many (1 to 500).
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
     /// The global freeze: show it, set it (no deployment starts anywhere), or lift it.
     #[command(subcommand)]
     Freeze(FreezeCommand),

@@ -222,6 +222,7 @@ pub(crate) async fn run(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Command::Freeze(cmd) => freeze(&ctx, cmd).await,
+        Command::History { name, limit } => env(&ctx, EnvCommand::History { name, limit }).await,
         Command::Pause { id } => operate(&ctx, &id, deploy_core::OperatorAction::Pause).await,
         Command::Resume { id } => operate(&ctx, &id, deploy_core::OperatorAction::Resume).await,
         Command::Promote { id, full } => operate(&ctx, &id, deploy_core::OperatorAction::Promote { full }).await,

@@ -452,7 +452,7 @@ async fn a_protected_environment_in_a_few_commands() {
     assert!(stdout(&second).contains("2 of 2") && stdout(&second).contains("queued"), "{}", stdout(&second));
     let watched = deployctl(&url, ADMIN, &["watch", &id]).await;
     assert_eq!(code(&watched), 0, "{}", stderr(&watched));
-    let history = deployctl(&url, ADMIN, &["env", "history", "prod"]).await;
+    let history = deployctl(&url, ADMIN, &["history", "prod"]).await;
     assert!(stdout(&history).contains("key:alice, key:bob"), "{}", stdout(&history));
 
     let next = submit("3.0").await["id"].as_str().unwrap().to_owned();
