@@ -823,7 +823,7 @@ impl Deployment {
     /// # Errors
     /// [`RequestError::AlreadyFinished`] for a terminal deployment; [`RequestError::NotNow`] when the request does not
     /// apply now: anything but abort or cancel while rolling back, a promotion of a deployment that is not a canary, or
-    /// of one where no step waits to be promoted.
+    /// of one where no step waits to be promoted. On error the record is unchanged, so a store need not copy it first.
     pub fn request(
         &mut self,
         request: &OperatorRequest,
@@ -833,32 +833,21 @@ impl Deployment {
         if self.status.is_terminal() {
             return Err(RequestError::AlreadyFinished(self.status));
         }
-        if let OperatorAction::Approve | OperatorAction::Reject = request.action {
-            return self.decide(request, now, held);
-        }
-        if request.action == OperatorAction::Override {
-            if !matches!(self.status, DeploymentStatus::Queued | DeploymentStatus::AwaitingApproval) {
-                return Err(RequestError::NotNow(format!("it is {}: it has started already", self.status)));
-            }
-            self.controls.override_schedule = true;
-            self.held_until = None;
-            self.updated_at = now;
-            let why = request.comment.as_deref().unwrap_or_default();
-            let mut update = ProgressUpdate { now: Some(now), ..ProgressUpdate::default() };
-            update.events.push(crate::event::NewEvent {
-                at: now,
-                event_type: crate::event::EventType::Overridden,
-                target_id: None,
-                status: crate::event::EventStatus::Deployment(self.status),
-                message: format!("windows and freezes overridden by {}: {why}", request.by),
-            });
-            return Ok(update);
-        }
         let rolling_back = self.status == DeploymentStatus::RollingBack;
         let by = &request.by;
         let mut event_type = crate::event::EventType::Requested;
         let message = match request.action {
-            OperatorAction::Approve | OperatorAction::Reject | OperatorAction::Override => String::new(),
+            OperatorAction::Approve | OperatorAction::Reject => return self.decide(request, now),
+            OperatorAction::Override => {
+                if !matches!(self.status, DeploymentStatus::Queued | DeploymentStatus::AwaitingApproval) {
+                    return Err(RequestError::NotNow(format!("it is {}: it has started already", self.status)));
+                }
+                self.controls.override_schedule = true;
+                self.held_until = None;
+                event_type = crate::event::EventType::Overridden;
+                let why = request.comment.as_deref().unwrap_or_default();
+                format!("windows and freezes overridden by {by}: {why}")
+            }
             OperatorAction::Pause => {
                 if rolling_back {
                     return Err(RequestError::NotNow("a rollback cannot be paused".into()));
@@ -914,28 +903,15 @@ impl Deployment {
         } else {
             ProgressUpdate { now: Some(now), ..ProgressUpdate::default() }
         };
-        update.events.insert(
-            0,
-            crate::event::NewEvent {
-                at: now,
-                event_type,
-                target_id: None,
-                status: crate::event::EventStatus::Deployment(self.status),
-                message,
-            },
-        );
+        let event = crate::event::NewEvent::deployment(now, self.status, message);
+        update.events.insert(0, crate::event::NewEvent { event_type, ..event });
         Ok(update)
     }
 
     /// An approver's decision (see [`Deployment::request`]): one per approver; a rejection ends the deployment
     /// `rejected`; the approval that meets the rule queues it (or, with the rule's `wait`, starts that wait, which its
     /// holder ends).
-    fn decide(
-        &mut self,
-        request: &OperatorRequest,
-        now: Timestamp,
-        held: bool,
-    ) -> Result<ProgressUpdate, RequestError> {
+    fn decide(&mut self, request: &OperatorRequest, now: Timestamp) -> Result<ProgressUpdate, RequestError> {
         let by = request.by.as_str();
         if self.status != DeploymentStatus::AwaitingApproval {
             return Err(RequestError::NotNow(format!("it is {}, not awaiting approval", self.status)));
@@ -956,7 +932,6 @@ impl Deployment {
         self.updated_at = now;
         let why = request.comment.as_deref().map(|c| format!(": {c}")).unwrap_or_default();
         if decision == Decision::Reject {
-            let _ = held;
             return Ok(self.stop_update(DeploymentStatus::Rejected, format!("rejected by {by}{why}"), now));
         }
         let count = self.approved_by().count();
@@ -974,13 +949,8 @@ impl Deployment {
                 }
             }
         }
-        update.events.push(crate::event::NewEvent {
-            at: now,
-            event_type: crate::event::EventType::Approved,
-            target_id: None,
-            status: crate::event::EventStatus::Deployment(status),
-            message,
-        });
+        let approved = crate::event::NewEvent::deployment(now, status, message);
+        update.events.push(crate::event::NewEvent { event_type: crate::event::EventType::Approved, ..approved });
         Ok(update)
     }
 

@@ -83,10 +83,12 @@ fn from_chrono<Tz: chrono::TimeZone>(t: &chrono::DateTime<Tz>) -> Option<Timesta
 }
 
 impl Period {
-    fn compile(&self) -> Result<Compiled<'_>, String> {
-        let cron = croner::Cron::from_str(&self.cron).map_err(|e| format!("not a cron pattern: {e}"))?;
-        let zone = chrono_tz::Tz::from_str(&self.timezone)
-            .map_err(|_| format!("{:?} is not an IANA time zone (like Europe/Berlin or UTC)", self.timezone))?;
+    /// The period parsed, or the field that is wrong and why.
+    fn compile(&self) -> Result<Compiled<'_>, (&'static str, String)> {
+        let cron = croner::Cron::from_str(&self.cron).map_err(|e| ("cron", format!("not a cron pattern: {e}")))?;
+        let zone = chrono_tz::Tz::from_str(&self.timezone).map_err(|_| {
+            ("timezone", format!("{:?} is not an IANA time zone (like Europe/Berlin or UTC)", self.timezone))
+        })?;
         Ok(Compiled { period: self, cron, zone })
     }
 }
@@ -136,9 +138,8 @@ impl Schedule {
                 errs.push(kind, format!("at most {MAX_PERIODS}"));
             }
             for (i, p) in periods.iter().enumerate() {
-                if let Err(e) = p.compile() {
-                    let field = if e.starts_with("not a cron") { "cron" } else { "timezone" };
-                    errs.push(format!("{kind}[{i}].{field}"), e);
+                if let Err((field, why)) = p.compile() {
+                    errs.push(format!("{kind}[{i}].{field}"), why);
                 }
                 if p.duration.is_zero() {
                     errs.push(format!("{kind}[{i}].duration"), "must be longer than zero");

@@ -494,7 +494,8 @@ pub(crate) async fn approvals(
     ApiJson(body): ApiJson<DecisionBody>,
 ) -> ApiResult {
     let reject = body.decision == deploy_core::Decision::Reject;
-    let action = if reject { "deployment.reject" } else { "deployment.approve" };
+    let action =
+        audited_as(if reject { deploy_core::OperatorAction::Reject } else { deploy_core::OperatorAction::Approve });
     caller.audit.set(action, format!("deployments/{id}"), None);
     let id = deployment_id(&id)?;
     let answer = state.inner.orchestrator.decide(&caller.principal, id, reject, body.comment).await;
@@ -531,10 +532,11 @@ pub(crate) async fn override_schedule(
     caller: Caller,
     ApiJson(body): ApiJson<OverrideBody>,
 ) -> ApiResult {
-    caller.audit.set("deployment.override", format!("deployments/{id}"), None);
+    let action = audited_as(deploy_core::OperatorAction::Override);
+    caller.audit.set(action, format!("deployments/{id}"), None);
     let id = deployment_id(&id)?;
     let answer = state.inner.orchestrator.override_schedule(&caller.principal, id, &body.reason).await;
-    audit_answer(&caller, "deployment.override", id, &answer, |d| d.environment().to_string());
+    audit_answer(&caller, action, id, &answer, |d| d.environment().to_string());
     let deployment = answer?;
     Ok(recorded(&deployment))
 }
@@ -626,10 +628,9 @@ pub(crate) struct AbortBody {
     rollback: Option<bool>,
 }
 
-/// Records an operator's request and answers 202 with the deployment; the audit entry names the action and the
-/// deployment's environment (from the answer itself, or the refusal naming it).
-async fn operate(state: &AppState, caller: &Caller, id: &str, action: deploy_core::OperatorAction) -> ApiResult {
-    let audit_action = match action {
+/// The audit log's name of an operator's request or an approver's decision: `deployment.<action>`.
+const fn audited_as(action: deploy_core::OperatorAction) -> &'static str {
+    match action {
         deploy_core::OperatorAction::Pause => "deployment.pause",
         deploy_core::OperatorAction::Resume => "deployment.resume",
         deploy_core::OperatorAction::Promote { .. } => "deployment.promote",
@@ -637,7 +638,13 @@ async fn operate(state: &AppState, caller: &Caller, id: &str, action: deploy_cor
         deploy_core::OperatorAction::Approve => "deployment.approve",
         deploy_core::OperatorAction::Reject => "deployment.reject",
         deploy_core::OperatorAction::Override => "deployment.override",
-    };
+    }
+}
+
+/// Records an operator's request and answers 202 with the deployment; the audit entry names the action and the
+/// deployment's environment (from the answer itself, or the refusal naming it).
+async fn operate(state: &AppState, caller: &Caller, id: &str, action: deploy_core::OperatorAction) -> ApiResult {
+    let audit_action = audited_as(action);
     caller.audit.set(audit_action, format!("deployments/{id}"), None);
     let id = deployment_id(id)?;
     let answer = state.inner.orchestrator.control(&caller.principal, id, action).await;

@@ -16,18 +16,6 @@ async fn post_empty(s: &Server, path: &str, key: &str) -> Answer {
     s.call(Method::POST, path, Some(key), None, &[]).await
 }
 
-/// Polls until the deployment's JSON satisfies `pred` (at most 30 s).
-async fn wait_until(s: &Server, id: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    for _ in 0..600 {
-        let a = s.get(&format!("/v1/deployments/{id}"), ADMIN).await;
-        if pred(&a.body) {
-            return a.body;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("deployment {id} never got there: {:#}", s.get(&format!("/v1/deployments/{id}"), ADMIN).await.body);
-}
-
 async fn event_types(s: &Server, id: &str) -> Vec<String> {
     let a = s.get(&format!("/v1/deployments/{id}/events?limit=500"), ADMIN).await;
     a.body["items"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap().to_owned()).collect()
@@ -65,7 +53,7 @@ async fn a_gated_canary_pauses_until_promoted_and_every_decision_is_an_event_a_w
     assert_eq!(a.status, StatusCode::ACCEPTED, "{:?}", a.body);
     assert_eq!(a.body["spec"]["strategy"]["steps"][0]["pause"], "until_promoted", "the gate is part of the spec");
     let id = a.body["id"].as_str().unwrap().to_owned();
-    let paused = wait_until(&s, &id, |d| d["status"] == "paused").await;
+    let paused = s.wait_until(&id, |d| d["status"] == "paused").await;
     assert_eq!(paused["awaiting_promotion"], 1);
     assert!(paused["paused_at"].is_string());
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -123,7 +111,7 @@ async fn pause_holds_resume_goes_on_and_abort_rolls_back_over_http() {
     assert_eq!(asked.status, StatusCode::ACCEPTED, "{:?}", asked.body);
     assert_eq!(asked.body["controls"]["pause_requested"], true);
     assert!(asked.header("etag").is_some());
-    let paused = wait_until(&s, &id, |d| d["status"] == "paused").await;
+    let paused = s.wait_until(&id, |d| d["status"] == "paused").await;
     let held = applied(&paused);
     tokio::time::sleep(Duration::from_millis(800)).await;
     let still = s.get(&format!("/v1/deployments/{id}"), ADMIN).await.body;
@@ -140,7 +128,7 @@ async fn pause_holds_resume_goes_on_and_abort_rolls_back_over_http() {
     body["failure"] = json!({"on_failure": "fail"});
     let id = s.post("/v1/deployments", ADMIN, body).await.body["id"].as_str().unwrap().to_owned();
     post_empty(&s, &format!("/v1/deployments/{id}/pause"), ADMIN).await;
-    wait_until(&s, &id, |d| d["status"] == "paused").await;
+    s.wait_until(&id, |d| d["status"] == "paused").await;
     let abort = s.post(&format!("/v1/deployments/{id}/abort"), ADMIN, json!({"rollback": true})).await;
     assert_eq!(abort.status, StatusCode::ACCEPTED, "{:?}", abort.body);
     let done = s.wait_terminal(&id).await;
@@ -392,6 +380,8 @@ async fn a_global_freeze_and_an_environment_freeze_hold_starts_and_an_admin_over
         .await
         .problem(400, "validation");
     s.put("/v1/freeze", ADMIN, json!({"reason": "x", "untill": "2001"})).await.problem(400, "validation");
+    // Which secret: a reason is shown to every reader, so one shaped like a secret is refused, and recorded nowhere.
+    s.put("/v1/freeze", ADMIN, json!({"reason": "AKIAIOSFODNN7EXAMPLE"})).await.problem(422, "hardcoded-secret");
     let frozen = s.put("/v1/freeze", ADMIN, json!({"reason": "INC-9 failover"})).await;
     assert_eq!(frozen.status, StatusCode::OK, "{:?}", frozen.body);
     assert_eq!(
@@ -400,7 +390,7 @@ async fn a_global_freeze_and_an_environment_freeze_hold_starts_and_an_admin_over
     );
 
     let id = s.post("/v1/deployments", &deployer, deploy("prod", "2.0")).await.body["id"].as_str().unwrap().to_owned();
-    let held = wait_until(&s, &id, |d| d["held_until"].is_string()).await;
+    let held = s.wait_until(&id, |d| d["held_until"].is_string()).await;
     assert_eq!(held["status"], "queued");
     assert!(held["status_reason"].as_str().unwrap().contains("INC-9 failover"), "{held:#}");
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -410,6 +400,7 @@ async fn a_global_freeze_and_an_environment_freeze_hold_starts_and_an_admin_over
     let path = format!("/v1/deployments/{id}/override");
     s.post(&path, &deployer, json!({"reason": "hotfix"})).await.problem(403, "forbidden");
     s.post(&path, &scoped_admin, json!({})).await.problem(400, "validation");
+    s.post(&path, &scoped_admin, json!({"reason": "AKIAIOSFODNN7EXAMPLE"})).await.problem(422, "hardcoded-secret");
     let o = s.post(&path, &scoped_admin, json!({"reason": "hotfix for INC-9"})).await;
     assert_eq!(o.status, StatusCode::ACCEPTED, "{:?}", o.body);
     assert_eq!(s.wait_terminal(&id).await["status"], "succeeded");
@@ -434,7 +425,7 @@ async fn a_global_freeze_and_an_environment_freeze_hold_starts_and_an_admin_over
     s.put("/v1/environments/prod", &scoped_admin, json!({"targets": targets, "schedule": always})).await;
     let next =
         s.post("/v1/deployments", &deployer, deploy("prod", "3.0")).await.body["id"].as_str().unwrap().to_owned();
-    let held = wait_until(&s, &next, |d| d["held_until"].is_string()).await;
+    let held = s.wait_until(&next, |d| d["held_until"].is_string()).await;
     assert!(held["status_reason"].as_str().unwrap().contains("in a freeze (quarter close)"), "{held:#}");
 
     let audit = s.get("/v1/audit?limit=100", ADMIN).await.body;
@@ -454,4 +445,7 @@ async fn a_global_freeze_and_an_environment_freeze_hold_starts_and_an_admin_over
         assert!(actions.contains(&expected), "{expected:?} in {actions:?}");
     }
     assert!(!audit.to_string().contains("hotfix for INC-9"), "the audit log keeps no body");
+    let everything = format!("{audit}{}", s.get(&format!("/v1/deployments/{id}/events?limit=100"), ADMIN).await.body);
+    assert!(!everything.contains("AKIAIOSFODNN7EXAMPLE"), "a refused reason is recorded nowhere");
+    assert!(!s.get("/v1/freeze", ADMIN).await.body.to_string().contains("AKIA"));
 }

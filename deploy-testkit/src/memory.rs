@@ -394,9 +394,8 @@ impl Store for MemoryStore {
         let mut inner = self.lock();
         let state = inner.deployments.get_mut(&id).ok_or_else(|| not_found("deployment", id))?;
         let held = lease_live(state.lease.as_ref(), now);
-        let mut changed = state.deployment.clone();
-        let update = changed.request(request, now, held).map_err(|e| StoreError::refused(id, e))?;
-        state.deployment = changed;
+        // A refused request leaves the record as it was (`Deployment::request`), so nothing needs undoing.
+        let update = state.deployment.request(request, now, held).map_err(|e| StoreError::refused(id, e))?;
         let _ = inner.apply(id, update)?;
         inner.deployments.get(&id).map(|d| d.deployment.clone()).ok_or_else(|| not_found("deployment", id))
     }

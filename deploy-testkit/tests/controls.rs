@@ -43,6 +43,17 @@ fn slow(h: &Harness) {
     }
 }
 
+/// A harness whose applies take 5 s ([`slow`]), a controller running over it, and `request` submitted.
+async fn started(
+    request: DeploymentRequest,
+) -> (Harness, deploy_core::ShutdownTrigger, tokio::task::JoinHandle<()>, Deployment) {
+    let h = Harness::new("prod", &FOUR, ConcurrencyPolicy::Queue).await;
+    slow(&h);
+    let (trigger, task) = spawn_controller(&h.orchestrator);
+    let d = h.submit(request).await.unwrap();
+    (h, trigger, task, d)
+}
+
 fn applies(h: &Harness) -> usize {
     IDS.iter().map(|t| h.executor.count(CallKind::Apply, t)).sum()
 }
@@ -79,17 +90,12 @@ fn applied_while_paused(events: &[deploy_core::Event]) -> Vec<String> {
 #[tokio::test(start_paused = true)]
 async fn pause_between_batches_holds_every_target_and_resume_goes_on_without_the_progress_deadline() {
     within(async {
-        let h = Harness::new("prod", &FOUR, ConcurrencyPolicy::Queue).await;
-        slow(&h);
-        let (trigger, task) = spawn_controller(&h.orchestrator);
-        let d = h
-            .submit(DeploymentRequest {
-                strategy: rolling(1),
-                progress_deadline: Some("2m".into()),
-                ..request("prod", "web", "2.0")
-            })
-            .await
-            .unwrap();
+        let (h, trigger, task, d) = started(DeploymentRequest {
+            strategy: rolling(1),
+            progress_deadline: Some("2m".into()),
+            ..request("prod", "web", "2.0")
+        })
+        .await;
         wait_for(&h, d.id(), |d| d.targets()[0].status == TargetStatus::InProgress).await;
         let asked = control(&h, &d, OperatorAction::Pause).await.unwrap();
         assert!(asked.controls().pause_requested, "the request is recorded at once");
@@ -133,16 +139,11 @@ async fn pause_between_batches_holds_every_target_and_resume_goes_on_without_the
 #[tokio::test(start_paused = true)]
 async fn a_canary_waits_at_each_gated_step_until_promoted_and_full_skips_the_rest() {
     within(async {
-        let h = Harness::new("prod", &FOUR, ConcurrencyPolicy::Queue).await;
-        slow(&h);
-        let (trigger, task) = spawn_controller(&h.orchestrator);
-        let d = h
-            .submit(DeploymentRequest {
-                strategy: canary(vec![step(25, true), step(50, true), step(75, false), step(100, false)]),
-                ..request("prod", "web", "2.0")
-            })
-            .await
-            .unwrap();
+        let (h, trigger, task, d) = started(DeploymentRequest {
+            strategy: canary(vec![step(25, true), step(50, true), step(75, false), step(100, false)]),
+            ..request("prod", "web", "2.0")
+        })
+        .await;
         let nothing = control(&h, &d, OperatorAction::Promote { full: false }).await;
         assert!(matches!(nothing, Err(Error::Store(StoreError::NotNow { .. }))), "nothing waits yet: {nothing:?}");
         let first = wait_for(&h, d.id(), |d| d.status() == DeploymentStatus::Paused).await;
@@ -236,18 +237,13 @@ async fn an_abort_before_the_start_cancels_at_once_and_only_a_canary_is_promoted
 #[tokio::test(start_paused = true)]
 async fn a_forgotten_pause_is_aborted_at_its_pause_deadline() {
     within(async {
-        let h = Harness::new("prod", &FOUR, ConcurrencyPolicy::Queue).await;
-        slow(&h);
-        let (trigger, task) = spawn_controller(&h.orchestrator);
-        let d = h
-            .submit(DeploymentRequest {
-                strategy: rolling(2),
-                pause_deadline: Some("30m".into()),
-                failure: Some(FailureRequest { max_failed: None, on_failure: Some("rollback".into()) }),
-                ..request("prod", "web", "2.0")
-            })
-            .await
-            .unwrap();
+        let (h, trigger, task, d) = started(DeploymentRequest {
+            strategy: rolling(2),
+            pause_deadline: Some("30m".into()),
+            failure: Some(FailureRequest { max_failed: None, on_failure: Some("rollback".into()) }),
+            ..request("prod", "web", "2.0")
+        })
+        .await;
         wait_for(&h, d.id(), |d| d.targets()[0].status == TargetStatus::InProgress).await;
         control(&h, &d, OperatorAction::Pause).await.unwrap();
         let paused = wait_for(&h, d.id(), |d| d.status() == DeploymentStatus::Paused).await;

@@ -624,15 +624,8 @@ impl Orchestrator {
             rollback_of: Some(last.deployment_id),
             retry_of: None,
         };
-        let sent = idempotency_key.clone();
         // The request, not what it resolved to: sent again after more releases ran, it is still the same request.
-        let fingerprint = format!("rollback:{environment}:{to}");
-        let key = idempotency_key.map(|key| (key, crate::names::Fingerprint::of(fingerprint.as_bytes())));
-        let accepted = self.accept(principal, draft, key, None).await?;
-        if !accepted.replayed {
-            self.shared.poke();
-        }
-        Ok(Submitted { deployment: accepted.deployment, replayed: accepted.replayed, idempotency_key: sent })
+        self.submit_derived(principal, draft, idempotency_key, &format!("rollback:{environment}:{to}")).await
     }
 
     /// Submits a new deployment that returns every target `id` changed to its `from_version`.
@@ -671,11 +664,7 @@ impl Orchestrator {
             retry_of: None,
         };
         // Rolling back the same deployment twice with one key is one rollback.
-        let sent = idempotency_key.clone();
-        let key = idempotency_key.map(|key| (key, crate::names::Fingerprint::of(format!("rollback:{id}").as_bytes())));
-        let accepted = self.accept(principal, draft, key, None).await?;
-        self.shared.poke();
-        Ok(Submitted { deployment: accepted.deployment, replayed: accepted.replayed, idempotency_key: sent })
+        self.submit_derived(principal, draft, idempotency_key, &format!("rollback:{id}")).await
     }
 
     /// Records an operator's request on a deployment: pause, resume, promote or abort. Answers at once with the
@@ -695,9 +684,8 @@ impl Orchestrator {
         let d = self.shared.store.get_deployment(id).await?;
         principal.authorize(Action::Operate, d.environment())?;
         let request = crate::control::OperatorRequest::new(action, principal.id());
-        let d = self.shared.store.request(id, &request, self.shared.clock.now()).await?;
+        let d = self.record_request(id, &request).await?;
         tracing::info!(deployment_id = %id, action = action.name(), by = principal.id(), "operator request recorded");
-        self.shared.poke();
         Ok(d)
     }
 
@@ -736,9 +724,8 @@ impl Orchestrator {
                 ));
             }
         }
-        let d = self.shared.store.request(id, &request, self.shared.clock.now()).await?;
+        let d = self.record_request(id, &request).await?;
         tracing::info!(deployment_id = %id, action = action.name(), by = principal.id(), "approval decision recorded");
-        self.shared.poke();
         Ok(d)
     }
 
@@ -778,9 +765,8 @@ impl Orchestrator {
             by: principal.id().to_owned(),
             comment: Some(reason.to_owned()),
         };
-        let d = self.shared.store.request(id, &request, self.shared.clock.now()).await?;
+        let d = self.record_request(id, &request).await?;
         tracing::warn!(deployment_id = %id, by = principal.id(), reason, "windows and freezes overridden");
-        self.shared.poke();
         Ok(d)
     }
 
@@ -872,13 +858,36 @@ impl Orchestrator {
             rollback_of: None,
             retry_of: Some(id),
         };
+        self.submit_derived(principal, draft, idempotency_key, &format!("retry:{id}")).await
+    }
+
+    /// Accepts a deployment the orchestrator derived from an earlier one (a rollback, a retry). `fingerprint` names
+    /// the request, so one key is one such deployment however the earlier ones changed since.
+    async fn submit_derived(
+        &self,
+        principal: &Principal,
+        draft: DeploymentDraft,
+        idempotency_key: Option<IdempotencyKey>,
+        fingerprint: &str,
+    ) -> Result<Submitted, Error> {
         let sent = idempotency_key.clone();
-        let key = idempotency_key.map(|key| (key, crate::names::Fingerprint::of(format!("retry:{id}").as_bytes())));
+        let key = idempotency_key.map(|key| (key, crate::names::Fingerprint::of(fingerprint.as_bytes())));
         let accepted = self.accept(principal, draft, key, None).await?;
         if !accepted.replayed {
             self.shared.poke();
         }
         Ok(Submitted { deployment: accepted.deployment, replayed: accepted.replayed, idempotency_key: sent })
+    }
+
+    /// Records an operator's request or an approver's decision on deployment `id` and wakes this process's runners.
+    async fn record_request(
+        &self,
+        id: DeploymentId,
+        request: &crate::control::OperatorRequest,
+    ) -> Result<Deployment, Error> {
+        let d = self.shared.store.request(id, request, self.shared.clock.now()).await?;
+        self.shared.poke();
+        Ok(d)
     }
 
     async fn accept(

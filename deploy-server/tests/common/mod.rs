@@ -146,16 +146,24 @@ impl Server {
 
     /// Polls a deployment until it is terminal (at most 30 s).
     pub(crate) async fn wait_terminal(&self, id: &str) -> Value {
-        let terminal = ["succeeded", "degraded", "failed", "rolled_back", "cancelled", "superseded"];
+        let terminal = ["succeeded", "degraded", "failed", "rolled_back", "cancelled", "superseded", "rejected"];
+        self.wait_until(id, |d| terminal.contains(&d["status"].as_str().unwrap_or_default())).await
+    }
+
+    /// Polls a deployment until its JSON satisfies `pred` (at most 30 s).
+    pub(crate) async fn wait_until(&self, id: &str, pred: impl Fn(&Value) -> bool) -> Value {
         for _ in 0..600 {
             let a = self.get(&format!("/v1/deployments/{id}"), ADMIN).await;
             assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
-            if terminal.contains(&a.body["status"].as_str().unwrap_or_default()) {
+            if pred(&a.body) {
                 return a.body;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("deployment {id} did not finish in 30 s");
+        panic!(
+            "deployment {id} never got there in 30 s: {:#}",
+            self.get(&format!("/v1/deployments/{id}"), ADMIN).await.body
+        );
     }
 }
 

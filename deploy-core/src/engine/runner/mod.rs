@@ -219,7 +219,7 @@ async fn run(rec: &Recorder<'_>) -> Result<(), Abort> {
             if let Some((stop, reason)) = rec.stop_reason() {
                 return stop_now(rec, stop, reason).await;
             }
-            if !rec.controls().override_schedule && !rec.with(|d| d.controls().override_schedule) {
+            if !rec.controls().override_schedule {
                 let now = rec.now();
                 let global = rec.shared.store.global_freeze().await?.and_then(|f| f.hold(now));
                 let hold = global.or_else(|| plan.environment.schedule.as_ref().and_then(|s| s.hold(now)));
@@ -305,13 +305,8 @@ async fn hold_queued(rec: &Recorder<'_>, hold: crate::schedule::Hold) -> Result<
     };
     if is_new {
         tracing::info!(%reason, "deployment held");
-        update.events.push(NewEvent {
-            at: now,
-            event_type: crate::event::EventType::Frozen,
-            target_id: None,
-            status: crate::event::EventStatus::Deployment(DeploymentStatus::Queued),
-            message: reason,
-        });
+        let event = NewEvent::deployment(now, DeploymentStatus::Queued, reason);
+        update.events.push(NewEvent { event_type: crate::event::EventType::Frozen, ..event });
     }
     rec.write(update).await
 }
