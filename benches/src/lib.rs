@@ -39,6 +39,7 @@ pub fn fleet(n: usize) -> EnvironmentSpec {
         require_if_match: false,
         protection: None,
         schedule: None,
+        secret_scope: deploy_core::SecretScope::default(),
         targets: (0..n)
             .filter_map(|i| Some((TargetId::new(format!("t-{i}")).ok()?, "noop".parse().ok()?)))
             .map(|(id, executor)| TargetDefinition {

@@ -242,7 +242,7 @@ impl Agent {
         }
         let target = self.config.target();
         tracing::info!(generation = slot.generation, version = %desired.version, "applying");
-        let result = match deploy_core::resolve_for(self.secrets.as_ref(), desired).await {
+        let result = match deploy_core::resolve_for(self.secrets.as_ref(), desired, None).await {
             Ok(secrets) => {
                 let deployment = slot.deployment.unwrap_or_default();
                 // The token of the controller's lease behind the assignment: the server fences the assignment

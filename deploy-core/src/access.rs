@@ -32,6 +32,22 @@ pub struct ApiKeyRecord {
 }
 
 impl ApiKeyRecord {
+    /// What a store answers when another key has this one's name: names are identities, so the second is refused.
+    #[must_use]
+    pub fn name_taken(&self) -> crate::store::StoreError {
+        let mut errs = crate::spec::ValidationErrors::default();
+        errs.push("name", format!("a key named {:?} exists; names are identities", self.name));
+        crate::store::StoreError::Invalid(errs)
+    }
+
+    /// What a store answers when this key's digest is registered already.
+    #[must_use]
+    pub fn key_taken() -> crate::store::StoreError {
+        let mut errs = crate::spec::ValidationErrors::default();
+        errs.push("key", "this key is already registered");
+        crate::store::StoreError::Invalid(errs)
+    }
+
     /// The principal this key authenticates as.
     #[must_use]
     pub fn principal(&self) -> Principal {

@@ -25,6 +25,9 @@ pub enum Role {
 }
 
 impl Role {
+    /// Every role.
+    pub const ALL: [Self; 5] = [Self::Viewer, Self::Deployer, Self::Admin, Self::Approver, Self::Agent];
+
     /// The wire name: `viewer`, `deployer`, `admin`, `agent`, `approver`.
     #[must_use]
     pub const fn as_str(self) -> &'static str {

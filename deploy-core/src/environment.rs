@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use crate::names::ExecutorKind;
 use crate::names::{DeploymentId, EnvironmentName, Revision, TargetId};
+use crate::secrets::SecretScope;
 use crate::spec::{TargetSelector, ValidationErrors};
 use crate::state::{ActualState, DesiredState};
 
@@ -62,6 +63,10 @@ pub struct EnvironmentSpec {
     /// When deployments may start here: deploy windows and freeze periods; absent: any time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<crate::schedule::Schedule>,
+    /// The secret references deployments here may resolve, beyond the orchestrator's global scope; absent: none. Only
+    /// an admin of every environment may widen it; an admin of this environment may keep or narrow it.
+    #[serde(default, skip_serializing_if = "SecretScope::is_empty")]
+    pub secret_scope: SecretScope,
 }
 
 /// An environment's protection rule: deployments to it wait in `awaiting_approval` until `required_approvals`
@@ -196,6 +201,7 @@ impl EnvironmentSpec {
         if let Some(s) = &self.schedule {
             s.check(&mut errs);
         }
+        self.secret_scope.check("secret_scope.allow", &mut errs);
         if errs.is_empty() { Ok(()) } else { Err(errs) }
     }
 }
@@ -314,6 +320,9 @@ pub struct Environment {
     /// When deployments may start here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<crate::schedule::Schedule>,
+    /// The secret references deployments here may resolve, beyond the orchestrator's global scope.
+    #[serde(default, skip_serializing_if = "SecretScope::is_empty")]
+    pub secret_scope: SecretScope,
 }
 
 impl Environment {
@@ -330,6 +339,7 @@ impl Environment {
             targets: spec.targets.into_iter().map(|t| new_target(t, None)).collect(),
             protection: spec.protection,
             schedule: spec.schedule,
+            secret_scope: spec.secret_scope,
         }
     }
 
@@ -349,6 +359,7 @@ impl Environment {
         self.require_if_match = spec.require_if_match;
         self.protection = spec.protection;
         self.schedule = spec.schedule;
+        self.secret_scope = spec.secret_scope;
         self.revision = self.revision.next();
     }
 

@@ -28,6 +28,26 @@ pub enum Error {
     /// submitted it and the rule prevents self-approval.
     #[error("deployment {0}: {1}")]
     NotAnApprover(crate::names::DeploymentId, String),
+    /// A secret reference the environment may not resolve: outside its secret scope and the global one.
+    #[error("{field}: secret reference {reference} is outside the secret scope of environment {environment}")]
+    SecretOutOfScope {
+        /// The environment.
+        environment: crate::names::EnvironmentName,
+        /// Where the reference is (`secrets.DB`, `config.TOKEN`).
+        field: String,
+        /// The reference (a reference is not a secret).
+        reference: String,
+    },
+    /// A scoped admin asked an environment's secret scope to allow more than it does now.
+    #[error("{principal} may not widen the secret scope of environment {environment} (entry {entry})")]
+    SecretScopeWidened {
+        /// Who asked.
+        principal: String,
+        /// The environment.
+        environment: crate::names::EnvironmentName,
+        /// The first entry beyond the current scope.
+        entry: String,
+    },
 }
 
 impl From<Forbidden> for Error {
@@ -60,7 +80,7 @@ impl Error {
             Self::Invalid(e) if e.has_hardcoded_secret() => K::HardcodedSecret,
             Self::Invalid(_) | Self::NotRollbackable(..) => K::Validation,
             Self::NotRetryable(..) => K::NotNow,
-            Self::NotAnApprover(..) => K::Forbidden,
+            Self::NotAnApprover(..) | Self::SecretOutOfScope { .. } | Self::SecretScopeWidened { .. } => K::Forbidden,
             Self::Forbidden(_) => K::Forbidden,
             Self::Store(e) => e.kind(),
         }

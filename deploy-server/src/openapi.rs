@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder, Schema};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::routes;
@@ -86,6 +86,18 @@ pub struct EnvironmentSpecDoc {
     pub protection: Option<ProtectionDoc>,
     /// When deployments may start here: deploy windows and freeze periods. Absent: any time.
     pub schedule: Option<ScheduleDoc>,
+    /// The secret references deployments here may resolve, beside deployd's `--global-secret-scope`. Absent: none.
+    /// Only an admin of every environment may widen it; an admin of this environment may keep or narrow it.
+    pub secret_scope: Option<SecretScopeDoc>,
+}
+
+/// Which secret references an environment may resolve.
+#[derive(ToSchema)]
+#[schema(as = SecretScope)]
+pub struct SecretScopeDoc {
+    /// Exact references (`vault://kv/staging/db#password`) or prefixes ending in `*` (`env://DEPLOY_SECRET_STAGING_*`);
+    /// at most 100. A reference with a `.` or `..` path segment, a backslash or a `%` is never in scope.
+    pub allow: Vec<String>,
 }
 
 /// What a deployment asked a target to run.
@@ -156,6 +168,8 @@ pub struct EnvironmentDoc {
     pub protection: Option<ProtectionDoc>,
     /// When deployments may start here.
     pub schedule: Option<ScheduleDoc>,
+    /// The secret references deployments here may resolve, beside deployd's global scope.
+    pub secret_scope: Option<SecretScopeDoc>,
 }
 
 /// A page of environments.
@@ -268,8 +282,7 @@ pub struct DeploymentDoc {
     pub service: String,
     /// The version.
     pub version: String,
-    /// `queued`, `in_progress`, `paused`, `succeeded`, `degraded`, `failed`, `rolling_back`, `rolled_back`,
-    /// `cancelled`, `superseded`.
+    /// Its status (the values are listed from the server's own enum).
     pub status: String,
     /// Why, in a sentence.
     pub status_reason: Option<String>,
@@ -547,7 +560,7 @@ pub struct EventListDoc {
 pub struct NewApiKeyDoc {
     /// A name; the principal is `key:<name>`.
     pub name: String,
-    /// `viewer`, `deployer`, `admin` or `agent`.
+    /// Its role (`viewer`, `deployer`, `approver`, `admin` or `agent`).
     pub role: String,
     /// Environment patterns (default `["*"]`; an agent key names exactly one environment).
     pub environments: Option<Vec<String>>,
@@ -823,15 +836,51 @@ impl Modify for BearerAuth {
     ),
     components(schemas(
         ProblemDoc, FieldErrorDoc, EnvironmentSpecDoc, EnvironmentDoc, EnvironmentListDoc, DeploymentRequestDoc,
-        DeploymentDoc, DeploymentListDoc, ReleaseDoc, ReleaseListDoc, EnvironmentRollbackDoc, PromoteDoc, AbortDoc, ControlsDoc, DecisionDoc, ApprovalDoc, ProtectionDoc, ScheduleDoc, PeriodDoc, FreezeDoc, FreezeRequestDoc, OverrideDoc, EventDoc, EventListDoc, NewApiKeyDoc, ApiKeyDoc, ApiKeyListDoc,
+        DeploymentDoc, DeploymentListDoc, ReleaseDoc, ReleaseListDoc, EnvironmentRollbackDoc, PromoteDoc, AbortDoc, ControlsDoc, DecisionDoc, ApprovalDoc, ProtectionDoc, ScheduleDoc, SecretScopeDoc, PeriodDoc, FreezeDoc, FreezeRequestDoc, OverrideDoc, EventDoc, EventListDoc, NewApiKeyDoc, ApiKeyDoc, ApiKeyListDoc,
         AuditEntryDoc, AuditListDoc, ProblemTypeDoc, StatusDoc, NewWebhookDoc, WebhookDoc, WebhookListDoc,
         DeliveryDoc, DeliveryListDoc, AgentReportDoc, AgentSlotDoc,
     )),
 )]
 struct ApiDoc;
 
-/// The OpenAPI document, as pretty JSON.
+/// The OpenAPI document, as pretty JSON. The values of every status, role and event type are listed from core's own
+/// enums, so the document cannot fall behind them.
 #[must_use]
 pub fn document() -> String {
-    ApiDoc::openapi().to_pretty_json().unwrap_or_default()
+    let mut doc = ApiDoc::openapi();
+    let names = |v: &[&str]| v.iter().map(|s| Value::from(*s)).collect::<Vec<_>>();
+    let deployment = names(&deploy_core::DeploymentStatus::ALL.map(deploy_core::DeploymentStatus::as_str));
+    let target = names(&deploy_core::TargetStatus::ALL.map(deploy_core::TargetStatus::as_str));
+    let event_status: Vec<&str> = deploy_core::DeploymentStatus::ALL
+        .map(deploy_core::DeploymentStatus::as_str)
+        .into_iter()
+        .chain(deploy_core::TargetStatus::ALL.map(deploy_core::TargetStatus::as_str))
+        .fold(Vec::new(), |mut all, s| {
+            if !all.contains(&s) {
+                all.push(s);
+            }
+            all
+        });
+    let roles = names(&deploy_core::Role::ALL.map(deploy_core::Role::as_str));
+    let events = names(&deploy_core::EventType::ALL.map(deploy_core::EventType::as_str));
+    let deliveries = names(&deploy_core::DeliveryStatus::ALL.map(deploy_core::DeliveryStatus::as_str));
+    for (schema, property, values) in [
+        ("Deployment", "status", deployment.clone()),
+        ("Release", "status", deployment),
+        ("TargetProgress", "status", target),
+        ("Event", "status", names(&event_status)),
+        ("Event", "type", events.clone()),
+        ("Delivery", "event_type", events),
+        ("Delivery", "status", deliveries),
+        ("NewApiKey", "role", roles.clone()),
+        ("ApiKey", "role", roles),
+    ] {
+        let schema = doc.components.as_mut().and_then(|c| c.schemas.get_mut(schema));
+        if let Some(RefOr::T(Schema::Object(object))) = schema
+            && let Some(RefOr::T(Schema::Object(field))) = object.properties.get_mut(property)
+        {
+            field.enum_values = Some(values);
+        }
+    }
+    doc.to_pretty_json().unwrap_or_default()
 }

@@ -202,6 +202,13 @@ impl From<Error> for Problem {
             Error::NotAnApprover(id, why) => {
                 Self::new(ProblemKind::Forbidden, format!("may not decide on deployment {id}: {why}"))
             }
+            e @ (Error::SecretOutOfScope { .. } | Error::SecretScopeWidened { .. }) => Self::new(
+                ProblemKind::Forbidden,
+                format!(
+                    "{e}: an environment resolves only the references its secret_scope allows (set by its admins; \
+                     widened only by an admin of every environment) and deployd's --global-secret-scope"
+                ),
+            ),
             Error::NotRetryable(id, why) => {
                 Self::new(ProblemKind::NotNow, format!("deployment {id} cannot be retried: {why}"))
             }

@@ -855,10 +855,8 @@ pub(crate) async fn create_key(
         }
         _ => {}
     }
-    // A key's name is its identity (audit actor, rate-limit bucket, idempotency scope): two keys never share one.
-    if state.inner.store.list_api_keys().await?.iter().any(|k| k.name == new.name) {
-        return Err(Problem::invalid_field("name", format!("a key named {:?} exists; names are identities", new.name)));
-    }
+    // A key's name is its identity (audit actor, rate-limit bucket, idempotency scope): the store refuses a second
+    // key of one name atomically (a unique index), however many replicas create it at once.
     let key = generate_key().map_err(|e| Problem::internal(&e))?;
     let now = state.inner.orchestrator.clock().now();
     let mut record = key_record(&key, new.name, new.role, new.environments, caller.principal.id().to_owned(), now);

@@ -77,6 +77,9 @@ pub struct Settings {
     pub secret_env_prefix: String,
     /// `file://NAME` secret references resolve files inside this directory (none without it).
     pub secrets_dir: Option<PathBuf>,
+    /// Secret references every environment may resolve, comma-separated (exact references, or prefixes ending in
+    /// `*`); each environment adds its own `secret_scope`. Empty (the default): none beyond each environment's.
+    pub global_secret_scope: String,
     /// Delays between webhook delivery attempts (`1s,5s,5m,...`).
     pub webhook_retry_schedule: String,
     /// The longest one webhook attempt may take.
@@ -147,6 +150,7 @@ impl Default for Settings {
             bootstrap_admin_key_file: None,
             secret_env_prefix: deploy_core::DEFAULT_ENV_PREFIX.to_owned(),
             secrets_dir: None,
+            global_secret_scope: String::new(),
             webhook_retry_schedule: RetrySchedule::default().to_string(),
             webhook_timeout: HumanDuration::from_secs(10),
             webhook_concurrency: 64,
@@ -211,6 +215,7 @@ impl std::fmt::Debug for Settings {
             .field("bootstrap_admin_key", &hidden(&self.bootstrap_admin_key))
             .field("secret_env_prefix", &self.secret_env_prefix)
             .field("secrets_dir", &self.secrets_dir)
+            .field("global_secret_scope", &self.global_secret_scope)
             .field("tls_cert", &self.tls_cert)
             .field("tls_client_ca", &self.tls_client_ca)
             .finish_non_exhaustive()
@@ -449,6 +454,13 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         ));
     }
     let secrets = settings.secret_resolver();
+    let global_scope =
+        deploy_core::SecretScope::new(settings.global_secret_scope.split(',').map(str::trim).filter(|e| !e.is_empty()));
+    let mut scope_errors = deploy_core::ValidationErrors::default();
+    global_scope.check("global_secret_scope", &mut scope_errors);
+    if !scope_errors.is_empty() {
+        return Err(StartError::Settings(scope_errors.to_string()));
+    }
     let webhook_key = match &settings.webhook_secrets_key_file {
         Some(path) => {
             Some(Arc::new(crate::SecretsKey::from_file(path).map_err(|e| StartError::Settings(e.to_string()))?))
@@ -509,6 +521,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     };
     let orchestrator = Orchestrator::builder(Arc::clone(&store) as Arc<dyn deploy_core::Store>, executors)
         .secrets(secrets)
+        .global_secret_scope(global_scope)
         .config(config)
         .observer(Arc::clone(&metrics) as Arc<dyn deploy_core::EngineObserver>)
         .build();

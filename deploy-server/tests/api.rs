@@ -172,7 +172,11 @@ async fn a_submission_with_an_unknown_field_is_refused_with_its_path() {
 
 #[tokio::test]
 async fn submit_get_list_and_events() {
-    let s = Server::start("deploy").await;
+    let s = Server::with(deploy_server::Settings {
+        global_secret_scope: "env://DEPLOYD_TEST_UNUSED".into(),
+        ..common::settings("deploy")
+    })
+    .await;
     s.sim_env("prod", 4, "queue", json!({})).await;
     let mut body = deploy("prod", "2.0.1");
     body["strategy"] = json!({"type": "rolling", "batch_size": "50%", "pause": "0s"});

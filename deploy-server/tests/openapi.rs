@@ -63,6 +63,39 @@ fn every_endpoint_of_the_contract_is_described() {
     assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
 }
 
+/// Finding: the document's key roles omitted `approver` and its deployment statuses `awaiting_approval` and
+/// `rejected`. Every status, role and event type the server can send is an enum value of its field.
+#[test]
+fn every_status_role_and_event_type_is_in_the_document() {
+    let doc: Value = serde_json::from_str(&deploy_server::openapi::document()).unwrap();
+    let values = |schema: &str, property: &str| -> Vec<String> {
+        doc["components"]["schemas"][schema]["properties"][property]["enum"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{schema}.{property} lists no values"))
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    for s in deploy_core::DeploymentStatus::ALL {
+        assert!(values("Deployment", "status").contains(&s.as_str().to_owned()), "Deployment.status lacks {s}");
+        assert!(values("Event", "status").contains(&s.as_str().to_owned()), "Event.status lacks {s}");
+    }
+    for s in deploy_core::TargetStatus::ALL {
+        assert!(values("TargetProgress", "status").contains(&s.as_str().to_owned()), "TargetProgress lacks {s}");
+    }
+    for r in deploy_core::Role::ALL {
+        assert!(values("NewApiKey", "role").contains(&r.as_str().to_owned()), "NewApiKey.role lacks {}", r.as_str());
+        assert!(values("ApiKey", "role").contains(&r.as_str().to_owned()));
+    }
+    for t in deploy_core::EventType::ALL {
+        assert!(values("Event", "type").contains(&t.as_str().to_owned()), "Event.type lacks {}", t.as_str());
+    }
+    for wanted in ["awaiting_approval", "rejected", "paused"] {
+        assert!(values("Deployment", "status").contains(&wanted.to_owned()), "{wanted}");
+    }
+    assert!(values("ApiKey", "role").contains(&"approver".to_owned()));
+}
+
 fn properties<'a>(doc: &'a Value, schema: &str) -> &'a serde_json::Map<String, Value> {
     doc["components"]["schemas"][schema]["properties"].as_object().unwrap_or_else(|| panic!("schema {schema}"))
 }

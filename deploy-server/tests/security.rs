@@ -134,7 +134,7 @@ async fn a_hook_that_prints_its_secret_leaves_no_trace_of_the_value() {
     let leak = "set -x; echo \"pw=$DEPLOY_SECRET_DB_PASSWORD\"; printf %s \"$DEPLOY_SECRET_DB_PASSWORD\" | base64; \
                 echo \"url=https://h/?p=$(printf %s \"$DEPLOY_SECRET_DB_PASSWORD\" | sed 's|/|%2F|g; s|+|%2B|g; s|=|%3D|g')\"";
     let hooks = json!({"start": format!("{leak}; echo started"), "install": format!("{leak}; exit 3")});
-    let env = json!({"targets": [command_target("leaky-1", hooks)]});
+    let env = json!({"targets": [command_target("leaky-1", hooks)], "secret_scope": {"allow": ["file://db-password"]}});
     assert_eq!(s.put("/v1/environments/leaky", ADMIN, env).await.status, StatusCode::CREATED);
     let secret_ref = json!({"DB_PASSWORD": {"ref": "file://db-password"}});
     let mut failing = request("leaky", "1.0");
@@ -195,6 +195,95 @@ fn dir_contains(dir: &std::path::Path, needle: &[u8]) -> bool {
             std::fs::read(&path).is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
         }
     })
+}
+
+/// Finding (high): secrets were not scoped to environments. A deployer of `staging` named production's secret in its
+/// payload and the staging hook received production's database password. An environment resolves only what its
+/// `secret_scope` and deployd's global scope allow: checked at acceptance (403 naming the reference) and again when a
+/// target is applied; only an admin of every environment widens a scope.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_environment_resolves_only_the_secrets_its_scope_allows() {
+    let secrets_dir = temp_dir("sec-scope-secrets");
+    for (path, value) in [("staging/db", "staging-db-pw"), ("prod/db", "prod-db-password-91c4"), ("shared/ca", "ca")] {
+        let file = secrets_dir.join(path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, value).unwrap();
+    }
+    let s = Server::with(deploy_server::Settings {
+        secrets_dir: Some(secrets_dir.to_path_buf()),
+        global_secret_scope: "file://shared/*".into(),
+        ..settings("sec-scope")
+    })
+    .await;
+    let out = temp_dir("sec-scope-out");
+    let dump = out.join("env.txt");
+    let hooks = json!({"install": format!("env >> {}", dump.display())});
+    let staging = json!({"targets": [command_target("st-1", hooks)],
+        "secret_scope": {"allow": ["file://staging/*"]}});
+    assert_eq!(s.put("/v1/environments/staging", ADMIN, staging.clone()).await.status, StatusCode::CREATED);
+    let prod = json!({"targets": [{"id": "p-1", "executor": "sim"}], "secret_scope": {"allow": ["file://prod/*"]}});
+    assert_eq!(s.put("/v1/environments/prod", ADMIN, prod).await.status, StatusCode::CREATED);
+    let deployer = s.key("staging-deployer", "deployer", &["staging"]).await;
+
+    // The attack, in every place a reference can stand, and with a path that walks out of the allowed prefix.
+    for (place, reference) in [
+        ("secrets", "file://prod/db"),
+        ("config", "file://prod/db"),
+        ("secrets", "file://staging/../prod/db"),
+        ("secrets", "env://DEPLOY_SECRET_PROD_DB"),
+    ] {
+        let mut attack = request("staging", "1.0");
+        attack[place] = json!({"DB": {"ref": reference}});
+        let refused = s.post("/v1/deployments", &deployer, attack).await;
+        refused.problem(403, "forbidden");
+        let detail = refused.body["detail"].as_str().unwrap();
+        assert!(detail.contains(reference) && detail.contains(&format!("{place}.DB")), "{detail}");
+        assert!(detail.contains("secret scope"), "{detail}");
+    }
+    let listed = s.get("/v1/deployments?environment=staging", ADMIN).await.body;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 0, "nothing was accepted: {listed}");
+
+    // Its own secrets, and the global ones, resolve.
+    let mut own = request("staging", "1.0");
+    own["secrets"] = json!({"DB": {"ref": "file://staging/db"}, "CA": {"ref": "file://shared/ca"}});
+    let done = deploy_as(&s, &deployer, own).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let seen = std::fs::read_to_string(&dump).unwrap();
+    assert!(seen.contains("DEPLOY_SECRET_DB=staging-db-pw") && seen.contains("DEPLOY_SECRET_CA=ca"), "{seen}");
+    assert!(!seen.contains("prod-db-password"), "production's password never reached staging: {seen}");
+
+    // A scoped admin of staging may narrow its scope but not widen it.
+    let staging_admin = s.key("staging-admin", "admin", &["staging"]).await;
+    let mut wider = staging.clone();
+    wider["secret_scope"] = json!({"allow": ["file://staging/*", "file://prod/*"]});
+    let refused = s.put("/v1/environments/staging", &staging_admin, wider).await;
+    refused.problem(403, "forbidden");
+    assert!(refused.body["detail"].as_str().unwrap().contains("file://prod/*"), "{:?}", refused.body);
+    let mut narrower = staging.clone();
+    narrower["secret_scope"] = json!({"allow": ["file://staging/db", "file://shared/ca"]});
+    assert_eq!(s.put("/v1/environments/staging", &staging_admin, narrower).await.status, StatusCode::OK);
+    let bad = json!({"targets": [], "secret_scope": {"allow": ["file://x/../y*"]}});
+    s.put("/v1/environments/other", ADMIN, bad).await.problem(400, "validation");
+
+    // Checked again when the target is applied: a deployment accepted while the scope allowed its reference fails,
+    // naming it, once the scope no longer does.
+    let mut protected = staging.clone();
+    protected["protection"] = json!({"required_approvals": 1});
+    assert_eq!(s.put("/v1/environments/staging", ADMIN, protected.clone()).await.status, StatusCode::OK);
+    let mut waiting = request("staging", "2.0");
+    waiting["secrets"] = json!({"DB": {"ref": "file://staging/db"}});
+    let a = s.post("/v1/deployments", &deployer, waiting).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{:?}", a.body);
+    let id = a.body["id"].as_str().unwrap().to_owned();
+    protected["secret_scope"] = json!({"allow": ["file://staging/other"]});
+    assert_eq!(s.put("/v1/environments/staging", ADMIN, protected).await.status, StatusCode::OK);
+    let approve = json!({"decision": "approve", "comment": "ok"});
+    let approved = s.post(&format!("/v1/deployments/{id}/approvals"), ADMIN, approve).await;
+    assert!(approved.status.is_success(), "{:?}", approved.body);
+    let done = s.wait_terminal(&id).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    let error = done["targets"][0]["error"].as_str().unwrap();
+    assert!(error.contains("file://staging/db") && error.contains("secret scope"), "{error}");
 }
 
 /// Finding: target configuration was not checked for inline secrets, and anyone who could read an environment saw the
@@ -286,6 +375,7 @@ async fn deployds_logs_and_help_hold_no_secret() {
         .arg(dir.join("data"))
         .arg("--secrets-dir")
         .arg(&secrets)
+        .args(["--global-secret-scope", "file://token"])
         .arg("--bootstrap-admin-key-file")
         .arg(&key_file)
         .env("DEPLOYD_LOG", "debug")

@@ -22,6 +22,7 @@ async fn server(tag: &str) -> Server {
     Server::with(deploy_server::Settings {
         webhook_retry_schedule: fast_schedule(),
         webhook_timeout: HumanDuration::from_secs(30),
+        global_secret_scope: "env://DB_PASSWORD".into(),
         ..settings(tag)
     })
     .await

@@ -16,6 +16,7 @@ const SQLITE: &[&str] = &[
     include_str!("../migrations/sqlite/0007_delivery_state_columns.sql"),
     include_str!("../migrations/sqlite/0008_environment_protection.sql"),
     include_str!("../migrations/sqlite/0009_schedules_and_freeze.sql"),
+    include_str!("../migrations/sqlite/0010_secret_scope_and_key_names.sql"),
 ];
 const POSTGRES: &[&str] = &[
     include_str!("../migrations/postgres/0001_init.sql"),
@@ -27,10 +28,11 @@ const POSTGRES: &[&str] = &[
     include_str!("../migrations/postgres/0007_delivery_state_columns.sql"),
     include_str!("../migrations/postgres/0008_environment_protection.sql"),
     include_str!("../migrations/postgres/0009_schedules_and_freeze.sql"),
+    include_str!("../migrations/postgres/0010_secret_scope_and_key_names.sql"),
 ];
 
 /// The newest schema version this binary knows.
-pub const LATEST: i64 = 9;
+pub const LATEST: i64 = 10;
 
 /// Brings the schema to [`LATEST`], refusing a database that is newer. Runs in one transaction per migration; on
 /// PostgreSQL an advisory lock keeps replicas that start together from migrating twice.
@@ -181,6 +183,66 @@ mod tests {
         let batch = store.claim_deliveries(after_lapse, 10, 10, std::time::Duration::from_secs(30)).await.unwrap();
         assert_eq!(batch.iter().map(|(d, _)| d.id.clone()).collect::<Vec<_>>(), vec![claimed.id.clone()]);
         store.close().await;
+    }
+
+    /// Before version 10 two keys could share a name (checked by listing, then inserting). Version 10 makes names
+    /// unique: both keys keep working, the younger renamed `<name>#<id>`, and no new key takes a name in use.
+    async fn keys_sharing_a_name_survive_version_10(pool: sqlx::AnyPool, backend: Backend, reopen: impl AsyncFnOnce()) {
+        assert_eq!(migrate_to(&pool, backend, 9).await.unwrap(), 9);
+        let (older, younger) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+        for (id, hash) in [(older, "a".repeat(64)), (younger, "b".repeat(64))] {
+            let doc = serde_json::json!({"id": id, "name": "ci-bot", "role": "deployer", "environments": ["*"],
+                "key_hash": hash, "created_by": "key:admin", "created_at": "2026-11-01T10:00:00Z"});
+            sqlx::query("INSERT INTO deploy_api_keys (id, key_hash, doc) VALUES ($1, $2, $3)")
+                .bind(id.to_string())
+                .bind(hash)
+                .bind(doc.to_string())
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        pool.close().await;
+        reopen().await;
+    }
+
+    async fn check_keys_after_version_10(store: &crate::SqlStore) {
+        use deploy_core::KeyStore;
+        let older = store.api_key_by_hash(&"a".repeat(64)).await.unwrap().expect("the older key still authenticates");
+        let younger = store.api_key_by_hash(&"b".repeat(64)).await.unwrap().expect("the younger one too");
+        assert_eq!(older.name, "ci-bot");
+        assert_eq!(younger.name, format!("ci-bot#{}", younger.id), "renamed apart");
+        let mut third = older.clone();
+        third.id = uuid::Uuid::now_v7();
+        third.key_hash = "c".repeat(64);
+        let refused = store.create_api_key(third).await;
+        assert!(matches!(&refused, Err(deploy_core::StoreError::Invalid(e)) if e.has_field("name")), "{refused:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn keys_sharing_a_name_are_renamed_apart_by_version_10_on_sqlite() {
+        sqlx::any::install_default_drivers();
+        let dir = deploy_testkit::fixtures::temp_dir("schema-9-keys");
+        let url = format!("sqlite://{}?mode=rwc", dir.join(crate::DATABASE_FILE).display());
+        let pool = sqlx::any::AnyPoolOptions::new().max_connections(1).connect(&url).await.unwrap();
+        keys_sharing_a_name_survive_version_10(pool, Backend::Sqlite, async || {
+            let store = crate::SqlStore::sqlite(&dir).await.unwrap();
+            check_keys_after_version_10(&store).await;
+            store.close().await;
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn keys_sharing_a_name_are_renamed_apart_by_version_10_on_postgres() {
+        let test = "keys_sharing_a_name_are_renamed_apart_by_version_10_on_postgres";
+        let Some(url) = crate::testing::fresh_postgres_database(test).await.unwrap() else { return };
+        let pool = sqlx::any::AnyPoolOptions::new().max_connections(1).connect(&url).await.unwrap();
+        keys_sharing_a_name_survive_version_10(pool, Backend::Postgres, async || {
+            let store = crate::SqlStore::postgres(&url).await.unwrap();
+            check_keys_after_version_10(&store).await;
+            store.close().await;
+        })
+        .await;
     }
 
     #[test]

@@ -118,6 +118,7 @@ pub fn environment(ids: &[&str], executor: &str, concurrency: ConcurrencyPolicy)
         require_if_match: false,
         protection: None,
         schedule: None,
+        secret_scope: deploy_core::SecretScope::default(),
         targets: ids
             .iter()
             .map(|id| TargetDefinition {

@@ -654,9 +654,10 @@ impl KeyStore for MemoryStore {
     async fn create_api_key(&self, record: ApiKeyRecord) -> Result<(), StoreError> {
         let mut inner = self.lock();
         if inner.api_keys.values().any(|k| k.key_hash == record.key_hash) {
-            let mut errs = ValidationErrors::default();
-            errs.push("key", "this key is already registered");
-            return Err(StoreError::Invalid(errs));
+            return Err(ApiKeyRecord::key_taken());
+        }
+        if inner.api_keys.values().any(|k| k.name == record.name) {
+            return Err(record.name_taken());
         }
         inner.api_keys.insert(record.id, record);
         Ok(())

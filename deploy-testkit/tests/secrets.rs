@@ -53,6 +53,7 @@ async fn resolved_secrets_reach_the_executor_and_nothing_else() {
         let orchestrator =
             Orchestrator::builder(store.clone(), ExecutorRouter::new().with("scripted", executor.clone()))
                 .secrets(Arc::new(resolver))
+                .global_secret_scope(deploy_core::SecretScope::new(["vault://kv/checkout/*"]))
                 .clock(Arc::new(TestClock::new()))
                 .config(fast_config("c"))
                 .build();
@@ -85,6 +86,9 @@ async fn resolved_secrets_reach_the_executor_and_nothing_else() {
 async fn an_unresolvable_reference_fails_its_target_with_a_clear_error() {
     within(async {
         let h = deploy_testkit::Harness::new("prod", &[("web-1", Some("1.0"))], ConcurrencyPolicy::Queue).await;
+        let mut scoped = environment(&["web-1"], "scripted", ConcurrencyPolicy::Queue);
+        scoped.secret_scope = deploy_core::SecretScope::new(["env://DEPLOY_TESTKIT_*"]);
+        h.orchestrator.put_environment(&h.admin, &env_name("prod"), scoped, None).await.unwrap();
         let mut req = request("prod", "web", "2.0");
         req.secrets.insert("API_TOKEN".into(), serde_json::json!({"ref": "env://DEPLOY_TESTKIT_SURELY_UNSET"}));
         let d = h.submit(req).await.unwrap();

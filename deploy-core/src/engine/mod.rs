@@ -204,6 +204,8 @@ pub(crate) struct Shared {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) executors: ExecutorRouter,
     pub(crate) secrets: Arc<dyn SecretResolver>,
+    /// References every environment may resolve.
+    pub(crate) global_scope: crate::secrets::SecretScope,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) config: OrchestratorConfig,
     pub(crate) known_executors: Option<Vec<String>>,
@@ -261,6 +263,7 @@ pub struct OrchestratorBuilder {
     store: Arc<dyn Store>,
     executors: ExecutorRouter,
     secrets: Arc<dyn SecretResolver>,
+    global_scope: crate::secrets::SecretScope,
     clock: Arc<dyn Clock>,
     config: OrchestratorConfig,
     observer: Option<Arc<dyn EngineObserver>>,
@@ -270,6 +273,12 @@ impl OrchestratorBuilder {
     /// Resolves secret references (default: `env://` from the process environment).
     pub fn secrets(mut self, secrets: Arc<dyn SecretResolver>) -> Self {
         self.secrets = secrets;
+        self
+    }
+    /// Secret references every environment may resolve, beside each environment's own
+    /// [`secret_scope`](crate::EnvironmentSpec::secret_scope) (default: none). Set by whoever runs the orchestrator.
+    pub fn global_secret_scope(mut self, scope: crate::secrets::SecretScope) -> Self {
+        self.global_scope = scope;
         self
     }
     /// The clock (default: [`SystemClock`]).
@@ -297,6 +306,7 @@ impl OrchestratorBuilder {
                 known_executors: self.executors.kinds(),
                 executors: self.executors,
                 secrets: self.secrets,
+                global_scope: self.global_scope,
                 clock: self.clock,
                 config: self.config,
                 observer: self.observer,
@@ -315,6 +325,7 @@ impl Orchestrator {
             store,
             executors: executors.into(),
             secrets: Arc::new(EnvSecretResolver::default()),
+            global_scope: crate::secrets::SecretScope::default(),
             clock: Arc::new(SystemClock),
             config: OrchestratorConfig::default(),
             observer: None,
@@ -348,6 +359,7 @@ impl Orchestrator {
         principal.authorize(Action::ManageEnvironments, name)?;
         spec.validate(self.shared.known_executors.as_deref())?;
         let expected = self.check_host_targets(principal, name, &spec, expected).await?;
+        let expected = self.check_secret_scope(principal, name, &spec, expected).await?;
         let write = self.shared.store.put_environment(name, spec, expected, self.shared.clock.now()).await?;
         Ok(write)
     }
@@ -401,6 +413,57 @@ impl Orchestrator {
         }
     }
 
+    /// An environment's secret scope may be widened only by an admin of every environment; a scoped admin may keep it
+    /// or narrow it (every entry covered by the scope stored now or by the global scope). Returns the revision the
+    /// write must still find, so a scope widened meanwhile by a global admin is not overwritten unseen.
+    async fn check_secret_scope(
+        &self,
+        principal: &Principal,
+        name: &EnvironmentName,
+        spec: &EnvironmentSpec,
+        expected: Option<Revision>,
+    ) -> Result<Option<Revision>, Error> {
+        if spec.secret_scope.is_empty() || principal.authorize(Action::DefineHostTargets, name).is_ok() {
+            return Ok(expected);
+        }
+        let current = match self.shared.store.get_environment(name).await {
+            Ok(e) => Some(e),
+            Err(StoreError::NotFound { .. }) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let stored = current.as_ref().map(|e| e.secret_scope.clone()).unwrap_or_default();
+        let wider = spec.secret_scope.beyond(&[&stored, &self.shared.global_scope]);
+        if let Some(first) = wider.first() {
+            return Err(Error::SecretScopeWidened {
+                principal: principal.id().to_owned(),
+                environment: name.clone(),
+                entry: (*first).to_owned(),
+            });
+        }
+        Ok(expected.or(current.map(|e| e.revision)))
+    }
+
+    /// Refuses a spec naming a secret reference outside its environment's scope and the global one.
+    async fn check_references_in_scope(&self, spec: &crate::spec::DeploymentSpec) -> Result<(), Error> {
+        let desired = crate::state::DesiredState::from_spec(spec, spec.version());
+        let mut refs = crate::secrets::references_of(&desired).peekable();
+        if refs.peek().is_none() {
+            return Ok(());
+        }
+        let global = &self.shared.global_scope;
+        let env = self.shared.store.get_environment(spec.environment()).await?;
+        for (section, key, reference) in refs {
+            if !global.allows(reference) && !env.secret_scope.allows(reference) {
+                return Err(Error::SecretOutOfScope {
+                    environment: spec.environment().clone(),
+                    field: format!("{section}.{key}"),
+                    reference: reference.as_str().to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// An environment (viewer). Callers who may not administer it see its targets' `env` values redacted.
     ///
     /// # Errors
@@ -425,6 +488,7 @@ impl Orchestrator {
         })?;
         principal.authorize(Action::Deploy, &environment)?;
         let spec = submission.request.validate()?;
+        self.check_references_in_scope(&spec).await?;
         let fingerprint = spec.fingerprint();
         let draft = DeploymentDraft {
             id: DeploymentId::new(),

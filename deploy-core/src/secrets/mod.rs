@@ -9,10 +9,12 @@ use serde::{Deserialize, Serialize};
 
 mod detect;
 mod resolvers;
+mod scope;
 mod scrub;
 
 pub use detect::{is_sensitive_key, secret_shape};
 pub use resolvers::{DEFAULT_ENV_PREFIX, EnvSecretResolver, FileSecretResolver, SchemeResolver};
+pub use scope::SecretScope;
 pub use scrub::{REDACTED, Scrubber};
 
 /// A reference to a secret in a secret store: `scheme://location`, e.g. `env://DB_PASSWORD` or
@@ -165,24 +167,38 @@ macro_rules! forward_resolver {
 
 forward_resolver!(std::sync::Arc<T>, Box<T>, &T);
 
+/// The secret references a desired state makes, as `(section, name, reference)`: its `secrets` (section `secrets`)
+/// and `config` values that are references (section `config`).
+pub fn references_of(
+    desired: &crate::state::DesiredState,
+) -> impl Iterator<Item = (&'static str, &String, &SecretRef)> {
+    use crate::spec::ConfigValue;
+    desired.secrets.iter().map(|(k, r)| ("secrets", k, r)).chain(desired.config.iter().filter_map(|(k, v)| match v {
+        ConfigValue::Secret(r) => Some(("config", k, r)),
+        ConfigValue::Literal(_) => None,
+    }))
+}
+
 /// Resolves every secret a desired state refers to (its `secrets`, and `config` values that are references), keyed by
-/// name, for one call to an executor. An unavailable resolver is a retryable error; an unknown or refused reference a
-/// permanent one.
+/// name, for one call to an executor. With `scope` (the environment's joined with the global one, see
+/// [`SecretScope::joined`]), a reference outside it is refused before any resolver is asked.
+/// An unavailable resolver is a retryable error; an unknown or refused reference a permanent one.
 ///
 /// # Errors
 /// [`crate::ExecutorError`] naming the secret.
 pub async fn resolve_for(
     resolver: &dyn SecretResolver,
     desired: &crate::state::DesiredState,
+    scope: Option<&SecretScope>,
 ) -> Result<ResolvedSecrets, crate::executor::ExecutorError> {
     use crate::executor::ExecutorError;
-    use crate::spec::ConfigValue;
     let mut out = ResolvedSecrets::new();
-    let refs = desired.secrets.iter().chain(desired.config.iter().filter_map(|(k, v)| match v {
-        ConfigValue::Secret(r) => Some((k, r)),
-        ConfigValue::Literal(_) => None,
-    }));
-    for (name, reference) in refs {
+    for (_, name, reference) in references_of(desired) {
+        if scope.is_some_and(|scope| !scope.allows(reference)) {
+            return Err(ExecutorError::permanent(format!(
+                "secret {name}: reference {reference} is outside this environment's secret scope"
+            )));
+        }
         match resolver.resolve(reference).await {
             Ok(v) => {
                 out.insert(name.clone(), v);

@@ -119,6 +119,10 @@ struct ServeArgs {
     /// `file://NAME` references resolve files inside this directory.
     #[arg(long, env = "DEPLOYD_SECRETS_DIR")]
     secrets_dir: Option<PathBuf>,
+    /// Secret references every environment may resolve, comma-separated: exact references or prefixes ending in `*`
+    /// (`env://DEPLOY_SECRET_SHARED_*`). Each environment adds its own `secret_scope` [default: none].
+    #[arg(long, env = "DEPLOYD_GLOBAL_SECRET_SCOPE")]
+    global_secret_scope: Option<String>,
     /// An agent silent for longer than this makes its target unreachable (default 15s).
     #[arg(long, env = "DEPLOYD_AGENT_HEARTBEAT_TIMEOUT")]
     agent_heartbeat_timeout: Option<HumanDuration>,
@@ -211,7 +215,7 @@ impl ServeArgs {
         take_opt!(tls_cert, tls_key, tls_client_ca, webhook_secrets_key_file);
         take!(webhook_allow_cidrs, webhook_deny_cidrs, tls_require_client_cert, ip_rate_limit, ip_rate_limit_burst);
         take!(header_read_timeout, max_connections, max_connections_per_ip, max_streams, max_streams_per_principal);
-        take!(database_timeout, trusted_proxies);
+        take!(database_timeout, trusted_proxies, global_secret_scope);
         Ok(s)
     }
 }

@@ -82,6 +82,8 @@ impl SqlStore {
                     targets: stored.into_iter().map(StoredTarget::decode).collect::<Result<_, _>>()?,
                     protection: protection_of(get::<Option<String>>(&row, "protection")?)?,
                     schedule: schedule_of(get::<Option<String>>(&row, "schedule")?)?,
+                    // Acceptance plans targets only; the scope is checked before and at resolution.
+                    secret_scope: deploy_core::SecretScope::default(),
                 };
                 let has_webhooks = get::<i64>(&row, "hooks")? > 0;
                 let env = std::sync::Arc::new(env);
@@ -348,6 +350,8 @@ impl SqlStore {
             targets: stored.into_iter().map(StoredTarget::decode).collect::<Result<_, _>>()?,
             protection,
             schedule,
+            // Acceptance plans targets only; the scope is checked before and at resolution.
+            secret_scope: deploy_core::SecretScope::default(),
         };
         let deployment = Deployment::plan(draft, &env, now).map_err(StoreError::Invalid)?;
         let id = deployment.id();

@@ -9,17 +9,20 @@ impl KeyStore for SqlStore {
         if let Some(map) = doc.as_object_mut() {
             map.insert("key_hash".into(), record.key_hash.clone().into());
         }
-        sqlx::query("INSERT INTO deploy_api_keys (id, key_hash, doc) VALUES ($1, $2, $3)")
+        sqlx::query("INSERT INTO deploy_api_keys (id, key_hash, name, doc) VALUES ($1, $2, $3, $4)")
             .bind(record.id.to_string())
             .bind(&record.key_hash)
+            .bind(&record.name)
             .bind(doc.to_string())
             .execute(&self.pool)
             .await
             .map_err(|e| {
                 if is_unique_violation(&e) {
-                    let mut errs = ValidationErrors::default();
-                    errs.push("key", "this key is already registered");
-                    StoreError::Invalid(errs)
+                    // The index on names is the one whose name ends in `_name`; the other is the digest's.
+                    let by_name = e.as_database_error().is_some_and(|d| {
+                        d.constraint().is_some_and(|c| c.ends_with("_name")) || d.message().contains(".name")
+                    });
+                    if by_name { record.name_taken() } else { ApiKeyRecord::key_taken() }
                 } else {
                     unavailable(e)
                 }

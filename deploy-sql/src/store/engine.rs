@@ -28,20 +28,22 @@ impl Store for SqlStore {
         };
         let revision = i64::try_from(env.revision.get()).unwrap_or(i64::MAX);
         let sql = if created {
-            "INSERT INTO deploy_environments (revision, concurrency, require_if_match, protection, schedule, name) \
-             VALUES ($1, $2, $3, $4, $5, $6)"
+            "INSERT INTO deploy_environments (revision, concurrency, require_if_match, protection, schedule, \
+             secret_scope, name) VALUES ($1, $2, $3, $4, $5, $6, $7)"
         } else {
             "UPDATE deploy_environments SET revision = $1, concurrency = $2, require_if_match = $3, protection = $4, \
-             schedule = $5 WHERE name = $6"
+             schedule = $5, secret_scope = $6 WHERE name = $7"
         };
         let protection = env.protection.as_ref().map(to_json).transpose()?;
         let schedule = env.schedule.as_ref().map(to_json).transpose()?;
+        let secret_scope = Some(&env.secret_scope).filter(|s| !s.is_empty()).map(to_json).transpose()?;
         sqlx::query(sql)
             .bind(revision)
             .bind(policy_name(env.concurrency))
             .bind(i64::from(env.require_if_match))
             .bind(protection)
             .bind(schedule)
+            .bind(secret_scope)
             .bind(name.as_str())
             .execute(&mut *tx)
             .await

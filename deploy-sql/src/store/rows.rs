@@ -294,7 +294,8 @@ pub(super) async fn load_environment(
     name: &EnvironmentName,
 ) -> Result<Option<Environment>, StoreError> {
     let sql = format!(
-        "SELECT revision, concurrency, require_if_match, protection, schedule FROM deploy_environments WHERE name = $1{}",
+        "SELECT revision, concurrency, require_if_match, protection, schedule, secret_scope FROM deploy_environments \
+         WHERE name = $1{}",
         lock.map_or("", Backend::for_update)
     );
     let row =
@@ -305,6 +306,10 @@ pub(super) async fn load_environment(
     let require: i64 = get(&row, "require_if_match")?;
     let protection = protection_of(get::<Option<String>>(&row, "protection")?)?;
     let schedule = schedule_of(get::<Option<String>>(&row, "schedule")?)?;
+    let secret_scope = get::<Option<String>>(&row, "secret_scope")?
+        .map(|json| from_json("environment secret scope", &json))
+        .transpose()?
+        .unwrap_or_default();
     let targets = load_env_targets(conn, name).await?;
     let (active_deployment, queued) = load_open(conn, name).await?;
     Ok(Some(Environment {
@@ -317,6 +322,7 @@ pub(super) async fn load_environment(
         targets,
         protection,
         schedule,
+        secret_scope,
     }))
 }
 

@@ -65,7 +65,7 @@ async fn env_with(store: &dyn Store, prefix: &str, policy: ConcurrencyPolicy) ->
 table!(ENGINE_CHECKS: dyn Store; environments_have_revisions, idempotent_acceptance, preconditions_and_planning, concurrency_policies, a_restarted_replica_takes_over_its_own_leases_at_once, claims_are_fenced, records_are_atomic_and_terminal_is_final, cancel_requests, operator_requests, approvals_gate_the_queue, holds_and_freezes, listings_page_with_cursors, idempotency_keys_expire, environments_are_listed_by_name, unknown_ids_are_not_found,
     concurrent_accepts_with_one_key_make_one_deployment, concurrent_claims_hand_out_one_lease,
     events_are_numbered_without_gaps, released_leases_are_claimable_at_once);
-table!(SERVER_CHECKS: dyn FullStore; agent_assignments_are_fenced, webhook_outbox_follows_changes, api_keys_by_digest, audit_log_pages_newest_first, agent_slots);
+table!(SERVER_CHECKS: dyn FullStore; agent_assignments_are_fenced, webhook_outbox_follows_changes, api_keys_by_digest, api_key_names_are_identities, audit_log_pages_newest_first, agent_slots);
 
 /// Runs every check of [`ENGINE_CHECKS`]: the contract of the engine's [`Store`], all an embedder must implement.
 pub async fn run_all(store: &(dyn Store + 'static)) -> Report {
@@ -729,7 +729,7 @@ pub async fn api_keys_by_digest(store: &dyn FullStore) -> Ran {
     let record = deploy_core::ApiKeyRecord {
         target: None,
         id: Uuid::now_v7(),
-        name: "ci-bot".into(),
+        name: format!("ci-bot-{}", Uuid::now_v7().simple()),
         role: deploy_core::Role::Deployer,
         environments: vec![deploy_core::EnvironmentPattern::new("staging-*").expect("pattern")],
         key_hash: digest.clone(),
@@ -740,14 +740,47 @@ pub async fn api_keys_by_digest(store: &dyn FullStore) -> Ran {
     let found = store.api_key_by_hash(&digest).await.expect("lookup").expect("found by digest");
     assert_eq!(found, record, "the stored record, digest included, comes back unchanged");
     assert_eq!(store.api_key_by_hash(&digest.replace('0', "1")).await.expect("lookup"), None, "other digest");
-    let twice = store.create_api_key(deploy_core::ApiKeyRecord { id: Uuid::now_v7(), ..record.clone() }).await;
-    assert!(matches!(twice, Err(StoreError::Invalid(_))), "one digest, one key: {twice:?}");
+    let other_name = format!("other-{}", Uuid::now_v7().simple());
+    let twice = store
+        .create_api_key(deploy_core::ApiKeyRecord { id: Uuid::now_v7(), name: other_name, ..record.clone() })
+        .await;
+    assert!(matches!(&twice, Err(StoreError::Invalid(e)) if e.has_field("key")), "one digest, one key: {twice:?}");
     assert!(store.list_api_keys().await.expect("list").iter().any(|k| k.id == record.id));
     store.delete_api_key(record.id).await.expect("delete");
     assert_eq!(store.api_key_by_hash(&digest).await.expect("lookup"), None, "a deleted key authenticates nobody");
     assert!(!store.list_api_keys().await.expect("list").iter().any(|k| k.id == record.id));
     let again = store.delete_api_key(record.id).await;
     assert!(matches!(again, Err(StoreError::NotFound { .. })), "deleting twice: {again:?}");
+    Ran::Checked
+}
+
+/// A key's name is its identity: among keys created at once under one name exactly one is stored, a later one of that
+/// name is refused naming the field, and a deleted key's name is free again.
+pub async fn api_key_names_are_identities(store: &dyn FullStore) -> Ran {
+    let name = format!("twin-{}", Uuid::now_v7().simple());
+    let record = |name: &str| deploy_core::ApiKeyRecord {
+        target: None,
+        id: Uuid::now_v7(),
+        name: name.to_owned(),
+        role: deploy_core::Role::Viewer,
+        environments: vec![deploy_core::EnvironmentPattern::any()],
+        key_hash: format!("{:064x}", Uuid::now_v7().as_u128()),
+        created_by: "key:admin".into(),
+        created_at: t0().replace_nanosecond(0).expect("whole second"),
+    };
+    let attempts: Vec<_> = (0..16).map(|_| record(&name)).collect();
+    let results = futures::future::join_all(attempts.iter().cloned().map(|r| store.create_api_key(r))).await;
+    let created = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(created, 1, "one name, one key, however many ask at once: {results:?}");
+    for refused in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert!(matches!(refused, StoreError::Invalid(e) if e.has_field("name")), "{refused:?}");
+    }
+    let listed: Vec<_> = store.list_api_keys().await.expect("list").into_iter().filter(|k| k.name == name).collect();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let later = store.create_api_key(record(&name)).await;
+    assert!(matches!(&later, Err(StoreError::Invalid(e)) if e.has_field("name")), "{later:?}");
+    store.delete_api_key(listed[0].id).await.expect("delete");
+    store.create_api_key(record(&name)).await.expect("a deleted key's name is free again");
     Ran::Checked
 }
 

@@ -81,6 +81,7 @@ fn fleet(n: usize) -> EnvironmentSpec {
         require_if_match: false,
         protection: None,
         schedule: None,
+        secret_scope: deploy_core::SecretScope::default(),
         targets: (1..=n)
             .map(|i| TargetDefinition {
                 id: TargetId::new(format!("web-{i}")).unwrap(),

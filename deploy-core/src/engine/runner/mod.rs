@@ -176,6 +176,8 @@ struct Plan<'a> {
     /// For each target of the deployment still in the environment: what the executor sees of it, and the executor
     /// that serves it, resolved once here (an unknown kind resolves to an executor that refuses every call).
     routes: Vec<Option<(Target, Arc<dyn Executor>)>>,
+    /// The secret references this environment may resolve now: its own scope and the global one.
+    scope: crate::secrets::SecretScope,
 }
 
 impl Plan<'_> {
@@ -213,7 +215,8 @@ async fn run(rec: &Recorder<'_>) -> Result<(), Abort> {
             Some((target, executor))
         })
         .collect();
-    let plan = Plan { rec, environment, env_index, spec, deployment_id, desired, routes };
+    let scope = environment.secret_scope.joined(&rec.shared.global_scope);
+    let plan = Plan { rec, environment, env_index, spec, deployment_id, desired, routes, scope };
     match status {
         DeploymentStatus::Queued => {
             if let Some((stop, reason)) = rec.stop_reason() {

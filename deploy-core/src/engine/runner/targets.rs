@@ -71,13 +71,6 @@ impl Scrub for crate::executor::Outcome {
     }
 }
 
-pub(super) async fn resolve_secrets(
-    rec: &Recorder<'_>,
-    desired: &DesiredState,
-) -> Result<ResolvedSecrets, ExecutorError> {
-    crate::secrets::resolve_for(rec.shared.secrets.as_ref(), desired).await
-}
-
 /// Phase one for a target: observe it; record a skip (already there) or a failure, or stage the intent to change it
 /// (with what it runs now). Staged intents are written together before phase two touches any target.
 pub(super) async fn prepare_target(plan: &Plan<'_>, index: usize) -> Result<(), Abort> {
@@ -192,7 +185,8 @@ pub(super) async fn change_target(plan: &Plan<'_>, index: usize) -> Result<(), A
     let id = entry.id.clone();
 
     // Apply (or run the steps), with secrets resolved for this call only.
-    let call = Call { rec, executor, target: &target, desired: &desired, deployment: deployment_id };
+    let call =
+        Call { rec, executor, target: &target, desired: &desired, deployment: deployment_id, scope: &plan.scope };
     let applied = execute(&call, &policy, spec, &mut entry, index).await?;
     if let Err(e) = applied {
         let now = rec.now();
@@ -250,6 +244,8 @@ pub(super) struct Call<'c> {
     pub(super) target: &'c Target,
     pub(super) desired: &'c DesiredState,
     pub(super) deployment: crate::names::DeploymentId,
+    /// The references the target's environment may resolve.
+    pub(super) scope: &'c crate::secrets::SecretScope,
 }
 
 impl Call<'_> {
@@ -259,7 +255,8 @@ impl Call<'_> {
         &self,
         step: Option<&crate::spec::ImperativeStep>,
     ) -> Result<crate::executor::Outcome, ExecutorError> {
-        let secrets = resolve_secrets(self.rec, self.desired).await?;
+        let secrets =
+            crate::secrets::resolve_for(self.rec.shared.secrets.as_ref(), self.desired, Some(self.scope)).await?;
         let fencing_token = self.rec.fence().await;
         let ctx = ApplyContext { deployment: self.deployment, desired: self.desired, secrets: &secrets, fencing_token };
         let out = match step {
@@ -355,7 +352,7 @@ pub(super) async fn restore_target(plan: &Plan<'_>, index: usize) -> Result<(), 
     let policy = retry_policy(rec, unreachable_wait, index);
     let id = entry.id.clone();
     let mut attempts = entry.attempts;
-    let call = Call { rec, executor, target: &target, desired: &desired, deployment };
+    let call = Call { rec, executor, target: &target, desired: &desired, deployment, scope: &plan.scope };
     let applied = policy.run(&mut attempts, || call.attempt(None)).await;
     entry.attempts = attempts;
     let verify = *plan.spec.verify();
