@@ -89,8 +89,8 @@ pub use problem::ProblemKind;
 pub use schedule::{Freeze, Hold, Period, Schedule};
 pub use secrets::{
     DEFAULT_ENV_PREFIX, EnvSecretResolver, FileSecretResolver, REDACTED, ResolvedSecrets, SchemeResolver, Scrubber,
-    SecretError, SecretRef, SecretRefError, SecretResolver, SecretScope, SecretValue, is_sensitive_key, references_of,
-    resolve_for, secret_shape,
+    ScrubbingStream, SecretError, SecretRef, SecretRefError, SecretResolver, SecretScope, SecretValue,
+    is_sensitive_key, references_of, resolve_for, secret_shape,
 };
 pub use spec::{
     Artifact, CanaryStep, ConfigValue, CountOrPercent, DeploymentRequest, DeploymentSpec, ExecutionMode, FailurePolicy,

@@ -23,6 +23,9 @@ pub const VALIDATE_STAGE: &str = "validate";
 /// Output kept from a hook, from its end.
 const OUTPUT_LIMIT: usize = 4096;
 
+/// How long a hook's output may take to end after the hook exited before its tail is taken.
+const OUTPUT_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// A hook: a shell command line (run with `sh -c`) or a program and its arguments.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(untagged)]
@@ -221,8 +224,11 @@ impl CommandExecutor {
             None => None,
         };
         let record = dir.join(format!("{RUNNING_PREFIX}{stage}.json"));
-        let (proc, mut child) =
-            local::spawn_child(&argv, &workdir, &vars, &log, local::Lifetime::DiesWithParent).await?;
+        // Its output is read (and scrubbed before anything is written) by a thread of this process, for as long as
+        // anything holds the pipe: a child the hook left running that prints later is scrubbed too.
+        let sink = local::Sink { log: &log, scrubber: &env.scrubber, relay: None };
+        let (proc, mut child, captured) =
+            local::spawn_child(&argv, &workdir, &vars, &sink, local::Lifetime::DiesWithParent).await?;
         // Until it exits, the hook is recorded (so a successor can end it) and ends with this call: a call dropped
         // because the lease was lost or deployd shuts down kills the hook's process group.
         let mut running = RunningHook::start(proc.clone(), record)?;
@@ -231,24 +237,27 @@ impl CommandExecutor {
         if finished.is_ok() {
             running.exited();
         }
-        // What a hook printed is kept (in events, errors, the store, its log file) only once its secrets are
-        // scrubbed.
-        let output = || {
-            local::scrub_file(&log, &env.scrubber);
-            local::tail(&log, OUTPUT_LIMIT)
+        // What a hook printed, scrubbed as it was read: once the hook exited, its pipe usually ends at once (a child
+        // it left running may hold it longer, and is not waited for).
+        let output = async || match &captured {
+            Some(c) => {
+                c.settle(OUTPUT_GRACE).await;
+                c.tail(OUTPUT_LIMIT)
+            }
+            None => String::new(),
         };
         match finished {
             Ok(status) => {
                 // Children the hook left running (a `start` hook launching a daemon) are left alone.
                 let ok = status.is_ok_and(|s| s.success());
-                Ok(Some(Ran { ok, output: output() }))
+                Ok(Some(Ran { ok, output: output().await }))
             }
             Err(_) => {
                 if let Some(p) = &proc {
                     p.kill();
                 }
                 let _ = child.wait().await;
-                let output = output();
+                let output = output().await;
                 Err(ExecutorError::permanent(format!(
                     "hook {stage} on {} was killed after its timeout of {}{}",
                     target.id,

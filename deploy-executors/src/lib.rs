@@ -50,8 +50,11 @@
 //! 3. the target's own `env`, which only an admin writes; it wins over everything, and its `{"ref": ...}` values are
 //!    resolved for each run.
 //!
-//! What a program prints is kept (hook output in events, the tail of a failed start in the error) only after every
-//! secret value resolved for the call is scrubbed from it.
+//! What a program prints never reaches a file, an event or an error unscrubbed: its stdout and stderr are a pipe that
+//! is read, and scrubbed of every secret value resolved for the call, before anything is written (its log file under
+//! the state directory, capped at [`LOG_LIMIT`] per run; the tail shown in events and errors). A hook's pipe is read by
+//! this process, also after the hook exits if a child it left running still prints; a `process` service's by a relay
+//! process ([`ProcessExecutor::log_relay`], `deployd log-relay`) so the service outlives the process that started it.
 //!
 //! **Migrating hooks** written before this: a hook that read `$LOG_LEVEL` from a deployment's `config` reads
 //! `$DEPLOY_CONFIG_LOG_LEVEL`; a secret `DB_PASSWORD` from `secrets` is `$DEPLOY_SECRET_DB_PASSWORD`; anything a hook
@@ -59,10 +62,12 @@
 
 mod command;
 mod local;
+mod output;
 mod process;
 mod sim;
 
 pub use command::{APPLY_STAGES, CommandConfig, CommandExecutor, Hook, VALIDATE_STAGE};
 pub use local::{CONFIG_PREFIX, DEFAULT_PATH, EnvValue, SECRET_PREFIX};
+pub use output::{LOG_LIMIT, RELAY_SECRETS_VARIABLE, relay_command, run_log_relay};
 pub use process::{Handover, ProcessConfig, ProcessExecutor};
 pub use sim::{SimConfig, SimExecutor};

@@ -94,21 +94,35 @@ impl Proc {
     }
 }
 
-/// Spawns `argv` in its own process group (so the whole tree can be signalled), output appended to `log`, reaped by a
-/// task of its own.
+/// Where a program's output goes: always through a pipe whose reader scrubs it before appending it to `log`.
+pub(crate) struct Sink<'a> {
+    /// The run's log file.
+    pub(crate) log: &'a Path,
+    /// What to scrub.
+    pub(crate) scrubber: &'a Scrubber,
+    /// The argv of a relay process that reads the pipe (for programs that outlive this process); `None`: a thread of
+    /// this process reads it.
+    pub(crate) relay: Option<&'a [String]>,
+}
+
+/// Spawns `argv` in its own process group (so the whole tree can be signalled), output scrubbed into `sink`, reaped by
+/// a task of its own.
 pub(crate) async fn spawn(
     argv: &[String],
     workdir: &Path,
     env: &BTreeMap<String, String>,
-    log: &Path,
-) -> Result<Proc, ExecutorError> {
-    let (proc, mut child) = spawn_child(argv, workdir, env, log, Lifetime::Detached).await?;
+    sink: &Sink<'_>,
+) -> Result<(Proc, Option<crate::output::Output>), ExecutorError> {
+    let log = sink.log;
+    let (proc, mut child, output) = spawn_child(argv, workdir, env, sink, Lifetime::Detached).await?;
     // Reap it whenever it exits, so it never lingers as a zombie.
     tokio::spawn(async move {
         let _ = child.wait().await;
     });
     let program = argv.first().map(String::as_str).unwrap_or_default();
-    proc.ok_or_else(|| ExecutorError::permanent(format!("{program:?} exited at once (see {})", log.display())))
+    let proc =
+        proc.ok_or_else(|| ExecutorError::permanent(format!("{program:?} exited at once (see {})", log.display())))?;
+    Ok((proc, output))
 }
 
 /// What becomes of a spawned program when the process that started it dies.
@@ -123,21 +137,28 @@ pub(crate) enum Lifetime {
 }
 
 /// [`spawn`], handing the child to the caller to wait for; no [`Proc`] when it exited before it could be looked at.
+/// With no relay, the reader of its output (a thread of this process) comes back too.
 pub(crate) async fn spawn_child(
     argv: &[String],
     workdir: &Path,
     env: &BTreeMap<String, String>,
-    log: &Path,
+    sink: &Sink<'_>,
     lifetime: Lifetime,
-) -> Result<(Option<Proc>, tokio::process::Child), ExecutorError> {
+) -> Result<(Option<Proc>, tokio::process::Child, Option<crate::output::Output>), ExecutorError> {
     let (program, args) = argv.split_first().ok_or_else(|| ExecutorError::permanent("the command is empty"))?;
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(log)
-        .map_err(|e| ExecutorError::retryable(format!("cannot open {}: {e}", log.display())))?;
-    let err = out.try_clone().map_err(|e| ExecutorError::retryable(format!("cannot open {}: {e}", log.display())))?;
+    let log = sink.log;
+    let cannot =
+        |e: std::io::Error| ExecutorError::retryable(format!("cannot capture output into {}: {e}", log.display()));
+    let (out, err, output) = match sink.relay {
+        Some(relay) => {
+            let (out, err) = crate::output::relay(relay, log, sink.scrubber).map_err(cannot)?;
+            (out, err, None)
+        }
+        None => {
+            let (out, err, output) = crate::output::pump(log, sink.scrubber).map_err(cannot)?;
+            (out, err, Some(output))
+        }
+    };
     let mut cmd = tokio::process::Command::new(program);
     // Built from nothing: nothing of this process's environment (its credentials among it) reaches the program.
     cmd.args(args)
@@ -153,8 +174,10 @@ pub(crate) async fn spawn_child(
         dies_with_parent(cmd.as_std_mut());
     }
     let child = cmd.spawn().map_err(|e| ExecutorError::permanent(format!("cannot start {program:?}: {e}")))?;
+    // The pipe's write ends now belong to the child alone: the reader sees the end when it and its children close it.
+    drop(cmd);
     let pid = child.id().ok_or_else(|| ExecutorError::retryable("the process exited at once"))?;
-    Ok((Proc::of(pid).await, child))
+    Ok((Proc::of(pid).await, child, output))
 }
 
 /// Makes the program receive SIGKILL when the thread that spawns it ends: the process, for async code (tokio spawns
@@ -182,28 +205,6 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
     let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
     file.write_all(bytes)
-}
-
-/// Rewrites a log file with every secret value `scrubber` knows replaced (a no-op without secrets or a file).
-pub(crate) fn scrub_file(path: &Path, scrubber: &Scrubber) {
-    if scrubber.is_empty() {
-        return;
-    }
-    let Ok(bytes) = std::fs::read(path) else { return };
-    let text = String::from_utf8_lossy(&bytes);
-    let clean = scrubber.scrub(&text);
-    if clean != text {
-        let tmp = path.with_extension("scrub");
-        if write_private(&tmp, clean.as_bytes()).is_ok() && std::fs::rename(&tmp, path).is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-    }
-}
-
-/// The last `max` bytes of a file, on a character boundary.
-pub(crate) fn tail(path: &Path, max: usize) -> String {
-    let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
-    tail_of(&text, max)
 }
 
 /// The last `max` bytes of `text`, on a character boundary, trimmed.

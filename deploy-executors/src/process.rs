@@ -104,6 +104,7 @@ pub struct ProcessExecutor {
     root: PathBuf,
     http: reqwest::Client,
     secrets: Arc<dyn SecretResolver>,
+    relay: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for ProcessExecutor {
@@ -133,7 +134,18 @@ impl ProcessExecutor {
             .pool_max_idle_per_host(0) // a fresh connection per probe: with SO_REUSEPORT each may reach either version
             .build()
             .unwrap_or_default();
-        Self { root: state_dir.into(), http, secrets: Arc::new(EnvSecretResolver::default()) }
+        Self { root: state_dir.into(), http, secrets: Arc::new(EnvSecretResolver::default()), relay: None }
+    }
+
+    /// Reads services' output through a relay process started from `argv` (the log's path is appended), which must
+    /// run [`crate::run_log_relay`]: `deployd log-relay` does ([`crate::relay_command`]). The relay outlives this
+    /// process, so a service keeps a reader for its output (scrubbed before it is written) while deployd restarts.
+    /// Without one, a thread of this process reads it: a service then loses its output's reader (and is sent
+    /// `SIGPIPE` on its next write) once this process ends.
+    #[must_use]
+    pub fn log_relay(mut self, argv: Vec<String>) -> Self {
+        self.relay = Some(argv).filter(|a| !a.is_empty());
+        self
     }
 
     /// Resolves references in targets' `env` with `resolver` (default: `DEPLOY_SECRET_*` variables).
@@ -290,7 +302,8 @@ impl ProcessExecutor {
         std::fs::create_dir_all(&dir)
             .map_err(|e| ExecutorError::retryable(format!("cannot create {}: {e}", dir.display())))?;
         let argv = Self::command(&cfg, target, ctx.desired, &workdir);
-        let proc = local::spawn(&argv, &workdir, &vars, &log).await?;
+        let sink = local::Sink { log: &log, scrubber: &scrubber, relay: self.relay.as_deref() };
+        let (proc, captured) = local::spawn(&argv, &workdir, &vars, &sink).await?;
         let new = Running { proc, version: version.clone(), port: cfg.port };
         // Recorded before anything else happens, so a restart mid-handover still knows this process.
         state.processes.push(new.clone());
@@ -308,7 +321,11 @@ impl ProcessExecutor {
                 new.proc.stop(grace).await;
                 state.processes.retain(|p| p.proc != new.proc);
                 local::save(&state_file, &state)?;
-                let output = scrubber.scrub(&local::tail(&log, 1024));
+                // Scrubbed as it was read, before it reached the log or this tail.
+                let output = match &captured {
+                    Some(c) => c.tail(1024),
+                    None => crate::output::file_tail(&log, 1024),
+                };
                 let output = if output.is_empty() { String::new() } else { format!("; its output ends: {output}") };
                 Err(ExecutorError::permanent(format!(
                     "{version} did not pass its health check within {}: {why}{output}",

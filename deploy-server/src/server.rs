@@ -77,6 +77,9 @@ pub struct Settings {
     pub secret_env_prefix: String,
     /// `file://NAME` secret references resolve files inside this directory (none without it).
     pub secrets_dir: Option<PathBuf>,
+    /// A binary whose `log-relay` command reads `process` services' output (scrubbed, into their logs) so services
+    /// keep a reader while deployd restarts; the `deployd` binary names itself. `None`: deployd's own threads read it.
+    pub log_relay: Option<PathBuf>,
     /// Secret references every environment may resolve, comma-separated (exact references, or prefixes ending in
     /// `*`); each environment adds its own `secret_scope`. Empty (the default): none beyond each environment's.
     pub global_secret_scope: String,
@@ -151,6 +154,7 @@ impl Default for Settings {
             secret_env_prefix: deploy_core::DEFAULT_ENV_PREFIX.to_owned(),
             secrets_dir: None,
             global_secret_scope: String::new(),
+            log_relay: None,
             webhook_retry_schedule: RetrySchedule::default().to_string(),
             webhook_timeout: HumanDuration::from_secs(10),
             webhook_concurrency: 64,
@@ -216,6 +220,7 @@ impl std::fmt::Debug for Settings {
             .field("secret_env_prefix", &self.secret_env_prefix)
             .field("secrets_dir", &self.secrets_dir)
             .field("global_secret_scope", &self.global_secret_scope)
+            .field("log_relay", &self.log_relay)
             .field("tls_cert", &self.tls_cert)
             .field("tls_client_ca", &self.tls_client_ca)
             .finish_non_exhaustive()
@@ -483,10 +488,13 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let state_dir = settings.executor_state_dir.as_ref().unwrap_or(&settings.data_dir);
     for kind in settings.executors.split(',').map(str::trim).filter(|k| !k.is_empty()) {
         executors = match kind {
-            "process" => executors.with(
-                "process",
-                Arc::new(ProcessExecutor::new(state_dir.join("process")).secrets(Arc::clone(&secrets))),
-            ),
+            "process" => {
+                let mut process = ProcessExecutor::new(state_dir.join("process")).secrets(Arc::clone(&secrets));
+                if let Some(binary) = &settings.log_relay {
+                    process = process.log_relay(deploy_executors::relay_command(binary));
+                }
+                executors.with("process", Arc::new(process))
+            }
             "command" => executors.with(
                 "command",
                 Arc::new(CommandExecutor::new(state_dir.join("command")).secrets(Arc::clone(&secrets))),

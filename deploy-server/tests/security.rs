@@ -177,6 +177,103 @@ async fn a_hook_that_prints_its_secret_leaves_no_trace_of_the_value() {
     }
 }
 
+/// Finding: the scrubber missed bash's `set -x` quoting of a value with a quote, GNU `base64` wrapped at 76 columns,
+/// lowercase `%xx`, percent-encoding that leaves `/` alone and JSON `\u00e4` escapes; output was kept as a tail and
+/// scrubbed afterwards (a value cut at the boundary leaked its tail); a hook's background child printing after the hook
+/// exited, and a `process` service's own log, wrote the raw value into the data directory. Every byte programs print
+/// now goes through a pipe deployd reads and scrubs, normalising before it matches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_form_of_a_secret_a_program_prints_reaches_the_data_directory_or_a_viewer() {
+    const LONG: &str = "it's-a-long-secret/value+with=stuff-äöü-0123456789abcdefghijklmnopqrstuvwxyz";
+    let secrets_dir = temp_dir("sec-forms-secrets");
+    std::fs::write(secrets_dir.join("db"), LONG).unwrap();
+    let s = Server::with(deploy_server::Settings {
+        secrets_dir: Some(secrets_dir.to_path_buf()),
+        global_secret_scope: "file://db".into(),
+        log_relay: Some(env!("CARGO_BIN_EXE_deployd").into()),
+        ..settings("sec-forms")
+    })
+    .await;
+    let script = r#"set -x
+: "$DEPLOY_SECRET_DB"
+printf %s "$DEPLOY_SECRET_DB" | base64
+printf %s "$DEPLOY_SECRET_DB" | od -An -tx1 | tr -d ' \n' | sed 's/../%&/g'; echo
+printf %s "$DEPLOY_SECRET_DB" | sed "s/'/%27/g; s/+/%2B/g; s/=/%3D/g"; echo
+printf '{"v": "%s"}\n' "$DEPLOY_SECRET_DB" | sed 's/ä/\\u00e4/g; s/ö/\\u00f6/g; s/ü/\\u00fc/g'
+(sleep 0.4; echo "late=$DEPLOY_SECRET_DB") &
+head -c 3000 /dev/zero | tr '\0' x; echo "$DEPLOY_SECRET_DB"
+echo started"#;
+    let hook = json!({"id": "h-1", "executor": "command", "config": {"timeout": "10s",
+        "hooks": {"start": ["bash", "-c", script]}}});
+    let slots = common::slots::Slots::new(1, &s.data_dir, "svc");
+    let mut service = slots.targets("")[0].clone();
+    service["config"]["command"] = json!([
+        "bash",
+        "-c",
+        format!(
+            r#"echo "svc=$DEPLOY_SECRET_DB"; printf %s "$DEPLOY_SECRET_DB" | base64; exec {} demo-app --port {{port}} --version {{version}}"#,
+            env!("CARGO_BIN_EXE_deployd")
+        )
+    ]);
+    let env = json!({"targets": [hook, service]});
+    assert_eq!(s.put("/v1/environments/svc", ADMIN, env).await.status, StatusCode::CREATED);
+    let mut body = request("svc", "1.0");
+    body["secrets"] = json!({"DB": {"ref": "file://db"}});
+    let done = deploy_as(&s, ADMIN, body).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    // The hook's background child prints after the hook exited; the service keeps running.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let viewer = s.key("viewer", "viewer", &["*"]).await;
+    let id = done["id"].as_str().unwrap();
+    let events = s.get(&format!("/v1/deployments/{id}/events?limit=500"), &viewer).await.body.to_string();
+    assert!(events.contains("started"), "the hook's output is kept: {events}");
+    let deployment = s.get(&format!("/v1/deployments/{id}"), &viewer).await.body.to_string();
+    let hook_log = std::fs::read_to_string(s.data_dir.join("command/svc/h-1/start.log"))
+        .or_else(|_| {
+            // The layout of the state directory is the executor's: find the log wherever it is.
+            find_file(&s.data_dir, "start.log")
+                .map_or(Err(std::io::ErrorKind::NotFound.into()), std::fs::read_to_string)
+        })
+        .unwrap();
+    assert!(hook_log.contains("late=***"), "the late print was read and scrubbed: {hook_log}");
+    let service_log = find_file(&s.data_dir, "1.0.log").map(|p| std::fs::read_to_string(p).unwrap()).unwrap();
+    assert!(service_log.contains("svc=***"), "the service's own log is scrubbed: {service_log}");
+    let mut stopped = s;
+    stopped.stop().await;
+    let forms = long_forms(LONG);
+    for (place, text) in [("events", &events), ("deployment", &deployment)] {
+        for form in &forms {
+            assert!(!text.contains(form.as_str()), "{place} holds {form:?}: {text}");
+        }
+    }
+    for form in &forms {
+        assert!(!dir_contains(&stopped.data_dir, form.as_bytes()), "the data directory holds {form:?}");
+    }
+    drop(slots);
+}
+
+/// Every form of `secret` the test above prints, and a 24-character piece of each line of its wrapped base64.
+fn long_forms(secret: &str) -> Vec<String> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(secret);
+    let lower: String = secret.bytes().map(|b| format!("%{b:02x}")).collect();
+    let partial = secret.replace('\'', "%27").replace('+', "%2B").replace('=', "%3D");
+    let json = secret.replace('ä', "\\u00e4").replace('ö', "\\u00f6").replace('ü', "\\u00fc");
+    let quoted = format!("'{}'", secret.replace('\'', "'\\''"));
+    let mut forms = vec![secret.to_owned(), lower, partial, json, quoted, secret.get(20..).unwrap().to_owned()];
+    forms.extend(
+        b64.as_bytes().chunks(76).map(|line| String::from_utf8_lossy(&line[..24.min(line.len())]).into_owned()),
+    );
+    forms
+}
+
+fn find_file(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+    std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
+        let path = e.path();
+        if path.is_dir() { find_file(&path, name) } else { (e.file_name() == name).then_some(path) }
+    })
+}
+
 /// The value, and the encodings of it a hook above printed.
 fn leaked_forms(secret: &str) -> Vec<String> {
     use base64::Engine as _;

@@ -15,7 +15,7 @@ mod scrub;
 pub use detect::{is_sensitive_key, secret_shape};
 pub use resolvers::{DEFAULT_ENV_PREFIX, EnvSecretResolver, FileSecretResolver, SchemeResolver};
 pub use scope::SecretScope;
-pub use scrub::{REDACTED, Scrubber};
+pub use scrub::{REDACTED, Scrubber, ScrubbingStream};
 
 /// A reference to a secret in a secret store: `scheme://location`, e.g. `env://DB_PASSWORD` or
 /// `vault://kv/checkout/db#password`.

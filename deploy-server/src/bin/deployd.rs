@@ -31,6 +31,13 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Reads a `process` service's output on stdin, scrubs it of the values deployd hands it, and appends it to `log`.
+    /// Started by deployd itself; not for people.
+    #[command(hide = true)]
+    LogRelay {
+        /// The log file.
+        log: PathBuf,
+    },
     /// The demo's service: `/health` reports the version (503 for versions listed as unhealthy). The demo deploys it.
     DemoApp {
         /// The port on 127.0.0.1 (shared with an older version during a handover).
@@ -221,7 +228,11 @@ impl ServeArgs {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let settings = args.settings()?;
+    let mut settings = args.settings()?;
+    // `process` services' output is read by this binary's `log-relay`, which outlives a restart of deployd.
+    if settings.log_relay.is_none() {
+        settings.log_relay = std::env::current_exe().ok();
+    }
     let store = settings
         .database_url
         .as_ref()
@@ -245,13 +256,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 /// The demo prints its own timeline; the server's log would drown it.
 fn default_log(cli: &Cli) -> &'static str {
     match cli.command {
-        Command::Demo { .. } | Command::DemoApp { .. } => "warn",
+        Command::Demo { .. } | Command::DemoApp { .. } | Command::LogRelay { .. } => "warn",
         Command::Serve(_) => "info",
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The relay logs nothing and needs no runtime: it copies stdin to its log until every writer is gone.
+    if let Command::LogRelay { log } = &cli.command {
+        return match deploy_executors::run_log_relay(log) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::FAILURE,
+        };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("DEPLOYD_LOG")
@@ -274,6 +292,7 @@ fn main() -> ExitCode {
                 let app = vec![exe.display().to_string(), "demo-app".to_owned()];
                 deploy_server::demo::run(data_dir, app).await.map_err(anyhow::Error::from)
             }
+            Command::LogRelay { .. } => Ok(()),
             Command::DemoApp { port, version, unhealthy_versions } => {
                 let app = deploy_server::demo_app::DemoApp { port, version, unhealthy_versions };
                 deploy_server::demo_app::serve(app, deploy_server::terminated())
