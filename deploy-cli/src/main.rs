@@ -30,7 +30,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run::run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("{}", render::error(&e));
+            eprintln!("{}", render::terminal(&render::error(&e)));
             ExitCode::from(1)
         }
     }

@@ -58,6 +58,25 @@ pub(crate) fn error(e: &CliError) -> String {
     }
 }
 
+/// `text` safe to put on a terminal as one cell or field: every control character (line breaks included) and
+/// direction override written as an escape (`\u{1b}`), so nothing a server sends can move the cursor, clear the
+/// screen or forge a line.
+pub(crate) fn clean(text: &str) -> String {
+    escape(text, deploy_core::is_unprintable)
+}
+
+/// `text` safe to put on a terminal as lines: like [`clean`], but line breaks and tabs stay (what a hook printed).
+pub(crate) fn terminal(text: &str) -> String {
+    escape(text, |c| deploy_core::is_unprintable(c) && c != '\n' && c != '\t')
+}
+
+fn escape(text: &str, unsafe_char: impl Fn(char) -> bool) -> String {
+    if !text.chars().any(&unsafe_char) {
+        return text.to_owned();
+    }
+    text.chars().map(|c| if unsafe_char(c) { c.escape_unicode().to_string() } else { c.to_string() }).collect()
+}
+
 /// A value that serializes as a word (`queue`, `healthy`), as that word.
 pub(crate) fn word<T: serde::Serialize>(v: &T) -> String {
     match serde_json::to_value(v) {
@@ -79,7 +98,7 @@ pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
             if let Some(w) = widths.get_mut(i) {
-                *w = (*w).max(cell.chars().count());
+                *w = (*w).max(clean(cell).chars().count());
             }
         }
     }
@@ -97,7 +116,7 @@ pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut out = line(header.iter().map(|h| h.to_uppercase()).collect());
     for row in rows {
         out.push('\n');
-        out.push_str(&line(row.clone()));
+        out.push_str(&line(row.iter().map(|cell| clean(cell)).collect()));
     }
     out
 }

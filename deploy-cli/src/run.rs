@@ -19,11 +19,19 @@ use serde_json::{Value, json};
 use crate::args::{Cli, Command, DeployArgs, EnvCommand, FreezeCommand, KeysCommand, Output, WebhooksCommand};
 use crate::render;
 
-/// `println!` that does not panic when standard output is closed (`deployctl list | head`).
+/// `println!` that does not panic when standard output is closed (`deployctl list | head`), with every control
+/// character but line breaks and tabs escaped: nothing a server sends reaches the terminal as a control sequence.
 macro_rules! say {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
+        let _ = writeln!(std::io::stdout(), "{}", render::terminal(&format!($($arg)*)));
+    }};
+}
+
+/// `eprintln!`, escaped like [`say!`].
+macro_rules! tell {
+    ($($arg:tt)*) => {{
+        eprintln!("{}", render::terminal(&format!($($arg)*)));
     }};
 }
 
@@ -298,7 +306,7 @@ async fn deploy(ctx: &Ctx, args: &DeployArgs) -> Result<u8> {
         return Ok(0);
     }
     if ctx.output == Output::Human && s.replayed {
-        eprintln!("Deployment {id} was already submitted with this idempotency key; following it.");
+        tell!("Deployment {id} was already submitted with this idempotency key; following it.");
     }
     match tokio::time::timeout(timeout.as_std(), follow(ctx, id, false)).await {
         Ok(done) => Ok(render::exit_code(done?.status())),
@@ -381,7 +389,7 @@ impl LiveView {
             targets.insert(t.id.to_string(), (bar, versions));
         }
         if !tty {
-            eprintln!("Following {} ({} {} to {}, {total} targets)", d.id(), d.service(), d.version(), d.environment());
+            tell!("Following {} ({} {} to {}, {total} targets)", d.id(), d.service(), d.version(), d.environment());
         }
         Self { multi, overall, targets, tty }
     }
@@ -389,7 +397,7 @@ impl LiveView {
     fn on(&mut self, event: &Event) {
         if !self.tty {
             let target = event.target_id.as_ref().map(|t| format!(" {t}")).unwrap_or_default();
-            eprintln!("  {} {}{target}: {}", render::time(event.at), event.event_type.as_str(), event.message);
+            tell!("  {} {}{target}: {}", render::time(event.at), event.event_type.as_str(), event.message);
         }
         if event.event_type == EventType::TargetUpdated {
             let Some(id) = &event.target_id else { return };

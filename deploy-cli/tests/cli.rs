@@ -463,3 +463,37 @@ async fn a_protected_environment_in_a_few_commands() {
     assert_eq!(code(&status), 4, "a rejected deployment exits like a cancelled one");
     server.shutdown().await;
 }
+
+/// Finding: a 400 answer to a path holding `%1b%5b2J%0d%0a...` was audited with the raw decoded path, so `deployctl
+/// audit` printed a forged line for another principal and cleared the screen. The audit log keeps such text escaped,
+/// and `deployctl` escapes every control character in what it prints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_server_sends_never_reaches_the_terminal_as_control_sequences() {
+    let (running, _dir) = deployd("cli-escape").await;
+    let url = format!("http://{}", running.addr);
+    let http = reqwest::Client::new();
+    let forged = "%1b%5b2J%0d%0a2026-12-01T00:00:00Z  key:alice  deployment.submit";
+    for path in [format!("/v1/deployments/{forged}/cancel"), format!("/v1/environments/x{forged}")] {
+        let r = http.post(format!("{url}{path}")).bearer_auth(ADMIN).json(&serde_json::json!({})).send().await.unwrap();
+        assert!(r.status().is_client_error(), "{path}: {}", r.status());
+        let r = http.put(format!("{url}{path}")).bearer_auth(ADMIN).json(&serde_json::json!({})).send().await.unwrap();
+        assert!(r.status().is_client_error(), "{path}: {}", r.status());
+    }
+    let out = deployctl(&url, ADMIN, &["audit"]).await;
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(!text.contains('\u{1b}') && !text.contains('\r'), "no control character reaches the terminal: {text:?}");
+    assert!(text.contains("\\u{1b}"), "the escape is shown as text: {text}");
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("key:alice")).collect();
+    assert!(lines.iter().all(|l| l.contains("key:bootstrap-admin")), "no line is forged for alice: {lines:?}");
+    let json = deployctl(&url, ADMIN, &["audit", "--output", "json"]).await;
+    let entries: Value = serde_json::from_slice(&json.stdout).unwrap();
+    for e in entries["items"].as_array().or(entries.as_array()).unwrap() {
+        let all = e.to_string();
+        assert!(!all.contains("\\u001b") && !all.contains("\\r"), "the audit log keeps no control character: {all}");
+        if e["resource"].as_str().unwrap_or_default().starts_with("environments/") {
+            assert!(e["environment"].is_null(), "an invalid name is not recorded as an environment: {e}");
+        }
+    }
+    running.shutdown().await;
+}

@@ -84,15 +84,7 @@ impl OperatorRequest {
     pub fn check_comment(&self) -> Result<(), crate::spec::ValidationErrors> {
         let mut errs = crate::spec::ValidationErrors::default();
         if let Some(c) = &self.comment {
-            if c.chars().count() > MAX_COMMENT {
-                errs.push("comment", format!("at most {MAX_COMMENT} characters"));
-            } else if c.chars().any(|ch| ch.is_control() && ch != '\n') {
-                errs.push("comment", "no control characters");
-            } else if let Some(kind) =
-                crate::secrets::secret_shape(c).or_else(|| c.split_whitespace().find_map(crate::secrets::secret_shape))
-            {
-                errs.push_secret("comment", crate::spec::shaped_like(kind));
-            }
+            errs.check_text("comment", c, MAX_COMMENT);
         }
         if errs.is_empty() { Ok(()) } else { Err(errs) }
     }

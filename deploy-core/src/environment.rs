@@ -187,9 +187,9 @@ impl EnvironmentSpec {
             }
             for (key, value) in &t.labels {
                 let field = format!("targets[{i}].labels.{key}");
-                if let Some(kind) = crate::secrets::secret_shape(value) {
-                    errs.push_secret(field, crate::spec::shaped_like(kind));
-                } else if crate::secrets::is_sensitive_key(key) {
+                if key.chars().any(crate::spec::is_unprintable) {
+                    errs.push(format!("targets[{i}].labels"), "no control characters in label keys");
+                } else if errs.check_text(&field, value, 256) && crate::secrets::is_sensitive_key(key) {
                     errs.push_secret(field, "labels are shown in clear; this key names a secret");
                 }
             }

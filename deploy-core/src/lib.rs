@@ -95,7 +95,7 @@ pub use secrets::{
 pub use spec::{
     Artifact, CanaryStep, ConfigValue, CountOrPercent, DeploymentRequest, DeploymentSpec, ExecutionMode, FailurePolicy,
     FieldError, ImperativeStep, OnFailure, RolloutStrategy, TargetSelector, UnreachableAction, UnreachablePolicy,
-    ValidationErrors, VerifyPolicy,
+    ValidationErrors, VerifyPolicy, is_unprintable,
 };
 pub use state::{ActualState, DesiredState, Health, Observation};
 pub use store::{

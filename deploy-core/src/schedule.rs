@@ -144,8 +144,8 @@ impl Schedule {
                 if p.duration.is_zero() {
                     errs.push(format!("{kind}[{i}].duration"), "must be longer than zero");
                 }
-                if p.reason.as_ref().is_some_and(|r| r.chars().count() > 200) {
-                    errs.push(format!("{kind}[{i}].reason"), "at most 200 characters");
+                if let Some(reason) = &p.reason {
+                    errs.check_text(&format!("{kind}[{i}].reason"), reason, 200);
                 }
             }
         }

@@ -394,8 +394,16 @@ pub(crate) fn client_address(
 /// The longest text an audit field keeps.
 const AUDIT_FIELD_MAX: usize = 256;
 
-/// `text` cut to [`AUDIT_FIELD_MAX`] bytes on a character boundary.
-fn bounded(mut text: String) -> String {
+/// `text` with every control character and direction override written as an escape (`\u{1b}`), so a field can
+/// never move a terminal's cursor or forge a line, cut to [`AUDIT_FIELD_MAX`] bytes on a character boundary.
+fn bounded(text: String) -> String {
+    let mut text = if text.chars().any(deploy_core::is_unprintable) {
+        text.chars()
+            .map(|c| if deploy_core::is_unprintable(c) { c.escape_unicode().to_string() } else { c.to_string() })
+            .collect()
+    } else {
+        text
+    };
     if text.len() > AUDIT_FIELD_MAX {
         let mut end = AUDIT_FIELD_MAX;
         while !text.is_char_boundary(end) {

@@ -105,8 +105,10 @@ pub(crate) async fn put_environment(
     headers: HeaderMap,
     ApiJson(spec): ApiJson<EnvironmentSpec>,
 ) -> ApiResult {
-    caller.audit.set("environment.put", format!("environments/{env}"), Some(env.clone()));
-    let name = env_name(&env)?;
+    // The environment is named in the audit entry only once it is a valid name.
+    let name = env_name(&env);
+    caller.audit.set("environment.put", format!("environments/{env}"), name.as_ref().ok().map(ToString::to_string));
+    let name = name?;
     let expected = if_match(&headers)?;
     let write = state.inner.orchestrator.put_environment(&caller.principal, &name, spec, expected).await?;
     let status = if write.created { StatusCode::CREATED } else { StatusCode::OK };
@@ -204,7 +206,8 @@ pub(crate) async fn submit(
     headers: HeaderMap,
     ApiJson(request): ApiJson<DeploymentRequest>,
 ) -> ApiResult {
-    caller.audit.set("deployment.submit", "deployments", Some(request.environment.clone()));
+    let environment = deploy_core::EnvironmentName::new(request.environment.as_str()).ok().map(|e| e.to_string());
+    caller.audit.set("deployment.submit", "deployments", environment);
     let key = idempotency_key(&headers)?;
     if key.is_none() && state.inner.config.require_idempotency_key {
         return Err(Problem::new(ProblemKind::IdempotencyKeyRequired, "send an Idempotency-Key header"));
@@ -390,7 +393,10 @@ async fn stream_events(state: &AppState, caller: &Caller, id: DeploymentId, afte
 }
 
 /// Names the environment in a request's audit entry from the answer itself: the deployment, or the refusal naming it.
-fn audit_answer<T>(
+/// A refusal that does not name it (`not-now`, `hardcoded-secret`, ...) is audited with the deployment's environment
+/// too, read again for the purpose, so `?environment=` finds every call made about its deployments.
+async fn audit_answer<T>(
+    state: &AppState,
     caller: &Caller,
     action: &'static str,
     id: deploy_core::DeploymentId,
@@ -400,7 +406,8 @@ fn audit_answer<T>(
     let environment = match answer {
         Ok(v) => Some(environment(v)),
         Err(deploy_core::Error::Forbidden(f)) => Some(f.environment.clone()),
-        Err(_) => None,
+        Err(deploy_core::Error::Store(deploy_core::StoreError::NotFound { .. })) => None,
+        Err(_) => state.inner.orchestrator.get(&caller.principal, id).await.ok().map(|d| d.environment().to_string()),
     };
     caller.audit.set(action, format!("deployments/{id}"), environment);
 }
@@ -428,7 +435,7 @@ pub(crate) async fn cancel(State(state): State<AppState>, Path(id): Path<String>
     caller.audit.set("deployment.cancel", format!("deployments/{id}"), None);
     let id = deployment_id(&id)?;
     let cancelled = state.inner.orchestrator.cancel(&caller.principal, id).await;
-    audit_answer(&caller, "deployment.cancel", id, &cancelled, |d| d.environment().to_string());
+    audit_answer(&state, &caller, "deployment.cancel", id, &cancelled, |d| d.environment().to_string()).await;
     let deployment = cancelled?;
     Ok(recorded(&deployment))
 }
@@ -499,7 +506,7 @@ pub(crate) async fn approvals(
     caller.audit.set(action, format!("deployments/{id}"), None);
     let id = deployment_id(&id)?;
     let answer = state.inner.orchestrator.decide(&caller.principal, id, reject, body.comment).await;
-    audit_answer(&caller, action, id, &answer, |d| d.environment().to_string());
+    audit_answer(&state, &caller, action, id, &answer, |d| d.environment().to_string()).await;
     let deployment = answer?;
     Ok(recorded(&deployment))
 }
@@ -536,7 +543,7 @@ pub(crate) async fn override_schedule(
     caller.audit.set(action, format!("deployments/{id}"), None);
     let id = deployment_id(&id)?;
     let answer = state.inner.orchestrator.override_schedule(&caller.principal, id, &body.reason).await;
-    audit_answer(&caller, action, id, &answer, |d| d.environment().to_string());
+    audit_answer(&state, &caller, action, id, &answer, |d| d.environment().to_string()).await;
     let deployment = answer?;
     Ok(recorded(&deployment))
 }
@@ -648,7 +655,7 @@ async fn operate(state: &AppState, caller: &Caller, id: &str, action: deploy_cor
     caller.audit.set(audit_action, format!("deployments/{id}"), None);
     let id = deployment_id(id)?;
     let answer = state.inner.orchestrator.control(&caller.principal, id, action).await;
-    audit_answer(caller, audit_action, id, &answer, |d| d.environment().to_string());
+    audit_answer(state, caller, audit_action, id, &answer, |d| d.environment().to_string()).await;
     let deployment = answer?;
     Ok(recorded(&deployment))
 }
@@ -751,7 +758,7 @@ pub(crate) async fn retry(
     let id = deployment_id(&id)?;
     let key = idempotency_key(&headers)?;
     let submitted = state.inner.orchestrator.retry(&caller.principal, id, key).await;
-    audit_answer(&caller, "deployment.retry", id, &submitted, |s| s.deployment.environment().to_string());
+    audit_answer(&state, &caller, "deployment.retry", id, &submitted, |s| s.deployment.environment().to_string()).await;
     let submitted = submitted?;
     Ok(accepted(&submitted.deployment, submitted.replayed))
 }

@@ -274,6 +274,57 @@ fn find_file(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
     })
 }
 
+/// Finding: inline-secret detection was easy to step around (a token inside free text, as the version, under a
+/// non-English key name; freeze and schedule reasons stored tokens and showed them to every viewer), and control
+/// characters and direction overrides were accepted in reasons and labels. Every free-text field goes through one
+/// check: no control characters, nothing shaped like a secret in any of its tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_free_text_field_refuses_secrets_and_control_characters() {
+    let s = Server::start("sec-text").await;
+    s.sim_env("prod", 1, "queue", json!({})).await;
+    let token = "ghp_0123456789abcdefghijABCDEFGHIJ012345";
+    for reason in [format!("rotate {token}"), format!("see https://x-access-token:{token}@github.com")] {
+        let refused = s.put("/v1/freeze", ADMIN, json!({"reason": reason})).await;
+        refused.problem(422, "hardcoded-secret");
+        assert!(!refused.body.to_string().contains("ghp_0123"), "never echoed: {:?}", refused.body);
+    }
+    s.put("/v1/freeze", ADMIN, json!({"reason": "incident \u{1b}[2J 42"})).await.problem(400, "validation");
+    s.put("/v1/freeze", ADMIN, json!({"reason": "incident \u{202e}24 tnedicni"})).await.problem(400, "validation");
+    let schedule = json!({"freezes": [{"cron": "0 0 * * *", "duration": "1h", "timezone": "UTC",
+        "reason": format!("Bearer {token}")}]});
+    let targets = json!([{"id": "prod-1", "executor": "sim", "config": {"initial_version": "1.0"}}]);
+    s.put("/v1/environments/prod", ADMIN, json!({"targets": targets, "schedule": schedule}))
+        .await
+        .problem(422, "hardcoded-secret");
+    let attempts = [
+        ("version", json!(token)),
+        ("labels", json!({"note": format!("--auth={token}")})),
+        ("labels", json!({"note": "fine\u{1b}]0;pwned\u{7}"})),
+        ("config", json!({"DB_PASSWORT": "hunter2"})),
+        ("config", json!({"MOT_DE_PASSE": "hunter2"})),
+        ("config", json!({"SIGNING_KEY_B64": "aGVsbG8="})),
+        ("config", json!({"DSN": "Server=db;User Id=app;Password=hunter2;"})),
+        ("config", json!({"HOOK": "https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX"})),
+        ("config", json!({"PAY": "sk_test_4eC39HqLyjWDarjtT1zdp7dc"})),
+        ("config", json!({"URL": "https://b.s3.amazonaws.com/a?X-Amz-Signature=fe5f80f77d5fa3beca038a248ff0"})),
+        ("config", json!({"KEYPEM": "-----begin ec private key-----"})),
+    ];
+    for (field, value) in attempts {
+        let mut body = request("prod", "1.0");
+        body[field] = value.clone();
+        let a = s.post("/v1/deployments", ADMIN, body).await;
+        assert!(
+            a.status == StatusCode::UNPROCESSABLE_ENTITY || a.status == StatusCode::BAD_REQUEST,
+            "{field} {value}: {:?}",
+            a.body
+        );
+        assert!(!a.body.to_string().contains("hunter2") && !a.body.to_string().contains("ghp_0123"), "{:?}", a.body);
+    }
+    // Ordinary text passes.
+    let ok = s.put("/v1/freeze", ADMIN, json!({"reason": "quarter close: rotate the deploy key, OPS-1234"})).await;
+    assert_eq!(ok.status, StatusCode::OK, "{:?}", ok.body);
+}
+
 /// The value, and the encodings of it a hook above printed.
 fn leaked_forms(secret: &str) -> Vec<String> {
     use base64::Engine as _;

@@ -814,14 +814,7 @@ impl Orchestrator {
             return Err(Error::Invalid(errs));
         }
         let mut errs = ValidationErrors::default();
-        if reason.chars().count() > crate::control::MAX_COMMENT {
-            errs.push("reason", format!("at most {} characters", crate::control::MAX_COMMENT));
-        } else if crate::secrets::secret_shape(reason).is_some()
-            || reason.split_whitespace().any(|w| crate::secrets::secret_shape(w).is_some())
-        {
-            errs.push_secret("reason", "this looks like a secret; a reason is shown to every reader");
-        }
-        if !errs.is_empty() {
+        if !errs.check_text("reason", reason, crate::control::MAX_COMMENT) {
             return Err(Error::Invalid(errs));
         }
         let request = crate::control::OperatorRequest {
@@ -861,10 +854,10 @@ impl Orchestrator {
             Some((reason, until)) => {
                 let mut errs = ValidationErrors::default();
                 let reason = reason.trim().to_owned();
-                if reason.is_empty() || reason.chars().count() > 500 {
+                if reason.is_empty() {
                     errs.push("reason", "give a reason of 1 to 500 characters");
-                } else if crate::secrets::secret_shape(&reason).is_some() {
-                    errs.push_secret("reason", "this looks like a secret; a reason is shown to every reader");
+                } else {
+                    errs.check_text("reason", &reason, 500);
                 }
                 if until.is_some_and(|u| u <= now) {
                     errs.push("until", "must be in the future");

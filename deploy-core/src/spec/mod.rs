@@ -427,6 +427,14 @@ pub struct FieldError {
     pub hardcoded_secret: bool,
 }
 
+/// Whether `c` must not appear in text shown on a terminal: control characters (escape sequences, carriage returns,
+/// line breaks) and Unicode's direction marks, embeddings, overrides and isolates.
+#[must_use]
+pub fn is_unprintable(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
 /// Every problem found in a request.
 #[derive(Debug, Clone, PartialEq, Eq, Default, thiserror::Error)]
 pub struct ValidationErrors {
@@ -442,6 +450,34 @@ impl ValidationErrors {
     /// Adds a hard-coded secret.
     pub fn push_secret(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.errors.push(FieldError { field: field.into(), message: message.into(), hardcoded_secret: true });
+    }
+
+    /// Checks a free-text field that is recorded and shown to readers (a reason, a comment, a label): at most
+    /// `max_chars` characters, no control characters and no bidirectional overrides (they forge lines and reorder
+    /// text on a terminal), and nothing shaped like a secret in any of its tokens. Returns whether it passed.
+    ///
+    /// ```
+    /// use deploy_core::ValidationErrors;
+    /// let mut errs = ValidationErrors::default();
+    /// assert!(errs.check_text("reason", "database migration, OPS-1234", 500));
+    /// assert!(!errs.check_text("reason", "rotate ghp_0123456789abcdefghijABCDEFGHIJ012345", 500));
+    /// assert!(!errs.check_text("comment", "ok\u{1b}[2J", 500));
+    /// assert!(errs.has_hardcoded_secret() && errs.has_field("comment"));
+    /// ```
+    pub fn check_text(&mut self, field: &str, text: &str, max_chars: usize) -> bool {
+        if text.chars().count() > max_chars {
+            self.push(field, format!("at most {max_chars} characters"));
+        } else if let Some(c) = text.chars().find(|&c| is_unprintable(c)) {
+            self.push(field, format!("no control characters or direction overrides (found U+{:04X})", u32::from(c)));
+        } else if let Some(kind) = crate::secrets::secret_shape(text) {
+            self.push_secret(
+                field,
+                format!("this looks like {kind}; this text is recorded and shown to every reader, never a secret"),
+            );
+        } else {
+            return true;
+        }
+        false
     }
 
     /// The problems, in the order found.

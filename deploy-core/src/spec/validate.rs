@@ -37,6 +37,10 @@ pub(super) fn validate(req: &DeploymentRequest, rules: Rules) -> Result<Deployme
     let environment = name(&mut errs, "environment", EnvironmentName::new(req.environment.as_str()));
     let service = name(&mut errs, "service", ServiceName::new(req.service.as_str()));
     let version = name(&mut errs, "version", Version::new(req.version.as_str()));
+    // A version is shown everywhere a deployment is: a token pasted as one is refused like any inline secret.
+    if let Some(kind) = crate::secrets::secret_shape(&req.version) {
+        errs.push_secret("version", shaped_like(kind));
+    }
     let artifact = req.artifact.as_ref().and_then(|a| artifact(&mut errs, a));
     let config = config(&mut errs, &req.config);
     let secrets = secrets(&mut errs, &req.secrets);
@@ -145,7 +149,8 @@ fn key_ok(errs: &mut ValidationErrors, field: &str, key: &str) -> bool {
     let valid = (1..=MAX_KEY_LEN).contains(&key.len())
         && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
     if !valid {
-        errs.push(format!("{field}.{key}"), "keys are 1 to 128 letters, digits, '_', '-' or '.'");
+        // The key is not echoed as a field path: it may hold anything (escape sequences among it).
+        errs.push(field, format!("key {key:?}: keys are 1 to 128 letters, digits, '_', '-' or '.'"));
     }
     valid
 }
@@ -233,9 +238,7 @@ fn labels(errs: &mut ValidationErrors, field: &str, labels: &BTreeMap<String, St
         }
         if value.len() > 256 {
             errs.push(format!("{field}.{key}"), "label values are at most 256 bytes");
-        } else if let Some(kind) = crate::secrets::secret_shape(value) {
-            errs.push_secret(format!("{field}.{key}"), shaped_like(kind));
-        } else if crate::secrets::is_sensitive_key(key) {
+        } else if errs.check_text(&format!("{field}.{key}"), value, 256) && crate::secrets::is_sensitive_key(key) {
             errs.push_secret(
                 format!("{field}.{key}"),
                 "labels are stored and shown in clear; this key names a secret, pass it through \"secrets\" as a \
