@@ -8,8 +8,8 @@ use deploy_core::{EnvironmentName, IdempotencyKey, ServiceName};
 /// Deploy through the Deployment API: submit, watch, cancel and roll back deployments, manage environments, keys and
 /// webhooks.
 ///
-/// Exit codes: 0 succeeded, 2 degraded, 3 failed or rolled back, 4 cancelled or superseded, 1 usage, transport or
-/// server errors.
+/// Exit codes: 0 succeeded, 2 degraded, 3 failed or rolled back, 4 cancelled (an abort without rollback too),
+/// superseded or rejected, 1 usage, transport or server errors.
 #[derive(Debug, Parser)]
 #[command(name = "deployctl", version)]
 pub(crate) struct Cli {

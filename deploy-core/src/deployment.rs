@@ -839,8 +839,16 @@ impl Deployment {
         let message = match request.action {
             OperatorAction::Approve | OperatorAction::Reject => return self.decide(request, now),
             OperatorAction::Override => {
-                if !matches!(self.status, DeploymentStatus::Queued | DeploymentStatus::AwaitingApproval) {
-                    return Err(RequestError::NotNow(format!("it is {}: it has started already", self.status)));
+                match self.status {
+                    DeploymentStatus::Queued => {}
+                    DeploymentStatus::AwaitingApproval => {
+                        return Err(RequestError::NotNow(
+                            "it is awaiting approval: an override lets a deployment held by a window or a freeze \
+                             start, and approvals are not overridden; approve it first"
+                                .into(),
+                        ));
+                    }
+                    other => return Err(RequestError::NotNow(format!("it is {other}: it has started already"))),
                 }
                 self.controls.override_schedule = true;
                 self.held_until = None;
@@ -1105,7 +1113,10 @@ impl Deployment {
     ) {
         let now = now.unwrap_or(self.updated_at);
         if let Some(change) = status {
-            self.held_until = hold_until.filter(|_| change.status == DeploymentStatus::Queued);
+            // A hold decided before an override was recorded (the holder read the record first) does not stand: the
+            // override ends holds at once, whenever it lands.
+            self.held_until =
+                hold_until.filter(|_| change.status == DeploymentStatus::Queued && !self.controls.override_schedule);
             let paused = change.status == DeploymentStatus::Paused;
             self.awaiting_promotion = awaiting_promotion.filter(|_| paused);
             if !paused {
@@ -1326,6 +1337,38 @@ mod tests {
         let back: Deployment = serde_json::from_value(json).unwrap();
         assert_eq!(back.summary().skipped, 1, "a stored summary cannot disagree with its targets");
         assert_eq!(back, d);
+    }
+
+    /// Finding: an override that raced the hold was missed (the holder had read the record before the override and
+    /// wrote its hold after it), and an override of a deployment awaiting approval answered 202 and changed nothing.
+    #[test]
+    fn an_override_ends_a_hold_whenever_it_lands_and_is_refused_before_approval() {
+        use crate::control::{OperatorAction, OperatorRequest};
+        let at = time::OffsetDateTime::UNIX_EPOCH;
+        let mut d = deployment(&["a"]);
+        let override_it = OperatorRequest {
+            action: OperatorAction::Override,
+            by: "key:admin".into(),
+            comment: Some("hotfix".into()),
+        };
+        let update = d.request(&override_it, at, false).unwrap();
+        d.apply(&update).unwrap();
+        // The holder's hold, decided from the record as it was before the override.
+        let hold = ProgressUpdate {
+            now: Some(at),
+            status: Some(StatusChange { status: DeploymentStatus::Queued, reason: Some("held: in a freeze".into()) }),
+            hold_until: Some(at + time::Duration::minutes(1)),
+            ..ProgressUpdate::default()
+        };
+        d.apply(&hold).unwrap();
+        assert_eq!(d.held_until(), None, "the override stands: claimable at once");
+        assert_eq!(d.wake_at(), None);
+
+        let mut waiting = deployment(&["a"]);
+        waiting.status = DeploymentStatus::AwaitingApproval;
+        let refused = waiting.request(&override_it, at, false).unwrap_err();
+        assert!(matches!(&refused, RequestError::NotNow(why) if why.contains("approve it first")), "{refused:?}");
+        assert!(!waiting.controls.override_schedule, "nothing changed");
     }
 
     #[test]

@@ -127,7 +127,7 @@ impl CommandExecutor {
         let lock_path = local::target_dir(&self.root, target).join("installed.lock");
         let fail = |e: std::io::Error| ExecutorError::retryable(format!("cannot lock {}: {e}", lock_path.display()));
         if let Some(dir) = lock_path.parent() {
-            std::fs::create_dir_all(dir).map_err(fail)?;
+            crate::local::create_private_dir(dir).map_err(fail)?;
         }
         let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&lock_path);
         let lock = lock.map_err(fail)?;
@@ -206,7 +206,7 @@ impl CommandExecutor {
         let dir = local::target_dir(&self.root, target);
         let workdir = cfg.workdir.clone().unwrap_or_else(|| dir.clone());
         for d in [&dir, &workdir] {
-            std::fs::create_dir_all(d)
+            crate::local::create_private_dir(d)
                 .map_err(|e| ExecutorError::retryable(format!("cannot create {}: {e}", d.display())))?;
         }
         let log = dir.join(format!("{stage}.log"));
@@ -351,9 +351,12 @@ async fn end_leftovers(dir: &std::path::Path, target: &deploy_core::TargetId) {
         if left.owner.is_some() && left.owner == me {
             continue;
         }
-        if left.hook.alive() {
-            tracing::warn!(pid = left.hook.pid, %target, "a previous owner's hook is still running; ending it first");
-            left.hook.stop(std::time::Duration::from_secs(2)).await;
+        // The whole group, its leader alive or not: a hook's `sh` dies with a killed owner, the work it forked does not.
+        let group = left.hook.group();
+        if !group.is_empty() {
+            tracing::warn!(pid = left.hook.pid, processes = group.len(), %target,
+                "a previous owner's hook (or what it started) is still running; ending its process group first");
+            left.hook.stop_group(std::time::Duration::from_secs(2)).await;
         }
         let _ = std::fs::remove_file(entry.path());
     }
@@ -541,6 +544,49 @@ mod tests {
         stale.apply(&t, ctx(d, 0)).await.unwrap();
         let lines = std::fs::read_to_string(&ran).unwrap();
         assert_eq!(lines.lines().collect::<Vec<_>>(), ["2.0 2", "2.0 2", "2.0 1", "2.0 0"], "the stale hook never ran");
+    }
+
+    /// Finding of the chaos rerun: a hook whose work runs in a child (`sh -c 'work & wait'`) outlived a killed owner
+    /// (its `sh` died of the parent-death signal, the child did not) and overlapped the successor's install. The
+    /// successor ends every process of the previous owner's hook group, its leader dead or alive.
+    #[tokio::test]
+    async fn a_successor_ends_what_a_dead_owners_hook_forked_even_when_the_hook_itself_is_gone() {
+        let dir = deploy_testkit::fixtures::temp_dir("exec-hook-fork");
+        let pidfile = dir.join("work.pid");
+        let hook = format!("sleep 30 & echo $! > {}; wait", pidfile.display());
+        let t = target(&hook);
+        let desired = DesiredState::bare(ServiceName::new("s").unwrap(), Version::new("2.0").unwrap());
+        let secrets = ResolvedSecrets::new();
+        let ctx =
+            ApplyContext { deployment: DeploymentId::new(), desired: &desired, secrets: &secrets, fencing_token: 1 };
+        let first = CommandExecutor::new(dir.join("state"));
+        let mut leaked = Box::pin(first.apply(&t, ctx));
+        let work = tokio::select! {
+            pid = wait_for_pid(&pidfile) => pid,
+            _ = &mut leaked => panic!("the hook ended early"),
+        };
+        std::mem::forget(leaked);
+        // The owner was killed: its hook's `sh` died of the parent-death signal; the forked work runs on.
+        let record = local::target_dir(&dir.join("state"), &t).join("running-install.json");
+        let mut left: HookRecord = local::load::<Option<HookRecord>>(&record).unwrap().expect("the hook is recorded");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(left.hook.pid as i32), nix::sys::signal::Signal::SIGKILL)
+            .unwrap();
+        for _ in 0..100 {
+            if !left.hook.alive() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!left.hook.alive(), "the hook's leader is gone");
+        assert!(alive(work), "what it forked is not");
+        left.owner = Some(Proc { pid: std::process::id(), start_time: 1 });
+        local::save(&record, &left).unwrap();
+        std::fs::remove_file(&pidfile).unwrap();
+        let next = CommandExecutor::new(dir.join("state"));
+        let call = tokio::time::timeout(Duration::from_secs(2), next.apply(&t, ctx));
+        let (pid, _) = tokio::join!(wait_for_pid(&pidfile), call);
+        assert!(gone(work).await, "the dead owner's forked work was ended before the new hook started");
+        assert_ne!(pid, work);
     }
 
     /// Issue 16: a hook dies with the call that started it (the lease was lost, deployd is shutting down), and a hook

@@ -23,6 +23,18 @@ pub(crate) struct Proc {
     pub(crate) start_time: u64,
 }
 
+/// The process group and start time of a live process (`None` when it does not exist or is a zombie).
+fn group_and_start(pid: u32) -> Option<(u32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    if fields.first().is_some_and(|s| *s == "Z" || *s == "X") {
+        return None;
+    }
+    // After the ')': state (field 3 overall), ppid, pgrp (field 5), ..., starttime (field 22).
+    Some((fields.get(2)?.parse().ok()?, fields.get(19)?.parse().ok()?))
+}
+
 /// The start time (in clock ticks since boot) of a live process; `None` when it does not exist or is a zombie.
 fn start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -79,6 +91,42 @@ impl Proc {
             self.signal(Signal::SIGKILL);
             for _ in 0..100 {
                 if !self.alive() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+
+    /// The live processes of its process group (itself, and every child it started that stayed in the group), the
+    /// leader dead or alive. Only processes started no earlier than it count: the group's id is its pid, which the
+    /// kernel gives no other process while the group has members.
+    pub(crate) fn group(&self) -> Vec<u32> {
+        let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|&pid| {
+                group_and_start(pid).is_some_and(|(group, start)| group == self.pid && start >= self.start_time)
+            })
+            .collect()
+    }
+
+    /// SIGTERM to every process of its group, then SIGKILL once `grace` has passed; returns once none is left. Unlike
+    /// [`Proc::stop`], acts when the leader is gone too: what a hook forked outlives it.
+    pub(crate) async fn stop_group(&self, grace: Duration) {
+        if self.group().is_empty() {
+            return;
+        }
+        self.signal(Signal::SIGTERM);
+        let deadline = tokio::time::Instant::now() + grace;
+        while !self.group().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if !self.group().is_empty() {
+            self.signal(Signal::SIGKILL);
+            for _ in 0..100 {
+                if self.group().is_empty() {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -198,6 +246,13 @@ fn dies_with_parent(cmd: &mut std::process::Command) {
             Ok(())
         });
     }
+}
+
+/// Creates a directory and its missing parents readable by their owner only (0700), like everything else an executor
+/// keeps under deployd's data directory.
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
 }
 
 /// Writes a new file readable by its owner only (0600): what executors keep (state, hook output) is deployd's alone.
@@ -362,7 +417,7 @@ pub(crate) fn load<T: DeserializeOwned + Default>(path: &Path) -> Result<T, Exec
 pub(crate) fn save<T: Serialize>(path: &Path, value: &T) -> Result<(), ExecutorError> {
     let fail = |e: std::io::Error| ExecutorError::retryable(format!("cannot write {}: {e}", path.display()));
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(fail)?;
+        create_private_dir(dir).map_err(fail)?;
     }
     let bytes = serde_json::to_vec_pretty(value).map_err(|e| ExecutorError::permanent(e.to_string()))?;
     let tmp = path.with_extension("tmp");

@@ -271,7 +271,7 @@ impl ProcessExecutor {
         let version = ctx.desired.version.as_str().to_owned();
         let dir = local::target_dir(&self.root, target);
         let workdir = cfg.workdir.clone().unwrap_or_else(|| dir.clone());
-        std::fs::create_dir_all(&workdir)
+        crate::local::create_private_dir(&workdir)
             .map_err(|e| ExecutorError::retryable(format!("cannot create {}: {e}", workdir.display())))?;
         let state_file = self.state_file(target);
         let mut state: SlotState = local::load(&state_file)?;
@@ -299,7 +299,7 @@ impl ProcessExecutor {
             local::environment(target, ctx.desired, Some(ctx), &cfg.env, self.secrets.as_ref()).await?;
         vars.entry("PORT".to_owned()).or_insert_with(|| cfg.port.to_string());
         let log = dir.join(format!("{version}.log"));
-        std::fs::create_dir_all(&dir)
+        crate::local::create_private_dir(&dir)
             .map_err(|e| ExecutorError::retryable(format!("cannot create {}: {e}", dir.display())))?;
         let argv = Self::command(&cfg, target, ctx.desired, &workdir);
         let sink = local::Sink { log: &log, scrubber: &scrubber, relay: self.relay.as_deref() };

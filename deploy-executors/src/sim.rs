@@ -136,7 +136,7 @@ impl SimExecutor {
             let path = Self::path(dir, target);
             let write = || -> std::io::Result<()> {
                 if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent)?;
+                    crate::local::create_private_dir(parent)?;
                 }
                 let tmp = path.with_extension("json.tmp");
                 crate::local::write_private(&tmp, &serde_json::to_vec(&state).map_err(std::io::Error::other)?)?;

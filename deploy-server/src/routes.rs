@@ -544,7 +544,17 @@ pub(crate) async fn override_schedule(
     let id = deployment_id(&id)?;
     let answer = state.inner.orchestrator.override_schedule(&caller.principal, id, &body.reason).await;
     audit_answer(&state, &caller, action, id, &answer, |d| d.environment().to_string()).await;
-    let deployment = answer?;
+    let deployment = answer.map_err(|e| match e {
+        // Said as what was asked: overriding is an admin's act, not "managing environments".
+        deploy_core::Error::Forbidden(f) => Problem::new(
+            ProblemKind::Forbidden,
+            format!(
+                "{} may not override windows and freezes in environment {}: only its admins may, with a reason",
+                f.principal, f.environment
+            ),
+        ),
+        other => other.into(),
+    })?;
     Ok(recorded(&deployment))
 }
 

@@ -256,14 +256,24 @@ async fn a_new_data_directory_and_its_database_are_private_to_deployd() {
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&s.data_dir), 0o700, "the data directory");
     // Every file deployd wrote: the database, the executors' state and hook output.
-    fn files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    fn files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>, dirs: &mut Vec<std::path::PathBuf>) {
         for entry in std::fs::read_dir(dir).unwrap().flatten() {
             let path = entry.path();
-            if path.is_dir() { files(&path, out) } else { out.push(path) }
+            if path.is_dir() {
+                dirs.push(path.clone());
+                files(&path, out, dirs);
+            } else {
+                out.push(path);
+            }
         }
     }
-    let mut all = Vec::new();
-    files(&s.data_dir, &mut all);
+    let (mut all, mut dirs) = (Vec::new(), Vec::new());
+    files(&s.data_dir, &mut all, &mut dirs);
+    // Finding: the sim executor's directory in a new data directory was 0755. Every directory is deployd's alone.
+    assert!(dirs.iter().any(|d| d.ends_with("sim")), "{dirs:?}");
+    for d in &dirs {
+        assert_eq!(mode(d), 0o700, "{} is not private", d.display());
+    }
     assert!(all.iter().any(|p| p.ends_with(deploy_sql::DATABASE_FILE)), "{all:?}");
     assert!(
         all.iter().any(|p| p.ends_with("install.log")) && all.iter().any(|p| p.to_string_lossy().contains("/sim/"))
@@ -288,6 +298,11 @@ async fn webhooks_to_metadata_addresses_are_refused_at_creation_and_at_connect_t
         "http://[fd00:ec2::254]/",
         "http://100.100.100.200/",
         "http://[::ffff:169.254.169.254]/",
+        // IPv6 forms that carry 169.254.169.254 for a translator or tunnel (finding of the second review).
+        "http://[::a9fe:a9fe]/",
+        "http://[64:ff9b::a9fe:a9fe]/",
+        "http://[2002:a9fe:a9fe::1]/",
+        "http://[::ffff:0:a9fe:a9fe]/",
         "http://127.0.0.1:9/",
         "http://localhost:9/",
     ] {

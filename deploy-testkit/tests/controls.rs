@@ -206,7 +206,13 @@ async fn abort_with_rollback_restores_and_without_leaves_the_targets() {
                 assert_eq!(done.status(), DeploymentStatus::RolledBack, "{:?}", done.status_reason());
                 assert_eq!(versions(&h), vec![Some("1.0".to_owned()); 4]);
             } else {
-                assert_eq!(done.status(), DeploymentStatus::Failed, "{:?}", done.status_reason());
+                // A deliberate stop is no failure (finding of the governance trial): it ends cancelled, its
+                // terminal event `deployment.cancelled`, so nobody is paged for an operator's decision.
+                assert_eq!(done.status(), DeploymentStatus::Cancelled, "{:?}", done.status_reason());
+                let events = h.events(d.id()).await;
+                let last = events.last().unwrap();
+                assert_eq!(last.event_type, deploy_core::EventType::Cancelled, "{last:?}");
+                assert!(!events.iter().any(|e| e.event_type == deploy_core::EventType::Failed));
                 assert_eq!(versions(&h)[..2], [Some("2.0".to_owned()), Some("2.0".to_owned())]);
                 assert_eq!(versions(&h)[2..], [Some("1.0".to_owned()), Some("1.0".to_owned())]);
             }

@@ -280,6 +280,36 @@ async fn failure_beyond_the_threshold_rolls_every_changed_target_back() {
     .await;
 }
 
+/// Finding of the chaos rerun: a deployment in which some targets failed ended `rolled_back` while the targets that
+/// succeeded kept running the new version, because they ran nothing before it. `rolled_back` means every target runs
+/// what it ran before; when that is not so the deployment ends `failed`, and each such target says it could not be
+/// restored.
+#[tokio::test(start_paused = true)]
+async fn a_rollback_that_cannot_restore_a_target_that_ran_nothing_before_ends_failed() {
+    within(async {
+        let h =
+            Harness::new("prod", &[("web-1", None), ("web-2", Some("1.0")), ("web-3", None)], ConcurrencyPolicy::Queue)
+                .await;
+        h.executor.add_fault("web-3", Some("2.0"), Fault::FailPermanently);
+        let d = h.submit(DeploymentRequest { strategy: rolling(2), ..request("prod", "web", "2.0") }).await.unwrap();
+        h.settle().await;
+        let d = h.get(d.id()).await;
+        assert_eq!(d.status(), DeploymentStatus::Failed, "{:?}", d.status_reason());
+        assert_consistent(&d);
+        let reason = d.status_reason().unwrap_or_default();
+        assert!(reason.contains("ran no earlier version and still run the new one"), "{reason}");
+        let web1 = d.targets().iter().find(|t| t.id.as_str() == "web-1").unwrap();
+        assert_eq!(web1.status, TargetStatus::Succeeded, "it runs 2.0, and says so");
+        assert!(web1.error.as_deref().unwrap_or_default().contains("not restorable"), "{web1:?}");
+        let web2 = d.targets().iter().find(|t| t.id.as_str() == "web-2").unwrap();
+        assert_eq!(web2.status, TargetStatus::RolledBack, "what could be restored was");
+        assert_eq!(versions(&h)[1], Some("1.0".to_owned()));
+        let kinds: Vec<EventType> = h.events(d.id()).await.iter().map(|e| e.event_type).collect();
+        assert_eq!(kinds.last(), Some(&EventType::Failed));
+    })
+    .await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn failure_with_policy_fail_stops_without_rolling_back() {
     within(async {

@@ -60,6 +60,15 @@ impl AddressPolicy {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             v4 => v4,
         };
+        // An IPv6 address that carries an IPv4 address a translator or tunnel will reach (IPv4-compatible, SIIT,
+        // NAT64, 6to4, Teredo) is judged as that IPv4 address too.
+        if let IpAddr::V6(v6) = ip
+            && let Some(v4) = embedded_v4(v6)
+            && !self.allow.iter().any(|net| net.contains(&ip))
+            && let Some(why) = self.refuses(IpAddr::V4(v4))
+        {
+            return Some(why);
+        }
         if self.allow.iter().any(|net| net.contains(&ip)) {
             return None;
         }
@@ -81,6 +90,28 @@ impl AddressPolicy {
             _ => None,
         }
     }
+}
+
+/// The IPv4 address an IPv6 address carries for a translator or a tunnel: IPv4-compatible (`::a.b.c.d`), SIIT
+/// (`::ffff:0:a.b.c.d`), NAT64 (`64:ff9b::/96`, `64:ff9b:1::/48`), 6to4 (`2002:AABB:CCDD::/48`) and Teredo (server in
+/// bits 32..64, client obfuscated in the last 32).
+fn embedded_v4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    let seg = v6.segments();
+    let last = std::net::Ipv4Addr::from(u32::from(seg[6]) << 16 | u32::from(seg[7]));
+    let compatible = seg[..6].iter().all(|&s| s == 0) && !v6.is_loopback() && !v6.is_unspecified();
+    let siit = seg[..4].iter().all(|&s| s == 0) && seg[4] == 0xffff && seg[5] == 0;
+    let nat64 = seg[0] == 0x64 && seg[1] == 0xff9b && (seg[2] == 1 || seg[2..6].iter().all(|&s| s == 0));
+    if compatible || siit || nat64 {
+        return Some(last);
+    }
+    if seg[0] == 0x2002 {
+        return Some(std::net::Ipv4Addr::from(u32::from(seg[1]) << 16 | u32::from(seg[2])));
+    }
+    if seg[0] == 0x2001 && seg[1] == 0 {
+        // Teredo: the client's address is the last 32 bits inverted; the server's is bits 32..64.
+        return Some(std::net::Ipv4Addr::from(!(u32::from(seg[6]) << 16 | u32::from(seg[7]))));
+    }
+    None
 }
 
 /// Looks a host up; replaceable in tests.
@@ -197,6 +228,12 @@ mod tests {
             "fd00:ec2::254",
             "fe80::1",
             "::ffff:169.254.169.254",
+            "::a9fe:a9fe",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b:1::a9fe:a9fe",
+            "2002:a9fe:a9fe::1",
+            "::ffff:0:a9fe:a9fe",
+            "2001:0:4136:e378:8000:63bf:5601:5601",
             "0.0.0.0",
             "::",
             "255.255.255.255",

@@ -293,7 +293,11 @@ const HOLD_RECHECK: Duration = Duration::from_secs(60);
 async fn hold_queued(rec: &Recorder<'_>, hold: crate::schedule::Hold) -> Result<(), Abort> {
     let now = rec.now();
     let until = match hold.until {
-        Some(u) => format!("until {}", u.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()),
+        Some(u) => {
+            // To the second: a reason is read by people.
+            let u = u.replace_nanosecond(0).unwrap_or(u);
+            format!("until {}", u.format(&time::format_description::well_known::Rfc3339).unwrap_or_default())
+        }
         None => "until it is lifted".to_owned(),
     };
     let reason = format!("held: {} {until}", hold.reason);
@@ -483,14 +487,26 @@ fn wants_to_halt(rec: &Recorder<'_>) -> bool {
 enum Halt {
     /// Cancelled or superseded: unsettled targets are cancelled, nothing is rolled back.
     Stop(DeploymentStatus, String),
-    /// Aborted (on request, or a pause outlived its deadline): `rollback` overrides the failure policy.
-    Abort { rollback: Option<bool>, reason: String },
+    /// Aborted (on request, or a pause outlived its deadline): `rollback` overrides the failure policy. An operator's
+    /// abort that does not roll back ends `cancelled` (a deliberate stop is no failure to page anyone about); a pause
+    /// that outlived its deadline is a failure.
+    Abort { rollback: Option<bool>, reason: String, requested: bool },
 }
 
 async fn halted(plan: &Plan<'_>, halt: Halt, policy_rolls_back: bool) -> Result<(), Abort> {
     match halt {
         Halt::Stop(status, reason) => stop_now(plan.rec, status, reason).await,
-        Halt::Abort { rollback, reason } => fail(plan, reason, rollback.unwrap_or(policy_rolls_back)).await,
+        Halt::Abort { rollback, reason, requested } => {
+            let rolls_back = rollback.unwrap_or(policy_rolls_back);
+            if requested && !rolls_back {
+                let rec = plan.rec;
+                let all: Vec<usize> = (0..rec.with(|d| d.targets().len())).collect();
+                mark_interrupted(rec, &all, TargetStatus::Cancelled, "stopped when the deployment was aborted").await?;
+                rec.set_status(DeploymentStatus::Cancelled, reason).await
+            } else {
+                fail(plan, reason, rolls_back).await
+            }
+        }
     }
 }
 
@@ -508,7 +524,12 @@ async fn safe_point(plan: &Plan<'_>, gate: Option<u32>) -> Result<Option<Halt>, 
         }
         let c = rec.controls();
         if let Some(abort) = c.abort {
-            return Ok(Some(Halt::Abort { rollback: abort.rollback, reason: "aborted on request".to_owned() }));
+            let reason = match abort.rollback {
+                Some(false) => "aborted on request, without rollback",
+                Some(true) => "aborted on request, with rollback",
+                None => "aborted on request",
+            };
+            return Ok(Some(Halt::Abort { rollback: abort.rollback, reason: reason.to_owned(), requested: true }));
         }
         let promoted = |step: u32| c.promote_full || c.promoted_through >= step;
         let waits_for = gate.filter(|&step| !promoted(step));
@@ -552,6 +573,7 @@ async fn safe_point(plan: &Plan<'_>, gate: Option<u32>) -> Result<Option<Halt>, 
                     return Ok(Some(Halt::Abort {
                         rollback: None,
                         reason: format!("paused for longer than its pause deadline ({limit})"),
+                        requested: false,
                     }));
                 }
                 left.min(slice)
@@ -796,18 +818,43 @@ async fn rollback(plan: &Plan<'_>, reason: Option<String>) -> Result<(), Abort> 
         d.targets().iter().enumerate().filter(|(_, t)| t.restorable_version().is_some()).map(|(i, _)| i).collect()
     });
     let deadline_hit = run_bounded(plan, candidates.clone(), |i| restore_target(plan, i).boxed()).await?;
+    // Targets this deployment changed that ran no version before it: nothing to return them to, so they still run
+    // the new one. `rolled_back` promises every target runs what it ran before; with any of these it is not true.
+    let unrestorable: Vec<usize> = rec.with(|d| {
+        d.targets()
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.status == TargetStatus::Succeeded && t.from_version.is_none())
+            .map(|(i, _)| i)
+            .collect()
+    });
+    for &i in &unrestorable {
+        if let Some(mut entry) = rec.target(i) {
+            let why = format!(
+                "not restorable: it ran no version before this deployment, and still runs {}",
+                entry.to_version
+            );
+            entry.error = Some(why.clone());
+            entry.updated_at = rec.now();
+            let message = format!("{}: {why}", entry.id);
+            rec.result(i, entry, message, None)?;
+        }
+    }
     let s = rec.with(|d| *d.summary());
     let not_restored =
         candidates.iter().filter(|&&i| rec.target(i).is_some_and(|t| t.status != TargetStatus::RolledBack)).count();
     let base = rec.with(|d| d.status_reason().unwrap_or_default().trim_end_matches("; rolling back").to_owned());
-    if not_restored == 0 && !deadline_hit {
+    if not_restored == 0 && unrestorable.is_empty() && !deadline_hit {
         rec.set_status(DeploymentStatus::RolledBack, format!("{base}; {} target(s) rolled back", s.rolled_back)).await
     } else {
-        rec.set_status(
-            DeploymentStatus::Failed,
-            format!("{base}; rollback incomplete: {not_restored} target(s) could not be restored"),
-        )
-        .await
+        let mut why = format!("{base}; rollback incomplete: {} target(s) rolled back", s.rolled_back);
+        if not_restored > 0 {
+            why.push_str(&format!(", {not_restored} could not be restored"));
+        }
+        if !unrestorable.is_empty() {
+            why.push_str(&format!(", {} ran no earlier version and still run the new one", unrestorable.len()));
+        }
+        rec.set_status(DeploymentStatus::Failed, why).await
     }
 }
 
