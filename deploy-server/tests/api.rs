@@ -651,6 +651,26 @@ async fn an_environments_history_lists_the_releases_that_ran_there_newest_first(
     assert_eq!(first.body["items"].as_array().map(Vec::len), Some(1));
     assert!(first.body["next_cursor"].is_string());
 
+    // Finding of the governance trial: when the newest deployments never started (awaiting approval, rejected),
+    // `limit=1` answered an empty page. Pages are filled past them.
+    let mut protected = s.get("/v1/environments/prod", ADMIN).await.body;
+    let targets: Vec<Value> = protected["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| json!({"id": t["id"], "labels": t["labels"], "executor": t["executor"], "config": t["config"]}))
+        .collect();
+    protected = json!({"targets": targets, "protection": {"required_approvals": 1}});
+    assert_eq!(s.put("/v1/environments/prod", ADMIN, protected).await.status, StatusCode::OK);
+    let rejected = s.post("/v1/deployments", ADMIN, deploy("prod", "4.0")).await.body["id"].as_str().unwrap().to_owned();
+    let reject = json!({"decision": "reject", "comment": "not today"});
+    let approver = s.key("approver", "approver", &["prod"]).await;
+    assert!(s.post(&format!("/v1/deployments/{rejected}/approvals"), &approver, reject).await.status.is_success());
+    let waiting = s.post("/v1/deployments", ADMIN, deploy("prod", "5.0")).await;
+    assert_eq!(waiting.body["status"], "awaiting_approval");
+    let newest = s.get("/v1/environments/prod/history?limit=1", ADMIN).await.body;
+    assert_eq!(newest["items"][0]["version"], "3.0", "the newest release, past those that never ran: {newest}");
+
     // Who may read it: a viewer of prod, not a key limited to staging; an unknown environment is 404.
     let viewer = s.key("prod-viewer", "viewer", &["prod"]).await;
     assert_eq!(s.get("/v1/environments/prod/history", &viewer).await.status, StatusCode::OK);

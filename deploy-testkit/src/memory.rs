@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deploy_core::{
+    DeploymentStatus,
     Acceptance, Accepted, AgentStore, ApiKeyRecord, AuditEntry, AuditFilter, AuditLog, Claim, Control, DeliveryOutcome,
     DeliveryStatus, Deployment, DeploymentFilter, DeploymentId, Environment, EnvironmentName, EnvironmentSpec,
     EnvironmentWrite, Event, Fingerprint, IdempotencyKey, KeyStore, Lease, Page, PageRequest, ProgressUpdate, Revision,
@@ -452,7 +453,27 @@ impl Store for MemoryStore {
         let mut inner = self.lock();
         let mut best: Option<DeploymentId> = None;
         for env in inner.environments.values() {
-            let Some(head) = env.pending.front() else { continue };
+            // The head is the deployment someone holds or that has started, if any; else the oldest other one,
+            // passing those awaiting approval that no timer makes due (they never hold approved ones hostage).
+            let state_of = |id: &DeploymentId| inner.deployments.get(id);
+            let engaged = |id: &&DeploymentId| {
+                state_of(id).is_some_and(|s| {
+                    lease_live(s.lease.as_ref(), now)
+                        || matches!(
+                            s.deployment.status(),
+                            DeploymentStatus::InProgress | DeploymentStatus::Paused | DeploymentStatus::RollingBack
+                        )
+                })
+            };
+            let eligible = |id: &&DeploymentId| {
+                state_of(id).is_some_and(|s| {
+                    s.deployment.status() != DeploymentStatus::AwaitingApproval
+                        || s.deployment.wake_at().is_none_or(|at| at <= now)
+                })
+            };
+            let Some(head) = env.pending.iter().find(engaged).or_else(|| env.pending.iter().find(eligible)) else {
+                continue;
+            };
             let Some(state) = inner.deployments.get(head) else { continue };
             let held = lease_live(state.lease.as_ref(), now)
                 && !state.lease.as_ref().is_some_and(|l| deploy_core::restarted_owner(&l.owner, owner));

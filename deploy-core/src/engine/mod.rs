@@ -533,16 +533,26 @@ impl Orchestrator {
             principal.authorize(Action::Read, env)?;
             return Ok(self.shared.store.list_deployments(filter, page).await?);
         }
-        // Without an environment, skip what the principal may not read, and keep reading store pages (each at most
-        // as large as what is still missing, so the store's own cursor always marks where to go on) until the page
-        // is full, the store has no more, or enough pages were read; a short page then still carries a cursor.
+        // Without an environment, skip what the principal may not read.
+        self.fill_page(filter, page, |d| principal.authorize(Action::Read, d.environment()).is_ok().then_some(d)).await
+    }
+
+    /// A page of what `keep` makes of listed deployments, skipping those it refuses: store pages are read (each at
+    /// most as large as what is still missing, so the store's own cursor always marks where to go on) until the page
+    /// is full, the store has no more, or [`LIST_SCAN_PAGES`] were read; a short page then still carries a cursor.
+    async fn fill_page<T>(
+        &self,
+        filter: &DeploymentFilter,
+        page: &PageRequest,
+        keep: impl Fn(Deployment) -> Option<T>,
+    ) -> Result<Page<T>, Error> {
         let limit = page.clamped_limit();
         let mut items = Vec::with_capacity(limit);
         let mut cursor = page.cursor.clone();
         for _ in 0..LIST_SCAN_PAGES {
             let request = PageRequest { limit: limit - items.len(), cursor };
             let out = self.shared.store.list_deployments(filter, &request).await?;
-            items.extend(out.items.into_iter().filter(|d| principal.authorize(Action::Read, d.environment()).is_ok()));
+            items.extend(out.items.into_iter().filter_map(&keep));
             cursor = out.next_cursor;
             if items.len() >= limit || cursor.is_none() {
                 break;
@@ -566,9 +576,9 @@ impl Orchestrator {
         principal.authorize(Action::Read, environment)?;
         self.shared.store.get_environment(environment).await?;
         let filter = DeploymentFilter { environment: Some(environment.clone()), ..DeploymentFilter::default() };
-        let out = self.shared.store.list_deployments(&filter, page).await?;
-        let items = out.items.iter().filter_map(crate::deployment::Release::of).collect();
-        Ok(Page { items, next_cursor: out.next_cursor })
+        // Deployments that never started (queued, awaiting approval, rejected) are no releases: pages are filled past
+        // them, so `limit=1` is the newest release, not an empty page.
+        self.fill_page(&filter, page, |d| crate::deployment::Release::of(&d)).await
     }
 
     /// Events of a deployment after `after`, at most `limit`.

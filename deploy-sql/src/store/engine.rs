@@ -245,10 +245,16 @@ impl Store for SqlStore {
         } else {
             ""
         };
+        // The head is the deployment someone holds or that has started, if any (one at a time per environment);
+        // else the oldest other one, passing those still awaiting approval that no timer of theirs makes due: an
+        // unapproved deployment never holds approved ones behind it hostage.
         let sql = format!(
             "SELECT d.id FROM deploy_environments e JOIN deploy_deployments d ON d.id = \
                (SELECT o.id FROM deploy_deployments o WHERE o.environment = e.name AND o.terminal = 0 \
-                ORDER BY o.revision LIMIT 1) \
+                AND (o.status <> 'awaiting_approval' OR o.not_before IS NULL OR o.not_before <= $1 \
+                     OR o.lease_expires > $1) \
+                ORDER BY CASE WHEN o.status IN ('in_progress', 'paused', 'rolling_back') OR o.lease_expires > $1 \
+                THEN 0 ELSE 1 END, o.revision LIMIT 1) \
              WHERE (d.lease_expires IS NULL OR d.lease_expires <= $1{own}) \
              AND (d.not_before IS NULL OR d.not_before <= $1) ORDER BY d.id LIMIT 1{lock}"
         );

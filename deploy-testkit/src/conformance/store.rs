@@ -482,6 +482,32 @@ pub async fn approvals_gate_the_queue(store: &dyn Store) -> Ran {
     assert!(r.targets().iter().all(|t| t.status == TargetStatus::Cancelled));
     let last = store.events(rejected.id(), 0, 10).await.expect("events").pop().expect("an event");
     assert_eq!(last.event_type, EventType::Rejected);
+
+    // The queue cannot be held hostage: an approved deployment starts past an older one still waiting (with no
+    // expiry it would wait for ever), but never beside one that is held or has started.
+    let hostage = unique_env("hostage");
+    let mut spec = environment(&["h-1"], "scripted", ConcurrencyPolicy::Queue);
+    spec.protection = Some(Protection { required_approvals: 1, expires_after: None, ..rule });
+    store.put_environment(&hostage, spec, None, now).await.expect("create environment");
+    let waiting = store.accept(acceptance(&hostage, "1", None, now)).await.expect("accept").deployment;
+    let approved = store.accept(acceptance(&hostage, "2", None, now)).await.expect("accept").deployment;
+    store.request(approved.id(), &ask(OperatorAction::Approve, "key:x"), now).await.expect("approve");
+    let mut held = None;
+    for _ in 0..256 {
+        match store.claim("conformance-hostage", now, Duration::from_secs(3600)).await.expect("claim") {
+            Some(c) if c.deployment.id() == approved.id() => {
+                held = Some(c.lease);
+                break;
+            }
+            Some(c) => assert_ne!(c.deployment.id(), waiting.id(), "the waiting one is not claimable"),
+            None => break,
+        }
+    }
+    let held = held.expect("the approved deployment is claimable past the one still waiting");
+    store.request(waiting.id(), &ask(OperatorAction::Approve, "key:x"), now).await.expect("approve the first");
+    assert!(!claimable(store, waiting.id(), now).await, "one at a time: the other is held");
+    store.release(&held).await.expect("release");
+    assert!(claimable(store, waiting.id(), now).await, "queued in its turn once nobody holds the other");
     Ran::Checked
 }
 
