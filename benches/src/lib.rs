@@ -77,6 +77,7 @@ pub fn acceptance(
             plan: deploy_core::TargetPlan::FromSpec,
             rollback_of: None,
             retry_of: None,
+            submitted_by: None,
         },
         idempotency: None,
         expected_revision: None,

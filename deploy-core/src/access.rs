@@ -29,6 +29,10 @@ pub struct ApiKeyRecord {
     /// For an agent's key: the target it is bound to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<crate::names::TargetId>,
+    /// The person the key belongs to, set by the admin who creates it: a JWT whose subject (or identity claim) is the
+    /// same person is the same approver.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 impl ApiKeyRecord {
@@ -52,9 +56,13 @@ impl ApiKeyRecord {
     #[must_use]
     pub fn principal(&self) -> Principal {
         let id = format!("key:{}", self.name);
-        match (&self.target, self.role) {
+        let principal = match (&self.target, self.role) {
             (Some(target), Role::Agent) => Principal::agent(id, self.environments.clone(), target.clone()),
             _ => Principal::new(id, self.role, self.environments.clone()),
+        };
+        match &self.owner {
+            Some(owner) => principal.with_person(owner.clone()),
+            None => principal,
         }
     }
 }

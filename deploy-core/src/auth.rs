@@ -167,6 +167,7 @@ pub struct Principal {
     role: Role,
     environments: Vec<EnvironmentPattern>,
     target: Option<crate::names::TargetId>,
+    person: Option<String>,
 }
 
 /// A principal asked for something its role or environments do not allow.
@@ -185,13 +186,29 @@ impl Principal {
     /// A principal with an id shown in records (`key:ci-bot`, `jwt:svc-a`), a role and environment patterns.
     #[must_use]
     pub fn new(id: impl Into<String>, role: Role, environments: Vec<EnvironmentPattern>) -> Self {
-        Self { id: id.into(), role, environments, target: None }
+        Self { id: id.into(), role, environments, target: None, person: None }
+    }
+
+    /// The same principal, known to be `person` (an API key's owner, a token's subject): two credentials of one
+    /// person are one approver, and may not approve what either submitted under `prevent_self_approval`.
+    #[must_use]
+    pub fn with_person(mut self, person: impl Into<String>) -> Self {
+        let person = person.into();
+        self.person = Some(person).filter(|p| !p.is_empty());
+        self
+    }
+
+    /// Who this is as a person: `person:<name>` when a person is known, else the credential's id (`key:ci-bot`).
+    /// Approvals count and compare identities, not credentials.
+    #[must_use]
+    pub fn identity(&self) -> String {
+        self.person.as_ref().map_or_else(|| self.id.clone(), |p| format!("person:{p}"))
     }
 
     /// The agent of `target` in the environments `environments` match.
     #[must_use]
     pub fn agent(id: impl Into<String>, environments: Vec<EnvironmentPattern>, target: crate::names::TargetId) -> Self {
-        Self { id: id.into(), role: Role::Agent, environments, target: Some(target) }
+        Self { id: id.into(), role: Role::Agent, environments, target: Some(target), person: None }
     }
 
     /// The target an agent is bound to.

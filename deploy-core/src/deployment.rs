@@ -388,6 +388,8 @@ pub struct Deployment {
     superseded_by: Option<DeploymentId>,
     #[serde(skip_serializing_if = "Option::is_none")]
     retry_of: Option<DeploymentId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    submitted_by: Option<String>,
     cancel_requested: bool,
     #[serde(skip_serializing_if = "Controls::is_empty")]
     controls: Controls,
@@ -435,6 +437,8 @@ struct Wire {
     #[serde(default)]
     retry_of: Option<DeploymentId>,
     #[serde(default)]
+    submitted_by: Option<String>,
+    #[serde(default)]
     cancel_requested: bool,
     #[serde(default)]
     controls: Controls,
@@ -474,6 +478,7 @@ impl From<Wire> for Deployment {
             rollback_of: w.rollback_of,
             superseded_by: w.superseded_by,
             retry_of: w.retry_of,
+            submitted_by: w.submitted_by,
             cancel_requested: w.cancel_requested,
             controls: w.controls,
             awaiting_promotion: w.awaiting_promotion,
@@ -511,6 +516,9 @@ pub struct DeploymentDraft {
     pub rollback_of: Option<DeploymentId>,
     /// The deployment whose failed targets this one retries.
     pub retry_of: Option<DeploymentId>,
+    /// The submitter's person identity (`person:alice`) when it is not `created_by` itself: what self-approval is
+    /// judged by ([`crate::Principal::identity`]). Set by the orchestrator.
+    pub submitted_by: Option<String>,
 }
 
 impl Deployment {
@@ -575,6 +583,7 @@ impl Deployment {
             rollback_of: draft.rollback_of,
             superseded_by: None,
             retry_of: draft.retry_of,
+            submitted_by: draft.submitted_by,
             cancel_requested: false,
             controls: Controls::default(),
             awaiting_promotion: None,
@@ -697,6 +706,12 @@ impl Deployment {
     #[must_use]
     pub fn protection(&self) -> Option<&Protection> {
         self.protection.as_ref()
+    }
+    /// The person who submitted it, as approvals are judged: their identity (`person:alice`) when one was known, else
+    /// `created_by`.
+    #[must_use]
+    pub fn submitter_identity(&self) -> &str {
+        self.submitted_by.as_deref().unwrap_or(&self.created_by)
     }
     /// The approvers' decisions, in order.
     #[must_use]
@@ -1193,6 +1208,7 @@ mod tests {
             plan: TargetPlan::FromSpec,
             rollback_of: None,
             retry_of: None,
+            submitted_by: None,
         };
         Deployment::plan(draft, &env, time::OffsetDateTime::UNIX_EPOCH).unwrap()
     }

@@ -42,6 +42,7 @@ fn deployment() -> Deployment {
         plan: TargetPlan::FromSpec,
         rollback_of: None,
         retry_of: None,
+        submitted_by: None,
     };
     Deployment::plan(draft, &environment(), at()).unwrap()
 }

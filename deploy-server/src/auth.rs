@@ -25,6 +25,7 @@ pub struct JwtConfig {
     algorithm: Algorithm,
     issuer: Option<String>,
     audience: Option<String>,
+    identity_claim: Option<String>,
 }
 
 impl std::fmt::Debug for JwtConfig {
@@ -51,7 +52,13 @@ impl JwtConfig {
         if secret.len() < 32 {
             return Err(JwtConfigError("the HS256 secret must be at least 32 bytes".into()));
         }
-        Ok(Self { key: DecodingKey::from_secret(secret), algorithm: Algorithm::HS256, issuer: None, audience: None })
+        Ok(Self {
+            key: DecodingKey::from_secret(secret),
+            algorithm: Algorithm::HS256,
+            issuer: None,
+            audience: None,
+            identity_claim: None,
+        })
     }
 
     /// EdDSA (Ed25519) with a PEM public key.
@@ -60,13 +67,21 @@ impl JwtConfig {
     /// A PEM that is not an Ed25519 public key.
     pub fn eddsa_pem(pem: &[u8]) -> Result<Self, JwtConfigError> {
         let key = DecodingKey::from_ed_pem(pem).map_err(|e| JwtConfigError(format!("EdDSA public key: {e}")))?;
-        Ok(Self { key, algorithm: Algorithm::EdDSA, issuer: None, audience: None })
+        Ok(Self { key, algorithm: Algorithm::EdDSA, issuer: None, audience: None, identity_claim: None })
     }
 
     /// Requires `iss` to be `issuer`.
     #[must_use]
     pub fn issuer(mut self, issuer: Option<String>) -> Self {
         self.issuer = issuer;
+        self
+    }
+
+    /// Takes the person a token speaks for from `claim` (`email`, `preferred_username`) instead of `sub`: the claim
+    /// an API key's `owner` is matched with. A token without it is refused.
+    #[must_use]
+    pub fn identity_claim(mut self, claim: Option<String>) -> Self {
+        self.identity_claim = claim.filter(|c| !c.is_empty());
         self
     }
 
@@ -110,6 +125,8 @@ struct Claims {
     role: Role,
     #[serde(default)]
     environments: Vec<EnvironmentPattern>,
+    #[serde(flatten)]
+    other: serde_json::Map<String, serde_json::Value>,
 }
 
 /// How long a verified API key is trusted without asking the store again. A key revoked through this process stops
@@ -223,7 +240,15 @@ impl Authenticator {
             unauthenticated("the token is invalid or expired", true)
         })?;
         let claims = data.claims;
-        Ok(Principal::new(format!("jwt:{}", claims.sub), claims.role, claims.environments))
+        // The person it speaks for: its subject, or the configured identity claim.
+        let person = match &jwt.identity_claim {
+            None => claims.sub.clone(),
+            Some(claim) => match claims.other.get(claim).and_then(serde_json::Value::as_str) {
+                Some(p) if !p.is_empty() && !p.chars().any(deploy_core::is_unprintable) => p.to_owned(),
+                _ => return Err(unauthenticated("the token lacks the identity claim this server requires", true)),
+            },
+        };
+        Ok(Principal::new(format!("jwt:{}", claims.sub), claims.role, claims.environments).with_person(person))
     }
 }
 
@@ -289,5 +314,6 @@ pub(crate) fn key_record(
         created_by,
         created_at: now,
         target: None,
+        owner: None,
     }
 }

@@ -566,6 +566,9 @@ pub struct NewApiKeyDoc {
     pub environments: Option<Vec<String>>,
     /// For an `agent` key (and only for one): the target it is bound to.
     pub target: Option<String>,
+    /// The person the key belongs to: a JWT whose subject (or `--jwt-identity-claim`) is this person is the same
+    /// approver, and submitter, as the key.
+    pub owner: Option<String>,
 }
 
 /// An API key, without the key.
@@ -588,6 +591,8 @@ pub struct ApiKeyDoc {
     pub key: Option<String>,
     /// For an agent's key: the target it is bound to.
     pub target: Option<String>,
+    /// The person the key belongs to.
+    pub owner: Option<String>,
 }
 
 /// API keys.

@@ -822,6 +822,9 @@ pub(crate) struct NewKey {
     /// For an `agent` key: the target it is bound to.
     #[serde(default)]
     target: Option<deploy_core::TargetId>,
+    /// The person the key belongs to (the subject, or identity claim, of that person's tokens).
+    #[serde(default)]
+    owner: Option<String>,
 }
 
 fn all_environments() -> Vec<EnvironmentPattern> {
@@ -855,6 +858,13 @@ pub(crate) async fn create_key(
     if new.environments.is_empty() {
         return Err(Problem::invalid_field("environments", "give at least one pattern (\"*\" for all)"));
     }
+    if let Some(owner) = &new.owner {
+        let owner_ok = (1..=128).contains(&owner.len())
+            && owner.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@' | b'+'));
+        if !owner_ok {
+            return Err(Problem::invalid_field("owner", "1 to 128 letters, digits, '-', '_', '.', '@' or '+'"));
+        }
+    }
     match (new.role, &new.target) {
         (Role::Agent, None) => {
             return Err(Problem::invalid_field("target", "an agent key is bound to one target: name it"));
@@ -878,6 +888,7 @@ pub(crate) async fn create_key(
     let now = state.inner.orchestrator.clock().now();
     let mut record = key_record(&key, new.name, new.role, new.environments, caller.principal.id().to_owned(), now);
     record.target = new.target;
+    record.owner = new.owner;
     state.inner.store.create_api_key(record.clone()).await?;
     caller.audit.set("api_key.create", format!("api-keys/{}", record.id), None);
     created_with_secret(&record, "key", key, &format!("/v1/api-keys/{}", record.id))

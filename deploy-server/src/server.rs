@@ -68,6 +68,8 @@ pub struct Settings {
     pub jwt_issuer: Option<String>,
     /// Required `aud` of JWTs.
     pub jwt_audience: Option<String>,
+    /// The claim naming the person a JWT speaks for (default: `sub`); an API key's `owner` names the same person.
+    pub jwt_identity_claim: Option<String>,
     /// The admin key to create on first start instead of a random one. Prefer `bootstrap_admin_key_file`.
     pub bootstrap_admin_key: Option<String>,
     /// A file holding the admin key to create on first start.
@@ -149,6 +151,7 @@ impl Default for Settings {
             jwt_eddsa_public_key: None,
             jwt_issuer: None,
             jwt_audience: None,
+            jwt_identity_claim: None,
             bootstrap_admin_key: None,
             bootstrap_admin_key_file: None,
             secret_env_prefix: deploy_core::DEFAULT_ENV_PREFIX.to_owned(),
@@ -216,6 +219,7 @@ impl std::fmt::Debug for Settings {
             .field("jwt_eddsa_public_key", &self.jwt_eddsa_public_key)
             .field("jwt_issuer", &self.jwt_issuer)
             .field("jwt_audience", &self.jwt_audience)
+            .field("jwt_identity_claim", &self.jwt_identity_claim)
             .field("bootstrap_admin_key", &hidden(&self.bootstrap_admin_key))
             .field("secret_env_prefix", &self.secret_env_prefix)
             .field("secrets_dir", &self.secrets_dir)
@@ -372,7 +376,12 @@ fn jwt_config(settings: &Settings) -> Result<Option<JwtConfig>, StartError> {
         }
         (None, None) => return Ok(None),
     };
-    Ok(Some(config.issuer(settings.jwt_issuer.clone()).audience(settings.jwt_audience.clone())))
+    Ok(Some(
+        config
+            .issuer(settings.jwt_issuer.clone())
+            .audience(settings.jwt_audience.clone())
+            .identity_claim(settings.jwt_identity_claim.clone()),
+    ))
 }
 
 /// This replica's owner name in leases: `deployd-<id>#<incarnation>`, where the id is kept in the data directory, so

@@ -662,7 +662,8 @@ async fn an_environments_history_lists_the_releases_that_ran_there_newest_first(
         .collect();
     protected = json!({"targets": targets, "protection": {"required_approvals": 1}});
     assert_eq!(s.put("/v1/environments/prod", ADMIN, protected).await.status, StatusCode::OK);
-    let rejected = s.post("/v1/deployments", ADMIN, deploy("prod", "4.0")).await.body["id"].as_str().unwrap().to_owned();
+    let rejected =
+        s.post("/v1/deployments", ADMIN, deploy("prod", "4.0")).await.body["id"].as_str().unwrap().to_owned();
     let reject = json!({"decision": "reject", "comment": "not today"});
     let approver = s.key("approver", "approver", &["prod"]).await;
     assert!(s.post(&format!("/v1/deployments/{rejected}/approvals"), &approver, reject).await.status.is_success());

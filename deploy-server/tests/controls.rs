@@ -453,3 +453,54 @@ async fn a_global_freeze_and_an_environment_freeze_hold_starts_and_an_admin_over
     assert!(!everything.contains("AKIAIOSFODNN7EXAMPLE"), "a refused reason is recorded nowhere");
     assert!(!s.get("/v1/freeze", ADMIN).await.body.to_string().contains("AKIA"));
 }
+
+/// Finding of the governance trial: `key:alice` and a JWT with `sub=alice` counted as two approvers, and `key:carol`
+/// submitted while `jwt:carol` approved under `prevent_self_approval`. A key's owner and a token's subject (or
+/// configured identity claim) name one person; approvals compare persons, not credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_credentials_of_one_person_are_one_approver_and_one_submitter() {
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    let secret = "an HS256 secret that is long enough to be used";
+    let mut settings = common::settings("controls-identity");
+    settings.jwt_hs256_secret = Some(secret.into());
+    let s = Server::with(settings).await;
+    let targets = json!([{"id": "p-1", "executor": "sim", "config": {"initial_version": "1.0", "apply_ms": 1}}]);
+    let rule = json!({"targets": targets, "protection": {"required_approvals": 2}});
+    assert_eq!(s.put("/v1/environments/prod", ADMIN, rule).await.status, StatusCode::CREATED);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let jwt = |sub: &str, role: &str| {
+        let claims = json!({"sub": sub, "role": role, "environments": ["prod"], "exp": now + 300});
+        encode(&Header::default(), &claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
+    };
+    let alice_key = owned_key(&s, "alice", "approver").await;
+    let carol_key = owned_key(&s, "carol", "deployer").await;
+    let bob_key = owned_key(&s, "bob", "approver").await;
+    let bad = s.post("/v1/api-keys", ADMIN, json!({"name": "x", "role": "viewer", "owner": "a\u{1b}b"})).await;
+    bad.problem(400, "validation");
+
+    let id = s.post("/v1/deployments", &carol_key, deploy("prod", "2.0")).await.body["id"].as_str().unwrap().to_owned();
+    let approve = json!({"decision": "approve", "comment": "ok"});
+    let path = format!("/v1/deployments/{id}/approvals");
+    // Carol's token is carol: she submitted it with her key and may not approve it with her token.
+    let refused = s.post(&path, &jwt("carol", "approver"), approve.clone()).await;
+    refused.problem(403, "forbidden");
+    assert!(refused.body["detail"].as_str().unwrap().contains("self-approval"), "{:?}", refused.body);
+    // Alice approves with her key, then with her token: one approver, still waiting for a second.
+    assert!(s.post(&path, &alice_key, approve.clone()).await.status.is_success());
+    let again = s.post(&path, &jwt("alice", "approver"), approve.clone()).await;
+    assert!(again.status.is_success(), "the same decision again changes nothing: {:?}", again.body);
+    let d = s.get(&format!("/v1/deployments/{id}"), ADMIN).await.body;
+    assert_eq!(d["status"], "awaiting_approval", "one person is one approver: {d:#}");
+    assert_eq!(d["approvals"].as_array().unwrap().len(), 1, "{d:#}");
+    assert!(s.post(&path, &bob_key, approve).await.status.is_success());
+    assert_eq!(s.wait_terminal(&id).await["status"], "succeeded", "two people approved");
+}
+
+/// A key of prod named and owned by `person`.
+async fn owned_key(s: &Server, person: &str, role: &str) -> String {
+    let body = json!({"name": person, "role": role, "environments": ["prod"], "owner": person});
+    let a = s.post("/v1/api-keys", ADMIN, body).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
+    assert_eq!(a.body["owner"], person);
+    a.body["key"].as_str().unwrap().to_owned()
+}

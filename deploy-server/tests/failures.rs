@@ -16,6 +16,7 @@ async fn store_failures_are_503_problems_without_internal_detail() {
     let mut store = MockStore::new();
     let record = deploy_core::ApiKeyRecord {
         target: None,
+        owner: None,
         id: uuid::Uuid::now_v7(),
         name: "ops".into(),
         role: Role::Admin,

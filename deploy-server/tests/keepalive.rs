@@ -18,6 +18,7 @@ async fn idle_streams_send_keep_alive_comments_and_end_on_shutdown() {
     let now = time::OffsetDateTime::now_utc();
     let record = deploy_core::ApiKeyRecord {
         target: None,
+        owner: None,
         id: uuid::Uuid::now_v7(),
         name: "ops".into(),
         role: deploy_core::Role::Admin,

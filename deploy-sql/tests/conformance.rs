@@ -123,6 +123,7 @@ async fn a_row_written_by_a_newer_binary_under_looser_rules_still_reads() {
             plan: deploy_core::TargetPlan::FromSpec,
             rollback_of: None,
             retry_of: None,
+            submitted_by: None,
         };
         let accepted = store
             .accept(deploy_core::Acceptance { draft, idempotency: None, expected_revision: None, now })

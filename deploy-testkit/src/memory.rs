@@ -7,12 +7,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deploy_core::{
-    DeploymentStatus,
     Acceptance, Accepted, AgentStore, ApiKeyRecord, AuditEntry, AuditFilter, AuditLog, Claim, Control, DeliveryOutcome,
-    DeliveryStatus, Deployment, DeploymentFilter, DeploymentId, Environment, EnvironmentName, EnvironmentSpec,
-    EnvironmentWrite, Event, Fingerprint, IdempotencyKey, KeyStore, Lease, Page, PageRequest, ProgressUpdate, Revision,
-    Store, StoreError, Timestamp, UpdateError, ValidationErrors, WebhookDelivery, WebhookStore, WebhookSubscription,
-    add_duration,
+    DeliveryStatus, Deployment, DeploymentFilter, DeploymentId, DeploymentStatus, Environment, EnvironmentName,
+    EnvironmentSpec, EnvironmentWrite, Event, Fingerprint, IdempotencyKey, KeyStore, Lease, Page, PageRequest,
+    ProgressUpdate, Revision, Store, StoreError, Timestamp, UpdateError, ValidationErrors, WebhookDelivery,
+    WebhookStore, WebhookSubscription, add_duration,
 };
 use uuid::Uuid;
 

@@ -94,6 +94,7 @@ mod store_answers {
             plan: TargetPlan::FromSpec,
             rollback_of: None,
             retry_of: None,
+            submitted_by: None,
         };
         let now = time::OffsetDateTime::now_utc();
         let deployment = Deployment::plan(draft, env, now).unwrap();

@@ -497,6 +497,7 @@ impl Orchestrator {
             plan: TargetPlan::FromSpec,
             rollback_of: None,
             retry_of: None,
+            submitted_by: None,
         };
         let idempotency_key = submission.idempotency_key.clone();
         let key = submission.idempotency_key.map(|key| (key, fingerprint));
@@ -697,6 +698,7 @@ impl Orchestrator {
             plan: TargetPlan::FromSpec,
             rollback_of: Some(last.deployment_id),
             retry_of: None,
+            submitted_by: None,
         };
         // The request, not what it resolved to: sent again after more releases ran, it is still the same request.
         self.submit_derived(principal, draft, idempotency_key, &format!("rollback:{environment}:{to}")).await
@@ -736,6 +738,7 @@ impl Orchestrator {
             plan: TargetPlan::Explicit(changed),
             rollback_of: Some(id),
             retry_of: None,
+            submitted_by: None,
         };
         // Rolling back the same deployment twice with one key is one rollback.
         self.submit_derived(principal, draft, idempotency_key, &format!("rollback:{id}")).await
@@ -783,7 +786,8 @@ impl Orchestrator {
         principal.authorize(Action::Approve, d.environment())?;
         let action =
             if reject { crate::control::OperatorAction::Reject } else { crate::control::OperatorAction::Approve };
-        let request = crate::control::OperatorRequest { action, by: principal.id().to_owned(), comment };
+        // Approvals are counted by person: a key and a token of one person are one approver.
+        let request = crate::control::OperatorRequest { action, by: principal.identity(), comment };
         request.check_comment()?;
         // The rule and the submitter never change once accepted, so they are checked here, outside the store's
         // transaction; the count of distinct approvers is the store's to keep.
@@ -791,7 +795,9 @@ impl Orchestrator {
             if !rule.names(principal) {
                 return Err(Error::NotAnApprover(id, format!("{} is not among its approvers", principal.id())));
             }
-            if rule.prevent_self_approval && d.created_by() == principal.id() {
+            if rule.prevent_self_approval
+                && (d.created_by() == principal.id() || d.submitter_identity() == principal.identity())
+            {
                 return Err(Error::NotAnApprover(
                     id,
                     format!("{} submitted it, and its environment prevents self-approval", principal.id()),
@@ -924,6 +930,7 @@ impl Orchestrator {
             plan: TargetPlan::Explicit(failed),
             rollback_of: None,
             retry_of: Some(id),
+            submitted_by: None,
         };
         self.submit_derived(principal, draft, idempotency_key, &format!("retry:{id}")).await
     }
@@ -960,11 +967,13 @@ impl Orchestrator {
     async fn accept(
         &self,
         principal: &Principal,
-        draft: DeploymentDraft,
+        mut draft: DeploymentDraft,
         key: Option<(IdempotencyKey, crate::names::Fingerprint)>,
         expected_revision: Option<Revision>,
     ) -> Result<crate::store::Accepted, Error> {
         let now = self.shared.clock.now();
+        // Kept when it says more than `created_by`: self-approval is judged by person.
+        draft.submitted_by = Some(principal.identity()).filter(|identity| identity != principal.id());
         let idempotency = key.map(|(key, fingerprint)| IdempotencyRecord {
             scope: principal.id().to_owned(),
             key,

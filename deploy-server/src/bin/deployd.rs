@@ -114,6 +114,9 @@ struct ServeArgs {
     /// Required `aud` claim.
     #[arg(long, env = "DEPLOYD_JWT_AUDIENCE")]
     jwt_audience: Option<String>,
+    /// The claim naming the person a token speaks for [default: sub]; an API key's `owner` names the same person.
+    #[arg(long, env = "DEPLOYD_JWT_IDENTITY_CLAIM")]
+    jwt_identity_claim: Option<String>,
     /// The admin key created on first start (instead of a random one, printed once).
     #[arg(long, env = "DEPLOYD_BOOTSTRAP_ADMIN_KEY", hide_env_values = true)]
     bootstrap_admin_key: Option<String>,
@@ -219,7 +222,7 @@ impl ServeArgs {
         take!(webhook_concurrency_per_subscription, executors, agent_heartbeat_timeout, secret_env_prefix);
         take_opt!(database_url, jwt_hs256_secret, jwt_eddsa_public_key, jwt_issuer, jwt_audience, bootstrap_admin_key);
         take_opt!(database_url_file, jwt_hs256_secret_file, bootstrap_admin_key_file, secrets_dir, executor_state_dir);
-        take_opt!(tls_cert, tls_key, tls_client_ca, webhook_secrets_key_file);
+        take_opt!(tls_cert, tls_key, tls_client_ca, webhook_secrets_key_file, jwt_identity_claim);
         take!(webhook_allow_cidrs, webhook_deny_cidrs, tls_require_client_cert, ip_rate_limit, ip_rate_limit_burst);
         take!(header_read_timeout, max_connections, max_connections_per_ip, max_streams, max_streams_per_principal);
         take!(database_timeout, trusted_proxies, global_secret_scope);

@@ -46,6 +46,7 @@ fn acceptance(env: &EnvironmentName, version: &str, key: Option<(&str, &str)>, n
             plan: TargetPlan::FromSpec,
             rollback_of: None,
             retry_of: None,
+            submitted_by: None,
         },
         idempotency,
         expected_revision: None,
@@ -754,6 +755,7 @@ pub async fn api_keys_by_digest(store: &dyn FullStore) -> Ran {
     let digest = format!("{:064x}", Uuid::now_v7().as_u128());
     let record = deploy_core::ApiKeyRecord {
         target: None,
+        owner: None,
         id: Uuid::now_v7(),
         name: format!("ci-bot-{}", Uuid::now_v7().simple()),
         role: deploy_core::Role::Deployer,
@@ -786,6 +788,7 @@ pub async fn api_key_names_are_identities(store: &dyn FullStore) -> Ran {
     let name = format!("twin-{}", Uuid::now_v7().simple());
     let record = |name: &str| deploy_core::ApiKeyRecord {
         target: None,
+        owner: None,
         id: Uuid::now_v7(),
         name: name.to_owned(),
         role: deploy_core::Role::Viewer,

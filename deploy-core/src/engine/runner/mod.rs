@@ -903,6 +903,7 @@ mod tests {
             plan: TargetPlan::FromSpec,
             rollback_of: None,
             retry_of: None,
+            submitted_by: None,
         };
         Deployment::plan(draft, env, at()).unwrap()
     }
