@@ -80,16 +80,35 @@ pub struct ClientBuilder {
     identity: Option<Vec<u8>>,
 }
 
-/// Whether `url` names this machine (`localhost`, 127.0.0.0/8, `::1`): plain HTTP never leaves it.
-fn is_loopback(url: &reqwest::Url) -> bool {
+/// Where plain HTTP to `url` may go: nowhere but this machine. A loopback literal (127.0.0.0/8, `::1`) is; a name
+/// (`localhost`, `*.localhost`, any other) is only when every address it resolves to is loopback, and then those
+/// addresses are returned to pin the client to (so the name cannot lead elsewhere later).
+///
+/// # Errors
+/// Why plain HTTP may not go there.
+fn loopback_only(url: &reqwest::Url) -> Result<Option<(String, Vec<std::net::SocketAddr>)>, String> {
     match url.host() {
+        Some(url::Host::Ipv4(ip)) if ip.is_loopback() => Ok(None),
+        Some(url::Host::Ipv6(ip)) if ip.is_loopback() => Ok(None),
         Some(url::Host::Domain(d)) => {
-            d.eq_ignore_ascii_case("localhost") || d.to_ascii_lowercase().ends_with(".localhost")
+            use std::net::ToSocketAddrs as _;
+            let port = url.port_or_known_default().unwrap_or(80);
+            // Resolved here, once (a name of this machine is answered by its hosts file), and pinned.
+            let addrs: Vec<std::net::SocketAddr> =
+                (d, port).to_socket_addrs().map_err(|_| format!("{d} cannot be resolved"))?.collect();
+            if all_loopback(&addrs) {
+                Ok(Some((d.to_owned(), addrs)))
+            } else {
+                Err(format!("{d} resolves to addresses other than this machine's"))
+            }
         }
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
+        _ => Err("it is another host".to_owned()),
     }
+}
+
+/// Whether there are addresses and every one is loopback.
+fn all_loopback(addrs: &[std::net::SocketAddr]) -> bool {
+    !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback())
 }
 
 impl ClientBuilder {
@@ -156,12 +175,15 @@ impl ClientBuilder {
         if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
             return Err(Error::Url(format!("{}: use an http or https URL", self.base)));
         }
-        if url.scheme() == "http" && !is_loopback(&url) && !self.insecure_http {
-            return Err(Error::Url(format!(
-                "{}: plain HTTP to another host would send the token in clear; use https, or allow insecure HTTP \
-                 explicitly (deployctl and deploy-agent: --insecure-http)",
-                self.base
-            )));
+        let mut pinned = None;
+        if url.scheme() == "http" && !self.insecure_http {
+            pinned = loopback_only(&url).map_err(|why| {
+                Error::Url(format!(
+                    "{}: plain HTTP to another host would send the token in clear ({why}); use https, or allow \
+                     insecure HTTP explicitly (deployctl and deploy-agent: --insecure-http)",
+                    self.base
+                ))
+            })?;
         }
         #[cfg(feature = "rustls-ring")]
         if rustls::crypto::CryptoProvider::get_default().is_none() {
@@ -180,6 +202,9 @@ impl ClientBuilder {
         }
         if let Some(pem) = &self.identity {
             http = http.identity(reqwest::Identity::from_pem(pem).map_err(Error::Transport)?);
+        }
+        if let Some((name, addrs)) = &pinned {
+            http = http.resolve_to_addrs(name, addrs);
         }
         let http = http.build().map_err(Error::Transport)?;
         Ok(Client {
@@ -1072,6 +1097,23 @@ mod tests {
             assert!(matches!(refused, Err(Error::Url(ref m)) if m.contains("plain HTTP")), "{remote}");
             assert!(Client::builder(remote).insecure_http(true).build().is_ok(), "{remote} when allowed");
         }
+    }
+
+    /// Finding: `*.localhost` counted as loopback without being resolved, so plain HTTP went to a name that resolved
+    /// to another host. A name is resolved, every address must be loopback, and the client is pinned to them.
+    #[test]
+    fn a_name_is_this_machine_only_when_every_address_it_resolves_to_is() {
+        let url = |s: &str| reqwest::Url::parse(s).unwrap();
+        let (name, addrs) = loopback_only(&url("http://localhost:8080")).unwrap().expect("a name is pinned");
+        assert_eq!(name, "localhost");
+        assert!(all_loopback(&addrs) && addrs.iter().all(|a| a.port() == 8080), "{addrs:?}");
+        assert!(loopback_only(&url("http://127.0.0.1:1")).unwrap().is_none(), "a literal needs no pinning");
+        let unresolvable = loopback_only(&url("http://nothing-here.invalid")).unwrap_err();
+        assert!(unresolvable.contains("cannot be resolved"), "{unresolvable}");
+        let addr = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        assert!(!all_loopback(&[addr("127.0.0.1:80"), addr("10.0.0.5:80")]), "one address elsewhere is enough");
+        assert!(!all_loopback(&[]));
+        assert!(all_loopback(&[addr("127.0.0.1:80"), addr("[::1]:80")]));
     }
 
     #[test]

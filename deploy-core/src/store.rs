@@ -687,6 +687,16 @@ pub trait Store: Send + Sync {
 
     /// Forgets idempotency keys that expired before `now`; returns how many.
     async fn purge_idempotency_keys(&self, now: Timestamp) -> Result<u64, StoreError>;
+
+    /// Whether a write would be stored now: readiness (`/readyz`) asks, so a load balancer sends writes elsewhere
+    /// while this store cannot take them (a full disk, a read-only replica). A store that writes somewhere it can
+    /// fail to writes a small record; the default, for stores that cannot fail to write (in memory), answers `Ok`.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the write failed.
+    async fn check_writable(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Webhook subscriptions and their deliveries: the transactional outbox of a [`Store`].
@@ -911,6 +921,9 @@ macro_rules! forward_store {
             }
             async fn purge_idempotency_keys(&self, now: Timestamp) -> Result<u64, StoreError> {
                 (**self).purge_idempotency_keys(now).await
+            }
+            async fn check_writable(&self) -> Result<(), StoreError> {
+                (**self).check_writable().await
             }
         }
     )*};

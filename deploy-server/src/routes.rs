@@ -980,7 +980,12 @@ pub(crate) async fn healthz() -> Response {
     )
 )]
 pub(crate) async fn readyz(State(state): State<AppState>) -> ApiResult {
-    let probe = state.inner.store.list_environments(&PageRequest { limit: 1, cursor: None });
+    // Ready means reads and writes are served: a store that cannot be written (a full disk) is not ready.
+    let store = &state.inner.store;
+    let probe = async {
+        store.list_environments(&PageRequest { limit: 1, cursor: None }).await?;
+        store.check_writable().await
+    };
     match tokio::time::timeout(Duration::from_secs(5), probe).await {
         Ok(Ok(_)) => Ok(Json(json!({"status": "ready"})).into_response()),
         Ok(Err(e)) => Err(Problem::unavailable(&e)),

@@ -66,6 +66,9 @@ async fn sqlite_recovers_from_a_full_disk_without_a_restart() {
     assert_eq!(read.status().as_u16(), 200, "reads are still served");
     let read: Value = read.json().await.unwrap();
     assert_eq!(read["targets"].as_array().unwrap().len(), 2, "nothing half-written");
+    // Finding of the chaos rerun: /readyz answered 200 while the store could not be written.
+    let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status().as_u16(), 503, "not ready while writes cannot be stored");
 
     // Space is freed: writes work again, on every pooled connection, without a restart.
     assert!(prlimit(pid, "unlimited").await);
@@ -74,6 +77,8 @@ async fn sqlite_recovers_from_a_full_disk_without_a_restart() {
         statuses.push(put(environment(4)).await.unwrap().status().as_u16());
     }
     assert!(statuses.iter().all(|s| *s == 200), "every write after the disk has room: {statuses:?}");
+    let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status().as_u16(), 200, "ready again");
     let client = deploy_client::Client::builder(&base).token(ADMIN).build().unwrap();
     let request: deploy_core::DeploymentRequest = serde_json::from_value(json!({
         "environment": "prod", "service": "s", "version": "2.0",

@@ -378,4 +378,21 @@ impl Store for SqlStore {
             .map_err(unavailable)?;
         Ok(done.rows_affected())
     }
+
+    /// Rewrites a 16 KiB settings row (`readyz`): a store whose disk is full, or a read-only replica, cannot.
+    async fn check_writable(&self) -> Result<(), StoreError> {
+        let doc = format!("{{\"probe\": \"{}\"}}", "x".repeat(READYZ_PROBE_BYTES));
+        sqlx::query(
+            "INSERT INTO deploy_settings (name, doc) VALUES ('readyz', $1) \
+             ON CONFLICT (name) DO UPDATE SET doc = excluded.doc",
+        )
+        .bind(doc)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
 }
+
+/// The size of the record readiness writes: a few pages, so a disk with no room for real writes fails it too.
+const READYZ_PROBE_BYTES: usize = 16 * 1024;
