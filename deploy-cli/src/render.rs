@@ -51,7 +51,25 @@ pub(crate) fn error(e: &CliError) -> String {
             }
             Error::Timeout(_) => format!("error: the request to {url} timed out"),
             Error::WaitTimedOut(d) => {
-                format!("error: deployment {} was still {} when --timeout passed", d.id(), d.status())
+                let mut out = format!("error: deployment {} was still {} when --timeout passed", d.id(), d.status());
+                // A deployment waiting for approval waits for people: say for whom.
+                if d.status() == DeploymentStatus::AwaitingApproval
+                    && let Some(rule) = d.protection()
+                {
+                    let who = if rule.approvers.is_empty() {
+                        "anyone with the approve permission on its environment".to_owned()
+                    } else {
+                        rule.approvers.join(", ")
+                    };
+                    let _ = write!(
+                        out,
+                        "\n  it awaits approval: {} of {} so far; approvers: {who} (deployctl approve {})",
+                        d.approved_by().count(),
+                        rule.required_approvals,
+                        d.id()
+                    );
+                }
+                out
             }
             other => format!("error: {other}"),
         },

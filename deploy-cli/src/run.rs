@@ -84,15 +84,21 @@ fn uuid(raw: &str, what: &str) -> Result<uuid::Uuid> {
     uuid::Uuid::parse_str(raw).map_err(|_| CliError::Usage(format!("{raw:?} is not {what} id")))
 }
 
-/// Reads a JSON or YAML file (by extension; JSON when the content starts with `{`).
+/// Reads a JSON or YAML file: by its extension (`.json`; `.yaml`, `.yml`), else JSON if it parses as JSON, else YAML
+/// (YAML's flow style, `{strategy: {type: canary}}`, starts with `{` too).
 fn read_document(path: &Path) -> Result<Value> {
     let text =
         std::fs::read_to_string(path).map_err(|e| CliError::Usage(format!("cannot read {}: {e}", path.display())))?;
-    let is_json = path.extension().is_some_and(|e| e == "json") || text.trim_start().starts_with('{');
-    if is_json {
-        serde_json::from_str(&text).map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))
-    } else {
-        serde_yaml_ng::from_str(&text).map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))
+    parse_document(path, &text)
+}
+
+fn parse_document(path: &Path, text: &str) -> Result<Value> {
+    let fail = |e: &dyn std::fmt::Display| CliError::Usage(format!("{}: {e}", path.display()));
+    let extension = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+    match extension.as_deref() {
+        Some("json") => serde_json::from_str(text).map_err(|e| fail(&e)),
+        Some("yaml" | "yml") => serde_yaml_ng::from_str(text).map_err(|e| fail(&e)),
+        _ => serde_json::from_str(text).or_else(|_| serde_yaml_ng::from_str(text).map_err(|e| fail(&e))),
     }
 }
 
@@ -481,11 +487,16 @@ async fn env(ctx: &Ctx, cmd: EnvCommand) -> Result<u8> {
                             r.approved_by.join(", "),
                             render::time(r.started_at),
                             r.duration_ms.map(|ms| format!("{:.1}s", ms as f64 / 1000.0)).unwrap_or_default(),
+                            match (r.rollback_of, r.retry_of) {
+                                (Some(of), _) => format!("rollback of {of}"),
+                                (None, Some(of)) => format!("retry of {of}"),
+                                (None, None) => String::new(),
+                            },
                         ]
                     })
                     .collect();
                 render::table(
-                    &["deployment", "version", "status", "submitted by", "approved by", "started", "took"],
+                    &["deployment", "version", "status", "submitted by", "approved by", "started", "took", "of"],
                     &rows,
                 )
             })?;
@@ -675,6 +686,21 @@ async fn operate(ctx: &Ctx, id: &str, action: deploy_core::OperatorAction) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Finding of the governance trial: the README's own `canary.yaml`, in YAML's flow style, was read as JSON
+    /// because it starts with `{`, and failed ("key must be a string").
+    #[test]
+    fn yaml_in_flow_style_reads_as_yaml() {
+        let flow = "{strategy: {type: canary, steps: [{percent: 10, pause: until_promoted}, {percent: 100}]},\n  pause_deadline: 4h}\n";
+        for name in ["canary.yaml", "canary.yml", "canary"] {
+            let doc = parse_document(Path::new(name), flow).unwrap();
+            assert_eq!(doc["strategy"]["steps"][0]["pause"], "until_promoted", "{name}");
+            assert_eq!(doc["pause_deadline"], "4h");
+        }
+        let json = parse_document(Path::new("d.json"), "{\"version\": \"2.0\"}").unwrap();
+        assert_eq!(json["version"], "2.0");
+        assert!(parse_document(Path::new("d.json"), "{version: 2}").is_err(), "a .json file is JSON");
+    }
 
     #[test]
     fn strategies_read_as_the_api_writes_them() {

@@ -442,6 +442,7 @@ async fn a_protected_environment_in_a_few_commands() {
     let d = submit("2.0").await;
     assert_eq!(d["status"], "awaiting_approval");
     let id = d["id"].as_str().unwrap().to_owned();
+
     let own = deployctl(&url, &ci, &["approve", &id]).await;
     assert_eq!(code(&own), 1, "a deployer may not approve");
     assert!(stderr(&own).contains("may not approve"), "{}", stderr(&own));
@@ -454,6 +455,7 @@ async fn a_protected_environment_in_a_few_commands() {
     assert_eq!(code(&watched), 0, "{}", stderr(&watched));
     let history = deployctl(&url, ADMIN, &["history", "prod"]).await;
     assert!(stdout(&history).contains("key:alice, key:bob"), "{}", stdout(&history));
+    assert!(stdout(&history).lines().next().unwrap_or_default().ends_with("OF"), "a rollback-of / retry-of column");
 
     let next = submit("3.0").await["id"].as_str().unwrap().to_owned();
     let no = deployctl(&url, &bob, &["reject", &next, "-m", "not during the sale"]).await;
@@ -461,6 +463,13 @@ async fn a_protected_environment_in_a_few_commands() {
     let status = deployctl(&url, ADMIN, &["status", &next]).await;
     assert!(stdout(&status).contains("rejected by key:bob: not during the sale"), "{}", stdout(&status));
     assert_eq!(code(&status), 4, "a rejected deployment exits like a cancelled one");
+
+    // Finding of the governance trial: waiting on a protected environment timed out without saying who must approve.
+    let args = ["deploy", "--file", &request, "--env", "prod", "--service", "checkout", "--version", "4.0"];
+    let waited = deployctl(&url, &ci, &[&args[..], &["--wait", "--timeout", "1s"]].concat()).await;
+    assert_eq!(code(&waited), 1, "{}", stderr(&waited));
+    let said = stderr(&waited);
+    assert!(said.contains("awaits approval: 0 of 2") && said.contains("deployctl approve"), "{said}");
     server.shutdown().await;
 }
 
