@@ -157,6 +157,22 @@ impl CommandExecutor {
                 target.id, last.token
             )));
         }
+        // The deployment's largest token on any target of this state directory: a successor that started on another
+        // target first (the stale owner paused before reaching this one) fences this target too.
+        let tokens = self.root.join("tokens");
+        local::create_private_dir(&tokens)
+            .map_err(|e| ExecutorError::retryable(format!("cannot create {}: {e}", tokens.display())))?;
+        let latest_file = tokens.join(format!("{deployment}.json"));
+        let latest: HookOwner = local::load(&latest_file)?;
+        if latest.token > token {
+            return Err(ExecutorError::permanent(format!(
+                "{}: stale fencing token {token} of deployment {deployment}: an owner with token {} acts on it",
+                target.id, latest.token
+            )));
+        }
+        if latest.token < token {
+            local::save(&latest_file, &HookOwner { deployment: Some(deployment), token })?;
+        }
         local::save(&file, &HookOwner { deployment: Some(deployment), token })
     }
 
@@ -544,6 +560,14 @@ mod tests {
         stale.apply(&t, ctx(d, 0)).await.unwrap();
         let lines = std::fs::read_to_string(&ran).unwrap();
         assert_eq!(lines.lines().collect::<Vec<_>>(), ["2.0 2", "2.0 2", "2.0 1", "2.0 0"], "the stale hook never ran");
+
+        // Finding of this session's chaos run: the stale owner, paused before it reached a target the successor had
+        // not touched yet, started a hook there. The successor's token on any target fences the others too.
+        let mut untouched = t.clone();
+        untouched.id = "h-2".parse().unwrap();
+        let refused = stale.apply(&untouched, ctx(d, 1)).await.unwrap_err();
+        assert!(refused.message().contains("stale fencing token 1"), "{refused}");
+        assert_eq!(std::fs::read_to_string(&ran).unwrap().lines().count(), 4, "it never started");
     }
 
     /// Finding of the chaos rerun: a hook whose work runs in a child (`sh -c 'work & wait'`) outlived a killed owner

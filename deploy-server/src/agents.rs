@@ -27,6 +27,9 @@ use crate::routes::ApiResult;
 /// (one sent to another replica, or the heartbeat timeout running out). A report to this process wakes it at once.
 const POLL: Duration = Duration::from_millis(250);
 
+/// The most of an agent's reported error that is kept (its end).
+const MAX_REPORT_ERROR: usize = 4 * 1024;
+
 /// The longest an assignment poll may be held open.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
@@ -252,6 +255,23 @@ pub(crate) async fn assignment(
             .min(MAX_WAIT),
     };
     let known = known_generation(&headers);
+    // A held poll is capped per principal (a key bound to one target needs one): past the cap, 429.
+    let _permit = if wait.is_zero() {
+        None
+    } else {
+        Some(state.inner.polls.open(&caller.principal).map_err(|_| {
+            state.inner.metrics.rejected("poll_limit");
+            Problem::new(
+                ProblemKind::RateLimited,
+                format!(
+                    "{} already holds {} assignment polls, the most one principal may",
+                    caller.principal.id(),
+                    crate::app::MAX_POLLS_PER_PRINCIPAL
+                ),
+            )
+            .with_header(header::RETRY_AFTER, HeaderValue::from_static("5"))
+        })?)
+    };
     let deadline = tokio::time::Instant::now() + wait;
     let assigned = state.inner.agent_watch.assigned.notify_for(&env, &target);
     loop {
@@ -301,6 +321,17 @@ pub(crate) async fn report(
     authorize(&caller, &env, &target)?;
     if report.output.len() > 64 * 1024 {
         return Err(Problem::invalid_field("output", "at most 64 KiB: send the end of it"));
+    }
+    // An error is kept in the deployment's record and shown to readers: its end, at most 4 KiB, is kept.
+    let mut report = report;
+    if let Some(error) = &mut report.error
+        && error.len() > MAX_REPORT_ERROR
+    {
+        let mut start = error.len() - MAX_REPORT_ERROR;
+        while !error.is_char_boundary(start) {
+            start += 1;
+        }
+        *error = format!("...{}", &error[start..]);
     }
     let now = state.inner.orchestrator.clock().now();
     let slot = state.inner.store.record_agent_report(&env, &target, report, now).await?;

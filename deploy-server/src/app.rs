@@ -23,6 +23,9 @@ use crate::webhooks::api as webhooks;
 /// Request bodies larger than this get 413.
 pub const BODY_LIMIT: usize = 1024 * 1024;
 
+/// Assignment long-polls one principal may hold open at once: an agent's key serves one target, which needs one.
+pub const MAX_POLLS_PER_PRINCIPAL: usize = 4;
+
 /// Tuning of the HTTP API.
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
@@ -86,6 +89,8 @@ pub(crate) struct Inner {
     pub(crate) ip_limiter: Option<IpLimiter>,
     pub(crate) ip_checks: std::sync::atomic::AtomicU64,
     pub(crate) streams: crate::streams::Streams,
+    /// Agents' assignment long-polls held open, capped per principal like event streams.
+    pub(crate) polls: crate::streams::Streams,
     pub(crate) webhook_guard: crate::webhooks::guard::GuardedResolver,
     pub(crate) webhook_key: Option<Arc<crate::SecretsKey>>,
 }
@@ -133,6 +138,7 @@ impl AppState {
     ) -> Self {
         let ip_limiter = ip_limiter(&config);
         let streams = crate::streams::Streams::new(config.max_streams, config.max_streams_per_principal);
+        let polls = crate::streams::Streams::new(config.max_streams, MAX_POLLS_PER_PRINCIPAL);
         Self {
             inner: Arc::new(Inner {
                 orchestrator,
@@ -148,6 +154,7 @@ impl AppState {
                 ip_limiter,
                 ip_checks: std::sync::atomic::AtomicU64::new(0),
                 streams,
+                polls,
                 webhook_guard: crate::webhooks::guard::GuardedResolver::new(Arc::default()),
                 webhook_key: None,
             }),

@@ -45,7 +45,7 @@ mod streams;
 mod webhooks;
 
 pub use agents::{AgentExecutor, AgentWatch};
-pub use app::{ApiConfig, AppState, BODY_LIMIT, router};
+pub use app::{ApiConfig, AppState, BODY_LIMIT, MAX_POLLS_PER_PRINCIPAL, router};
 pub use auth::{
     Authenticator, JwtConfig, JwtConfigError, KEY_CACHE_TTL, KEY_PREFIX, generate_key, is_well_formed_key, key_digest,
 };

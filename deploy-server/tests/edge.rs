@@ -535,3 +535,50 @@ async fn an_executor_state_directory_elsewhere_is_private_too() {
     assert_eq!(mode(&log) & 0o077, 0, "readable by deployd's user only");
     assert!(!s.data_dir.join("command").exists(), "nothing of the executors in the data directory");
 }
+
+/// Findings of the second review on authenticated callers' resources: one agent key held 150 long-polls; an agent's
+/// report `error` had no size limit (a 900 KB error went into the record); a scoped admin made environments of 27,000
+/// targets. Long-polls are capped per principal, a report's error is kept to its last 4 KiB, and a server caps the
+/// targets of an environment (`--max-targets-per-environment`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authenticated_callers_cannot_take_unbounded_polls_records_or_targets() {
+    let s = Server::with(deploy_server::Settings { max_targets_per_environment: 50, ..settings("edge-quotas") }).await;
+    let target = |i: usize| json!({"id": format!("a-{i}"), "executor": "agent"});
+    let too_many: Vec<serde_json::Value> = (0..51).map(target).collect();
+    let refused = s.put("/v1/environments/fleet", ADMIN, json!({"targets": too_many})).await;
+    refused.problem(400, "validation");
+    assert!(refused.body.to_string().contains("at most 50 targets"), "{:?}", refused.body);
+    let fine: Vec<serde_json::Value> = (0..50).map(target).collect();
+    assert_eq!(s.put("/v1/environments/fleet", ADMIN, json!({"targets": fine})).await.status, StatusCode::CREATED);
+
+    let body = json!({"name": "agent-a-1", "role": "agent", "environments": ["fleet"], "target": "a-1"});
+    let agent = s.post("/v1/api-keys", ADMIN, body).await.body["key"].as_str().unwrap().to_owned();
+    let path = "/v1/agents/fleet/a-1/assignment";
+    let first = s.get(path, &agent).await;
+    assert_eq!(first.status, StatusCode::OK, "{:?}", first.body);
+    let etag = first.header("etag").unwrap().to_owned();
+    let polls: Vec<_> = (0..deploy_server::MAX_POLLS_PER_PRINCIPAL + 2)
+        .map(|_| {
+            let (http, url, agent, etag) =
+                (s.http.clone(), s.url(&format!("{path}?wait=3s")), agent.clone(), etag.clone());
+            tokio::spawn(async move {
+                http.get(url).bearer_auth(agent).header("if-none-match", etag).send().await.unwrap().status()
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for p in polls {
+        statuses.push(p.await.unwrap().as_u16());
+    }
+    let limited = statuses.iter().filter(|&&c| c == 429).count();
+    assert_eq!(limited, 2, "past the cap, polls are refused at once: {statuses:?}");
+    assert_eq!(statuses.iter().filter(|&&c| c == 304).count(), deploy_server::MAX_POLLS_PER_PRINCIPAL);
+
+    let error = format!("{}the end", "e".repeat(900 * 1024));
+    let report = json!({"generation": 0, "version": null, "health": "unknown", "error": error});
+    let a = s.put("/v1/agents/fleet/a-1/report", &agent, report).await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    let kept = a.body["report"]["error"].as_str().or_else(|| a.body["last_report"]["error"].as_str());
+    let kept = kept.map_or_else(|| a.body.to_string(), str::to_owned);
+    assert!(kept.len() < 8 * 1024 && kept.contains("the end"), "its end is kept, bounded: {} bytes", kept.len());
+}

@@ -58,6 +58,9 @@ pub struct OrchestratorConfig {
     pub watch_poll_interval: Duration,
     /// How often the controller forgets expired idempotency keys.
     pub purge_interval: Duration,
+    /// The most targets one environment may have (at most [`crate::environment::MAX_TARGETS`]): every reader of an
+    /// environment reads all of them, so a server sets what its memory affords.
+    pub max_targets_per_environment: usize,
 }
 
 impl Default for OrchestratorConfig {
@@ -74,6 +77,7 @@ impl Default for OrchestratorConfig {
             idempotency_retention: Duration::from_secs(24 * 3600),
             watch_poll_interval: Duration::from_millis(500),
             purge_interval: Duration::from_secs(600),
+            max_targets_per_environment: crate::environment::MAX_TARGETS,
         }
     }
 }
@@ -357,6 +361,12 @@ impl Orchestrator {
         expected: Option<Revision>,
     ) -> Result<EnvironmentWrite, Error> {
         principal.authorize(Action::ManageEnvironments, name)?;
+        let most = self.shared.config.max_targets_per_environment.min(crate::environment::MAX_TARGETS);
+        if spec.targets.len() > most {
+            let mut errs = ValidationErrors::default();
+            errs.push("targets", format!("at most {most} targets per environment on this server"));
+            return Err(Error::Invalid(errs));
+        }
         spec.validate(self.shared.known_executors.as_deref())?;
         let expected = self.check_host_targets(principal, name, &spec, expected).await?;
         let expected = self.check_secret_scope(principal, name, &spec, expected).await?;

@@ -129,6 +129,9 @@ struct ServeArgs {
     /// `file://NAME` references resolve files inside this directory.
     #[arg(long, env = "DEPLOYD_SECRETS_DIR")]
     secrets_dir: Option<PathBuf>,
+    /// The most targets one environment may have [default: 20000].
+    #[arg(long, env = "DEPLOYD_MAX_TARGETS_PER_ENVIRONMENT")]
+    max_targets_per_environment: Option<usize>,
     /// Secret references every environment may resolve, comma-separated: exact references or prefixes ending in `*`
     /// (`env://DEPLOY_SECRET_SHARED_*`). Each environment adds its own `secret_scope` [default: none].
     #[arg(long, env = "DEPLOYD_GLOBAL_SECRET_SCOPE")]
@@ -225,7 +228,7 @@ impl ServeArgs {
         take_opt!(tls_cert, tls_key, tls_client_ca, webhook_secrets_key_file, jwt_identity_claim);
         take!(webhook_allow_cidrs, webhook_deny_cidrs, tls_require_client_cert, ip_rate_limit, ip_rate_limit_burst);
         take!(header_read_timeout, max_connections, max_connections_per_ip, max_streams, max_streams_per_principal);
-        take!(database_timeout, trusted_proxies, global_secret_scope);
+        take!(database_timeout, trusted_proxies, global_secret_scope, max_targets_per_environment);
         Ok(s)
     }
 }
