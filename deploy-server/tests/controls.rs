@@ -494,6 +494,14 @@ async fn two_credentials_of_one_person_are_one_approver_and_one_submitter() {
     assert_eq!(d["approvals"].as_array().unwrap().len(), 1, "{d:#}");
     assert!(s.post(&path, &bob_key, approve).await.status.is_success());
     assert_eq!(s.wait_terminal(&id).await["status"], "succeeded", "two people approved");
+
+    // Finding: refused calls answered `not-now` were audited without their environment, so `?environment=` missed them.
+    post_empty(&s, &format!("/v1/deployments/{id}/promote"), ADMIN).await.problem(409, "already-finished");
+    let audit = s.get("/v1/audit?environment=prod&limit=100", ADMIN).await.body;
+    let refused: Vec<&Value> =
+        audit["items"].as_array().unwrap().iter().filter(|e| e["action"] == "deployment.promote").collect();
+    assert_eq!(refused.len(), 1, "the refusal is found by its environment: {audit:#}");
+    assert_eq!(refused[0]["outcome"], "already-finished");
 }
 
 /// A key of prod named and owned by `person`.
