@@ -22,6 +22,9 @@ if [ "$1" = validate ]; then
     exit $?
 fi
 echo "$(date +%s%N) start $t $v $$ $PPID $DEPLOY_DEPLOYMENT $DEPLOY_FENCING_TOKEN" >> "$log"
+# The work runs in a child the hook forks and waits for, as real install scripts do: when deployd is killed, the
+# hook's shell dies with it but this child does not, and a successor must end it before its own install starts.
+(
 i=0
 while [ "$i" -lt "$CHAOS_TICKS" ]; do
     sleep 0.05
@@ -34,6 +37,8 @@ if grep -qx "$t@$v" "$CHAOS_DIR/bad" 2>/dev/null; then
 fi
 echo "$v" > "$CHAOS_DIR/host/$t.$$" && mv "$CHAOS_DIR/host/$t.$$" "$CHAOS_DIR/host/$t"
 echo "$(date +%s%N) end $t $v $$" >> "$log"
+) &
+wait $!
 "#;
 
 /// One run of a target's `install` hook, read back from the log.

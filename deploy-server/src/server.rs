@@ -81,6 +81,8 @@ pub struct Settings {
     pub secrets_dir: Option<PathBuf>,
     /// The most targets one environment may have (default 20,000): readers get every target of an environment.
     pub max_targets_per_environment: usize,
+    /// The largest deployment accepted, in bytes of its spec (default 64 KiB): readers and listings hold it whole.
+    pub max_deployment_bytes: usize,
     /// A binary whose `log-relay` command reads `process` services' output (scrubbed, into their logs) so services
     /// keep a reader while deployd restarts; the `deployd` binary names itself. `None`: deployd's own threads read it.
     pub log_relay: Option<PathBuf>,
@@ -161,6 +163,7 @@ impl Default for Settings {
             global_secret_scope: String::new(),
             log_relay: None,
             max_targets_per_environment: 20_000,
+            max_deployment_bytes: 64 * 1024,
             webhook_retry_schedule: RetrySchedule::default().to_string(),
             webhook_timeout: HumanDuration::from_secs(10),
             webhook_concurrency: 64,
@@ -229,6 +232,7 @@ impl std::fmt::Debug for Settings {
             .field("global_secret_scope", &self.global_secret_scope)
             .field("log_relay", &self.log_relay)
             .field("max_targets_per_environment", &self.max_targets_per_environment)
+            .field("max_deployment_bytes", &self.max_deployment_bytes)
             .field("tls_cert", &self.tls_cert)
             .field("tls_client_ca", &self.tls_client_ca)
             .finish_non_exhaustive()
@@ -539,6 +543,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         poll_interval: settings.poll_interval.as_std(),
         max_concurrent_deployments: settings.max_concurrent_deployments.max(1),
         max_targets_per_environment: settings.max_targets_per_environment.max(1),
+        max_spec_bytes: settings.max_deployment_bytes.max(1024),
         ..OrchestratorConfig::default()
     };
     let orchestrator = Orchestrator::builder(Arc::clone(&store) as Arc<dyn deploy_core::Store>, executors)

@@ -574,6 +574,14 @@ async fn authenticated_callers_cannot_take_unbounded_polls_records_or_targets() 
     assert_eq!(limited, 2, "past the cap, polls are refused at once: {statuses:?}");
     assert_eq!(statuses.iter().filter(|&&c| c == 304).count(), deploy_server::MAX_POLLS_PER_PRINCIPAL);
 
+    // One deployer stored 40 deployments of 950 KB in a second: a deployment is at most 64 KiB here.
+    let mut big = json!({"environment": "fleet", "service": "s", "version": "1.0"});
+    big["config"] =
+        (0..200).map(|i| (format!("K{i}"), json!("v".repeat(400)))).collect::<serde_json::Map<_, _>>().into();
+    let refused = s.post("/v1/deployments", ADMIN, big).await;
+    refused.problem(400, "validation");
+    assert!(refused.body.to_string().contains("at most 65536 bytes"), "{:?}", refused.body);
+
     let error = format!("{}the end", "e".repeat(900 * 1024));
     let report = json!({"generation": 0, "version": null, "health": "unknown", "error": error});
     let a = s.put("/v1/agents/fleet/a-1/report", &agent, report).await;

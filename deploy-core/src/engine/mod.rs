@@ -61,6 +61,9 @@ pub struct OrchestratorConfig {
     /// The most targets one environment may have (at most [`crate::environment::MAX_TARGETS`]): every reader of an
     /// environment reads all of them, so a server sets what its memory affords.
     pub max_targets_per_environment: usize,
+    /// The largest deployment request accepted, as its validated spec serializes: every reader of a deployment reads
+    /// it whole, and a listing holds a page of them.
+    pub max_spec_bytes: usize,
 }
 
 impl Default for OrchestratorConfig {
@@ -78,6 +81,7 @@ impl Default for OrchestratorConfig {
             watch_poll_interval: Duration::from_millis(500),
             purge_interval: Duration::from_secs(600),
             max_targets_per_environment: crate::environment::MAX_TARGETS,
+            max_spec_bytes: 1024 * 1024,
         }
     }
 }
@@ -498,6 +502,18 @@ impl Orchestrator {
         })?;
         principal.authorize(Action::Deploy, &environment)?;
         let spec = submission.request.validate()?;
+        let size = serde_json::to_vec(&spec).map_or(usize::MAX, |b| b.len());
+        if size > self.shared.config.max_spec_bytes {
+            let mut errs = ValidationErrors::default();
+            errs.push(
+                "spec",
+                format!(
+                    "{size} bytes; a deployment is at most {} bytes on this server",
+                    self.shared.config.max_spec_bytes
+                ),
+            );
+            return Err(Error::Invalid(errs));
+        }
         self.check_references_in_scope(&spec).await?;
         let fingerprint = spec.fingerprint();
         let draft = DeploymentDraft {

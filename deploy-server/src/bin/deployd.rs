@@ -129,6 +129,9 @@ struct ServeArgs {
     /// `file://NAME` references resolve files inside this directory.
     #[arg(long, env = "DEPLOYD_SECRETS_DIR")]
     secrets_dir: Option<PathBuf>,
+    /// The largest deployment accepted, in bytes of its spec [default: 65536].
+    #[arg(long, env = "DEPLOYD_MAX_DEPLOYMENT_BYTES")]
+    max_deployment_bytes: Option<usize>,
     /// The most targets one environment may have [default: 20000].
     #[arg(long, env = "DEPLOYD_MAX_TARGETS_PER_ENVIRONMENT")]
     max_targets_per_environment: Option<usize>,
@@ -229,6 +232,7 @@ impl ServeArgs {
         take!(webhook_allow_cidrs, webhook_deny_cidrs, tls_require_client_cert, ip_rate_limit, ip_rate_limit_burst);
         take!(header_read_timeout, max_connections, max_connections_per_ip, max_streams, max_streams_per_principal);
         take!(database_timeout, trusted_proxies, global_secret_scope, max_targets_per_environment);
+        take!(max_deployment_bytes);
         Ok(s)
     }
 }
