@@ -408,11 +408,7 @@ impl Orchestrator {
         if host_level.is_empty() {
             return Ok(expected);
         }
-        let current = match self.shared.store.get_environment(name).await {
-            Ok(e) => Some(e),
-            Err(StoreError::NotFound { .. }) => None,
-            Err(e) => return Err(e.into()),
-        };
+        let current = self.current_environment(name).await?;
         let unchanged = |t: &crate::environment::TargetDefinition| {
             current
                 .as_ref()
@@ -424,6 +420,15 @@ impl Orchestrator {
         } else {
             principal.authorize(Action::DefineHostTargets, name)?;
             Ok(expected)
+        }
+    }
+
+    /// The environment as stored now, or `None` before it exists.
+    async fn current_environment(&self, name: &EnvironmentName) -> Result<Option<Environment>, Error> {
+        match self.shared.store.get_environment(name).await {
+            Ok(e) => Ok(Some(e)),
+            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -440,11 +445,7 @@ impl Orchestrator {
         if spec.secret_scope.is_empty() || principal.authorize(Action::DefineHostTargets, name).is_ok() {
             return Ok(expected);
         }
-        let current = match self.shared.store.get_environment(name).await {
-            Ok(e) => Some(e),
-            Err(StoreError::NotFound { .. }) => None,
-            Err(e) => return Err(e.into()),
-        };
+        let current = self.current_environment(name).await?;
         let stored = current.as_ref().map(|e| e.secret_scope.clone()).unwrap_or_default();
         let wider = spec.secret_scope.beyond(&[&stored, &self.shared.global_scope]);
         if let Some(first) = wider.first() {
