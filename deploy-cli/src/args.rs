@@ -308,12 +308,15 @@ pub(crate) enum KeysCommand {
         /// Its name; the principal is `key:<name>`.
         #[arg(long)]
         name: String,
-        /// `viewer`, `deployer` or `admin`.
+        /// `viewer`, `deployer`, `approver` or `admin`.
         #[arg(long)]
         role: String,
         /// Environment patterns (repeat; default `*`).
         #[arg(long = "env")]
         environments: Vec<String>,
+        /// The person it belongs to (their tokens' subject): approvals count people, not keys.
+        #[arg(long)]
+        owner: Option<String>,
     },
     /// List keys (never the keys themselves).
     List,

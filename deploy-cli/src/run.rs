@@ -507,15 +507,15 @@ async fn env(ctx: &Ctx, cmd: EnvCommand) -> Result<u8> {
 
 async fn keys(ctx: &Ctx, cmd: KeysCommand) -> Result<u8> {
     match cmd {
-        KeysCommand::Create { name, role, environments } => {
+        KeysCommand::Create { name, role, environments, owner } => {
             let role: Role = serde_json::from_value(json!(role))
-                .map_err(|_| CliError::Usage(format!("--role {role}: viewer, deployer or admin")))?;
+                .map_err(|_| CliError::Usage(format!("--role {role}: viewer, deployer, approver or admin")))?;
             let patterns = if environments.is_empty() { vec!["*".to_owned()] } else { environments };
             let patterns = patterns
                 .iter()
                 .map(|p| EnvironmentPattern::new(p).map_err(|e| CliError::Usage(format!("--env {p}: {e}"))))
                 .collect::<Result<Vec<_>>>()?;
-            let k = ctx.client.create_api_key(&name, role, &patterns).await.map_err(ctx.fail())?;
+            let k = ctx.client.create_api_key_of(&name, role, &patterns, owner.as_deref()).await.map_err(ctx.fail())?;
             ctx.print(&k, || {
                 format!(
                     "Created key {} ({}). The key, shown only now:\n{}",

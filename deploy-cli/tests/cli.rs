@@ -405,11 +405,13 @@ async fn a_protected_environment_in_a_few_commands() {
             let o = deployctl(
                 &url,
                 ADMIN,
-                &["keys", "create", "--name", name, "--role", role, "--env", "prod", "-o", "json"],
+                &["keys", "create", "--name", name, "--role", role, "--env", "prod", "--owner", name, "-o", "json"],
             )
             .await;
             assert_eq!(code(&o), 0, "{}", stderr(&o));
-            serde_json::from_str::<Value>(&stdout(&o)).unwrap()["key"].as_str().unwrap().to_owned()
+            let created = serde_json::from_str::<Value>(&stdout(&o)).unwrap();
+            assert_eq!(created["owner"], name, "the key belongs to its person");
+            created["key"].as_str().unwrap().to_owned()
         }
     };
     let (ci, alice, bob) = (key("ci", "deployer").await, key("alice", "approver").await, key("bob", "approver").await);
@@ -454,14 +456,14 @@ async fn a_protected_environment_in_a_few_commands() {
     let watched = deployctl(&url, ADMIN, &["watch", &id]).await;
     assert_eq!(code(&watched), 0, "{}", stderr(&watched));
     let history = deployctl(&url, ADMIN, &["history", "prod"]).await;
-    assert!(stdout(&history).contains("key:alice, key:bob"), "{}", stdout(&history));
+    assert!(stdout(&history).contains("person:alice, person:bob"), "approvals count people: {}", stdout(&history));
     assert!(stdout(&history).lines().next().unwrap_or_default().ends_with("OF"), "a rollback-of / retry-of column");
 
     let next = submit("3.0").await["id"].as_str().unwrap().to_owned();
     let no = deployctl(&url, &bob, &["reject", &next, "-m", "not during the sale"]).await;
     assert_eq!(code(&no), 0, "{}", stderr(&no));
     let status = deployctl(&url, ADMIN, &["status", &next]).await;
-    assert!(stdout(&status).contains("rejected by key:bob: not during the sale"), "{}", stdout(&status));
+    assert!(stdout(&status).contains("rejected by person:bob: not during the sale"), "{}", stdout(&status));
     assert_eq!(code(&status), 4, "a rejected deployment exits like a cancelled one");
 
     // Finding of the governance trial: waiting on a protected environment timed out without saying who must approve.

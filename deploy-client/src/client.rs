@@ -835,7 +835,25 @@ impl Client {
         role: Role,
         environments: &[EnvironmentPattern],
     ) -> Result<ApiKey, Error> {
-        let body = json!({"name": name, "role": role, "environments": environments});
+        self.create_api_key_of(name, role, environments, None).await
+    }
+
+    /// Creates an API key belonging to `owner` (a person: the subject, or identity claim, of that person's tokens),
+    /// so the key and the person's tokens are one approver; the answer holds the key, shown only now.
+    ///
+    /// # Errors
+    /// As [`Client::create_api_key`]; [`Error::Problem`] `validation` for a malformed owner.
+    pub async fn create_api_key_of(
+        &self,
+        name: &str,
+        role: Role,
+        environments: &[EnvironmentPattern],
+        owner: Option<&str>,
+    ) -> Result<ApiKey, Error> {
+        let mut body = json!({"name": name, "role": role, "environments": environments});
+        if let Some(owner) = owner {
+            body["owner"] = json!(owner);
+        }
         self.call(Method::POST, "/v1/api-keys", &[], Some(&body), &[], Repeat::IfNotSent).await?.json()
     }
 

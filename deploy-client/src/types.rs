@@ -43,6 +43,9 @@ pub struct ApiKey {
     /// The key (`dk_...`): only in the answer to its creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// The person it belongs to: approvals count people, so this key and that person's tokens are one approver.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// A new webhook subscription.
