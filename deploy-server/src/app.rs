@@ -88,6 +88,9 @@ pub(crate) struct Inner {
     pub(crate) agent_watch: Arc<crate::agents::AgentWatch>,
     pub(crate) ip_limiter: Option<IpLimiter>,
     pub(crate) ip_checks: std::sync::atomic::AtomicU64,
+    /// When readiness last wrote its probe record, and whether the write was stored: anonymous callers ask often, and
+    /// a write per request would let them make the host write as fast as they ask.
+    pub(crate) write_probe: tokio::sync::Mutex<Option<(std::time::Instant, bool)>>,
     pub(crate) streams: crate::streams::Streams,
     /// Agents' assignment long-polls held open, capped per principal like event streams.
     pub(crate) polls: crate::streams::Streams,
@@ -153,6 +156,7 @@ impl AppState {
                 agent_watch: Arc::default(),
                 ip_limiter,
                 ip_checks: std::sync::atomic::AtomicU64::new(0),
+                write_probe: tokio::sync::Mutex::new(None),
                 streams,
                 polls,
                 webhook_guard: crate::webhooks::guard::GuardedResolver::new(Arc::default()),

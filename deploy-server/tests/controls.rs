@@ -477,6 +477,10 @@ async fn two_credentials_of_one_person_are_one_approver_and_one_submitter() {
     let bob_key = owned_key(&s, "bob", "approver").await;
     let bad = s.post("/v1/api-keys", ADMIN, json!({"name": "x", "role": "viewer", "owner": "a\u{1b}b"})).await;
     bad.problem(400, "validation");
+    let token = json!({"name": "y", "role": "viewer", "owner": "ghp_0123456789abcdefghijABCDEFGHIJ012345"});
+    let shaped = s.post("/v1/api-keys", ADMIN, token).await;
+    shaped.problem(422, "hardcoded-secret");
+    assert!(!shaped.body.to_string().contains("ghp_0123"), "never echoed");
 
     let id = s.post("/v1/deployments", &carol_key, deploy("prod", "2.0")).await.body["id"].as_str().unwrap().to_owned();
     let approve = json!({"decision": "approve", "comment": "ok"});

@@ -460,8 +460,7 @@ impl Orchestrator {
 
     /// Refuses a spec naming a secret reference outside its environment's scope and the global one.
     async fn check_references_in_scope(&self, spec: &crate::spec::DeploymentSpec) -> Result<(), Error> {
-        let desired = crate::state::DesiredState::from_spec(spec, spec.version());
-        let mut refs = crate::secrets::references_of(&desired).peekable();
+        let mut refs = crate::secrets::references_of(spec.secrets(), spec.config()).peekable();
         if refs.peek().is_none() {
             return Ok(());
         }

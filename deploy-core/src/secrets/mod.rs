@@ -167,13 +167,14 @@ macro_rules! forward_resolver {
 
 forward_resolver!(std::sync::Arc<T>, Box<T>, &T);
 
-/// The secret references a desired state makes, as `(section, name, reference)`: its `secrets` (section `secrets`)
-/// and `config` values that are references (section `config`).
-pub fn references_of(
-    desired: &crate::state::DesiredState,
-) -> impl Iterator<Item = (&'static str, &String, &SecretRef)> {
+/// The secret references of a spec or a desired state (its `secrets` and `config` maps), as `(section, name,
+/// reference)`: section `secrets`, or `config` for config values that are references.
+pub fn references_of<'a>(
+    secrets: &'a BTreeMap<String, SecretRef>,
+    config: &'a BTreeMap<String, crate::spec::ConfigValue>,
+) -> impl Iterator<Item = (&'static str, &'a String, &'a SecretRef)> {
     use crate::spec::ConfigValue;
-    desired.secrets.iter().map(|(k, r)| ("secrets", k, r)).chain(desired.config.iter().filter_map(|(k, v)| match v {
+    secrets.iter().map(|(k, r)| ("secrets", k, r)).chain(config.iter().filter_map(|(k, v)| match v {
         ConfigValue::Secret(r) => Some(("config", k, r)),
         ConfigValue::Literal(_) => None,
     }))
@@ -193,7 +194,7 @@ pub async fn resolve_for(
 ) -> Result<ResolvedSecrets, crate::executor::ExecutorError> {
     use crate::executor::ExecutorError;
     let mut out = ResolvedSecrets::new();
-    for (_, name, reference) in references_of(desired) {
+    for (_, name, reference) in references_of(&desired.secrets, &desired.config) {
         if scope.is_some_and(|scope| !scope.allows(reference)) {
             return Err(ExecutorError::permanent(format!(
                 "secret {name}: reference {reference} is outside this environment's secret scope"

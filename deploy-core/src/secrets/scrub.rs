@@ -145,9 +145,10 @@ impl Scrubber {
         ];
         let mut spans = Vec::new();
         for (view, with_base64) in &views {
+            let bytes: Vec<u8> = view.bytes().collect();
             let needles = self.values.iter().chain(self.encoded.iter().filter(|_| *with_base64));
             for needle in needles {
-                view.find_all(needle, &mut spans);
+                view.find_all(&bytes, needle, &mut spans);
             }
         }
         merge(text, spans)
@@ -317,10 +318,10 @@ impl View {
         let mut i = 0;
         while let Some(&unit) = u.get(i) {
             if unit.byte == b'%'
-                && let (Some(h), Some(l)) = (u.get(i + 1), u.get(i + 2))
-                && let (Some(h), Some(l)) = (hex(h.byte), hex(l.byte))
+                && let (Some(high), Some(low)) = (u.get(i + 1), u.get(i + 2))
+                && let (Some(h), Some(l)) = (hex(high.byte), hex(low.byte))
             {
-                out.push(Unit { byte: h << 4 | l, start: unit.start, end: u[i + 2].end });
+                out.push(Unit { byte: h << 4 | l, start: unit.start, end: low.end });
                 i += 3;
                 continue;
             }
@@ -355,9 +356,10 @@ impl View {
                 }
                 if next.byte == b'u'
                     && let Some((c, used)) = json_char(u, i)
+                    && let Some(last) = u.get(i + used - 1)
                 {
                     let mut buf = [0u8; 4];
-                    let end = u[i + used - 1].end;
+                    let end = last.end;
                     for &byte in c.encode_utf8(&mut buf).as_bytes() {
                         out.push(Unit { byte, start: unit.start, end });
                     }
@@ -422,10 +424,11 @@ impl View {
         let mut i = 0;
         while let Some(&unit) = u.get(i) {
             if unit.byte == b'\'' {
-                let embedded =
-                    u.get(i + 1..i + 4).is_some_and(|w| w[0].byte == b'\\' && w[1].byte == b'\'' && w[2].byte == b'\'');
-                if embedded {
-                    out.push(Unit { byte: b'\'', start: unit.start, end: u[i + 3].end });
+                // `'\''`: a quote ends the word, an escaped quote, a quote opens the word again.
+                if let Some([a, b, c]) = u.get(i + 1..i + 4)
+                    && (a.byte, b.byte, c.byte) == (b'\\', b'\'', b'\'')
+                {
+                    out.push(Unit { byte: b'\'', start: unit.start, end: c.end });
                     i += 4;
                     continue;
                 }
@@ -462,18 +465,16 @@ impl View {
         Self(self.0.iter().copied().filter(|u| u.byte != b'\n' && u.byte != b'\r').collect())
     }
 
-    /// Adds the original span of every occurrence of `needle`.
-    fn find_all(&self, needle: &[u8], spans: &mut Vec<(usize, usize)>) {
-        let Some(&first) = needle.first() else { return };
+    /// Adds the original span of every occurrence of `needle` in `bytes` (this view's bytes, read once per view).
+    fn find_all(&self, bytes: &[u8], needle: &[u8], spans: &mut Vec<(usize, usize)>) {
         let units = &self.0;
-        if units.len() < needle.len() {
-            return;
-        }
-        let bytes: Vec<u8> = self.bytes().collect();
         let mut i = 0;
-        while i + needle.len() <= bytes.len() {
-            if bytes[i] == first && bytes[i..i + needle.len()] == *needle {
-                spans.push((units[i].start, units[i + needle.len() - 1].end));
+        while let Some(window) = bytes.get(i..i + needle.len()) {
+            if !needle.is_empty()
+                && window == needle
+                && let (Some(first), Some(last)) = (units.get(i), units.get(i + needle.len() - 1))
+            {
+                spans.push((first.start, last.end));
                 i += needle.len();
             } else {
                 i += 1;
