@@ -80,6 +80,7 @@ pub fn acceptance(
             submitted_by: None,
         },
         idempotency: None,
+        quota: None,
         expected_revision: None,
         now: time::OffsetDateTime::now_utc(),
     })

@@ -21,8 +21,10 @@ use deploy_core::{AuditFilter, DeploymentFilter, EnvironmentName, IdempotencyKey
 
 /// How failed calls are retried: exponential backoff with jitter, at least the server's `Retry-After`.
 ///
-/// Retried: connection errors, timeouts, 5xx, 429, and 409 `idempotency-key-in-flight` (the server asks for the retry,
-/// which then gets the first request's answer). Never other 4xx: the request itself is wrong. Calls that would not be
+/// Retried: connection errors, timeouts, 5xx, 429 `rate-limited`, and 409 `idempotency-key-in-flight` (the server asks
+/// for the retry, which then gets the first request's answer). Never other 4xx: the request itself is wrong, and a 429
+/// `quota-exceeded` lasts until the submitter's deployments finish or its window moves on, which is for the caller to
+/// decide. Calls that would not be
 /// safe to repeat (creating a key or a subscription) are retried only when the request never reached the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -253,6 +255,13 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
+/// Which resource an answer holds, for [`Client::whole`] to find its target pages.
+#[derive(Debug, Clone, Copy)]
+enum Cut {
+    Deployment,
+    Environment,
+}
+
 /// An answer: status, headers, body.
 struct Answer {
     status: StatusCode,
@@ -275,7 +284,9 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 }
 
 fn retryable_status(status: StatusCode, problem: &Problem) -> bool {
-    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || problem.is("idempotency-key-in-flight")
+    status.is_server_error()
+        || (status == StatusCode::TOO_MANY_REQUESTS && !problem.is("quota-exceeded"))
+        || problem.is("idempotency-key-in-flight")
 }
 
 fn page_query(page: &PageRequest) -> Vec<(&'static str, String)> {
@@ -396,6 +407,47 @@ impl Client {
         self.call(Method::GET, path, query, None, &[], Repeat::Safe).await?.json()
     }
 
+    /// `answer`'s body as `T`, after completing every target list the server cut short (`targets_next_cursor`) from
+    /// the resource's `.../targets` pages, in the body itself or in each item of a page: a typed record always holds
+    /// every target, and its summary counts them all.
+    async fn whole<T: DeserializeOwned>(&self, answer: &Answer, kind: Cut) -> Result<T, Error> {
+        let mut value: serde_json::Value = answer.json()?;
+        match value.get_mut("items").and_then(serde_json::Value::as_array_mut) {
+            Some(items) => {
+                for item in items {
+                    self.complete_targets(item, kind).await?;
+                }
+            }
+            None => self.complete_targets(&mut value, kind).await?,
+        }
+        serde_json::from_value(value).map_err(|e| Error::Protocol(format!("{e} in a {} answer", answer.status)))
+    }
+
+    async fn complete_targets(&self, resource: &mut serde_json::Value, kind: Cut) -> Result<(), Error> {
+        let text = |v: &serde_json::Value, key: &str| v.get(key).and_then(serde_json::Value::as_str).map(str::to_owned);
+        let Some(mut cursor) = text(resource, "targets_next_cursor") else { return Ok(()) };
+        let path = match kind {
+            Cut::Deployment => format!("/v1/deployments/{}/targets", text(resource, "id").unwrap_or_default()),
+            Cut::Environment => format!("/v1/environments/{}/targets", text(resource, "name").unwrap_or_default()),
+        };
+        let mut rest = Vec::new();
+        // An environment has at most 20,000 targets: 40 pages of 500. A server that pages on past that is wrong.
+        for _ in 0..100 {
+            let page: serde_json::Value = self.get_json(&path, &[("limit", "500".into()), ("cursor", cursor)]).await?;
+            rest.extend(page.get("items").and_then(serde_json::Value::as_array).cloned().unwrap_or_default());
+            match text(&page, "next_cursor") {
+                Some(next) => cursor = next,
+                None => {
+                    if let Some(targets) = resource.get_mut("targets").and_then(serde_json::Value::as_array_mut) {
+                        targets.extend(rest);
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        Err(Error::Protocol(format!("{path} pages on without end")))
+    }
+
     // -----------------------------------------------------------------------------------------------------------
     // Environments
 
@@ -413,7 +465,8 @@ impl Client {
         let headers: Vec<(HeaderName, String)> =
             if_match.map(|r| (reqwest::header::IF_MATCH, format!("\"{r}\""))).into_iter().collect();
         let path = format!("/v1/environments/{name}");
-        self.call(Method::PUT, &path, &[], Some(&body), &headers, Repeat::Safe).await?.json()
+        let answer = self.call(Method::PUT, &path, &[], Some(&body), &headers, Repeat::Safe).await?;
+        self.whole(&answer, Cut::Environment).await
     }
 
     /// An environment, with its targets' desired and actual state.
@@ -421,7 +474,8 @@ impl Client {
     /// # Errors
     /// [`Error::Problem`] `not-found`, `forbidden`, ...
     pub async fn get_environment(&self, name: &EnvironmentName) -> Result<Environment, Error> {
-        self.get_json(&format!("/v1/environments/{name}"), &[]).await
+        let answer = self.call(Method::GET, &format!("/v1/environments/{name}"), &[], None, &[], Repeat::Safe).await?;
+        self.whole(&answer, Cut::Environment).await
     }
 
     /// One page of environments.
@@ -429,7 +483,8 @@ impl Client {
     /// # Errors
     /// As every call.
     pub async fn list_environments(&self, page: &PageRequest) -> Result<Page<Environment>, Error> {
-        self.get_json("/v1/environments", &page_query(page)).await
+        let answer = self.call(Method::GET, "/v1/environments", &page_query(page), None, &[], Repeat::Safe).await?;
+        self.whole(&answer, Cut::Environment).await
     }
 
     /// One page of the releases that ran in an environment, newest first: every deployment that started there, with
@@ -473,7 +528,7 @@ impl Client {
         let answer = self.call(Method::POST, "/v1/deployments", &[], Some(&body), &headers, Repeat::Safe).await?;
         Ok(Submitted {
             replayed: answer.header("idempotent-replayed") == Some("true"),
-            deployment: answer.json()?,
+            deployment: self.whole(&answer, Cut::Deployment).await?,
             idempotency_key: Some(key),
         })
     }
@@ -496,7 +551,8 @@ impl Client {
     /// # Errors
     /// [`Error::Problem`] `not-found`, `forbidden`, ...
     pub async fn get_deployment(&self, id: DeploymentId) -> Result<Deployment, Error> {
-        self.get_json(&format!("/v1/deployments/{id}"), &[]).await
+        let answer = self.call(Method::GET, &format!("/v1/deployments/{id}"), &[], None, &[], Repeat::Safe).await?;
+        self.whole(&answer, Cut::Deployment).await
     }
 
     /// One page of deployments, newest first.
@@ -518,7 +574,8 @@ impl Client {
         if let Some(s) = query.status {
             q.push(("status", s.as_str().to_owned()));
         }
-        self.get_json("/v1/deployments", &q).await
+        let answer = self.call(Method::GET, "/v1/deployments", &q, None, &[], Repeat::Safe).await?;
+        self.whole(&answer, Cut::Deployment).await
     }
 
     /// Every deployment that passes `query`, newest first, page after page.
@@ -548,7 +605,8 @@ impl Client {
     /// [`Error::Problem`] `already-finished` when it is terminal.
     pub async fn cancel(&self, id: DeploymentId) -> Result<Deployment, Error> {
         let path = format!("/v1/deployments/{id}/cancel");
-        self.call(Method::POST, &path, &[], None, &[], Repeat::Safe).await?.json()
+        let answer = self.call(Method::POST, &path, &[], None, &[], Repeat::Safe).await?;
+        self.whole(&answer, Cut::Deployment).await
     }
 
     /// Asks for an operator action on a running deployment: pause, resume, promote or abort. The server records it
@@ -571,7 +629,8 @@ impl Client {
             }
         };
         let path = format!("/v1/deployments/{id}/{}", action.name());
-        self.call(Method::POST, &path, &[], body.as_ref(), &[], Repeat::Safe).await?.json()
+        let answer = self.call(Method::POST, &path, &[], body.as_ref(), &[], Repeat::Safe).await?;
+        self.whole(&answer, Cut::Deployment).await
     }
 
     /// Approves a deployment waiting for approval in a protected environment, with an optional comment. Once the
@@ -599,7 +658,8 @@ impl Client {
         }
         let path = format!("/v1/deployments/{id}/approvals");
         // One decision per approver: repeating it changes nothing, so it is retried like a read.
-        self.call(Method::POST, &path, &[], Some(&body), &[], Repeat::Safe).await?.json()
+        let answer = self.call(Method::POST, &path, &[], Some(&body), &[], Repeat::Safe).await?;
+        self.whole(&answer, Cut::Deployment).await
     }
 
     /// Lets a deployment that has not started start despite its environment's windows and freezes and a global
@@ -611,7 +671,8 @@ impl Client {
     pub async fn override_schedule(&self, id: DeploymentId, reason: &str) -> Result<Deployment, Error> {
         let path = format!("/v1/deployments/{id}/override");
         let body = json!({ "reason": reason });
-        self.call(Method::POST, &path, &[], Some(&body), &[], Repeat::Safe).await?.json()
+        let answer = self.call(Method::POST, &path, &[], Some(&body), &[], Repeat::Safe).await?;
+        self.whole(&answer, Cut::Deployment).await
     }
 
     /// The global freeze, if one holds now.
@@ -702,7 +763,7 @@ impl Client {
         let answer = self.call(Method::POST, &path, &[], None, &headers, Repeat::Safe).await?;
         Ok(Submitted {
             replayed: answer.header("idempotent-replayed") == Some("true"),
-            deployment: answer.json()?,
+            deployment: self.whole(&answer, Cut::Deployment).await?,
             idempotency_key: Some(key),
         })
     }
@@ -723,7 +784,7 @@ impl Client {
         let answer = self.call(Method::POST, &path, &[], None, &headers, Repeat::Safe).await?;
         Ok(Submitted {
             replayed: answer.header("idempotent-replayed") == Some("true"),
-            deployment: answer.json()?,
+            deployment: self.whole(&answer, Cut::Deployment).await?,
             idempotency_key: Some(key),
         })
     }
@@ -747,7 +808,7 @@ impl Client {
         let answer = self.call(Method::POST, &path, &[], Some(&body), &headers, Repeat::Safe).await?;
         Ok(Submitted {
             replayed: answer.header("idempotent-replayed") == Some("true"),
-            deployment: answer.json()?,
+            deployment: self.whole(&answer, Cut::Deployment).await?,
             idempotency_key: Some(key),
         })
     }
@@ -762,7 +823,7 @@ impl Client {
         let path = format!("/v1/deployments/{id}");
         loop {
             let answer = self.call(Method::GET, &path, &[], None, &[], Repeat::Safe).await?;
-            let deployment: Deployment = answer.json()?;
+            let deployment: Deployment = self.whole(&answer, Cut::Deployment).await?;
             if deployment.status().is_terminal() {
                 return Ok(deployment);
             }

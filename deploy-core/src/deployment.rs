@@ -780,6 +780,13 @@ impl Deployment {
         Self { targets: Vec::new(), summary: Summary::default(), ..self.clone() }
     }
 
+    /// What the record takes in a store, as quotas count it: its [`Deployment::header`] as JSON, in bytes (targets
+    /// and events are bounded by the environment's size and the engine, not by the submitter).
+    #[must_use]
+    pub fn stored_bytes(&self) -> u64 {
+        serde_json::to_vec(&self.header()).map_or(u64::MAX, |b| u64::try_from(b.len()).unwrap_or(u64::MAX))
+    }
+
     /// The record with `targets` (in rollout order), its summary recomputed from them.
     #[must_use]
     pub fn with_targets(mut self, targets: Vec<TargetProgress>) -> Self {

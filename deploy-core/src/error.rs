@@ -113,6 +113,7 @@ impl StoreError {
             Self::AlreadyFinished { .. } => K::AlreadyFinished,
             Self::NotNow { .. } => K::NotNow,
             Self::Unavailable(_) => K::StoreUnavailable,
+            Self::QuotaExceeded { .. } => K::QuotaExceeded,
             Self::StaleToken { .. } | Self::Update(_) | Self::Corrupt(_) => K::Internal,
         }
     }

@@ -72,7 +72,7 @@ pub use duration::{DurationParseError, HumanDuration};
 pub use engine::ShutdownTrigger;
 pub use engine::{
     EngineObserver, Orchestrator, OrchestratorBuilder, OrchestratorConfig, RollbackTo, ShutdownSignal, Submission,
-    Submitted,
+    Submitted, SubmitterQuota,
 };
 pub use environment::{
     ConcurrencyPolicy, Environment, EnvironmentSpec, EnvironmentTarget, MAX_REQUIRED_APPROVALS, MAX_TARGETS,
@@ -100,7 +100,7 @@ pub use spec::{
 pub use state::{ActualState, DesiredState, Health, Observation};
 pub use store::{
     Acceptance, Accepted, AgentStore, AuditLog, Claim, Control, DeliveryOutcome, DeliveryStatus, DeliveryTransition,
-    DeploymentFilter, EnvironmentWrite, FullStore, IdempotencyRecord, KeyStore, Lease, Page, PageRequest, Store,
-    StoreError, WebhookDelivery, WebhookPayload, WebhookStore, WebhookSubscription, restarted_owner,
+    DeploymentFilter, EnvironmentWrite, FullStore, IdempotencyRecord, KeyStore, Lease, Page, PageRequest, QuotaCheck,
+    Store, StoreError, WebhookDelivery, WebhookPayload, WebhookStore, WebhookSubscription, restarted_owner,
 };
 pub use webhook::{RetrySchedule, RetryScheduleError};

@@ -193,6 +193,27 @@ impl DeploymentId {
         Self(Uuid::now_v7())
     }
 
+    /// The smallest id a deployment accepted at `unix_ms` (milliseconds since the Unix epoch) or later can have: ids
+    /// are UUIDv7, ordered by the wall-clock time they were made, so `id >= DeploymentId::first_at(t)` selects those
+    /// made at `t` or after (in a store, as text too).
+    ///
+    /// ```
+    /// use deploy_core::DeploymentId;
+    /// let before = DeploymentId::first_at(0);
+    /// let id = DeploymentId::new();
+    /// assert!(before <= id && id.to_string() >= before.to_string());
+    /// assert!(DeploymentId::first_at(u64::MAX) > id);
+    /// ```
+    #[must_use]
+    pub fn first_at(unix_ms: u64) -> Self {
+        let ms = unix_ms.min((1 << 48) - 1).to_be_bytes();
+        let mut bytes = [0u8; 16];
+        bytes[..6].copy_from_slice(&ms[2..]);
+        bytes[6] = 0x70; // version 7
+        bytes[8] = 0x80; // RFC 4122 variant
+        Self(Uuid::from_bytes(bytes))
+    }
+
     /// Wraps an existing UUID (as read back from a store).
     #[must_use]
     pub const fn from_uuid(id: Uuid) -> Self {

@@ -36,6 +36,8 @@ pub enum ProblemKind {
     UnsupportedMediaType,
     /// 429: too many requests.
     RateLimited,
+    /// 429: the credentials' submitter has too many unfinished deployments, or stored too much in the quota window.
+    QuotaExceeded,
     /// 409: the webhook subscription was disabled.
     WebhookDisabled,
     /// 409: an operator's request does not apply to the deployment now (nothing waits to be promoted, a rollback
@@ -49,7 +51,7 @@ pub enum ProblemKind {
 
 impl ProblemKind {
     /// Every kind, in the order the documentation lists them.
-    pub const ALL: [Self; 19] = [
+    pub const ALL: [Self; 20] = [
         Self::Validation,
         Self::Unauthenticated,
         Self::Forbidden,
@@ -65,6 +67,7 @@ impl ProblemKind {
         Self::PayloadTooLarge,
         Self::UnsupportedMediaType,
         Self::RateLimited,
+        Self::QuotaExceeded,
         Self::WebhookDisabled,
         Self::NotNow,
         Self::StoreUnavailable,
@@ -90,6 +93,7 @@ impl ProblemKind {
             Self::PayloadTooLarge => "payload-too-large",
             Self::UnsupportedMediaType => "unsupported-media-type",
             Self::RateLimited => "rate-limited",
+            Self::QuotaExceeded => "quota-exceeded",
             Self::WebhookDisabled => "webhook-disabled",
             Self::NotNow => "not-now",
             Self::StoreUnavailable => "store-unavailable",
@@ -121,7 +125,7 @@ impl ProblemKind {
             Self::PreconditionRequired => 428,
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
-            Self::RateLimited => 429,
+            Self::RateLimited | Self::QuotaExceeded => 429,
             Self::StoreUnavailable => 503,
             Self::Internal => 500,
         }
@@ -146,6 +150,7 @@ impl ProblemKind {
             Self::PayloadTooLarge => "Payload too large",
             Self::UnsupportedMediaType => "Unsupported media type",
             Self::RateLimited => "Too many requests",
+            Self::QuotaExceeded => "Quota exceeded",
             Self::WebhookDisabled => "Webhook subscription disabled",
             Self::NotNow => "Not applicable now",
             Self::StoreUnavailable => "Store unavailable",
@@ -207,6 +212,11 @@ impl ProblemKind {
                  it is rolling back, which cannot be paused, promoted or aborted. The detail says which."
             }
             Self::RateLimited => "Too many requests from these credentials. Wait for `Retry-After` seconds.",
+            Self::QuotaExceeded => {
+                "The submitter of these credentials has as many unfinished deployments as this server allows, or its \
+                 deployments accepted in the quota window take as many bytes as allowed. Wait for some to finish (or \
+                 cancel them), or for `Retry-After` seconds; `detail` says which limit."
+            }
             Self::StoreUnavailable => {
                 "The database cannot be reached or written right now (an outage, a full disk, a timeout). Nothing was \
                  accepted or changed by this request; retry after `Retry-After` seconds with the same idempotency key."

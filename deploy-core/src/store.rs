@@ -99,6 +99,17 @@ pub enum StoreError {
     /// Stored data could not be read back.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The submitter is over a quota (see [`QuotaCheck`]).
+    #[error("{submitter} is over quota: {reason}")]
+    QuotaExceeded {
+        /// Whose quota.
+        submitter: String,
+        /// Which limit, with the figures.
+        reason: String,
+        /// Whether it is the byte window (it frees up as time passes) rather than open deployments (they free up
+        /// as they finish).
+        window: bool,
+    },
 }
 
 /// A page request: at most `limit` items after `cursor`.
@@ -193,6 +204,61 @@ pub struct Acceptance {
     pub expected_revision: Option<Revision>,
     /// The time of acceptance.
     pub now: Timestamp,
+    /// What the submitter may have stored, checked in the same acceptance (none: no limit).
+    pub quota: Option<QuotaCheck>,
+}
+
+/// A submitter's limits, checked by the store inside the acceptance that would exceed them, after a replay is
+/// recognised (a replay stores nothing and is never refused) and before anything is written.
+///
+/// The store counts deployments whose `created_by` is `submitter`: those not yet terminal against `max_open`, and
+/// the stored size of those accepted since `since` (their id, a UUIDv7, orders them by wall-clock acceptance time)
+/// against `max_bytes`. A deployment's stored size is [`Deployment::stored_bytes`]: its record without targets and
+/// events, as JSON, in bytes. Counts read committed state: concurrent acceptances by one submitter in different
+/// environments may each see the other's absence, so a quota can be overshot by as many acceptances as are in flight
+/// at once (never by more).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaCheck {
+    /// Whose deployments count (a principal id, as in [`Deployment::created_by`]).
+    pub submitter: String,
+    /// Open (non-terminal) deployments the submitter may have, this one included.
+    pub max_open: u64,
+    /// Bytes the submitter's deployments accepted since `since` may take, this one included.
+    pub max_bytes: u64,
+    /// Where the byte window starts: deployments with an id at or after this one count.
+    pub since: DeploymentId,
+}
+
+impl QuotaCheck {
+    /// Refuses a new deployment of `adding` bytes when the submitter already has `open` open deployments, or
+    /// deployments of `bytes` bytes in the window.
+    ///
+    /// # Errors
+    /// [`StoreError::QuotaExceeded`] naming the limit.
+    pub fn check(&self, open: u64, bytes: u64, adding: u64) -> Result<(), StoreError> {
+        if open >= self.max_open {
+            return Err(StoreError::QuotaExceeded {
+                submitter: self.submitter.clone(),
+                reason: format!(
+                    "{open} deployments not yet finished; at most {} at once per submitter on this server",
+                    self.max_open
+                ),
+                window: false,
+            });
+        }
+        if bytes.saturating_add(adding) > self.max_bytes {
+            return Err(StoreError::QuotaExceeded {
+                submitter: self.submitter.clone(),
+                reason: format!(
+                    "deployments of {bytes} bytes accepted in the quota window, this one {adding} more; at most {} \
+                     bytes per submitter on this server",
+                    self.max_bytes
+                ),
+                window: true,
+            });
+        }
+        Ok(())
+    }
 }
 
 impl IdempotencyRecord {

@@ -50,6 +50,8 @@ pub struct ApiConfig {
     /// Reverse proxies whose `X-Forwarded-For` names the client (CIDR blocks); from anyone else the header is
     /// ignored, so a client cannot pick the address it is limited as.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Targets a response carries inline; the rest are paged from `.../targets` (at least 1).
+    pub targets_per_response: usize,
 }
 
 impl Default for ApiConfig {
@@ -65,6 +67,7 @@ impl Default for ApiConfig {
             max_streams: 1024,
             max_streams_per_principal: 32,
             trusted_proxies: Vec::new(),
+            targets_per_response: crate::paging::DEFAULT_TARGETS_PER_RESPONSE,
         }
     }
 }
@@ -288,10 +291,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/environments", get(routes::list_environments))
         .route("/v1/environments/{env}", put(routes::put_environment).get(routes::get_environment))
         .route("/v1/environments/{env}/history", get(routes::history))
+        .route("/v1/environments/{env}/targets", get(routes::environment_targets))
         .route("/v1/environments/{env}/rollback", post(routes::rollback_environment))
         .route("/v1/deployments", post(routes::submit).get(routes::list_deployments))
         .route("/v1/deployments/{id}", get(routes::get_deployment))
         .route("/v1/deployments/{id}/events", get(routes::events))
+        .route("/v1/deployments/{id}/targets", get(routes::deployment_targets))
         .route("/v1/deployments/{id}/cancel", post(routes::cancel))
         .route("/v1/deployments/{id}/rollback", post(routes::rollback))
         .route("/v1/deployments/{id}/pause", post(routes::pause))

@@ -38,6 +38,7 @@ mod extract;
 mod listen;
 mod metrics;
 pub mod openapi;
+mod paging;
 mod problem;
 mod routes;
 mod server;
@@ -51,6 +52,7 @@ pub use auth::{
 };
 pub use listen::{ListenConfig, TlsError, TlsFiles};
 pub use metrics::{Gauges, Metrics};
+pub use paging::DEFAULT_TARGETS_PER_RESPONSE;
 pub use problem::{Problem, ProblemKind};
 pub use server::{Running, Settings, StartError, start, terminated};
 pub use webhooks::api::{SECRET_PREFIX, generate_secret};

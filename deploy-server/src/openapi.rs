@@ -162,8 +162,13 @@ pub struct EnvironmentDoc {
     pub active_deployment: Option<String>,
     /// Deployments waiting, in order.
     pub queued: Vec<String>,
-    /// The targets.
+    /// The targets, at most `--targets-per-response` of them (500 by default); page the rest from
+    /// `GET /v1/environments/{env}/targets?cursor=<targets_next_cursor>`.
     pub targets: Vec<EnvironmentTargetDoc>,
+    /// How many targets it has.
+    pub targets_total: u64,
+    /// Where the rest of `targets` starts, when they are not all here: the `cursor` of `.../targets`.
+    pub targets_next_cursor: Option<String>,
     /// Who must approve a deployment here before it starts.
     pub protection: Option<ProtectionDoc>,
     /// When deployments may start here.
@@ -300,8 +305,13 @@ pub struct DeploymentDoc {
     pub updated_at: String,
     /// When a target last progressed (RFC 3339).
     pub progress_at: Option<String>,
-    /// Every target's state.
+    /// Every target's state, at most `--targets-per-response` of them (500 by default); page the rest from
+    /// `GET /v1/deployments/{id}/targets?cursor=<targets_next_cursor>`. `summary` always counts all.
     pub targets: Vec<TargetProgressDoc>,
+    /// How many targets it has.
+    pub targets_total: u64,
+    /// Where the rest of `targets` starts, when they are not all here: the `cursor` of `.../targets`.
+    pub targets_next_cursor: Option<String>,
     /// Counts per status.
     pub summary: SummaryDoc,
     /// The deployment this one rolls back.
@@ -506,6 +516,26 @@ pub struct EnvironmentRollbackDoc {
 pub struct ReleaseListDoc {
     /// The releases.
     pub items: Vec<ReleaseDoc>,
+    /// The cursor of the next page.
+    pub next_cursor: Option<String>,
+}
+
+/// A page of an environment's targets, in their order.
+#[derive(ToSchema)]
+#[schema(as = EnvironmentTargetList)]
+pub struct EnvironmentTargetListDoc {
+    /// The targets.
+    pub items: Vec<EnvironmentTargetDoc>,
+    /// The cursor of the next page.
+    pub next_cursor: Option<String>,
+}
+
+/// A page of a deployment's targets, in rollout order.
+#[derive(ToSchema)]
+#[schema(as = TargetProgressList)]
+pub struct TargetProgressListDoc {
+    /// The targets.
+    pub items: Vec<TargetProgressDoc>,
     /// The cursor of the next page.
     pub next_cursor: Option<String>,
 }
@@ -830,6 +860,7 @@ impl Modify for BearerAuth {
     security(("bearer" = [])),
     paths(
         routes::put_environment, routes::get_environment, routes::list_environments, routes::history,
+        routes::environment_targets, routes::deployment_targets,
         routes::rollback_environment,
         routes::submit, routes::list_deployments, routes::get_deployment, routes::events, routes::cancel,
         routes::rollback, routes::pause, routes::resume, routes::promote, routes::abort, routes::retry, routes::approvals, routes::override_schedule,
@@ -843,7 +874,7 @@ impl Modify for BearerAuth {
         ProblemDoc, FieldErrorDoc, EnvironmentSpecDoc, EnvironmentDoc, EnvironmentListDoc, DeploymentRequestDoc,
         DeploymentDoc, DeploymentListDoc, ReleaseDoc, ReleaseListDoc, EnvironmentRollbackDoc, PromoteDoc, AbortDoc, ControlsDoc, DecisionDoc, ApprovalDoc, ProtectionDoc, ScheduleDoc, SecretScopeDoc, PeriodDoc, FreezeDoc, FreezeRequestDoc, OverrideDoc, EventDoc, EventListDoc, NewApiKeyDoc, ApiKeyDoc, ApiKeyListDoc,
         AuditEntryDoc, AuditListDoc, ProblemTypeDoc, StatusDoc, NewWebhookDoc, WebhookDoc, WebhookListDoc,
-        DeliveryDoc, DeliveryListDoc, AgentReportDoc, AgentSlotDoc,
+        DeliveryDoc, DeliveryListDoc, AgentReportDoc, AgentSlotDoc, EnvironmentTargetListDoc, TargetProgressListDoc,
     )),
 )]
 struct ApiDoc;

@@ -173,6 +173,11 @@ impl From<StoreError> for Problem {
                 Self::new(ProblemKind::NotNow, format!("deployment {deployment}: {reason}"))
             }
             StoreError::Unavailable(_) => Self::unavailable(&e),
+            StoreError::QuotaExceeded { submitter, reason, window } => {
+                let wait = if window { "60" } else { "10" };
+                Self::new(ProblemKind::QuotaExceeded, format!("{submitter} is over quota: {reason}"))
+                    .with_header(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static(wait))
+            }
             other => Self::internal(&other),
         }
     }

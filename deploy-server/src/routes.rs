@@ -112,7 +112,8 @@ pub(crate) async fn put_environment(
     let expected = if_match(&headers)?;
     let write = state.inner.orchestrator.put_environment(&caller.principal, &name, spec, expected).await?;
     let status = if write.created { StatusCode::CREATED } else { StatusCode::OK };
-    let mut response = (status, Json(&write.environment)).into_response();
+    let body = crate::paging::bounded(&write.environment, state.inner.config.targets_per_response)?;
+    let mut response = (status, Json(body)).into_response();
     response.headers_mut().insert(header::ETAG, etag(write.environment.revision));
     if write.created
         && let Ok(v) = HeaderValue::from_str(&format!("/v1/environments/{name}"))
@@ -143,7 +144,34 @@ pub(crate) async fn get_environment(
 ) -> ApiResult {
     let name = env_name(&env)?;
     let environment = state.inner.orchestrator.environment(&caller.principal, &name).await?;
-    Ok(conditional_get(&headers, &environment, environment.revision))
+    let body = crate::paging::bounded(&environment, state.inner.config.targets_per_response)?;
+    Ok(conditional_get(&headers, &body, environment.revision))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/environments/{env}/targets",
+    tag = "environments",
+    params(("env" = String, Path, description = "Environment name"), ("limit" = Option<u32>, Query, description = "1 to 500, default 50"), ("cursor" = Option<String>, Query, description = "`targets_next_cursor`, or a page's `next_cursor`")),
+    responses(
+        (status = 200, description = "The environment's targets, in their order", body = crate::openapi::EnvironmentTargetListDoc),
+        (status = 400, description = "Invalid name, limit or cursor (a cursor naming a target no longer there: start again)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such environment", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        crate::openapi::CommonProblems,
+    )
+)]
+pub(crate) async fn environment_targets(
+    State(state): State<AppState>,
+    Path(env): Path<String>,
+    caller: Caller,
+    params: Params,
+) -> ApiResult {
+    let name = env_name(&env)?;
+    let page = params.page()?;
+    let environment = state.inner.orchestrator.environment(&caller.principal, &name).await?;
+    let (items, next) =
+        crate::paging::page_after(&environment.targets, |t| t.id.as_str(), page.cursor.as_deref(), page.limit)?;
+    Ok(list_body(items, next))
 }
 
 #[utoipa::path(
@@ -162,14 +190,15 @@ pub(crate) async fn list_environments(State(state): State<AppState>, caller: Cal
     let mut out = state.inner.store.list_environments(&page).await?;
     out.items.retain(|e| caller.principal.authorize(Action::Read, &e.name).is_ok());
     let items: Vec<deploy_core::Environment> = out.items.into_iter().map(|e| e.shown_to(&caller.principal)).collect();
-    Ok(list_body(&items, out.next_cursor))
+    Ok(list_body(&crate::paging::bounded_all(&items, state.inner.config.targets_per_response)?, out.next_cursor))
 }
 
 // ---------------------------------------------------------------------------------------------------------------
 // Deployments
 
-fn accepted(deployment: &deploy_core::Deployment, replayed: bool) -> Response {
-    let mut response = (StatusCode::ACCEPTED, Json(deployment)).into_response();
+fn accepted(state: &AppState, deployment: &deploy_core::Deployment, replayed: bool) -> ApiResult {
+    let body = crate::paging::bounded(deployment, state.inner.config.targets_per_response)?;
+    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
     let headers = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&format!("/v1/deployments/{}", deployment.id())) {
         headers.insert(header::LOCATION, v);
@@ -179,7 +208,7 @@ fn accepted(deployment: &deploy_core::Deployment, replayed: bool) -> Response {
     if replayed {
         headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
-    response
+    Ok(response)
 }
 
 #[utoipa::path(
@@ -237,7 +266,7 @@ pub(crate) async fn submit(
         // Its `deployment.queued` event may have deliveries waiting.
         state.inner.webhooks_wake.notify_one();
     }
-    Ok(accepted(&submitted.deployment, submitted.replayed))
+    accepted(&state, &submitted.deployment, submitted.replayed)
 }
 
 #[utoipa::path(
@@ -261,11 +290,38 @@ pub(crate) async fn get_deployment(
 ) -> ApiResult {
     let id = deployment_id(&id)?;
     let deployment = state.inner.orchestrator.get(&caller.principal, id).await?;
-    let mut response = conditional_get(&headers, &deployment, deployment.revision());
+    let body = crate::paging::bounded(&deployment, state.inner.config.targets_per_response)?;
+    let mut response = conditional_get(&headers, &body, deployment.revision());
     if response.status() == StatusCode::OK && !deployment.status().is_terminal() {
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     Ok(response)
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/deployments/{id}/targets",
+    tag = "deployments",
+    params(("id" = String, Path, description = "Deployment id (UUIDv7)"), ("limit" = Option<u32>, Query, description = "1 to 500, default 50"), ("cursor" = Option<String>, Query, description = "`targets_next_cursor`, or a page's `next_cursor`")),
+    responses(
+        (status = 200, description = "The deployment's targets, in rollout order", body = crate::openapi::TargetProgressListDoc),
+        (status = 400, description = "Invalid id, limit or cursor", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such deployment", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        crate::openapi::CommonProblems,
+    )
+)]
+pub(crate) async fn deployment_targets(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    caller: Caller,
+    params: Params,
+) -> ApiResult {
+    let id = deployment_id(&id)?;
+    let page = params.page()?;
+    let deployment = state.inner.orchestrator.get(&caller.principal, id).await?;
+    let (items, next) =
+        crate::paging::page_after(deployment.targets(), |t| t.id.as_str(), page.cursor.as_deref(), page.limit)?;
+    Ok(list_body(items, next))
 }
 
 #[utoipa::path(
@@ -317,7 +373,7 @@ pub(crate) async fn list_deployments(State(state): State<AppState>, caller: Call
             .transpose()?,
     };
     let out = state.inner.orchestrator.list(&caller.principal, &filter, &page).await?;
-    Ok(list_body(&out.items, out.next_cursor))
+    Ok(list_body(&crate::paging::bounded_all(&out.items, state.inner.config.targets_per_response)?, out.next_cursor))
 }
 
 #[utoipa::path(
@@ -413,10 +469,11 @@ async fn audit_answer<T>(
 }
 
 /// 202 with the deployment as stored and its `ETag`: the answer to a request recorded on a deployment.
-fn recorded(deployment: &deploy_core::Deployment) -> Response {
-    let mut response = (StatusCode::ACCEPTED, Json(deployment)).into_response();
+fn recorded(state: &AppState, deployment: &deploy_core::Deployment) -> ApiResult {
+    let body = crate::paging::bounded(deployment, state.inner.config.targets_per_response)?;
+    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
     response.headers_mut().insert(header::ETAG, etag(deployment.revision()));
-    response
+    Ok(response)
 }
 
 #[utoipa::path(
@@ -437,7 +494,7 @@ pub(crate) async fn cancel(State(state): State<AppState>, Path(id): Path<String>
     let cancelled = state.inner.orchestrator.cancel(&caller.principal, id).await;
     audit_answer(&state, &caller, "deployment.cancel", id, &cancelled, |d| d.environment().to_string()).await;
     let deployment = cancelled?;
-    Ok(recorded(&deployment))
+    recorded(&state, &deployment)
 }
 
 #[utoipa::path(
@@ -467,7 +524,7 @@ pub(crate) async fn rollback(
         format!("deployments/{id}"),
         Some(submitted.deployment.environment().to_string()),
     );
-    Ok(accepted(&submitted.deployment, submitted.replayed))
+    accepted(&state, &submitted.deployment, submitted.replayed)
 }
 
 /// The body of `POST /v1/deployments/{id}/approvals`.
@@ -508,7 +565,7 @@ pub(crate) async fn approvals(
     let answer = state.inner.orchestrator.decide(&caller.principal, id, reject, body.comment).await;
     audit_answer(&state, &caller, action, id, &answer, |d| d.environment().to_string()).await;
     let deployment = answer?;
-    Ok(recorded(&deployment))
+    recorded(&state, &deployment)
 }
 
 /// The body of `POST /v1/deployments/{id}/override`.
@@ -555,7 +612,7 @@ pub(crate) async fn override_schedule(
         ),
         other => other.into(),
     })?;
-    Ok(recorded(&deployment))
+    recorded(&state, &deployment)
 }
 
 /// The body of `PUT /v1/freeze`.
@@ -667,7 +724,7 @@ async fn operate(state: &AppState, caller: &Caller, id: &str, action: deploy_cor
     let answer = state.inner.orchestrator.control(&caller.principal, id, action).await;
     audit_answer(state, caller, audit_action, id, &answer, |d| d.environment().to_string()).await;
     let deployment = answer?;
-    Ok(recorded(&deployment))
+    recorded(state, &deployment)
 }
 
 #[utoipa::path(
@@ -770,7 +827,7 @@ pub(crate) async fn retry(
     let submitted = state.inner.orchestrator.retry(&caller.principal, id, key).await;
     audit_answer(&state, &caller, "deployment.retry", id, &submitted, |s| s.deployment.environment().to_string()).await;
     let submitted = submitted?;
-    Ok(accepted(&submitted.deployment, submitted.replayed))
+    accepted(&state, &submitted.deployment, submitted.replayed)
 }
 
 /// The body of `POST /v1/environments/{env}/rollback`.
@@ -806,7 +863,7 @@ pub(crate) async fn rollback_environment(
         body.to.parse().map_err(|_| Problem::invalid_field("to", "\"previous\", a deployment id or a version"))?;
     let key = idempotency_key(&headers)?;
     let submitted = state.inner.orchestrator.rollback_environment(&caller.principal, &name, &to, key).await?;
-    Ok(accepted(&submitted.deployment, submitted.replayed))
+    accepted(&state, &submitted.deployment, submitted.replayed)
 }
 
 // ---------------------------------------------------------------------------------------------------------------

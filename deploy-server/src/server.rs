@@ -83,6 +83,15 @@ pub struct Settings {
     pub max_targets_per_environment: usize,
     /// The largest deployment accepted, in bytes of its spec (default 64 KiB): readers and listings hold it whole.
     pub max_deployment_bytes: usize,
+    /// Targets a response carries inline (default 500); the rest are paged from `GET .../targets`.
+    pub targets_per_response: usize,
+    /// Unfinished deployments one submitter (principal) may have at once (default 64; 0: no limit). Over it a
+    /// submission answers 429 `quota-exceeded`. Rollbacks are never refused.
+    pub quota_open_deployments: u64,
+    /// Bytes of deployment records one submitter may store per `quota_window` (default 64 MiB; 0: no limit).
+    pub quota_bytes: u64,
+    /// The window of `quota_bytes` (default 24 hours).
+    pub quota_window: HumanDuration,
     /// A binary whose `log-relay` command reads `process` services' output (scrubbed, into their logs) so services
     /// keep a reader while deployd restarts; the `deployd` binary names itself. `None`: deployd's own threads read it.
     pub log_relay: Option<PathBuf>,
@@ -164,6 +173,10 @@ impl Default for Settings {
             log_relay: None,
             max_targets_per_environment: 20_000,
             max_deployment_bytes: 64 * 1024,
+            quota_open_deployments: 64,
+            targets_per_response: crate::paging::DEFAULT_TARGETS_PER_RESPONSE,
+            quota_bytes: 64 * 1024 * 1024,
+            quota_window: HumanDuration::from_secs(24 * 3600),
             webhook_retry_schedule: RetrySchedule::default().to_string(),
             webhook_timeout: HumanDuration::from_secs(10),
             webhook_concurrency: 64,
@@ -233,6 +246,10 @@ impl std::fmt::Debug for Settings {
             .field("log_relay", &self.log_relay)
             .field("max_targets_per_environment", &self.max_targets_per_environment)
             .field("max_deployment_bytes", &self.max_deployment_bytes)
+            .field("quota_open_deployments", &self.quota_open_deployments)
+            .field("targets_per_response", &self.targets_per_response)
+            .field("quota_bytes", &self.quota_bytes)
+            .field("quota_window", &self.quota_window)
             .field("tls_cert", &self.tls_cert)
             .field("tls_client_ca", &self.tls_client_ca)
             .finish_non_exhaustive()
@@ -544,6 +561,11 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         max_concurrent_deployments: settings.max_concurrent_deployments.max(1),
         max_targets_per_environment: settings.max_targets_per_environment.max(1),
         max_spec_bytes: settings.max_deployment_bytes.max(1024),
+        quota: (settings.quota_open_deployments > 0 || settings.quota_bytes > 0).then(|| deploy_core::SubmitterQuota {
+            max_open: Some(settings.quota_open_deployments).filter(|n| *n > 0).unwrap_or(u64::MAX),
+            max_bytes: Some(settings.quota_bytes).filter(|n| *n > 0).unwrap_or(u64::MAX),
+            window: settings.quota_window.as_std(),
+        }),
         ..OrchestratorConfig::default()
     };
     let orchestrator = Orchestrator::builder(Arc::clone(&store) as Arc<dyn deploy_core::Store>, executors)
@@ -563,6 +585,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         max_streams_per_principal: settings.max_streams_per_principal.max(1),
         trusted_proxies: crate::webhooks::guard::parse_list(&settings.trusted_proxies)
             .map_err(|e| StartError::Settings(format!("trusted_proxies: {e}")))?,
+        targets_per_response: settings.targets_per_response.max(1),
         ..ApiConfig::default()
     };
     let (trigger, shutdown) = ShutdownSignal::new();

@@ -590,3 +590,156 @@ async fn authenticated_callers_cannot_take_unbounded_polls_records_or_targets() 
     let kept = kept.map_or_else(|| a.body.to_string(), str::to_owned);
     assert!(kept.len() < 8 * 1024 && kept.contains("the end"), "its end is kept, bounded: {} bytes", kept.len());
 }
+
+/// Finding: one deployer stored 40 deployments in a second and could keep as many queued as it liked. A submitter
+/// (one principal) may have `--quota-open-deployments` unfinished at once and store `--quota-bytes` per
+/// `--quota-window`; past either, 429 `quota-exceeded` with `Retry-After`, naming the limit. A replay is not refused,
+/// another deployer is not affected, a finished deployment frees its place, and nothing of a refusal is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_submitter_cannot_fill_the_queue_or_the_store() {
+    let s = Server::with(deploy_server::Settings {
+        quota_open_deployments: 3,
+        quota_bytes: 48 * 1024,
+        ..settings("edge-submitter-quotas")
+    })
+    .await;
+    let targets: Vec<serde_json::Value> =
+        (0..2).map(|i| json!({"id": format!("a-{i}"), "executor": "agent"})).collect();
+    assert_eq!(s.put("/v1/environments/q", ADMIN, json!({"targets": targets})).await.status, StatusCode::CREATED);
+    let (alice, bob, carol) = (deployer(&s, "alice").await, deployer(&s, "bob").await, deployer(&s, "carol").await);
+    let submit = |token: &str, version: &str, config: serde_json::Value, idem: Option<&'static str>| {
+        let body = json!({"environment": "q", "service": "s", "version": version, "config": config});
+        let (s, token) = (&s, token.to_owned());
+        async move {
+            let headers: Vec<(&str, &str)> = idem.map(|k| ("idempotency-key", k)).into_iter().collect();
+            s.call(Method::POST, "/v1/deployments", Some(&token), Some(body), &headers).await
+        }
+    };
+    let mut ids = Vec::new();
+    for (i, idem) in [Some("first"), None, None].into_iter().enumerate() {
+        let a = submit(&alice, &format!("1.{i}"), json!({}), idem).await;
+        assert_eq!(a.status, StatusCode::ACCEPTED, "{:?}", a.body);
+        ids.push(a.body["id"].as_str().unwrap().to_owned());
+    }
+    let refused = submit(&alice, "1.3", json!({}), None).await;
+    refused.problem(429, "quota-exceeded");
+    assert!(refused.body["detail"].as_str().unwrap().contains("at most 3 at once"), "{:?}", refused.body);
+    assert_eq!(refused.header("retry-after"), Some("10"));
+    let listed = s.get("/v1/deployments?environment=q", ADMIN).await.body;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 3, "nothing of the refusal is stored: {listed}");
+    // The typed client does not retry a quota (it lasts until deployments finish): one attempt, one audit row.
+    let before = quota_refusals(&s, "key:alice").await;
+    let client = deploy_client::Client::builder(s.url("")).token(&alice).build().unwrap();
+    let request = deploy_core::DeploymentRequest {
+        environment: "q".into(),
+        service: "s".into(),
+        version: "1.9".into(),
+        ..Default::default()
+    };
+    let e = client.submit(&request, deploy_client::SubmitOptions::default()).await.unwrap_err();
+    assert_eq!(e.problem().and_then(|p| p.kind()), Some(deploy_core::ProblemKind::QuotaExceeded), "{e}");
+    assert_eq!(quota_refusals(&s, "key:alice").await, before + 1, "tried once");
+    let replay = submit(&alice, "1.0", json!({}), Some("first")).await;
+    assert_eq!(replay.status, StatusCode::ACCEPTED, "a replay stores nothing and is answered: {:?}", replay.body);
+    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+    assert_eq!(submit(&bob, "2.0", json!({}), None).await.status, StatusCode::ACCEPTED, "bob has his own quota");
+    let cancelled = s.post(&format!("/v1/deployments/{}/cancel", ids[2]), ADMIN, json!({})).await;
+    assert_eq!(cancelled.status, StatusCode::ACCEPTED, "{:?}", cancelled.body);
+    assert_eq!(
+        submit(&alice, "1.4", json!({}), None).await.status,
+        StatusCode::ACCEPTED,
+        "a finished one frees a place"
+    );
+
+    // Bytes: carol's deployments of about 12 KB each, cancelled at once so only the byte quota binds.
+    let config: serde_json::Map<_, _> = (0..30).map(|i| (format!("K{i}"), json!("v".repeat(380)))).collect();
+    let mut accepted = 0;
+    let over = loop {
+        let a = submit(&carol, &format!("3.{accepted}"), config.clone().into(), None).await;
+        if a.status != StatusCode::ACCEPTED {
+            break a;
+        }
+        accepted += 1;
+        let id = a.body["id"].as_str().unwrap().to_owned();
+        assert_eq!(
+            s.post(&format!("/v1/deployments/{id}/cancel"), ADMIN, json!({})).await.status,
+            StatusCode::ACCEPTED
+        );
+        assert!(accepted < 10, "the byte quota never refused");
+    };
+    over.problem(429, "quota-exceeded");
+    assert!(over.body["detail"].as_str().unwrap().contains("at most 49152 bytes"), "{:?}", over.body);
+    assert_eq!(over.header("retry-after"), Some("60"));
+    assert!((3..=4).contains(&accepted), "about 48 KiB of 12 KB deployments: {accepted}");
+}
+
+async fn deployer(s: &Server, name: &str) -> String {
+    let body = json!({"name": name, "role": "deployer", "environments": ["q"]});
+    s.post("/v1/api-keys", ADMIN, body).await.body["key"].as_str().unwrap().to_owned()
+}
+
+/// Finding: eight concurrent reads of 27,000-target environments took 300 MB, and a page of 50 large deployments was
+/// 39 MB. A response carries at most `--targets-per-response` targets, with `targets_total` and `targets_next_cursor`;
+/// `.../targets` pages on (readers of the environment only); the typed client completes the lists itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_target_lists_are_paged_and_the_client_puts_them_together() {
+    let s = Server::with(deploy_server::Settings { targets_per_response: 3, ..settings("edge-target-pages") }).await;
+    let targets: Vec<serde_json::Value> =
+        (0..8).map(|i| json!({"id": format!("a-{i}"), "executor": "agent", "labels": {"n": format!("{i}")}})).collect();
+    let put = s.put("/v1/environments/big", ADMIN, json!({"targets": targets})).await;
+    assert_eq!(put.status, StatusCode::CREATED, "{:?}", put.body);
+    assert_eq!(put.body["targets"].as_array().unwrap().len(), 3, "the answer to a PUT is bounded too");
+    let env = s.get("/v1/environments/big", ADMIN).await.body;
+    assert_eq!(env["targets"].as_array().unwrap().len(), 3);
+    assert_eq!((env["targets_total"].clone(), env["targets_next_cursor"].clone()), (json!(8), json!("a-2")));
+    let mut ids: Vec<String> = Vec::new();
+    let mut cursor = Some("a-2".to_owned());
+    while let Some(after) = cursor {
+        let page = s.get(&format!("/v1/environments/big/targets?limit=2&cursor={after}"), ADMIN).await;
+        assert_eq!(page.status, StatusCode::OK, "{:?}", page.body);
+        ids.extend(page.body["items"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap().to_owned()));
+        cursor = page.body["next_cursor"].as_str().map(str::to_owned);
+    }
+    assert_eq!(ids, ["a-3", "a-4", "a-5", "a-6", "a-7"]);
+    s.get("/v1/environments/big/targets?cursor=nobody", ADMIN).await.problem(400, "validation");
+
+    let submitted =
+        s.post("/v1/deployments", ADMIN, json!({"environment": "big", "service": "s", "version": "2"})).await;
+    assert_eq!(submitted.status, StatusCode::ACCEPTED, "{:?}", submitted.body);
+    assert_eq!(submitted.body["targets"].as_array().unwrap().len(), 3);
+    assert_eq!(submitted.body["summary"]["total"], 8, "the summary counts every target");
+    let id = submitted.body["id"].as_str().unwrap().to_owned();
+    let listed = s.get("/v1/deployments?environment=big", ADMIN).await.body;
+    assert_eq!(listed["items"][0]["targets"].as_array().unwrap().len(), 3, "listed deployments are bounded");
+    assert_eq!(listed["items"][0]["targets_next_cursor"], "a-2");
+    let rest = s.get(&format!("/v1/deployments/{id}/targets?cursor=a-2&limit=500"), ADMIN).await.body;
+    assert_eq!(rest["items"].as_array().unwrap().len(), 5);
+    assert_eq!(rest["next_cursor"], serde_json::Value::Null);
+
+    // Who may read them: a viewer of another environment may not page this one's targets.
+    let body = json!({"name": "elsewhere", "role": "viewer", "environments": ["other"]});
+    let outsider = s.post("/v1/api-keys", ADMIN, body).await.body["key"].as_str().unwrap().to_owned();
+    s.get("/v1/environments/big/targets", &outsider).await.problem(403, "forbidden");
+    s.get(&format!("/v1/deployments/{id}/targets"), &outsider).await.problem(403, "forbidden");
+
+    let client = deploy_client::Client::builder(s.url("")).token(ADMIN).build().unwrap();
+    let name = deploy_core::EnvironmentName::new("big").unwrap();
+    let whole = client.get_environment(&name).await.unwrap();
+    let ids: Vec<&str> = whole.targets.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(ids, ["a-0", "a-1", "a-2", "a-3", "a-4", "a-5", "a-6", "a-7"], "in order, each once");
+    let deployment = client.get_deployment(id.parse().unwrap()).await.unwrap();
+    assert_eq!((deployment.targets().len(), deployment.summary().total), (8, 8));
+    let page = client
+        .list_deployments(
+            &deploy_core::DeploymentFilter::default(),
+            &deploy_core::PageRequest { limit: 5, cursor: None },
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.items[0].targets().len(), 8);
+}
+
+async fn quota_refusals(s: &Server, actor: &str) -> usize {
+    let rows = s.get(&format!("/v1/audit?limit=500&actor={actor}"), ADMIN).await.body;
+    rows["items"].as_array().unwrap().iter().filter(|r| r["outcome"] == "quota-exceeded").count()
+}

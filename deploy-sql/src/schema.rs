@@ -17,6 +17,7 @@ const SQLITE: &[&str] = &[
     include_str!("../migrations/sqlite/0008_environment_protection.sql"),
     include_str!("../migrations/sqlite/0009_schedules_and_freeze.sql"),
     include_str!("../migrations/sqlite/0010_secret_scope_and_key_names.sql"),
+    include_str!("../migrations/sqlite/0011_submitter_quotas.sql"),
 ];
 const POSTGRES: &[&str] = &[
     include_str!("../migrations/postgres/0001_init.sql"),
@@ -29,10 +30,11 @@ const POSTGRES: &[&str] = &[
     include_str!("../migrations/postgres/0008_environment_protection.sql"),
     include_str!("../migrations/postgres/0009_schedules_and_freeze.sql"),
     include_str!("../migrations/postgres/0010_secret_scope_and_key_names.sql"),
+    include_str!("../migrations/postgres/0011_submitter_quotas.sql"),
 ];
 
 /// The newest schema version this binary knows.
-pub const LATEST: i64 = 10;
+pub const LATEST: i64 = 11;
 
 /// Brings the schema to [`LATEST`], refusing a database that is newer. Runs in one transaction per migration; on
 /// PostgreSQL an advisory lock keeps replicas that start together from migrating twice.

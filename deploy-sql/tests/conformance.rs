@@ -126,7 +126,7 @@ async fn a_row_written_by_a_newer_binary_under_looser_rules_still_reads() {
             submitted_by: None,
         };
         let accepted = store
-            .accept(deploy_core::Acceptance { draft, idempotency: None, expected_revision: None, now })
+            .accept(deploy_core::Acceptance { draft, idempotency: None, expected_revision: None, now, quota: None })
             .await
             .unwrap();
         let id = accepted.deployment.id();

@@ -330,8 +330,18 @@ impl Store for MemoryStore {
             env.environment.revision,
         )?;
         let older: Vec<DeploymentId> = env.pending.iter().copied().collect();
-        let Acceptance { draft, idempotency, .. } = acceptance;
+        let Acceptance { draft, idempotency, quota, .. } = acceptance;
         let deployment = Deployment::plan(draft, &env.environment, now).map_err(StoreError::Invalid)?;
+        if let Some(quota) = &quota {
+            let (mut open, mut bytes) = (0u64, 0u64);
+            for state in inner.deployments.values().filter(|s| s.deployment.created_by() == quota.submitter) {
+                open += u64::from(!state.deployment.status().is_terminal());
+                if state.deployment.id() >= quota.since {
+                    bytes = bytes.saturating_add(state.deployment.stored_bytes());
+                }
+            }
+            quota.check(open, bytes, deployment.stored_bytes())?;
+        }
         let superseded = Acceptance::superseding(&env_name, env.environment.concurrency, &older)?;
         let id = deployment.id();
         for old in superseded {

@@ -64,6 +64,26 @@ pub struct OrchestratorConfig {
     /// The largest deployment request accepted, as its validated spec serializes: every reader of a deployment reads
     /// it whole, and a listing holds a page of them.
     pub max_spec_bytes: usize,
+    /// What one submitter may have stored (none: no limit). Rollbacks are never refused for it.
+    pub quota: Option<SubmitterQuota>,
+}
+
+/// Per-submitter limits on what acceptances store (see [`crate::QuotaCheck`], which the store applies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubmitterQuota {
+    /// Unfinished (queued, waiting or running) deployments one submitter may have at once.
+    pub max_open: u64,
+    /// Bytes of deployment records ([`crate::Deployment::stored_bytes`]) one submitter may store per `window`.
+    pub max_bytes: u64,
+    /// The byte window, counted back from each acceptance by the wall clock.
+    pub window: Duration,
+}
+
+impl Default for SubmitterQuota {
+    /// 64 open deployments, 64 MiB a day.
+    fn default() -> Self {
+        Self { max_open: 64, max_bytes: 64 * 1024 * 1024, window: Duration::from_secs(24 * 3600) }
+    }
 }
 
 impl Default for OrchestratorConfig {
@@ -82,6 +102,7 @@ impl Default for OrchestratorConfig {
             purge_interval: Duration::from_secs(600),
             max_targets_per_environment: crate::environment::MAX_TARGETS,
             max_spec_bytes: 1024 * 1024,
+            quota: None,
         }
     }
 }
@@ -1006,7 +1027,17 @@ impl Orchestrator {
             fingerprint,
             expires_at: crate::clock::add(now, self.shared.config.idempotency_retention),
         });
-        Ok(self.shared.store.accept(Acceptance { draft, idempotency, expected_revision, now }).await?)
+        let quota = self.shared.config.quota.filter(|_| draft.rollback_of.is_none()).map(|q| {
+            let wall = std::time::SystemTime::now().checked_sub(q.window).unwrap_or(std::time::UNIX_EPOCH);
+            let since_ms = wall.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+            crate::store::QuotaCheck {
+                submitter: draft.created_by.clone(),
+                max_open: q.max_open,
+                max_bytes: q.max_bytes,
+                since: DeploymentId::first_at(u64::try_from(since_ms).unwrap_or(u64::MAX)),
+            }
+        });
+        Ok(self.shared.store.accept(Acceptance { draft, idempotency, expected_revision, now, quota }).await?)
     }
 
     /// Claims and drives deployments one after another until none is runnable, then returns. For tests, examples and

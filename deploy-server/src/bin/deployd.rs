@@ -132,6 +132,18 @@ struct ServeArgs {
     /// The largest deployment accepted, in bytes of its spec [default: 65536].
     #[arg(long, env = "DEPLOYD_MAX_DEPLOYMENT_BYTES")]
     max_deployment_bytes: Option<usize>,
+    /// Targets a response carries inline; the rest are paged from `GET .../targets` [default: 500].
+    #[arg(long, env = "DEPLOYD_TARGETS_PER_RESPONSE")]
+    targets_per_response: Option<usize>,
+    /// Unfinished deployments one submitter may have at once; 0 for no limit [default: 64].
+    #[arg(long, env = "DEPLOYD_QUOTA_OPEN_DEPLOYMENTS")]
+    quota_open_deployments: Option<u64>,
+    /// Bytes of deployment records one submitter may store per --quota-window; 0 for no limit [default: 67108864].
+    #[arg(long, env = "DEPLOYD_QUOTA_BYTES")]
+    quota_bytes: Option<u64>,
+    /// The window of --quota-bytes [default: 24h].
+    #[arg(long, env = "DEPLOYD_QUOTA_WINDOW")]
+    quota_window: Option<HumanDuration>,
     /// The most targets one environment may have [default: 20000].
     #[arg(long, env = "DEPLOYD_MAX_TARGETS_PER_ENVIRONMENT")]
     max_targets_per_environment: Option<usize>,
@@ -232,7 +244,7 @@ impl ServeArgs {
         take!(webhook_allow_cidrs, webhook_deny_cidrs, tls_require_client_cert, ip_rate_limit, ip_rate_limit_burst);
         take!(header_read_timeout, max_connections, max_connections_per_ip, max_streams, max_streams_per_principal);
         take!(database_timeout, trusted_proxies, global_secret_scope, max_targets_per_environment);
-        take!(max_deployment_bytes);
+        take!(max_deployment_bytes, quota_open_deployments, quota_bytes, quota_window, targets_per_response);
         Ok(s)
     }
 }

@@ -35,13 +35,14 @@ impl SqlStore {
         acceptance: &Acceptance,
         use_snapshot: bool,
     ) -> Result<Optimistic, StoreError> {
-        let Acceptance { draft, idempotency, expected_revision, now } = acceptance;
+        let Acceptance { draft, idempotency, expected_revision, now, quota } = acceptance;
         let env_name = draft.spec.environment().clone();
         let (scope, key) =
             idempotency.as_ref().map_or((String::new(), String::new()), |r| (r.scope.clone(), r.key.to_string()));
         // A snapshot is only a guess at the revision; a caller's expected revision is checked against a fresh read.
         let cached =
             if use_snapshot && expected_revision.is_none() { self.snapshots().get(&env_name).cloned() } else { None };
+        let from_snapshot = cached.is_some();
         let (env, has_webhooks) = match cached {
             Some(snapshot) => snapshot,
             None => {
@@ -99,6 +100,12 @@ impl SqlStore {
         let deployment = Deployment::plan(draft.clone(), &env, *now).map_err(StoreError::Invalid)?;
         if deployment.targets().len() > CHUNK {
             return Ok(Optimistic::Locking);
+        }
+        if let Some(quota) = quota
+            && let Err(over) = check_quota(conn, quota, deployment.stored_bytes()).await
+        {
+            // From a snapshot, a replay was not looked for yet, and a replay is never refused: read afresh.
+            return if from_snapshot && idempotency.is_some() { Ok(Optimistic::Raced) } else { Err(over) };
         }
         let id = deployment.id();
         let queued = deployment.queued_event(*now).numbered(id, 1);
@@ -292,7 +299,7 @@ impl SqlStore {
         tx: &mut AnyConnection,
         acceptance: Acceptance,
     ) -> Result<Accepted, StoreError> {
-        let Acceptance { draft, idempotency, expected_revision, now } = acceptance;
+        let Acceptance { draft, idempotency, expected_revision, now, quota } = acceptance;
         let env_name = draft.spec.environment().clone();
         // Bumping the revision first takes the environment's row lock, which serializes acceptances per environment
         // across replicas; every early return below drops the transaction, which undoes the bump.
@@ -354,6 +361,9 @@ impl SqlStore {
             secret_scope: deploy_core::SecretScope::default(),
         };
         let deployment = Deployment::plan(draft, &env, now).map_err(StoreError::Invalid)?;
+        if let Some(quota) = &quota {
+            check_quota(tx, quota, deployment.stored_bytes()).await?;
+        }
         let id = deployment.id();
         let older: Vec<DeploymentId> = env.active_deployment.iter().chain(env.queued.iter()).copied().collect();
         for old in Acceptance::superseding(&env_name, env.concurrency, &older)? {
@@ -394,4 +404,21 @@ impl SqlStore {
         }
         Ok(Accepted { deployment, replayed: false })
     }
+}
+
+/// Applies `quota` to a new deployment of `adding` bytes, counting on `conn` (inside the acceptance's transaction on
+/// the locking path): the submitter's open deployments, and the bytes of those accepted since the window's start.
+async fn check_quota(conn: &mut AnyConnection, quota: &deploy_core::QuotaCheck, adding: u64) -> Result<(), StoreError> {
+    let row = sqlx::query(
+        "SELECT (SELECT COUNT(*) FROM deploy_deployments WHERE submitter = $1 AND terminal = 0) AS open, \
+         (SELECT COALESCE(SUM(octet_length(header)), 0) FROM deploy_deployments WHERE submitter = $1 AND id >= $2) \
+         AS bytes",
+    )
+    .bind(&quota.submitter)
+    .bind(quota.since.to_string())
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(unavailable)?;
+    let count = |column: &str| get::<i64>(&row, column).map(|n| u64::try_from(n).unwrap_or(0));
+    quota.check(count("open")?, count("bytes")?, adding)
 }

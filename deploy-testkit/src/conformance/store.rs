@@ -51,6 +51,7 @@ fn acceptance(env: &EnvironmentName, version: &str, key: Option<(&str, &str)>, n
         idempotency,
         expected_revision: None,
         now,
+        quota: None,
     }
 }
 
@@ -65,7 +66,7 @@ async fn env_with(store: &dyn Store, prefix: &str, policy: ConcurrencyPolicy) ->
 
 table!(ENGINE_CHECKS: dyn Store; environments_have_revisions, idempotent_acceptance, preconditions_and_planning, concurrency_policies, a_restarted_replica_takes_over_its_own_leases_at_once, claims_are_fenced, records_are_atomic_and_terminal_is_final, cancel_requests, operator_requests, approvals_gate_the_queue, holds_and_freezes, listings_page_with_cursors, idempotency_keys_expire, environments_are_listed_by_name, unknown_ids_are_not_found,
     concurrent_accepts_with_one_key_make_one_deployment, concurrent_claims_hand_out_one_lease,
-    events_are_numbered_without_gaps, released_leases_are_claimable_at_once);
+    events_are_numbered_without_gaps, released_leases_are_claimable_at_once, quotas_bound_what_one_submitter_stores);
 table!(SERVER_CHECKS: dyn FullStore; agent_assignments_are_fenced, webhook_outbox_follows_changes, api_keys_by_digest, api_key_names_are_identities, audit_log_pages_newest_first, agent_slots);
 
 /// Runs every check of [`ENGINE_CHECKS`]: the contract of the engine's [`Store`], all an embedder must implement.
@@ -82,6 +83,54 @@ pub async fn run_full(store: &(dyn FullStore + 'static)) -> Report {
     report.not_applicable.extend(server.not_applicable);
     report.violations.extend(server.violations);
     report
+}
+
+/// A submitter's quota is checked inside the acceptance: open deployments up to `max_open` (a finished one frees its
+/// place), bytes of those accepted since `since` up to `max_bytes`; a replay is never refused, and another submitter
+/// is not affected. Nothing is stored by a refused acceptance.
+pub async fn quotas_bound_what_one_submitter_stores(store: &dyn Store) -> Ran {
+    let env = env_with(store, "quota", ConcurrencyPolicy::Queue).await;
+    let submitter = format!("key:quota-{}", Uuid::now_v7().simple());
+    let by = |version: &str, key: Option<(&str, &str)>, quota: &deploy_core::QuotaCheck| {
+        let mut a = acceptance(&env, version, key, t0());
+        a.draft.created_by.clone_from(&quota.submitter);
+        a.quota = Some(quota.clone());
+        a
+    };
+    let open = deploy_core::QuotaCheck {
+        submitter: submitter.clone(),
+        max_open: 2,
+        max_bytes: u64::MAX,
+        since: DeploymentId::first_at(0),
+    };
+    let first = store.accept(by("1.0", Some((&submitter, "q-1")), &open)).await.expect("first");
+    store.accept(by("1.1", None, &open)).await.expect("second");
+    let third = store.accept(by("1.2", None, &open)).await;
+    assert!(matches!(&third, Err(StoreError::QuotaExceeded { window: false, .. })), "third open one: {third:?}");
+    let filter = DeploymentFilter { environment: Some(env.clone()), ..DeploymentFilter::default() };
+    assert_eq!(store.count_deployments(&filter).await.expect("count"), 2, "a refused acceptance stores nothing");
+    let replay = store.accept(by("1.0", Some((&submitter, "q-1")), &open)).await.expect("a replay over quota");
+    assert!(replay.replayed && replay.deployment.id() == first.deployment.id());
+    let other = deploy_core::QuotaCheck { submitter: format!("{submitter}-other"), ..open.clone() };
+    store.accept(by("2.0", None, &other)).await.expect("another submitter has its own quota");
+    store.request_cancel(first.deployment.id(), t0()).await.expect("cancel the first");
+    store.accept(by("1.3", None, &open)).await.expect("a finished deployment frees its place");
+
+    let heavy = format!("{submitter}-bytes");
+    let measured = store.get_deployment(first.deployment.id()).await.expect("read").stored_bytes();
+    let bytes = deploy_core::QuotaCheck {
+        submitter: heavy.clone(),
+        max_open: u64::MAX,
+        max_bytes: measured * 5 / 2,
+        since: DeploymentId::first_at(0),
+    };
+    store.accept(by("3.0", None, &bytes)).await.expect("one");
+    store.accept(by("3.1", None, &bytes)).await.expect("two");
+    let over = store.accept(by("3.2", None, &bytes)).await;
+    assert!(matches!(&over, Err(StoreError::QuotaExceeded { window: true, .. })), "over the bytes: {over:?}");
+    let later = deploy_core::QuotaCheck { since: DeploymentId::new(), ..bytes };
+    store.accept(by("3.2", None, &later)).await.expect("deployments before the window do not count");
+    Ran::Checked
 }
 
 /// Creating bumps to revision 1, replacing bumps again, a stale expected revision is refused.
