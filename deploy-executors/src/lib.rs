@@ -6,6 +6,9 @@
 //!   (SIGTERM, then SIGKILL). It finds its processes again after a restart.
 //! - [`CommandExecutor`] (kind `command`): the team's own hook scripts per lifecycle stage (stop, before install,
 //!   install, after install, start, validate), with a timeout each; a failing hook fails its target with its output.
+//! - [`DockerExecutor`] (kind `docker`): each target is a container workload on a Docker Engine (or Podman), the
+//!   work delegated to the engine: the new version proves itself healthy before the old one stops, and everything
+//!   deployd knows of a target is read back from the engine's labels.
 //! - [`SimExecutor`] (kind `sim`): simulated targets that keep their state on disk and fail on request, for demos,
 //!   black-box tests and benchmarks.
 //!
@@ -61,12 +64,14 @@
 //! took from `deployd`'s own environment (`HOME`, proxies) goes into the target's `env`.
 
 mod command;
+mod docker;
 mod local;
 mod output;
 mod process;
 mod sim;
 
 pub use command::{APPLY_STAGES, CommandConfig, CommandExecutor, Hook, VALIDATE_STAGE};
+pub use docker::{DEFAULT_ENGINE, DockerConfig, DockerExecutor, EngineTls, HttpHealth, LABEL_PREFIX, PortSpec};
 pub use local::{CONFIG_PREFIX, DEFAULT_PATH, EnvValue, SECRET_PREFIX};
 pub use output::{LOG_LIMIT, RELAY_SECRETS_VARIABLE, relay_command, run_log_relay};
 pub use process::{Handover, ProcessConfig, ProcessExecutor};

@@ -281,7 +281,7 @@ pub const CONFIG_PREFIX: &str = "DEPLOY_CONFIG_";
 pub const SECRET_PREFIX: &str = "DEPLOY_SECRET_";
 
 /// A variable of a target's `env`: a literal, or a reference resolved when the program starts.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum EnvValue {
     /// The value as written.

@@ -30,6 +30,7 @@
 mod clock;
 mod composite;
 pub mod conformance;
+pub mod docker;
 pub mod faulty;
 pub mod fixtures;
 mod memory;
