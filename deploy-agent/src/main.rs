@@ -30,7 +30,7 @@ struct Cli {
     /// The target.
     #[arg(long, env = "DEPLOY_AGENT_TARGET")]
     target: String,
-    /// The local executor: `process` or `command`.
+    /// The local executor: `process`, `command` or `docker`.
     #[arg(long, env = "DEPLOY_AGENT_EXECUTOR")]
     executor: String,
     /// The local executor's configuration for the target, as JSON (or `@file.json`).
@@ -68,7 +68,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let executor: Arc<dyn Executor> = match cli.executor.as_str() {
         "process" => Arc::new(deploy_executors::ProcessExecutor::new(cli.state_dir.join("process"))),
         "command" => Arc::new(deploy_executors::CommandExecutor::new(cli.state_dir.join("command"))),
-        other => anyhow::bail!("--executor {other}: use process or command"),
+        // The container host's own engine (or the one the config names): a sidecar on a Docker host.
+        "docker" => Arc::new(deploy_executors::DockerExecutor::new()),
+        other => anyhow::bail!("--executor {other}: use process, command or docker"),
     };
     let mut client = deploy_client::Client::builder(&cli.server)
         .token(cli.token)

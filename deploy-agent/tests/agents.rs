@@ -322,3 +322,41 @@ async fn on_postgresql_agents_may_talk_to_any_replica() {
     assert_eq!(a.applied("a-1"), ["1.0", "2.0"]);
     assert_eq!(a.applied("a-2"), ["1.0", "2.0"]);
 }
+
+/// A sidecar on a container host: the agent runs the `docker` executor against its host's engine, and the deployment
+/// ends with the container deployd asked for answering there. Skipped (saying so) where no engine answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_on_a_container_host_runs_the_docker_executor() {
+    use deploy_testkit::docker::{self, Web};
+    let Some(host) = docker::engine_or_skip("an_agent_on_a_container_host_runs_the_docker_executor") else { return };
+    docker::web_image(&host, "deploy-test/web", "1.0.0", Web::Healthy);
+    let fleet = Fleet::start("agents-docker", 1).await;
+    let key = fleet.agent_key("a-1").await;
+    let name = format!("agent-sidecar-{}", std::process::id());
+    let config = json!({"engine": host, "image": "deploy-test/web:{version}", "name": name,
+                        "health": {"port": 8080}, "stop_timeout": "1s"});
+    let _agent = Command::new(env!("CARGO_BIN_EXE_deploy-agent"))
+        .args(["--environment", "fleet", "--target", "a-1", "--executor", "docker"])
+        .args(["--heartbeat", "200ms", "--poll-wait", "2s"])
+        .arg("--config")
+        .arg(config.to_string())
+        .arg("--state-dir")
+        .arg(fleet.dir.join("state-a-1"))
+        .env("DEPLOY_URL", &fleet.base)
+        .env("DEPLOY_AGENT_TOKEN", key)
+        .env("DEPLOY_AGENT_LOG", "warn")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let id =
+        fleet.deploy("1.0.0", json!({"verify": {"timeout": "20s", "interval": "200ms", "healthy_for": "0s"}})).await;
+    let done = fleet.finished(&id).await;
+    let container = docker::inspect(&host, &name);
+    docker::remove_environment(&host, "fleet");
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let container = container.expect("the agent made the container");
+    assert_eq!(container["State"]["Running"], true);
+    assert_eq!(container["Config"]["Labels"]["dev.deployd.version"], "1.0.0");
+    assert_eq!(container["Config"]["Labels"]["dev.deployd.deployment"], id.as_str());
+}

@@ -9,7 +9,7 @@ use deploy_core::{
     EnvironmentPattern, ExecutorRouter, FullStore, HumanDuration, Orchestrator, OrchestratorConfig, RetrySchedule,
     Role, ShutdownSignal, ShutdownTrigger,
 };
-use deploy_executors::{CommandExecutor, ProcessExecutor, SimExecutor};
+use deploy_executors::{CommandExecutor, DockerExecutor, ProcessExecutor, SimExecutor};
 use deploy_sql::SqlStore;
 use serde::Deserialize;
 
@@ -38,7 +38,8 @@ pub struct Settings {
     /// Enables the `sim` executor.
     pub dev: bool,
     /// The executor kinds that run real things, comma-separated: `process`, `command` (both by default; empty for
-    /// none). They run what an admin puts in an environment, as `deployd`'s user.
+    /// none), `docker` (a target's Docker Engine, named in its config). They run what an admin of every environment
+    /// puts in an environment, as `deployd`'s user (or the engine's).
     pub executors: String,
     /// Where the `process` and `command` executors keep what they know of each target (installed versions, running
     /// hooks, logs): the data directory unless set. Replicas that act on the same hosts share it, so a replica that
@@ -533,9 +534,10 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
                 "command",
                 Arc::new(CommandExecutor::new(state_dir.join("command")).secrets(Arc::clone(&secrets))),
             ),
+            "docker" => executors.with("docker", Arc::new(DockerExecutor::new().secrets(Arc::clone(&secrets)))),
             other => {
                 return Err(StartError::Settings(format!(
-                    "executors: unknown kind {other:?} (process, command; sim comes with --dev)"
+                    "executors: unknown kind {other:?} (process, command, docker; sim comes with --dev)"
                 )));
             }
         };
