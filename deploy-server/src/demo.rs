@@ -2,8 +2,10 @@
 //! the demo's service (`deployd demo-app`, real processes on loopback ports), and tells the story of the project through
 //! the public HTTP API only, printing a timeline: deploy 1.0; roll out 2.0 two at a time; an idempotent replay; two
 //! racing submissions serialized; a broken 3.0 that fails its health check and is rolled back. It ends with a table
-//! of the deployments and of the processes actually running, then stops them. Every step is checked; a step that does
-//! not behave as shown makes the demo fail.
+//! of the deployments and of the processes actually running, then stops them. When a Docker Engine answers
+//! (`DOCKER_HOST`, or the local socket) and a static busybox is there to make images from, a second environment of two
+//! `docker` targets rolls 1.0 then 2.0 out as containers, and says plainly when it skipped that. Every step is
+//! checked; a step that does not behave as shown makes the demo fail.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -157,6 +159,7 @@ pub async fn run(data_dir: Option<PathBuf>, app: Vec<String>) -> Result<(), Demo
         bootstrap_admin_key: Some(key.clone()),
         lease: deploy_core::HumanDuration::from_secs(5),
         poll_interval: deploy_core::HumanDuration::from_millis(50),
+        executors: "process,command,docker".to_owned(),
         ..Settings::default()
     };
     let ports = free_ports()?;
@@ -175,7 +178,10 @@ pub async fn run(data_dir: Option<PathBuf>, app: Vec<String>) -> Result<(), Demo
     let running = start(settings).await.map_err(|e| fail(format!("deployd did not start: {e}")))?;
     let api =
         Api { http: reqwest::Client::new(), base: format!("http://{}", running.addr), key, started: Instant::now() };
-    let result = story(&api, &dir, &targets, &ports).await;
+    let mut result = story(&api, &dir, &targets, &ports).await;
+    if result.is_ok() {
+        result = containers(&api).await;
+    }
     running.shutdown().await;
     // Leave nothing running.
     let executor = deploy_executors::ProcessExecutor::new(dir.join("process"));
@@ -323,6 +329,119 @@ async fn story(api: &Api, dir: &std::path::Path, targets: &[Value], ports: &[u16
         let _ = writeln!(out, "{:<8} {:<6} {:<8} {:>8}  {answer}", format!("web-{}", i + 1), port, version, pid);
     }
     println!("{out}");
+    api.say("the process slots behaved as shown");
+    Ok(())
+}
+
+/// The engine the container scenario uses, when one answers: `DOCKER_HOST` (a `unix://` socket) or the local one.
+fn docker_engine() -> Result<String, String> {
+    let host = std::env::var("DOCKER_HOST").unwrap_or_else(|_| deploy_executors::DEFAULT_ENGINE.to_owned());
+    if !host.starts_with("unix://") {
+        return Err(format!("DOCKER_HOST={host} is not a unix:// socket"));
+    }
+    let answers =
+        std::process::Command::new("docker").args(["-H", &host, "version", "--format", "{{.Server.Version}}"]).output();
+    match answers {
+        Ok(out) if out.status.success() => {}
+        Ok(_) => return Err(format!("no Docker engine answers at {host}")),
+        Err(e) => return Err(format!("no docker command ({e})")),
+    }
+    if !std::path::Path::new("/usr/bin/busybox").exists() {
+        return Err(
+            "no static busybox at /usr/bin/busybox to make the demo's images from (Debian: busybox-static)".into()
+        );
+    }
+    Ok(host)
+}
+
+/// Makes the image `deployd-demo/web:<version>` (a busybox web server answering `/health` with its version) by
+/// `docker import`, so nothing is pulled.
+fn demo_image(host: &str, version: &str) -> Result<String, DemoError> {
+    let tag = format!("deployd-demo/web:{version}");
+    let dir = std::env::temp_dir().join(format!("deployd-demo-image-{}", uuid::Uuid::now_v7().simple()));
+    let io = |e: std::io::Error| fail(format!("demo image: {e}"));
+    for sub in ["bin", "www"] {
+        std::fs::create_dir_all(dir.join(sub)).map_err(io)?;
+    }
+    std::fs::copy("/usr/bin/busybox", dir.join("bin/busybox")).map_err(io)?;
+    for applet in ["sh", "httpd"] {
+        std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)).map_err(io)?;
+    }
+    std::fs::write(dir.join("www/health"), format!("{{\"version\": \"{version}\"}}")).map_err(io)?;
+    let script = format!(
+        "tar -C {} -cf - . | docker -H {host} import -c 'CMD [\"/bin/httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]' - {tag}",
+        dir.display()
+    );
+    let out = std::process::Command::new("sh").args(["-c", &script]).output().map_err(io)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    check(out.status.success(), &format!("docker import {tag}: {}", String::from_utf8_lossy(&out.stderr).trim()))?;
+    Ok(tag)
+}
+
+/// The container scenario: two `docker` targets, 1.0 then 2.0 rolled out one at a time, each answering on its port.
+async fn containers(api: &Api) -> Result<(), DemoError> {
+    let host = match docker_engine() {
+        Ok(host) => host,
+        Err(why) => {
+            api.say(&format!("5. Containers: SKIPPED, {why}"));
+            api.say("demo finished: every step shown behaved as shown");
+            return Ok(());
+        }
+    };
+    api.say(&format!("5. Containers: the same API in front of the Docker Engine at {host}"));
+    for v in ["1.0", "2.0"] {
+        demo_image(&host, v)?;
+    }
+    let ports = free_ports()?;
+    let targets: Vec<Value> = ports
+        .iter()
+        .take(2)
+        .enumerate()
+        .map(|(i, port)| {
+            json!({"id": format!("box-{}", i + 1), "executor": "docker", "config": {
+                "engine": host, "image": "deployd-demo/web:{version}", "name": format!("deployd-demo-box-{}", i + 1),
+                "ports": [{"container": 8080, "host": port}], "health": {"port": 8080},
+                "start_timeout": "10s", "stop_timeout": "1s"}})
+        })
+        .collect();
+    let (status, _, _) = api
+        .send(api.http.put(format!("{}/v1/environments/containers", api.base)).json(&json!({"targets": targets})))
+        .await?;
+    check(status == 201 || status == 200, "creating the container environment answers 201")?;
+    let mut result = Ok(());
+    for version in ["1.0", "2.0"] {
+        let mut body = request(version, 1, "10s");
+        body["environment"] = json!("containers");
+        let (status, _, first) = api.submit(&body, &format!("demo-containers-{version}")).await?;
+        check(status == 202, "the container deployment is accepted")?;
+        let done = api.watch(first["id"].as_str().unwrap_or_default(), &format!("containers {version}")).await?;
+        let answers = api.processes(&ports[..2]).await;
+        let all = answers.iter().all(|(_, b)| b.as_ref().is_some_and(|b| b["version"] == version));
+        api.say(&format!(
+            "   -> {}: {}",
+            done["status"],
+            answers
+                .iter()
+                .map(|(p, b)| format!(
+                    "127.0.0.1:{p}={}",
+                    b.as_ref().map_or("no answer".into(), |b| b["version"].to_string())
+                ))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+        if done["status"] != "succeeded" || !all {
+            result = Err(fail(format!("containers {version} did not succeed on every port")));
+            break;
+        }
+    }
+    // Leave nothing running.
+    for i in 1..=2 {
+        for name in [format!("deployd-demo-box-{i}"), format!("deployd-demo-box-{i}-previous")] {
+            let _ = std::process::Command::new("docker").args(["-H", &host, "rm", "-f", &name]).output();
+        }
+    }
+    api.say("   containers removed");
+    result?;
     api.say("demo finished: every step behaved as shown");
     Ok(())
 }
