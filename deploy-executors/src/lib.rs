@@ -9,6 +9,9 @@
 //! - [`DockerExecutor`] (kind `docker`): each target is a container workload on a Docker Engine (or Podman), the
 //!   work delegated to the engine: the new version proves itself healthy before the old one stops, and everything
 //!   deployd knows of a target is read back from the engine's labels.
+//! - [`FederationExecutor`] (kind `deployd`): each target is an environment on another deployd, deployed there
+//!   through `deploy-client` with one remote deployment per deployment and target (an idempotency key derived from
+//!   both), followed to its end.
 //! - [`SimExecutor`] (kind `sim`): simulated targets that keep their state on disk and fail on request, for demos,
 //!   black-box tests and benchmarks.
 //!
@@ -65,6 +68,7 @@
 
 mod command;
 mod docker;
+mod federation;
 mod local;
 mod output;
 mod process;
@@ -72,6 +76,7 @@ mod sim;
 
 pub use command::{APPLY_STAGES, CommandConfig, CommandExecutor, Hook, VALIDATE_STAGE};
 pub use docker::{DEFAULT_ENGINE, DockerConfig, DockerExecutor, EngineTls, HttpHealth, LABEL_PREFIX, PortSpec};
+pub use federation::{FederationConfig, FederationExecutor, TokenRef, federation_key};
 pub use local::{CONFIG_PREFIX, DEFAULT_PATH, EnvValue, SECRET_PREFIX};
 pub use output::{LOG_LIMIT, RELAY_SECRETS_VARIABLE, relay_command, run_log_relay};
 pub use process::{Handover, ProcessConfig, ProcessExecutor};

@@ -154,8 +154,8 @@ struct ServeArgs {
     /// An agent silent for longer than this makes its target unreachable (default 15s).
     #[arg(long, env = "DEPLOYD_AGENT_HEARTBEAT_TIMEOUT")]
     agent_heartbeat_timeout: Option<HumanDuration>,
-    /// Executor kinds that run real things, comma-separated: `process`, `command`, `docker` (default `process,command`;
-    /// empty for none).
+    /// Executor kinds that run real things, comma-separated: `process`, `command`, `docker`, `deployd` (default
+    /// `process,command`; empty for none).
     #[arg(long, env = "DEPLOYD_EXECUTORS")]
     executors: Option<String>,
     /// Where the process and command executors keep their state [default: the data directory]. Replicas acting on
