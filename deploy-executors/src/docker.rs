@@ -171,13 +171,7 @@ impl DockerConfig {
         {
             return Err(bad(format!("name {name:?}: letters, digits, '_', '.' and '-' only")));
         }
-        let engine = cfg.engine.as_deref().unwrap_or(DEFAULT_ENGINE);
-        if !(engine.starts_with("unix://") || engine.starts_with("tcp://")) {
-            return Err(bad(format!("engine {engine:?}: unix:///path or tcp://host:port")));
-        }
-        if engine.starts_with("tcp://") && cfg.tls.is_none() {
-            return Err(bad("a tcp:// engine needs tls (the engine is root on its host: never in clear)".into()));
-        }
+        check_engine(cfg.engine.as_deref(), cfg.tls.as_ref()).map_err(bad)?;
         if cfg.cpus.is_some_and(|c| !(c > 0.0 && c <= 1024.0)) {
             return Err(bad("cpus must be above 0".into()));
         }
@@ -204,7 +198,7 @@ impl DockerConfig {
     }
 }
 
-fn is_name(s: &str) -> bool {
+pub(crate) fn is_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
         && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
@@ -254,7 +248,7 @@ fn running(c: &ContainerInspectResponse) -> bool {
 /// The `docker` executor. Cheap to clone; engines are connected once per address.
 #[derive(Clone)]
 pub struct DockerExecutor {
-    engines: Arc<Mutex<HashMap<String, Docker>>>,
+    engines: Engines,
     http: reqwest::Client,
     secrets: Arc<dyn SecretResolver>,
 }
@@ -269,6 +263,47 @@ impl Default for DockerExecutor {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Engines connected so far, by address (and TLS files): one client each, its API version negotiated once.
+#[derive(Clone, Default)]
+pub(crate) struct Engines(Arc<Mutex<HashMap<String, Docker>>>);
+
+impl Engines {
+    /// The engine at `address` (default [`DEFAULT_ENGINE`]), connected at first use.
+    pub(crate) async fn get(&self, address: Option<&str>, tls: Option<&EngineTls>) -> Result<Docker, ExecutorError> {
+        let address = address.unwrap_or(DEFAULT_ENGINE).to_owned();
+        let key = format!("{address}|{tls:?}");
+        if let Some(engine) = self.0.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return Ok(engine);
+        }
+        let unreachable = |e: EngineError| ExecutorError::unreachable(format!("docker engine {address}: {e}"));
+        let engine = match tls {
+            None => Docker::connect_with_unix(&address, 30, bollard::API_DEFAULT_VERSION).map_err(unreachable)?,
+            Some(tls) => {
+                ensure_crypto_provider();
+                Docker::connect_with_ssl(&address, &tls.key, &tls.cert, &tls.ca, 30, bollard::API_DEFAULT_VERSION)
+                    .map_err(|e| ExecutorError::permanent(format!("docker engine {address}: {e}")))?
+            }
+        };
+        let engine = engine.negotiate_version().await.map_err(unreachable)?;
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(key, engine.clone());
+        }
+        Ok(engine)
+    }
+}
+
+/// Checks an engine address: `unix:///path`, or `tcp://host:port` with client TLS.
+pub(crate) fn check_engine(engine: Option<&str>, tls: Option<&EngineTls>) -> Result<(), String> {
+    let engine = engine.unwrap_or(DEFAULT_ENGINE);
+    if !(engine.starts_with("unix://") || engine.starts_with("tcp://")) {
+        return Err(format!("engine {engine:?}: unix:///path or tcp://host:port"));
+    }
+    if engine.starts_with("tcp://") && tls.is_none() {
+        return Err("a tcp:// engine needs tls (the engine is root on its host: never in clear)".into());
+    }
+    Ok(())
 }
 
 /// A probe's verdict on a container.
@@ -288,7 +323,7 @@ impl DockerExecutor {
     #[must_use]
     pub fn new() -> Self {
         let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).no_proxy().build().unwrap_or_default();
-        Self { engines: Arc::default(), http, secrets: Arc::new(EnvSecretResolver::default()) }
+        Self { engines: Engines::default(), http, secrets: Arc::new(EnvSecretResolver::default()) }
     }
 
     /// Resolves references in targets' `env` with `resolver`.
@@ -300,25 +335,7 @@ impl DockerExecutor {
 
     /// The engine of `cfg`, connected (and its API version negotiated) at first use.
     async fn engine(&self, cfg: &DockerConfig) -> Result<Docker, ExecutorError> {
-        let address = cfg.engine.clone().unwrap_or_else(|| DEFAULT_ENGINE.to_owned());
-        let key = format!("{address}|{:?}", cfg.tls);
-        if let Some(engine) = self.engines.lock().ok().and_then(|m| m.get(&key).cloned()) {
-            return Ok(engine);
-        }
-        let unreachable = |e: EngineError| ExecutorError::unreachable(format!("docker engine {address}: {e}"));
-        let engine = match &cfg.tls {
-            None => Docker::connect_with_unix(&address, 30, bollard::API_DEFAULT_VERSION).map_err(unreachable)?,
-            Some(tls) => {
-                ensure_crypto_provider();
-                Docker::connect_with_ssl(&address, &tls.key, &tls.cert, &tls.ca, 30, bollard::API_DEFAULT_VERSION)
-                    .map_err(|e| ExecutorError::permanent(format!("docker engine {address}: {e}")))?
-            }
-        };
-        let engine = engine.negotiate_version().await.map_err(unreachable)?;
-        if let Ok(mut m) = self.engines.lock() {
-            m.insert(key, engine.clone());
-        }
-        Ok(engine)
+        self.engines.get(cfg.engine.as_deref(), cfg.tls.as_ref()).await
     }
 
     async fn inspect(&self, engine: &Docker, name: &str) -> Result<Option<ContainerInspectResponse>, ExecutorError> {
@@ -618,7 +635,7 @@ fn spec_digest(cfg: &DockerConfig, desired: &DesiredState, image: &str) -> Strin
 }
 
 /// The container's address on its first network.
-fn container_address(c: &ContainerInspectResponse) -> Option<String> {
+pub(crate) fn container_address(c: &ContainerInspectResponse) -> Option<String> {
     let networks = c.network_settings.as_ref()?.networks.as_ref()?;
     let mut names: Vec<&String> = networks.keys().collect();
     names.sort();
@@ -627,7 +644,7 @@ fn container_address(c: &ContainerInspectResponse) -> Option<String> {
 
 /// An engine error as an executor error: the engine unreachable, a refusal (4xx, permanent), or a failure (5xx,
 /// retried).
-fn engine_error(what: &str, name: &str, e: EngineError) -> ExecutorError {
+pub(crate) fn engine_error(what: &str, name: &str, e: EngineError) -> ExecutorError {
     match e {
         EngineError::DockerResponseServerError { status_code, message } if status_code < 500 => {
             ExecutorError::permanent(format!("docker {what} {name}: {message}"))

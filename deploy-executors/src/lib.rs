@@ -9,6 +9,8 @@
 //! - [`DockerExecutor`] (kind `docker`): each target is a container workload on a Docker Engine (or Podman), the
 //!   work delegated to the engine: the new version proves itself healthy before the old one stops, and everything
 //!   deployd knows of a target is read back from the engine's labels.
+//! - [`SwarmExecutor`] (kind `swarm`): each target is a Docker Swarm service, updated by Swarm's own rolling update
+//!   and watched to its end; a failed update is rolled back by Swarm's native rollback.
 //! - [`FederationExecutor`] (kind `deployd`): each target is an environment on another deployd, deployed there
 //!   through `deploy-client` with one remote deployment per deployment and target (an idempotency key derived from
 //!   both), followed to its end.
@@ -73,6 +75,7 @@ mod local;
 mod output;
 mod process;
 mod sim;
+mod swarm;
 
 pub use command::{APPLY_STAGES, CommandConfig, CommandExecutor, Hook, VALIDATE_STAGE};
 pub use docker::{DEFAULT_ENGINE, DockerConfig, DockerExecutor, EngineTls, HttpHealth, LABEL_PREFIX, PortSpec};
@@ -81,3 +84,4 @@ pub use local::{CONFIG_PREFIX, DEFAULT_PATH, EnvValue, SECRET_PREFIX};
 pub use output::{LOG_LIMIT, RELAY_SECRETS_VARIABLE, relay_command, run_log_relay};
 pub use process::{Handover, ProcessConfig, ProcessExecutor};
 pub use sim::{SimConfig, SimExecutor};
+pub use swarm::{SwarmConfig, SwarmExecutor, UpdatePolicy};

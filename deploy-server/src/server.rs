@@ -38,7 +38,7 @@ pub struct Settings {
     /// Enables the `sim` executor.
     pub dev: bool,
     /// The executor kinds that run real things, comma-separated: `process`, `command` (both by default; empty for
-    /// none), `docker` (a target's Docker Engine, named in its config), `deployd` (an environment on another deployd).
+    /// none), `docker` (a target's Docker Engine, named in its config), `swarm` (a Swarm service), `deployd` (an environment on another deployd).
     /// They run what an admin of every environment puts in an environment, as `deployd`'s user (or the engine's, or
     /// with the credentials the target names).
     pub executors: String,
@@ -536,11 +536,14 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
                 Arc::new(CommandExecutor::new(state_dir.join("command")).secrets(Arc::clone(&secrets))),
             ),
             "docker" => executors.with("docker", Arc::new(DockerExecutor::new().secrets(Arc::clone(&secrets)))),
+            "swarm" => {
+                executors.with("swarm", Arc::new(deploy_executors::SwarmExecutor::new().secrets(Arc::clone(&secrets))))
+            }
             "deployd" => executors
                 .with("deployd", Arc::new(deploy_executors::FederationExecutor::new().secrets(Arc::clone(&secrets)))),
             other => {
                 return Err(StartError::Settings(format!(
-                    "executors: unknown kind {other:?} (process, command, docker, deployd; sim comes with --dev)"
+                    "executors: unknown kind {other:?} (process, command, docker, swarm, deployd; sim comes with --dev)"
                 )));
             }
         };

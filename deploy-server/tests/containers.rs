@@ -106,3 +106,142 @@ impl Drop for Cleanup {
         docker::remove_environment(&self.0, "containers");
     }
 }
+
+fn swarm_target(host: &str, service: &str, extra: Value) -> Value {
+    let mut config = json!({"engine": host, "service": service, "image": format!("{REPO}:{{version}}"), "replicas": 2,
+                            "update": {"monitor": "1s"}, "deadline": "60s"});
+    for (k, v) in extra.as_object().unwrap() {
+        config[k] = v.clone();
+    }
+    json!({"id": "svc", "executor": "swarm", "config": config})
+}
+
+fn service_field(host: &str, service: &str, format: &str) -> String {
+    let out = docker::docker(host).args(["service", "inspect", service, "--format", format]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+struct Services(String, String);
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        let _ = docker::docker(&self.0).args(["service", "rm", &self.1]).output();
+    }
+}
+
+/// A Swarm update of a version whose tasks crash: Swarm rolls it back, the target fails with Swarm's reason, and the
+/// deployment ends `rolled_back` with the service on the previous version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swarm_update_swarm_rolls_back_ends_rolled_back_with_its_reason() {
+    let Some(host) = docker::swarm_or_skip("a_swarm_update_swarm_rolls_back_ends_rolled_back_with_its_reason") else {
+        return;
+    };
+    for (v, web) in [("1.0.0", Web::Healthy), ("3.0.0", Web::Crashes)] {
+        docker::web_image(&host, REPO, v, web);
+    }
+    let service = format!("e2e-swarm-{}", std::process::id());
+    let _cleanup = Services(host.clone(), service.clone());
+    let s = Server::with(deploy_server::Settings { executors: "swarm".into(), ..settings("containers-swarm") }).await;
+    let target = swarm_target(&host, &service, json!({"restart": "none"}));
+    let put = s.put("/v1/environments/swarm", ADMIN, json!({"targets": [target]})).await;
+    assert_eq!(put.status, StatusCode::CREATED, "{:?}", put.body);
+    let deploy = |version: &str| {
+        let body = json!({"environment": "swarm", "service": "web", "version": version,
+            "failure": {"max_failed": "0", "on_failure": "rollback"},
+            "verify": {"timeout": "60s", "interval": "500ms", "healthy_for": "0s"}});
+        let s = &s;
+        async move {
+            let a = s.post("/v1/deployments", ADMIN, body).await;
+            assert_eq!(a.status, StatusCode::ACCEPTED, "{:?}", a.body);
+            s.wait_terminal(a.body["id"].as_str().unwrap()).await
+        }
+    };
+    let first = deploy("1.0.0").await;
+    assert_eq!(first["status"], "succeeded", "{first}");
+    let failed = deploy("3.0.0").await;
+    assert_eq!(failed["status"], "rolled_back", "{failed}");
+    let text = failed.to_string();
+    assert!(text.contains("Swarm roll") && text.contains("non-zero exit (3)"), "Swarm's reason: {text}");
+    assert_eq!(service_field(&host, &service, "{{.Spec.TaskTemplate.ContainerSpec.Image}}"), format!("{REPO}:1.0.0"));
+}
+
+/// kill -9 of deployd while Swarm updates a service; the restarted deployd watches that update to its end and issues
+/// no second one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_deployd_watches_the_swarm_update_in_flight() {
+    let Some(host) = docker::swarm_or_skip("a_restarted_deployd_watches_the_swarm_update_in_flight") else { return };
+    for v in ["1.0.0", "2.0.0"] {
+        docker::web_image(&host, REPO, v, Web::Healthy);
+    }
+    let service = format!("e2e-swarm-kill-{}", std::process::id());
+    let _cleanup = Services(host.clone(), service.clone());
+    let dir = common::temp_dir("containers-swarm-kill");
+    let start = || {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_deployd"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--executors", "swarm", "--data-dir"])
+            .arg(dir.join("data"))
+            .env("DEPLOYD_BOOTSTRAP_ADMIN_KEY", ADMIN)
+            .env("DEPLOYD_LOG", "warn");
+        common::binary::listening(cmd)
+    };
+    let (mut deployd, base) = start().await;
+    let http = reqwest::Client::new();
+    let target = swarm_target(&host, &service, json!({"update": {"monitor": "1s", "delay": "4s"}}));
+    let put = http.put(format!("{base}/v1/environments/swarm")).bearer_auth(ADMIN).json(&json!({"targets": [target]}));
+    assert!(put.send().await.unwrap().status().is_success());
+    let submit = |base: String, version: &'static str| {
+        let http = http.clone();
+        async move {
+            let body = json!({"environment": "swarm", "service": "web", "version": version,
+                              "verify": {"timeout": "60s", "interval": "500ms", "healthy_for": "0s"}});
+            let r = http.post(format!("{base}/v1/deployments")).bearer_auth(ADMIN).json(&body).send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::ACCEPTED);
+            r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let wait = |base: String, id: String| {
+        let http = http.clone();
+        async move {
+            for _ in 0..1200 {
+                let d: Value = http
+                    .get(format!("{base}/v1/deployments/{id}"))
+                    .bearer_auth(ADMIN)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                if ["succeeded", "failed", "rolled_back", "degraded", "cancelled"]
+                    .contains(&d["status"].as_str().unwrap_or(""))
+                {
+                    return d;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            panic!("deployment {id} did not finish");
+        }
+    };
+    let first = submit(base.clone(), "1.0.0").await;
+    assert_eq!(wait(base.clone(), first).await["status"], "succeeded");
+    let id = submit(base.clone(), "2.0.0").await;
+    let mut updating = false;
+    for _ in 0..200 {
+        if service_field(&host, &service, "{{.UpdateStatus.State}}") == "updating" {
+            updating = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(updating, "Swarm started the update");
+    deployd.kill().await.unwrap();
+    let (_deployd, base) = start().await;
+    let done = wait(base, id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(
+        service_field(&host, &service, "{{.PreviousSpec.TaskTemplate.ContainerSpec.Image}}"),
+        format!("{REPO}:1.0.0"),
+        "exactly one update was issued: the previous spec is 1.0.0's"
+    );
+    assert_eq!(service_field(&host, &service, "{{.Spec.TaskTemplate.ContainerSpec.Image}}"), format!("{REPO}:2.0.0"));
+}

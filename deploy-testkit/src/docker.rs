@@ -122,3 +122,38 @@ pub fn inspect(host: &str, name: &str) -> Option<serde_json::Value> {
     let all: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
     all.get(0).cloned()
 }
+
+/// The engine's address when it answers and is a Swarm manager (a single-node Swarm is made on an engine that is in
+/// none); otherwise as [`engine_or_skip`].
+#[must_use]
+pub fn swarm_or_skip(test: &str) -> Option<String> {
+    let host = engine_or_skip(test)?;
+    let state = || {
+        docker(&host)
+            .args(["info", "--format", "{{.Swarm.LocalNodeState}}"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    };
+    if state() != "active" {
+        let _ = docker(&host).args(["swarm", "init", "--advertise-addr", "127.0.0.1"]).output();
+    }
+    if state() == "active" {
+        return Some(host);
+    }
+    if std::env::var("DEPLOY_TEST_REQUIRE_DOCKER").is_ok_and(|v| v == "1") {
+        panic!("{test}: a Swarm manager is required (DEPLOY_TEST_REQUIRE_DOCKER=1) but {host} is not one");
+    }
+    eprintln!("SKIPPED {test}: the Docker engine at {host} is not a Swarm manager and could not become one");
+    None
+}
+
+/// Removes every Swarm service deployd made for `environment` (by its label).
+pub fn remove_services(host: &str, environment: &str) {
+    let filter = format!("label=dev.deployd.environment={environment}");
+    let Ok(out) = docker(host).args(["service", "ls", "-q", "--filter", &filter]).output() else { return };
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect();
+    if !ids.is_empty() {
+        let _ = docker(host).args(["service", "rm"]).args(&ids).output();
+    }
+}

@@ -154,7 +154,7 @@ struct ServeArgs {
     /// An agent silent for longer than this makes its target unreachable (default 15s).
     #[arg(long, env = "DEPLOYD_AGENT_HEARTBEAT_TIMEOUT")]
     agent_heartbeat_timeout: Option<HumanDuration>,
-    /// Executor kinds that run real things, comma-separated: `process`, `command`, `docker`, `deployd` (default
+    /// Executor kinds that run real things, comma-separated: `process`, `command`, `docker`, `swarm`, `deployd` (default
     /// `process,command`; empty for none).
     #[arg(long, env = "DEPLOYD_EXECUTORS")]
     executors: Option<String>,
