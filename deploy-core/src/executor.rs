@@ -209,6 +209,14 @@ pub trait Executor: Send + Sync {
     fn runs_host_programs(&self) -> bool {
         false
     }
+
+    /// Whether this executor hands a deployment's secret *references* on to another system that resolves them itself
+    /// (a gateway to another deployd), rather than needing their values. The engine then checks the references against
+    /// the environment's secret scope as always, but resolves none: [`ApplyContext::secrets`] is empty, and no value
+    /// passes through this process. The default is `false`.
+    fn passes_secret_references(&self) -> bool {
+        false
+    }
 }
 
 macro_rules! forward_executor {
@@ -234,6 +242,9 @@ macro_rules! forward_executor {
             }
             fn runs_host_programs(&self) -> bool {
                 (**self).runs_host_programs()
+            }
+            fn passes_secret_references(&self) -> bool {
+                (**self).passes_secret_references()
             }
         }
     )*};

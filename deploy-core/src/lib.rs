@@ -89,7 +89,7 @@ pub use problem::ProblemKind;
 pub use schedule::{Freeze, Hold, Period, Schedule};
 pub use secrets::{
     DEFAULT_ENV_PREFIX, EnvSecretResolver, FileSecretResolver, REDACTED, ResolvedSecrets, SchemeResolver, Scrubber,
-    ScrubbingStream, SecretError, SecretRef, SecretRefError, SecretResolver, SecretScope, SecretValue,
+    ScrubbingStream, SecretError, SecretRef, SecretRefError, SecretResolver, SecretScope, SecretValue, in_scope,
     is_sensitive_key, references_of, resolve_for, secret_shape,
 };
 pub use spec::{

@@ -269,6 +269,11 @@ impl Executor for FederationExecutor {
         true
     }
 
+    /// The other deployd resolves the deployment's references in its own scope: no value passes through here.
+    fn passes_secret_references(&self) -> bool {
+        true
+    }
+
     async fn observe(&self, target: &Target, _: Option<&DesiredState>) -> Result<Observation, ExecutorError> {
         let (version, health) = self.remote_state(target).await?;
         Ok(Observation { version, health })

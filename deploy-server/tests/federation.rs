@@ -12,11 +12,17 @@ use serde_json::{Value, json};
 
 /// The downstream deployd (environment `prod` of three `sim` targets, 3.0 failing there) and a deployer key of it.
 async fn downstream() -> (Server, String) {
-    let down = Server::start("federation-down").await;
+    let mut s = settings("federation-down");
+    let secrets = s.data_dir.join("secrets");
+    std::fs::create_dir_all(secrets.join("prod")).unwrap();
+    std::fs::write(secrets.join("prod/db"), "downstream-db-password-7e1").unwrap();
+    s.secrets_dir = Some(secrets);
+    let down = Server::with(s).await;
     let targets: Vec<Value> = (1..=3)
         .map(|i| json!({"id": format!("eu-{i}"), "executor": "sim", "config": {"apply_ms": 0, "fail_versions": ["3.0"]}}))
         .collect();
-    assert_eq!(down.put("/v1/environments/prod", ADMIN, json!({"targets": targets})).await.status, StatusCode::CREATED);
+    let env = json!({"targets": targets, "secret_scope": {"allow": ["file://prod/*"]}});
+    assert_eq!(down.put("/v1/environments/prod", ADMIN, env).await.status, StatusCode::CREATED);
     assert_eq!(down.put("/v1/environments/other", ADMIN, json!({"targets": []})).await.status, StatusCode::CREATED);
     let body = json!({"name": "gateway", "role": "deployer", "environments": ["prod"]});
     let key = down.post("/v1/api-keys", ADMIN, body).await.body["key"].as_str().unwrap().to_owned();
@@ -39,7 +45,8 @@ async fn gateway(down: &Server, token: &str) -> Server {
                           "failure": {"max_failed": "0", "on_failure": "rollback"},
                           "verify": {"timeout": "5s", "interval": "50ms", "healthy_for": "0s"}}}})
     };
-    let put = up.put("/v1/environments/global", ADMIN, json!({"targets": [target("eu", "prod")]})).await;
+    let global = json!({"targets": [target("eu", "prod")], "secret_scope": {"allow": ["file://prod/*"]}});
+    let put = up.put("/v1/environments/global", ADMIN, global).await;
     assert_eq!(put.status, StatusCode::CREATED, "{:?}", put.body);
     let put = up.put("/v1/environments/elsewhere", ADMIN, json!({"targets": [target("eu-other", "other")]})).await;
     assert_eq!(put.status, StatusCode::CREATED, "{:?}", put.body);
@@ -97,6 +104,21 @@ async fn a_gateway_deploys_through_another_deployd_once_per_deployment() {
     let seen: Vec<(&str, &str)> =
         remote.iter().map(|d| (d["version"].as_str().unwrap(), d["status"].as_str().unwrap())).collect();
     assert_eq!(seen, [("2.0", "succeeded"), ("3.0", "rolled_back"), ("2.0", "succeeded")], "newest first");
+
+    // Secrets cross as references: the gateway resolves none (it has no such file), checks them against its scope,
+    // and the remote deployd resolves them in its own.
+    let body = json!({"environment": "global", "service": "checkout", "version": "2.1",
+                      "secrets": {"DB": {"ref": "file://prod/db"}},
+                      "verify": {"timeout": "10s", "interval": "100ms", "healthy_for": "0s"}});
+    let a = up.post("/v1/deployments", ADMIN, body.clone()).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{:?}", a.body);
+    let passed = up.wait_terminal(a.body["id"].as_str().unwrap()).await;
+    assert_eq!(passed["status"], "succeeded", "{passed}");
+    let remote = remote_deployments(&down).await;
+    assert_eq!(remote[0]["spec"]["secrets"]["DB"], json!({"ref": "file://prod/db"}), "a reference, never a value");
+    let mut outside = body;
+    outside["secrets"] = json!({"DB": {"ref": "file://staging/db"}});
+    up.post("/v1/deployments", ADMIN, outside).await.problem(403, "forbidden");
 
     // Who may call it: the remote deployd's rules hold for the gateway's key (a deployer of `prod` only).
     let refused = deploy(&up, "elsewhere", "2.0").await;

@@ -487,4 +487,7 @@ impl<E: deploy_core::Executor> deploy_core::Executor for FaultyExecutor<E> {
     fn runs_host_programs(&self) -> bool {
         self.inner.runs_host_programs()
     }
+    fn passes_secret_references(&self) -> bool {
+        self.inner.passes_secret_references()
+    }
 }

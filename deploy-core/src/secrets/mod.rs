@@ -193,13 +193,9 @@ pub async fn resolve_for(
     scope: Option<&SecretScope>,
 ) -> Result<ResolvedSecrets, crate::executor::ExecutorError> {
     use crate::executor::ExecutorError;
+    in_scope(desired, scope)?;
     let mut out = ResolvedSecrets::new();
     for (_, name, reference) in references_of(&desired.secrets, &desired.config) {
-        if scope.is_some_and(|scope| !scope.allows(reference)) {
-            return Err(ExecutorError::permanent(format!(
-                "secret {name}: reference {reference} is outside this environment's secret scope"
-            )));
-        }
         match resolver.resolve(reference).await {
             Ok(v) => {
                 out.insert(name.clone(), v);
@@ -211,6 +207,26 @@ pub async fn resolve_for(
         }
     }
     Ok(out)
+}
+
+/// Refuses `desired` when one of its references is outside `scope` (none: no scope), as [`resolve_for`] does before
+/// it resolves anything; for executors that pass references on instead
+/// ([`Executor::passes_secret_references`](crate::Executor::passes_secret_references)).
+///
+/// # Errors
+/// A permanent [`crate::ExecutorError`] naming the secret and the reference.
+pub fn in_scope(
+    desired: &crate::state::DesiredState,
+    scope: Option<&SecretScope>,
+) -> Result<(), crate::executor::ExecutorError> {
+    for (_, name, reference) in references_of(&desired.secrets, &desired.config) {
+        if scope.is_some_and(|scope| !scope.allows(reference)) {
+            return Err(crate::executor::ExecutorError::permanent(format!(
+                "secret {name}: reference {reference} is outside this environment's secret scope"
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

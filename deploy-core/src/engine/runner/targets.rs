@@ -255,8 +255,12 @@ impl Call<'_> {
         &self,
         step: Option<&crate::spec::ImperativeStep>,
     ) -> Result<crate::executor::Outcome, ExecutorError> {
-        let secrets =
-            crate::secrets::resolve_for(self.rec.shared.secrets.as_ref(), self.desired, Some(self.scope)).await?;
+        let secrets = if self.executor.passes_secret_references() {
+            crate::secrets::in_scope(self.desired, Some(self.scope))?;
+            crate::secrets::ResolvedSecrets::new()
+        } else {
+            crate::secrets::resolve_for(self.rec.shared.secrets.as_ref(), self.desired, Some(self.scope)).await?
+        };
         let fencing_token = self.rec.fence().await;
         let ctx = ApplyContext { deployment: self.deployment, desired: self.desired, secrets: &secrets, fencing_token };
         let out = match step {
