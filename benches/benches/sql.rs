@@ -102,6 +102,28 @@ fn sql(c: &mut Criterion) {
             });
         });
 
+        // The same acceptance with a submitter quota (deployd's default): two more indexed counts in the acceptance.
+        group.bench_function(BenchmarkId::new("accept_with_quota", "4 targets"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for i in 0..iters {
+                    let mut acceptance = acceptance("small", &format!("q{i}"));
+                    acceptance.quota = Some(deploy_core::QuotaCheck {
+                        submitter: acceptance.draft.created_by.clone(),
+                        max_open: 64,
+                        max_bytes: 64 * 1024 * 1024,
+                        since: deploy_core::DeploymentId::first_at(0),
+                    });
+                    let start = Instant::now();
+                    let accepted = ok(rt.block_on(store.accept(acceptance)), "accept with quota");
+                    total += start.elapsed();
+                    let _ =
+                        rt.block_on(store.request_cancel(accepted.deployment.id(), time::OffsetDateTime::now_utc()));
+                }
+                total
+            });
+        });
+
         // The same two operations from 16 concurrent callers, as a server sees them: SQLite commits concurrent
         // acceptances together (group commit); raw inserts commit one by one.
         group.throughput(Throughput::Elements(CONCURRENCY as u64));

@@ -345,13 +345,13 @@ async fn bad_settings_stop_deployd_with_a_clear_message() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("DEPLOYD_BOOTSTRAP_ADMIN_KEY"));
     let out = Command::new(env!("CARGO_BIN_EXE_deployd"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--executors", "process,docker", "--data-dir"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--executors", "process,mainframe", "--data-dir"])
         .arg(dir.join("data"))
         .output()
         .await
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown kind \"docker\""), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown kind \"mainframe\""), "{out:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
