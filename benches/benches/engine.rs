@@ -29,7 +29,9 @@ async fn bare_loop(targets: &[Target], desired: &DesiredState) {
     let id = DeploymentId::new();
     for t in targets {
         let _ = executor.observe(t, None).await;
-        let _ = executor.apply(t, ApplyContext { deployment: id, desired, secrets: &secrets, fencing_token: 0 }).await;
+        let _ = executor
+            .apply(t, ApplyContext { deployment: id, desired, secrets: &secrets, fencing_token: 0, progress: None })
+            .await;
         let _ = executor.verify(t, desired).await;
     }
 }

@@ -247,7 +247,13 @@ impl Agent {
                 let deployment = slot.deployment.unwrap_or_default();
                 // The token of the controller's lease behind the assignment: the server fences the assignment
                 // itself, and the executor here (a `command` hook, as DEPLOY_FENCING_TOKEN) gets it too.
-                let ctx = ApplyContext { deployment, desired, secrets: &secrets, fencing_token: slot.fencing_token };
+                let ctx = ApplyContext {
+                    deployment,
+                    desired,
+                    secrets: &secrets,
+                    fencing_token: slot.fencing_token,
+                    progress: None,
+                };
                 // Nothing the server records may hold a secret resolved here: scrubbed before it is reported.
                 let scrubber = Scrubber::of(&secrets);
                 match self.executor.apply(&target, ctx).await {

@@ -56,6 +56,26 @@ pub struct ApplyContext<'a> {
     /// while paused or cut off, and has not noticed yet). An agent passes on the token of its assignment's lease. 0 when
     /// no lease stands behind the call (a tool or a test calling an executor directly).
     pub fencing_token: u64,
+    /// Where a long change reports how far it got while the executor waits (`swarm: 3 of 6 tasks updated`): the
+    /// engine records each new line as an event of the target. `None` when nobody listens.
+    pub progress: Option<&'a dyn Progress>,
+}
+
+/// Receives an executor's progress lines during one call (see [`ApplyContext::progress`]). Lines should be short and
+/// say what changed; the engine records a line only when it differs from the last one, at most one a second, scrubbed
+/// of the call's secrets.
+pub trait Progress: Send + Sync + fmt::Debug {
+    /// One line of progress.
+    fn report(&self, line: &str);
+}
+
+impl ApplyContext<'_> {
+    /// Reports `line` when someone listens (see [`ApplyContext::progress`]).
+    pub fn report(&self, line: &str) {
+        if let Some(progress) = self.progress {
+            progress.report(line);
+        }
+    }
 }
 
 /// How the engine should treat an executor error.

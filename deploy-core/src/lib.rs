@@ -80,7 +80,7 @@ pub use environment::{
 };
 pub use error::Error;
 pub use event::{Event, EventStatus, EventType, NewEvent};
-pub use executor::{ApplyContext, ErrorClass, Executor, ExecutorError, ExecutorRouter, Outcome, Target};
+pub use executor::{ApplyContext, ErrorClass, Executor, ExecutorError, ExecutorRouter, Outcome, Progress, Target};
 pub use names::{
     DeploymentId, EnvironmentName, ExecutorKind, Fingerprint, IdempotencyKey, NameError, Revision, ServiceName,
     TargetId, Version,

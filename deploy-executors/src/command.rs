@@ -516,8 +516,13 @@ mod tests {
             DesiredState::bare(service.clone(), Version::new("2.0").unwrap()),
             DesiredState::bare(service, Version::new("1.5").unwrap()),
         );
-        let ctx =
-            |desired| ApplyContext { deployment: DeploymentId::new(), desired, secrets: &secrets, fencing_token: 1 };
+        let ctx = |desired| ApplyContext {
+            deployment: DeploymentId::new(),
+            desired,
+            secrets: &secrets,
+            fencing_token: 1,
+            progress: None,
+        };
         let (stale, successor) = (CommandExecutor::new(dir.join("state")), CommandExecutor::new(dir.join("state")));
         let mut first = Box::pin(stale.apply(&t, ctx(&slow)));
         tokio::select! {
@@ -549,6 +554,7 @@ mod tests {
             desired: &desired,
             secrets: &secrets,
             fencing_token,
+            progress: None,
         };
         let (stale, successor) = (CommandExecutor::new(dir.join("state")), CommandExecutor::new(dir.join("state")));
         successor.apply(&t, ctx(d, 2)).await.unwrap();
@@ -581,8 +587,13 @@ mod tests {
         let t = target(&hook);
         let desired = DesiredState::bare(ServiceName::new("s").unwrap(), Version::new("2.0").unwrap());
         let secrets = ResolvedSecrets::new();
-        let ctx =
-            ApplyContext { deployment: DeploymentId::new(), desired: &desired, secrets: &secrets, fencing_token: 1 };
+        let ctx = ApplyContext {
+            deployment: DeploymentId::new(),
+            desired: &desired,
+            secrets: &secrets,
+            fencing_token: 1,
+            progress: None,
+        };
         let first = CommandExecutor::new(dir.join("state"));
         let mut leaked = Box::pin(first.apply(&t, ctx));
         let work = tokio::select! {
@@ -623,8 +634,13 @@ mod tests {
         let t = target(&hook);
         let desired = DesiredState::bare(ServiceName::new("s").unwrap(), Version::new("2.0").unwrap());
         let secrets = ResolvedSecrets::new();
-        let ctx =
-            ApplyContext { deployment: DeploymentId::new(), desired: &desired, secrets: &secrets, fencing_token: 1 };
+        let ctx = ApplyContext {
+            deployment: DeploymentId::new(),
+            desired: &desired,
+            secrets: &secrets,
+            fencing_token: 1,
+            progress: None,
+        };
 
         // The call is dropped while its hook runs: the hook is killed.
         let first = CommandExecutor::new(dir.join("state"));

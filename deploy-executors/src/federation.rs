@@ -211,6 +211,7 @@ impl FederationExecutor {
                 summary.total
             );
             let reason = d.status_reason().map(|r| format!(": {r}")).unwrap_or_default();
+            ctx.report(&format!("deployd: {said}"));
             match d.status() {
                 DeploymentStatus::Succeeded => return Ok(format!("{how} {said}")),
                 DeploymentStatus::Degraded

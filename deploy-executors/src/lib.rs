@@ -38,7 +38,7 @@
 //! let executor = router.resolve(&target)?;
 //! let want = DesiredState::bare("web".parse()?, "2.0".parse()?);
 //! let secrets = ResolvedSecrets::new();
-//! let ctx = ApplyContext { deployment: DeploymentId::new(), desired: &want, secrets: &secrets, fencing_token: 0 };
+//! let ctx = ApplyContext { deployment: DeploymentId::new(), desired: &want, secrets: &secrets, fencing_token: 0, progress: None };
 //! executor.apply(&target, ctx).await?;
 //! assert_eq!(executor.observe(&target, Some(&want)).await?.version, Some("2.0".parse()?));
 //! # Ok(()) }

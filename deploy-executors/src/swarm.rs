@@ -403,6 +403,7 @@ impl SwarmExecutor {
         digest: &str,
         what: &str,
         stale: Option<Option<String>>,
+        ctx: ApplyContext<'_>,
     ) -> Result<String, ExecutorError> {
         let deadline = tokio::time::Instant::now() + cfg.deadline.as_std();
         let mut asked_rollback = false;
@@ -427,6 +428,11 @@ impl SwarmExecutor {
             let ours = label(&spec, "spec").as_deref() == Some(digest);
             let earlier = stale.as_ref().is_some_and(|started| *started == status.started_at);
             let state = if earlier { None } else { status.state };
+            ctx.report(&format!(
+                "swarm: {} of {replicas} task(s) run {what}{}",
+                tasks.running,
+                state.map_or_else(String::new, |s| format!(", update {s}"))
+            ));
             match state {
                 Some(State::PAUSED) if ours => {
                     return Err(ExecutorError::permanent(format!(
@@ -502,7 +508,7 @@ impl SwarmExecutor {
             }
             if label(&spec, "spec").as_deref() == Some(digest.as_str()) {
                 // This spec is already the service's: an update in flight (a restart, a takeover) or done. Watch it.
-                return self.watch(&engine, &cfg, &digest, &what, None).await;
+                return self.watch(&engine, &cfg, &digest, &what, None, ctx).await;
             }
             let stale = Some(service.update_status.as_ref().and_then(|s| s.started_at.clone()));
             let new = self.spec(target, &cfg, ctx, &image, &digest, Some(&spec)).await?;
@@ -513,11 +519,11 @@ impl SwarmExecutor {
                 .update_service(&cfg.service, new, options, None)
                 .await
                 .map_err(|e| engine_error("update service", &cfg.service, e))?;
-            self.watch(&engine, &cfg, &digest, &what, stale).await
+            self.watch(&engine, &cfg, &digest, &what, stale, ctx).await
         } else {
             let new = self.spec(target, &cfg, ctx, &image, &digest, None).await?;
             engine.create_service(new, None).await.map_err(|e| engine_error("create service", &cfg.service, e))?;
-            self.watch(&engine, &cfg, &digest, &what, None).await
+            self.watch(&engine, &cfg, &digest, &what, None, ctx).await
         }
     }
 }

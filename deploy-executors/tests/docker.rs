@@ -81,7 +81,7 @@ impl deploy_testkit::conformance::executor::ExecutorFixture for DockerFixture {
 }
 
 fn ctx<'a>(desired: &'a DesiredState, secrets: &'a ResolvedSecrets, deployment: DeploymentId) -> ApplyContext<'a> {
-    ApplyContext { deployment, desired, secrets, fencing_token: 1 }
+    ApplyContext { deployment, desired, secrets, fencing_token: 1, progress: None }
 }
 
 fn want(version: &str) -> DesiredState {

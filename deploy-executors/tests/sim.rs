@@ -26,7 +26,13 @@ async fn apply(sim: &SimExecutor, target: &Target, version: &str) -> Result<(), 
     let secrets = ResolvedSecrets::new();
     sim.apply(
         target,
-        ApplyContext { deployment: DeploymentId::new(), desired: &want, secrets: &secrets, fencing_token: 0 },
+        ApplyContext {
+            deployment: DeploymentId::new(),
+            desired: &want,
+            secrets: &secrets,
+            fencing_token: 0,
+            progress: None,
+        },
     )
     .await
     .map(drop)
@@ -41,7 +47,13 @@ async fn step(
     let want = desired(version);
     let secrets = ResolvedSecrets::new();
     let step = ImperativeStep { action: action.into(), args: Default::default() };
-    let ctx = ApplyContext { deployment: DeploymentId::new(), desired: &want, secrets: &secrets, fencing_token: 0 };
+    let ctx = ApplyContext {
+        deployment: DeploymentId::new(),
+        desired: &want,
+        secrets: &secrets,
+        fencing_token: 0,
+        progress: None,
+    };
     sim.run_step(target, &step, ctx).await.map(|o| o.output)
 }
 
@@ -77,7 +89,13 @@ impl deploy_testkit::conformance::executor::ExecutorFixture for SimFixture {
         let _ = step(&self.sim, &t, "fetch", "1.0.0").await;
         let want = desired("1.0.0");
         let secrets = ResolvedSecrets::new();
-        let ctx = ApplyContext { deployment: DeploymentId::new(), desired: &want, secrets: &secrets, fencing_token: 0 };
+        let ctx = ApplyContext {
+            deployment: DeploymentId::new(),
+            desired: &want,
+            secrets: &secrets,
+            fencing_token: 0,
+            progress: None,
+        };
         let _ = self.sim.apply(&t, ctx).await;
         Some(t)
     }

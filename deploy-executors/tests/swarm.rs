@@ -80,7 +80,7 @@ fn want(version: &str) -> DesiredState {
 }
 
 fn ctx<'a>(desired: &'a DesiredState, secrets: &'a ResolvedSecrets, deployment: DeploymentId) -> ApplyContext<'a> {
-    ApplyContext { deployment, desired, secrets, fencing_token: 1 }
+    ApplyContext { deployment, desired, secrets, fencing_token: 1, progress: None }
 }
 
 fn service_field(host: &str, service: &str, format: &str) -> String {

@@ -162,6 +162,8 @@ async fn a_swarm_update_swarm_rolls_back_ends_rolled_back_with_its_reason() {
     assert_eq!(failed["status"], "rolled_back", "{failed}");
     let text = failed.to_string();
     assert!(text.contains("Swarm roll") && text.contains("non-zero exit (3)"), "Swarm's reason: {text}");
+    let events = s.get(&format!("/v1/deployments/{}/events?limit=500", failed["id"].as_str().unwrap()), ADMIN).await;
+    assert!(events.body.to_string().contains("of 2 task(s) run 3.0.0"), "Swarm's progress: {:?}", events.body);
     assert_eq!(service_field(&host, &service, "{{.Spec.TaskTemplate.ContainerSpec.Image}}"), format!("{REPO}:1.0.0"));
 }
 

@@ -88,8 +88,10 @@ async fn a_gateway_deploys_through_another_deployd_once_per_deployment() {
     let desired = DesiredState::bare("checkout".parse().unwrap(), "2.0".parse().unwrap());
     let id: DeploymentId = done["id"].as_str().unwrap().parse().unwrap();
     let secrets = ResolvedSecrets::new();
-    let again = executor
-        .apply(&target, ApplyContext { deployment: id, desired: &desired, secrets: &secrets, fencing_token: 9 });
+    let again = executor.apply(
+        &target,
+        ApplyContext { deployment: id, desired: &desired, secrets: &secrets, fencing_token: 9, progress: None },
+    );
     let outcome = again.await.unwrap();
     assert!(outcome.output.starts_with("following"), "a replay is followed, not submitted: {}", outcome.output);
     assert_eq!(remote_deployments(&down).await.len(), 1, "still one remote deployment");

@@ -111,3 +111,72 @@ async fn an_unresolvable_reference_fails_its_target_with_a_clear_error() {
     })
     .await;
 }
+
+/// Reports progress while it "waits": a line twice, a line within a second of the last, a line with the secret.
+#[derive(Default)]
+struct Reporting {
+    running: Mutex<Option<String>>,
+}
+
+#[async_trait]
+impl Executor for Reporting {
+    async fn observe(&self, _: &Target, _: Option<&DesiredState>) -> Result<Observation, ExecutorError> {
+        let v = self.running.lock().unwrap().clone();
+        Ok(Observation { version: v.map(|v| deploy_core::Version::new(v).unwrap()), health: Health::Healthy })
+    }
+    async fn apply(&self, _: &Target, ctx: ApplyContext<'_>) -> Result<Outcome, ExecutorError> {
+        ctx.report("remote: 1 of 3 updated");
+        ctx.report("remote: 1 of 3 updated");
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        ctx.report("remote: 2 of 3 updated");
+        ctx.report("remote: too soon after the last one");
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        let secret = ctx.secrets.values().next().map(|v| v.expose().to_owned()).unwrap_or_default();
+        ctx.report(&format!("remote: 3 of 3 updated, token {secret}"));
+        *self.running.lock().unwrap() = Some(ctx.desired.version.to_string());
+        Ok(Outcome::quiet())
+    }
+    async fn verify(&self, _: &Target, _: &DesiredState) -> Result<Health, ExecutorError> {
+        Ok(Health::Healthy)
+    }
+}
+
+/// An executor's progress lines become events of its target while it waits: each new line once, at most one a
+/// second, scrubbed of the call's secrets.
+#[tokio::test(start_paused = true)]
+async fn progress_an_executor_reports_is_recorded_once_per_line_and_scrubbed() {
+    within(async {
+        let store = Arc::new(MemoryStore::new());
+        let mut resolver = MockSecretResolver::new();
+        resolver.expect_resolve().returning(|_| Ok(SecretValue::new(SECRET)));
+        let orchestrator = Orchestrator::builder(
+            store.clone(),
+            ExecutorRouter::new().with("scripted", Arc::new(Reporting::default())),
+        )
+        .secrets(Arc::new(resolver))
+        .global_secret_scope(deploy_core::SecretScope::new(["vault://kv/checkout/*"]))
+        .clock(Arc::new(TestClock::new()))
+        .config(fast_config("c"))
+        .build();
+        let admin = Principal::system("test");
+        orchestrator
+            .put_environment(&admin, &env_name("prod"), environment(&["a"], "scripted", ConcurrencyPolicy::Queue), None)
+            .await
+            .unwrap();
+        let mut req = request("prod", "checkout", "2.0");
+        req.secrets.insert("TOKEN".into(), serde_json::json!({"ref": "vault://kv/checkout/token"}));
+        let d =
+            orchestrator.submit(&admin, Submission { request: req, ..Submission::default() }).await.unwrap().deployment;
+        orchestrator.run_until_idle().await.unwrap();
+        assert_eq!(orchestrator.get(&admin, d.id()).await.unwrap().status(), DeploymentStatus::Succeeded);
+        let events: Vec<String> = store.events(d.id(), 0, 1000).await.unwrap().into_iter().map(|e| e.message).collect();
+        let progress: Vec<&String> = events.iter().filter(|m| m.contains("remote:")).collect();
+        assert_eq!(
+            progress,
+            ["a: remote: 1 of 3 updated", "a: remote: 2 of 3 updated", "a: remote: 3 of 3 updated, token ***"],
+            "{events:?}"
+        );
+        assert!(!events.iter().any(|m| m.contains(SECRET)));
+    })
+    .await;
+}

@@ -91,7 +91,7 @@ pub async fn run_all(fixture: &(dyn ExecutorFixture + 'static)) -> Report {
 }
 
 fn ctx<'a>(desired: &'a DesiredState, secrets: &'a ResolvedSecrets, deployment: DeploymentId) -> ApplyContext<'a> {
-    ApplyContext { deployment, desired, secrets, fencing_token: 0 }
+    ApplyContext { deployment, desired, secrets, fencing_token: 0, progress: None }
 }
 
 async fn apply(fx: &dyn ExecutorFixture, target: &Target, version: &Version) -> Result<Outcome, ExecutorError> {

@@ -185,8 +185,15 @@ pub(super) async fn change_target(plan: &Plan<'_>, index: usize) -> Result<(), A
     let id = entry.id.clone();
 
     // Apply (or run the steps), with secrets resolved for this call only.
-    let call =
-        Call { rec, executor, target: &target, desired: &desired, deployment: deployment_id, scope: &plan.scope };
+    let call = Call {
+        rec,
+        executor,
+        target: &target,
+        desired: &desired,
+        deployment: deployment_id,
+        scope: &plan.scope,
+        index,
+    };
     let applied = execute(&call, &policy, spec, &mut entry, index).await?;
     if let Err(e) = applied {
         let now = rec.now();
@@ -246,6 +253,44 @@ pub(super) struct Call<'c> {
     pub(super) deployment: crate::names::DeploymentId,
     /// The references the target's environment may resolve.
     pub(super) scope: &'c crate::secrets::SecretScope,
+    /// The target's index in the deployment, for the events of its progress.
+    pub(super) index: usize,
+}
+
+/// The [`crate::executor::Progress`] of one call: each new line becomes an event of the target (its entry as it
+/// stands), scrubbed of the call's secrets, at most one a second.
+struct Reporter<'r> {
+    rec: &'r Recorder<'r>,
+    index: usize,
+    scrubber: crate::secrets::Scrubber,
+    last: std::sync::Mutex<(Option<tokio::time::Instant>, String)>,
+}
+
+impl std::fmt::Debug for Reporter<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reporter").field("index", &self.index).finish_non_exhaustive()
+    }
+}
+
+impl crate::executor::Progress for Reporter<'_> {
+    fn report(&self, line: &str) {
+        let line: String = line.chars().take(512).collect();
+        let line = self.scrubber.scrub(line.trim());
+        let now = tokio::time::Instant::now();
+        {
+            let mut last = lock(&self.last);
+            let recent = last.0.is_some_and(|at| now.duration_since(at) < std::time::Duration::from_secs(1));
+            if line.is_empty() || last.1 == line || recent {
+                return;
+            }
+            *last = (Some(now), line.clone());
+        }
+        let Some(mut entry) = self.rec.target(self.index) else { return };
+        entry.updated_at = self.rec.now();
+        let message = format!("{}: {line}", entry.id);
+        // A progress line that cannot be buffered (the lease lost) is dropped; the call's own answer says the rest.
+        let _ = self.rec.result(self.index, entry, message, None);
+    }
 }
 
 impl Call<'_> {
@@ -262,7 +307,19 @@ impl Call<'_> {
             crate::secrets::resolve_for(self.rec.shared.secrets.as_ref(), self.desired, Some(self.scope)).await?
         };
         let fencing_token = self.rec.fence().await;
-        let ctx = ApplyContext { deployment: self.deployment, desired: self.desired, secrets: &secrets, fencing_token };
+        let reporter = Reporter {
+            rec: self.rec,
+            index: self.index,
+            scrubber: crate::secrets::Scrubber::of(&secrets),
+            last: std::sync::Mutex::default(),
+        };
+        let ctx = ApplyContext {
+            deployment: self.deployment,
+            desired: self.desired,
+            secrets: &secrets,
+            fencing_token,
+            progress: Some(&reporter),
+        };
         let out = match step {
             None => self.executor.apply(self.target, ctx).await,
             Some(step) => self.executor.run_step(self.target, step, ctx).await,
@@ -356,7 +413,7 @@ pub(super) async fn restore_target(plan: &Plan<'_>, index: usize) -> Result<(), 
     let policy = retry_policy(rec, unreachable_wait, index);
     let id = entry.id.clone();
     let mut attempts = entry.attempts;
-    let call = Call { rec, executor, target: &target, desired: &desired, deployment, scope: &plan.scope };
+    let call = Call { rec, executor, target: &target, desired: &desired, deployment, scope: &plan.scope, index };
     let applied = policy.run(&mut attempts, || call.attempt(None)).await;
     entry.attempts = attempts;
     let verify = *plan.spec.verify();
