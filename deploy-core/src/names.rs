@@ -214,6 +214,19 @@ impl DeploymentId {
         Self(Uuid::from_bytes(bytes))
     }
 
+    /// The step of time this id was made in, as stores keep quota totals: its first 7 hex digits, so steps of 2^20
+    /// ms (about 17.5 minutes), ordered as text.
+    ///
+    /// ```
+    /// use deploy_core::DeploymentId;
+    /// let (a, b) = (DeploymentId::first_at(0), DeploymentId::first_at(1 << 20));
+    /// assert_eq!((a.quota_bucket().as_str(), b.quota_bucket().as_str()), ("0000000", "0000001"));
+    /// ```
+    #[must_use]
+    pub fn quota_bucket(&self) -> String {
+        self.0.simple().to_string().chars().take(7).collect()
+    }
+
     /// Wraps an existing UUID (as read back from a store).
     #[must_use]
     pub const fn from_uuid(id: Uuid) -> Self {

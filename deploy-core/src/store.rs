@@ -212,9 +212,11 @@ pub struct Acceptance {
 /// recognised (a replay stores nothing and is never refused) and before anything is written.
 ///
 /// The store counts deployments whose `created_by` is `submitter`: those not yet terminal against `max_open`, and
-/// the stored size of those accepted since `since` (their id, a UUIDv7, orders them by wall-clock acceptance time)
-/// against `max_bytes`. A deployment's stored size is [`Deployment::stored_bytes`]: its record without targets and
-/// events, as JSON, in bytes. Counts read committed state: concurrent acceptances by one submitter in different
+/// the size of those accepted in the window against `max_bytes`. A deployment's size is [`Deployment::stored_bytes`] as
+/// it was accepted: its record without targets and events, as JSON, in bytes. The window is counted in steps of time
+/// ([`DeploymentId::quota_bucket`], about 17.5 minutes; ids are UUIDv7, ordered by wall-clock time): deployments made
+/// in the step holding `since` or later count, so a store keeps running totals per step rather than reading a
+/// submitter's history. Counts read committed state: concurrent acceptances by one submitter in different
 /// environments may each see the other's absence, so a quota can be overshot by as many acceptances as are in flight
 /// at once (never by more).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -225,7 +227,7 @@ pub struct QuotaCheck {
     pub max_open: u64,
     /// Bytes the submitter's deployments accepted since `since` may take, this one included.
     pub max_bytes: u64,
-    /// Where the byte window starts: deployments with an id at or after this one count.
+    /// Where the byte window starts: deployments made in this id's step of time or later count.
     pub since: DeploymentId,
 }
 

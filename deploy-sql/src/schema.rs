@@ -247,6 +247,59 @@ mod tests {
         .await;
     }
 
+    /// Version 11 counts the bytes each submitter stored per step of time: deployments written by a version-10 binary
+    /// count too (backfilled), and a new deployment adds to its step.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn submitter_totals_of_schema_10_deployments_are_backfilled_by_version_11() {
+        sqlx::any::install_default_drivers();
+        let dir = deploy_testkit::fixtures::temp_dir("schema-10-quota");
+        let url = format!("sqlite://{}?mode=rwc", dir.join(crate::DATABASE_FILE).display());
+        let pool = sqlx::any::AnyPoolOptions::new().max_connections(1).connect(&url).await.unwrap();
+        assert_eq!(migrate_to(&pool, Backend::Sqlite, 10).await.unwrap(), 10);
+        let id = deploy_core::DeploymentId::new();
+        let header =
+            serde_json::json!({"id": id, "created_by": "key:old-bot", "padding": "x".repeat(3000)}).to_string();
+        sqlx::query(
+            "INSERT INTO deploy_deployments (id, environment, revision, service, status, terminal, header, lease_owner, \
+             lease_token, lease_expires) VALUES ($1, 'prod', 1, 'svc', 'succeeded', 1, $2, NULL, 0, NULL)",
+        )
+        .bind(id.to_string())
+        .bind(&header)
+        .execute(&pool)
+        .await
+        .unwrap();
+        assert_eq!(migrate_to(&pool, Backend::Sqlite, 11).await.unwrap(), 11);
+        let row = sqlx::query(
+            "SELECT CAST(SUM(bytes) AS BIGINT) AS b FROM deploy_submitter_bytes WHERE submitter = $1 AND bucket = $2",
+        )
+        .bind("key:old-bot")
+        .bind(id.quota_bucket())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        let counted: i64 = row.try_get("b").unwrap();
+        assert_eq!(usize::try_from(counted).unwrap(), header.len(), "the old deployment's bytes count in its step");
+        let later = deploy_core::DeploymentId::new();
+        sqlx::query(
+            "INSERT INTO deploy_deployments (id, environment, revision, service, status, terminal, header, lease_owner, \
+             lease_token, lease_expires) VALUES ($1, 'prod', 2, 'svc', 'queued', 0, $2, NULL, 0, NULL)",
+        )
+        .bind(later.to_string())
+        .bind(&header)
+        .execute(&pool)
+        .await
+        .unwrap();
+        let row =
+            sqlx::query("SELECT CAST(SUM(bytes) AS BIGINT) AS b FROM deploy_submitter_bytes WHERE submitter = $1")
+                .bind("key:old-bot")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        let counted: i64 = row.try_get("b").unwrap();
+        assert_eq!(usize::try_from(counted).unwrap(), 2 * header.len(), "the trigger adds each new deployment");
+        pool.close().await;
+    }
+
     #[test]
     fn migrations_split_into_statements_keeping_trigger_bodies_whole() {
         let sqlite: Vec<Vec<String>> = SQLITE.iter().map(|m| statements(m)).collect();

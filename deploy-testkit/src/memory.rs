@@ -75,6 +75,8 @@ struct DeploymentState {
     events: Vec<Event>,
     lease: Option<Lease>,
     token: u64,
+    /// Its size as accepted, for submitter quotas.
+    accepted_bytes: u64,
 }
 
 #[derive(Debug)]
@@ -332,15 +334,17 @@ impl Store for MemoryStore {
         let older: Vec<DeploymentId> = env.pending.iter().copied().collect();
         let Acceptance { draft, idempotency, quota, .. } = acceptance;
         let deployment = Deployment::plan(draft, &env.environment, now).map_err(StoreError::Invalid)?;
+        let accepted_bytes = deployment.stored_bytes();
         if let Some(quota) = &quota {
             let (mut open, mut bytes) = (0u64, 0u64);
+            let since = quota.since.quota_bucket();
             for state in inner.deployments.values().filter(|s| s.deployment.created_by() == quota.submitter) {
                 open += u64::from(!state.deployment.status().is_terminal());
-                if state.deployment.id() >= quota.since {
-                    bytes = bytes.saturating_add(state.deployment.stored_bytes());
+                if state.deployment.id().quota_bucket() >= since {
+                    bytes = bytes.saturating_add(state.accepted_bytes);
                 }
             }
-            quota.check(open, bytes, deployment.stored_bytes())?;
+            quota.check(open, bytes, accepted_bytes)?;
         }
         let superseded = Acceptance::superseding(&env_name, env.environment.concurrency, &older)?;
         let id = deployment.id();
@@ -356,7 +360,9 @@ impl Store for MemoryStore {
         env.pending.push_back(id);
         let queued = deployment.queued_event(now);
         inner.by_time.insert(id);
-        inner.deployments.insert(id, DeploymentState { deployment, events: Vec::new(), lease: None, token: 0 });
+        inner
+            .deployments
+            .insert(id, DeploymentState { deployment, events: Vec::new(), lease: None, token: 0, accepted_bytes });
         if let Some(rec) = idempotency {
             inner.idempotency.insert(
                 (rec.scope, rec.key),

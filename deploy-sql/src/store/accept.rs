@@ -407,15 +407,16 @@ impl SqlStore {
 }
 
 /// Applies `quota` to a new deployment of `adding` bytes, counting on `conn` (inside the acceptance's transaction on
-/// the locking path): the submitter's open deployments, and the bytes of those accepted since the window's start.
+/// the locking path): the submitter's open deployments, and the bytes of those accepted since the window's start (the
+/// running totals migration 11's trigger keeps per step of time).
 async fn check_quota(conn: &mut AnyConnection, quota: &deploy_core::QuotaCheck, adding: u64) -> Result<(), StoreError> {
     let row = sqlx::query(
         "SELECT (SELECT COUNT(*) FROM deploy_deployments WHERE submitter = $1 AND terminal = 0) AS open, \
-         (SELECT COALESCE(SUM(octet_length(header)), 0) FROM deploy_deployments WHERE submitter = $1 AND id >= $2) \
-         AS bytes",
+         (SELECT CAST(COALESCE(SUM(bytes), 0) AS BIGINT) FROM deploy_submitter_bytes \
+          WHERE submitter = $1 AND bucket >= $2) AS bytes",
     )
     .bind(&quota.submitter)
-    .bind(quota.since.to_string())
+    .bind(quota.since.quota_bucket())
     .fetch_one(&mut *conn)
     .await
     .map_err(unavailable)?;

@@ -128,7 +128,10 @@ pub async fn quotas_bound_what_one_submitter_stores(store: &dyn Store) -> Ran {
     store.accept(by("3.1", None, &bytes)).await.expect("two");
     let over = store.accept(by("3.2", None, &bytes)).await;
     assert!(matches!(&over, Err(StoreError::QuotaExceeded { window: true, .. })), "over the bytes: {over:?}");
-    let later = deploy_core::QuotaCheck { since: DeploymentId::new(), ..bytes };
+    // The window is counted in steps of time: one starting a step after this one leaves these three out.
+    let next_step = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis();
+    let next_step = u64::try_from(next_step).expect("ms") + (1 << 20);
+    let later = deploy_core::QuotaCheck { since: DeploymentId::first_at(next_step), ..bytes };
     store.accept(by("3.2", None, &later)).await.expect("deployments before the window do not count");
     Ran::Checked
 }
