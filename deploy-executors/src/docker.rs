@@ -182,20 +182,24 @@ impl DockerConfig {
         self.name.clone().unwrap_or_else(|| format!("deploy-{}-{}", target.environment, target.id))
     }
 
-    /// The image of `desired`: a `docker://` artifact, else the template.
+    /// The image of `desired`.
     fn image_of(&self, desired: &DesiredState) -> Result<String, ExecutorError> {
-        let image = match desired.artifact.as_ref().and_then(|a| a.uri.strip_prefix("docker://")) {
-            Some(reference) => reference.to_owned(),
-            None => {
-                self.image.replace("{version}", desired.version.as_str()).replace("{service}", desired.service.as_str())
-            }
-        };
-        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | ':' | '@');
-        if image.is_empty() || image.len() > 512 || !image.chars().all(allowed) {
-            return Err(ExecutorError::permanent(format!("{image:?} is not an image reference")));
-        }
-        Ok(image)
+        image_of(&self.image, desired)
     }
+}
+
+/// The image of `desired`: a `docker://` artifact, else `template` with `{version}` and `{service}` replaced; checked
+/// to be an image reference.
+pub(crate) fn image_of(template: &str, desired: &DesiredState) -> Result<String, ExecutorError> {
+    let image = match desired.artifact.as_ref().and_then(|a| a.uri.strip_prefix("docker://")) {
+        Some(reference) => reference.to_owned(),
+        None => template.replace("{version}", desired.version.as_str()).replace("{service}", desired.service.as_str()),
+    };
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | ':' | '@');
+    if image.is_empty() || image.len() > 512 || !image.chars().all(allowed) {
+        return Err(ExecutorError::permanent(format!("{image:?} is not an image reference")));
+    }
+    Ok(image)
 }
 
 pub(crate) fn is_name(s: &str) -> bool {
@@ -281,7 +285,7 @@ impl Engines {
         let engine = match tls {
             None => Docker::connect_with_unix(&address, 30, bollard::API_DEFAULT_VERSION).map_err(unreachable)?,
             Some(tls) => {
-                ensure_crypto_provider();
+                local::ensure_crypto_provider();
                 Docker::connect_with_ssl(&address, &tls.key, &tls.cert, &tls.ca, 30, bollard::API_DEFAULT_VERSION)
                     .map_err(|e| ExecutorError::permanent(format!("docker engine {address}: {e}")))?
             }
@@ -322,7 +326,7 @@ impl DockerExecutor {
     /// An executor resolving targets' `env` references from `DEPLOY_SECRET_*` variables.
     #[must_use]
     pub fn new() -> Self {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).no_proxy().build().unwrap_or_default();
+        let http = local::probe_client(reqwest::Client::builder().timeout(Duration::from_secs(2)).no_proxy());
         Self { engines: Engines::default(), http, secrets: Arc::new(EnvSecretResolver::default()) }
     }
 
@@ -625,8 +629,9 @@ impl DockerExecutor {
     }
 }
 
-/// The digest of everything that makes a container what it is, secret values excepted (their references count).
-fn spec_digest(cfg: &DockerConfig, desired: &DesiredState, image: &str) -> String {
+/// The digest of everything that makes a container (or a service) what it is: the image, the target's config and the
+/// desired state, secret values excepted (their references count).
+pub(crate) fn spec_digest(cfg: &impl Serialize, desired: &DesiredState, image: &str) -> String {
     let mut config = desired.clone();
     config.artifact = None;
     let doc = serde_json::json!({"image": image, "desired": config, "target": cfg});
@@ -657,13 +662,6 @@ pub(crate) fn engine_error(what: &str, name: &str, e: EngineError) -> ExecutorEr
         | EngineError::IOError { .. }
         | EngineError::RequestTimeoutError => ExecutorError::unreachable(format!("docker {what} {name}: {e}")),
         other => ExecutorError::retryable(format!("docker {what} {name}: {other}")),
-    }
-}
-
-/// rustls needs a process-wide provider for the engine's TLS; install ring's unless one is there.
-fn ensure_crypto_provider() {
-    if rustls::crypto::CryptoProvider::get_default().is_none() {
-        let _ = rustls::crypto::ring::default_provider().install_default();
     }
 }
 

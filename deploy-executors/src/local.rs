@@ -271,6 +271,20 @@ pub(crate) fn tail_of(text: &str, max: usize) -> String {
     text.get(start..).unwrap_or_default().trim().to_owned()
 }
 
+/// rustls needs a process-wide crypto provider before any client is built (reqwest's probes included, plain HTTP as
+/// they are, and an engine's TLS): install ring's unless the process has one.
+pub(crate) fn ensure_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
+/// The HTTP client of health probes, built from `builder` once a crypto provider is installed.
+pub(crate) fn probe_client(builder: reqwest::ClientBuilder) -> reqwest::Client {
+    ensure_crypto_provider();
+    builder.build().unwrap_or_default()
+}
+
 /// `PATH` of every program an executor starts, unless the target's `env` sets its own.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 

@@ -128,12 +128,10 @@ impl ProcessExecutor {
     /// An executor keeping its state under `state_dir`.
     #[must_use]
     pub fn new(state_dir: impl Into<PathBuf>) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .no_proxy()
-            .pool_max_idle_per_host(0) // a fresh connection per probe: with SO_REUSEPORT each may reach either version
-            .build()
-            .unwrap_or_default();
+        // A fresh connection per probe: with SO_REUSEPORT each may reach either version.
+        let http = local::probe_client(
+            reqwest::Client::builder().timeout(Duration::from_secs(2)).no_proxy().pool_max_idle_per_host(0),
+        );
         Self { root: state_dir.into(), http, secrets: Arc::new(EnvSecretResolver::default()), relay: None }
     }
 

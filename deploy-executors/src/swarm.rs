@@ -28,10 +28,9 @@ use deploy_core::{
     Outcome, SecretResolver, Target, Version,
 };
 use serde::{Deserialize, Serialize};
-use sha2::Digest as _;
 use std::sync::Arc;
 
-use crate::docker::{EngineTls, Engines, LABEL_PREFIX, check_engine, engine_error, is_name};
+use crate::docker::{EngineTls, Engines, LABEL_PREFIX, check_engine, engine_error, is_name, spec_digest};
 use crate::local::{self, EnvValue};
 
 /// A `swarm` target's configuration, written by an admin of every environment (the engine is root on its host).
@@ -165,17 +164,7 @@ impl SwarmConfig {
     }
 
     fn image_of(&self, desired: &DesiredState) -> Result<String, ExecutorError> {
-        let image = match desired.artifact.as_ref().and_then(|a| a.uri.strip_prefix("docker://")) {
-            Some(reference) => reference.to_owned(),
-            None => {
-                self.image.replace("{version}", desired.version.as_str()).replace("{service}", desired.service.as_str())
-            }
-        };
-        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | ':' | '@');
-        if image.is_empty() || image.len() > 512 || !image.chars().all(allowed) {
-            return Err(ExecutorError::permanent(format!("{image:?} is not an image reference")));
-        }
-        Ok(image)
+        crate::docker::image_of(&self.image, desired)
     }
 }
 
@@ -526,15 +515,6 @@ impl SwarmExecutor {
             self.watch(&engine, &cfg, &digest, &what, None, ctx).await
         }
     }
-}
-
-/// The digest of what makes the service's spec, secret values excepted.
-fn spec_digest(cfg: &SwarmConfig, desired: &DesiredState, image: &str) -> String {
-    let mut config = desired.clone();
-    config.artifact = None;
-    let doc = serde_json::json!({"image": image, "desired": config, "target": cfg});
-    let digest = sha2::Sha256::digest(doc.to_string().as_bytes());
-    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
 #[async_trait]
