@@ -1,6 +1,7 @@
 //! The `deployd` executor (federation): a target is an environment on another deployd. This deployd becomes the
 //! gateway in front of it: an apply submits the target's desired state there through `deploy-client` and follows the
-//! remote deployment to its end; observe and verify read the remote environment.
+//! remote deployment's event stream to its end (each event a progress line of the target); observe and verify read
+//! the remote environment.
 //!
 //! **Exactly one remote deployment per deployment and target.** The submission carries an idempotency key derived
 //! from this deployment's id, the target and the version, so a retry, a restarted deployd or another replica taking the
@@ -50,7 +51,7 @@ pub struct FederationConfig {
     /// beside the service, version, artifact, config and secret references, which come from the deployment.
     #[serde(default)]
     pub request: serde_json::Map<String, serde_json::Value>,
-    /// How often the remote deployment is looked at while it runs.
+    /// How often the remote deployment is read again when its event stream ended before it did.
     #[serde(default = "default_poll")]
     pub poll: HumanDuration,
 }
@@ -199,6 +200,13 @@ impl FederationExecutor {
         let remote = submitted.deployment.id();
         let how = if submitted.replayed { "following" } else { "submitted" };
         tracing::info!(target = %target.id, %remote, url = %cfg.url, "{how} the remote deployment");
+        // Its event stream to the end (the client reopens it after a drop, from the last event seen); each event is
+        // progress here. Then its record says how it ended.
+        let mut events = Box::pin(client.watch(remote, 0));
+        while let Some(event) = futures::StreamExt::next(&mut events).await {
+            let event = event.map_err(|e| remote_error(&cfg, "follow", &e))?;
+            ctx.report(&format!("deployd {}: {}", cfg.environment, event.message));
+        }
         loop {
             let d = client.get_deployment(remote).await.map_err(|e| remote_error(&cfg, "read", &e))?;
             let summary = d.summary();

@@ -78,6 +78,12 @@ async fn a_gateway_deploys_through_another_deployd_once_per_deployment() {
     assert_eq!(remote[0]["created_by"], "key:gateway", "the gateway's credential, nobody else's");
     let env = up.get("/v1/environments/global", ADMIN).await.body;
     assert_eq!(env["targets"][0]["actual"]["version"], "2.0", "observed through the remote environment: {env}");
+    let events = up.get(&format!("/v1/deployments/{}/events?limit=500", done["id"].as_str().unwrap()), ADMIN).await;
+    assert!(
+        events.body.to_string().contains("eu: deployd prod: "),
+        "the remote events are the target's progress: {:?}",
+        events.body
+    );
 
     // A retry or a takeover of the same deployment replays the remote one instead of deploying again.
     let executor = deploy_executors::FederationExecutor::new()
