@@ -188,6 +188,24 @@ impl DockerConfig {
     }
 }
 
+/// What deployd writes on everything it makes for `target` (a container, a service): whose it is, what it runs, and
+/// the deployment, fencing token and spec digest it was made under.
+pub(crate) fn labels(target: &Target, ctx: ApplyContext<'_>, spec: &str) -> HashMap<String, String> {
+    [
+        ("managed", "true".to_owned()),
+        ("environment", target.environment.to_string()),
+        ("target", target.id.to_string()),
+        ("service", ctx.desired.service.to_string()),
+        ("version", ctx.desired.version.to_string()),
+        ("deployment", ctx.deployment.to_string()),
+        ("token", ctx.fencing_token.to_string()),
+        ("spec", spec.to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (format!("{LABEL_PREFIX}{k}"), v))
+    .collect()
+}
+
 /// The image of `desired`: a `docker://` artifact, else `template` with `{version}` and `{service}` replaced; checked
 /// to be an image reference.
 pub(crate) fn image_of(template: &str, desired: &DesiredState) -> Result<String, ExecutorError> {
@@ -320,6 +338,28 @@ enum Verdict {
     Unhealthy(String),
     /// Exited: it will not get better.
     Exited(String),
+}
+
+impl Verdict {
+    /// What observe and verify answer of it.
+    fn health(&self) -> Health {
+        match self {
+            Self::Healthy => Health::Healthy,
+            Self::Starting => Health::Unknown,
+            Self::Unhealthy(_) | Self::Exited(_) => Health::Unhealthy,
+        }
+    }
+}
+
+/// One apply's change, as the steps that create and bring up its containers need it.
+#[derive(Clone, Copy)]
+struct Change<'c> {
+    engine: &'c Docker,
+    target: &'c Target,
+    cfg: &'c DockerConfig,
+    ctx: ApplyContext<'c>,
+    image: &'c str,
+    spec: &'c str,
 }
 
 impl DockerExecutor {
@@ -461,19 +501,9 @@ impl DockerExecutor {
         }
     }
 
-    /// Creates (not starts) the container `name` of `desired`.
-    #[allow(clippy::too_many_arguments)]
-    async fn create(
-        &self,
-        engine: &Docker,
-        name: &str,
-        target: &Target,
-        cfg: &DockerConfig,
-        ctx: ApplyContext<'_>,
-        image: &str,
-        spec: &str,
-        with_ports: bool,
-    ) -> Result<(), ExecutorError> {
+    /// Creates (not starts) the container `name` of the change.
+    async fn create(&self, change: &Change<'_>, name: &str, with_ports: bool) -> Result<(), ExecutorError> {
+        let Change { engine, target, cfg, ctx, image, spec } = *change;
         let program = local::environment(target, ctx.desired, Some(ctx), &cfg.env, self.secrets.as_ref()).await?;
         let mut vars = program.vars;
         // The image's own PATH stays, unless the target sets one.
@@ -481,16 +511,7 @@ impl DockerExecutor {
             vars.remove("PATH");
         }
         let env: Vec<String> = vars.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let mut labels = HashMap::new();
-        let mut label = |k: &str, v: String| labels.insert(format!("{LABEL_PREFIX}{k}"), v);
-        label("managed", "true".into());
-        label("environment", target.environment.to_string());
-        label("target", target.id.to_string());
-        label("service", ctx.desired.service.to_string());
-        label("version", ctx.desired.version.to_string());
-        label("deployment", ctx.deployment.to_string());
-        label("token", ctx.fencing_token.to_string());
-        label("spec", spec.to_owned());
+        let labels = labels(target, ctx, spec);
         let ports: Vec<&PortSpec> = if with_ports { cfg.ports.iter().collect() } else { Vec::new() };
         let bindings: HashMap<String, Option<Vec<PortBinding>>> = ports
             .iter()
@@ -535,19 +556,9 @@ impl DockerExecutor {
     }
 
     /// Creates and starts `name` and waits for it to be healthy; removes it when it is not.
-    #[allow(clippy::too_many_arguments)]
-    async fn bring_up(
-        &self,
-        engine: &Docker,
-        name: &str,
-        target: &Target,
-        cfg: &DockerConfig,
-        ctx: ApplyContext<'_>,
-        image: &str,
-        spec: &str,
-        with_ports: bool,
-    ) -> Result<(), ExecutorError> {
-        self.create(engine, name, target, cfg, ctx, image, spec, with_ports).await?;
+    async fn bring_up(&self, change: &Change<'_>, name: &str, with_ports: bool) -> Result<(), ExecutorError> {
+        let Change { engine, cfg, ctx, image, .. } = *change;
+        self.create(change, name, with_ports).await?;
         let started = self.start(engine, name).await;
         let healthy = match started {
             Ok(()) => self.wait_healthy(engine, name, cfg, ctx.desired.version.as_str()).await,
@@ -599,7 +610,8 @@ impl DockerExecutor {
         self.ensure_image(&engine, &image).await?;
         // What an interrupted apply left behind.
         self.remove(&engine, &names.candidate).await?;
-        self.bring_up(&engine, &names.candidate, target, &cfg, ctx, &image, &spec, false).await?;
+        let change = Change { engine: &engine, target, cfg: &cfg, ctx, image: &image, spec: &spec };
+        self.bring_up(&change, &names.candidate, false).await?;
         if cfg.ports.is_empty() {
             if current.is_some() {
                 self.stop(&engine, &names.current, &cfg).await?;
@@ -616,7 +628,7 @@ impl DockerExecutor {
             self.remove(&engine, &names.previous).await?;
             self.rename(&engine, &names.current, &names.previous).await?;
         }
-        match self.bring_up(&engine, &names.current, target, &cfg, ctx, &image, &spec, true).await {
+        match self.bring_up(&change, &names.current, true).await {
             Ok(()) => Ok(format!("{} runs {image}", names.current)),
             Err(e) => {
                 if current.is_some() {
@@ -684,11 +696,7 @@ impl Executor for DockerExecutor {
             // Something deployd did not make runs under the target's name.
             return Ok(Observation { version: None, health: Health::Unknown });
         };
-        let health = match self.verdict(&c, &cfg, version.as_str()).await {
-            Verdict::Healthy => Health::Healthy,
-            Verdict::Starting => Health::Unknown,
-            Verdict::Unhealthy(_) | Verdict::Exited(_) => Health::Unhealthy,
-        };
+        let health = self.verdict(&c, &cfg, version.as_str()).await.health();
         Ok(Observation { version: Some(version), health })
     }
 
@@ -704,11 +712,7 @@ impl Executor for DockerExecutor {
         if Stamp::of(&c).version.as_deref() != Some(desired.version.as_str()) {
             return Ok(Health::Unhealthy);
         }
-        Ok(match self.verdict(&c, &cfg, desired.version.as_str()).await {
-            Verdict::Healthy => Health::Healthy,
-            Verdict::Starting => Health::Unknown,
-            Verdict::Unhealthy(_) | Verdict::Exited(_) => Health::Unhealthy,
-        })
+        Ok(self.verdict(&c, &cfg, desired.version.as_str()).await.health())
     }
 }
 
@@ -720,13 +724,7 @@ mod tests {
     use serde_json::json;
 
     fn target(config: serde_json::Value) -> Target {
-        Target {
-            environment: "prod".parse().unwrap(),
-            id: "web-1".parse().unwrap(),
-            labels: BTreeMap::new(),
-            executor: "docker".parse().unwrap(),
-            config,
-        }
+        deploy_testkit::fixtures::target("prod", "web-1", "docker", config)
     }
 
     #[test]

@@ -18,9 +18,9 @@ use async_trait::async_trait;
 use deploy_client::{Client, Error as ClientError};
 use deploy_core::spec::ArtifactRequest;
 use deploy_core::{
-    ApplyContext, ConfigValue, DeploymentRequest, DeploymentStatus, DesiredState, EnvSecretResolver, EnvironmentName,
-    Executor, ExecutorError, Health, HumanDuration, IdempotencyKey, Observation, Outcome, ProblemKind, SecretRef,
-    SecretResolver, Target, Version,
+    ApplyContext, DeploymentRequest, DeploymentStatus, DesiredState, EnvSecretResolver, EnvironmentName, Executor,
+    ExecutorError, Health, HumanDuration, IdempotencyKey, Observation, Outcome, ProblemKind, SecretRef, SecretResolver,
+    Target, Version,
 };
 use serde::Deserialize;
 use std::sync::Arc;
@@ -155,19 +155,8 @@ impl FederationExecutor {
     }
 
     fn request(cfg: &FederationConfig, desired: &DesiredState) -> Result<DeploymentRequest, ExecutorError> {
-        let config = desired
-            .config
-            .iter()
-            .map(|(k, v)| {
-                let value = match v {
-                    ConfigValue::Literal(v) => v.clone(),
-                    ConfigValue::Secret(r) => serde_json::json!({ "ref": r.as_str() }),
-                };
-                (k.clone(), value)
-            })
-            .collect();
-        let secrets =
-            desired.secrets.iter().map(|(k, r)| (k.clone(), serde_json::json!({ "ref": r.as_str() }))).collect();
+        let config = desired.config.iter().map(|(k, v)| (k.clone(), v.to_request())).collect();
+        let secrets = desired.secrets.iter().map(|(k, r)| (k.clone(), r.to_request())).collect();
         let mut body = serde_json::to_value(DeploymentRequest {
             environment: cfg.environment.clone(),
             service: desired.service.to_string(),
@@ -306,13 +295,7 @@ mod tests {
     use serde_json::json;
 
     fn target(config: serde_json::Value) -> Target {
-        Target {
-            environment: "global".parse().unwrap(),
-            id: "eu".parse().unwrap(),
-            labels: Default::default(),
-            executor: "deployd".parse().unwrap(),
-            config,
-        }
+        deploy_testkit::fixtures::target("global", "eu", "deployd", config)
     }
 
     #[test]

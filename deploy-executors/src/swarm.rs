@@ -172,6 +172,11 @@ fn nanos(d: HumanDuration) -> i64 {
     i64::try_from(d.as_std().as_nanos()).unwrap_or(i64::MAX)
 }
 
+/// The replicas a spec asks for (1 when it says nothing).
+fn replicas_of(spec: &ServiceSpec) -> i64 {
+    spec.mode.as_ref().and_then(|m| m.replicated.as_ref()).and_then(|r| r.replicas).unwrap_or(1)
+}
+
 fn label(spec: &ServiceSpec, key: &str) -> Option<String> {
     spec.labels.as_ref()?.get(&format!("{LABEL_PREFIX}{key}")).cloned()
 }
@@ -279,18 +284,7 @@ impl SwarmExecutor {
         if !cfg.env.contains_key("PATH") {
             vars.remove("PATH");
         }
-        let mut labels = HashMap::new();
-        for (k, v) in [
-            ("managed", "true".to_owned()),
-            ("environment", target.environment.to_string()),
-            ("target", target.id.to_string()),
-            ("version", ctx.desired.version.to_string()),
-            ("deployment", ctx.deployment.to_string()),
-            ("token", ctx.fencing_token.to_string()),
-            ("spec", digest.to_owned()),
-        ] {
-            labels.insert(format!("{LABEL_PREFIX}{k}"), v);
-        }
+        let labels = crate::docker::labels(target, ctx, digest);
         let container_labels = HashMap::from([
             (format!("{LABEL_PREFIX}spec"), digest.to_owned()),
             (format!("{LABEL_PREFIX}managed"), "true".into()),
@@ -405,7 +399,7 @@ impl SwarmExecutor {
                 ExecutorError::permanent(format!("swarm: service {} was removed during the update", cfg.service))
             })?;
             let spec = service.spec.clone().unwrap_or_default();
-            let replicas = spec.mode.as_ref().and_then(|m| m.replicated.as_ref()).and_then(|r| r.replicas).unwrap_or(1);
+            let replicas = replicas_of(&spec);
             let status = service.update_status.clone().unwrap_or_default();
             let message = status.message.clone().unwrap_or_default();
             let tasks = self.tasks(engine, &cfg.service, digest).await?;
@@ -567,13 +561,7 @@ impl SwarmExecutor {
         if matches!(state, Some(State::UPDATING | State::ROLLBACK_STARTED)) {
             return Health::Unknown;
         }
-        let replicas = service
-            .spec
-            .as_ref()
-            .and_then(|s| s.mode.as_ref())
-            .and_then(|m| m.replicated.as_ref())
-            .and_then(|r| r.replicas)
-            .unwrap_or(1);
+        let replicas = service.spec.as_ref().map_or(1, replicas_of);
         if tasks.running >= u64::try_from(replicas).unwrap_or(1) { Health::Healthy } else { Health::Unhealthy }
     }
 }
@@ -586,13 +574,7 @@ mod tests {
     use serde_json::json;
 
     fn target(config: serde_json::Value) -> Target {
-        Target {
-            environment: "prod".parse().unwrap(),
-            id: "svc".parse().unwrap(),
-            labels: Default::default(),
-            executor: "swarm".parse().unwrap(),
-            config,
-        }
+        deploy_testkit::fixtures::target("prod", "svc", "swarm", config)
     }
 
     #[test]

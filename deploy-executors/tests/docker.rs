@@ -33,13 +33,7 @@ impl DockerFixture {
 
     fn target(&self, config: serde_json::Value) -> Target {
         let id = format!("t-{}", self.next.fetch_add(1, Ordering::SeqCst));
-        Target {
-            environment: self.environment.parse().unwrap(),
-            id: id.parse().unwrap(),
-            labels: Default::default(),
-            executor: "docker".parse().unwrap(),
-            config,
-        }
+        deploy_testkit::fixtures::target(&self.environment, &id, "docker", config)
     }
 
     fn web(&self) -> serde_json::Value {

@@ -37,13 +37,7 @@ impl SwarmFixture {
         for (k, v) in extra.as_object().unwrap() {
             config[k] = v.clone();
         }
-        Target {
-            environment: self.environment.parse().unwrap(),
-            id: format!("s-{n}").parse().unwrap(),
-            labels: Default::default(),
-            executor: "swarm".parse().unwrap(),
-            config,
-        }
+        deploy_testkit::fixtures::target(&self.environment, &format!("s-{n}"), "swarm", config)
     }
 }
 

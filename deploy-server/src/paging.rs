@@ -57,7 +57,7 @@ pub(crate) fn page_after<'a, T>(
             )
         })?,
     };
-    let page = &targets[start..(start + limit.max(1)).min(targets.len())];
+    let page = targets.get(start..(start + limit.max(1)).min(targets.len())).unwrap_or_default();
     let next = (start + page.len() < targets.len()).then(|| page.last().map(|t| id_of(t).to_owned())).flatten();
     Ok((page, next))
 }

@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{ADMIN, Server, settings};
 use deploy_testkit::docker::{self, Web};
 use reqwest::StatusCode;
@@ -92,8 +94,7 @@ async fn a_failing_version_rolls_back_and_leaves_the_previous_one_on_every_port(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_an_admin_of_every_environment_defines_container_targets() {
     let s = Server::with(deploy_server::Settings { executors: "docker".into(), ..settings("containers-rbac") }).await;
-    let body = json!({"name": "team-admin", "role": "admin", "environments": ["team-*"]});
-    let scoped = s.post("/v1/api-keys", ADMIN, body).await.body["key"].as_str().unwrap().to_owned();
+    let scoped = s.key("team-admin", "admin", &["team-*"]).await;
     let target = json!({"targets": [{"id": "c-0", "executor": "docker", "config": {"image": "x:{version}"}}]});
     s.put("/v1/environments/team-a", &scoped, target.clone()).await.problem(403, "forbidden");
     assert_eq!(s.put("/v1/environments/team-a", ADMIN, target).await.status, StatusCode::CREATED);
@@ -121,6 +122,16 @@ fn service_field(host: &str, service: &str, format: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// Submits `version` to the environment `swarm` (rolled back on failure, verified for up to a minute); its id.
+async fn submit_to_swarm(s: &Server, version: &str) -> String {
+    let body = json!({"environment": "swarm", "service": "web", "version": version,
+        "failure": {"max_failed": "0", "on_failure": "rollback"},
+        "verify": {"timeout": "60s", "interval": "500ms", "healthy_for": "0s"}});
+    let a = s.post("/v1/deployments", ADMIN, body).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{:?}", a.body);
+    a.body["id"].as_str().unwrap().to_owned()
+}
+
 struct Services(String, String);
 
 impl Drop for Services {
@@ -145,20 +156,9 @@ async fn a_swarm_update_swarm_rolls_back_ends_rolled_back_with_its_reason() {
     let target = swarm_target(&host, &service, json!({"restart": "none"}));
     let put = s.put("/v1/environments/swarm", ADMIN, json!({"targets": [target]})).await;
     assert_eq!(put.status, StatusCode::CREATED, "{:?}", put.body);
-    let deploy = |version: &str| {
-        let body = json!({"environment": "swarm", "service": "web", "version": version,
-            "failure": {"max_failed": "0", "on_failure": "rollback"},
-            "verify": {"timeout": "60s", "interval": "500ms", "healthy_for": "0s"}});
-        let s = &s;
-        async move {
-            let a = s.post("/v1/deployments", ADMIN, body).await;
-            assert_eq!(a.status, StatusCode::ACCEPTED, "{:?}", a.body);
-            s.wait_terminal(a.body["id"].as_str().unwrap()).await
-        }
-    };
-    let first = deploy("1.0.0").await;
+    let first = s.wait_terminal_within(&submit_to_swarm(&s, "1.0.0").await, Duration::from_secs(120)).await;
     assert_eq!(first["status"], "succeeded", "{first}");
-    let failed = deploy("3.0.0").await;
+    let failed = s.wait_terminal_within(&submit_to_swarm(&s, "3.0.0").await, Duration::from_secs(120)).await;
     assert_eq!(failed["status"], "rolled_back", "{failed}");
     let text = failed.to_string();
     assert!(text.contains("Swarm roll") && text.contains("non-zero exit (3)"), "Swarm's reason: {text}");
@@ -187,46 +187,12 @@ async fn a_restarted_deployd_watches_the_swarm_update_in_flight() {
         common::binary::listening(cmd)
     };
     let (mut deployd, base) = start().await;
-    let http = reqwest::Client::new();
+    let mut api = Server::at(base, dir.join("data"));
     let target = swarm_target(&host, &service, json!({"update": {"monitor": "1s", "delay": "4s"}}));
-    let put = http.put(format!("{base}/v1/environments/swarm")).bearer_auth(ADMIN).json(&json!({"targets": [target]}));
-    assert!(put.send().await.unwrap().status().is_success());
-    let submit = |base: String, version: &'static str| {
-        let http = http.clone();
-        async move {
-            let body = json!({"environment": "swarm", "service": "web", "version": version,
-                              "verify": {"timeout": "60s", "interval": "500ms", "healthy_for": "0s"}});
-            let r = http.post(format!("{base}/v1/deployments")).bearer_auth(ADMIN).json(&body).send().await.unwrap();
-            assert_eq!(r.status(), StatusCode::ACCEPTED);
-            r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
-        }
-    };
-    let wait = |base: String, id: String| {
-        let http = http.clone();
-        async move {
-            for _ in 0..1200 {
-                let d: Value = http
-                    .get(format!("{base}/v1/deployments/{id}"))
-                    .bearer_auth(ADMIN)
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                if ["succeeded", "failed", "rolled_back", "degraded", "cancelled"]
-                    .contains(&d["status"].as_str().unwrap_or(""))
-                {
-                    return d;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-            panic!("deployment {id} did not finish");
-        }
-    };
-    let first = submit(base.clone(), "1.0.0").await;
-    assert_eq!(wait(base.clone(), first).await["status"], "succeeded");
-    let id = submit(base.clone(), "2.0.0").await;
+    assert!(api.put("/v1/environments/swarm", ADMIN, json!({"targets": [target]})).await.status.is_success());
+    let first = submit_to_swarm(&api, "1.0.0").await;
+    assert_eq!(api.wait_terminal_within(&first, Duration::from_secs(120)).await["status"], "succeeded");
+    let id = submit_to_swarm(&api, "2.0.0").await;
     let mut updating = false;
     for _ in 0..200 {
         if service_field(&host, &service, "{{.UpdateStatus.State}}") == "updating" {
@@ -238,7 +204,8 @@ async fn a_restarted_deployd_watches_the_swarm_update_in_flight() {
     assert!(updating, "Swarm started the update");
     deployd.kill().await.unwrap();
     let (_deployd, base) = start().await;
-    let done = wait(base, id).await;
+    api.base = base;
+    let done = api.wait_terminal_within(&id, Duration::from_secs(120)).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(
         service_field(&host, &service, "{{.PreviousSpec.TaskTemplate.ContainerSpec.Image}}"),

@@ -606,7 +606,8 @@ async fn one_submitter_cannot_fill_the_queue_or_the_store() {
     let targets: Vec<serde_json::Value> =
         (0..2).map(|i| json!({"id": format!("a-{i}"), "executor": "agent"})).collect();
     assert_eq!(s.put("/v1/environments/q", ADMIN, json!({"targets": targets})).await.status, StatusCode::CREATED);
-    let (alice, bob, carol) = (deployer(&s, "alice").await, deployer(&s, "bob").await, deployer(&s, "carol").await);
+    let deployer = |name: &'static str| s.key(name, "deployer", &["q"]);
+    let (alice, bob, carol) = (deployer("alice").await, deployer("bob").await, deployer("carol").await);
     let submit = |token: &str, version: &str, config: serde_json::Value, idem: Option<&'static str>| {
         let body = json!({"environment": "q", "service": "s", "version": version, "config": config});
         let (s, token) = (&s, token.to_owned());
@@ -673,19 +674,15 @@ async fn one_submitter_cannot_fill_the_queue_or_the_store() {
     assert!((3..=4).contains(&accepted), "about 48 KiB of 12 KB deployments: {accepted}");
 }
 
-async fn deployer(s: &Server, name: &str) -> String {
-    let body = json!({"name": name, "role": "deployer", "environments": ["q"]});
-    s.post("/v1/api-keys", ADMIN, body).await.body["key"].as_str().unwrap().to_owned()
-}
-
 /// Finding: eight concurrent reads of 27,000-target environments took 300 MB, and a page of 50 large deployments was
 /// 39 MB. A response carries at most `--targets-per-response` targets, with `targets_total` and `targets_next_cursor`;
 /// `.../targets` pages on (readers of the environment only); the typed client completes the lists itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_target_lists_are_paged_and_the_client_puts_them_together() {
     let s = Server::with(deploy_server::Settings { targets_per_response: 3, ..settings("edge-target-pages") }).await;
-    let targets: Vec<serde_json::Value> =
+    let mut targets: Vec<serde_json::Value> =
         (0..8).map(|i| json!({"id": format!("a-{i}"), "executor": "agent", "labels": {"n": format!("{i}")}})).collect();
+    targets[7]["config"] = json!({"env": {"REGION": "eu-west-3"}});
     let put = s.put("/v1/environments/big", ADMIN, json!({"targets": targets})).await;
     assert_eq!(put.status, StatusCode::CREATED, "{:?}", put.body);
     assert_eq!(put.body["targets"].as_array().unwrap().len(), 3, "the answer to a PUT is bounded too");
@@ -717,10 +714,16 @@ async fn long_target_lists_are_paged_and_the_client_puts_them_together() {
     assert_eq!(rest["next_cursor"], serde_json::Value::Null);
 
     // Who may read them: a viewer of another environment may not page this one's targets.
-    let body = json!({"name": "elsewhere", "role": "viewer", "environments": ["other"]});
-    let outsider = s.post("/v1/api-keys", ADMIN, body).await.body["key"].as_str().unwrap().to_owned();
+    let outsider = s.key("elsewhere", "viewer", &["other"]).await;
     s.get("/v1/environments/big/targets", &outsider).await.problem(403, "forbidden");
     s.get(&format!("/v1/deployments/{id}/targets"), &outsider).await.problem(403, "forbidden");
+    // Which secret a page could print: a target's `env` values reach a viewer as `***`, on every page.
+    let viewer = s.key("reader", "viewer", &["big"]).await;
+    let page = s.get("/v1/environments/big/targets?cursor=a-6", &viewer).await;
+    assert_eq!(page.body["items"][0]["id"], "a-7");
+    assert_eq!(page.body["items"][0]["config"]["env"]["REGION"], "***", "{:?}", page.body);
+    let page = s.get("/v1/environments/big/targets?cursor=a-6", ADMIN).await;
+    assert_eq!(page.body["items"][0]["config"]["env"]["REGION"], "eu-west-3", "an admin of it sees the value");
 
     let client = deploy_client::Client::builder(s.url("")).token(ADMIN).build().unwrap();
     let name = deploy_core::EnvironmentName::new("big").unwrap();

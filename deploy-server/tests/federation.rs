@@ -24,8 +24,7 @@ async fn downstream() -> (Server, String) {
     let env = json!({"targets": targets, "secret_scope": {"allow": ["file://prod/*"]}});
     assert_eq!(down.put("/v1/environments/prod", ADMIN, env).await.status, StatusCode::CREATED);
     assert_eq!(down.put("/v1/environments/other", ADMIN, json!({"targets": []})).await.status, StatusCode::CREATED);
-    let body = json!({"name": "gateway", "role": "deployer", "environments": ["prod"]});
-    let key = down.post("/v1/api-keys", ADMIN, body).await.body["key"].as_str().unwrap().to_owned();
+    let key = down.key("gateway", "deployer", &["prod"]).await;
     (down, key)
 }
 
@@ -144,8 +143,7 @@ async fn only_an_admin_of_every_environment_defines_federated_targets() {
     let mut s = settings("federation-rbac");
     s.executors = "deployd".into();
     let up = Server::with(s).await;
-    let body = json!({"name": "team-admin", "role": "admin", "environments": ["team-*"]});
-    let scoped = up.post("/v1/api-keys", ADMIN, body).await.body["key"].as_str().unwrap().to_owned();
+    let scoped = up.key("team-admin", "admin", &["team-*"]).await;
     let target = json!({"targets": [{"id": "x", "executor": "deployd", "config": {"url": "https://attacker.example",
                         "environment": "prod", "token": {"ref": "file://prod/db"}}}]});
     up.put("/v1/environments/team-a", &scoped, target).await.problem(403, "forbidden");
@@ -199,8 +197,7 @@ impl deploy_testkit::conformance::executor::ExecutorFixture for FederationFixtur
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_deployd_executor_passes_the_executor_conformance_suite() {
     let down = Server::start("federation-conformance").await;
-    let body = json!({"name": "gateway", "role": "deployer", "environments": ["conf-*"]});
-    let key = down.post("/v1/api-keys", ADMIN, body).await.body["key"].as_str().unwrap().to_owned();
+    let key = down.key("gateway", "deployer", &["conf-*"]).await;
     let secrets = down.data_dir.join("gateway-secrets");
     std::fs::create_dir_all(secrets.join("fed")).unwrap();
     std::fs::write(secrets.join("fed/conf"), &key).unwrap();

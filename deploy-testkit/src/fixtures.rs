@@ -110,6 +110,18 @@ pub fn env_name(name: &str) -> EnvironmentName {
     fixture(EnvironmentName::new(name))
 }
 
+/// A target as an executor sees it: `id` in `environment`, of kind `executor`, with `config` and no labels.
+#[must_use]
+pub fn target(environment: &str, id: &str, executor: &str, config: serde_json::Value) -> deploy_core::Target {
+    deploy_core::Target {
+        environment: env_name(environment),
+        id: fixture(TargetId::new(id)),
+        labels: std::collections::BTreeMap::new(),
+        executor: fixture(deploy_core::ExecutorKind::new(executor)),
+        config,
+    }
+}
+
 /// An environment of `ids`, every target driven by executor kind `executor`.
 #[must_use]
 pub fn environment(ids: &[&str], executor: &str, concurrency: ConcurrencyPolicy) -> EnvironmentSpec {

@@ -15,11 +15,13 @@ use deploy_testkit::fixtures::{env_name, environment, fast_config, request};
 use deploy_testkit::mocks::MockSecretResolver;
 use deploy_testkit::{CallKind, MemoryStore, TestClock};
 
-/// Remembers the secret values it was handed, to show they arrived.
+/// Remembers the secret values it was handed, to show they arrived; with `reports`, it reports progress while it
+/// "waits": a line twice, a line within a second of the last, a line with the secret.
 #[derive(Default)]
 struct Capturing {
     seen: Mutex<Vec<String>>,
     running: Mutex<Option<String>>,
+    reports: bool,
 }
 
 #[async_trait]
@@ -30,6 +32,16 @@ impl Executor for Capturing {
     }
     async fn apply(&self, _: &Target, ctx: ApplyContext<'_>) -> Result<Outcome, ExecutorError> {
         self.seen.lock().unwrap().extend(ctx.secrets.values().map(|v| v.expose().to_owned()));
+        if self.reports {
+            ctx.report("remote: 1 of 3 updated");
+            ctx.report("remote: 1 of 3 updated");
+            tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+            ctx.report("remote: 2 of 3 updated");
+            ctx.report("remote: too soon after the last one");
+            tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+            let secret = ctx.secrets.values().next().map(|v| v.expose().to_owned()).unwrap_or_default();
+            ctx.report(&format!("remote: 3 of 3 updated, token {secret}"));
+        }
         *self.running.lock().unwrap() = Some(ctx.desired.version.to_string());
         Ok(Outcome::quiet())
     }
@@ -39,6 +51,27 @@ impl Executor for Capturing {
 }
 
 const SECRET: &str = "s3cr3t-value-that-must-not-leak";
+
+/// An orchestrator over `store` with `executor` behind kind `scripted`, secrets from `resolver` (references under
+/// `vault://kv/checkout/` in scope), and the environment `prod` of one target `a`; and the principal that made it.
+async fn prod(
+    store: &Arc<MemoryStore>,
+    executor: Arc<Capturing>,
+    resolver: MockSecretResolver,
+) -> (Orchestrator, Principal) {
+    let orchestrator = Orchestrator::builder(store.clone(), ExecutorRouter::new().with("scripted", executor))
+        .secrets(Arc::new(resolver))
+        .global_secret_scope(deploy_core::SecretScope::new(["vault://kv/checkout/*"]))
+        .clock(Arc::new(TestClock::new()))
+        .config(fast_config("c"))
+        .build();
+    let admin = Principal::system("test");
+    orchestrator
+        .put_environment(&admin, &env_name("prod"), environment(&["a"], "scripted", ConcurrencyPolicy::Queue), None)
+        .await
+        .unwrap();
+    (orchestrator, admin)
+}
 
 #[tokio::test(start_paused = true)]
 async fn resolved_secrets_reach_the_executor_and_nothing_else() {
@@ -50,18 +83,7 @@ async fn resolved_secrets_reach_the_executor_and_nothing_else() {
             .expect_resolve()
             .withf(|r| r.as_str() == "vault://kv/checkout/db#password")
             .returning(|_| Ok(SecretValue::new(SECRET)));
-        let orchestrator =
-            Orchestrator::builder(store.clone(), ExecutorRouter::new().with("scripted", executor.clone()))
-                .secrets(Arc::new(resolver))
-                .global_secret_scope(deploy_core::SecretScope::new(["vault://kv/checkout/*"]))
-                .clock(Arc::new(TestClock::new()))
-                .config(fast_config("c"))
-                .build();
-        let admin = Principal::system("test");
-        orchestrator
-            .put_environment(&admin, &env_name("prod"), environment(&["a"], "scripted", ConcurrencyPolicy::Queue), None)
-            .await
-            .unwrap();
+        let (orchestrator, admin) = prod(&store, executor.clone(), resolver).await;
         let mut req = request("prod", "checkout", "2.0");
         req.secrets.insert("DB_PASSWORD".into(), serde_json::json!({"ref": "vault://kv/checkout/db#password"}));
         let d =
@@ -112,35 +134,6 @@ async fn an_unresolvable_reference_fails_its_target_with_a_clear_error() {
     .await;
 }
 
-/// Reports progress while it "waits": a line twice, a line within a second of the last, a line with the secret.
-#[derive(Default)]
-struct Reporting {
-    running: Mutex<Option<String>>,
-}
-
-#[async_trait]
-impl Executor for Reporting {
-    async fn observe(&self, _: &Target, _: Option<&DesiredState>) -> Result<Observation, ExecutorError> {
-        let v = self.running.lock().unwrap().clone();
-        Ok(Observation { version: v.map(|v| deploy_core::Version::new(v).unwrap()), health: Health::Healthy })
-    }
-    async fn apply(&self, _: &Target, ctx: ApplyContext<'_>) -> Result<Outcome, ExecutorError> {
-        ctx.report("remote: 1 of 3 updated");
-        ctx.report("remote: 1 of 3 updated");
-        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-        ctx.report("remote: 2 of 3 updated");
-        ctx.report("remote: too soon after the last one");
-        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-        let secret = ctx.secrets.values().next().map(|v| v.expose().to_owned()).unwrap_or_default();
-        ctx.report(&format!("remote: 3 of 3 updated, token {secret}"));
-        *self.running.lock().unwrap() = Some(ctx.desired.version.to_string());
-        Ok(Outcome::quiet())
-    }
-    async fn verify(&self, _: &Target, _: &DesiredState) -> Result<Health, ExecutorError> {
-        Ok(Health::Healthy)
-    }
-}
-
 /// An executor's progress lines become events of its target while it waits: each new line once, at most one a
 /// second, scrubbed of the call's secrets.
 #[tokio::test(start_paused = true)]
@@ -149,20 +142,8 @@ async fn progress_an_executor_reports_is_recorded_once_per_line_and_scrubbed() {
         let store = Arc::new(MemoryStore::new());
         let mut resolver = MockSecretResolver::new();
         resolver.expect_resolve().returning(|_| Ok(SecretValue::new(SECRET)));
-        let orchestrator = Orchestrator::builder(
-            store.clone(),
-            ExecutorRouter::new().with("scripted", Arc::new(Reporting::default())),
-        )
-        .secrets(Arc::new(resolver))
-        .global_secret_scope(deploy_core::SecretScope::new(["vault://kv/checkout/*"]))
-        .clock(Arc::new(TestClock::new()))
-        .config(fast_config("c"))
-        .build();
-        let admin = Principal::system("test");
-        orchestrator
-            .put_environment(&admin, &env_name("prod"), environment(&["a"], "scripted", ConcurrencyPolicy::Queue), None)
-            .await
-            .unwrap();
+        let reporting = Arc::new(Capturing { reports: true, ..Capturing::default() });
+        let (orchestrator, admin) = prod(&store, reporting, resolver).await;
         let mut req = request("prod", "checkout", "2.0");
         req.secrets.insert("TOKEN".into(), serde_json::json!({"ref": "vault://kv/checkout/token"}));
         let d =

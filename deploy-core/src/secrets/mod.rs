@@ -31,6 +31,12 @@ pub struct SecretRef {
 pub struct SecretRefError(String);
 
 impl SecretRef {
+    /// The reference as a request writes it: `{"ref": "scheme://location"}`.
+    #[must_use]
+    pub fn to_request(&self) -> serde_json::Value {
+        serde_json::json!({ "ref": self.as_str() })
+    }
+
     /// Parses `scheme://location`.
     ///
     /// # Errors

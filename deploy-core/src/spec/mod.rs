@@ -235,6 +235,17 @@ pub enum ConfigValue {
     Literal(Value),
 }
 
+impl ConfigValue {
+    /// The value as a request writes it: the literal, or `{"ref": "scheme://location"}`.
+    #[must_use]
+    pub fn to_request(&self) -> Value {
+        match self {
+            Self::Literal(v) => v.clone(),
+            Self::Secret(r) => r.to_request(),
+        }
+    }
+}
+
 /// Which targets of the environment a deployment covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetSelector {

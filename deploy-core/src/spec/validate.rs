@@ -500,18 +500,8 @@ fn count_value(c: CountOrPercent) -> Value {
 }
 
 pub(super) fn to_request(spec: &DeploymentSpec) -> DeploymentRequest {
-    let config = spec
-        .config
-        .iter()
-        .map(|(k, v)| {
-            let value = match v {
-                ConfigValue::Literal(v) => v.clone(),
-                ConfigValue::Secret(r) => serde_json::json!({ "ref": r.as_str() }),
-            };
-            (k.clone(), value)
-        })
-        .collect();
-    let secrets = spec.secrets.iter().map(|(k, r)| (k.clone(), serde_json::json!({ "ref": r.as_str() }))).collect();
+    let config = spec.config.iter().map(|(k, v)| (k.clone(), v.to_request())).collect();
+    let secrets = spec.secrets.iter().map(|(k, r)| (k.clone(), r.to_request())).collect();
     let targets = match &spec.targets {
         TargetSelector::All => TargetsRequest { all: Some(true), ..TargetsRequest::default() },
         TargetSelector::Ids(ids) => {

@@ -65,6 +65,12 @@ impl Server {
         Self { running: Some(running), base, http: reqwest::Client::new(), data_dir }
     }
 
+    /// A deployd running elsewhere (a child process, say) at `base`, called like one started here; its data directory
+    /// is removed when this is dropped, as for one started here.
+    pub(crate) fn at(base: String, data_dir: PathBuf) -> Self {
+        Self { running: None, base, http: reqwest::Client::new(), data_dir }
+    }
+
     pub(crate) async fn stop(&mut self) {
         if let Some(r) = self.running.take() {
             r.shutdown().await;
@@ -146,13 +152,24 @@ impl Server {
 
     /// Polls a deployment until it is terminal (at most 30 s).
     pub(crate) async fn wait_terminal(&self, id: &str) -> Value {
-        let terminal = ["succeeded", "degraded", "failed", "rolled_back", "cancelled", "superseded", "rejected"];
-        self.wait_until(id, |d| terminal.contains(&d["status"].as_str().unwrap_or_default())).await
+        self.wait_terminal_within(id, Duration::from_secs(30)).await
     }
 
     /// Polls a deployment until its JSON satisfies `pred` (at most 30 s).
     pub(crate) async fn wait_until(&self, id: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        for _ in 0..600 {
+        self.wait_until_within(id, pred, Duration::from_secs(30)).await
+    }
+
+    /// Polls a deployment until it is terminal, for at most `limit` (work a real system does at its own pace).
+    pub(crate) async fn wait_terminal_within(&self, id: &str, limit: Duration) -> Value {
+        let terminal = ["succeeded", "degraded", "failed", "rolled_back", "cancelled", "superseded", "rejected"];
+        self.wait_until_within(id, |d| terminal.contains(&d["status"].as_str().unwrap_or_default()), limit).await
+    }
+
+    /// Polls a deployment until its JSON satisfies `pred`, for at most `limit`.
+    pub(crate) async fn wait_until_within(&self, id: &str, pred: impl Fn(&Value) -> bool, limit: Duration) -> Value {
+        let polls = limit.as_millis() / 50;
+        for _ in 0..polls {
             let a = self.get(&format!("/v1/deployments/{id}"), ADMIN).await;
             assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
             if pred(&a.body) {
@@ -161,7 +178,7 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!(
-            "deployment {id} never got there in 30 s: {:#}",
+            "deployment {id} never got there in {limit:?}: {:#}",
             self.get(&format!("/v1/deployments/{id}"), ADMIN).await.body
         );
     }
